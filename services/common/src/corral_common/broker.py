@@ -1,0 +1,215 @@
+"""One robust broker connection per service, with the two publishing paths the contract asks for.
+
+Durable messages (jobs, final events) go on a channel with publisher confirms and `mandatory`, so
+a full queue or an unroutable message raises instead of vanishing. Chatty messages (tokens,
+positions) go on a second channel without confirms, where a lost message costs little and a
+confirm round trip per token would cost a lot.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import aio_pika
+import aiormq
+import structlog
+from aio_pika.abc import (
+    AbstractChannel,
+    AbstractExchange,
+    AbstractRobustConnection,
+    DeliveryMode,
+)
+
+from corral_common import jsonutil
+from corral_common.settings import CorralSettings
+from corral_common.telemetry import inject_context
+from corral_common.topology import Topology, declare_topology
+
+log = structlog.get_logger(__name__)
+
+Listener = Callable[[], Awaitable[None] | None]
+
+# Errors that mean "the broker is not there right now", as opposed to a refusal by the broker.
+BROKER_DOWN_ERRORS: tuple[type[BaseException], ...] = (
+    aiormq.exceptions.ChannelInvalidStateError,
+    aiormq.exceptions.AMQPConnectionError,
+    aiormq.exceptions.ChannelClosed,
+    ConnectionError,
+    asyncio.TimeoutError,
+)
+CONNECT_ERRORS: tuple[type[BaseException], ...] = (*BROKER_DOWN_ERRORS, OSError)
+
+
+class BrokerUnavailable(Exception):
+    """The broker could not take the message (down, reconnecting, or no confirm in time)."""
+
+
+class QueueFull(Exception):
+    """The broker refused the message: the target queue is at its length limit."""
+
+
+class Broker:
+    def __init__(self, settings: CorralSettings, service: str) -> None:
+        self.settings = settings
+        self.service = service
+        self._connection: AbstractRobustConnection | None = None
+        self._confirm_channel: AbstractChannel | None = None
+        self._fast_channel: AbstractChannel | None = None
+        self._topology: Topology | None = None
+        self._fast_events: AbstractExchange | None = None
+        self._fast_control: AbstractExchange | None = None
+        self._connected = asyncio.Event()
+        self._on_lost: list[Listener] = []
+        self._on_restored: list[Listener] = []
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    async def start(self, retry_interval: float = 1.0) -> None:
+        """Connect, retrying until the broker answers: services start before or after it."""
+        while True:
+            try:
+                self._connection = await aio_pika.connect_robust(
+                    self.settings.amqp_url,
+                    reconnect_interval=retry_interval,
+                    client_properties={"connection_name": f"corral-{self.service}"},
+                )
+                break
+            except CONNECT_ERRORS as exc:
+                log.warning("broker not reachable, retrying", error=str(exc))
+                await asyncio.sleep(retry_interval)
+        self._connection.close_callbacks.add(self._lost)
+        self._connection.reconnect_callbacks.add(self._restored)
+        self._confirm_channel = await self._connection.channel(
+            publisher_confirms=True, on_return_raises=True
+        )
+        self._fast_channel = await self._connection.channel(publisher_confirms=False)
+        self._topology = await declare_topology(self._confirm_channel, self.settings)
+        self._fast_events = await self._fast_channel.get_exchange(self._topology.events.name)
+        self._fast_control = await self._fast_channel.get_exchange(self._topology.control.name)
+        self._connected.set()
+        log.info("broker connected")
+
+    async def close(self) -> None:
+        self._connected.clear()
+        if self._connection is not None:
+            await self._connection.close()
+
+    async def channel(self, prefetch: int | None = None) -> AbstractChannel:
+        """A robust channel of its own, for a consumer with its own prefetch window."""
+        assert self._connection is not None
+        channel = await self._connection.channel()
+        if prefetch is not None:
+            await channel.set_qos(prefetch_count=prefetch)
+        return channel
+
+    @property
+    def topology(self) -> Topology:
+        assert self._topology is not None, "broker not started"
+        return self._topology
+
+    @property
+    def connected(self) -> bool:
+        return self._connected.is_set()
+
+    def on_lost(self, listener: Listener) -> None:
+        self._on_lost.append(listener)
+
+    def on_restored(self, listener: Listener) -> None:
+        self._on_restored.append(listener)
+
+    async def _lost(self, *_: Any) -> None:
+        if not self._connected.is_set():
+            return
+        self._connected.clear()
+        log.warning("broker connection lost")
+        await _notify(self._on_lost)
+
+    async def _restored(self, *_: Any) -> None:
+        self._connected.set()
+        log.info("broker connection restored")
+        await _notify(self._on_restored)
+
+    # -- publishing --------------------------------------------------------------------------
+
+    async def publish_durable(
+        self,
+        exchange: AbstractExchange,
+        routing_key: str,
+        body: bytes,
+        *,
+        headers: dict[str, Any] | None = None,
+        expiration: float | None = None,
+    ) -> None:
+        """Persistent, confirmed, mandatory. Raises QueueFull or BrokerUnavailable."""
+        if not self.connected:
+            raise BrokerUnavailable("message broker is not connected")
+        message = _message(body, headers, DeliveryMode.PERSISTENT, expiration)
+        try:
+            await exchange.publish(
+                message, routing_key, mandatory=True, timeout=self.settings.publish_timeout_s
+            )
+        except aiormq.exceptions.PublishError as exc:
+            raise BrokerUnavailable(f"message was unroutable: {exc}") from exc
+        except aiormq.exceptions.DeliveryError as exc:
+            # A nack: with `x-overflow: reject-publish` this is the queue's length limit.
+            raise QueueFull(str(exc)) from exc
+        except BROKER_DOWN_ERRORS as exc:
+            raise BrokerUnavailable(f"message broker is not reachable: {exc}") from exc
+
+    async def publish_event(self, routing_key: str, body: bytes, *, durable: bool) -> None:
+        """Publish to `corral.events`: final events durably, the rest on the fast channel."""
+        if durable:
+            await self.publish_durable(self.topology.events, routing_key, body)
+            return
+        assert self._fast_events is not None
+        message = _message(body, None, DeliveryMode.NOT_PERSISTENT, None)
+        try:
+            await self._fast_events.publish(message, routing_key, mandatory=False)
+        except BROKER_DOWN_ERRORS as exc:
+            raise BrokerUnavailable(str(exc)) from exc
+
+    async def publish_control(self, routing_key: str, body: bytes) -> None:
+        """Control messages are fire-and-forget: a cancel for a job nobody holds is harmless."""
+        assert self._fast_control is not None
+        message = _message(body, None, DeliveryMode.NOT_PERSISTENT, None)
+        try:
+            await self._fast_control.publish(message, routing_key, mandatory=False)
+        except BROKER_DOWN_ERRORS as exc:
+            raise BrokerUnavailable(str(exc)) from exc
+
+
+def _message(
+    body: bytes,
+    headers: dict[str, Any] | None,
+    delivery_mode: DeliveryMode,
+    expiration: float | None,
+) -> aio_pika.Message:
+    carried: dict[str, Any] = dict(headers or {})
+    inject_context(carried)
+    return aio_pika.Message(
+        body,
+        content_type="application/json",
+        delivery_mode=delivery_mode,
+        headers=carried,
+        expiration=expiration,
+    )
+
+
+async def _notify(listeners: list[Listener]) -> None:
+    for listener in listeners:
+        try:
+            result = listener()
+            if result is not None:
+                await result
+        except Exception:
+            log.exception("broker listener failed")
+
+
+def encode(model: Any) -> bytes:
+    """Pydantic models and plain JSON values alike."""
+    dump = getattr(model, "model_dump_json", None)
+    if dump is not None:
+        return dump().encode()  # type: ignore[no-any-return]
+    return jsonutil.dumps(model)

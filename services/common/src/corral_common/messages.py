@@ -1,0 +1,132 @@
+"""Everything that crosses the broker, as pydantic models serialised to JSON (never pickle).
+
+A `Job` travels gateway -> scheduler on `corral.jobs`. Events travel scheduler -> gateway on
+`corral.events` with routing key `gw.<gateway_id>.<request_id>.<kind>`; `SchedulerStatus` is
+broadcast on `status.scheduler` so every gateway can answer /health without calling the backend.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
+
+JobKind = Literal["chat", "generate"]
+CancelStage = Literal["admission", "queued", "loading", "prompt", "generating"]
+
+
+class Wire(BaseModel):
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+
+class Job(Wire):
+    """One unit of backend work. `payload` is exactly what the backend receives, minus `stream`."""
+
+    request_id: str
+    gateway_id: str
+    kind: JobKind
+    model: str
+    payload: dict[str, Any]
+    session_id: str | None = None
+    client_key: str | None = None
+    enqueued_at: float
+    # Sizes for the wait estimate, measured at the edge where the request body is at hand.
+    prompt_chars: int = 0
+    num_predict: int | None = None
+
+
+class Accepted(Wire):
+    kind: Literal["accepted"] = "accepted"
+    request_id: str
+    scheduler_id: str
+
+
+class Position(Wire):
+    kind: Literal["position"] = "position"
+    request_id: str
+    position: int
+    estimated_wait_ms: int
+
+
+class Started(Wire):
+    """The backend accepted the request (status 200); tokens follow."""
+
+    kind: Literal["started"] = "started"
+    request_id: str
+    waited_ms: int
+    redelivered: bool = False
+
+
+class Tokens(Wire):
+    """A batch of the backend's own stream chunks, in order; `seq` counts batches from 0."""
+
+    kind: Literal["token"] = "token"
+    request_id: str
+    seq: int
+    chunks: list[dict[str, Any]]
+
+
+class Done(Wire):
+    kind: Literal["done"] = "done"
+    request_id: str
+    # How many token batches were published before this event, so the gateway can wait for
+    # stragglers: tokens and final events travel on different channels.
+    token_batches: int
+    final: dict[str, Any]
+    text: str
+    waited_ms: int
+    model: str
+    session_id: str | None = None
+
+
+class Failed(Wire):
+    kind: Literal["error"] = "error"
+    request_id: str
+    status: int
+    error_type: str
+    message: str
+    details: dict[str, Any] = Field(default_factory=dict)
+    token_batches: int = 0
+
+
+class Cancelled(Wire):
+    kind: Literal["cancelled"] = "cancelled"
+    request_id: str
+    stage: CancelStage
+
+
+JobEvent = Accepted | Position | Started | Tokens | Done | Failed | Cancelled
+Event = Annotated[
+    Accepted | Position | Started | Tokens | Done | Failed | Cancelled,
+    Field(discriminator="kind"),
+]
+EVENT_ADAPTER: TypeAdapter[Event] = TypeAdapter(Event)
+
+
+class BackendStatus(Wire):
+    url: str
+    connected: bool
+    version: str | None = None
+    error: str | None = None
+    loaded_model: str | None = None
+
+
+class QueueStatus(Wire):
+    waiting: int
+    running: int
+    average_wait_ms: int
+    processing_rate: float
+    """Finished jobs per second over the recent window."""
+
+
+class SchedulerStatus(Wire):
+    kind: Literal["status"] = "status"
+    scheduler_id: str
+    sent_at: float
+    backend: BackendStatus
+    queue: QueueStatus
+
+
+class CancelRequest(Wire):
+    request_id: str
+    reason: str = "client disconnected"

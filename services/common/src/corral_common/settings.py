@@ -1,0 +1,36 @@
+"""Settings shared by every service; each service subclasses `CorralSettings` for its own knobs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from corral_common.ids import new_id
+
+
+class CorralSettings(BaseSettings):
+    """Every setting is an environment variable with the `CORRAL_` prefix."""
+
+    model_config = SettingsConfigDict(env_prefix="CORRAL_", extra="ignore")
+
+    amqp_url: str = "amqp://guest:guest@127.0.0.1:5672/"
+    ollama_url: str = "http://127.0.0.1:11434"
+    mongo_url: str | None = None
+    data_dir: Path = Path(".corral")
+    log_level: str = "info"
+
+    # The ops endpoints (/health, /ready, /metrics) of services that have no public port.
+    health_host: str = "127.0.0.1"
+    health_port: int = 0
+
+    # These shape the jobs queue's arguments; every service declares the queue, so they must
+    # agree cluster-wide (RabbitMQ refuses a re-declaration with different arguments).
+    queue_max_length: int = Field(default=10_000, ge=1)
+    job_delivery_limit: int = Field(default=5, ge=1)
+
+    # Bounds a publisher-confirm wait so a half-dead broker connection cannot hang a request.
+    publish_timeout_s: float = Field(default=5.0, gt=0)
+
+    instance_id: str = Field(default_factory=new_id)

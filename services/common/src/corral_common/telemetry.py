@@ -1,0 +1,75 @@
+"""OpenTelemetry set-up and trace-context propagation through AMQP headers.
+
+Exporting is configured by the standard `OTEL_*` variables: with `OTEL_EXPORTER_OTLP_ENDPOINT`
+(or `OTEL_TRACES_EXPORTER=otlp|console`) spans are exported; otherwise they are still created,
+so trace ids appear in logs and propagate, but go nowhere.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from typing import Any
+
+from opentelemetry import context as otel_context
+from opentelemetry import propagate, trace
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import (
+    BatchSpanProcessor,
+    ConsoleSpanExporter,
+    SpanExporter,
+)
+
+_configured = False
+
+
+def setup_tracing(service: str) -> None:
+    global _configured
+    if _configured:
+        return
+    _configured = True
+    resource = Resource.create(
+        {"service.name": os.environ.get("OTEL_SERVICE_NAME", f"corral-{service}")}
+    )
+    provider = TracerProvider(resource=resource)
+    exporter = _exporter_from_env()
+    if exporter is not None:
+        provider.add_span_processor(BatchSpanProcessor(exporter))
+    trace.set_tracer_provider(provider)
+
+
+def _exporter_from_env() -> SpanExporter | None:
+    choice = os.environ.get("OTEL_TRACES_EXPORTER", "").lower()
+    if choice == "none":
+        return None
+    if choice == "console":
+        return ConsoleSpanExporter()
+    if choice == "otlp" or os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT"):
+        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+
+        return OTLPSpanExporter()
+    return None
+
+
+def tracer() -> trace.Tracer:
+    return trace.get_tracer("corral")
+
+
+def inject_context(headers: dict[str, Any]) -> None:
+    """Write the current trace context (W3C traceparent) into AMQP headers."""
+    propagate.inject(headers)
+
+
+def extract_context(headers: Mapping[str, Any] | None) -> otel_context.Context:
+    carrier = {
+        k: v.decode() if isinstance(v, bytes) else str(v) for k, v in (headers or {}).items()
+    }
+    return propagate.extract(carrier)
+
+
+def current_trace_id() -> str | None:
+    span_context = trace.get_current_span().get_span_context()
+    if not span_context.is_valid:
+        return None
+    return format(span_context.trace_id, "032x")

@@ -1,0 +1,72 @@
+"""The broker topology (ARCHITECTURE.md section 2), declared idempotently by every service."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import aio_pika
+from aio_pika.abc import AbstractChannel, AbstractExchange, AbstractQueue
+
+from corral_common.settings import CorralSettings
+
+JOBS_EXCHANGE = "corral.jobs"
+JOBS_QUEUE = "scheduler.jobs"
+JOBS_ROUTING_KEY = "job"
+EVENTS_EXCHANGE = "corral.events"
+CONTROL_EXCHANGE = "corral.control"
+DLX_EXCHANGE = "corral.dlx"
+DLQ_QUEUE = "scheduler.jobs.dlq"
+STATUS_ROUTING_KEY = "status.scheduler"
+
+
+def event_key(gateway_id: str, request_id: str, kind: str) -> str:
+    return f"gw.{gateway_id}.{request_id}.{kind}"
+
+
+def gateway_queue_name(gateway_id: str) -> str:
+    return f"gateway.{gateway_id}"
+
+
+def cancel_key(request_id: str) -> str:
+    return f"cancel.{request_id}"
+
+
+def jobs_queue_arguments(settings: CorralSettings) -> dict[str, Any]:
+    return {
+        "x-queue-type": "quorum",
+        # One active scheduler in the cluster, the rest hot standbys that inherit unacked jobs
+        # in order when it dies.
+        "x-single-active-consumer": True,
+        "x-dead-letter-exchange": DLX_EXCHANGE,
+        "x-delivery-limit": settings.job_delivery_limit,
+        "x-max-length": settings.queue_max_length,
+        # A full queue nacks the publish, which the gateway turns into 503 + Retry-After.
+        "x-overflow": "reject-publish",
+    }
+
+
+@dataclass(frozen=True)
+class Topology:
+    jobs: AbstractExchange
+    events: AbstractExchange
+    control: AbstractExchange
+    jobs_queue: AbstractQueue
+
+
+async def declare_topology(channel: AbstractChannel, settings: CorralSettings) -> Topology:
+    dlx = await channel.declare_exchange(DLX_EXCHANGE, aio_pika.ExchangeType.FANOUT, durable=True)
+    dlq = await channel.declare_queue(DLQ_QUEUE, durable=True, arguments={"x-queue-type": "quorum"})
+    await dlq.bind(dlx)
+    jobs = await channel.declare_exchange(JOBS_EXCHANGE, aio_pika.ExchangeType.DIRECT, durable=True)
+    jobs_queue = await channel.declare_queue(
+        JOBS_QUEUE, durable=True, arguments=jobs_queue_arguments(settings)
+    )
+    await jobs_queue.bind(jobs, JOBS_ROUTING_KEY)
+    events = await channel.declare_exchange(
+        EVENTS_EXCHANGE, aio_pika.ExchangeType.TOPIC, durable=True
+    )
+    control = await channel.declare_exchange(
+        CONTROL_EXCHANGE, aio_pika.ExchangeType.TOPIC, durable=True
+    )
+    return Topology(jobs=jobs, events=events, control=control, jobs_queue=jobs_queue)

@@ -1,0 +1,131 @@
+"""Consumer callbacks: admission of jobs into the lane, and control messages (cancel).
+
+The jobs callback only admits: it never waits for the backend, so the prefetch window fills
+with queued work the scheduler can order and report positions for.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import OrderedDict
+
+import structlog
+from aio_pika.abc import AbstractIncomingMessage
+from corral_common.messages import Accepted, Cancelled, CancelRequest, Job
+from pydantic import ValidationError
+
+from corral_scheduler import metrics
+from corral_scheduler.eta import SpeedBook
+from corral_scheduler.events import EventSink
+from corral_scheduler.executor import Executor
+from corral_scheduler.lane import Entry, Lane
+
+log = structlog.get_logger(__name__)
+
+
+class RecentCancels:
+    """Cancels for jobs not admitted yet (beyond the window, or mid-failover): honoured when
+    the job shows up. Bounded, oldest forgotten first."""
+
+    def __init__(self, limit: int = 10_000) -> None:
+        self._ids: OrderedDict[str, None] = OrderedDict()
+        self._limit = limit
+
+    def add(self, request_id: str) -> None:
+        self._ids[request_id] = None
+        while len(self._ids) > self._limit:
+            self._ids.popitem(last=False)
+
+    def take(self, request_id: str) -> bool:
+        if request_id not in self._ids:
+            return False
+        del self._ids[request_id]
+        return True
+
+
+class Admission:
+    def __init__(
+        self,
+        scheduler_id: str,
+        lane: Lane,
+        executor: Executor,
+        sink: EventSink,
+        speeds: SpeedBook,
+    ) -> None:
+        self.scheduler_id = scheduler_id
+        self.lane = lane
+        self.executor = executor
+        self.sink = sink
+        self.speeds = speeds
+        self.cancels = RecentCancels()
+
+    async def on_job(self, message: AbstractIncomingMessage) -> None:
+        try:
+            job = Job.model_validate_json(message.body)
+        except ValidationError as exc:
+            log.error("unreadable job dead-lettered", error=str(exc).splitlines()[0])
+            await message.reject(requeue=False)
+            return
+        if self.cancels.take(job.request_id):
+            metrics.CANCELLATIONS.labels("admission").inc()
+            await self.sink.send_quietly(
+                job, Cancelled(request_id=job.request_id, stage="admission")
+            )
+            await message.ack()
+            return
+        entry = Entry(
+            job=job,
+            delivery=message,
+            generation=self.executor.generation,
+            admitted_at=time.monotonic(),
+            estimate_ms=self.speeds.estimate_ms(
+                job.model, job.prompt_chars, job.num_predict, self.executor.loaded_model
+            ),
+        )
+        self.lane.push(entry)
+        metrics.QUEUE_DEPTH.set(len(self.lane))
+        await self.sink.send_quietly(
+            job, Accepted(request_id=job.request_id, scheduler_id=self.scheduler_id)
+        )
+        self.executor.lane_moved.set()
+
+    async def on_control(self, message: AbstractIncomingMessage) -> None:
+        async with message.process(ignore_processed=True):
+            if not message.routing_key or not message.routing_key.startswith("cancel."):
+                return
+            try:
+                request = CancelRequest.model_validate_json(message.body)
+            except ValidationError:
+                return
+            await self.cancel(request.request_id, request.reason)
+
+    async def cancel(self, request_id: str, reason: str) -> str:
+        """Returns the stage the job was cancelled at, or "unknown" when it is not held here."""
+        entry = self.lane.remove(request_id)
+        if entry is not None:
+            metrics.QUEUE_DEPTH.set(len(self.lane))
+            metrics.CANCELLATIONS.labels("queued").inc()
+            log.info("queued job cancelled", request_id=request_id, reason=reason)
+            await self.sink.send_quietly(
+                entry.job, Cancelled(request_id=request_id, stage="queued")
+            )
+            if entry.generation == self.executor.generation:
+                await entry.delivery.ack()
+            self.executor.lane_moved.set()
+            return "queued"
+        if self.executor.cancel_running(request_id, reason):
+            return "running"
+        self.cancels.add(request_id)
+        return "unknown"
+
+    def connection_lost(self) -> None:
+        """Unacked deliveries return to the queue when the connection drops: forget them here,
+        and stop the running job, whose events and ack can no longer be delivered."""
+        self.executor.generation += 1
+        dropped = self.lane.drop_generation_before(self.executor.generation)
+        metrics.QUEUE_DEPTH.set(len(self.lane))
+        running = self.executor.running
+        if running is not None:
+            self.executor.cancel_running(running.entry.request_id, "broker connection lost")
+        if dropped or running is not None:
+            log.warning("dropped admitted jobs after broker loss", jobs=len(dropped))

@@ -1,0 +1,111 @@
+"""The one client of the Ollama backend: streamed chat/generate and cheap status probes.
+
+Generations are always requested with `stream: true`, whatever the client asked for, so tokens
+can be forwarded as they come and a failure mid-way is seen as such; the gateway assembles
+non-streaming answers exactly as Ollama does (concatenating the chunks).
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import aiohttp
+import orjson
+from corral_common.errors import CorralError, ErrorType, backend_unreachable_message
+from corral_common.messages import JobKind
+
+
+class BackendStreamError(Exception):
+    """The backend sent an `{"error": ...}` line after the response had started."""
+
+
+class OllamaBackend:
+    def __init__(
+        self,
+        session: aiohttp.ClientSession,
+        base_url: str,
+        *,
+        connect_timeout_s: float,
+        read_timeout_s: float,
+    ) -> None:
+        self._session = session
+        self.base_url = base_url.rstrip("/")
+        self._timeout = aiohttp.ClientTimeout(
+            total=None, sock_connect=connect_timeout_s, sock_read=read_timeout_s
+        )
+
+    @asynccontextmanager
+    async def generation(
+        self, kind: JobKind, payload: dict[str, Any]
+    ) -> AsyncIterator[AsyncIterator[dict[str, Any]]]:
+        """Open a generation; yields its chunks. Leaving the block closes the upstream response,
+        which is what aborts a generation on the backend."""
+        body = orjson.dumps({**payload, "stream": True})
+        try:
+            response = await self._session.post(
+                f"{self.base_url}/api/{kind}",
+                data=body,
+                headers={"Content-Type": "application/json"},
+                timeout=self._timeout,
+            )
+        except (aiohttp.ClientConnectionError, TimeoutError) as exc:
+            raise self._unreachable(exc) from exc
+        try:
+            if response.status != 200:
+                raise await _status_error(response)
+            yield _chunks(response)
+        finally:
+            response.close()
+
+    async def version(self) -> str:
+        data = await self._get_json("/api/version", timeout_s=2.0)
+        return str(data.get("version", "unknown"))
+
+    async def loaded_models(self) -> list[str]:
+        data = await self._get_json("/api/ps", timeout_s=2.0)
+        return [str(m.get("model") or m.get("name")) for m in data.get("models") or []]
+
+    async def _get_json(self, path: str, timeout_s: float) -> dict[str, Any]:
+        try:
+            async with self._session.get(
+                f"{self.base_url}{path}", timeout=aiohttp.ClientTimeout(total=timeout_s)
+            ) as response:
+                response.raise_for_status()
+                data = await response.json(content_type=None)
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise self._unreachable(exc) from exc
+        return data if isinstance(data, dict) else {}
+
+    def _unreachable(self, exc: BaseException) -> CorralError:
+        reason = str(exc) or type(exc).__name__
+        return CorralError(
+            ErrorType.OLLAMA_CONNECTION_ERROR,
+            backend_unreachable_message(self.base_url),
+            details={"ollama_host": self.base_url, "error": reason},
+        )
+
+
+async def _chunks(response: aiohttp.ClientResponse) -> AsyncIterator[dict[str, Any]]:
+    try:
+        async for line in response.content:
+            if not line.strip():
+                continue
+            chunk = orjson.loads(line)
+            if "error" in chunk:
+                raise BackendStreamError(str(chunk["error"]))
+            yield chunk
+    except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError, TimeoutError) as exc:
+        raise BackendStreamError(f"backend stream broke off: {exc or type(exc).__name__}") from exc
+
+
+async def _status_error(response: aiohttp.ClientResponse) -> CorralError:
+    raw = await response.read()
+    try:
+        message = str(orjson.loads(raw)["error"])
+    except (orjson.JSONDecodeError, KeyError, TypeError):
+        message = raw.decode(errors="replace").strip() or response.reason or "backend error"
+    error_type = ErrorType.MODEL_NOT_FOUND if response.status == 404 else ErrorType.BACKEND_ERROR
+    # Ollama's own status and text pass through unchanged: clients match on them.
+    return CorralError(error_type, message, status=response.status)

@@ -1,0 +1,79 @@
+"""Publishing a job's events to the gateway that holds its client."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import structlog
+from corral_common.broker import Broker, BrokerUnavailable, encode
+from corral_common.messages import Job, JobEvent
+from corral_common.topology import event_key
+
+log = structlog.get_logger(__name__)
+
+FINAL_KINDS = frozenset({"done", "error", "cancelled"})
+
+
+class EventSink:
+    def __init__(self, broker: Broker) -> None:
+        self._broker = broker
+
+    async def send(self, job: Job, event: JobEvent) -> None:
+        """Final events are durable and confirmed (the session store relies on `done`); the
+        rest are transient and best-effort."""
+        kind = str(event.kind)
+        key = event_key(job.gateway_id, job.request_id, kind)
+        await self._broker.publish_event(key, encode(event), durable=kind in FINAL_KINDS)
+
+    async def send_quietly(self, job: Job, event: JobEvent) -> None:
+        try:
+            await self.send(job, event)
+        except BrokerUnavailable as exc:
+            log.warning("event not published", kind=event.kind, error=str(exc))
+
+
+class TokenBatcher:
+    """Forwards chunks as they arrive, coalescing whatever piles up while a publish is under way.
+
+    An idle lane therefore adds no latency to the first token, and a fast backend does not turn
+    into one broker message per token.
+    """
+
+    def __init__(self, publish: Callable[[int, list[dict[str, Any]]], Awaitable[None]]) -> None:
+        self._publish = publish
+        self._pending: list[dict[str, Any]] = []
+        self._wake = asyncio.Event()
+        self._closing = False
+        self._sent = 0
+        self._task = asyncio.create_task(self._pump(), name="token-batcher")
+
+    def add(self, chunk: dict[str, Any]) -> None:
+        self._pending.append(chunk)
+        self._wake.set()
+
+    async def close(self) -> int:
+        """Flush and stop; returns how many batches were published."""
+        self._closing = True
+        self._wake.set()
+        await self._task
+        return self._sent
+
+    async def abort(self) -> None:
+        self._task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._task
+
+    async def _pump(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            if self._pending:
+                batch, self._pending = self._pending, []
+                await self._publish(self._sent, batch)
+                self._sent += 1
+                continue
+            if self._closing:
+                return

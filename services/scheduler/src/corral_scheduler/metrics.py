@@ -1,0 +1,38 @@
+"""The scheduler's Prometheus metrics (served on its /metrics)."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+WAIT_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
+
+QUEUE_DEPTH = Gauge("corral_queue_depth", "Jobs admitted and waiting for the backend")
+QUEUE_RUNNING = Gauge("corral_queue_running", "Jobs running on the backend (0 or 1)")
+QUEUE_WAIT = Histogram(
+    "corral_queue_wait_seconds",
+    "Time from enqueue to backend start",
+    ["model"],
+    buckets=WAIT_BUCKETS,
+)
+TIME_TO_FIRST_TOKEN = Histogram(
+    "corral_time_to_first_token_seconds",
+    "Time from backend start to the first token",
+    ["model"],
+    buckets=WAIT_BUCKETS,
+)
+GENERATION_SECONDS = Histogram(
+    "corral_generation_seconds", "Backend time per job", ["model"], buckets=WAIT_BUCKETS
+)
+TOKENS = Counter("corral_tokens_total", "Tokens processed by the backend", ["model", "kind"])
+JOBS = Counter("corral_jobs_total", "Jobs finished, by outcome", ["outcome"])
+CANCELLATIONS = Counter("corral_cancellations_total", "Cancelled jobs, by stage", ["stage"])
+BACKEND_ERRORS = Counter("corral_backend_errors_total", "Backend failures, by reason", ["reason"])
+MODEL_LOADS = Counter("corral_model_loads_total", "Model loads observed on the backend", ["model"])
+MODEL_SWAPS = Counter(
+    "corral_model_swaps_total", "Jobs that ran on a different model than the last"
+)
+ESTIMATE_ERROR = Histogram(
+    "corral_wait_estimate_error_seconds",
+    "Absolute error of the first wait estimate a job was given",
+    buckets=WAIT_BUCKETS,
+)

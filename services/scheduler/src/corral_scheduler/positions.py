@@ -1,0 +1,63 @@
+"""Keeps every waiting client informed of its position and estimated wait.
+
+Woken whenever the lane moves (admission, start, finish, cancel); sends an update to a job only
+when its position or estimate changed meaningfully, and at most once per interval per job.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+from corral_common.messages import Position
+
+from corral_scheduler.eta import cumulative_waits
+from corral_scheduler.events import EventSink
+from corral_scheduler.executor import Executor
+
+# An estimate that moved less than this (and less than the relative threshold) is not news.
+MIN_ESTIMATE_CHANGE_MS = 1000
+MIN_ESTIMATE_CHANGE_RATIO = 0.2
+
+
+class PositionBroadcaster:
+    def __init__(self, executor: Executor, sink: EventSink, interval_s: float) -> None:
+        self.executor = executor
+        self.sink = sink
+        self.interval_s = interval_s
+
+    async def run_forever(self) -> None:
+        moved = self.executor.lane_moved
+        while True:
+            await moved.wait()
+            moved.clear()
+            await self.broadcast()
+            # Coalesce bursts of lane movement into one round of updates per interval.
+            await asyncio.sleep(self.interval_s)
+
+    async def broadcast(self) -> None:
+        executor = self.executor
+        placed = executor.lane.positions(running=executor.running is not None)
+        waits = cumulative_waits(executor.remaining_ms(), [e.estimate_ms for e, _ in placed])
+        now = time.monotonic()
+        sends = []
+        for (entry, position), wait_ms in zip(placed, waits, strict=True):
+            if not _is_news(entry.last_sent, position, wait_ms):
+                continue
+            entry.last_sent = (position, wait_ms)
+            entry.last_sent_at = now
+            event = Position(
+                request_id=entry.request_id, position=position, estimated_wait_ms=wait_ms
+            )
+            sends.append(self.sink.send_quietly(entry.job, event))
+        if sends:
+            await asyncio.gather(*sends)
+
+
+def _is_news(last: tuple[int, int] | None, position: int, wait_ms: int) -> bool:
+    if last is None or last[0] != position:
+        return True
+    change = abs(last[1] - wait_ms)
+    return change >= MIN_ESTIMATE_CHANGE_MS and change >= MIN_ESTIMATE_CHANGE_RATIO * max(
+        last[1], 1
+    )

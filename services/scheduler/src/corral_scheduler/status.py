@@ -1,0 +1,87 @@
+"""Periodic backend probe and status broadcast, so gateways answer /health and /api/version
+without ever calling the backend themselves."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+
+import structlog
+from aio_pika.abc import AbstractChannel
+from corral_common.broker import Broker, BrokerUnavailable, encode
+from corral_common.errors import CorralError
+from corral_common.messages import BackendStatus, QueueStatus, SchedulerStatus
+from corral_common.topology import JOBS_QUEUE, STATUS_ROUTING_KEY
+
+from corral_scheduler.backend import OllamaBackend
+from corral_scheduler.executor import Executor
+
+log = structlog.get_logger(__name__)
+
+
+class StatusReporter:
+    def __init__(
+        self,
+        scheduler_id: str,
+        broker: Broker,
+        backend: OllamaBackend,
+        executor: Executor,
+        interval_s: float,
+    ) -> None:
+        self.scheduler_id = scheduler_id
+        self.broker = broker
+        self.backend = backend
+        self.executor = executor
+        self.interval_s = interval_s
+        self.last: SchedulerStatus | None = None
+        self._probe_channel: AbstractChannel | None = None
+
+    async def run_forever(self) -> None:
+        while True:
+            self.last = await self.snapshot()
+            with contextlib.suppress(BrokerUnavailable):
+                await self.broker.publish_event(
+                    STATUS_ROUTING_KEY, encode(self.last), durable=False
+                )
+            await asyncio.sleep(self.interval_s)
+
+    async def snapshot(self) -> SchedulerStatus:
+        backend = await self._probe_backend()
+        executor = self.executor
+        recent = [t for t in executor.finished_at if t > time.monotonic() - 60]
+        waits = [e.estimate_ms for e in executor.lane]
+        return SchedulerStatus(
+            scheduler_id=self.scheduler_id,
+            sent_at=time.time(),
+            backend=backend,
+            queue=QueueStatus(
+                waiting=len(executor.lane) + await self._backlog(),
+                running=1 if executor.running is not None else 0,
+                average_wait_ms=round(sum(waits) / len(waits)) if waits else 0,
+                processing_rate=round(len(recent) / 60, 3),
+            ),
+        )
+
+    async def _probe_backend(self) -> BackendStatus:
+        url = self.backend.base_url
+        try:
+            version = await self.backend.version()
+        except CorralError as exc:
+            return BackendStatus(url=url, connected=False, error=str(exc.details.get("error")))
+        return BackendStatus(
+            url=url, connected=True, version=version, loaded_model=self.executor.loaded_model
+        )
+
+    async def _backlog(self) -> int:
+        """Jobs still in RabbitMQ beyond the admission window (ready, not yet delivered)."""
+        try:
+            if self._probe_channel is None or self._probe_channel.is_closed:
+                self._probe_channel = await self.broker.channel()
+            queue = await self._probe_channel.declare_queue(JOBS_QUEUE, passive=True)
+        except Exception as exc:
+            log.debug("backlog probe failed", error=str(exc))
+            self._probe_channel = None
+            return 0
+        result = queue.declaration_result
+        return int(result.message_count or 0)

@@ -1,0 +1,72 @@
+"""Emulator settings. The object is mutable because `/_emulator/config` changes it at runtime."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from corral_emulator.models import (
+    DEFAULT_MODELS,
+    ModelSpec,
+    model_spec_from_mapping,
+    model_spec_to_mapping,
+)
+
+OLLAMA_VERSION = "0.12.6"
+DEFAULT_KEEP_ALIVE_SECONDS = 300.0
+"""`OLLAMA_KEEP_ALIVE`'s default of 5m."""
+
+RUNTIME_KNOBS = ("token_delay_ms", "load_ms", "prompt_ms_per_token")
+
+
+@dataclass(slots=True)
+class EmulatorConfig:
+    host: str = "127.0.0.1"
+    port: int = 11434
+    token_delay_ms: float = 0.0
+    """Sleep before each generated token."""
+    load_ms: float = 0.0
+    """Paid once when a model that is not loaded is first used."""
+    prompt_ms_per_token: float = 0.0
+    """Prompt evaluation time, per prompt token."""
+    models: tuple[ModelSpec, ...] = field(default_factory=lambda: DEFAULT_MODELS)
+    record_limit: int = 50
+    """How many request bodies to keep per endpoint."""
+    default_keep_alive_s: float = DEFAULT_KEEP_ALIVE_SECONDS
+    version: str = OLLAMA_VERSION
+
+    def apply(self, changes: Mapping[str, object]) -> None:
+        """Apply a `/_emulator/config` body; validates everything before changing anything."""
+        unknown = set(changes) - {*RUNTIME_KNOBS, "models", "default_keep_alive_s"}
+        if unknown:
+            raise ValueError(f"unknown config keys: {sorted(unknown)}")
+        numbers: dict[str, float] = {}
+        for key in (*RUNTIME_KNOBS, "default_keep_alive_s"):
+            if key in changes:
+                value = changes[key]
+                if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
+                    raise ValueError(f"'{key}' must be a non-negative number")
+                numbers[key] = float(value)
+        models: tuple[ModelSpec, ...] | None = None
+        if "models" in changes:
+            raw = changes["models"]
+            if not isinstance(raw, list) or not all(isinstance(item, dict) for item in raw):
+                raise ValueError("'models' must be a list of objects")
+            models = tuple(model_spec_from_mapping(item) for item in raw)
+        for key, number in numbers.items():
+            setattr(self, key, number)
+        if models is not None:
+            self.models = models
+
+    def to_mapping(self) -> dict[str, object]:
+        return {
+            "host": self.host,
+            "port": self.port,
+            "token_delay_ms": self.token_delay_ms,
+            "load_ms": self.load_ms,
+            "prompt_ms_per_token": self.prompt_ms_per_token,
+            "default_keep_alive_s": self.default_keep_alive_s,
+            "record_limit": self.record_limit,
+            "version": self.version,
+            "models": [model_spec_to_mapping(spec) for spec in self.models],
+        }
