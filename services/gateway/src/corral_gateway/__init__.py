@@ -1,0 +1,1 @@
+"""The gateway: Corral's HTTP edge, speaking Ollama's API and talking only to RabbitMQ."""

@@ -1,0 +1,73 @@
+"""The gateway's app factory."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import structlog
+from aiohttp import web
+from corral_common.broker import Broker
+from corral_common.ops import add_ops_routes
+from corral_common.topology import EVENTS_EXCHANGE, STATUS_ROUTING_KEY, gateway_queue_name
+from opentelemetry.instrumentation.aiohttp_server import create_aiohttp_middleware
+
+from corral_gateway import generation, meta
+from corral_gateway.hub import Hub, StatusBoard
+from corral_gateway.middleware import ollama_edge
+from corral_gateway.settings import GatewaySettings
+from corral_gateway.state import GATEWAY, SETTINGS, Gateway
+from corral_gateway.submit import Submitter
+
+log = structlog.get_logger(__name__)
+
+
+async def gateway_ctx(app: web.Application) -> AsyncIterator[None]:
+    settings = app[SETTINGS]
+    broker = Broker(settings, "gateway")
+    await broker.start()
+    hub = Hub(StatusBoard(settings.status_stale_s))
+    broker.on_lost(hub.broker_lost)
+    gateway = Gateway(settings=settings, broker=broker, hub=hub, submitter=Submitter(broker))
+    app[GATEWAY] = gateway
+
+    # This replica's own event queue: exclusive, so it (and its bindings) vanish with us.
+    channel = await broker.channel(prefetch=1000)
+    queue = await channel.declare_queue(
+        gateway_queue_name(settings.instance_id), exclusive=True, auto_delete=True
+    )
+    events = await channel.get_exchange(EVENTS_EXCHANGE)
+    await queue.bind(events, f"gw.{settings.instance_id}.#")
+    await queue.bind(events, STATUS_ROUTING_KEY)
+    await queue.consume(hub.on_message, no_ack=True)
+    log.info("gateway ready", gateway_id=settings.instance_id)
+    yield
+    if gateway.background:
+        await asyncio.wait(gateway.background, timeout=5)
+    await channel.close()
+    await broker.close()
+
+
+def create_app(settings: GatewaySettings | None = None) -> web.Application:
+    settings = settings or GatewaySettings()
+    app = web.Application(
+        client_max_size=settings.max_body_bytes,
+        middlewares=[create_aiohttp_middleware(), ollama_edge],
+    )
+    app[SETTINGS] = settings
+    app.cleanup_ctx.append(gateway_ctx)
+    app.router.add_route("GET", "/", meta.root)
+    app.router.add_route("GET", "/api/version", meta.version)
+    app.router.add_post("/api/chat", generation.chat)
+    app.router.add_post("/api/generate", generation.generate)
+
+    def ready() -> bool:
+        return GATEWAY in app and app[GATEWAY].broker.connected
+
+    async def health() -> dict[str, object]:
+        if GATEWAY not in app:
+            return {"status": "unhealthy"}
+        return await meta.health(app[GATEWAY])
+
+    add_ops_routes(app, health, ready)
+    return app

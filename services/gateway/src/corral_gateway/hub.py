@@ -1,0 +1,89 @@
+"""Routes events from this gateway's broker queue to the requests waiting for them.
+
+Each request registers before its job is published, so no event can arrive unclaimed. Events for
+requests that are gone (client left) are dropped. When the broker connection drops, this
+gateway's exclusive queue goes with it, so every waiting request is failed at once rather than
+left hanging.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass
+
+import structlog
+from aio_pika.abc import AbstractIncomingMessage
+from corral_common.messages import EVENT_ADAPTER, Event, SchedulerStatus
+from corral_common.topology import STATUS_ROUTING_KEY
+from pydantic import ValidationError
+
+log = structlog.get_logger(__name__)
+
+
+@dataclass(frozen=True)
+class BrokerLost:
+    """Not an event from the scheduler: the gateway lost the broker while the request waited."""
+
+    kind: str = "broker_lost"
+
+
+Delivery = Event | BrokerLost
+
+
+class StatusBoard:
+    """The latest status each scheduler broadcast; what /health and /api/version report."""
+
+    def __init__(self, stale_after_s: float) -> None:
+        self._latest: dict[str, SchedulerStatus] = {}
+        self._stale_after_s = stale_after_s
+
+    def update(self, status: SchedulerStatus) -> None:
+        self._latest[status.scheduler_id] = status
+
+    def fresh(self) -> list[SchedulerStatus]:
+        cutoff = time.time() - self._stale_after_s
+        return [s for s in self._latest.values() if s.sent_at >= cutoff]
+
+
+class Hub:
+    def __init__(self, status: StatusBoard) -> None:
+        self._waiting: dict[str, asyncio.Queue[Delivery]] = {}
+        self.status = status
+
+    def register(self, request_id: str) -> asyncio.Queue[Delivery]:
+        if request_id in self._waiting:
+            raise KeyError(request_id)
+        queue: asyncio.Queue[Delivery] = asyncio.Queue()
+        self._waiting[request_id] = queue
+        return queue
+
+    def unregister(self, request_id: str) -> None:
+        self._waiting.pop(request_id, None)
+
+    def is_waiting(self, request_id: str) -> bool:
+        return request_id in self._waiting
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._waiting)
+
+    async def on_message(self, message: AbstractIncomingMessage) -> None:
+        if message.routing_key == STATUS_ROUTING_KEY:
+            try:
+                self.status.update(SchedulerStatus.model_validate_json(message.body))
+            except ValidationError:
+                log.warning("unreadable scheduler status dropped")
+            return
+        try:
+            event = EVENT_ADAPTER.validate_json(message.body)
+        except ValidationError:
+            log.warning("unreadable event dropped", routing_key=message.routing_key)
+            return
+        queue = self._waiting.get(event.request_id)
+        if queue is not None:
+            queue.put_nowait(event)
+
+    def broker_lost(self) -> None:
+        for queue in self._waiting.values():
+            queue.put_nowait(BrokerLost())

@@ -1,0 +1,199 @@
+"""Turns one request's event stream into the HTTP answer its client expects.
+
+Streaming clients get queue chunks while they wait, then the backend's own chunks, then the
+final chunk with Corral's fields. Non-streaming clients get one object, assembled as Ollama
+assembles it. Errors before anything was written keep their HTTP status; errors after the first
+byte end the stream with an `{"error": ...}` line, as Ollama does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from aiohttp import web
+from corral_common import jsonutil
+from corral_common.messages import Cancelled, Done, Failed, JobKind, Position, Started, Tokens
+
+from corral_gateway import metrics
+from corral_gateway.extensions import Extensions
+from corral_gateway.hub import BrokerLost, Delivery
+from corral_gateway.ordering import TokenOrder
+from corral_gateway.wire import NDJSON, assemble, corral_fields, queue_chunk
+
+CANCELED_STATUS = 499
+
+
+@dataclass(frozen=True)
+class RelayTimings:
+    heartbeat_s: float
+    straggler_timeout_s: float
+
+
+class Relay:
+    def __init__(
+        self,
+        request: web.Request,
+        *,
+        kind: JobKind,
+        model: str,
+        stream: bool,
+        ext: Extensions,
+        events: asyncio.Queue[Delivery],
+        messages_used: int,
+        timings: RelayTimings,
+    ) -> None:
+        self.request = request
+        self.kind = kind
+        self.model = model
+        self.stream = stream
+        self.ext = ext
+        self.events = events
+        self.messages_used = messages_used
+        self.timings = timings
+        self.arrived = time.monotonic()
+        self.response: web.StreamResponse | None = None
+        self.finished = False
+        self.first_position: int | None = None
+        self.shown: tuple[int, int] | None = None
+        self.wrote_tokens = False
+        self.order = TokenOrder()
+        self.collected: list[dict[str, Any]] = []
+
+    @property
+    def headers(self) -> dict[str, str]:
+        headers = {"X-Request-Id": self.ext.request_id}
+        if self.ext.session_id is not None:
+            headers["X-Session-Id"] = self.ext.session_id
+        return headers
+
+    async def run(self) -> web.StreamResponse:
+        while True:
+            match await self._next(self.timings.heartbeat_s):
+                case None:
+                    await self._heartbeat()
+                case Position(position=position, estimated_wait_ms=wait_ms):
+                    if self.first_position is None:
+                        self.first_position = position
+                    await self._show(position, wait_ms)
+                case Started(redelivered=redelivered):
+                    if redelivered and self.wrote_tokens:
+                        return await self._fail(
+                            500, "generation was interrupted by a scheduler restart; please retry"
+                        )
+                    if self.first_position is None:
+                        self.first_position = 0
+                    await self._show(0, 0)
+                case Tokens() as tokens:
+                    await self._take(tokens)
+                case Done() as done:
+                    return await self._finish(done)
+                case Failed(status=status, message=message):
+                    # A non-streaming request that failed mid-way gets the error alone, as
+                    # from Ollama.
+                    return await self._fail(status, message)
+                case Cancelled():
+                    return await self._fail(CANCELED_STATUS, "request canceled")
+                case BrokerLost():
+                    return await self._fail(
+                        503, "lost the connection to Corral's message broker; please retry"
+                    )
+
+    async def _next(self, wait_s: float) -> Delivery | None:
+        try:
+            return await asyncio.wait_for(self.events.get(), timeout=wait_s)
+        except TimeoutError:
+            return None
+
+    async def _take(self, tokens: Tokens) -> None:
+        for chunk in self.order.push(tokens.seq, tokens.chunks):
+            await self._emit(chunk)
+
+    async def _show(self, position: int, wait_ms: int) -> None:
+        if not (self.stream and self.ext.queue_progress) or self.wrote_tokens:
+            return
+        if (
+            self.shown is not None
+            and self.shown[0] == position
+            and (position == 0 or abs(self.shown[1] - wait_ms) < 1000)
+        ):
+            return
+        self.shown = (position, wait_ms)
+        await self._write(queue_chunk(self.kind, self.model, position, wait_ms))
+
+    async def _heartbeat(self) -> None:
+        if self.shown is not None and not self.wrote_tokens and self.response is not None:
+            position, wait_ms = self.shown
+            await self._write(queue_chunk(self.kind, self.model, position, wait_ms))
+
+    async def _emit(self, chunk: dict[str, Any]) -> None:
+        if not self.wrote_tokens:
+            metrics.CLIENT_TTFT.labels(self.kind).observe(time.monotonic() - self.arrived)
+        self.wrote_tokens = True
+        if self.stream:
+            await self._write(chunk)
+        else:
+            self.collected.append(chunk)
+
+    async def _finish(self, done: Done) -> web.StreamResponse:
+        complete = await self._drain(done.token_batches)
+        if not complete and self.stream:
+            return await self._fail(500, "lost part of the answer in transit; please retry")
+        if not self.wrote_tokens:
+            metrics.CLIENT_TTFT.labels(self.kind).observe(time.monotonic() - self.arrived)
+        extras = corral_fields(
+            request_id=self.ext.request_id,
+            session_id=self.ext.session_id,
+            waited_ms=done.waited_ms,
+            first_position=self.first_position or 0,
+            messages_used=self.messages_used,
+            final=done.final,
+        )
+        self.finished = True
+        if self.stream:
+            await self._write({**done.final, **extras})
+            assert self.response is not None
+            await self.response.write_eof()
+            return self.response
+        body = {**assemble(self.kind, self.collected, done.final, done.text), **extras}
+        return _json(body, 200, self.headers)
+
+    async def _drain(self, batches: int) -> bool:
+        """Wait for token batches still in transit; the final event may overtake them."""
+        deadline = time.monotonic() + self.timings.straggler_timeout_s
+        while self.order.received < batches:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return False
+            event = await self._next(remaining)
+            if isinstance(event, Tokens):
+                await self._take(event)
+        return True
+
+    async def _fail(self, status: int, message: str) -> web.StreamResponse:
+        self.finished = True
+        if self.response is None:
+            return _json({"error": message}, status, self.headers)
+        await self._write({"error": message})
+        await self.response.write_eof()
+        return self.response
+
+    async def _write(self, obj: dict[str, Any]) -> None:
+        if self.response is None:
+            response = web.StreamResponse(status=200, headers=self.headers)
+            response.content_type = NDJSON
+            await response.prepare(self.request)
+            self.response = response
+        await self.response.write(jsonutil.ndjson_line(obj))
+
+
+def _json(body: dict[str, Any], status: int, headers: dict[str, str]) -> web.Response:
+    return web.Response(
+        body=jsonutil.dumps(body),
+        status=status,
+        headers=headers,
+        content_type="application/json",
+        charset="utf-8",
+    )

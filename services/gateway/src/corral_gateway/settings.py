@@ -1,0 +1,19 @@
+from __future__ import annotations
+
+from corral_common.settings import CorralSettings
+from pydantic import Field
+
+
+class GatewaySettings(CorralSettings):
+    gateway_host: str = "127.0.0.1"
+    gateway_port: int = 8000
+    # Ollama sets no limit, but base64 images are large: generous, yet bounded.
+    max_body_bytes: int = Field(default=64 * 1024 * 1024, ge=1024)
+    # A scheduler status older than this no longer counts for /health.
+    status_stale_s: float = Field(default=10.0, gt=0)
+    # Tokens and final events travel on different channels; how long a final event waits for
+    # token batches still on their way before the stream is declared broken.
+    straggler_timeout_s: float = Field(default=5.0, gt=0)
+    # While a streaming client waits, its last queue chunk is repeated this often so proxies
+    # and clients do not cut an idle connection.
+    heartbeat_s: float = Field(default=5.0, gt=0)

@@ -1,0 +1,36 @@
+"""What the gateway's handlers share, under typed app keys."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Coroutine
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiohttp import web
+from corral_common.broker import Broker
+
+from corral_gateway.hub import Hub
+from corral_gateway.settings import GatewaySettings
+from corral_gateway.submit import Submitter
+
+
+@dataclass
+class Gateway:
+    settings: GatewaySettings
+    broker: Broker
+    hub: Hub
+    submitter: Submitter
+    started_at: float = field(default_factory=time.monotonic)
+    # Cancels published after a client left; kept so shutdown can wait for them.
+    background: set[asyncio.Task[None]] = field(default_factory=set)
+
+    def spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(coro)
+        self.background.add(task)
+        task.add_done_callback(self.background.discard)
+
+
+SETTINGS = web.AppKey("settings", GatewaySettings)
+GATEWAY = web.AppKey("gateway", Gateway)
