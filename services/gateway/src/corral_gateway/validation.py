@@ -121,7 +121,7 @@ def decode_body(raw: bytes, kind: JobKind) -> dict[str, Any]:
 
 def _decode_message(exc: orjson.JSONDecodeError, raw: bytes) -> str:
     text = str(exc)
-    if "surrogates not allowed" in text:
+    if "surrogate" in text:
         return "invalid request body: lone surrogate in a JSON string (text must be valid UTF-8)"
     if "not valid UTF-8" in text:
         return "invalid request body: not valid UTF-8"

@@ -1,1 +1,1 @@
-"""Dev and test infrastructure for Corral: throwaway RabbitMQ nodes, service processes, `make run`."""
+"""Corral dev/test infrastructure: throwaway RabbitMQ nodes, service processes, `make run`."""

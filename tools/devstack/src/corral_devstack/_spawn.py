@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import os
 import signal
@@ -55,20 +56,16 @@ def spawn(
 
 def signal_group(proc: subprocess.Popen[bytes], sig: int) -> None:
     """Send `sig` to the process group led by `proc` (its helpers included)."""
-    try:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(proc.pid, sig)
-    except (ProcessLookupError, PermissionError):
-        pass
 
 
 def terminate_group(proc: subprocess.Popen[bytes], timeout: float) -> None:
     """SIGTERM the group, wait up to `timeout`, then SIGKILL it and reap the leader."""
     if proc.poll() is None:
         signal_group(proc, signal.SIGTERM)
-        try:
+        with contextlib.suppress(subprocess.TimeoutExpired):
             proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            pass
     # The leader may be gone while helpers it spawned in the group still run.
     signal_group(proc, signal.SIGKILL)
     proc.wait()

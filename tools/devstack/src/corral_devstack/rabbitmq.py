@@ -59,8 +59,8 @@ def ensure_rabbitmq_installed() -> None:
         )
 
 
-async def amqp_reachable_async(url: str, timeout: float = 2.0) -> bool:
-    """True if a full AMQP connection (credentials and vhost included) opens within `timeout`."""
+async def _probe_amqp(url: str, limit: float) -> bool:
+    """True if a full AMQP connection opens within `limit` seconds."""
     parts = urlsplit(url)
     default_port = 5671 if parts.scheme == "amqps" else 5672
     # A plain TCP probe first: aiormq logs a warning for every refused connection, which
@@ -68,15 +68,15 @@ async def amqp_reachable_async(url: str, timeout: float = 2.0) -> bool:
     try:
         _, writer = await asyncio.wait_for(
             asyncio.open_connection(parts.hostname or "localhost", parts.port or default_port),
-            timeout,
+            limit,
         )
-    except (OSError, asyncio.TimeoutError):
+    except (TimeoutError, OSError):
         return False
     writer.close()
     with contextlib.suppress(OSError):
         await writer.wait_closed()
     try:
-        connection = await asyncio.wait_for(aio_pika.connect(url, timeout=timeout), timeout)
+        connection = await asyncio.wait_for(aio_pika.connect(url, timeout=limit), limit)
     except Exception:
         # Refused sockets, timeouts, bad logins and protocol errors all surface through
         # different aiormq/aio-pika types; any of them means "not usable".
@@ -86,11 +86,14 @@ async def amqp_reachable_async(url: str, timeout: float = 2.0) -> bool:
 
 
 def amqp_reachable(url: str, timeout: float = 2.0) -> bool:
-    """Synchronous `amqp_reachable_async`, usable even while an event loop runs in this thread."""
+    """True if a full AMQP connection (credentials and vhost included) opens within `timeout`.
+
+    Synchronous, and usable even while an event loop runs in the calling thread.
+    """
     result: list[bool] = []
     # A private thread gets its own event loop, so callers inside a loop do not deadlock.
     worker = threading.Thread(
-        target=lambda: result.append(asyncio.run(amqp_reachable_async(url, timeout))),
+        target=lambda: result.append(asyncio.run(_probe_amqp(url, timeout))),
         name="amqp-reachable",
         daemon=True,
     )
@@ -312,7 +315,9 @@ class RabbitNode:
         d = self.base_dir
         # Inherited RABBITMQ_*/ERL_* settings would point the node at shared system paths.
         env = {
-            k: v for k, v in os.environ.items() if not k.startswith(("RABBITMQ_", "ERL_", "ERLANG_"))
+            k: v
+            for k, v in os.environ.items()
+            if not k.startswith(("RABBITMQ_", "ERL_", "ERLANG_"))
         }
         env.setdefault("LC_ALL", "C.UTF-8")
         env.update(
@@ -323,7 +328,9 @@ class RabbitNode:
                 "RABBITMQ_NODE_IP_ADDRESS": self.host,
                 "RABBITMQ_NODE_PORT": str(ports.amqp),
                 "RABBITMQ_DIST_PORT": str(ports.dist),
-                "RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS": "-kernel inet_dist_use_interface {127,0,0,1}",
+                "RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS": (
+                    "-kernel inet_dist_use_interface {127,0,0,1}"
+                ),
                 "ERL_EPMD_ADDRESS": "127.0.0.1",
                 "ERL_EPMD_PORT": str(ports.epmd),
                 "RABBITMQ_CONFIG_FILE": str(d / "rabbitmq.conf"),

@@ -1,0 +1,41 @@
+# Corral: `make run` starts the whole cluster in the foreground; `make test` runs the suite.
+# Both install what they need (uv from PyPI, RabbitMQ from Debian) on a fresh machine.
+
+SHELL := /bin/bash
+UV ?= $(shell command -v uv 2>/dev/null || echo "$(HOME)/.local/bin/uv")
+export UV_LINK_MODE ?= copy
+
+.PHONY: run run-demo test lint typecheck check bench install rabbitmq
+
+$(UV):
+	python3 -m pip install --quiet --user uv || python3 -m pip install --quiet uv
+
+install: $(UV)
+	$(UV) sync --all-packages --frozen 2>/dev/null || $(UV) sync --all-packages
+
+rabbitmq:
+	@test -x /usr/lib/rabbitmq/bin/rabbitmq-server || \
+		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq rabbitmq-server)
+
+## Start the cluster against CORRAL_OLLAMA_URL (default http://127.0.0.1:11434).
+run: install rabbitmq
+	$(UV) run python -m corral_devstack run
+
+## Start the cluster with the bundled Ollama emulator as the backend (no Ollama needed).
+run-demo: install rabbitmq
+	$(UV) run python -m corral_devstack run --emulator
+
+test: install rabbitmq
+	$(UV) run pytest
+
+lint: install
+	$(UV) run ruff check .
+	$(UV) run ruff format --check .
+
+typecheck: install
+	$(UV) run mypy services/*/src tools/*/src
+
+check: lint typecheck test
+
+bench: install rabbitmq
+	$(UV) run python bench/latency.py

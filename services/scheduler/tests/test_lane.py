@@ -1,0 +1,87 @@
+"""The lane's ordering and positions (pure bookkeeping)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+from corral_common.messages import Job
+from corral_scheduler.lane import Entry, Lane
+
+
+def entry(request_id: str, generation: int = 0) -> Entry:
+    job = Job(
+        request_id=request_id,
+        gateway_id="gw",
+        kind="chat",
+        model="llama3.2",
+        payload={},
+        enqueued_at=time.time(),
+    )
+    return Entry(job=job, delivery=None, generation=generation, admitted_at=time.monotonic())
+
+
+async def test_pop_is_fifo() -> None:
+    lane = Lane()
+    for rid in ("a", "b", "c"):
+        lane.push(entry(rid))
+    assert [(await lane.pop()).request_id for _ in range(3)] == ["a", "b", "c"]
+    assert len(lane) == 0
+
+
+async def test_pop_waits_for_a_push() -> None:
+    lane = Lane()
+    popped = asyncio.create_task(lane.pop())
+    await asyncio.sleep(0)
+    assert not popped.done()
+    lane.push(entry("late"))
+    assert (await popped).request_id == "late"
+
+
+def test_positions_count_the_running_job() -> None:
+    lane = Lane()
+    for rid in ("a", "b", "c"):
+        lane.push(entry(rid))
+    assert [(e.request_id, p) for e, p in lane.positions(running=True)] == [
+        ("a", 1),
+        ("b", 2),
+        ("c", 3),
+    ]
+    assert [p for _, p in lane.positions(running=False)] == [0, 1, 2]
+
+
+def test_remove_moves_everyone_behind_up() -> None:
+    lane = Lane()
+    for rid in ("a", "b", "c"):
+        lane.push(entry(rid))
+    removed = lane.remove("b")
+    assert removed is not None and removed.request_id == "b"
+    assert lane.remove("b") is None
+    assert [(e.request_id, p) for e, p in lane.positions(running=True)] == [("a", 1), ("c", 2)]
+
+
+def test_positions_never_increase_as_the_lane_drains() -> None:
+    lane = Lane()
+    for i in range(10):
+        lane.push(entry(f"r{i}"))
+    seen: dict[str, list[int]] = {}
+    running = False
+    while len(lane):
+        for e, p in lane.positions(running=running):
+            seen.setdefault(e.request_id, []).append(p)
+        if running:
+            running = False  # the running job finished
+        else:
+            lane._waiting.popitem(last=False)  # the head starts
+            running = True
+    for history in seen.values():
+        assert history == sorted(history, reverse=True)
+
+
+def test_stale_generation_entries_are_dropped() -> None:
+    lane = Lane()
+    lane.push(entry("old", generation=0))
+    lane.push(entry("new", generation=1))
+    dropped = lane.drop_generation_before(1)
+    assert [e.request_id for e in dropped] == ["old"]
+    assert "new" in lane and "old" not in lane

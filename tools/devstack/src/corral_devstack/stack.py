@@ -1,0 +1,244 @@
+"""`make run`: the whole cluster on this machine, in the foreground, until Ctrl-C."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Final, TextIO
+from urllib.parse import urlsplit, urlunsplit
+
+from corral_devstack.ports import free_port, port_is_free
+from corral_devstack.processes import ServiceError, ServiceProcess
+from corral_devstack.rabbitmq import RabbitMQError, RabbitNode, amqp_reachable
+
+# Started in this order, stopped in reverse.
+SERVICE_MODULES: Final[tuple[str, ...]] = ("corral_scheduler", "corral_gateway")
+GATEWAY_MODULE: Final = "corral_gateway"
+EMULATOR_MODULE: Final = "corral_emulator"
+DEFAULT_AMQP_URL: Final = "amqp://guest:guest@127.0.0.1:5672/"
+LOOPBACK: Final = "127.0.0.1"
+_TRUTHY: Final = frozenset({"1", "true", "yes", "on"})
+
+
+class StackError(RuntimeError):
+    """The cluster could not be started."""
+
+
+def service_name(module: str) -> str:
+    """`corral_session_store` -> `session-store`."""
+    return module.removeprefix("corral_").replace("_", "-")
+
+
+def default_data_dir(environ: Mapping[str, str]) -> Path:
+    return Path(environ.get("CORRAL_DATA_DIR") or ".corral")
+
+
+def emulator_requested(environ: Mapping[str, str]) -> bool:
+    return environ.get("CORRAL_DEV_EMULATOR", "").strip().lower() in _TRUTHY
+
+
+@dataclass(frozen=True)
+class BrokerChoice:
+    url: str
+    start_local_node: bool
+
+
+def choose_broker(
+    environ: Mapping[str, str], reachable: Callable[[str], bool] = amqp_reachable
+) -> BrokerChoice:
+    """Use the configured broker; start a local node only if the *default* one is not there."""
+    explicit = environ.get("CORRAL_AMQP_URL")
+    if explicit:
+        if not reachable(explicit):
+            raise StackError(
+                f"CORRAL_AMQP_URL={redact(explicit)} is not reachable; start that broker or "
+                "unset CORRAL_AMQP_URL to get a local RabbitMQ node"
+            )
+        return BrokerChoice(explicit, start_local_node=False)
+    if reachable(DEFAULT_AMQP_URL):
+        return BrokerChoice(DEFAULT_AMQP_URL, start_local_node=False)
+    return BrokerChoice(DEFAULT_AMQP_URL, start_local_node=True)
+
+
+def redact(url: str) -> str:
+    """The URL with its password masked, for printing."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.rsplit("@", 1)[1]
+    return urlunsplit(parts._replace(netloc=f"{parts.username}:***@{netloc}"))
+
+
+class Stack:
+    """Everything `make run` starts; `stop()` undoes exactly that, newest first."""
+
+    def __init__(
+        self,
+        data_dir: Path,
+        *,
+        emulator: bool = False,
+        environ: Mapping[str, str] | None = None,
+        modules: Sequence[str] = SERVICE_MODULES,
+        out: TextIO | None = None,
+    ) -> None:
+        self.data_dir = data_dir.resolve()
+        self.emulator = emulator
+        self.environ = dict(os.environ if environ is None else environ)
+        self.modules = tuple(modules)
+        self.out = out if out is not None else sys.stdout
+        self.node: RabbitNode | None = None
+        self.processes: list[ServiceProcess] = []
+        self._stop_order: list[Callable[[], object]] = []
+
+    @property
+    def log_dir(self) -> Path:
+        return self.data_dir / "logs"
+
+    def start(self) -> None:
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        env: dict[str, str] = {"CORRAL_DATA_DIR": str(self.data_dir)}
+
+        choice = choose_broker(self.environ)
+        if choice.start_local_node:
+            node = RabbitNode(self.data_dir / "rabbitmq")
+            self._stop_order.append(node.stop)
+            node.start()
+            self.node = node
+            env["CORRAL_AMQP_URL"] = node.url
+            log = node.log_dir / f"{node.nodename}.log"
+            self._say("rabbitmq", f"{node.url}  (local node, log {log})")
+        else:
+            env["CORRAL_AMQP_URL"] = choice.url
+            self._say("rabbitmq", f"{redact(choice.url)}  (existing broker, not managed)")
+
+        if self.emulator:
+            port = free_port(LOOPBACK)
+            url = f"http://{LOOPBACK}:{port}"
+            argv = [sys.executable, "-m", EMULATOR_MODULE, "--host", LOOPBACK, "--port", str(port)]
+            self._launch("emulator", argv, {}, f"{url}/api/version")
+            env["CORRAL_OLLAMA_URL"] = url
+            self._say("emulator", f"{url}  (Ollama emulator, log {self.log_dir / 'emulator.log'})")
+
+        gateway_host = self.environ.get("CORRAL_GATEWAY_HOST") or LOOPBACK
+        gateway_port = int(self.environ.get("CORRAL_GATEWAY_PORT") or 8000)
+        for module in self.modules:
+            name = service_name(module)
+            argv = [sys.executable, "-m", module]
+            if module == GATEWAY_MODULE:
+                if not port_is_free(gateway_port, gateway_host):
+                    # Otherwise whatever holds the port could answer our readiness probe.
+                    raise StackError(
+                        f"{gateway_host}:{gateway_port} is already in use "
+                        "(another `make run`?); set CORRAL_GATEWAY_PORT to use another port"
+                    )
+                service_env = {
+                    "CORRAL_GATEWAY_HOST": gateway_host,
+                    "CORRAL_GATEWAY_PORT": str(gateway_port),
+                }
+                url = f"http://{_url_host(gateway_host)}:{gateway_port}"
+                self._launch(name, argv, {**env, **service_env}, f"{url}/ready")
+                self._say(name, f"{url}  (log {self.log_dir / f'{name}.log'})")
+            else:
+                health = free_port(LOOPBACK)
+                ready = f"http://{LOOPBACK}:{health}/ready"
+                self._launch(name, argv, {**env, "CORRAL_HEALTH_PORT": str(health)}, ready)
+                self._say(name, f"{ready}  (log {self.log_dir / f'{name}.log'})")
+
+    def stop(self) -> None:
+        """Stop what was started, newest first; keep going past failures."""
+        errors: list[BaseException] = []
+        while self._stop_order:
+            stop = self._stop_order.pop()
+            try:
+                stop()
+            except Exception as exc:
+                errors.append(exc)
+        if errors:
+            raise errors[0]
+
+    def first_exited(self) -> ServiceProcess | None:
+        for proc in self.processes:
+            if proc.returncode is not None:
+                return proc
+        return None
+
+    def _launch(
+        self, name: str, argv: list[str], env: dict[str, str], ready_url: str
+    ) -> ServiceProcess:
+        proc = ServiceProcess(name, argv, env, ready_url, self.log_dir / f"{name}.log")
+        self._stop_order.append(proc.stop)
+        self.processes.append(proc)
+        proc.start()
+        proc.wait_ready()
+        return proc
+
+    def _say(self, name: str, text: str) -> None:
+        print(f"{name:<14} {text}", file=self.out, flush=True)
+
+
+def _url_host(host: str) -> str:
+    # A wildcard bind is reachable on loopback; IPv6 literals need brackets in URLs.
+    if host in ("0.0.0.0", ""):
+        return LOOPBACK
+    if host == "::":
+        return "[::1]"
+    return f"[{host}]" if ":" in host else host
+
+
+def _raise_exit(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)
+
+
+def run(data_dir: Path | None = None, *, emulator: bool | None = None) -> int:
+    """Start the stack, wait for Ctrl-C/SIGTERM or a crashed component, then stop it all."""
+    environ = dict(os.environ)
+    stack = Stack(
+        data_dir if data_dir is not None else default_data_dir(environ),
+        emulator=emulator_requested(environ) if emulator is None else emulator,
+        environ=environ,
+    )
+    in_main = threading.current_thread() is threading.main_thread()
+    if in_main:
+        # SIGTERM (and a closed terminal) must unwind through `finally` just like Ctrl-C.
+        signal.signal(signal.SIGTERM, _raise_exit)
+        signal.signal(signal.SIGHUP, _raise_exit)
+    status = 0
+    try:
+        stack.start()
+        print("Corral is running; press Ctrl-C to stop.", flush=True)
+        while (crashed := stack.first_exited()) is None:
+            time.sleep(0.5)
+        print(
+            f"{crashed.name} exited with {crashed.returncode}; stopping. "
+            f"Last lines of {crashed.log_path}:\n{crashed.log_tail(20)}",
+            file=sys.stderr,
+            flush=True,
+        )
+        status = 1
+    except (StackError, ServiceError, RabbitMQError) as exc:
+        print(f"error: {exc}", file=sys.stderr, flush=True)
+        status = 1
+    except KeyboardInterrupt:
+        status = 0
+    except SystemExit as exc:
+        status = 0 if exc.code in (128 + signal.SIGTERM, 128 + signal.SIGHUP) else 1
+    finally:
+        if in_main:
+            # Stopping is bounded by timeouts; a second Ctrl-C must not abandon it halfway.
+            for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+                signal.signal(sig, signal.SIG_IGN)
+        print("Stopping...", file=sys.stderr, flush=True)
+        try:
+            stack.stop()
+        except Exception as exc:
+            print(f"error while stopping: {exc}", file=sys.stderr, flush=True)
+            status = 1
+        else:
+            print("Stopped.", file=sys.stderr, flush=True)
+    return status

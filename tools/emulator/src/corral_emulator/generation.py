@@ -1,0 +1,181 @@
+"""Running one chat/generate request: load, prompt evaluation, timed tokens, failures, and the
+concurrency record. Shared by both endpoints; they differ only in their ChunkShape."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass
+
+from aiohttp import web
+
+from corral_emulator.activity import GenerationTicket, Outcome
+from corral_emulator.chunks import ChunkShape, Metrics
+from corral_emulator.durations import KeepAlive
+from corral_emulator.failures import FailureMode, FailurePlan
+from corral_emulator.models import ModelSpec
+from corral_emulator.reply_plan import ReplyPlan
+from corral_emulator.state import EmulatorState
+from corral_emulator.wire import NDJSON_CONTENT_TYPE, error_response, json_response, ndjson_line
+
+
+@dataclass(frozen=True, slots=True)
+class GenerationJob:
+    model: str
+    """As the client spelled it."""
+    spec: ModelSpec
+    plan: ReplyPlan
+    keep_alive: KeepAlive | None
+    stream: bool
+    shape: ChunkShape
+    failure: FailurePlan | None
+    started_ns: int
+    """`time.perf_counter_ns()` when the request arrived; total_duration counts from here."""
+
+
+class NdjsonWriter:
+    """Starts the 200 NDJSON response lazily, so errors before the first token can still be
+    answered with a proper status, as Ollama does."""
+
+    def __init__(self, request: web.Request) -> None:
+        self._request = request
+        self.response: web.StreamResponse | None = None
+
+    @property
+    def started(self) -> bool:
+        return self.response is not None
+
+    async def send(self, chunk: dict[str, object]) -> None:
+        if self.response is None:
+            response = web.StreamResponse()
+            response.content_type = NDJSON_CONTENT_TYPE
+            self.response = response
+            await response.prepare(self._request)
+        await self.response.write(ndjson_line(chunk))
+
+    async def close(self) -> web.StreamResponse:
+        assert self.response is not None
+        await self.response.write_eof()
+        return self.response
+
+
+async def run_generation(
+    request: web.Request, state: EmulatorState, job: GenerationJob
+) -> web.StreamResponse:
+    failure = job.failure
+    if failure is not None and failure.mode is FailureMode.REFUSE:
+        return refuse_connection(request)
+    if failure is not None and failure.mode is FailureMode.ERROR:
+        return error_response(failure.status, failure.message)
+    if failure is not None and failure.mode is FailureMode.NOT_FOUND:
+        return error_response(404, f"model '{job.model}' not found")
+
+    ticket = state.activity.start(job.spec.full_name)
+    writer = NdjsonWriter(request)
+    try:
+        return await _generate(state, job, ticket, writer)
+    except asyncio.CancelledError:
+        # handler_cancellation: aiohttp cancels the handler when the client disconnects.
+        ticket.finish(Outcome.CANCELLED, midstream=writer.started)
+        raise
+    except ConnectionError:
+        # Without handler cancellation a disconnect only shows up as a failed write.
+        ticket.finish(Outcome.CANCELLED, midstream=writer.started)
+        return writer.response or web.Response()
+    finally:
+        # Any other exception is an emulator bug; keep the record consistent anyway.
+        ticket.finish(Outcome.FAILED)
+
+
+async def run_load(
+    state: EmulatorState, spec: ModelSpec, context_length: int, job_shape: ChunkShape,
+    keep_alive: KeepAlive | None,
+) -> web.Response:
+    """An empty request: load the model (applying keep_alive) and say so."""
+    ticket = state.activity.start(spec.full_name)
+    try:
+        runner = await state.runners.acquire(spec, context_length, keep_alive)
+    except asyncio.CancelledError:
+        ticket.finish(Outcome.CANCELLED)
+        raise
+    state.runners.release(runner)
+    ticket.finish(Outcome.COMPLETED)
+    return json_response(job_shape.bare_done("load"))
+
+
+def run_unload(state: EmulatorState, spec: ModelSpec, shape: ChunkShape) -> web.Response:
+    """An empty request with keep_alive 0: answers at once, not waiting for the unload."""
+    state.runners.expire(spec)
+    return json_response(shape.bare_done("unload"))
+
+
+def refuse_connection(request: web.Request) -> web.Response:
+    """Drop the connection without a byte of response, like a crashed or firewalled server."""
+    transport = request.transport
+    if transport is not None:
+        transport.abort()
+    # aiohttp's attempt to send this fails quietly on the aborted transport.
+    return web.Response()
+
+
+async def _generate(
+    state: EmulatorState, job: GenerationJob, ticket: GenerationTicket, writer: NdjsonWriter
+) -> web.StreamResponse:
+    config = state.config
+    failure = job.failure
+    if failure is not None and failure.mode is FailureMode.HANG:
+        await asyncio.get_running_loop().create_future()
+
+    load_started = time.perf_counter_ns()
+    runner = await state.runners.acquire(job.spec, job.plan.context_length, job.keep_alive)
+    try:
+        load_ns = time.perf_counter_ns() - load_started
+        prompt_started = time.perf_counter_ns()
+        await _sleep_ms(config.prompt_ms_per_token * job.plan.prompt_eval_count)
+        prompt_ns = time.perf_counter_ns() - prompt_started
+        await state.gate.pass_through()
+
+        eval_started = time.perf_counter_ns()
+        emitted: list[str] = []
+        fail_after = failure.after_tokens if failure is not None else None
+        for token in job.plan.tokens:
+            if fail_after is not None and len(emitted) >= fail_after:
+                break
+            # Read per token: /_emulator/config may change the delay mid-stream.
+            await _sleep_ms(state.config.token_delay_ms)
+            emitted.append(token)
+            if job.stream:
+                await writer.send(job.shape.token(token))
+        eval_ns = time.perf_counter_ns() - eval_started
+    finally:
+        # Released before the last write, so a client holding the final chunk already sees
+        # the runner's new state (e.g. unloaded by keep_alive 0) in /api/ps.
+        state.runners.release(runner)
+
+    if failure is not None:
+        ticket.finish(Outcome.FAILED)
+        if not writer.started:
+            return error_response(failure.status, failure.message)
+        await writer.send({"error": failure.message})
+        return await writer.close()
+
+    metrics = Metrics(
+        total_duration=time.perf_counter_ns() - job.started_ns,
+        load_duration=max(load_ns, 1),
+        prompt_eval_count=job.plan.prompt_eval_count,
+        prompt_eval_duration=max(prompt_ns, 1),
+        eval_count=len(emitted),
+        eval_duration=max(eval_ns, 1),
+    )
+    # Counted complete before the final write, so it is visible once the client has it.
+    ticket.finish(Outcome.COMPLETED)
+    if not job.stream:
+        final = job.shape.final("".join(emitted), job.plan.done_reason, metrics, job.plan.context)
+        return json_response(final)
+    await writer.send(job.shape.final("", job.plan.done_reason, metrics, job.plan.context))
+    return await writer.close()
+
+
+async def _sleep_ms(milliseconds: float) -> None:
+    if milliseconds > 0:
+        await asyncio.sleep(milliseconds / 1000)
