@@ -16,9 +16,12 @@ def run_service(
     host: str,
     port: int,
     log_level: str,
+    *,
+    http_server_spans: bool = False,
+    http_client_spans: bool = False,
 ) -> None:
     configure_logging(service, log_level)
-    setup_tracing(service)
+    setup_tracing(service, http_server=http_server_spans, http_client=http_client_spans)
     # handler_cancellation: a client that disconnects cancels its handler, which is how a
     # queued or running request learns its client has gone.
     web.run_app(

@@ -24,7 +24,9 @@ from opentelemetry.sdk.trace.export import (
 _configured = False
 
 
-def setup_tracing(service: str) -> None:
+def setup_tracing(service: str, *, http_server: bool = False, http_client: bool = False) -> None:
+    """Install the tracer provider, and the contrib instrumentations the service asks for:
+    they patch aiohttp globally, so this runs before any app or client session exists."""
     global _configured
     if _configured:
         return
@@ -37,6 +39,16 @@ def setup_tracing(service: str) -> None:
     if exporter is not None:
         provider.add_span_processor(BatchSpanProcessor(exporter))
     trace.set_tracer_provider(provider)
+    # Probes and scrapes would drown the traces that matter.
+    os.environ.setdefault("OTEL_PYTHON_AIOHTTP_SERVER_EXCLUDED_URLS", "/health,/ready,/metrics")
+    if http_server:
+        from opentelemetry.instrumentation.aiohttp_server import AioHttpServerInstrumentor
+
+        AioHttpServerInstrumentor().instrument()
+    if http_client:
+        from opentelemetry.instrumentation.aiohttp_client import AioHttpClientInstrumentor
+
+        AioHttpClientInstrumentor().instrument()
 
 
 def _exporter_from_env() -> SpanExporter | None:

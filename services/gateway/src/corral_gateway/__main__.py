@@ -14,6 +14,7 @@ def main() -> None:
         settings.gateway_host,
         settings.gateway_port,
         settings.log_level,
+        http_server_spans=True,
     )
 
 

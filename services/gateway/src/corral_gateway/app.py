@@ -10,7 +10,6 @@ from aiohttp import web
 from corral_common.broker import Broker
 from corral_common.ops import add_ops_routes
 from corral_common.topology import EVENTS_EXCHANGE, STATUS_ROUTING_KEY, gateway_queue_name
-from opentelemetry.instrumentation.aiohttp_server import create_aiohttp_middleware
 
 from corral_gateway import generation, meta
 from corral_gateway.hub import Hub, StatusBoard
@@ -52,7 +51,7 @@ def create_app(settings: GatewaySettings | None = None) -> web.Application:
     settings = settings or GatewaySettings()
     app = web.Application(
         client_max_size=settings.max_body_bytes,
-        middlewares=[create_aiohttp_middleware(), ollama_edge],
+        middlewares=[ollama_edge],
     )
     app[SETTINGS] = settings
     app.cleanup_ctx.append(gateway_ctx)

@@ -14,6 +14,7 @@ def main() -> None:
         settings.health_host,
         settings.health_port,
         settings.log_level,
+        http_client_spans=True,
     )
 
 

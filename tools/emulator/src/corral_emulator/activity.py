@@ -54,15 +54,14 @@ class ChangeNotifier:
         self._event.set()
         self._event = asyncio.Event()
 
-    async def wait_for(self, predicate: Callable[[], bool], timeout: float | None = None) -> None:
-        """Return once `predicate()` holds; raises TimeoutError after `timeout` seconds."""
-        async with asyncio.timeout(timeout):
-            while True:
-                # Take the event before testing, so a change in between is not missed.
-                event = self._event
-                if predicate():
-                    return
-                await event.wait()
+    async def wait_for(self, predicate: Callable[[], bool]) -> None:
+        """Return once `predicate()` holds; bound it with `asyncio.timeout` if needed."""
+        while True:
+            # Take the event before testing, so a change in between is not missed.
+            event = self._event
+            if predicate():
+                return
+            await event.wait()
 
 
 class Activity:

@@ -1,4 +1,7 @@
-"""`keep_alive` parsing with Go's semantics (`api.Duration.UnmarshalJSON` + `time.ParseDuration`)."""
+"""`keep_alive` parsing with Go's semantics.
+
+Mirrors `api.Duration.UnmarshalJSON` and `time.ParseDuration`.
+"""
 
 from __future__ import annotations
 

@@ -58,16 +58,14 @@ class FailurePlan:
             raise ValueError("'model' must be a string")
         if endpoint not in (None, "chat", "generate"):
             raise ValueError("'endpoint' must be 'chat' or 'generate'")
-        return cls(mode, count, after_tokens, message, status, model, endpoint)  # type: ignore[arg-type]
+        return cls(mode, count, after_tokens, message, status, model, endpoint)
 
     def matches(self, endpoint: str, model: str) -> bool:
         if self.remaining == 0:
             return False
         if self.endpoint is not None and self.endpoint != endpoint:
             return False
-        return self.model is None or canonical_model_name(self.model) == canonical_model_name(
-            model
-        )
+        return self.model is None or canonical_model_name(self.model) == canonical_model_name(model)
 
     def to_mapping(self) -> dict[str, object]:
         return {

@@ -88,7 +88,10 @@ async def run_generation(
 
 
 async def run_load(
-    state: EmulatorState, spec: ModelSpec, context_length: int, job_shape: ChunkShape,
+    state: EmulatorState,
+    spec: ModelSpec,
+    context_length: int,
+    job_shape: ChunkShape,
     keep_alive: KeepAlive | None,
 ) -> web.Response:
     """An empty request: load the model (applying keep_alive) and say so."""

@@ -16,7 +16,10 @@ _TEMPLATE = (
     "{{- range .Messages }}<|start_header_id|>{{ .Role }}<|end_header_id|>\n\n"
     "{{ .Content }}<|eot_id|>{{ end }}<|start_header_id|>assistant<|end_header_id|>\n\n"
 )
-_PARAMETERS = 'stop                           "<|start_header_id|>"\nstop                           "<|eot_id|>"'
+_PARAMETERS = (
+    'stop                           "<|start_header_id|>"\n'
+    'stop                           "<|eot_id|>"'
+)
 _LICENSE = "Emulated model for Corral tests. Not a real model; no weights are involved."
 
 

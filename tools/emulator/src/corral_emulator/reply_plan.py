@@ -20,8 +20,8 @@ from corral_emulator.tokens import (
     expected_done_reason,
     last_user_content,
     reply_tokens,
-    tokenize,
     token_ids,
+    tokenize,
 )
 from corral_emulator.wire import ApiError
 

@@ -142,9 +142,9 @@ class RunnerPool:
 
     def _purge_expired(self, now_ns: int) -> None:
         for runner in list(self._runners.values()):
-            if runner.in_flight == 0 and not runner.is_loading:
-                if runner.expires_at_ns(now_ns) <= now_ns:
-                    self._unload(runner)
+            idle = runner.in_flight == 0 and not runner.is_loading
+            if idle and runner.expires_at_ns(now_ns) <= now_ns:
+                self._unload(runner)
 
     def retain(self, names: set[str]) -> None:
         """Unload runners of models that are no longer in the catalogue."""

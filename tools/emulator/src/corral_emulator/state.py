@@ -31,9 +31,11 @@ class HoldGate:
 
     def hold(self) -> None:
         self._open.clear()
+        self._changes.notify()
 
     def release(self) -> None:
         self._open.set()
+        self._changes.notify()
 
     async def pass_through(self) -> None:
         if self._open.is_set():
@@ -62,9 +64,9 @@ class EmulatorState:
         self.requests = RequestLog(config.record_limit)
         self.gate = HoldGate(self.changes)
 
-    async def wait_for(self, predicate: Callable[[], bool], timeout: float | None = 10.0) -> None:
+    async def wait_for(self, predicate: Callable[[], bool]) -> None:
         """Wait until `predicate()` holds, re-checking on every recorded change."""
-        await self.changes.wait_for(predicate, timeout)
+        await self.changes.wait_for(predicate)
 
     def models_changed(self) -> None:
         self.catalogue = ModelCatalogue.of(self.config.models)

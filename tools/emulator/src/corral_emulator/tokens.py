@@ -47,15 +47,14 @@ def expected_reply(text: str, num_predict: int | None = None) -> str:
 
 
 def expected_done_reason(text: str, num_predict: int | None = None) -> str:
-    """"length" when `num_predict` stopped the reply, else "stop".
+    """ "length" when `num_predict` stopped the reply, else "stop".
 
     Ollama's runner stops as soon as `num_predict` tokens are out, before it could see an
     end-of-sequence token, so a reply of exactly `num_predict` tokens is still "length".
     """
-    if num_predict is not None and num_predict > 0:
-        if len(tokenize(reply_text(text))) >= num_predict:
-            return "length"
-    return "stop"
+    if num_predict is None or num_predict <= 0:
+        return "stop"
+    return "length" if len(tokenize(reply_text(text))) >= num_predict else "stop"
 
 
 def count_prompt_tokens(parts: Iterable[str], per_part: int = PROMPT_TOKENS_PER_MESSAGE) -> int:

@@ -104,7 +104,8 @@ def _go_syntax_message(exc: json.JSONDecodeError) -> str:
     if exc.msg.startswith("Expecting ':'"):
         return f"invalid character {char} after object key"
     if exc.msg.startswith("Expecting ','"):
-        where = "object key:value pair" if _innermost_container(text, pos) == "{" else "array element"
+        in_object = _innermost_container(text, pos) == "{"
+        where = "object key:value pair" if in_object else "array element"
         return f"invalid character {char} after {where}"
     if exc.msg.startswith("Expecting property name"):
         return f"invalid character {char} looking for beginning of object key string"

@@ -1,0 +1,225 @@
+from __future__ import annotations
+
+import json
+import os
+import queue
+import signal
+import subprocess
+import sys
+import threading
+import urllib.request
+from pathlib import Path
+
+import pytest
+from corral_devstack.ports import free_port
+from corral_devstack.stack import (
+    DEFAULT_AMQP_URL,
+    SERVICE_MODULES,
+    StackError,
+    choose_broker,
+    redact,
+    service_name,
+)
+
+
+class Launcher:
+    """`python -m corral_devstack run` in a child process, its output read line by line."""
+
+    def __init__(self, args: list[str], env: dict[str, str]) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "corral_devstack", "run", *args],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        self.lines: queue.Queue[str | None] = queue.Queue()
+        self.seen: list[str] = []
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self.lines.put(line.rstrip("\n"))
+        self.lines.put(None)
+
+    def wait_for(self, text: str, timeout: float = 60) -> None:
+        while True:
+            line = self.lines.get(timeout=timeout)
+            if line is None:
+                pytest.fail(f"launcher ended before {text!r}:\n" + "\n".join(self.seen))
+            self.seen.append(line)
+            if text in line:
+                return
+
+    def finish(self, timeout: float = 60) -> tuple[int, str]:
+        code = self.proc.wait(timeout=timeout)
+        while (line := self.lines.get(timeout=timeout)) is not None:
+            self.seen.append(line)
+        return code, "\n".join(self.seen)
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            self.proc.wait(timeout=60)
+
+
+@pytest.fixture
+def launcher_env(tmp_path: Path, fake_services: Path) -> dict[str, str]:
+    (tmp_path / "reports").mkdir()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CORRAL_")}
+    env.update(
+        PYTHONPATH=str(fake_services),
+        FAKE_REPORT_DIR=str(tmp_path / "reports"),
+        CORRAL_GATEWAY_PORT=str(free_port()),
+    )
+    return env
+
+
+def _report(tmp_path: Path, role: str) -> dict[str, object]:
+    data: dict[str, object] = json.loads((tmp_path / "reports" / f"{role}.json").read_text())
+    return data
+
+
+def _gone(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_bytes()
+    except OSError:
+        return True
+    return stat.rsplit(b")", 1)[1].split()[0] == b"Z"
+
+
+def _pid(tmp_path: Path, role: str) -> int:
+    pid = _report(tmp_path, role)["pid"]
+    assert isinstance(pid, int)
+    return pid
+
+
+def test_run_starts_everything_and_ctrl_c_stops_it(
+    tmp_path: Path, launcher_env: dict[str, str], amqp_url: str
+) -> None:
+    launcher_env["CORRAL_AMQP_URL"] = amqp_url
+    data_dir = tmp_path / "data"
+    launcher = Launcher(["--emulator", "--data-dir", str(data_dir)], launcher_env)
+    try:
+        launcher.wait_for("Corral is running")
+        port = launcher_env["CORRAL_GATEWAY_PORT"]
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/ready", timeout=5) as response:
+            assert response.status == 200
+
+        emulator = _report(tmp_path, "emulator")
+        scheduler_env = _report(tmp_path, "scheduler")["env"]
+        gateway_env = _report(tmp_path, "gateway")["env"]
+        assert isinstance(emulator["argv"], list)
+        emulator_port = emulator["argv"][emulator["argv"].index("--port") + 1]
+        for env in (scheduler_env, gateway_env):
+            assert isinstance(env, dict)
+            assert env["CORRAL_AMQP_URL"] == amqp_url
+            assert env["CORRAL_OLLAMA_URL"] == f"http://127.0.0.1:{emulator_port}"
+            assert env["CORRAL_DATA_DIR"] == str(data_dir.resolve())
+        assert isinstance(scheduler_env, dict)
+        assert isinstance(gateway_env, dict)
+        assert "CORRAL_HEALTH_PORT" in scheduler_env
+        assert "CORRAL_HEALTH_PORT" not in gateway_env
+        assert gateway_env["CORRAL_GATEWAY_PORT"] == port
+        for name in ("emulator", "scheduler", "gateway"):
+            assert (data_dir / "logs" / f"{name}.log").exists()
+
+        pids = [_pid(tmp_path, role) for role in ("emulator", "scheduler", "gateway")]
+        launcher.proc.send_signal(signal.SIGINT)
+        code, output = launcher.finish()
+    finally:
+        launcher.close()
+    assert code == 0, output
+    assert "Stopped." in output
+    assert all(_gone(pid) for pid in pids)
+    lines = [line.split()[0] for line in output.splitlines() if line.startswith(("rabbit", "emu"))]
+    assert lines == ["rabbitmq", "emulator"]
+    assert "existing broker" in output
+
+
+def test_sigterm_stops_everything(
+    tmp_path: Path, launcher_env: dict[str, str], amqp_url: str
+) -> None:
+    launcher_env["CORRAL_AMQP_URL"] = amqp_url
+    launcher = Launcher(["--data-dir", str(tmp_path / "data")], launcher_env)
+    try:
+        launcher.wait_for("Corral is running")
+        assert not (tmp_path / "reports" / "emulator.json").exists()
+        pids = [_pid(tmp_path, role) for role in ("scheduler", "gateway")]
+        launcher.proc.send_signal(signal.SIGTERM)
+        code, output = launcher.finish()
+    finally:
+        launcher.close()
+    assert code == 0, output
+    assert all(_gone(pid) for pid in pids)
+
+
+def test_a_crashed_service_stops_the_rest(
+    tmp_path: Path, launcher_env: dict[str, str], amqp_url: str
+) -> None:
+    launcher_env["CORRAL_AMQP_URL"] = amqp_url
+    launcher = Launcher(["--data-dir", str(tmp_path / "data")], launcher_env)
+    try:
+        launcher.wait_for("Corral is running")
+        gateway = _pid(tmp_path, "gateway")
+        os.kill(_pid(tmp_path, "scheduler"), signal.SIGKILL)
+        code, output = launcher.finish()
+    finally:
+        launcher.close()
+    assert code == 1
+    assert "scheduler exited with -9" in output
+    assert _gone(gateway)
+
+
+def test_a_taken_gateway_port_fails_and_stops_what_started(
+    tmp_path: Path, launcher_env: dict[str, str], amqp_url: str
+) -> None:
+    launcher_env["CORRAL_AMQP_URL"] = amqp_url
+    import socket
+
+    with socket.socket() as blocker:
+        blocker.bind(("127.0.0.1", int(launcher_env["CORRAL_GATEWAY_PORT"])))
+        blocker.listen()
+        launcher = Launcher(["--data-dir", str(tmp_path / "data")], launcher_env)
+        try:
+            code, output = launcher.finish()
+        finally:
+            launcher.close()
+    assert code == 1
+    assert "already in use" in output
+    assert _gone(_pid(tmp_path, "scheduler"))
+
+
+def test_an_unreachable_explicit_broker_is_an_error(
+    tmp_path: Path, launcher_env: dict[str, str]
+) -> None:
+    launcher_env["CORRAL_AMQP_URL"] = f"amqp://guest:secret@127.0.0.1:{free_port()}/"
+    launcher = Launcher(["--data-dir", str(tmp_path / "data")], launcher_env)
+    try:
+        code, output = launcher.finish()
+    finally:
+        launcher.close()
+    assert code == 1
+    assert "is not reachable" in output
+    assert "secret" not in output
+    assert not (tmp_path / "data" / "rabbitmq").exists()
+
+
+def test_choose_broker() -> None:
+    up = {"amqp://x/": True, DEFAULT_AMQP_URL: True}
+    down: dict[str, bool] = {}
+
+    choice = choose_broker({"CORRAL_AMQP_URL": "amqp://x/"}, up.__getitem__)
+    assert (choice.url, choice.start_local_node) == ("amqp://x/", False)
+    with pytest.raises(StackError):
+        choose_broker({"CORRAL_AMQP_URL": "amqp://x/"}, lambda url: down.get(url, False))
+    assert not choose_broker({}, up.__getitem__).start_local_node
+    assert choose_broker({}, lambda url: False).start_local_node
+
+
+def test_helpers() -> None:
+    assert redact("amqp://guest:guest@h:5672/") == "amqp://guest:***@h:5672/"
+    assert redact("amqp://h/") == "amqp://h/"
+    assert service_name("corral_session_store") == "session-store"
+    assert SERVICE_MODULES == ("corral_scheduler", "corral_gateway")

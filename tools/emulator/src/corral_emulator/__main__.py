@@ -1,0 +1,3 @@
+from corral_emulator.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,45 @@
+"""The application factory: Ollama's routes, the control API, and gin's router fallbacks."""
+
+from __future__ import annotations
+
+from aiohttp import web
+from aiohttp.typedefs import Handler
+
+from corral_emulator import generation_routes, info_routes
+from corral_emulator.config import EmulatorConfig
+from corral_emulator.control_routes import add_control_routes
+from corral_emulator.state import CONFIG_KEY, STATE_KEY, EmulatorState
+from corral_emulator.wire import gin_plain_text
+
+MAX_BODY_BYTES = 64 * 1024 * 1024
+"""Chat histories with base64 images easily pass aiohttp's 1 MiB default."""
+
+
+@web.middleware
+async def gin_router_fallbacks(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Unknown paths and wrong methods answer in gin's plain text, not aiohttp's HTML-ish body."""
+    error = request.match_info.http_exception
+    if isinstance(error, web.HTTPMethodNotAllowed):
+        return gin_plain_text(405, "405 method not allowed")
+    if isinstance(error, web.HTTPNotFound):
+        return gin_plain_text(404, "404 page not found")
+    return await handler(request)
+
+
+def create_app(config: EmulatorConfig | None = None) -> web.Application:
+    config = config or EmulatorConfig()
+    app = web.Application(middlewares=[gin_router_fallbacks], client_max_size=MAX_BODY_BYTES)
+    app[CONFIG_KEY] = config
+    app[STATE_KEY] = EmulatorState(config)
+
+    router = app.router
+    # add_get also answers HEAD, which Ollama registers for exactly these three paths.
+    router.add_get("/", info_routes.root)
+    router.add_get("/api/version", info_routes.version)
+    router.add_get("/api/tags", info_routes.tags)
+    router.add_get("/api/ps", info_routes.ps, allow_head=False)
+    router.add_post("/api/show", info_routes.show)
+    router.add_post("/api/chat", generation_routes.chat)
+    router.add_post("/api/generate", generation_routes.generate)
+    add_control_routes(app)
+    return app
