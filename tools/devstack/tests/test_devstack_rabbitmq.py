@@ -3,11 +3,13 @@ from __future__ import annotations
 import asyncio
 import os
 import socket
+import subprocess
 import time
 from pathlib import Path
 
 import aio_pika
 import pytest
+from corral_devstack import rabbitmq
 from corral_devstack.ports import free_port
 from corral_devstack.rabbitmq import RabbitNode, _Ports, amqp_reachable
 
@@ -122,3 +124,31 @@ def test_stop_leaves_no_process(rabbit_node: RabbitNode) -> None:
     assert not _listening(rabbit_node.epmd_port)
     assert not amqp_reachable(rabbit_node.url, timeout=1)
     rabbit_node.stop()  # idempotent
+
+
+@pytest.mark.parametrize("install_works", [True, False])
+def test_ensure_installed_uses_apt_get(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, install_works: bool
+) -> None:
+    server = tmp_path / "rabbitmq-server"
+    calls: list[list[str]] = []
+
+    def fake_run(argv: list[str], **kwargs: object) -> subprocess.CompletedProcess[bytes]:
+        calls.append(argv)
+        if argv[:2] == ["apt-get", "install"] and install_works:
+            server.touch()
+        return subprocess.CompletedProcess(argv, 0)
+
+    monkeypatch.setattr(rabbitmq, "RABBITMQ_SERVER", server)
+    monkeypatch.setattr(subprocess, "run", fake_run)
+    if install_works:
+        rabbitmq.ensure_rabbitmq_installed()
+    else:
+        with pytest.raises(rabbitmq.RabbitMQError, match="still missing"):
+            rabbitmq.ensure_rabbitmq_installed()
+    assert calls == [["apt-get", "update"], ["apt-get", "install", "-y", "rabbitmq-server"]]
+
+    calls.clear()
+    server.touch()
+    rabbitmq.ensure_rabbitmq_installed()
+    assert calls == []

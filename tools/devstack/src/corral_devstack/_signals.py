@@ -7,16 +7,18 @@ import threading
 from types import FrameType
 
 
-def _raise_exit(signum: int, frame: FrameType | None) -> None:
-    raise SystemExit(128 + signum)
+def _interrupt(signum: int, frame: FrameType | None) -> None:
+    # KeyboardInterrupt rather than SystemExit: pytest reports a SystemExit inside a test as a
+    # failure and carries on, whereas an interrupt ends the session and runs its teardowns.
+    raise KeyboardInterrupt
 
 
-def sigterm_raises_exit() -> None:
-    """If SIGTERM still has its default (silent kill) action, make it raise SystemExit instead.
+def sigterm_interrupts() -> None:
+    """If SIGTERM still has its default (silent kill) action, make it act like Ctrl-C.
 
     Only possible from the main thread; a handler someone else installed is left alone.
     """
     if threading.current_thread() is not threading.main_thread():
         return
     if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
-        signal.signal(signal.SIGTERM, _raise_exit)
+        signal.signal(signal.SIGTERM, _interrupt)

@@ -1,6 +1,6 @@
 """Pytest fixtures for a broker, loaded in every test session through the `pytest11` entry point.
 
-`amqp_url` is the broker for integration tests: `CORRAL_TEST_AMQP_URL` when set, else the URL of
+`amqp_url` is the broker for integration tests: `CORRAL_AMQP_URL` when set, else the URL of
 one throwaway node shared by the whole session (`rabbit_node`), started on first use.
 """
 
@@ -13,14 +13,13 @@ import pytest
 
 from corral_devstack.rabbitmq import RabbitNode
 
-EXTERNAL_BROKER_ENV = "CORRAL_TEST_AMQP_URL"
+EXTERNAL_BROKER_ENV = "CORRAL_AMQP_URL"
 
 
 @pytest.fixture(scope="session")
 def rabbit_node() -> Iterator[RabbitNode]:
-    """The session's own RabbitMQ node, for tests that also stop or restart the broker."""
-    if os.environ.get(EXTERNAL_BROKER_ENV):
-        pytest.skip(f"{EXTERNAL_BROKER_ENV} is set: no throwaway node to stop or restart")
+    """The session's own RabbitMQ node (started on first use, even when an external broker is
+    given, because some tests stop or restart it)."""
     node = RabbitNode()
     try:
         node.start()

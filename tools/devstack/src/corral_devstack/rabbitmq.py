@@ -21,7 +21,7 @@ from urllib.parse import urlsplit
 
 import aio_pika
 
-from corral_devstack._signals import sigterm_raises_exit
+from corral_devstack._signals import sigterm_interrupts
 from corral_devstack._spawn import spawn, tail, terminate_group
 from corral_devstack.ports import free_port, port_is_free
 
@@ -207,14 +207,16 @@ class RabbitNode:
                 # Also on Ctrl-C mid-start: never leave a half-booted node or its epmd behind.
                 self._teardown()
                 raise
-            sigterm_raises_exit()
+            sigterm_interrupts()
 
     def stop(self, timeout: float = 30) -> None:
         """Stop the node gracefully, then make sure none of its processes (epmd included) remain."""
         with self._lock:
             try:
                 if self.running and self.pid_file.exists():
-                    self._ctl("stop", str(self.pid_file), timeout=timeout)
+                    # A node that will not stop politely is killed by the teardown below.
+                    with contextlib.suppress(RabbitMQError):
+                        self._ctl("stop", str(self.pid_file), timeout=timeout)
                 if self._proc is not None:
                     with contextlib.suppress(subprocess.TimeoutExpired):
                         self._proc.wait(timeout=timeout)

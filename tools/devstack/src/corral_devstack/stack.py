@@ -102,53 +102,58 @@ class Stack:
 
     def start(self) -> None:
         self.log_dir.mkdir(parents=True, exist_ok=True)
-        env: dict[str, str] = {"CORRAL_DATA_DIR": str(self.data_dir)}
-
-        choice = choose_broker(self.environ)
-        if choice.start_local_node:
-            node = RabbitNode(self.data_dir / "rabbitmq")
-            self._stop_order.append(node.stop)
-            node.start()
-            self.node = node
-            env["CORRAL_AMQP_URL"] = node.url
-            log = node.log_dir / f"{node.nodename}.log"
-            self._say("rabbitmq", f"{node.url}  (local node, log {log})")
-        else:
-            env["CORRAL_AMQP_URL"] = choice.url
-            self._say("rabbitmq", f"{redact(choice.url)}  (existing broker, not managed)")
-
+        env = {**self.environ, "CORRAL_DATA_DIR": str(self.data_dir)}
+        env["CORRAL_AMQP_URL"] = self._start_broker()
         if self.emulator:
-            port = free_port(LOOPBACK)
-            url = f"http://{LOOPBACK}:{port}"
-            argv = [sys.executable, "-m", EMULATOR_MODULE, "--host", LOOPBACK, "--port", str(port)]
-            self._launch("emulator", argv, {}, f"{url}/api/version")
-            env["CORRAL_OLLAMA_URL"] = url
-            self._say("emulator", f"{url}  (Ollama emulator, log {self.log_dir / 'emulator.log'})")
-
-        gateway_host = self.environ.get("CORRAL_GATEWAY_HOST") or LOOPBACK
-        gateway_port = int(self.environ.get("CORRAL_GATEWAY_PORT") or 8000)
+            env["CORRAL_OLLAMA_URL"] = self._start_emulator()
         for module in self.modules:
-            name = service_name(module)
-            argv = [sys.executable, "-m", module]
             if module == GATEWAY_MODULE:
-                if not port_is_free(gateway_port, gateway_host):
-                    # Otherwise whatever holds the port could answer our readiness probe.
-                    raise StackError(
-                        f"{gateway_host}:{gateway_port} is already in use "
-                        "(another `make run`?); set CORRAL_GATEWAY_PORT to use another port"
-                    )
-                service_env = {
-                    "CORRAL_GATEWAY_HOST": gateway_host,
-                    "CORRAL_GATEWAY_PORT": str(gateway_port),
-                }
-                url = f"http://{_url_host(gateway_host)}:{gateway_port}"
-                self._launch(name, argv, {**env, **service_env}, f"{url}/ready")
-                self._say(name, f"{url}  (log {self.log_dir / f'{name}.log'})")
+                self._start_gateway(env)
             else:
-                health = free_port(LOOPBACK)
-                ready = f"http://{LOOPBACK}:{health}/ready"
-                self._launch(name, argv, {**env, "CORRAL_HEALTH_PORT": str(health)}, ready)
-                self._say(name, f"{ready}  (log {self.log_dir / f'{name}.log'})")
+                self._start_service(module, env)
+
+    def _start_broker(self) -> str:
+        choice = choose_broker(self.environ)
+        if not choice.start_local_node:
+            self._say("rabbitmq", f"{redact(choice.url)}  (existing broker, not managed)")
+            return choice.url
+        node = RabbitNode(self.data_dir / "rabbitmq")
+        self._stop_order.append(node.stop)
+        node.start()
+        self.node = node
+        self._say("rabbitmq", f"{node.url}  (local node, log {node.log_dir / node.nodename}.log)")
+        return node.url
+
+    def _start_emulator(self) -> str:
+        port = free_port(LOOPBACK)
+        url = f"http://{LOOPBACK}:{port}"
+        argv = [sys.executable, "-m", EMULATOR_MODULE, "--host", LOOPBACK, "--port", str(port)]
+        self._launch("emulator", argv, self.environ, f"{url}/api/version")
+        self._say("emulator", f"{url}  (Ollama emulator, log {self.log_dir / 'emulator.log'})")
+        return url
+
+    def _start_gateway(self, env: dict[str, str]) -> None:
+        name = service_name(GATEWAY_MODULE)
+        host = self.environ.get("CORRAL_GATEWAY_HOST") or LOOPBACK
+        port = int(self.environ.get("CORRAL_GATEWAY_PORT") or 8000)
+        if not port_is_free(port, host):
+            # Otherwise whatever holds the port could answer our readiness probe.
+            raise StackError(
+                f"{host}:{port} is already in use (another `make run`?); "
+                "set CORRAL_GATEWAY_PORT to use another port"
+            )
+        gateway_env = {**env, "CORRAL_GATEWAY_HOST": host, "CORRAL_GATEWAY_PORT": str(port)}
+        url = f"http://{_url_host(host)}:{port}"
+        self._launch(name, [sys.executable, "-m", GATEWAY_MODULE], gateway_env, f"{url}/ready")
+        self._say(name, f"{url}  (log {self.log_dir / name}.log)")
+
+    def _start_service(self, module: str, env: dict[str, str]) -> None:
+        name = service_name(module)
+        health = free_port(LOOPBACK)
+        ready = f"http://{LOOPBACK}:{health}/ready"
+        service_env = {**env, "CORRAL_HEALTH_PORT": str(health)}
+        self._launch(name, [sys.executable, "-m", module], service_env, ready)
+        self._say(name, f"{ready}  (log {self.log_dir / name}.log)")
 
     def stop(self) -> None:
         """Stop what was started, newest first; keep going past failures."""
@@ -169,9 +174,10 @@ class Stack:
         return None
 
     def _launch(
-        self, name: str, argv: list[str], env: dict[str, str], ready_url: str
+        self, name: str, argv: list[str], env: Mapping[str, str], ready_url: str
     ) -> ServiceProcess:
-        proc = ServiceProcess(name, argv, env, ready_url, self.log_dir / f"{name}.log")
+        log = self.log_dir / f"{name}.log"
+        proc = ServiceProcess(name, argv, env, ready_url, log, inherit_env=False)
         self._stop_order.append(proc.stop)
         self.processes.append(proc)
         proc.start()
@@ -206,6 +212,8 @@ def run(data_dir: Path | None = None, *, emulator: bool | None = None) -> int:
     in_main = threading.current_thread() is threading.main_thread()
     if in_main:
         # SIGTERM (and a closed terminal) must unwind through `finally` just like Ctrl-C.
+        # SIGINT is set explicitly because a shell starts background jobs with it ignored.
+        signal.signal(signal.SIGINT, signal.default_int_handler)
         signal.signal(signal.SIGTERM, _raise_exit)
         signal.signal(signal.SIGHUP, _raise_exit)
     status = 0
