@@ -91,7 +91,7 @@ async def run_load(
     state: EmulatorState,
     spec: ModelSpec,
     context_length: int,
-    job_shape: ChunkShape,
+    shape: ChunkShape,
     keep_alive: KeepAlive | None,
 ) -> web.Response:
     """An empty request: load the model (applying keep_alive) and say so."""
@@ -103,7 +103,7 @@ async def run_load(
         raise
     state.runners.release(runner)
     ticket.finish(Outcome.COMPLETED)
-    return json_response(job_shape.bare_done("load"))
+    return json_response(shape.bare_done("load"))
 
 
 def run_unload(state: EmulatorState, spec: ModelSpec, shape: ChunkShape) -> web.Response:

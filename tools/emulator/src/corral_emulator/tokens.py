@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 import zlib
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 REPLY_PREFIX = "Echo: "
 """Every reply is this prefix followed by the echoed input text."""
@@ -62,7 +62,7 @@ def count_prompt_tokens(parts: Iterable[str], per_part: int = PROMPT_TOKENS_PER_
     return sum(len(tokenize(part)) + per_part for part in parts)
 
 
-def count_message_tokens(messages: Sequence[dict[str, object]]) -> int:
+def count_message_tokens(messages: Sequence[Mapping[str, object]]) -> int:
     """Token estimate of chat messages: their contents' tokens plus a per-message overhead."""
     return count_prompt_tokens(_content(message) for message in messages)
 
@@ -72,7 +72,7 @@ def token_ids(tokens: Iterable[str]) -> list[int]:
     return [zlib.crc32(token.encode()) % VOCABULARY_SIZE for token in tokens]
 
 
-def last_user_content(messages: Sequence[dict[str, object]]) -> str:
+def last_user_content(messages: Sequence[Mapping[str, object]]) -> str:
     """The text a chat reply echoes: the last user message's content ("" if there is none)."""
     for message in reversed(messages):
         role = message.get("role")
@@ -82,6 +82,6 @@ def last_user_content(messages: Sequence[dict[str, object]]) -> str:
     return ""
 
 
-def _content(message: dict[str, object]) -> str:
+def _content(message: Mapping[str, object]) -> str:
     content = message.get("content")
     return content if isinstance(content, str) else ""
