@@ -46,6 +46,10 @@ class BrokerUnavailable(Exception):
     """The broker could not take the message (down, reconnecting, or no confirm in time)."""
 
 
+class Unroutable(BrokerUnavailable):
+    """No queue is bound for the message (for an event: its gateway is gone)."""
+
+
 class QueueFull(Exception):
     """The broker refused the message: the target queue is at its length limit."""
 
@@ -151,7 +155,7 @@ class Broker:
                 message, routing_key, mandatory=True, timeout=self.settings.publish_timeout_s
             )
         except aiormq.exceptions.PublishError as exc:
-            raise BrokerUnavailable(f"message was unroutable: {exc}") from exc
+            raise Unroutable(f"message was unroutable: {exc}") from exc
         except aiormq.exceptions.DeliveryError as exc:
             # A nack: with `x-overflow: reject-publish` this is the queue's length limit.
             raise QueueFull(str(exc)) from exc

@@ -8,7 +8,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import structlog
-from corral_common.broker import Broker, BrokerUnavailable, encode
+from corral_common.broker import Broker, BrokerUnavailable, Unroutable, encode
 from corral_common.messages import Job, JobEvent
 from corral_common.topology import event_key
 
@@ -26,7 +26,12 @@ class EventSink:
         rest are transient and best-effort."""
         kind = str(event.kind)
         key = event_key(job.gateway_id, job.request_id, kind)
-        await self._broker.publish_event(key, encode(event), durable=kind in FINAL_KINDS)
+        try:
+            await self._broker.publish_event(key, encode(event), durable=kind in FINAL_KINDS)
+        except Unroutable:
+            # Nobody is listening for this request any more (its gateway went away); the job's
+            # outcome stands, there is just no one to tell.
+            log.info("event had no listener", kind=kind)
 
     async def send_quietly(self, job: Job, event: JobEvent) -> None:
         try:
@@ -70,10 +75,9 @@ class TokenBatcher:
         while True:
             await self._wake.wait()
             self._wake.clear()
-            if self._pending:
+            while self._pending:
                 batch, self._pending = self._pending, []
                 await self._publish(self._sent, batch)
                 self._sent += 1
-                continue
             if self._closing:
                 return

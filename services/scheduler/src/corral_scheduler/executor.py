@@ -123,7 +123,19 @@ class Executor:
                 "backend generation", context=parent, attributes=span_attrs
             ) as span,
         ):
-            outcome = await self._generate(entry, waited_ms, span)
+            try:
+                outcome = await self._generate(entry, waited_ms, span)
+            except Exception as exc:
+                # A bug must cost one job, never the lane: fail it and carry on.
+                log.exception("job failed unexpectedly")
+                outcome = "internal_error"
+                failure = Failed(
+                    request_id=job.request_id,
+                    status=500,
+                    error_type=str(ErrorType.INTERNAL_ERROR),
+                    message=f"internal error: {type(exc).__name__}",
+                )
+                await self.sink.send_quietly(job, failure)
             metrics.JOBS.labels(outcome).inc()
             await self._ack(entry)
 
