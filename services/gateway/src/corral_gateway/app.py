@@ -55,8 +55,9 @@ def create_app(settings: GatewaySettings | None = None) -> web.Application:
     )
     app[SETTINGS] = settings
     app.cleanup_ctx.append(gateway_ctx)
-    app.router.add_route("GET", "/", meta.root)
-    app.router.add_route("GET", "/api/version", meta.version)
+    # add_get also answers HEAD, as Ollama does for both.
+    app.router.add_get("/", meta.root)
+    app.router.add_get("/api/version", meta.version)
     app.router.add_post("/api/chat", generation.chat)
     app.router.add_post("/api/generate", generation.generate)
 

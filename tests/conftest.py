@@ -1,0 +1,90 @@
+"""Fixtures for cross-service tests: the Ollama emulator and Corral services as real processes,
+over a real RabbitMQ (`amqp_url` comes from corral_devstack's pytest plugin: `CORRAL_AMQP_URL`
+when set, otherwise a throwaway node started for the session)."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import aio_pika
+import pytest
+from corral_common.settings import CorralSettings
+from corral_common.topology import declare_topology
+from corral_devstack.cluster import Cluster
+from corral_devstack.ports import free_port
+from corral_devstack.processes import ServiceProcess
+from corral_emulator import EmulatorControl
+
+
+@dataclass(frozen=True)
+class Emulator:
+    url: str
+    process: ServiceProcess
+
+
+@pytest.fixture(scope="session")
+def emulator(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Emulator]:
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    process = ServiceProcess(
+        "emulator",
+        [sys.executable, "-m", "corral_emulator", "--host", "127.0.0.1", "--port", str(port)],
+        {},
+        f"{url}/api/version",
+        tmp_path_factory.mktemp("emulator") / "emulator.log",
+    )
+    process.start()
+    process.wait_ready(30)
+    yield Emulator(url, process)
+    process.stop()
+
+
+@pytest.fixture
+async def emu(emulator: Emulator) -> AsyncIterator[EmulatorControl]:
+    """The emulator's control API, reset to defaults (no delay, no failures) for each test."""
+    async with EmulatorControl(emulator.url) as control:
+        await control.reset()
+        await control.configure(token_delay_ms=0, load_ms=0, prompt_ms_per_token=0)
+        yield control
+        await control.release()
+
+
+def purge_jobs(amqp_url: str) -> None:
+    """Start each cluster on an empty jobs queue, whatever an earlier failed test left behind."""
+
+    async def purge() -> None:
+        connection = await aio_pika.connect(amqp_url)
+        async with connection:
+            channel = await connection.channel()
+            topology = await declare_topology(channel, CorralSettings(amqp_url=amqp_url))
+            await topology.jobs_queue.purge()
+
+    asyncio.run(purge())
+
+
+def start_cluster(amqp_url: str, ollama_url: str, workdir: Path, **env: str) -> Cluster:
+    purge_jobs(amqp_url)
+    cluster = Cluster(amqp_url, ollama_url, workdir, extra_env=env)
+    cluster.start_scheduler()
+    cluster.start_gateway()
+    return cluster
+
+
+@pytest.fixture(scope="module")
+def cluster(
+    amqp_url: str, emulator: Emulator, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Cluster]:
+    """A scheduler and a gateway in front of the emulator, shared by a test module."""
+    cluster = start_cluster(
+        amqp_url,
+        emulator.url,
+        tmp_path_factory.mktemp("cluster"),
+        CORRAL_HEARTBEAT_S="1",
+        CORRAL_STATUS_INTERVAL_S="0.5",
+    )
+    yield cluster
+    cluster.stop_all()

@@ -1,0 +1,251 @@
+"""Corral's wire behaviour at the edge, byte by byte, with a plain HTTP client."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from typing import Any
+
+import aiohttp
+import orjson
+import pytest
+from corral_devstack.cluster import Cluster
+from corral_devstack.ports import free_port
+from corral_emulator import EmulatorControl, expected_reply
+from multidict import CIMultiDict
+
+from tests.conftest import start_cluster
+
+pytestmark = pytest.mark.e2e
+
+CHAT = {"model": "llama3.2", "messages": [{"role": "user", "content": "hello there"}]}
+
+
+async def post(
+    cluster: Cluster, path: str, body: Any, headers: dict[str, str] | None = None
+) -> tuple[int, CIMultiDict[str], bytes]:
+    data = body if isinstance(body, bytes) else orjson.dumps(body)
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(f"{cluster.gateway_url}{path}", data=data, headers=headers) as response,
+    ):
+        return response.status, CIMultiDict(response.headers), await response.read()
+
+
+def lines(raw: bytes) -> list[dict[str, Any]]:
+    assert raw.endswith(b"\n")
+    parts = raw.split(b"\n")[:-1]
+    assert all(parts), "NDJSON must have no blank lines"
+    return [orjson.loads(p) for p in parts]
+
+
+async def test_stream_defaults_to_true(cluster: Cluster, emu: EmulatorControl) -> None:
+    status, headers, raw = await post(cluster, "/api/chat", CHAT)
+    assert status == 200
+    assert headers["Content-Type"].startswith("application/x-ndjson")
+    chunks = lines(raw)
+    final = chunks[-1]
+    assert final["done"] is True
+    assert final["done_reason"] == "stop"
+    for field in ("total_duration", "load_duration", "prompt_eval_count", "eval_count"):
+        assert isinstance(final[field], int)
+    assert final["request_id"] == headers["X-Request-Id"]
+    assert final["queue_info"] == {
+        "wait_time_ms": final["queue_info"]["wait_time_ms"],
+        "position": 0,
+    }
+    assert final["context_info"] == {
+        "truncated": False,
+        "messages_used": 1,
+        "tokens_used": final["prompt_eval_count"],
+    }
+    text = "".join(c["message"]["content"] for c in chunks)
+    assert text == expected_reply("hello there")
+    # Every chunk is one an Ollama client parses: model, created_at, message, done.
+    for chunk in chunks:
+        assert chunk["model"] == "llama3.2"
+        assert chunk["created_at"].endswith("Z")
+        assert chunk["message"]["role"] == "assistant"
+
+
+async def test_non_stream_answer(cluster: Cluster, emu: EmulatorControl) -> None:
+    status, headers, raw = await post(
+        cluster, "/api/generate", {"model": "llama3.2", "prompt": "a b c", "stream": False}
+    )
+    assert status == 200
+    assert headers["Content-Type"].startswith("application/json")
+    body = orjson.loads(raw)
+    assert body["response"] == expected_reply("a b c")
+    assert body["done"] is True
+    assert body["context"]
+    assert body["queue_info"]["position"] == 0
+
+
+async def test_request_id_in_and_out(cluster: Cluster, emu: EmulatorControl) -> None:
+    _, headers, raw = await post(
+        cluster, "/api/chat", {**CHAT, "stream": False}, {"X-Request-Id": "my-req-1"}
+    )
+    assert headers["X-Request-Id"] == "my-req-1"
+    assert orjson.loads(raw)["request_id"] == "my-req-1"
+    _, headers, raw = await post(
+        cluster, "/api/chat", {**CHAT, "stream": False, "request_id": "body-id"}
+    )
+    assert orjson.loads(raw)["request_id"] == "body-id"
+    status, _, raw = await post(cluster, "/api/chat", {**CHAT, "request_id": "has.dots"})
+    assert status == 400
+    assert "request_id" in orjson.loads(raw)["error"]
+
+
+async def test_extension_fields_never_reach_the_backend(
+    cluster: Cluster, emu: EmulatorControl
+) -> None:
+    body = {
+        **CHAT,
+        "session_id": "s1",
+        "request_id": "r1",
+        "options": {"session_id": "s1", "seed": 7},
+        "format": "json",
+        "keep_alive": "10m",
+        "think": False,
+        "tools": [],
+    }
+    status, headers, _ = await post(cluster, "/api/chat", {**body, "stream": False})
+    assert status == 200
+    assert headers["X-Session-Id"] == "s1"
+    sent = (await emu.requests("chat"))[-1]
+    assert "session_id" not in sent
+    assert "request_id" not in sent
+    assert sent["options"] == {"seed": 7}
+    # Everything Ollama understands passes through untouched.
+    for field in ("model", "messages", "format", "keep_alive", "think", "tools"):
+        assert sent[field] == body[field]
+
+
+async def test_queue_chunks_while_waiting_and_opt_out(
+    cluster: Cluster, emu: EmulatorControl
+) -> None:
+    await emu.hold()
+    first = asyncio.create_task(post(cluster, "/api/chat", {**CHAT, "stream": False}))
+    await emu.wait(held=1)
+    waiting = asyncio.create_task(post(cluster, "/api/chat", CHAT))
+    quiet = asyncio.create_task(post(cluster, "/api/chat", CHAT, {"X-Queue-Progress": "0"}))
+    # Both are queued behind the held generation once the scheduler has admitted them; the
+    # first queue chunk is written as soon as the position is known.
+    await wait_until_queued(cluster, 2)
+    await emu.release()
+    _, _, waiting_raw = await waiting
+    _, _, quiet_raw = await quiet
+    await first
+    waiting_chunks = lines(waiting_raw)
+    infos = [c["queue_info"] for c in waiting_chunks if "queue_info" in c and not c["done"]]
+    assert infos[0]["position"] >= 1
+    assert infos[-1]["position"] == 0
+    for chunk in waiting_chunks[: len(infos)]:
+        assert chunk["message"] == {"role": "assistant", "content": ""}
+    assert not any("queue_info" in c for c in lines(quiet_raw) if not c["done"])
+
+
+async def wait_until_queued(cluster: Cluster, count: int) -> None:
+    """Poll /health until the scheduler reports `count` jobs waiting (bounded)."""
+    async with aiohttp.ClientSession() as session:
+        for _ in range(200):
+            async with session.get(f"{cluster.gateway_url}/health") as response:
+                health = await response.json()
+            if health["queue"]["waiting"] >= count:
+                return
+            await asyncio.sleep(0.05)
+    raise AssertionError(f"never saw {count} jobs waiting: {health}")
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "status", "error"),
+    [
+        ("/api/chat", b"", 400, "missing request body"),
+        ("/api/chat", b"{not json", 400, "invalid character 'n' looking for beginning of value"),
+        ("/api/chat", {"messages": []}, 400, "model is required"),
+        ("/api/generate", {"prompt": "x"}, 404, "model '' not found"),
+        (
+            "/api/chat",
+            {"model": "m", "stream": "yes"},
+            400,
+            "json: cannot unmarshal string into Go struct field ChatRequest.stream of type bool",
+        ),
+        (
+            "/api/chat",
+            b'{"model":"llama3.2","messages":[{"role":"user","content":"\\udc00"}]}',
+            400,
+            None,
+        ),
+        ("/api/chat", {**CHAT, "session_id": 5}, 400, "session_id and request_id must be strings"),
+    ],
+)
+async def test_bad_input(
+    cluster: Cluster, emu: EmulatorControl, path: str, body: Any, status: int, error: str | None
+) -> None:
+    got, headers, raw = await post(cluster, path, body)
+    assert got == status
+    assert headers["Content-Type"].startswith("application/json")
+    message = orjson.loads(raw)["error"]
+    assert message == error if error is not None else "surrogate" in message
+    assert (await emu.stats())["generations"] == 0, "a bad request must never reach the backend"
+
+
+async def test_huge_body_is_refused(cluster: Cluster, emu: EmulatorControl) -> None:
+    content = "x" * (65 * 1024 * 1024)
+    status, _, raw = await post(
+        cluster,
+        "/api/chat",
+        {"model": "llama3.2", "messages": [{"role": "user", "content": content}]},
+    )
+    assert status == 413
+    assert "too large" in orjson.loads(raw)["error"]
+
+
+@pytest.fixture
+def dead_backend(
+    amqp_url: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[Cluster, str]]:
+    dead = f"http://127.0.0.1:{free_port()}"
+    cluster = start_cluster(amqp_url, dead, tmp_path_factory.mktemp("dead-backend"))
+    yield cluster, dead
+    cluster.stop_all()
+
+
+async def test_backend_down_is_a_clear_503(dead_backend: tuple[Cluster, str]) -> None:
+    cluster, dead = dead_backend
+    status, _, raw = await post(cluster, "/api/chat", {**CHAT, "stream": False})
+    assert status == 503
+    assert orjson.loads(raw) == {
+        "error": f"Cannot connect to Ollama server. Please ensure Ollama is running on {dead}"
+    }
+    status, _, raw = await post(cluster, "/api/generate", {"model": "llama3.2", "prompt": "x"})
+    assert status == 503
+
+
+async def test_root_version_and_unknown_routes(cluster: Cluster) -> None:
+    async with aiohttp.ClientSession() as session:
+        async with session.get(f"{cluster.gateway_url}/") as response:
+            assert (response.status, await response.text()) == (200, "Ollama is running")
+        async with session.head(f"{cluster.gateway_url}/") as response:
+            assert response.status == 200
+        async with session.get(f"{cluster.gateway_url}/api/version") as response:
+            assert (await response.json())["version"] == "0.12.6"  # the backend's, not ours
+        async with session.get(f"{cluster.gateway_url}/api/nope") as response:
+            assert (response.status, await response.text()) == (404, "404 page not found")
+        async with session.get(f"{cluster.gateway_url}/api/chat") as response:
+            assert (response.status, await response.text()) == (405, "405 method not allowed")
+
+
+async def test_health_reports_broker_backend_and_queue(cluster: Cluster) -> None:
+    async with aiohttp.ClientSession() as session:
+        async with session.get(f"{cluster.gateway_url}/health") as response:
+            health = await response.json()
+        assert response.status == 200
+        async with session.get(f"{cluster.gateway_url}/metrics") as response:
+            metrics = await response.text()
+    assert health["status"] == "healthy"
+    assert health["broker"] == {"connected": True}
+    assert health["ollama"]["connected"] is True
+    assert health["ollama"]["version"] == "0.12.6"
+    assert set(health["queue"]) >= {"depth", "average_wait_ms", "processing_rate"}
+    assert "corral_requests_total" in metrics
