@@ -5,18 +5,22 @@ when set, otherwise a throwaway node started for the session)."""
 from __future__ import annotations
 
 import asyncio
+import itertools
+import os
 import sys
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import aio_pika
 import pytest
+
 from corral_common.settings import CorralSettings
 from corral_common.topology import declare_topology
 from corral_devstack.cluster import Cluster
 from corral_devstack.ports import free_port
 from corral_devstack.processes import ServiceProcess
+from corral_devstack.rabbitmq import RabbitNode
 from corral_emulator import EmulatorControl
 
 
@@ -53,6 +57,18 @@ async def emu(emulator: Emulator) -> AsyncIterator[EmulatorControl]:
         await control.release()
 
 
+@pytest.fixture(scope="session")
+def fresh_broker(request: pytest.FixtureRequest, amqp_url: str) -> Callable[[], str]:
+    """Gives each cluster a broker of its own: a new virtual host on the session's throwaway node,
+    so clusters never share the jobs queue (one scheduler would serve another's gateway). With an
+    external broker (`CORRAL_AMQP_URL`) clusters share it, and the jobs queue is purged instead."""
+    if os.environ.get("CORRAL_AMQP_URL"):
+        return lambda: amqp_url
+    node: RabbitNode = request.getfixturevalue("rabbit_node")
+    names = itertools.count(1)
+    return lambda: node.add_vhost(f"cluster{next(names)}")
+
+
 def purge_jobs(amqp_url: str) -> None:
     """Start each cluster on an empty jobs queue, whatever an earlier failed test left behind."""
 
@@ -76,11 +92,11 @@ def start_cluster(amqp_url: str, ollama_url: str, workdir: Path, **env: str) -> 
 
 @pytest.fixture(scope="module")
 def cluster(
-    amqp_url: str, emulator: Emulator, tmp_path_factory: pytest.TempPathFactory
+    fresh_broker: Callable[[], str], emulator: Emulator, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Cluster]:
     """A scheduler and a gateway in front of the emulator, shared by a test module."""
     cluster = start_cluster(
-        amqp_url,
+        fresh_broker(),
         emulator.url,
         tmp_path_factory.mktemp("cluster"),
         CORRAL_HEARTBEAT_S="1",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ollama
 import pytest
+
 from corral_devstack.cluster import Cluster
 from corral_emulator import EmulatorControl, expected_reply, tokenize
 

@@ -3,17 +3,17 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import aiohttp
 import orjson
 import pytest
+from multidict import CIMultiDict
+
 from corral_devstack.cluster import Cluster
 from corral_devstack.ports import free_port
 from corral_emulator import EmulatorControl, expected_reply
-from multidict import CIMultiDict
-
 from tests.conftest import start_cluster
 
 pytestmark = pytest.mark.e2e
@@ -138,7 +138,7 @@ async def test_queue_chunks_while_waiting_and_opt_out(
     await first
     waiting_chunks = lines(waiting_raw)
     infos = [c["queue_info"] for c in waiting_chunks if "queue_info" in c and not c["done"]]
-    assert infos[0]["position"] >= 1
+    assert infos[0]["position"] >= 1, waiting_raw.decode()
     assert infos[-1]["position"] == 0
     for chunk in waiting_chunks[: len(infos)]:
         assert chunk["message"] == {"role": "assistant", "content": ""}
@@ -203,10 +203,10 @@ async def test_huge_body_is_refused(cluster: Cluster, emu: EmulatorControl) -> N
 
 @pytest.fixture
 def dead_backend(
-    amqp_url: str, tmp_path_factory: pytest.TempPathFactory
+    fresh_broker: Callable[[], str], tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[tuple[Cluster, str]]:
     dead = f"http://127.0.0.1:{free_port()}"
-    cluster = start_cluster(amqp_url, dead, tmp_path_factory.mktemp("dead-backend"))
+    cluster = start_cluster(fresh_broker(), dead, tmp_path_factory.mktemp("dead-backend"))
     yield cluster, dead
     cluster.stop_all()
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 from aiohttp.test_utils import make_mocked_request
+
 from corral_gateway.extensions import backend_payload, read_extensions
 from corral_gateway.validation import OllamaRequestError
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from corral_scheduler.eta import SpeedBook, cumulative_waits, estimate_prompt_tokens
 
 

@@ -5,6 +5,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+
 from corral_devstack.cluster import Cluster
 
 

@@ -10,6 +10,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+
 from corral_devstack.ports import free_port
 from corral_devstack.processes import ServiceError, ServiceProcess
 

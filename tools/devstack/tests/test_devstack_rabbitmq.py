@@ -9,6 +9,7 @@ from pathlib import Path
 
 import aio_pika
 import pytest
+
 from corral_devstack import rabbitmq
 from corral_devstack.ports import free_port
 from corral_devstack.rabbitmq import RabbitNode, _Ports, amqp_reachable

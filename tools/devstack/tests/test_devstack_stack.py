@@ -11,6 +11,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+
 from corral_devstack.ports import free_port
 from corral_devstack.stack import (
     DEFAULT_AMQP_URL,

@@ -1,7 +1,6 @@
 from __future__ import annotations
 
 from corral_common.service import run_service
-
 from corral_gateway.app import create_app
 from corral_gateway.settings import GatewaySettings
 

@@ -7,10 +7,10 @@ from collections.abc import AsyncIterator
 
 import structlog
 from aiohttp import web
+
 from corral_common.broker import Broker
 from corral_common.ops import add_ops_routes
 from corral_common.topology import EVENTS_EXCHANGE, STATUS_ROUTING_KEY, gateway_queue_name
-
 from corral_gateway import generation, meta
 from corral_gateway.hub import Hub, StatusBoard
 from corral_gateway.middleware import ollama_edge

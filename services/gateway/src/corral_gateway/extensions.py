@@ -10,8 +10,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import web
-from corral_common.ids import is_valid_client_id, new_id
 
+from corral_common.ids import is_valid_client_id, new_id
 from corral_gateway.validation import OllamaRequestError
 
 # Fields that only Corral understands; never forwarded to the backend.

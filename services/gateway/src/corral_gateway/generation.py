@@ -8,9 +8,9 @@ from typing import Any
 
 import structlog
 from aiohttp import web
+
 from corral_common.errors import CorralError
 from corral_common.messages import Job, JobKind
-
 from corral_gateway import metrics
 from corral_gateway.extensions import Extensions, backend_payload, read_extensions
 from corral_gateway.relay import Relay, RelayTimings, _json

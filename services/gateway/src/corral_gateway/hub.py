@@ -14,9 +14,10 @@ from dataclasses import dataclass
 
 import structlog
 from aio_pika.abc import AbstractIncomingMessage
+from pydantic import ValidationError
+
 from corral_common.messages import EVENT_ADAPTER, Event, SchedulerStatus
 from corral_common.topology import STATUS_ROUTING_KEY
-from pydantic import ValidationError
 
 log = structlog.get_logger(__name__)
 

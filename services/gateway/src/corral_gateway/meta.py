@@ -6,8 +6,8 @@ import time
 from typing import Any
 
 from aiohttp import web
-from corral_common import __version__
 
+from corral_common import __version__
 from corral_gateway.state import GATEWAY, Gateway
 
 # What Ollama's development builds report; used until a scheduler has told us the backend's.

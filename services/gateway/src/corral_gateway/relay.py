@@ -14,9 +14,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import web
+
 from corral_common import jsonutil
 from corral_common.messages import Cancelled, Done, Failed, JobKind, Position, Started, Tokens
-
 from corral_gateway import metrics
 from corral_gateway.extensions import Extensions
 from corral_gateway.hub import BrokerLost, Delivery

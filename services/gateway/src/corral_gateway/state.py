@@ -9,8 +9,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from aiohttp import web
-from corral_common.broker import Broker
 
+from corral_common.broker import Broker
 from corral_gateway.hub import Hub
 from corral_gateway.settings import GatewaySettings
 from corral_gateway.submit import Submitter

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import orjson
+
 from corral_common.messages import JobKind
 
 

@@ -11,9 +11,9 @@ from collections import OrderedDict
 
 import structlog
 from aio_pika.abc import AbstractIncomingMessage
-from corral_common.messages import Accepted, Cancelled, CancelRequest, Job
 from pydantic import ValidationError
 
+from corral_common.messages import Accepted, Cancelled, CancelRequest, Job, Position
 from corral_scheduler import metrics
 from corral_scheduler.eta import SpeedBook
 from corral_scheduler.events import EventSink
@@ -87,6 +87,18 @@ class Admission:
         await self.sink.send_quietly(
             job, Accepted(request_id=job.request_id, scheduler_id=self.scheduler_id)
         )
+        # The first position goes out now, not at the broadcaster's next round: a job that
+        # starts soon must still have been told where it stood before its `started`.
+        position = len(self.lane) - 1 + (1 if self.executor.running is not None else 0)
+        if position > 0:
+            wait_ms = self.executor.remaining_ms() + sum(
+                e.estimate_ms for e in self.lane if e is not entry
+            )
+            entry.last_sent = (position, wait_ms)
+            await self.sink.send_quietly(
+                job,
+                Position(request_id=job.request_id, position=position, estimated_wait_ms=wait_ms),
+            )
         self.executor.lane_moved.set()
 
     async def on_control(self, message: AbstractIncomingMessage) -> None:

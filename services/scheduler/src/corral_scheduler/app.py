@@ -11,10 +11,10 @@ from typing import Any
 import aiohttp
 import structlog
 from aiohttp import web
+
 from corral_common.broker import Broker
 from corral_common.ops import add_ops_routes
 from corral_common.topology import CONTROL_EXCHANGE, JOBS_QUEUE
-
 from corral_scheduler.admission import Admission
 from corral_scheduler.backend import OllamaBackend
 from corral_scheduler.eta import SpeedBook

@@ -13,6 +13,7 @@ from typing import Any
 
 import aiohttp
 import orjson
+
 from corral_common.errors import CorralError, ErrorType, backend_unreachable_message
 from corral_common.messages import JobKind
 

@@ -8,6 +8,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import structlog
+
 from corral_common.broker import Broker, BrokerUnavailable, Unroutable, encode
 from corral_common.messages import Job, JobEvent
 from corral_common.topology import event_key

@@ -13,6 +13,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import structlog
+from opentelemetry import trace
+
 from corral_common.errors import CorralError, ErrorType
 from corral_common.messages import (
     Cancelled,
@@ -24,8 +26,6 @@ from corral_common.messages import (
     Tokens,
 )
 from corral_common.telemetry import extract_context, tracer
-from opentelemetry import trace
-
 from corral_scheduler import metrics
 from corral_scheduler.backend import BackendStreamError, OllamaBackend
 from corral_scheduler.eta import SpeedBook

@@ -10,7 +10,6 @@ import asyncio
 import time
 
 from corral_common.messages import Position
-
 from corral_scheduler.eta import cumulative_waits
 from corral_scheduler.events import EventSink
 from corral_scheduler.executor import Executor

@@ -1,7 +1,8 @@
 from __future__ import annotations
 
-from corral_common.settings import CorralSettings
 from pydantic import Field
+
+from corral_common.settings import CorralSettings
 
 
 class SchedulerSettings(CorralSettings):

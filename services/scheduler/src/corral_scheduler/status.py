@@ -9,11 +9,11 @@ import time
 
 import structlog
 from aio_pika.abc import AbstractChannel
+
 from corral_common.broker import Broker, BrokerUnavailable, encode
 from corral_common.errors import CorralError
 from corral_common.messages import BackendStatus, QueueStatus, SchedulerStatus
 from corral_common.topology import JOBS_QUEUE, STATUS_ROUTING_KEY
-
 from corral_scheduler.backend import OllamaBackend
 from corral_scheduler.executor import Executor
 
