@@ -1,0 +1,121 @@
+"""The promise at the heart of Corral: many clients at once, one generation at a time, and every
+client always knows where it stands."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+import orjson
+import pytest
+
+from corral_devstack.cluster import Cluster
+from corral_emulator import EmulatorControl, expected_reply
+
+pytestmark = pytest.mark.e2e
+
+CLIENTS = 20
+
+
+@dataclass
+class Seen:
+    positions: list[int] = field(default_factory=list)
+    text: str = ""
+    position_before_first_token: int | None = None
+    final: dict[str, Any] = field(default_factory=dict)
+
+
+async def stream_chat(session: aiohttp.ClientSession, url: str, prompt: str) -> Seen:
+    body = {"model": "llama3.2", "messages": [{"role": "user", "content": prompt}]}
+    seen = Seen()
+    async with session.post(f"{url}/api/chat", json=body) as response:
+        assert response.status == 200
+        async for line in response.content:
+            assert line.strip(), "NDJSON must have no blank lines"
+            chunk = orjson.loads(line)
+            assert "error" not in chunk, chunk
+            if chunk["done"]:
+                seen.final = chunk
+                continue
+            if "queue_info" in chunk:
+                assert not seen.text, "queue chunks come before the first token"
+                seen.positions.append(chunk["queue_info"]["position"])
+                continue
+            if chunk["message"]["content"] and not seen.text:
+                seen.position_before_first_token = seen.positions[-1] if seen.positions else None
+            seen.text += chunk["message"]["content"]
+    return seen
+
+
+async def test_concurrent_streams_run_one_at_a_time(cluster: Cluster, emu: EmulatorControl) -> None:
+    # Slow enough that all 20 requests pile up behind the first one.
+    await emu.configure(token_delay_ms=5)
+    prompts = [f"client {i} asks question {i * 7}" for i in range(CLIENTS)]
+    async with aiohttp.ClientSession() as session:
+        results = await asyncio.gather(
+            *(stream_chat(session, cluster.gateway_url, p) for p in prompts)
+        )
+    stats = await emu.stats()
+    assert stats["max_active"] == 1, "the backend must never run two generations at once"
+    assert stats["completed"] == CLIENTS
+    waited = 0
+    for prompt, seen in zip(prompts, results, strict=True):
+        assert seen.text == expected_reply(prompt)
+        assert seen.final["done"] is True
+        assert seen.positions, "every client is told its position"
+        assert seen.positions == sorted(seen.positions, reverse=True), (
+            f"positions went up: {seen.positions}"
+        )
+        assert seen.position_before_first_token == 0
+        if max(seen.positions) > 0:
+            waited += 1
+            assert seen.final["queue_info"]["position"] == max(seen.positions)
+    # All but the first (and perhaps a lucky second) really waited in line.
+    assert waited >= CLIENTS - 2
+
+
+async def test_a_client_that_leaves_the_queue_is_never_run(
+    cluster: Cluster, emu: EmulatorControl
+) -> None:
+    await emu.hold()
+    body = {"model": "llama3.2", "messages": [{"role": "user", "content": "first"}]}
+    async with aiohttp.ClientSession() as session:
+        first = asyncio.create_task(session.post(f"{cluster.gateway_url}/api/chat", json=body))
+        await emu.wait(held=1)
+        leaver_body = {**body, "messages": [{"role": "user", "content": "I will leave"}]}
+        async with session.post(f"{cluster.gateway_url}/api/chat", json=leaver_body) as leaver:
+            # Read up to its first queue chunk, so it is certainly queued, then hang up.
+            chunk = orjson.loads(await leaver.content.readline())
+            assert chunk["queue_info"]["position"] == 1
+            leaver.close()
+        # Release only once the scheduler has taken it out of the lane.
+        await wait_for_metric(cluster, 'corral_cancellations_total{stage="queued"} 1.0')
+        stayer_body = {**body, "messages": [{"role": "user", "content": "I stay"}]}
+        stayer = asyncio.create_task(
+            session.post(f"{cluster.gateway_url}/api/chat", json={**stayer_body, "stream": False})
+        )
+        await emu.release()
+        async with await first as response:
+            await response.read()
+        async with await stayer as response:
+            answer = await response.json()
+    assert answer["message"]["content"] == expected_reply("I stay")
+    contents = [r["messages"][-1]["content"] for r in await emu.requests("chat")]
+    assert "I will leave" not in contents
+    assert (await emu.stats())["max_active"] == 1
+
+
+async def wait_for_metric(cluster: Cluster, line: str) -> None:
+    """Poll the scheduler's /metrics (bounded) until `line` appears."""
+    ready_url = cluster.services["scheduler"].ready_url
+    assert ready_url is not None
+    metrics_url = ready_url.replace("/ready", "/metrics")
+    async with aiohttp.ClientSession() as session:
+        for _ in range(200):
+            async with session.get(metrics_url) as response:
+                if line in await response.text():
+                    return
+            await asyncio.sleep(0.05)
+    raise AssertionError(f"scheduler never reported {line!r}")
