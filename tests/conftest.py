@@ -15,8 +15,7 @@ from pathlib import Path
 import aio_pika
 import pytest
 
-from corral_common.settings import CorralSettings
-from corral_common.topology import declare_topology
+from corral_common.topology import JOBS_QUEUE
 from corral_devstack.cluster import Cluster
 from corral_devstack.ports import free_port
 from corral_devstack.processes import ServiceProcess
@@ -70,14 +69,19 @@ def fresh_broker(request: pytest.FixtureRequest, amqp_url: str) -> Callable[[], 
 
 
 def purge_jobs(amqp_url: str) -> None:
-    """Start each cluster on an empty jobs queue, whatever an earlier failed test left behind."""
+    """Start each cluster on an empty jobs queue, whatever an earlier failed test left behind.
+    Only an existing queue is purged: declaring it here would fix its arguments before the
+    cluster's own settings could."""
 
     async def purge() -> None:
         connection = await aio_pika.connect(amqp_url)
         async with connection:
             channel = await connection.channel()
-            topology = await declare_topology(channel, CorralSettings(amqp_url=amqp_url))
-            await topology.jobs_queue.purge()
+            try:
+                queue = await channel.declare_queue(JOBS_QUEUE, passive=True)
+            except aio_pika.exceptions.ChannelNotFoundEntity:
+                return
+            await queue.purge()
 
     asyncio.run(purge())
 
