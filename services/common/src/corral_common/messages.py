@@ -28,6 +28,10 @@ class Job(Wire):
     model: str
     payload: dict[str, Any]
     session_id: str | None = None
+    # The messages this request adds to its session (the client's new messages), carried to
+    # the `done` event so the session store can persist the turn without asking anyone.
+    turn: list[dict[str, Any]] | None = None
+    owner: str | None = None
     client_key: str | None = None
     enqueued_at: float
     # Sizes for the wait estimate, measured at the edge where the request body is at hand.
@@ -76,7 +80,10 @@ class Done(Wire):
     text: str
     waited_ms: int
     model: str
+    job_kind: JobKind = "chat"
     session_id: str | None = None
+    turn: list[dict[str, Any]] | None = None
+    owner: str | None = None
 
 
 class Failed(Wire):

@@ -189,7 +189,10 @@ class Executor:
                     text="".join(text),
                     waited_ms=waited_ms,
                     model=job.model,
+                    job_kind=job.kind,
                     session_id=job.session_id,
+                    turn=job.turn,
+                    owner=job.owner,
                 ),
             )
             return "done"

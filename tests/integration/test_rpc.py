@@ -1,0 +1,70 @@
+"""corral_common.rpc over a real RabbitMQ."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import pytest
+
+from corral_common.broker import Broker
+from corral_common.errors import CorralError, ErrorType
+from corral_common.rpc import RpcClient, RpcServer
+from corral_common.settings import CorralSettings
+
+
+@pytest.fixture
+async def pair(fresh_broker: Callable[[], str]) -> AsyncIterator[tuple[RpcServer, RpcClient]]:
+    broker = Broker(CorralSettings(amqp_url=fresh_broker()), "test")
+    await broker.start()
+
+    async def echo(params: dict[str, Any]) -> Any:
+        return {"echo": params}
+
+    async def missing(params: dict[str, Any]) -> Any:
+        raise CorralError(ErrorType.SESSION_NOT_FOUND, "no such session", details=params)
+
+    async def broken(params: dict[str, Any]) -> Any:
+        raise ValueError("a bug")
+
+    server = RpcServer(broker, "things", {"echo": echo, "missing": missing, "broken": broken})
+    await server.start()
+    client = RpcClient(broker, timeout_s=2)
+    await client.start()
+    yield server, client
+    await client.close()
+    await server.close()
+    await broker.close()
+
+
+async def test_call_returns_the_result(pair: tuple[RpcServer, RpcClient]) -> None:
+    _, client = pair
+    assert await client.call("things", "echo", a=1, b=["x"]) == {"echo": {"a": 1, "b": ["x"]}}
+
+
+async def test_corral_errors_cross_the_wire_intact(pair: tuple[RpcServer, RpcClient]) -> None:
+    _, client = pair
+    with pytest.raises(CorralError) as info:
+        await client.call("things", "missing", session_id="s1")
+    assert info.value.error_type is ErrorType.SESSION_NOT_FOUND
+    assert info.value.status == 404
+    assert info.value.details == {"session_id": "s1"}
+
+
+async def test_handler_bugs_are_internal_errors(pair: tuple[RpcServer, RpcClient]) -> None:
+    _, client = pair
+    with pytest.raises(CorralError) as info:
+        await client.call("things", "broken")
+    assert info.value.error_type is ErrorType.INTERNAL_ERROR
+    assert "a bug" not in info.value.message  # no internals leak to callers
+    with pytest.raises(CorralError):
+        await client.call("things", "nope")
+
+
+async def test_a_service_nobody_serves_times_out_as_503(
+    pair: tuple[RpcServer, RpcClient],
+) -> None:
+    _, client = pair
+    with pytest.raises(CorralError) as info:
+        await client.call("nobody", "echo")
+    assert info.value.status == 503
