@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import pytest
+
 from corral_emulator import STATE_KEY, EmulatorConfig, EmulatorState, create_app
 from corral_emulator.testing import ClientFactory, EmulatorTestClient
 

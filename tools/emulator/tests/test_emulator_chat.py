@@ -3,6 +3,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+
 from corral_emulator import EmulatorConfig, EmulatorState, count_message_tokens, expected_reply
 from corral_emulator.testing import RFC3339_UTC, chat_body, parse_ndjson
 from corral_emulator.testing import EmulatorTestClient as Client

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import aiohttp
 import orjson
+
 from corral_emulator.cli import config_from_args, main
 from corral_emulator.models import DEFAULT_MODELS
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 import asyncio
 
 import pytest
+
 from corral_emulator import EmulatorState
 from corral_emulator.config import EmulatorConfig
 from corral_emulator.testing import EmulatorTestClient as Client

@@ -4,6 +4,7 @@ import asyncio
 
 import aiohttp
 import pytest
+
 from corral_emulator import EmulatorState, expected_reply
 from corral_emulator.testing import EmulatorTestClient as Client
 from corral_emulator.testing import chat_body, parse_ndjson, wait_for_state

@@ -3,6 +3,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+
 from corral_emulator import EmulatorState, count_prompt_tokens, expected_reply
 from corral_emulator.testing import RFC3339_UTC, parse_ndjson
 from corral_emulator.testing import EmulatorTestClient as Client

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import pytest
+
 from corral_emulator import EmulatorState
 from corral_emulator.durations import NANOS_PER_SECOND
 from corral_emulator.testing import RFC3339_UTC, chat_body

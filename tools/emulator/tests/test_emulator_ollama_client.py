@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator
 import ollama
 import pytest
 from aiohttp.test_utils import TestServer
+
 from corral_emulator import (
     STATE_KEY,
     EmulatorConfig,

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import pytest
+
 from corral_emulator import (
     count_message_tokens,
     count_prompt_tokens,
