@@ -130,6 +130,25 @@ class Broker:
         log.warning("broker connection lost")
         await _notify(self._on_lost)
 
+    async def _usable(self) -> None:
+        """Return once messages can be published; raise BrokerUnavailable at once if not.
+
+        After a reconnect aio-pika reopens channels one by one, and restores each consumer with
+        its channel: deliveries (redelivered jobs above all) arrive before the publishing
+        channels are back, and `connected` is only set once everything is. In that window the
+        broker is there, so wait (within the publish timeout) instead of failing the message;
+        while there is no transport at all, fail fast, so clients get their 503 at once.
+        """
+        if self._connected.is_set():
+            return
+        connection = self._connection
+        if connection is None or connection.is_closed or not connection.connected.is_set():
+            raise BrokerUnavailable("message broker is not connected")
+        try:
+            await asyncio.wait_for(self._connected.wait(), self.settings.publish_timeout_s)
+        except TimeoutError as exc:
+            raise BrokerUnavailable("message broker connection is still being restored") from exc
+
     async def _restored(self, *_: Any) -> None:
         self._connected.set()
         log.info("broker connection restored")
@@ -147,8 +166,7 @@ class Broker:
         expiration: float | None = None,
     ) -> None:
         """Persistent, confirmed, mandatory. Raises QueueFull or BrokerUnavailable."""
-        if not self.connected:
-            raise BrokerUnavailable("message broker is not connected")
+        await self._usable()
         message = _message(body, headers, DeliveryMode.PERSISTENT, expiration)
         try:
             await exchange.publish(
@@ -168,6 +186,7 @@ class Broker:
             await self.publish_durable(self.topology.events, routing_key, body)
             return
         assert self._fast_events is not None
+        await self._usable()
         message = _message(body, None, DeliveryMode.NOT_PERSISTENT, None)
         try:
             await self._fast_events.publish(message, routing_key, mandatory=False)
@@ -177,6 +196,7 @@ class Broker:
     async def publish_control(self, routing_key: str, body: bytes) -> None:
         """Control messages are fire-and-forget: a cancel for a job nobody holds is harmless."""
         assert self._fast_control is not None
+        await self._usable()
         message = _message(body, None, DeliveryMode.NOT_PERSISTENT, None)
         try:
             await self._fast_control.publish(message, routing_key, mandatory=False)

@@ -28,6 +28,11 @@ def gateway_queue_name(gateway_id: str) -> str:
     return f"gateway.{gateway_id}"
 
 
+# A gateway that starts up asks on `corral.control` for every scheduler's status at once,
+# instead of reporting itself degraded until the next periodic broadcast.
+STATUS_REQUEST_KEY = "status.request"
+
+
 def cancel_key(request_id: str) -> str:
     return f"cancel.{request_id}"
 

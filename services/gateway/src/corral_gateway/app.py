@@ -10,7 +10,12 @@ from aiohttp import web
 
 from corral_common.broker import Broker
 from corral_common.ops import add_ops_routes
-from corral_common.topology import EVENTS_EXCHANGE, STATUS_ROUTING_KEY, gateway_queue_name
+from corral_common.topology import (
+    EVENTS_EXCHANGE,
+    STATUS_REQUEST_KEY,
+    STATUS_ROUTING_KEY,
+    gateway_queue_name,
+)
 from corral_gateway import generation, meta
 from corral_gateway.hub import Hub, StatusBoard
 from corral_gateway.middleware import ollama_edge
@@ -39,6 +44,12 @@ async def gateway_ctx(app: web.Application) -> AsyncIterator[None]:
     await queue.bind(events, f"gw.{settings.instance_id}.#")
     await queue.bind(events, STATUS_ROUTING_KEY)
     await queue.consume(hub.on_message, no_ack=True)
+
+    async def ask_for_status() -> None:
+        await broker.publish_control(STATUS_REQUEST_KEY, b"{}")
+
+    await ask_for_status()
+    broker.on_restored(ask_for_status)
     log.info("gateway ready", gateway_id=settings.instance_id)
     yield
     if gateway.background:

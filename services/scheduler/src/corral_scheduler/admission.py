@@ -14,6 +14,7 @@ from aio_pika.abc import AbstractIncomingMessage
 from pydantic import ValidationError
 
 from corral_common.messages import Accepted, Cancelled, CancelRequest, Job, Position
+from corral_common.topology import STATUS_REQUEST_KEY
 from corral_scheduler import metrics
 from corral_scheduler.eta import SpeedBook
 from corral_scheduler.events import EventSink
@@ -103,6 +104,9 @@ class Admission:
 
     async def on_control(self, message: AbstractIncomingMessage) -> None:
         async with message.process(ignore_processed=True):
+            if message.routing_key == STATUS_REQUEST_KEY:
+                self.executor.status_requested.set()
+                return
             if not message.routing_key or not message.routing_key.startswith("cancel."):
                 return
             try:

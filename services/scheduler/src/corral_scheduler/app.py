@@ -14,7 +14,7 @@ from aiohttp import web
 
 from corral_common.broker import Broker
 from corral_common.ops import add_ops_routes
-from corral_common.topology import CONTROL_EXCHANGE, JOBS_QUEUE
+from corral_common.topology import CONTROL_EXCHANGE, JOBS_QUEUE, STATUS_REQUEST_KEY
 from corral_scheduler.admission import Admission
 from corral_scheduler.backend import OllamaBackend
 from corral_scheduler.eta import SpeedBook
@@ -100,6 +100,7 @@ async def lane_ctx(app: web.Application) -> AsyncIterator[None]:
     control_exchange = await control_channel.get_exchange(CONTROL_EXCHANGE)
     await control_queue.bind(control_exchange, "cancel.*")
     await control_queue.bind(control_exchange, "admin.#")
+    await control_queue.bind(control_exchange, STATUS_REQUEST_KEY)
     await control_queue.consume(admission.on_control)
     app[CONSUMING].set()
     log.info("scheduler consuming", scheduler_id=scheduler_id, window=settings.admission_window)

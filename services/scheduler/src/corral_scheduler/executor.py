@@ -62,6 +62,7 @@ class Executor:
         # Bumped on every broker connection loss; see Entry.generation.
         self.generation = 0
         self.lane_moved = asyncio.Event()
+        self.status_requested = asyncio.Event()
         self.finished_at: list[float] = []
 
     async def run_forever(self) -> None:

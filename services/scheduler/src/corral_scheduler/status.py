@@ -44,7 +44,10 @@ class StatusReporter:
                 await self.broker.publish_event(
                     STATUS_ROUTING_KEY, encode(self.last), durable=False
                 )
-            await asyncio.sleep(self.interval_s)
+            requested = self.executor.status_requested
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(requested.wait(), timeout=self.interval_s)
+            requested.clear()
 
     async def snapshot(self) -> SchedulerStatus:
         backend = await self._probe_backend()
