@@ -3,29 +3,32 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import TypeVar
 
 from aiohttp import web
 
 from corral_common.logging import configure_logging
+from corral_common.settings import CorralSettings
 from corral_common.telemetry import setup_tracing
+
+S = TypeVar("S", bound=CorralSettings)
 
 
 def run_service(
     service: str,
-    app_factory: Callable[[], web.Application],
-    host: str,
-    port: int,
-    log_level: str,
+    create_app: Callable[[S], web.Application],
+    settings: S,
     *,
     http_server_spans: bool = False,
     http_client_spans: bool = False,
 ) -> None:
-    configure_logging(service, log_level)
+    configure_logging(service, settings.log_level)
     setup_tracing(service, http_server=http_server_spans, http_client=http_client_spans)
+    host, port = settings.listen_address()
     # handler_cancellation: a client that disconnects cancels its handler, which is how a
     # queued or running request learns its client has gone.
     web.run_app(
-        app_factory(),
+        create_app(settings),
         host=host,
         port=port,
         handler_cancellation=True,

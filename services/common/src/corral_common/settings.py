@@ -34,3 +34,7 @@ class CorralSettings(BaseSettings):
     publish_timeout_s: float = Field(default=5.0, gt=0)
 
     instance_id: str = Field(default_factory=new_id)
+
+    def listen_address(self) -> tuple[str, int]:
+        """Where this service's HTTP app listens: the ops endpoints, unless overridden."""
+        return self.health_host, self.health_port

@@ -18,3 +18,7 @@ class GatewaySettings(CorralSettings):
     # While a streaming client waits, its last queue chunk is repeated this often so proxies
     # and clients do not cut an idle connection.
     heartbeat_s: float = Field(default=5.0, gt=0)
+
+    def listen_address(self) -> tuple[str, int]:
+        # The gateway serves the API and its ops endpoints on one public port.
+        return self.gateway_host, self.gateway_port

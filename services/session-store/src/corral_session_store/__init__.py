@@ -1,0 +1,1 @@
+"""Corral session store: per-session, per-model conversations in MongoDB."""
