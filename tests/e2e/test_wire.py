@@ -121,6 +121,36 @@ async def test_extension_fields_never_reach_the_backend(
         assert sent[field] == body[field]
 
 
+async def test_generate_fields_pass_through(cluster: Cluster, emu: EmulatorControl) -> None:
+    body = {
+        "model": "llama3.2",
+        "prompt": "def add(a, b):",
+        "suffix": "    return result",
+        "system": "You write Python.",
+        "images": ["aGVsbG8="],
+        "format": {"type": "object"},
+        "keep_alive": 300,
+        "options": {"num_predict": 2, "temperature": 0},
+        "session_id": "s9",
+    }
+    status, _, raw = await post(cluster, "/api/generate", {**body, "stream": False})
+    assert status == 200
+    assert orjson.loads(raw)["response"] == expected_reply("def add(a, b):", 2)
+    sent = (await emu.requests("generate"))[-1]
+    assert "session_id" not in sent
+    for field in (
+        "model",
+        "prompt",
+        "suffix",
+        "system",
+        "images",
+        "format",
+        "keep_alive",
+        "options",
+    ):
+        assert sent[field] == body[field], field
+
+
 async def test_queue_chunks_while_waiting_and_opt_out(
     cluster: Cluster, emu: EmulatorControl
 ) -> None:
