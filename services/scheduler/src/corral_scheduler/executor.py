@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections import deque
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,6 +34,8 @@ from corral_scheduler.events import EventSink, TokenBatcher
 from corral_scheduler.lane import Entry, Lane
 
 log = structlog.get_logger(__name__)
+
+RATE_WINDOW_S = 60.0
 
 
 @dataclass
@@ -63,7 +66,8 @@ class Executor:
         self.generation = 0
         self.lane_moved = asyncio.Event()
         self.status_requested = asyncio.Event()
-        self.finished_at: list[float] = []
+        # Finish times over the last minute, for the processing rate.
+        self.finished_at: deque[float] = deque()
 
     async def run_forever(self) -> None:
         while True:
@@ -85,8 +89,10 @@ class Executor:
             finally:
                 self.running = None
                 metrics.QUEUE_RUNNING.set(0)
-                self.finished_at.append(time.monotonic())
-                del self.finished_at[:-50]
+                now = time.monotonic()
+                self.finished_at.append(now)
+                while self.finished_at[0] < now - RATE_WINDOW_S:
+                    self.finished_at.popleft()
                 self.lane_moved.set()
 
     def cancel_running(self, request_id: str, reason: str) -> bool:

@@ -15,7 +15,8 @@ from corral_common.errors import CorralError
 from corral_common.messages import BackendStatus, QueueStatus, SchedulerStatus
 from corral_common.topology import JOBS_QUEUE, STATUS_ROUTING_KEY
 from corral_scheduler.backend import OllamaBackend
-from corral_scheduler.executor import Executor
+from corral_scheduler.eta import cumulative_waits
+from corral_scheduler.executor import RATE_WINDOW_S, Executor
 
 log = structlog.get_logger(__name__)
 
@@ -52,8 +53,8 @@ class StatusReporter:
     async def snapshot(self) -> SchedulerStatus:
         backend = await self._probe_backend()
         executor = self.executor
-        recent = [t for t in executor.finished_at if t > time.monotonic() - 60]
-        waits = [e.estimate_ms for e in executor.lane]
+        recent = [t for t in executor.finished_at if t > time.monotonic() - RATE_WINDOW_S]
+        waits = cumulative_waits(executor.remaining_ms(), [e.estimate_ms for e in executor.lane])
         return SchedulerStatus(
             scheduler_id=self.scheduler_id,
             sent_at=time.time(),
@@ -62,7 +63,7 @@ class StatusReporter:
                 waiting=len(executor.lane) + await self._backlog(),
                 running=1 if executor.running is not None else 0,
                 average_wait_ms=round(sum(waits) / len(waits)) if waits else 0,
-                processing_rate=round(len(recent) / 60, 3),
+                processing_rate=round(len(recent) / RATE_WINDOW_S, 3),
             ),
         )
 

@@ -1,0 +1,246 @@
+"""The session store's app factory: resources in cleanup_ctx, the turns consumer as a task.
+
+Start-up order: MongoDB (indexes, calibration), the broker, the RPC server (with the
+model-manager lookup), then the turns consumer; shutdown in reverse, so the consumer stops
+taking events before anything it writes with goes away.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+import structlog
+from aiohttp import web
+from pymongo import AsyncMongoClient
+from pymongo.errors import PyMongoError
+
+from corral_common.broker import Broker
+from corral_common.ops import add_ops_routes
+from corral_common.rpc import RpcClient, RpcServer
+from corral_session_store.model_info import (
+    MODEL_MANAGER,
+    CachedContextLengths,
+    ContextLengths,
+)
+from corral_session_store.rpc_api import SERVICE, methods
+from corral_session_store.sessions import SessionService
+from corral_session_store.settings import SessionStoreSettings
+from corral_session_store.store import Document, SessionStore
+from corral_session_store.turns import TurnConsumer
+
+log = structlog.get_logger(__name__)
+
+DEFAULT_MONGO_URL = "mongodb://127.0.0.1:27017/"
+PING_INTERVAL_S = 5.0
+PING_TIMEOUT_S = 2.0
+
+
+@dataclass
+class MongoState:
+    """What /health and /ready know about the database."""
+
+    connected: bool = False
+    server: str | None = None
+    version: str | None = None
+    secantus_version: str | None = None
+    error: str | None = None
+
+    def set(self, ok: bool, error: str | None = None) -> None:
+        self.connected = ok
+        self.error = None if ok else error
+
+
+SETTINGS = web.AppKey("settings", SessionStoreSettings)
+MONGO = web.AppKey("mongo", AsyncMongoClient)
+MONGO_STATE = web.AppKey("mongo_state", MongoState)
+STORE = web.AppKey("store", SessionStore)
+BROKER = web.AppKey("broker", Broker)
+SERVICE_CORE = web.AppKey("service", SessionService)
+LENGTHS = web.AppKey("context_lengths", ContextLengths)
+RPC_SERVER = web.AppKey("rpc_server", RpcServer)
+TURNS = web.AppKey("turns", TurnConsumer)
+
+
+async def _ping(client: AsyncMongoClient[Document]) -> None:
+    await asyncio.wait_for(client.admin.command("ping"), PING_TIMEOUT_S)
+
+
+async def _describe_server(client: AsyncMongoClient[Document], state: MongoState) -> None:
+    info = await client.admin.command("buildInfo")
+    state.version = str(info.get("version")) if info.get("version") else None
+    secantus = info.get("secantusVersion")
+    state.secantus_version = str(secantus) if secantus else None
+    state.server = "secantusdb" if secantus else "mongodb"
+
+
+async def mongo_ctx(app: web.Application) -> AsyncIterator[None]:
+    settings = app[SETTINGS]
+    url = settings.mongo_url
+    if not url:
+        log.warning("CORRAL_MONGO_URL is not set; using a local MongoDB", url=DEFAULT_MONGO_URL)
+        url = DEFAULT_MONGO_URL
+    client: AsyncMongoClient[Document] = AsyncMongoClient(
+        url,
+        tz_aware=True,
+        serverSelectionTimeoutMS=settings.mongo_timeout_ms,
+        connectTimeoutMS=settings.mongo_timeout_ms,
+        appname="corral-session-store",
+    )
+    state = app[MONGO_STATE]
+    store = SessionStore(client[settings.mongo_database])
+    # Like the broker: the store may come up after us, so wait for it rather than crash.
+    while True:
+        try:
+            await store.ensure_indexes()
+            await _describe_server(client, state)
+            break
+        except PyMongoError as exc:
+            state.set(False, str(exc))
+            log.warning("MongoDB not usable yet, retrying", error=str(exc))
+            await asyncio.sleep(1.0)
+    state.set(True)
+    log.info(
+        "mongo connected",
+        server=state.server,
+        version=state.version,
+        secantus_version=state.secantus_version,
+        database=settings.mongo_database,
+    )
+    app[MONGO] = client
+    app[STORE] = store
+
+    async def pinger() -> None:
+        while True:
+            await asyncio.sleep(PING_INTERVAL_S)
+            try:
+                await _ping(client)
+                state.set(True)
+            except (PyMongoError, TimeoutError) as exc:
+                state.set(False, str(exc) or "ping timed out")
+
+    task = asyncio.create_task(pinger(), name="mongo-pinger")
+    yield
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+    await client.close()
+
+
+async def broker_ctx(app: web.Application) -> AsyncIterator[None]:
+    broker = Broker(app[SETTINGS], SERVICE)
+    await broker.start()
+    app[BROKER] = broker
+    yield
+    await broker.close()
+
+
+async def rpc_ctx(app: web.Application) -> AsyncIterator[None]:
+    settings, broker = app[SETTINGS], app[BROKER]
+    client: RpcClient | None = None
+    if LENGTHS not in app:
+        client = RpcClient(broker, timeout_s=settings.model_info_timeout_s)
+        await client.start()
+        rpc = client
+
+        async def fetch(model: str) -> Any:
+            return await rpc.call(MODEL_MANAGER, "model_info", model=model)
+
+        app[LENGTHS] = CachedContextLengths(
+            fetch,
+            timeout_s=settings.model_info_timeout_s,
+            ttl_s=settings.model_info_ttl_s,
+            failure_ttl_s=settings.model_info_failure_ttl_s,
+        )
+    store = app[STORE]
+    service = SessionService(
+        store, app[LENGTHS], settings, calibrations=await store.load_calibrations()
+    )
+    app[SERVICE_CORE] = service
+    server = RpcServer(broker, SERVICE, methods(service))
+    await server.start()
+    app[RPC_SERVER] = server
+    yield
+    await server.close()
+    if client is not None:
+        await client.close()
+
+
+async def turns_ctx(app: web.Application) -> AsyncIterator[None]:
+    settings = app[SETTINGS]
+    consumer = TurnConsumer(
+        app[BROKER],
+        app[SERVICE_CORE],
+        prefetch=settings.turns_prefetch,
+        retry_s=settings.turn_retry_s,
+        on_database=lambda ok: app[MONGO_STATE].set(ok, None if ok else "write failed"),
+    )
+    await consumer.start()
+    app[TURNS] = consumer
+    yield
+    await consumer.stop()
+
+
+def create_app(
+    settings: SessionStoreSettings | None = None,
+    *,
+    context_lengths: ContextLengths | None = None,
+) -> web.Application:
+    """`context_lengths` replaces the model-manager lookup (tests, fixed deployments)."""
+    app = web.Application()
+    app[SETTINGS] = settings or SessionStoreSettings()
+    app[MONGO_STATE] = MongoState()
+    if context_lengths is not None:
+        app[LENGTHS] = context_lengths
+    app.cleanup_ctx.extend([mongo_ctx, broker_ctx, rpc_ctx, turns_ctx])
+
+    def ready() -> bool:
+        turns = app.get(TURNS)
+        return (
+            turns is not None
+            and turns.consuming
+            and app[BROKER].connected
+            and app[MONGO_STATE].connected
+        )
+
+    async def health() -> dict[str, Any]:
+        state = app[MONGO_STATE]
+        client = app.get(MONGO)
+        if client is not None:
+            try:
+                await _ping(client)
+                state.set(True)
+            except (PyMongoError, TimeoutError) as exc:
+                state.set(False, str(exc) or "ping timed out")
+        broker_ok = BROKER in app and app[BROKER].connected
+        turns = app.get(TURNS)
+        mongo: dict[str, Any] = {
+            "connected": state.connected,
+            "server": state.server,
+            "version": state.version,
+            "secantus": state.secantus_version is not None,
+            "database": app[SETTINGS].mongo_database,
+        }
+        if state.secantus_version is not None:
+            mongo["secantus_version"] = state.secantus_version
+        if state.error:
+            mongo["error"] = state.error
+        if broker_ok and state.connected:
+            status = "healthy"
+        elif broker_ok or state.connected:
+            status = "degraded"
+        else:
+            status = "unhealthy"
+        return {
+            "service": SERVICE,
+            "status": status,
+            "broker": {"connected": broker_ok},
+            "mongo": mongo,
+            "turns": {"consuming": bool(turns and turns.consuming)},
+        }
+
+    add_ops_routes(app, health, ready)
+    return app

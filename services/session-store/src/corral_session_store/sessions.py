@@ -1,0 +1,218 @@
+"""The session store's core: context assembly over stored history, and storing finished turns.
+
+Both the RPC methods and the turns consumer call into `SessionService`; it owns the per-model
+token calibration and the estimates it made for requests still running.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import OrderedDict
+from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import structlog
+
+from corral_common.errors import CorralError, ErrorType
+from corral_common.messages import Done
+from corral_session_store import metrics
+from corral_session_store.context import Assembled, assemble, compute_budget, passthrough
+from corral_session_store.model_info import ContextLengths
+from corral_session_store.settings import SessionStoreSettings
+from corral_session_store.store import (
+    STAT_KEYS,
+    SessionStore,
+    TurnRecord,
+    WriteOutcome,
+    clean_message,
+    not_found,
+    utcnow,
+)
+from corral_session_store.tokens import Calibration, TokenEstimator, raw_prompt_tokens
+
+log = structlog.get_logger(__name__)
+
+# Estimates made by `assemble` wait here for their request's `done` event; requests that
+# never finish (cancelled, failed) age out.
+PENDING_MAX = 10_000
+PENDING_TTL_S = 3600.0
+
+
+class SessionService:
+    def __init__(
+        self,
+        store: SessionStore,
+        lengths: ContextLengths,
+        settings: SessionStoreSettings,
+        calibrations: Mapping[str, Calibration] | None = None,
+    ) -> None:
+        self.store = store
+        self.lengths = lengths
+        self.settings = settings
+        self.calibrations: dict[str, Calibration] = dict(calibrations or {})
+        for model, calibration in self.calibrations.items():
+            metrics.CALIBRATION_FACTOR.labels(model).set(calibration.factor)
+        self._pending: OrderedDict[str, tuple[float, str, float]] = OrderedDict()
+
+    def estimator(self, model: str) -> TokenEstimator:
+        calibration = self.calibrations.get(model)
+        return calibration.estimator() if calibration is not None else TokenEstimator()
+
+    # -- context assembly ------------------------------------------------------------------
+
+    async def assemble(
+        self,
+        *,
+        session_id: str,
+        model: str,
+        kind: str,
+        messages: Sequence[Mapping[str, Any]],
+        options: Mapping[str, Any] | None,
+        owner: str | None,
+        request_id: str | None = None,
+    ) -> dict[str, Any]:
+        started = time.perf_counter()
+        session = await self.store.find_session(session_id)
+        if session is not None and owner is not None and session.get("owner") not in (None, owner):
+            # Someone else's session looks exactly like no session at all.
+            raise not_found(session_id)
+        estimator = self.estimator(model)
+        context_length = await self.lengths.context_length(model)
+        budget = compute_budget(
+            options,
+            context_length,
+            default_num_ctx=self.settings.default_num_ctx,
+            answer_reserve=self.settings.answer_reserve,
+            answer_reserve_fraction=self.settings.answer_reserve_fraction,
+        )
+        result: Assembled
+        try:
+            if kind == "generate":
+                result = passthrough(messages, estimator)
+            elif session is None:
+                result = assemble([], messages, budget, estimator, stored_system=None)
+            else:
+                window = await self.store.history_window(
+                    session_id, model, budget.prompt_tokens, estimator
+                )
+                result = assemble(
+                    window.turns,
+                    messages,
+                    budget,
+                    estimator,
+                    stored_system=window.system,
+                    older_turns=window.older_turns,
+                )
+        except CorralError as exc:
+            if exc.error_type is ErrorType.CONTEXT_LIMIT_EXCEEDED:
+                metrics.CONTEXT_LIMIT_EXCEEDED.labels(model).inc()
+            raise
+        if result.info.truncated:
+            metrics.CONTEXT_TRUNCATIONS.labels(model).inc()
+        if request_id is not None:
+            self._remember(request_id, model, raw_prompt_tokens(result.messages))
+        metrics.CONTEXT_ASSEMBLY.observe(time.perf_counter() - started)
+        log.debug(
+            "context assembled",
+            model=model,
+            budget=budget.prompt_tokens,
+            budget_source=budget.source,
+            **result.info.as_dict(),
+        )
+        return {
+            "messages": [dict(m) for m in result.messages],
+            "context_info": result.info.as_dict(),
+            "context_length": budget.context_length,
+        }
+
+    def _remember(self, request_id: str, model: str, raw_tokens: float) -> None:
+        now = time.monotonic()
+        self._pending[request_id] = (now, model, raw_tokens)
+        self._pending.move_to_end(request_id)
+        while self._pending:
+            oldest_id, (at, _, _) = next(iter(self._pending.items()))
+            if len(self._pending) <= PENDING_MAX and now - at <= PENDING_TTL_S:
+                break
+            del self._pending[oldest_id]
+
+    # -- persisting turns ------------------------------------------------------------------
+
+    async def store_turn(self, done: Done) -> WriteOutcome:
+        """Write the turn a `done` event finishes; calibrate the model's estimator from it."""
+        assert done.session_id is not None
+        pending = self._pending.pop(done.request_id, None)
+        raw_estimate = pending[2] if pending is not None and pending[1] == done.model else None
+        record = turn_record(done, utcnow(), raw_estimate)
+        outcome = await self.store.write_turn(record)
+        if outcome is WriteOutcome.STORED and raw_estimate is not None:
+            await self._calibrate(done.model, raw_estimate, record.stats.get("prompt_eval_count"))
+        return outcome
+
+    async def _calibrate(self, model: str, raw_estimate: float, prompt_eval_count: Any) -> None:
+        if not isinstance(prompt_eval_count, int) or isinstance(prompt_eval_count, bool):
+            return
+        calibration = self.calibrations.setdefault(model, Calibration())
+        if calibration.observe(raw_estimate, prompt_eval_count):
+            metrics.CALIBRATION_FACTOR.labels(model).set(calibration.factor)
+            await self.store.save_calibration(model, calibration)
+
+
+def _parse_time(value: Any) -> datetime | None:
+    if not isinstance(value, str):
+        return None
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError:
+        return None
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=UTC)
+    return parsed.astimezone(UTC)
+
+
+def _ms(value: datetime) -> datetime:
+    return value.replace(microsecond=value.microsecond // 1000 * 1000)
+
+
+def turn_record(done: Done, now: datetime, raw_estimate: float | None = None) -> TurnRecord:
+    """The turn a `done` event finishes: the client's new messages, then the answer.
+
+    The answer's time is the backend's `created_at` of its final chunk (no later than now,
+    the receipt time, in case the clocks disagree); the question's is that minus the backend's
+    `total_duration` and the time the job waited in the queue.
+    """
+    assert done.session_id is not None
+    final = done.final
+    answer: dict[str, Any] = {"role": "assistant", "content": done.text}
+    final_message = final.get("message")
+    source = final_message if isinstance(final_message, dict) else final
+    for extra in ("thinking", "tool_calls"):
+        if source.get(extra):
+            answer[extra] = source[extra]
+    stats: dict[str, Any] = {
+        key: final[key]
+        for key in STAT_KEYS
+        if isinstance(final.get(key), int) and not isinstance(final.get(key), bool)
+    }
+    if isinstance(final.get("done_reason"), str):
+        stats["done_reason"] = final["done_reason"]
+    stats["waited_ms"] = done.waited_ms
+    answered_at = _ms(min(_parse_time(final.get("created_at")) or now, now))
+    took_ns = stats.get("total_duration", 0)
+    asked_at = _ms(
+        answered_at - timedelta(microseconds=took_ns / 1000, milliseconds=max(done.waited_ms, 0))
+    )
+    messages = [clean_message(m) for m in done.turn or [] if isinstance(m, dict)]
+    messages.append(answer)
+    return TurnRecord(
+        request_id=done.request_id,
+        session_id=done.session_id,
+        model=done.model,
+        kind=done.job_kind,
+        messages=messages,
+        asked_at=asked_at,
+        answered_at=answered_at,
+        owner=done.owner,
+        stats=stats,
+        estimate={"raw_tokens": round(raw_estimate, 1)} if raw_estimate is not None else None,
+    )

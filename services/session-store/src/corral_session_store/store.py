@@ -1,0 +1,510 @@
+"""Sessions and their turns in MongoDB, through PyMongo's native async API.
+
+Schema (database `CORRAL_MONGO_DATABASE`, default `corral`):
+
+`sessions`, one document per session::
+
+    {_id: <session id>, title, owner, created_at, last_activity,
+     turn_seq: <last sequence number handed out>, models: [<model>, ...]}
+
+`turns`, one document per finished turn (one request/answer exchange)::
+
+    {_id: <request id>, session_id, model, seq, kind: "chat" | "generate",
+     messages: [<the client's new messages>..., <the assistant's answer>],
+     message_count, system: <first system message of the turn, if any>,
+     owner, asked_at, answered_at, stored_at,
+     stats: {prompt_eval_count, eval_count, total_duration, load_duration,
+             prompt_eval_duration, eval_duration, done_reason, waited_ms},
+     estimate: {raw_tokens} (when the store assembled the prompt itself)}
+
+`calibration`: `{_id: <model>, factor, samples, updated_at}`, the token estimator's per-model
+factor, so it survives restarts and is shared by replicas.
+
+Why turns are documents of their own rather than arrays pushed into the session document:
+
+- Atomic: a turn (the user's messages *and* the answer) is one `insert_one` of one document,
+  which MongoDB writes entirely or not at all, with no transaction (so the same code works on
+  a standalone MongoDB, a replica set, and SecantusDB).
+- Idempotent: the turn's `_id` is its `request_id`, so a redelivered `done` event can only
+  hit the unique `_id` and change nothing; there is no read-modify-write window.
+- Ordered: `seq` comes from an atomic `$inc` on the session (`turn_seq`), and the consumer
+  applies one session's events one after another in arrival order, so `seq` is arrival order;
+  `(session_id, seq)` is unique. Models share the sequence, so "all models in time order" is
+  a plain sort.
+- Per-model histories are the `(session_id, model, seq)` index, and model names (which contain
+  dots and colons) never become field names.
+- No 16 MB ceiling on a conversation, no rewriting of a growing array per turn (`$push` is also
+  SecantusDB's slowest write), and context assembly reads only the newest turns it can use.
+- Counts are derived from the turns (a scalar `message_count` per turn, summed with `$group`),
+  never `$inc`-ed on the session, so a retried write cannot double count; nothing aggregates
+  through an array of sub-documents (a path SecantusDB silently gets wrong), and search is an
+  escaped, case-insensitive `$regex` (SecantusDB has no `$text`).
+
+The session document is upserted *before* its turn is inserted, with operators that are safe
+to repeat (`$min`/`$max` on times, `$addToSet`, `$setOnInsert`): a crash between the two leaves
+at most an unused sequence number, and the redelivered event then completes the turn.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Any
+
+from pymongo import ASCENDING, DESCENDING, IndexModel, ReturnDocument
+from pymongo.asynchronous.collection import AsyncCollection
+from pymongo.asynchronous.database import AsyncDatabase
+from pymongo.errors import DuplicateKeyError
+
+from corral_common.errors import CorralError, ErrorType
+from corral_session_store.tokens import Calibration, TokenEstimator
+
+Document = dict[str, Any]
+
+# What a stored message may hold; anything else a client sent is not kept.
+MESSAGE_KEYS = ("role", "content", "thinking", "images", "tool_calls", "tool_name")
+# What goes back to the backend from history: the answer's thinking is not replayed.
+BACKEND_KEYS = ("role", "content", "images", "tool_calls", "tool_name")
+STAT_KEYS = (
+    "prompt_eval_count",
+    "eval_count",
+    "total_duration",
+    "load_duration",
+    "prompt_eval_duration",
+    "eval_duration",
+)
+AUTO_TITLE_CHARS = 80
+# Assembly reads a session's turns newest first in batches of this size, and stops once they
+# cannot fit anyway.
+HISTORY_BATCH = 64
+
+
+class WriteOutcome(StrEnum):
+    STORED = "stored"
+    DUPLICATE = "duplicate"
+    REJECTED = "rejected"
+    """The session belongs to another owner: the turn is not written."""
+
+
+@dataclass(frozen=True)
+class TurnRecord:
+    """A finished turn, ready to store."""
+
+    request_id: str
+    session_id: str
+    model: str
+    kind: str
+    messages: list[Document]
+    asked_at: datetime
+    answered_at: datetime
+    owner: str | None = None
+    stats: Document = field(default_factory=dict)
+    estimate: Document | None = None
+
+
+@dataclass(frozen=True)
+class HistoryWindow:
+    """What assembly needs of a (session, model) history: its newest turns (oldest first),
+    how many older ones were not even read, and the conversation's stored system prompt."""
+
+    turns: list[list[Document]]
+    older_turns: int
+    system: Document | None
+
+
+def utcnow() -> datetime:
+    # BSON dates hold milliseconds; trimming here keeps what we return equal to what we store.
+    now = datetime.now(UTC)
+    return now.replace(microsecond=now.microsecond // 1000 * 1000)
+
+
+def iso(value: datetime | None) -> str | None:
+    if value is None:
+        return None
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=UTC)
+    return value.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def clean_message(message: Mapping[str, Any], keys: Sequence[str] = MESSAGE_KEYS) -> Document:
+    return {key: message[key] for key in keys if message.get(key) is not None}
+
+
+def auto_title(messages: Iterable[Mapping[str, Any]]) -> str | None:
+    for message in messages:
+        if message.get("role") == "user":
+            text = " ".join(str(message.get("content") or "").split())
+            if text:
+                if len(text) > AUTO_TITLE_CHARS:
+                    text = text[: AUTO_TITLE_CHARS - 1].rstrip() + "…"
+                return text
+    return None
+
+
+def not_found(session_id: str) -> CorralError:
+    return CorralError(
+        ErrorType.SESSION_NOT_FOUND,
+        f"Session '{session_id}' does not exist.",
+        details={"session_id": session_id},
+    )
+
+
+def _owner_filter(owner: str | None) -> Document:
+    """Sessions a caller may touch: its own, and those nobody owns. `owner=None` is the
+    unscoped (operator) view."""
+    return {} if owner is None else {"owner": {"$in": [owner, None]}}
+
+
+class SessionStore:
+    def __init__(self, db: AsyncDatabase[Document]) -> None:
+        self.db = db
+        self.sessions: AsyncCollection[Document] = db["sessions"]
+        self.turns: AsyncCollection[Document] = db["turns"]
+        self.calibration: AsyncCollection[Document] = db["calibration"]
+
+    async def ensure_indexes(self) -> None:
+        """Idempotent; run at start-up by every replica."""
+        await self.turns.create_indexes(
+            [
+                IndexModel([("session_id", ASCENDING), ("seq", ASCENDING)], unique=True),
+                IndexModel([("session_id", ASCENDING), ("model", ASCENDING), ("seq", ASCENDING)]),
+                IndexModel([("answered_at", DESCENDING)]),
+            ]
+        )
+        await self.sessions.create_indexes(
+            [
+                IndexModel([("last_activity", DESCENDING)]),
+                IndexModel([("owner", ASCENDING), ("last_activity", DESCENDING)]),
+            ]
+        )
+
+    # -- writing ---------------------------------------------------------------------------
+
+    async def write_turn(self, turn: TurnRecord) -> WriteOutcome:
+        """Store one turn once. Safe to call again with the same request id (a redelivery)."""
+        if await self.turns.find_one({"_id": turn.request_id}, {"_id": 1}) is not None:
+            return WriteOutcome.DUPLICATE
+        try:
+            session = await self.sessions.find_one_and_update(
+                {"_id": turn.session_id, "owner": {"$in": [turn.owner, None]}},
+                {
+                    "$inc": {"turn_seq": 1},
+                    "$min": {"created_at": turn.asked_at},
+                    "$max": {"last_activity": turn.answered_at},
+                    "$addToSet": {"models": turn.model},
+                    "$setOnInsert": {"title": auto_title(turn.messages), "owner": turn.owner},
+                },
+                upsert=True,
+                return_document=ReturnDocument.AFTER,
+                projection={"turn_seq": 1},
+            )
+        except DuplicateKeyError:
+            # The filter missed an existing session, so the upsert collided with its _id:
+            # the session belongs to someone else.
+            return WriteOutcome.REJECTED
+        assert session is not None
+        messages = [clean_message(m) for m in turn.messages]
+        doc: Document = {
+            "_id": turn.request_id,
+            "session_id": turn.session_id,
+            "model": turn.model,
+            "seq": int(session["turn_seq"]),
+            "kind": turn.kind,
+            "messages": messages,
+            "message_count": len(messages),
+            "owner": turn.owner,
+            "asked_at": turn.asked_at,
+            "answered_at": turn.answered_at,
+            "stored_at": utcnow(),
+            "stats": turn.stats,
+        }
+        system = next((m for m in messages if m.get("role") == "system"), None)
+        if system is not None:
+            doc["system"] = clean_message(system, BACKEND_KEYS)
+        if turn.estimate is not None:
+            doc["estimate"] = turn.estimate
+        try:
+            await self.turns.insert_one(doc)
+        except DuplicateKeyError:
+            return WriteOutcome.DUPLICATE
+        return WriteOutcome.STORED
+
+    # -- reading ---------------------------------------------------------------------------
+
+    async def find_session(self, session_id: str, owner: str | None = None) -> Document | None:
+        return await self.sessions.find_one({"_id": session_id, **_owner_filter(owner)})
+
+    async def require_session(self, session_id: str, owner: str | None = None) -> Document:
+        session = await self.find_session(session_id, owner)
+        if session is None:
+            raise not_found(session_id)
+        return session
+
+    async def history_window(
+        self, session_id: str, model: str, prompt_budget: int, estimator: TokenEstimator
+    ) -> HistoryWindow:
+        """The newest turns of (session, model) that could fit in `prompt_budget`, and one
+        more (so assembly sees where it had to stop); never the whole history when only its
+        tail can be used."""
+        selector = {"session_id": session_id, "model": model}
+        newest: list[list[Document]] = []
+        cost = 0
+        read_all = True
+        cursor = self.turns.find(
+            selector, {"messages": 1}, sort=[("seq", DESCENDING)], batch_size=HISTORY_BATCH
+        )
+        async for doc in cursor:
+            messages = [clean_message(m, BACKEND_KEYS) for m in doc.get("messages") or []]
+            newest.append(messages)
+            cost += estimator.messages(messages)
+            if cost > prompt_budget:
+                read_all = False
+                break
+        await cursor.close()
+        older = 0
+        if not read_all:
+            older = await self.turns.count_documents(selector) - len(newest)
+        first = await self.turns.find_one(
+            {**selector, "system": {"$exists": True}}, {"system": 1}, sort=[("seq", ASCENDING)]
+        )
+        newest.reverse()
+        return HistoryWindow(newest, max(older, 0), first["system"] if first else None)
+
+    async def history(
+        self, session_id: str, model: str | None = None, owner: str | None = None
+    ) -> Document:
+        session = await self.require_session(session_id, owner)
+        selector: Document = {"session_id": session_id}
+        if model is not None:
+            selector["model"] = model
+        messages: list[Document] = []
+        async for turn in self.turns.find(selector, sort=[("seq", ASCENDING)]):
+            stored = turn.get("messages") or []
+            for index, message in enumerate(stored):
+                is_answer = index == len(stored) - 1 and message.get("role") == "assistant"
+                when = turn.get("answered_at") if is_answer else turn.get("asked_at")
+                item: Document = {
+                    "role": message.get("role"),
+                    "content": message.get("content", ""),
+                    "timestamp": iso(when),
+                }
+                for extra in ("thinking", "images", "tool_calls", "tool_name"):
+                    if message.get(extra) is not None:
+                        item[extra] = message[extra]
+                if model is None:
+                    item["model"] = turn.get("model")
+                messages.append(item)
+        return {
+            "session_id": session_id,
+            "created_at": iso(session.get("created_at")),
+            "last_activity": iso(session.get("last_activity")),
+            "message_count": len(messages),
+            "messages": messages,
+        }
+
+    async def _message_counts(self, session_ids: list[str]) -> dict[str, int]:
+        if not session_ids:
+            return {}
+        cursor = await self.turns.aggregate(
+            [
+                {"$match": {"session_id": {"$in": session_ids}}},
+                {"$group": {"_id": "$session_id", "count": {"$sum": "$message_count"}}},
+            ]
+        )
+        return {str(row["_id"]): int(row["count"]) async for row in cursor}
+
+    def _summary(self, session: Document, message_count: int) -> Document:
+        return {
+            "session_id": session["_id"],
+            "title": session.get("title"),
+            "created_at": iso(session.get("created_at")),
+            "last_activity": iso(session.get("last_activity")),
+            "message_count": message_count,
+            "models": list(session.get("models") or []),
+        }
+
+    async def list_sessions(self, limit: int, offset: int, owner: str | None = None) -> Document:
+        selector = {} if owner is None else {"owner": owner}
+        total = await self.sessions.count_documents(selector)
+        page = await self.sessions.find(
+            selector,
+            {"turn_seq": 0},
+            sort=[("last_activity", DESCENDING), ("_id", ASCENDING)],
+            skip=offset,
+            limit=limit,
+        ).to_list()
+        counts = await self._message_counts([s["_id"] for s in page])
+        return {
+            "sessions": [self._summary(s, counts.get(s["_id"], 0)) for s in page],
+            "total": total,
+            "limit": limit,
+            "offset": offset,
+        }
+
+    # -- changing --------------------------------------------------------------------------
+
+    async def rename(self, session_id: str, title: str, owner: str | None = None) -> Document:
+        session = await self.sessions.find_one_and_update(
+            {"_id": session_id, **_owner_filter(owner)},
+            {"$set": {"title": title}},
+            return_document=ReturnDocument.AFTER,
+        )
+        if session is None:
+            raise not_found(session_id)
+        counts = await self._message_counts([session_id])
+        return self._summary(session, counts.get(session_id, 0))
+
+    async def delete(self, session_id: str, owner: str | None = None) -> Document:
+        await self.require_session(session_id, owner)
+        # Turns first: an interrupted delete leaves a session that can be deleted again, never
+        # turns nobody can reach.
+        turns = await self.turns.delete_many({"session_id": session_id})
+        await self.sessions.delete_one({"_id": session_id})
+        return {"session_id": session_id, "deleted": True, "turns_deleted": turns.deleted_count}
+
+    # -- search and stats ------------------------------------------------------------------
+
+    async def search(self, query: str, limit: int, owner: str | None = None) -> Document:
+        """Messages whose content contains `query`, case-insensitively, newest first. An
+        escaped `$regex`, never `$text` (which SecantusDB lacks), so it scans: fine for one
+        user's store; a production MongoDB can add a text index behind this same method."""
+        selector: Document = {"messages.content": {"$regex": re.escape(query), "$options": "i"}}
+        if owner is not None:
+            owned = await self.sessions.distinct("_id", {"owner": owner})
+            selector["session_id"] = {"$in": owned}
+        needle = re.compile(re.escape(query), re.IGNORECASE)
+        hits: list[tuple[Document, Document, bool]] = []
+        cursor = self.turns.find(
+            selector, sort=[("answered_at", DESCENDING), ("_id", ASCENDING)], batch_size=50
+        )
+        async for turn in cursor:
+            stored = turn.get("messages") or []
+            for index, message in enumerate(stored):
+                if needle.search(str(message.get("content") or "")):
+                    is_answer = index == len(stored) - 1 and message.get("role") == "assistant"
+                    hits.append((turn, message, is_answer))
+            if len(hits) >= limit:
+                break
+        await cursor.close()
+        hits = hits[:limit]
+        ids = sorted({turn["session_id"] for turn, _, _ in hits})
+        found = self.sessions.find({"_id": {"$in": ids}}, {"title": 1, "last_activity": 1})
+        sessions = {s["_id"]: s async for s in found}
+        results = []
+        for turn, message, is_answer in hits:
+            session = sessions.get(turn["session_id"], {})
+            stats = turn.get("stats") or {}
+            result: Document = {
+                "session_id": turn["session_id"],
+                "title": session.get("title"),
+                "last_activity": iso(session.get("last_activity")),
+                "model": turn.get("model"),
+                "request_id": turn["_id"],
+                "role": message.get("role"),
+                "content": message.get("content", ""),
+                "timestamp": iso(turn.get("answered_at" if is_answer else "asked_at")),
+            }
+            if is_answer and isinstance(stats.get("total_duration"), int):
+                result["response_time_ms"] = round(stats["total_duration"] / 1e6, 1)
+            results.append(result)
+        return {"query": query, "results": results, "count": len(results)}
+
+    async def stats(self, session_id: str, owner: str | None = None) -> Document:
+        session = await self.require_session(session_id, owner)
+        roles: dict[str, list[int]] = {}
+        models: dict[str, Document] = {}
+        totals = {"prompt": 0, "completion": 0, "turns": 0}
+        response_ms: list[float] = []
+        wait_ms: list[float] = []
+        async for turn in self.turns.find({"session_id": session_id}, sort=[("seq", ASCENDING)]):
+            stats = turn.get("stats") or {}
+            messages = turn.get("messages") or []
+            per_model = models.setdefault(
+                str(turn.get("model")),
+                {"turns": 0, "messages": 0, "prompt": 0, "completion": 0, "response_ms": []},
+            )
+            prompt = _int(stats.get("prompt_eval_count"))
+            completion = _int(stats.get("eval_count"))
+            totals["turns"] += 1
+            totals["prompt"] += prompt
+            totals["completion"] += completion
+            per_model["turns"] += 1
+            per_model["messages"] += len(messages)
+            per_model["prompt"] += prompt
+            per_model["completion"] += completion
+            if isinstance(stats.get("total_duration"), int):
+                response_ms.append(stats["total_duration"] / 1e6)
+                per_model["response_ms"].append(stats["total_duration"] / 1e6)
+            if isinstance(stats.get("waited_ms"), int):
+                wait_ms.append(float(stats["waited_ms"]))
+            for message in messages:
+                roles.setdefault(str(message.get("role")), []).append(
+                    len(str(message.get("content") or ""))
+                )
+        total_messages = sum(len(lengths) for lengths in roles.values())
+        return {
+            "session_id": session_id,
+            "title": session.get("title"),
+            "created_at": iso(session.get("created_at")),
+            "last_activity": iso(session.get("last_activity")),
+            "summary": {
+                "total_messages": total_messages,
+                "turns": totals["turns"],
+                "user_messages": len(roles.get("user", [])),
+                "assistant_messages": len(roles.get("assistant", [])),
+                "prompt_tokens": totals["prompt"],
+                "completion_tokens": totals["completion"],
+                "total_tokens": totals["prompt"] + totals["completion"],
+                "avg_response_time_ms": _mean(response_ms),
+                "avg_wait_ms": _mean(wait_ms),
+            },
+            "by_role": [
+                {"role": role, "count": len(lengths), "avg_length": _mean(lengths)}
+                for role, lengths in sorted(roles.items())
+            ],
+            "by_model": [
+                {
+                    "model": model,
+                    "turns": data["turns"],
+                    "messages": data["messages"],
+                    "prompt_tokens": data["prompt"],
+                    "completion_tokens": data["completion"],
+                    "avg_response_time_ms": _mean(data["response_ms"]),
+                }
+                for model, data in sorted(models.items())
+            ],
+        }
+
+    # -- calibration -----------------------------------------------------------------------
+
+    async def load_calibrations(self) -> dict[str, Calibration]:
+        found: dict[str, Calibration] = {}
+        async for doc in self.calibration.find({}):
+            found[str(doc["_id"])] = Calibration(
+                factor=float(doc.get("factor", 1.0)), samples=int(doc.get("samples", 0))
+            )
+        return found
+
+    async def save_calibration(self, model: str, calibration: Calibration) -> None:
+        await self.calibration.update_one(
+            {"_id": model},
+            {
+                "$set": {
+                    "factor": calibration.factor,
+                    "samples": calibration.samples,
+                    "updated_at": utcnow(),
+                }
+            },
+            upsert=True,
+        )
+
+
+def _int(value: Any) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) else 0
+
+
+def _mean(values: Sequence[float] | Sequence[int]) -> float | None:
+    return round(sum(values) / len(values), 1) if values else None

@@ -1,0 +1,215 @@
+"""Persisting finished turns from `done` events, whether or not the client is still there.
+
+The queue `session-store.turns` (quorum, durable) is bound to `corral.events` with
+`gw.*.*.done`, so it gets every `done` event the schedulers publish, next to the gateway's own
+copy. It is single-active-consumer: one store replica writes at a time (the others are hot
+standbys), so one session's turns are applied in the order they arrived, cluster-wide.
+
+Inside that consumer, turns of different sessions are written concurrently (up to the
+prefetch window), turns of one session one after another, in delivery order. A message is
+acked only after its turn is written (or found already written: a redelivery changes
+nothing). A database error is retried in place, which keeps the session's order, and if the
+database stays away the message goes back to the queue (nack with requeue): no turn is lost.
+Events without a session id are acked and ignored; events that cannot be parsed or stored at
+all (malformed, too large) are logged and dropped, since retrying them cannot succeed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import structlog
+from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractQueue
+from bson.errors import BSONError
+from pydantic import ValidationError
+from pymongo.errors import DocumentTooLarge, PyMongoError
+
+from corral_common.broker import Broker
+from corral_common.messages import Done
+from corral_common.telemetry import extract_context, tracer
+from corral_common.topology import EVENTS_EXCHANGE
+from corral_session_store import metrics
+from corral_session_store.sessions import SessionService
+from corral_session_store.store import WriteOutcome
+
+log = structlog.get_logger(__name__)
+
+TURNS_QUEUE = "session-store.turns"
+DONE_BINDING = "gw.*.*.done"
+TURNS_QUEUE_ARGUMENTS: dict[str, Any] = {
+    "x-queue-type": "quorum",
+    "x-single-active-consumer": True,
+}
+# Errors no retry can fix: the turn cannot be represented as a document.
+PERMANENT_ERRORS: tuple[type[BaseException], ...] = (
+    DocumentTooLarge,
+    BSONError,
+    UnicodeEncodeError,
+    ValueError,
+    TypeError,
+)
+
+
+class KeyedLocks:
+    """One FIFO lock per key, created on demand and dropped when nobody holds or awaits it.
+
+    `hold(key)` must be entered without awaiting anything first: asyncio.Lock queues waiters
+    in the order they call `acquire`, which is then the order the holders were called in.
+    """
+
+    def __init__(self) -> None:
+        self._locks: dict[str, tuple[asyncio.Lock, int]] = {}
+
+    @contextlib.asynccontextmanager
+    async def hold(self, key: str) -> AsyncIterator[None]:
+        lock, users = self._locks.get(key) or (asyncio.Lock(), 0)
+        self._locks[key] = (lock, users + 1)
+        try:
+            async with lock:
+                yield
+        finally:
+            lock, users = self._locks[key]
+            if users <= 1:
+                del self._locks[key]
+            else:
+                self._locks[key] = (lock, users - 1)
+
+    def __len__(self) -> int:
+        return len(self._locks)
+
+
+class TurnConsumer:
+    def __init__(
+        self,
+        broker: Broker,
+        service: SessionService,
+        *,
+        prefetch: int,
+        retry_s: float,
+        on_database: Callable[[bool], None] | None = None,
+    ) -> None:
+        self.broker = broker
+        self.service = service
+        self.prefetch = prefetch
+        self.retry_s = retry_s
+        self._on_database = on_database
+        self._locks = KeyedLocks()
+        self._channel: AbstractChannel | None = None
+        self._queue: AbstractQueue | None = None
+        self._tag: str | None = None
+        self._inflight: set[asyncio.Task[Any]] = set()
+        self.consuming = False
+
+    async def start(self) -> None:
+        self._channel = await self.broker.channel(prefetch=self.prefetch)
+        exchange = await self._channel.get_exchange(EVENTS_EXCHANGE)
+        self._queue = await self._channel.declare_queue(
+            TURNS_QUEUE, durable=True, arguments=TURNS_QUEUE_ARGUMENTS
+        )
+        await self._queue.bind(exchange, DONE_BINDING)
+        self._tag = await self._queue.consume(self.on_message)
+        self.consuming = True
+        log.info("consuming turns", queue=TURNS_QUEUE, prefetch=self.prefetch)
+
+    async def stop(self, grace_s: float = 5.0) -> None:
+        """Stop taking events, let the writes under way finish (within `grace_s`), and close;
+        whatever is still unacked then goes back to the queue."""
+        self.consuming = False
+        if self._queue is not None and self._tag is not None:
+            with contextlib.suppress(Exception):
+                await self._queue.cancel(self._tag)
+        if self._inflight:
+            _, pending = await asyncio.wait(set(self._inflight), timeout=grace_s)
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
+        if self._channel is not None:
+            with contextlib.suppress(Exception):
+                await self._channel.close()
+
+    async def on_message(self, message: AbstractIncomingMessage) -> None:
+        # Everything up to `hold()` is synchronous, so sessions are queued in delivery order.
+        try:
+            done = Done.model_validate_json(message.body)
+        except ValidationError as exc:
+            log.error("unreadable done event dropped", error_count=exc.error_count())
+            metrics.TURNS_WRITTEN.labels("invalid").inc()
+            await _settle(message, ack=True)
+            return
+        if not done.session_id:
+            await _settle(message, ack=True)
+            return
+        task = asyncio.current_task()
+        if task is not None:
+            self._inflight.add(task)
+        try:
+            async with self._locks.hold(done.session_id):
+                with (
+                    structlog.contextvars.bound_contextvars(
+                        request_id=done.request_id, session_id=done.session_id
+                    ),
+                    tracer().start_as_current_span(
+                        "session-store write turn", context=extract_context(message.headers)
+                    ),
+                ):
+                    await self._write(message, done)
+        finally:
+            if task is not None:
+                self._inflight.discard(task)
+
+    async def _write(self, message: AbstractIncomingMessage, done: Done) -> None:
+        deadline = time.monotonic() + self.retry_s
+        delay = 0.05
+        while True:
+            try:
+                outcome = await self.service.store_turn(done)
+            except PERMANENT_ERRORS as exc:
+                log.error("turn cannot be stored; dropped", error=type(exc).__name__)
+                metrics.TURNS_WRITTEN.labels("invalid").inc()
+                await _settle(message, ack=True)
+                return
+            except PyMongoError as exc:
+                metrics.TURN_WRITE_ERRORS.inc()
+                self._database(False)
+                if time.monotonic() + delay > deadline:
+                    log.warning("turn not written; back to the queue", error=str(exc))
+                    await _settle(message, ack=False)
+                    return
+                log.info("turn write failed; retrying", error=str(exc), retry_in_s=delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 2.0)
+                continue
+            except Exception:
+                # A bug, not the database: retrying would block the session for good.
+                log.exception("turn write failed unexpectedly; dropped")
+                metrics.TURNS_WRITTEN.labels("invalid").inc()
+                await _settle(message, ack=True)
+                return
+            self._database(True)
+            metrics.TURNS_WRITTEN.labels(str(outcome)).inc()
+            if outcome is WriteOutcome.REJECTED:
+                log.warning("turn for a session of another owner dropped")
+            else:
+                log.debug("turn handled", outcome=str(outcome), model=done.model)
+            await _settle(message, ack=True)
+            return
+
+    def _database(self, ok: bool) -> None:
+        if self._on_database is not None:
+            self._on_database(ok)
+
+
+async def _settle(message: AbstractIncomingMessage, *, ack: bool) -> None:
+    """Ack, or nack with requeue. If the channel is gone the broker redelivers the message,
+    which idempotent writes make harmless."""
+    try:
+        if ack:
+            await message.ack()
+        else:
+            await message.nack(requeue=True)
+    except Exception as exc:
+        log.info("could not settle a turn event; it will be redelivered", error=str(exc))
