@@ -191,18 +191,38 @@ async def wait_ready(
     return await eventually(probe, within_s, f"{', '.join(urls)} {state}")
 
 
+async def gateway_health(cluster: Cluster) -> dict[str, Any]:
+    async with (
+        aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=2)) as session,
+        session.get(f"{cluster.gateway_url}/health") as response,
+    ):
+        health: dict[str, Any] = await response.json()
+        return health
+
+
+async def wait_healthy(cluster: Cluster, within_s: float = 10) -> float:
+    """Until the gateway reports healthy again: the scheduler's status broadcasts reach it, so
+    the status binding of the gateway's (re-declared) queue is back too."""
+
+    async def probe() -> bool:
+        health = await gateway_health(cluster)
+        return bool(health["status"] == "healthy" and health["schedulers"] == 1)
+
+    return await eventually(probe, within_s, "gateway /health healthy")
+
+
 def assert_services_alive(cluster: Cluster) -> None:
     for name in ("gateway", "scheduler"):
         service = cluster.services[name]
         assert service.running, f"{name} died: {service.log_tail(40)}"
 
 
-async def scheduler_jobs_by_outcome(cluster: Cluster) -> dict[str, float]:
-    """The scheduler's `corral_jobs_total`, by outcome, from its /metrics."""
+async def scheduler_counter(cluster: Cluster, metric: str, label: str) -> dict[str, float]:
+    """One labelled counter from the scheduler's /metrics, by the value of `label`."""
     url = ready_urls(cluster)["scheduler"].removesuffix("/ready") + "/metrics"
     async with aiohttp.ClientSession() as session, session.get(url) as response:
         text = await response.text()
-    prefix = 'corral_jobs_total{outcome="'
+    prefix = f'{metric}{{{label}="'
     return {
         line[len(prefix) :].split('"', 1)[0]: float(line.rsplit(" ", 1)[1])
         for line in text.splitlines()
@@ -213,10 +233,11 @@ async def scheduler_jobs_by_outcome(cluster: Cluster) -> dict[str, float]:
 async def assert_no_job_broke(cluster: Cluster) -> None:
     """Jobs handed out again after a reconnect run like any other: none may fail inside the
     scheduler (say, publishing its events before the connection is fully restored)."""
-    outcomes = await scheduler_jobs_by_outcome(cluster)
-    assert outcomes.get("internal_error", 0) == 0, (
-        f"{outcomes}: {cluster.services['scheduler'].log_tail(40)}"
-    )
+    outcomes = await scheduler_counter(cluster, "corral_jobs_total", "outcome")
+    if outcomes.get("internal_error", 0):
+        log = cluster.services["scheduler"].log_path.read_text().splitlines()
+        failures = "\n".join(line for line in log if "job failed" in line)
+        raise AssertionError(f"jobs failed in the scheduler ({outcomes}):\n{failures}")
 
 
 def report(label: str, seconds: float) -> None:
@@ -252,6 +273,7 @@ async def test_broker_stop_gives_503_and_start_recovers(
     await asyncio.to_thread(node.start)
     report("node.start() took", time.monotonic() - start_started)
     report("start returned -> services ready", await wait_ready(cluster, True))
+    report("ready -> gateway /health healthy", await wait_healthy(cluster))
 
     after = await assert_chat_works(cluster, "after the outage")
     report("first chat after recovery", after.seconds)
@@ -348,6 +370,37 @@ async def test_broker_that_lost_its_data_gets_the_topology_again(
     shutil.rmtree(node.base_dir / "mnesia")
     await asyncio.to_thread(node.start)
     report("wiped node started -> services ready", await wait_ready(cluster, True))
+    await wait_healthy(cluster)
     await assert_chat_works(cluster, "after the wipe")
+
+    # The control path is back as well: a client leaving the queue cancels its job.
+    async def queued_cancels() -> float:
+        by_stage = await scheduler_counter(cluster, "corral_cancellations_total", "stage")
+        return by_stage.get("queued", 0)
+
+    cancels_before = await queued_cancels()
+    await emu.hold()
+    running = asyncio.create_task(chat(cluster, "holding the lane"))
+    await emu.wait(held=1)
+    async with aiohttp.ClientSession(
+        timeout=aiohttp.ClientTimeout(total=CHAT_TIMEOUT_S)
+    ) as session:
+        body = {"model": MODEL, "messages": [{"role": "user", "content": "leaves the queue"}]}
+        async with session.post(f"{cluster.gateway_url}/api/chat", data=orjson.dumps(body)) as left:
+            first = orjson.loads(await left.content.readline())
+            assert first["queue_info"]["position"] == 1, first
+
+    async def cancelled_in_lane() -> bool:
+        return await queued_cancels() > cancels_before
+
+    await eventually(cancelled_in_lane, 10, "the scheduler cancelling the abandoned job")
+    await emu.release()
+    answer = await asyncio.wait_for(running, CHAT_TIMEOUT_S)
+    assert answer.text == expected_reply("holding the lane")
+    # The lane is FIFO: had the abandoned job stayed in it, it would run before this one.
+    await assert_chat_works(cluster, "after the abandoned one")
+    sent = [body["messages"][-1]["content"] for body in await emu.requests("chat")]
+    assert "leaves the queue" not in sent, sent
     assert_services_alive(cluster)
     assert (await emu.stats())["max_active"] == 1
+    await assert_no_job_broke(cluster)
