@@ -30,9 +30,14 @@ async def gateway_ctx(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
     broker = Broker(settings, "gateway")
     await broker.start()
-    hub = Hub(StatusBoard(settings.status_stale_s))
+    submitter = Submitter(broker)
+
+    def cancel_stray(request_id: str) -> None:
+        gateway.spawn(submitter.cancel(request_id, "no client is waiting for it"))
+
+    hub = Hub(StatusBoard(settings.status_stale_s), cancel_stray)
     broker.on_lost(hub.broker_lost)
-    gateway = Gateway(settings=settings, broker=broker, hub=hub, submitter=Submitter(broker))
+    gateway = Gateway(settings=settings, broker=broker, hub=hub, submitter=submitter)
     app[GATEWAY] = gateway
 
     # This replica's own event queue: exclusive, so it (and its bindings) vanish with us.

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import structlog
@@ -20,6 +22,10 @@ from corral_common.messages import EVENT_ADAPTER, Event, SchedulerStatus
 from corral_common.topology import STATUS_ROUTING_KEY
 
 log = structlog.get_logger(__name__)
+
+# Events that mean a job is still queued or running somewhere.
+LIVE_KINDS = frozenset({"accepted", "position", "started", "token"})
+STRAYS_REMEMBERED = 10_000
 
 
 @dataclass(frozen=True)
@@ -48,9 +54,13 @@ class StatusBoard:
 
 
 class Hub:
-    def __init__(self, status: StatusBoard) -> None:
+    def __init__(self, status: StatusBoard, cancel_stray: Callable[[str], None]) -> None:
         self._waiting: dict[str, asyncio.Queue[Delivery]] = {}
         self.status = status
+        # A job whose request is not waiting here has no client (it left, or was failed when
+        # the broker went away and the job came back after): it is cancelled, once.
+        self._cancel_stray = cancel_stray
+        self._strays: OrderedDict[str, None] = OrderedDict()
 
     def register(self, request_id: str) -> asyncio.Queue[Delivery]:
         if request_id in self._waiting:
@@ -84,6 +94,12 @@ class Hub:
         queue = self._waiting.get(event.request_id)
         if queue is not None:
             queue.put_nowait(event)
+        elif event.kind in LIVE_KINDS and event.request_id not in self._strays:
+            self._strays[event.request_id] = None
+            while len(self._strays) > STRAYS_REMEMBERED:
+                self._strays.popitem(last=False)
+            log.info("cancelling a job nobody waits for", request_id=event.request_id)
+            self._cancel_stray(event.request_id)
 
     def broker_lost(self) -> None:
         for queue in self._waiting.values():

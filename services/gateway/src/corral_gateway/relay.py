@@ -98,7 +98,9 @@ class Relay:
                     return await self._fail(CANCELED_STATUS, "request canceled")
                 case BrokerLost():
                     return await self._fail(
-                        503, "lost the connection to Corral's message broker; please retry"
+                        503,
+                        "lost the connection to Corral's message broker; please retry",
+                        {"Retry-After": "5"},
                     )
 
     async def _next(self, wait_s: float) -> Delivery | None:
@@ -172,10 +174,12 @@ class Relay:
                 await self._take(event)
         return True
 
-    async def _fail(self, status: int, message: str) -> web.StreamResponse:
+    async def _fail(
+        self, status: int, message: str, headers: dict[str, str] | None = None
+    ) -> web.StreamResponse:
         self.finished = True
         if self.response is None:
-            return _json({"error": message}, status, self.headers)
+            return _json({"error": message}, status, {**self.headers, **(headers or {})})
         await self._write({"error": message})
         await self.response.write_eof()
         return self.response

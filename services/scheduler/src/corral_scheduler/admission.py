@@ -74,6 +74,14 @@ class Admission:
             )
             await message.ack()
             return
+        accepted = Accepted(request_id=job.request_id, scheduler_id=self.scheduler_id)
+        if message.redelivered and not await self.sink.reaches_a_listener(job, accepted):
+            # Handed out again after a crash or a broker restart, and nobody holds its client
+            # any more: running it would generate an answer for no one.
+            metrics.CANCELLATIONS.labels("admission").inc()
+            log.info("redelivered job has no client; dropped", request_id=job.request_id)
+            await message.ack()
+            return
         entry = Entry(
             job=job,
             delivery=message,
@@ -85,9 +93,8 @@ class Admission:
         )
         self.lane.push(entry)
         metrics.QUEUE_DEPTH.set(len(self.lane))
-        await self.sink.send_quietly(
-            job, Accepted(request_id=job.request_id, scheduler_id=self.scheduler_id)
-        )
+        if not message.redelivered:
+            await self.sink.send_quietly(job, accepted)
         # The first position goes out now, not at the broadcaster's next round: a job that
         # starts soon must still have been told where it stood before its `started`.
         position = len(self.lane) - 1 + (1 if self.executor.running is not None else 0)

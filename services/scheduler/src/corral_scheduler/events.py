@@ -34,6 +34,18 @@ class EventSink:
             # outcome stands, there is just no one to tell.
             log.info("event had no listener", kind=kind)
 
+    async def reaches_a_listener(self, job: Job, event: JobEvent) -> bool:
+        """Publish durably with `mandatory`: False when no queue takes it, meaning the gateway
+        that held the job's client is gone (or was restarted, failing its requests)."""
+        key = event_key(job.gateway_id, job.request_id, event.kind)
+        try:
+            await self._broker.publish_event(key, encode(event), durable=True)
+        except Unroutable:
+            return False
+        except BrokerUnavailable:
+            return True  # unknown; the job's own events will tell
+        return True
+
     async def send_quietly(self, job: Job, event: JobEvent) -> None:
         try:
             await self.send(job, event)

@@ -243,6 +243,10 @@ class Executor:
                 ),
             )
             return "error"
+        except BaseException:
+            # Anything else (a bug, shutdown): the token pump must not outlive its job.
+            await batcher.abort()
+            raise
 
     def _observe(self, job: Job, final: dict[str, Any], seconds: float, span: trace.Span) -> None:
         self.speeds.observe(job.model, final)

@@ -176,6 +176,7 @@ async def turns_ctx(app: web.Application) -> AsyncIterator[None]:
         app[SERVICE_CORE],
         prefetch=settings.turns_prefetch,
         retry_s=settings.turn_retry_s,
+        queue_max_length=settings.turns_queue_max_length,
         on_database=lambda ok: app[MONGO_STATE].set(ok, None if ok else "write failed"),
     )
     await consumer.start()

@@ -30,6 +30,9 @@ class SessionStoreSettings(CorralSettings):
     # Turn events held unacked at once (turns of different sessions are written concurrently;
     # turns of one session one after another, in arrival order).
     turns_prefetch: int = Field(default=64, ge=1)
+    # The turns queue keeps at most this many events while no store consumes it (the oldest
+    # go first); it is part of the queue's declaration, so every replica must agree.
+    turns_queue_max_length: int = Field(default=100_000, ge=1)
     # A turn whose write fails on a database error is retried in place (keeping its session's
     # order) for this long before it goes back to the queue.
     turn_retry_s: float = Field(default=30.0, ge=0)

@@ -57,7 +57,7 @@ from typing import Any
 from pymongo import ASCENDING, DESCENDING, IndexModel, ReturnDocument
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.asynchronous.database import AsyncDatabase
-from pymongo.errors import DuplicateKeyError
+from pymongo.errors import DuplicateKeyError, PyMongoError
 
 from corral_common.errors import CorralError, ErrorType
 from corral_session_store.tokens import Calibration, TokenEstimator
@@ -80,6 +80,13 @@ AUTO_TITLE_CHARS = 80
 # Assembly reads a session's turns newest first in batches of this size, and stops once they
 # cannot fit anyway.
 HISTORY_BATCH = 64
+
+
+SEQ_ATTEMPTS = 5
+
+
+class SequenceContention(PyMongoError):
+    """Concurrent writers kept taking the same session's next turn number; retried later."""
 
 
 class WriteOutcome(StrEnum):
@@ -187,38 +194,17 @@ class SessionStore:
         """Store one turn once. Safe to call again with the same request id (a redelivery)."""
         if await self.turns.find_one({"_id": turn.request_id}, {"_id": 1}) is not None:
             return WriteOutcome.DUPLICATE
-        try:
-            session = await self.sessions.find_one_and_update(
-                {"_id": turn.session_id, "owner": {"$in": [turn.owner, None]}},
-                {
-                    "$inc": {"turn_seq": 1},
-                    "$min": {"created_at": turn.asked_at},
-                    "$max": {"last_activity": turn.answered_at},
-                    "$addToSet": {"models": turn.model},
-                    "$setOnInsert": {"title": auto_title(turn.messages), "owner": turn.owner},
-                },
-                upsert=True,
-                return_document=ReturnDocument.AFTER,
-                projection={"turn_seq": 1},
-            )
-        except DuplicateKeyError:
-            # The filter missed an existing session, so the upsert collided with its _id:
-            # the session belongs to someone else.
-            return WriteOutcome.REJECTED
-        assert session is not None
         messages = [clean_message(m) for m in turn.messages]
         doc: Document = {
             "_id": turn.request_id,
             "session_id": turn.session_id,
             "model": turn.model,
-            "seq": int(session["turn_seq"]),
             "kind": turn.kind,
             "messages": messages,
             "message_count": len(messages),
             "owner": turn.owner,
             "asked_at": turn.asked_at,
             "answered_at": turn.answered_at,
-            "stored_at": utcnow(),
             "stats": turn.stats,
         }
         system = next((m for m in messages if m.get("role") == "system"), None)
@@ -226,11 +212,48 @@ class SessionStore:
             doc["system"] = clean_message(system, BACKEND_KEYS)
         if turn.estimate is not None:
             doc["estimate"] = turn.estimate
-        try:
-            await self.turns.insert_one(doc)
-        except DuplicateKeyError:
-            return WriteOutcome.DUPLICATE
-        return WriteOutcome.STORED
+        for _ in range(SEQ_ATTEMPTS):
+            seq = await self._next_seq(turn)
+            if seq is None:
+                return WriteOutcome.REJECTED
+            try:
+                await self.turns.insert_one({**doc, "seq": seq, "stored_at": utcnow()})
+                return WriteOutcome.STORED
+            except DuplicateKeyError:
+                if await self.turns.find_one({"_id": turn.request_id}, {"_id": 1}) is not None:
+                    return WriteOutcome.DUPLICATE
+                # The sequence number was taken (a server whose $inc raced): take another.
+        raise SequenceContention(f"no free turn number in session {turn.session_id!r}")
+
+    async def _next_seq(self, turn: TurnRecord) -> int | None:
+        """Upsert the session and take the next sequence number; None if the session belongs
+        to another owner."""
+        for _ in range(SEQ_ATTEMPTS):
+            try:
+                session = await self.sessions.find_one_and_update(
+                    {"_id": turn.session_id, "owner": {"$in": [turn.owner, None]}},
+                    {
+                        "$inc": {"turn_seq": 1},
+                        "$min": {"created_at": turn.asked_at},
+                        "$max": {"last_activity": turn.answered_at},
+                        "$addToSet": {"models": turn.model},
+                        "$setOnInsert": {"title": auto_title(turn.messages), "owner": turn.owner},
+                    },
+                    upsert=True,
+                    return_document=ReturnDocument.AFTER,
+                    projection={"turn_seq": 1},
+                )
+            except DuplicateKeyError:
+                # Either two first turns raced to create the session (MongoDB retries that
+                # itself; not every server does), or the owner filter missed an existing
+                # session, whose _id the upsert then hit.
+                session = None
+            if session is not None:
+                return int(session["turn_seq"])
+            existing = await self.sessions.find_one({"_id": turn.session_id}, {"owner": 1})
+            if existing is not None and existing.get("owner") not in (None, turn.owner):
+                return None
+        raise SequenceContention(f"could not take a turn number in session {turn.session_id!r}")
 
     # -- reading ---------------------------------------------------------------------------
 

@@ -40,10 +40,19 @@ log = structlog.get_logger(__name__)
 
 TURNS_QUEUE = "session-store.turns"
 DONE_BINDING = "gw.*.*.done"
-TURNS_QUEUE_ARGUMENTS: dict[str, Any] = {
-    "x-queue-type": "quorum",
-    "x-single-active-consumer": True,
-}
+
+
+def turns_queue_arguments(max_length: int) -> dict[str, Any]:
+    return {
+        "x-queue-type": "quorum",
+        "x-single-active-consumer": True,
+        # A bound, not backpressure: with the store down for long, the oldest events go rather
+        # than the schedulers' `done` publishes being refused (`reject-publish` would fail them).
+        "x-max-length": max_length,
+        "x-overflow": "drop-head",
+    }
+
+
 # Errors no retry can fix: the turn cannot be represented as a document.
 PERMANENT_ERRORS: tuple[type[BaseException], ...] = (
     DocumentTooLarge,
@@ -90,12 +99,14 @@ class TurnConsumer:
         *,
         prefetch: int,
         retry_s: float,
+        queue_max_length: int = 100_000,
         on_database: Callable[[bool], None] | None = None,
     ) -> None:
         self.broker = broker
         self.service = service
         self.prefetch = prefetch
         self.retry_s = retry_s
+        self.queue_max_length = queue_max_length
         self._on_database = on_database
         self._locks = KeyedLocks()
         self._channel: AbstractChannel | None = None
@@ -108,7 +119,7 @@ class TurnConsumer:
         self._channel = await self.broker.channel(prefetch=self.prefetch)
         exchange = await self._channel.get_exchange(EVENTS_EXCHANGE)
         self._queue = await self._channel.declare_queue(
-            TURNS_QUEUE, durable=True, arguments=TURNS_QUEUE_ARGUMENTS
+            TURNS_QUEUE, durable=True, arguments=turns_queue_arguments(self.queue_max_length)
         )
         await self._queue.bind(exchange, DONE_BINDING)
         self._tag = await self._queue.consume(self.on_message)

@@ -55,19 +55,29 @@ def spawn(
 
 
 def signal_group(proc: subprocess.Popen[bytes], sig: int) -> None:
-    """Send `sig` to the process group led by `proc` (its helpers included)."""
+    """Send `sig` to the process group led by `proc` (its helpers included).
+
+    Never once the leader has been reaped by an earlier call: its pid, and so its group id, may
+    have been handed to an unrelated process since (pid_max is small and tests spawn a lot).
+    """
+    if proc.returncode is not None:
+        return
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(proc.pid, sig)
 
 
 def terminate_group(proc: subprocess.Popen[bytes], timeout: float) -> None:
     """SIGTERM the group, wait up to `timeout`, then SIGKILL it and reap the leader."""
-    if proc.poll() is None:
-        signal_group(proc, signal.SIGTERM)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            proc.wait(timeout=timeout)
-    # The leader may be gone while helpers it spawned in the group still run.
-    signal_group(proc, signal.SIGKILL)
+    if proc.returncode is not None:
+        return
+    signal_group(proc, signal.SIGTERM)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        proc.wait(timeout=timeout)
+    # Helpers the leader spawned may outlive it in the group; sweep them now. The group id
+    # cannot be reused while any member lives, and the window since the leader was reaped
+    # just above is tiny.
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
 
 
