@@ -30,7 +30,7 @@ runpy.run_path({script!r}, run_name="__main__")
 def fake_services(tmp_path: Path) -> Path:
     """A directory that, on PYTHONPATH, makes `python -m corral_<x>` run the fake service."""
     root = tmp_path / "fakes"
-    for role in ("scheduler", "gateway", "emulator"):
+    for role in ("scheduler", "session_store", "gateway", "emulator"):
         package = root / f"corral_{role}"
         package.mkdir(parents=True)
         (package / "__init__.py").write_text("")

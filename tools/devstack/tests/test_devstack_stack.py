@@ -11,7 +11,9 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from pymongo import MongoClient
 
+from corral_devstack.mongo import SecantusNode, ping
 from corral_devstack.ports import free_port
 from corral_devstack.stack import (
     DEFAULT_AMQP_URL,
@@ -66,13 +68,16 @@ class Launcher:
 
 
 @pytest.fixture
-def launcher_env(tmp_path: Path, fake_services: Path) -> dict[str, str]:
+def launcher_env(tmp_path: Path, fake_services: Path, mongo_url: str) -> dict[str, str]:
+    """The launcher's environment: fake services, and the session's MongoDB as an existing
+    server (tests of the embedded store take CORRAL_MONGO_URL out)."""
     (tmp_path / "reports").mkdir()
     env = {k: v for k, v in os.environ.items() if not k.startswith("CORRAL_")}
     env.update(
         PYTHONPATH=str(fake_services),
         FAKE_REPORT_DIR=str(tmp_path / "reports"),
         CORRAL_GATEWAY_PORT=str(free_port()),
+        CORRAL_MONGO_URL=mongo_url,
     )
     return env
 
@@ -97,7 +102,7 @@ def _pid(tmp_path: Path, role: str) -> int:
 
 
 def test_run_starts_everything_and_ctrl_c_stops_it(
-    tmp_path: Path, launcher_env: dict[str, str], amqp_url: str
+    tmp_path: Path, launcher_env: dict[str, str], amqp_url: str, mongo_url: str
 ) -> None:
     launcher_env["CORRAL_AMQP_URL"] = amqp_url
     data_dir = tmp_path / "data"
@@ -110,12 +115,14 @@ def test_run_starts_everything_and_ctrl_c_stops_it(
 
         emulator = _report(tmp_path, "emulator")
         scheduler_env = _report(tmp_path, "scheduler")["env"]
+        store_env = _report(tmp_path, "session_store")["env"]
         gateway_env = _report(tmp_path, "gateway")["env"]
         assert isinstance(emulator["argv"], list)
         emulator_port = emulator["argv"][emulator["argv"].index("--port") + 1]
-        for env in (scheduler_env, gateway_env):
+        for env in (scheduler_env, store_env, gateway_env):
             assert isinstance(env, dict)
             assert env["CORRAL_AMQP_URL"] == amqp_url
+            assert env["CORRAL_MONGO_URL"] == mongo_url
             assert env["CORRAL_OLLAMA_URL"] == f"http://127.0.0.1:{emulator_port}"
             assert env["CORRAL_DATA_DIR"] == str(data_dir.resolve())
         assert isinstance(scheduler_env, dict)
@@ -123,10 +130,11 @@ def test_run_starts_everything_and_ctrl_c_stops_it(
         assert "CORRAL_HEALTH_PORT" in scheduler_env
         assert "CORRAL_HEALTH_PORT" not in gateway_env
         assert gateway_env["CORRAL_GATEWAY_PORT"] == port
-        for name in ("emulator", "scheduler", "gateway"):
+        for name in ("emulator", "scheduler", "session-store", "gateway"):
             assert (data_dir / "logs" / f"{name}.log").exists()
 
-        pids = [_pid(tmp_path, role) for role in ("emulator", "scheduler", "gateway")]
+        roles = ("emulator", "scheduler", "session_store", "gateway")
+        pids = [_pid(tmp_path, role) for role in roles]
         launcher.proc.send_signal(signal.SIGINT)
         code, output = launcher.finish()
     finally:
@@ -134,26 +142,64 @@ def test_run_starts_everything_and_ctrl_c_stops_it(
     assert code == 0, output
     assert "Stopped." in output
     assert all(_gone(pid) for pid in pids)
-    lines = [line.split()[0] for line in output.splitlines() if line.startswith(("rabbit", "emu"))]
-    assert lines == ["rabbitmq", "emulator"]
+    starts = ("rabbit", "mongo", "emu", "scheduler", "session-store", "gateway")
+    lines = [line.split()[0] for line in output.splitlines() if line.startswith(starts)]
+    assert lines == ["rabbitmq", "mongo", "emulator", "scheduler", "session-store", "gateway"]
     assert "existing broker" in output
+    assert "existing server, not managed" in output
+    assert not (data_dir / "mongo").exists()
 
 
-def test_sigterm_stops_everything(
+def test_sigterm_stops_everything_and_the_embedded_store_keeps_its_data(
     tmp_path: Path, launcher_env: dict[str, str], amqp_url: str
 ) -> None:
     launcher_env["CORRAL_AMQP_URL"] = amqp_url
-    launcher = Launcher(["--data-dir", str(tmp_path / "data")], launcher_env)
+    del launcher_env["CORRAL_MONGO_URL"]
+    data_dir = tmp_path / "data"
+    launcher = Launcher(["--data-dir", str(data_dir)], launcher_env)
     try:
         launcher.wait_for("Corral is running")
         assert not (tmp_path / "reports" / "emulator.json").exists()
-        pids = [_pid(tmp_path, role) for role in ("scheduler", "gateway")]
+        roles = ("scheduler", "session_store", "gateway")
+        pids = [_pid(tmp_path, role) for role in roles]
+        store_env = _report(tmp_path, "session_store")["env"]
+        assert isinstance(store_env, dict)
+        mongo = store_env["CORRAL_MONGO_URL"]
+        assert mongo.startswith("mongodb://127.0.0.1:")
+        client: MongoClient[dict[str, object]] = MongoClient(mongo)
+        client["corral"]["probe"].insert_one({"_id": "kept"})
+        client.close()
         launcher.proc.send_signal(signal.SIGTERM)
         code, output = launcher.finish()
     finally:
         launcher.close()
     assert code == 0, output
     assert all(_gone(pid) for pid in pids)
+    assert "embedded SecantusDB" in output
+    assert not ping(mongo, timeout=0.3)
+    assert (data_dir / "mongo").is_dir()
+    assert (data_dir / "logs" / "mongo.log").exists()
+    # The data is on disk under the data directory: a new server there finds it.
+    with SecantusNode(data_dir / "mongo") as node:
+        client = MongoClient(node.url)
+        assert client["corral"]["probe"].find_one({"_id": "kept"}) == {"_id": "kept"}
+        client.close()
+
+
+def test_an_unreachable_explicit_mongo_is_an_error(
+    tmp_path: Path, launcher_env: dict[str, str], amqp_url: str
+) -> None:
+    launcher_env["CORRAL_AMQP_URL"] = amqp_url
+    launcher_env["CORRAL_MONGO_URL"] = f"mongodb://u:secret@127.0.0.1:{free_port()}/"
+    launcher = Launcher(["--data-dir", str(tmp_path / "data")], launcher_env)
+    try:
+        code, output = launcher.finish()
+    finally:
+        launcher.close()
+    assert code == 1
+    assert "CORRAL_MONGO_URL" in output and "is not reachable" in output
+    assert "secret" not in output
+    assert not (tmp_path / "reports" / "scheduler.json").exists()
 
 
 def test_a_crashed_service_stops_the_rest(
@@ -223,4 +269,4 @@ def test_helpers() -> None:
     assert redact("amqp://guest:guest@h:5672/") == "amqp://guest:***@h:5672/"
     assert redact("amqp://h/") == "amqp://h/"
     assert service_name("corral_session_store") == "session-store"
-    assert SERVICE_MODULES == ("corral_scheduler", "corral_gateway")
+    assert SERVICE_MODULES == ("corral_scheduler", "corral_session_store", "corral_gateway")

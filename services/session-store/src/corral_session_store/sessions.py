@@ -94,7 +94,7 @@ class SessionService:
                 result = assemble([], messages, budget, estimator, stored_system=None)
             else:
                 window = await self.store.history_window(
-                    session_id, model, budget.prompt_tokens, estimator
+                    session_id, model, budget.prompt_tokens, estimator, session
                 )
                 result = assemble(
                     window.turns,

@@ -5,13 +5,14 @@ Schema (database `CORRAL_MONGO_DATABASE`, default `corral`):
 `sessions`, one document per session::
 
     {_id: <session id>, title, owner, created_at, last_activity,
-     turn_seq: <last sequence number handed out>, models: [<model>, ...]}
+     turn_seq: <last sequence number handed out>, models: [<model>, ...],
+     systems: [{model, message: <the model's first stored system message>}, ...]}
 
 `turns`, one document per finished turn (one request/answer exchange)::
 
     {_id: <request id>, session_id, model, seq, kind: "chat" | "generate",
      messages: [<the client's new messages>..., <the assistant's answer>],
-     message_count, system: <first system message of the turn, if any>,
+     message_count, system: <the turn's first system message, if any>,
      owner, asked_at, answered_at, stored_at,
      stats: {prompt_eval_count, eval_count, total_duration, load_duration,
              prompt_eval_duration, eval_duration, done_reason, waited_ms},
@@ -77,8 +78,8 @@ STAT_KEYS = (
     "eval_duration",
 )
 AUTO_TITLE_CHARS = 80
-# Assembly reads a session's turns newest first in batches of this size, and stops once they
-# cannot fit anyway.
+# Assembly reads a session's turns newest first, in ranges of this many sequence numbers (then
+# twice as many, and so on), and stops once the turns read cannot fit anyway.
 HISTORY_BATCH = 64
 
 
@@ -159,6 +160,14 @@ def not_found(session_id: str) -> CorralError:
     )
 
 
+def _system_for(session: Document, model: str) -> Document | None:
+    for entry in session.get("systems") or []:
+        if isinstance(entry, dict) and entry.get("model") == model:
+            message = entry.get("message")
+            return message if isinstance(message, dict) else None
+    return None
+
+
 def _owner_filter(owner: str | None) -> Document:
     """Sessions a caller may touch: its own, and those nobody owns. `owner=None` is the
     unscoped (operator) view."""
@@ -209,13 +218,21 @@ class SessionStore:
         }
         system = next((m for m in messages if m.get("role") == "system"), None)
         if system is not None:
-            doc["system"] = clean_message(system, BACKEND_KEYS)
+            doc["system"] = system = clean_message(system, BACKEND_KEYS)
         if turn.estimate is not None:
             doc["estimate"] = turn.estimate
         for _ in range(SEQ_ATTEMPTS):
             seq = await self._next_seq(turn)
             if seq is None:
                 return WriteOutcome.REJECTED
+            if system is not None:
+                # The model's first system prompt, pinned on the session (once: the filter
+                # makes a repeat a no-op), before the turn exists, so a crash in between is
+                # repaired by the redelivery rather than lost.
+                await self.sessions.update_one(
+                    {"_id": turn.session_id, "systems.model": {"$ne": turn.model}},
+                    {"$push": {"systems": {"model": turn.model, "message": doc["system"]}}},
+                )
             try:
                 await self.turns.insert_one({**doc, "seq": seq, "stored_at": utcnow()})
                 return WriteOutcome.STORED
@@ -267,34 +284,50 @@ class SessionStore:
         return session
 
     async def history_window(
-        self, session_id: str, model: str, prompt_budget: int, estimator: TokenEstimator
+        self,
+        session_id: str,
+        model: str,
+        prompt_budget: int,
+        estimator: TokenEstimator,
+        session: Document | None = None,
     ) -> HistoryWindow:
         """The newest turns of (session, model) that could fit in `prompt_budget`, and one
         more (so assembly sees where it had to stop); never the whole history when only its
-        tail can be used."""
+        tail can be used.
+
+        Turns are read backwards in `seq` ranges of growing width (64, 128, ... sequence
+        numbers below the session's last one): a bounded index range is cheap on every
+        server, whereas an equality match sorted and limited makes SecantusDB fetch the whole
+        history first."""
+        if session is None:
+            session = await self.find_session(session_id)
+        if session is None:
+            return HistoryWindow([], 0, None)
         selector = {"session_id": session_id, "model": model}
         newest: list[list[Document]] = []
         cost = 0
-        read_all = True
-        cursor = self.turns.find(
-            selector, {"messages": 1}, sort=[("seq", DESCENDING)], batch_size=HISTORY_BATCH
-        )
-        async for doc in cursor:
-            messages = [clean_message(m, BACKEND_KEYS) for m in doc.get("messages") or []]
-            newest.append(messages)
-            cost += estimator.messages(messages)
-            if cost > prompt_budget:
-                read_all = False
-                break
-        await cursor.close()
+        stopped_at: int | None = None
+        high = int(session.get("turn_seq") or 0)
+        span = HISTORY_BATCH
+        while high > 0 and stopped_at is None:
+            low = max(high - span, 0)
+            docs = await self.turns.find(
+                {**selector, "seq": {"$gt": low, "$lte": high}}, {"messages": 1, "seq": 1}
+            ).to_list()
+            docs.sort(key=lambda doc: int(doc["seq"]), reverse=True)
+            for doc in docs:
+                messages = [clean_message(m, BACKEND_KEYS) for m in doc.get("messages") or []]
+                newest.append(messages)
+                cost += estimator.messages(messages)
+                if cost > prompt_budget:
+                    stopped_at = int(doc["seq"])
+                    break
+            high, span = low, span * 2
         older = 0
-        if not read_all:
-            older = await self.turns.count_documents(selector) - len(newest)
-        first = await self.turns.find_one(
-            {**selector, "system": {"$exists": True}}, {"system": 1}, sort=[("seq", ASCENDING)]
-        )
+        if stopped_at is not None:
+            older = await self.turns.count_documents({**selector, "seq": {"$lt": stopped_at}})
         newest.reverse()
-        return HistoryWindow(newest, max(older, 0), first["system"] if first else None)
+        return HistoryWindow(newest, older, _system_for(session, model))
 
     async def history(
         self, session_id: str, model: str | None = None, owner: str | None = None
@@ -354,7 +387,7 @@ class SessionStore:
         total = await self.sessions.count_documents(selector)
         page = await self.sessions.find(
             selector,
-            {"turn_seq": 0},
+            {"turn_seq": 0, "systems": 0},
             sort=[("last_activity", DESCENDING), ("_id", ASCENDING)],
             skip=offset,
             limit=limit,

@@ -28,7 +28,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--data-dir",
         type=Path,
         default=None,
-        help="where logs and the local RabbitMQ node live (default: $CORRAL_DATA_DIR or ./.corral)",
+        help="where logs, the local RabbitMQ node and the embedded store live "
+        "(default: $CORRAL_DATA_DIR or ./.corral)",
     )
     args = parser.parse_args(argv)
     if args.command == "run":

@@ -13,12 +13,17 @@ from pathlib import Path
 from typing import Final, TextIO
 from urllib.parse import urlsplit, urlunsplit
 
+from corral_devstack.mongo import MongoError, SecantusNode, ping
 from corral_devstack.ports import free_port, port_is_free
 from corral_devstack.processes import ServiceError, ServiceProcess
 from corral_devstack.rabbitmq import RabbitMQError, RabbitNode, amqp_reachable
 
 # Started in this order, stopped in reverse.
-SERVICE_MODULES: Final[tuple[str, ...]] = ("corral_scheduler", "corral_gateway")
+SERVICE_MODULES: Final[tuple[str, ...]] = (
+    "corral_scheduler",
+    "corral_session_store",
+    "corral_gateway",
+)
 GATEWAY_MODULE: Final = "corral_gateway"
 EMULATOR_MODULE: Final = "corral_emulator"
 DEFAULT_AMQP_URL: Final = "amqp://guest:guest@127.0.0.1:5672/"
@@ -93,6 +98,7 @@ class Stack:
         self.modules = tuple(modules)
         self.out = out if out is not None else sys.stdout
         self.node: RabbitNode | None = None
+        self.mongo: SecantusNode | None = None
         self.processes: list[ServiceProcess] = []
         self._stop_order: list[Callable[[], object]] = []
 
@@ -104,6 +110,7 @@ class Stack:
         self.log_dir.mkdir(parents=True, exist_ok=True)
         env = {**self.environ, "CORRAL_DATA_DIR": str(self.data_dir)}
         env["CORRAL_AMQP_URL"] = self._start_broker()
+        env["CORRAL_MONGO_URL"] = self._start_mongo()
         if self.emulator:
             env["CORRAL_OLLAMA_URL"] = self._start_emulator()
         for module in self.modules:
@@ -122,6 +129,27 @@ class Stack:
         node.start()
         self.node = node
         self._say("rabbitmq", f"{node.url}  (local node, log {node.log_dir / node.nodename}.log)")
+        return node.url
+
+    def _start_mongo(self) -> str:
+        """The configured MongoDB, or else SecantusDB with its data under `<data dir>/mongo`."""
+        explicit = self.environ.get("CORRAL_MONGO_URL")
+        if explicit:
+            if not ping(explicit, timeout=2):
+                raise StackError(
+                    f"CORRAL_MONGO_URL={redact(explicit)} is not reachable; start that server or "
+                    "unset CORRAL_MONGO_URL to get the embedded store"
+                )
+            self._say("mongo", f"{redact(explicit)}  (existing server, not managed)")
+            return explicit
+        node = SecantusNode(self.data_dir / "mongo", log_path=self.log_dir / "mongo.log")
+        self._stop_order.append(node.stop)
+        node.start()
+        self.mongo = node
+        self._say(
+            "mongo",
+            f"{node.url}  (embedded SecantusDB, data {node.storage_path}, log {node.log_path})",
+        )
         return node.url
 
     def _start_emulator(self) -> str:
@@ -229,7 +257,7 @@ def run(data_dir: Path | None = None, *, emulator: bool | None = None) -> int:
             flush=True,
         )
         status = 1
-    except (StackError, ServiceError, RabbitMQError) as exc:
+    except (StackError, ServiceError, RabbitMQError, MongoError) as exc:
         print(f"error: {exc}", file=sys.stderr, flush=True)
         status = 1
     except KeyboardInterrupt:

@@ -1,0 +1,235 @@
+"""Session-store speed: context assembly over 10, 100 and 1,000 stored turns, and turns written
+per second, against a real MongoDB-protocol server and a real RabbitMQ.
+
+    uv run python bench/session_store.py [--mongo-url URL] [--amqp-url URL] [--repeat N]
+        [--events N] [--json OUT]
+
+Without --mongo-url it starts a throwaway SecantusDB (in memory); without --amqp-url a
+throwaway RabbitMQ node. It runs the session store in-process (the real app: MongoDB, broker,
+RPC server, turns consumer) and measures:
+
+- assembly, in-process (`SessionService.assemble`: history read + estimate + truncation) and
+  over RPC (`corral.rpc` round trip, what the gateway pays), for a session of 10, 100 and 1,000
+  turns, with the default window (4096 tokens: only the newest turns can fit, so only those
+  are read) and with `num_ctx` 1,000,000 (every turn fits, so every turn is read);
+- turn writes: `SessionStore.write_turn` one after another, 16 at a time over 16 sessions,
+  and end to end (`done` events published to `corral.events`, until all are stored).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from aiohttp.test_utils import TestServer
+from pymongo import AsyncMongoClient
+
+from corral_common.broker import Broker, encode
+from corral_common.ids import new_id
+from corral_common.messages import Done
+from corral_common.rpc import RpcClient
+from corral_common.settings import CorralSettings
+from corral_common.topology import event_key
+from corral_devstack.mongo import SecantusNode
+from corral_devstack.rabbitmq import RabbitNode
+from corral_session_store.app import SERVICE_CORE, STORE, create_app
+from corral_session_store.model_info import StaticContextLengths
+from corral_session_store.settings import SessionStoreSettings
+from corral_session_store.store import Document, SessionStore, TurnRecord
+
+MODEL = "llama3.2"
+SIZES = (10, 100, 1000)
+T0 = datetime(2025, 1, 1, tzinfo=UTC)
+
+
+def turn(session_id: str, n: int) -> TurnRecord:
+    # ~60 tokens a turn: a realistic short exchange.
+    question = f"Question {n}: " + "how does this part of the system behave? " * 3
+    answer = f"Answer {n}: " + "it behaves as the contract describes, step by step. " * 2
+    at = T0 + timedelta(seconds=n)
+    return TurnRecord(
+        request_id=new_id(),
+        session_id=session_id,
+        model=MODEL,
+        kind="chat",
+        messages=[{"role": "user", "content": question}, {"role": "assistant", "content": answer}],
+        asked_at=at,
+        answered_at=at,
+        stats={"prompt_eval_count": 60, "eval_count": 30, "total_duration": 10**9},
+    )
+
+
+async def timed(call: Callable[[], Awaitable[Any]], repeat: int) -> dict[str, float]:
+    samples = []
+    for _ in range(repeat):
+        started = time.perf_counter()
+        await call()
+        samples.append((time.perf_counter() - started) * 1000)
+    samples.sort()
+    return {
+        "median_ms": round(statistics.median(samples), 2),
+        "p90_ms": round(samples[int(len(samples) * 0.9) - 1], 2),
+        "min_ms": round(samples[0], 2),
+    }
+
+
+async def bench(mongo_url: str, amqp_url: str, repeat: int, events: int) -> dict[str, Any]:
+    database = f"corral_bench_{new_id()[:8]}"
+    settings = SessionStoreSettings(
+        amqp_url=amqp_url, mongo_url=mongo_url, mongo_database=database, log_level="warning"
+    )
+    app = create_app(settings, context_lengths=StaticContextLengths({}))
+    server = TestServer(app, host="127.0.0.1")
+    await server.start_server()
+    broker = Broker(CorralSettings(amqp_url=amqp_url), "bench")
+    await broker.start()
+    rpc = RpcClient(broker, timeout_s=30)
+    await rpc.start()
+    store: SessionStore = app[STORE]
+    service = app[SERVICE_CORE]
+    results: dict[str, Any] = {"assemble": {}, "writes": {}}
+    try:
+        # -- writes, one after another (this also fills the sessions assembly reads) -------
+        started = time.perf_counter()
+        written = 0
+        for size in SIZES:
+            for n in range(size):
+                await store.write_turn(turn(f"s{size}", n))
+                written += 1
+        elapsed = time.perf_counter() - started
+        results["writes"]["sequential_per_s"] = round(written / elapsed, 1)
+
+        # -- writes, 16 sessions at once --------------------------------------------------
+        batch = [turn(f"c{i % 16}", i) for i in range(640)]
+        started = time.perf_counter()
+        sem = asyncio.Semaphore(16)
+
+        async def write(record: TurnRecord) -> None:
+            async with sem:
+                await store.write_turn(record)
+
+        await asyncio.gather(*(write(r) for r in batch))
+        results["writes"]["concurrent_16_per_s"] = round(
+            len(batch) / (time.perf_counter() - started), 1
+        )
+
+        # -- writes end to end: done events through RabbitMQ and the consumer --------------
+        before = await store.turns.count_documents({})
+        dones = [
+            Done(
+                request_id=new_id(),
+                token_batches=1,
+                final={"done": True, "prompt_eval_count": 10, "eval_count": 5},
+                text="answer",
+                waited_ms=0,
+                model=MODEL,
+                session_id=f"e{i % 16}",
+                turn=[{"role": "user", "content": f"question {i}"}],
+            )
+            for i in range(events)
+        ]
+        started = time.perf_counter()
+        for done in dones:
+            await broker.publish_event(
+                event_key("bench", done.request_id, "done"), encode(done), durable=True
+            )
+        published = time.perf_counter() - started
+        while True:
+            if await store.turns.count_documents({}) >= before + events:
+                break
+            await asyncio.sleep(0.01)
+        elapsed = time.perf_counter() - started
+        results["writes"]["end_to_end_per_s"] = round(events / elapsed, 1)
+        results["writes"]["end_to_end_publish_per_s"] = round(events / published, 1)
+
+        # -- assembly ----------------------------------------------------------------------
+        message = [{"role": "user", "content": "And what happens next?"}]
+        for size in SIZES:
+            row: dict[str, Any] = {}
+            for label, options in (("default_window", {}), ("all_history", {"num_ctx": 10**6})):
+
+                async def local(options: dict[str, Any] = options, size: int = size) -> Any:
+                    return await service.assemble(
+                        session_id=f"s{size}",
+                        model=MODEL,
+                        kind="chat",
+                        messages=message,
+                        options=options,
+                        owner=None,
+                    )
+
+                async def remote(options: dict[str, Any] = options, size: int = size) -> Any:
+                    return await rpc.call(
+                        "session-store",
+                        "assemble",
+                        session_id=f"s{size}",
+                        model=MODEL,
+                        messages=message,
+                        options=options,
+                    )
+
+                info = (await local())["context_info"]
+                row[label] = {
+                    "in_process": await timed(local, repeat),
+                    "over_rpc": await timed(remote, repeat),
+                    "turns_used": size - info["turns_dropped"],
+                    "tokens_used": info["tokens_used"],
+                }
+            results["assemble"][str(size)] = row
+    finally:
+        await rpc.close()
+        await broker.close()
+        await server.close()
+        client: AsyncMongoClient[Document] = AsyncMongoClient(mongo_url)
+        await client.drop_database(database)
+        await client.close()
+    return results
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--mongo-url")
+    parser.add_argument("--amqp-url")
+    parser.add_argument("--repeat", type=int, default=30)
+    parser.add_argument("--events", type=int, default=500)
+    parser.add_argument("--json")
+    args = parser.parse_args()
+    mongo = None if args.mongo_url else SecantusNode()
+    rabbit = None if args.amqp_url else RabbitNode()
+    try:
+        if mongo is not None:
+            mongo.start()
+        if rabbit is not None:
+            rabbit.start()
+        mongo_url = args.mongo_url or (mongo.url if mongo else "")
+        amqp_url = args.amqp_url or (rabbit.url if rabbit else "")
+        results = asyncio.run(bench(mongo_url, amqp_url, args.repeat, args.events))
+    finally:
+        if rabbit is not None:
+            rabbit.close()
+        if mongo is not None:
+            mongo.close()
+    report = {
+        "machine": {"python": platform.python_version(), "cpus": os.cpu_count()},
+        "server": "secantusdb (in memory)" if mongo is not None else "given --mongo-url",
+        **results,
+    }
+    text = json.dumps(report, indent=2)
+    print(text)
+    if args.json:
+        with open(args.json, "w") as fh:
+            fh.write(text + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
