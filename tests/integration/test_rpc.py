@@ -61,10 +61,11 @@ async def test_handler_bugs_are_internal_errors(pair: tuple[RpcServer, RpcClient
         await client.call("things", "nope")
 
 
-async def test_a_service_nobody_serves_times_out_as_503(
+async def test_a_service_nobody_serves_is_a_prompt_503(
     pair: tuple[RpcServer, RpcClient],
 ) -> None:
     _, client = pair
     with pytest.raises(CorralError) as info:
         await client.call("nobody", "echo")
     assert info.value.status == 503
+    assert "no instance" in info.value.message

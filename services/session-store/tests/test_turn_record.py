@@ -27,6 +27,7 @@ def event(**changes: object) -> Done:
             "eval_duration": True,  # not a number: dropped
         },
         "text": "Paris.",
+        "thinking": "hmm",
         "waited_ms": 500,
         "model": "llama3.2",
         "session_id": "s1",
@@ -66,8 +67,14 @@ def test_times_fall_back_to_receipt_and_never_lie_in_the_future() -> None:
 
 def test_tool_calls_of_the_answer_are_kept() -> None:
     calls = [{"function": {"name": "weather", "arguments": {"city": "Paris"}}}]
-    turn = turn_record(event(final={"message": {"tool_calls": calls}}, text=""), NOW)
+    turn = turn_record(event(tool_calls=calls, thinking="", text=""), NOW)
     assert turn.messages[-1] == {"role": "assistant", "content": "", "tool_calls": calls}
+
+
+def test_the_question_time_is_when_the_gateway_enqueued_it() -> None:
+    enqueued = datetime(2025, 8, 5, 14, 29, 50, tzinfo=UTC)
+    turn = turn_record(event(enqueued_at=enqueued.timestamp()), NOW)
+    assert turn.asked_at == enqueued
 
 
 async def test_keyed_locks_serve_one_key_in_call_order() -> None:

@@ -100,10 +100,15 @@ class Broker:
         if self._connection is not None:
             await self._connection.close()
 
-    async def channel(self, prefetch: int | None = None) -> AbstractChannel:
-        """A robust channel of its own, for a consumer with its own prefetch window."""
+    async def channel(
+        self, prefetch: int | None = None, *, confirms: bool = False
+    ) -> AbstractChannel:
+        """A robust channel of its own, for a consumer with its own prefetch window; with
+        `confirms`, publishes on it are confirmed and unroutable ones raise."""
         assert self._connection is not None
-        channel = await self._connection.channel()
+        channel = await self._connection.channel(
+            publisher_confirms=confirms, on_return_raises=confirms
+        )
         if prefetch is not None:
             await channel.set_qos(prefetch_count=prefetch)
         return channel

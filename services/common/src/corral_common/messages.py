@@ -78,6 +78,10 @@ class Done(Wire):
     token_batches: int
     final: dict[str, Any]
     text: str
+    # Gathered from the whole stream: non-final chunks carry them, the final one need not.
+    thinking: str = ""
+    tool_calls: list[dict[str, Any]] = Field(default_factory=list)
+    enqueued_at: float = 0.0
     waited_ms: int
     model: str
     job_kind: JobKind = "chat"

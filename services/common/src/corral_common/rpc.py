@@ -15,6 +15,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import aio_pika
+import aiormq
 import structlog
 from aio_pika.abc import AbstractChannel, AbstractExchange, AbstractIncomingMessage, AbstractQueue
 
@@ -109,7 +110,9 @@ class RpcClient:
         self._replies: AbstractQueue | None = None
 
     async def start(self) -> None:
-        self._channel = await self.broker.channel()
+        # Confirms with `mandatory`: a call to a service nobody runs fails at once instead of
+        # waiting out its timeout.
+        self._channel = await self.broker.channel(confirms=True)
         self._exchange = await _rpc_exchange(self._channel)
         self._replies = await self._channel.declare_queue(
             f"rpc.replies.{new_id()}", exclusive=True, auto_delete=True
@@ -146,6 +149,8 @@ class RpcClient:
                 routing_key=service,
             )
             reply = await asyncio.wait_for(future, timeout=self.timeout_s)
+        except aiormq.exceptions.PublishError as exc:
+            raise _unavailable(service, "no instance of it is running") from exc
         except TimeoutError as exc:
             raise _unavailable(service, f"no answer within {self.timeout_s:g} s") from exc
         finally:

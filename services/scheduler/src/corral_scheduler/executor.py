@@ -171,6 +171,8 @@ class Executor:
                     running.stage = "prompt"
                 final: dict[str, Any] = {}
                 text: list[str] = []
+                thinking: list[str] = []
+                tool_calls: list[dict[str, Any]] = []
                 async for chunk in chunks:
                     if running is not None and running.tokens == 0:
                         running.stage = "generating"
@@ -183,7 +185,10 @@ class Executor:
                         final = chunk
                     else:
                         batcher.add(chunk)
-                    text.append(_content(chunk))
+                    part = _answer_part(chunk)
+                    text.append(str(part.get("content") or ""))
+                    thinking.append(str(part.get("thinking") or ""))
+                    tool_calls.extend(part.get("tool_calls") or [])
             batches = await batcher.close()
             self.loaded_model = job.model
             self._observe(job, final, time.monotonic() - started, span)
@@ -194,6 +199,9 @@ class Executor:
                     token_batches=batches,
                     final=final,
                     text="".join(text),
+                    thinking="".join(thinking),
+                    tool_calls=tool_calls,
+                    enqueued_at=job.enqueued_at,
                     waited_ms=waited_ms,
                     model=job.model,
                     job_kind=job.kind,
@@ -294,8 +302,10 @@ def record_phase_spans(job: Job, final: dict[str, Any], parent: trace.Span) -> N
         span.end(end_time=start)
 
 
-def _content(chunk: dict[str, Any]) -> str:
+def _answer_part(chunk: dict[str, Any]) -> dict[str, Any]:
+    """The part of a chunk that carries the answer: `message` for chat, the chunk itself (with
+    `response` as its content) for generate."""
     message = chunk.get("message")
     if isinstance(message, dict):
-        return str(message.get("content") or "")
-    return str(chunk.get("response") or "")
+        return message
+    return {**chunk, "content": chunk.get("response")}

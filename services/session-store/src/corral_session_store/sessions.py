@@ -178,17 +178,17 @@ def turn_record(done: Done, now: datetime, raw_estimate: float | None = None) ->
     """The turn a `done` event finishes: the client's new messages, then the answer.
 
     The answer's time is the backend's `created_at` of its final chunk (no later than now,
-    the receipt time, in case the clocks disagree); the question's is that minus the backend's
-    `total_duration` and the time the job waited in the queue.
+    the receipt time, in case the clocks disagree); the question's is when the gateway enqueued
+    it (events from older schedulers lack that: then the answer's time minus the backend's
+    `total_duration` and the time the job waited in the queue).
     """
     assert done.session_id is not None
     final = done.final
     answer: dict[str, Any] = {"role": "assistant", "content": done.text}
-    final_message = final.get("message")
-    source = final_message if isinstance(final_message, dict) else final
-    for extra in ("thinking", "tool_calls"):
-        if source.get(extra):
-            answer[extra] = source[extra]
+    if done.thinking:
+        answer["thinking"] = done.thinking
+    if done.tool_calls:
+        answer["tool_calls"] = done.tool_calls
     stats: dict[str, Any] = {
         key: final[key]
         for key in STAT_KEYS
@@ -199,9 +199,13 @@ def turn_record(done: Done, now: datetime, raw_estimate: float | None = None) ->
     stats["waited_ms"] = done.waited_ms
     answered_at = _ms(min(_parse_time(final.get("created_at")) or now, now))
     took_ns = stats.get("total_duration", 0)
-    asked_at = _ms(
-        answered_at - timedelta(microseconds=took_ns / 1000, milliseconds=max(done.waited_ms, 0))
-    )
+    if done.enqueued_at > 0:
+        asked_at = _ms(min(datetime.fromtimestamp(done.enqueued_at, UTC), answered_at))
+    else:
+        asked_at = _ms(
+            answered_at
+            - timedelta(microseconds=took_ns / 1000, milliseconds=max(done.waited_ms, 0))
+        )
     messages = [clean_message(m) for m in done.turn or [] if isinstance(m, dict)]
     messages.append(answer)
     return TurnRecord(
