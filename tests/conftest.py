@@ -86,23 +86,39 @@ def purge_jobs(amqp_url: str) -> None:
     asyncio.run(purge())
 
 
-def start_cluster(amqp_url: str, ollama_url: str, workdir: Path, **env: str) -> Cluster:
+def start_cluster(
+    amqp_url: str, ollama_url: str, workdir: Path, *, mongo_url: str | None = None, **env: str
+) -> Cluster:
+    """A scheduler and a gateway; with `mongo_url`, a session store too (in a database of its
+    own, so clusters never see each other's sessions)."""
     purge_jobs(amqp_url)
     cluster = Cluster(amqp_url, ollama_url, workdir, extra_env=env)
     cluster.start_scheduler()
+    if mongo_url is not None:
+        cluster.start_health_service(
+            "corral_session_store",
+            "session-store",
+            CORRAL_MONGO_URL=mongo_url,
+            CORRAL_MONGO_DATABASE=f"corral_{workdir.name}",
+        )
     cluster.start_gateway()
     return cluster
 
 
 @pytest.fixture(scope="module")
 def cluster(
-    fresh_broker: Callable[[], str], emulator: Emulator, tmp_path_factory: pytest.TempPathFactory
+    fresh_broker: Callable[[], str],
+    emulator: Emulator,
+    mongo_url: str,
+    tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[Cluster]:
-    """A scheduler and a gateway in front of the emulator, shared by a test module."""
+    """The whole cluster (scheduler, session store, gateway) in front of the emulator, shared by
+    a test module."""
     cluster = start_cluster(
         fresh_broker(),
         emulator.url,
         tmp_path_factory.mktemp("cluster"),
+        mongo_url=mongo_url,
         CORRAL_HEARTBEAT_S="1",
         CORRAL_STATUS_INTERVAL_S="0.5",
     )

@@ -73,6 +73,7 @@ class Tokens(Wire):
 class Done(Wire):
     kind: Literal["done"] = "done"
     request_id: str
+    gateway_id: str = ""
     # How many token batches were published before this event, so the gateway can wait for
     # stragglers: tokens and final events travel on different channels.
     token_batches: int
@@ -100,6 +101,15 @@ class Failed(Wire):
     token_batches: int = 0
 
 
+class Stored(Wire):
+    """From the session store: the turn of this request is written, so a client that asks
+    again at once is answered with it in its history."""
+
+    kind: Literal["stored"] = "stored"
+    request_id: str
+    outcome: str
+
+
 class Cancelled(Wire):
     kind: Literal["cancelled"] = "cancelled"
     request_id: str
@@ -108,7 +118,7 @@ class Cancelled(Wire):
 
 JobEvent = Accepted | Position | Started | Tokens | Done | Failed | Cancelled
 Event = Annotated[
-    Accepted | Position | Started | Tokens | Done | Failed | Cancelled,
+    Accepted | Position | Started | Tokens | Done | Failed | Cancelled | Stored,
     Field(discriminator="kind"),
 ]
 EVENT_ADAPTER: TypeAdapter[Event] = TypeAdapter(Event)

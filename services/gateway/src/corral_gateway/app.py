@@ -10,13 +10,14 @@ from aiohttp import web
 
 from corral_common.broker import Broker
 from corral_common.ops import add_ops_routes
+from corral_common.rpc import RpcClient
 from corral_common.topology import (
     EVENTS_EXCHANGE,
     STATUS_REQUEST_KEY,
     STATUS_ROUTING_KEY,
     gateway_queue_name,
 )
-from corral_gateway import generation, meta
+from corral_gateway import generation, meta, sessions
 from corral_gateway.hub import Hub, StatusBoard
 from corral_gateway.middleware import ollama_edge
 from corral_gateway.settings import GatewaySettings
@@ -31,13 +32,15 @@ async def gateway_ctx(app: web.Application) -> AsyncIterator[None]:
     broker = Broker(settings, "gateway")
     await broker.start()
     submitter = Submitter(broker)
+    rpc = RpcClient(broker, timeout_s=settings.rpc_timeout_s)
+    await rpc.start()
 
     def cancel_stray(request_id: str) -> None:
         gateway.spawn(submitter.cancel(request_id, "no client is waiting for it"))
 
     hub = Hub(StatusBoard(settings.status_stale_s), cancel_stray)
     broker.on_lost(hub.broker_lost)
-    gateway = Gateway(settings=settings, broker=broker, hub=hub, submitter=submitter)
+    gateway = Gateway(settings=settings, broker=broker, hub=hub, submitter=submitter, rpc=rpc)
     app[GATEWAY] = gateway
 
     # This replica's own event queue: exclusive, so it (and its bindings) vanish with us.
@@ -59,6 +62,7 @@ async def gateway_ctx(app: web.Application) -> AsyncIterator[None]:
     yield
     if gateway.background:
         await asyncio.wait(gateway.background, timeout=5)
+    await rpc.close()
     await channel.close()
     await broker.close()
 
@@ -76,6 +80,7 @@ def create_app(settings: GatewaySettings | None = None) -> web.Application:
     app.router.add_get("/api/version", meta.version)
     app.router.add_post("/api/chat", generation.chat)
     app.router.add_post("/api/generate", generation.generate)
+    sessions.add_routes(app)
 
     def ready() -> bool:
         return GATEWAY in app and app[GATEWAY].broker.connected

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import time
+from dataclasses import dataclass
 from typing import Any
 
 import structlog
@@ -59,7 +60,67 @@ async def _serve(
     with structlog.contextvars.bound_contextvars(
         request_id=ext.request_id, session_id=ext.session_id
     ):
-        return await _enqueue_and_relay(request, gateway, kind, model, body, ext)
+        try:
+            conversation = await _conversation(gateway, kind, model, body, ext)
+        except CorralError as exc:
+            headers = {"X-Request-Id": ext.request_id, **exc.headers}
+            return _json(exc.ollama_body(), exc.status, headers), str(exc.error_type)
+        return await _enqueue_and_relay(request, gateway, kind, model, conversation, ext)
+
+
+@dataclass(frozen=True)
+class Conversation:
+    """What goes to the backend, and what the session store will keep of this request."""
+
+    payload: dict[str, Any]
+    stream: bool
+    turn: list[dict[str, Any]] | None = None
+    context_info: dict[str, Any] | None = None
+    messages_used: int = 0
+
+
+async def _conversation(
+    gateway: Gateway, kind: JobKind, model: str, body: dict[str, Any], ext: Extensions
+) -> Conversation:
+    """Without a session, the request goes as the client sent it, exactly as to Ollama. With one,
+    the session store assembles the history for this model around the new messages."""
+    payload = backend_payload(body)
+    stream = body.get("stream") is not False  # Ollama streams unless told not to
+    new = _new_messages(kind, body)
+    if ext.session_id is None or not new:
+        # Load and unload requests (nothing to say) are not turns of a conversation.
+        return Conversation(payload, stream, messages_used=_messages_used(kind, body))
+    assembled = await gateway.rpc.call(
+        "session-store",
+        "assemble",
+        session_id=ext.session_id,
+        model=model,
+        kind=kind,
+        messages=new if kind == "chat" else [],
+        options=body.get("options") if isinstance(body.get("options"), dict) else None,
+        request_id=ext.request_id,
+    )
+    context_info = dict(assembled.get("context_info") or {})
+    if kind == "chat":
+        payload["messages"] = assembled["messages"]
+    return Conversation(
+        payload,
+        stream,
+        turn=new,
+        context_info=context_info,
+        messages_used=int(context_info.get("messages_used") or len(new)),
+    )
+
+
+def _new_messages(kind: JobKind, body: dict[str, Any]) -> list[dict[str, Any]]:
+    if kind == "chat":
+        return [m for m in body.get("messages") or [] if isinstance(m, dict)]
+    turn = []
+    if body.get("system"):
+        turn.append({"role": "system", "content": body["system"]})
+    if body.get("prompt"):
+        turn.append({"role": "user", "content": body["prompt"]})
+    return turn if body.get("prompt") else []
 
 
 async def _enqueue_and_relay(
@@ -67,7 +128,7 @@ async def _enqueue_and_relay(
     gateway: Gateway,
     kind: JobKind,
     model: str,
-    body: dict[str, Any],
+    conversation: Conversation,
     ext: Extensions,
 ) -> tuple[web.StreamResponse, str]:
     headers = {"X-Request-Id": ext.request_id}
@@ -80,18 +141,21 @@ async def _enqueue_and_relay(
         request,
         kind=kind,
         model=model,
-        stream=body.get("stream") is not False,
+        stream=conversation.stream,
         ext=ext,
         events=events,
-        messages_used=_messages_used(kind, body),
+        messages_used=conversation.messages_used,
         timings=RelayTimings(
             heartbeat_s=gateway.settings.heartbeat_s,
             straggler_timeout_s=gateway.settings.straggler_timeout_s,
+            stored_timeout_s=gateway.settings.stored_timeout_s,
         ),
+        context_info=conversation.context_info,
     )
     submitted = False
     try:
-        await gateway.submitter.submit(_job(gateway, kind, model, body, ext), _retry_after(gateway))
+        job = _job(gateway, kind, model, conversation, ext)
+        await gateway.submitter.submit(job, _retry_after(gateway))
         submitted = True
         response = await relay.run()
         return response, "done" if relay.finished else "error"
@@ -109,7 +173,10 @@ async def _enqueue_and_relay(
             gateway.spawn(gateway.submitter.cancel(ext.request_id, "client disconnected"))
 
 
-def _job(gateway: Gateway, kind: JobKind, model: str, body: dict[str, Any], ext: Extensions) -> Job:
+def _job(
+    gateway: Gateway, kind: JobKind, model: str, conversation: Conversation, ext: Extensions
+) -> Job:
+    body = conversation.payload
     options = body.get("options")
     num_predict = options.get("num_predict") if isinstance(options, dict) else None
     return Job(
@@ -117,8 +184,9 @@ def _job(gateway: Gateway, kind: JobKind, model: str, body: dict[str, Any], ext:
         gateway_id=gateway.settings.instance_id,
         kind=kind,
         model=model,
-        payload=backend_payload(body),
+        payload=body,
         session_id=ext.session_id,
+        turn=conversation.turn,
         client_key=ext.client_key,
         enqueued_at=time.time(),
         prompt_chars=_prompt_chars(kind, body),

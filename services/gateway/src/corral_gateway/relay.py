@@ -13,15 +13,27 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+import structlog
 from aiohttp import web
 
 from corral_common import jsonutil
-from corral_common.messages import Cancelled, Done, Failed, JobKind, Position, Started, Tokens
+from corral_common.messages import (
+    Cancelled,
+    Done,
+    Failed,
+    JobKind,
+    Position,
+    Started,
+    Stored,
+    Tokens,
+)
 from corral_gateway import metrics
 from corral_gateway.extensions import Extensions
 from corral_gateway.hub import BrokerLost, Delivery
 from corral_gateway.ordering import TokenOrder
 from corral_gateway.wire import NDJSON, assemble, corral_fields, queue_chunk
+
+log = structlog.get_logger(__name__)
 
 CANCELED_STATUS = 499
 
@@ -30,6 +42,7 @@ CANCELED_STATUS = 499
 class RelayTimings:
     heartbeat_s: float
     straggler_timeout_s: float
+    stored_timeout_s: float
 
 
 class Relay:
@@ -44,6 +57,7 @@ class Relay:
         events: asyncio.Queue[Delivery],
         messages_used: int,
         timings: RelayTimings,
+        context_info: dict[str, Any] | None = None,
     ) -> None:
         self.request = request
         self.kind = kind
@@ -53,6 +67,7 @@ class Relay:
         self.events = events
         self.messages_used = messages_used
         self.timings = timings
+        self.context_info = context_info
         self.arrived = time.monotonic()
         self.response: web.StreamResponse | None = None
         self.finished = False
@@ -145,6 +160,8 @@ class Relay:
             return await self._fail(500, "lost part of the answer in transit; please retry")
         if not self.wrote_tokens:
             metrics.CLIENT_TTFT.labels(self.kind).observe(time.monotonic() - self.arrived)
+        if self.ext.session_id is not None:
+            await self._await_stored()
         extras = corral_fields(
             request_id=self.ext.request_id,
             session_id=self.ext.session_id,
@@ -152,6 +169,7 @@ class Relay:
             first_position=self.first_position or 0,
             messages_used=self.messages_used,
             final=done.final,
+            context_info=self.context_info,
         )
         self.finished = True
         if self.stream:
@@ -173,6 +191,15 @@ class Relay:
             if isinstance(event, Tokens):
                 await self._take(event)
         return True
+
+    async def _await_stored(self) -> None:
+        """Hold the final chunk until the session store has written the turn (bounded), so a
+        client that sends its next message on receipt finds this turn in its history."""
+        deadline = time.monotonic() + self.timings.stored_timeout_s
+        while (remaining := deadline - time.monotonic()) > 0:
+            if isinstance(await self._next(remaining), Stored):
+                return
+        log.warning("session store did not confirm the turn in time")
 
     async def _fail(
         self, status: int, message: str, headers: dict[str, str] | None = None

@@ -18,6 +18,11 @@ class GatewaySettings(CorralSettings):
     # While a streaming client waits, its last queue chunk is repeated this often so proxies
     # and clients do not cut an idle connection.
     heartbeat_s: float = Field(default=5.0, gt=0)
+    # How long a session request's final chunk waits for the session store to confirm the turn
+    # is written (so the client's next message sees it), before going out anyway.
+    stored_timeout_s: float = Field(default=2.0, ge=0)
+    # Queries to the session store (context assembly, history, search).
+    rpc_timeout_s: float = Field(default=10.0, gt=0)
 
     def listen_address(self) -> tuple[str, int]:
         # The gateway serves the API and its ops endpoints on one public port.

@@ -11,6 +11,7 @@ from typing import Any
 from aiohttp import web
 
 from corral_common.broker import Broker
+from corral_common.rpc import RpcClient
 from corral_gateway.hub import Hub
 from corral_gateway.settings import GatewaySettings
 from corral_gateway.submit import Submitter
@@ -22,6 +23,7 @@ class Gateway:
     broker: Broker
     hub: Hub
     submitter: Submitter
+    rpc: RpcClient
     started_at: float = field(default_factory=time.monotonic)
     # Cancels published after a client left; kept so shutdown can wait for them.
     background: set[asyncio.Task[None]] = field(default_factory=set)

@@ -40,16 +40,23 @@ def corral_fields(
     first_position: int,
     messages_used: int,
     final: dict[str, Any],
+    context_info: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     fields: dict[str, Any] = {"request_id": request_id}
     if session_id is not None:
         fields["session_id"] = session_id
     fields["queue_info"] = {"wait_time_ms": waited_ms, "position": first_position}
+    # What was sent: the session store's account when it assembled the context, else the
+    # client's own messages as they came. tokens_used is the backend's count either way.
     fields["context_info"] = {
         "truncated": False,
         "messages_used": messages_used,
-        "tokens_used": int(final.get("prompt_eval_count") or 0),
+        **(context_info or {}),
     }
+    measured = final.get("prompt_eval_count")
+    if isinstance(measured, int) and measured > 0:
+        fields["context_info"]["tokens_used"] = measured
+    fields["context_info"].setdefault("tokens_used", 0)
     return fields
 
 

@@ -196,6 +196,7 @@ class Executor:
                 job,
                 Done(
                     request_id=job.request_id,
+                    gateway_id=job.gateway_id,
                     token_batches=batches,
                     final=final,
                     text="".join(text),

@@ -28,10 +28,10 @@ from bson.errors import BSONError
 from pydantic import ValidationError
 from pymongo.errors import DocumentTooLarge, PyMongoError
 
-from corral_common.broker import Broker
-from corral_common.messages import Done
+from corral_common.broker import Broker, BrokerUnavailable, encode
+from corral_common.messages import Done, Stored
 from corral_common.telemetry import extract_context, tracer
-from corral_common.topology import EVENTS_EXCHANGE
+from corral_common.topology import EVENTS_EXCHANGE, event_key
 from corral_session_store import metrics
 from corral_session_store.sessions import SessionService
 from corral_session_store.store import WriteOutcome
@@ -207,7 +207,18 @@ class TurnConsumer:
             else:
                 log.debug("turn handled", outcome=str(outcome), model=done.model)
             await _settle(message, ack=True)
+            await self._announce(done, str(outcome))
             return
+
+    async def _announce(self, done: Done, outcome: str) -> None:
+        """Tell the request's gateway its turn is written (best-effort: it waits a bounded
+        time for this before finishing the response)."""
+        if not done.gateway_id:
+            return
+        stored = Stored(request_id=done.request_id, outcome=outcome)
+        key = event_key(done.gateway_id, done.request_id, stored.kind)
+        with contextlib.suppress(BrokerUnavailable):
+            await self.broker.publish_event(key, encode(stored), durable=False)
 
     def _database(self, ok: bool) -> None:
         if self._on_database is not None:
