@@ -89,12 +89,13 @@ def purge_jobs(amqp_url: str) -> None:
 def start_cluster(
     amqp_url: str, ollama_url: str, workdir: Path, *, mongo_url: str | None = None, **env: str
 ) -> Cluster:
-    """A scheduler and a gateway; with `mongo_url`, a session store too (in a database of its
-    own, so clusters never see each other's sessions)."""
+    """A scheduler and a gateway; with `mongo_url`, the whole cluster: a model manager and a
+    session store too (in a database of its own, so clusters never see each other's sessions)."""
     purge_jobs(amqp_url)
     cluster = Cluster(amqp_url, ollama_url, workdir, extra_env=env)
     cluster.start_scheduler()
     if mongo_url is not None:
+        cluster.start_health_service("corral_model_manager", "model-manager")
         cluster.start_health_service(
             "corral_session_store",
             "session-store",

@@ -137,9 +137,6 @@ async def test_a_small_window_drops_old_turns_and_keeps_the_system_prompt(
                 "messages": messages,
                 "stream": False,
                 "session_id": session_id,
-                # The model's own length (256) comes from model-manager once it exists; the
-                # client's num_ctx is the other source of the budget.
-                "options": {"num_ctx": 256},
             },
         )
         assert status == 200, body
@@ -165,7 +162,6 @@ async def test_a_message_too_big_for_the_window_is_413_and_stores_nothing(
             "messages": [{"role": "user", "content": huge}],
             "stream": False,
             "session_id": session_id,
-            "options": {"num_ctx": 256},
         },
     )
     assert status == 413
@@ -193,6 +189,23 @@ async def test_bad_requests_store_nothing(sessions_cluster: Cluster, emu: Emulat
     status, _ = await get(sessions_cluster, f"/sessions/{session_id}/history")
     assert status == 404
     assert (await emu.stats())["generations"] == 0
+
+
+async def test_the_clients_num_ctx_sets_the_window(
+    sessions_cluster: Cluster, emu: EmulatorControl
+) -> None:
+    # llama3.2's own window is 4096; the client asks for 256, so this no longer fits.
+    huge = " ".join(["word"] * 2000)
+    body = {
+        "model": "llama3.2",
+        "messages": [{"role": "user", "content": huge}],
+        "stream": False,
+        "session_id": new_id(),
+    }
+    status, _ = await chat(sessions_cluster, {**body, "options": {"num_ctx": 256}})
+    assert status == 413
+    status, _ = await chat(sessions_cluster, {**body, "session_id": new_id()})
+    assert status == 200
 
 
 async def test_session_endpoints(sessions_cluster: Cluster, emu: EmulatorControl) -> None:

@@ -269,4 +269,9 @@ def test_helpers() -> None:
     assert redact("amqp://guest:guest@h:5672/") == "amqp://guest:***@h:5672/"
     assert redact("amqp://h/") == "amqp://h/"
     assert service_name("corral_session_store") == "session-store"
-    assert SERVICE_MODULES == ("corral_scheduler", "corral_session_store", "corral_gateway")
+    assert SERVICE_MODULES == (
+        "corral_scheduler",
+        "corral_model_manager",
+        "corral_session_store",
+        "corral_gateway",
+    )

@@ -14,8 +14,8 @@ from typing import Any
 import aiohttp
 import orjson
 
-from corral_common.errors import CorralError, ErrorType, backend_unreachable_message
 from corral_common.messages import JobKind
+from corral_common.ollama import UNREACHABLE_ERRORS, status_error, unreachable
 
 
 class BackendStreamError(Exception):
@@ -51,11 +51,11 @@ class OllamaBackend:
                 headers={"Content-Type": "application/json"},
                 timeout=self._timeout,
             )
-        except (aiohttp.ClientConnectionError, TimeoutError) as exc:
-            raise self._unreachable(exc) from exc
+        except UNREACHABLE_ERRORS as exc:
+            raise unreachable(self.base_url, exc) from exc
         try:
             if response.status != 200:
-                raise await _status_error(response)
+                raise await status_error(response)
             yield _chunks(response)
         finally:
             response.close()
@@ -76,16 +76,8 @@ class OllamaBackend:
                 response.raise_for_status()
                 data = await response.json(content_type=None)
         except (aiohttp.ClientError, TimeoutError) as exc:
-            raise self._unreachable(exc) from exc
+            raise unreachable(self.base_url, exc) from exc
         return data if isinstance(data, dict) else {}
-
-    def _unreachable(self, exc: BaseException) -> CorralError:
-        reason = str(exc) or type(exc).__name__
-        return CorralError(
-            ErrorType.OLLAMA_CONNECTION_ERROR,
-            backend_unreachable_message(self.base_url),
-            details={"ollama_host": self.base_url, "error": reason},
-        )
 
 
 async def _chunks(response: aiohttp.ClientResponse) -> AsyncIterator[dict[str, Any]]:
@@ -99,14 +91,3 @@ async def _chunks(response: aiohttp.ClientResponse) -> AsyncIterator[dict[str, A
             yield chunk
     except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError, TimeoutError) as exc:
         raise BackendStreamError(f"backend stream broke off: {exc or type(exc).__name__}") from exc
-
-
-async def _status_error(response: aiohttp.ClientResponse) -> CorralError:
-    raw = await response.read()
-    try:
-        message = str(orjson.loads(raw)["error"])
-    except (orjson.JSONDecodeError, KeyError, TypeError):
-        message = raw.decode(errors="replace").strip() or response.reason or "backend error"
-    error_type = ErrorType.MODEL_NOT_FOUND if response.status == 404 else ErrorType.BACKEND_ERROR
-    # Ollama's own status and text pass through unchanged: clients match on them.
-    return CorralError(error_type, message, status=response.status)

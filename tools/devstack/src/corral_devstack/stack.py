@@ -21,6 +21,7 @@ from corral_devstack.rabbitmq import RabbitMQError, RabbitNode, amqp_reachable
 # Started in this order, stopped in reverse.
 SERVICE_MODULES: Final[tuple[str, ...]] = (
     "corral_scheduler",
+    "corral_model_manager",
     "corral_session_store",
     "corral_gateway",
 )

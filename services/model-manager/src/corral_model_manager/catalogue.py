@@ -1,0 +1,90 @@
+"""Model metadata from the backend's read-only `/api/show`, cached per model.
+
+Read-only calls may go to the backend directly (ARCHITECTURE.md section 1); nothing here changes
+what the backend is doing, so nothing here needs the scheduler's serial lane.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from typing import Any
+
+import aiohttp
+import orjson
+
+from corral_common.ollama import UNREACHABLE_ERRORS, status_error, unreachable
+
+
+def context_length_of(show: dict[str, Any]) -> int | None:
+    """`<architecture>.context_length` from a ShowResponse's `model_info`."""
+    info = show.get("model_info")
+    if not isinstance(info, dict):
+        return None
+    architecture = info.get("general.architecture")
+    candidates = [f"{architecture}.context_length"] if isinstance(architecture, str) else []
+    candidates += [key for key in info if key.endswith(".context_length")]
+    for key in candidates:
+        value = info.get(key)
+        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+            return value
+    return None
+
+
+class ModelCatalogue:
+    def __init__(
+        self,
+        session: aiohttp.ClientSession,
+        base_url: str,
+        *,
+        ttl_s: float,
+        timeout_s: float,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._session = session
+        self.base_url = base_url.rstrip("/")
+        self._ttl_s = ttl_s
+        self._timeout = aiohttp.ClientTimeout(total=timeout_s)
+        self._clock = clock
+        self._cache: dict[str, tuple[float, dict[str, Any]]] = {}
+        self._locks: dict[str, asyncio.Lock] = {}
+
+    async def model_info(self, model: str) -> dict[str, Any]:
+        """`{"model", "context_length", "details", "capabilities"}`; a model the backend does
+        not know raises its own 404 (`model_not_found`)."""
+        key = model.lower()
+        # One lookup per model at a time: a burst of requests for a cold model asks once.
+        async with self._locks.setdefault(key, asyncio.Lock()):
+            cached = self._cache.get(key)
+            if cached is not None and cached[0] > self._clock():
+                return {**cached[1], "model": model}
+            info = await self._show(model)
+            self._cache[key] = (self._clock() + self._ttl_s, info)
+            return {**info, "model": model}
+
+    def forget(self, model: str | None = None) -> None:
+        """Drop cached answers (all, or one model's) after the backend's models changed."""
+        if model is None:
+            self._cache.clear()
+        else:
+            self._cache.pop(model.lower(), None)
+
+    async def _show(self, model: str) -> dict[str, Any]:
+        try:
+            async with self._session.post(
+                f"{self.base_url}/api/show",
+                data=orjson.dumps({"model": model}),
+                headers={"Content-Type": "application/json"},
+                timeout=self._timeout,
+            ) as response:
+                if response.status != 200:
+                    raise await status_error(response)
+                show = orjson.loads(await response.read())
+        except UNREACHABLE_ERRORS as exc:
+            raise unreachable(self.base_url, exc) from exc
+        return {
+            "context_length": context_length_of(show),
+            "details": show.get("details") or {},
+            "capabilities": show.get("capabilities") or [],
+        }
