@@ -5,15 +5,15 @@ from __future__ import annotations
 import sys
 from collections.abc import Mapping
 from pathlib import Path
-from types import TracebackType
 
+from corral_devstack._managed import Managed
 from corral_devstack.ports import free_port
 from corral_devstack.processes import ServiceProcess
 
 LOOPBACK = "127.0.0.1"
 
 
-class Cluster:
+class Cluster(Managed):
     """Services sharing one broker and one Ollama URL, each with its own free ports and log.
 
     Logs go to `<workdir>/logs/<name>.log`; `CORRAL_DATA_DIR` is `workdir` unless overridden.
@@ -113,21 +113,16 @@ class Cluster:
         self._gateway_url = url
         return proc
 
+    def start(self) -> None:
+        """Services are started one by one (`start_scheduler`, ...); `with` only stops them."""
+
+    def close(self) -> None:
+        self.stop_all()
+
     def stop_all(self, timeout: float = 10) -> None:
         """Stop every service, most recently started first."""
         for proc in reversed(list(self.services.values())):
             proc.stop(timeout)
-
-    def __enter__(self) -> Cluster:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop_all()
 
 
 def _strs(env: Mapping[str, str | int]) -> dict[str, str]:

@@ -18,11 +18,11 @@ import tempfile
 import threading
 import time
 from pathlib import Path
-from types import TracebackType
 
 from pymongo import MongoClient
 from pymongo.errors import PyMongoError
 
+from corral_devstack._managed import Managed
 from corral_devstack._spawn import spawn, tail, terminate_group
 from corral_devstack.ports import free_port, port_is_free
 
@@ -62,7 +62,7 @@ def ping(url: str, timeout: float = 1.0) -> bool:
         client.close()
 
 
-class SecantusNode:
+class SecantusNode(Managed):
     """One `secantusd-py` server on a free loopback port.
 
     `storage_path=None` (or ":memory:") gives an ephemeral store SecantusDB deletes on shutdown;
@@ -190,18 +190,6 @@ class SecantusNode:
                     f"last lines of {self.log_path}:\n{self.log_tail()}"
                 )
             time.sleep(0.05)
-
-    def __enter__(self) -> SecantusNode:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
     def __repr__(self) -> str:
         where = f"port={self._port}" if self._port else "not started"

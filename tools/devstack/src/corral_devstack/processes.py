@@ -11,8 +11,8 @@ import time
 import urllib.request
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from types import TracebackType
 
+from corral_devstack._managed import Managed
 from corral_devstack._spawn import signal_group, spawn, tail, terminate_group
 
 # Loopback readiness probes must never go through an HTTP proxy taken from the environment.
@@ -23,7 +23,7 @@ class ServiceError(RuntimeError):
     """A service process exited early or did not become ready in time."""
 
 
-class ServiceProcess:
+class ServiceProcess(Managed):
     """One service process: stdout and stderr go to `log_path`, in its own process group.
 
     `env` is laid over the current environment (pass `inherit_env=False` to use it alone).
@@ -92,6 +92,9 @@ class ServiceProcess:
                 )
             time.sleep(0.05)
 
+    def close(self) -> None:
+        self.stop()
+
     def stop(self, timeout: float = 10) -> int | None:
         """SIGTERM, then SIGKILL after `timeout`; returns the exit status."""
         if self._proc is None:
@@ -112,18 +115,6 @@ class ServiceProcess:
 
     def log_tail(self, n: int = 40) -> str:
         return tail(self.log_path, n)
-
-    def __enter__(self) -> ServiceProcess:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     def __repr__(self) -> str:
         return f"ServiceProcess({self.name!r}, pid={self.pid}, returncode={self.returncode})"

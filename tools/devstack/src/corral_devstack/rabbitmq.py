@@ -16,11 +16,11 @@ import time
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from types import TracebackType
 from urllib.parse import urlsplit
 
 import aio_pika
 
+from corral_devstack._managed import Managed
 from corral_devstack._signals import sigterm_interrupts
 from corral_devstack._spawn import spawn, tail, terminate_group
 from corral_devstack.ports import free_port, port_is_free
@@ -126,7 +126,7 @@ class _Ports:
         return all(port_is_free(p, host) for p in (self.amqp, self.dist, self.epmd))
 
 
-class RabbitNode:
+class RabbitNode(Managed):
     """A RabbitMQ node with its own ports, epmd and data directory.
 
     With `base_dir=None` the node lives in a fresh temporary directory that `close()` removes.
@@ -251,18 +251,6 @@ class RabbitNode:
             parts.append(tail(self.log_dir / f"{self.nodename}.log", n))
         parts.append(tail(self.log_dir / "server.out", n))
         return "\n".join(p for p in parts if p)
-
-    def __enter__(self) -> RabbitNode:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
     def __repr__(self) -> str:
         where = f"port={self._ports.amqp}" if self._ports else "not started"

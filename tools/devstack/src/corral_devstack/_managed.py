@@ -1,0 +1,26 @@
+"""`with` support for the things devstack starts: entering starts, leaving stops."""
+
+from __future__ import annotations
+
+from types import TracebackType
+from typing import Self
+
+
+class Managed:
+    def start(self) -> None:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
