@@ -172,7 +172,10 @@ async def test_queue_chunks_while_waiting_and_opt_out(
     assert infos[-1]["position"] == 0
     for chunk in waiting_chunks[: len(infos)]:
         assert chunk["message"] == {"role": "assistant", "content": ""}
-    assert not any("queue_info" in c for c in lines(quiet_raw) if not c["done"])
+    quiet_chunks = lines(quiet_raw)
+    assert not any("queue_info" in c for c in quiet_chunks if not c["done"])
+    # It was still told where it started, for the record in its final chunk.
+    assert quiet_chunks[-1]["queue_info"]["position"] >= 1
 
 
 async def wait_until_queued(cluster: Cluster, count: int) -> None:

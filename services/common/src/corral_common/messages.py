@@ -33,6 +33,9 @@ class Job(Wire):
     turn: list[dict[str, Any]] | None = None
     owner: str | None = None
     client_key: str | None = None
+    # False when the client turned queue chunks off (X-Queue-Progress: 0): it is then sent only
+    # its first position (for queue_info), not every move of the lane.
+    queue_progress: bool = True
     enqueued_at: float
     # Sizes for the wait estimate, measured at the edge where the request body is at hand.
     prompt_chars: int = 0

@@ -188,6 +188,7 @@ def _job(
         session_id=ext.session_id,
         turn=conversation.turn,
         client_key=ext.client_key,
+        queue_progress=ext.queue_progress,
         enqueued_at=time.time(),
         prompt_chars=_prompt_chars(kind, body),
         num_predict=num_predict if isinstance(num_predict, int) else None,

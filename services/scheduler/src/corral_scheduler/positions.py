@@ -43,7 +43,11 @@ class PositionBroadcaster:
         for (entry, position), wait_ms in zip(placed, waits, strict=True):
             # Position 0 is announced by `started`, once the backend has accepted the job: a
             # head-of-lane job about to start must not make the gateway commit a 200 early.
-            if position == 0 or not _is_news(entry.last_sent, position, wait_ms):
+            if (
+                position == 0
+                or not entry.job.queue_progress
+                or not _is_news(entry.last_sent, position, wait_ms)
+            ):
                 continue
             entry.last_sent = (position, wait_ms)
             entry.last_sent_at = now
