@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import shutil
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,6 +25,7 @@ from corral_devstack.cluster import Cluster
 from corral_devstack.rabbitmq import RabbitNode
 from corral_emulator import EmulatorControl, expected_reply
 from tests.conftest import Emulator, start_cluster
+from tests.polling import eventually
 
 pytestmark = [pytest.mark.broker_restart, pytest.mark.e2e]
 
@@ -143,18 +144,6 @@ def assert_broker_down_refusal(answer: Answer, *, retry_after: bool = True) -> N
     assert "broker" in answer.last["error"]
     if retry_after:
         assert int(answer.headers["Retry-After"]) >= 1
-
-
-async def eventually(
-    probe: Callable[[], Awaitable[bool]], within_s: float, what: str, interval_s: float = 0.05
-) -> float:
-    """Poll `probe` until it is true; returns how long that took. Fails after `within_s`."""
-    started = time.monotonic()
-    while not await probe():
-        if time.monotonic() - started > within_s:
-            raise AssertionError(f"{what} did not happen within {within_s}s")
-        await asyncio.sleep(interval_s)
-    return time.monotonic() - started
 
 
 async def ready_status(url: str) -> int | None:

@@ -13,6 +13,7 @@ import pytest
 
 from corral_devstack.cluster import Cluster
 from corral_emulator import EmulatorControl, expected_reply
+from tests.polling import eventually
 
 pytestmark = pytest.mark.e2e
 
@@ -108,14 +109,13 @@ async def test_a_client_that_leaves_the_queue_is_never_run(
 
 
 async def wait_for_metric(cluster: Cluster, line: str) -> None:
-    """Poll the scheduler's /metrics (bounded) until `line` appears."""
+    """Until the scheduler's /metrics shows `line`."""
     ready_url = cluster.services["scheduler"].ready_url
     assert ready_url is not None
     metrics_url = ready_url.replace("/ready", "/metrics")
-    async with aiohttp.ClientSession() as session:
-        for _ in range(200):
-            async with session.get(metrics_url) as response:
-                if line in await response.text():
-                    return
-            await asyncio.sleep(0.05)
-    raise AssertionError(f"scheduler never reported {line!r}")
+
+    async def shown() -> bool:
+        async with aiohttp.ClientSession() as session, session.get(metrics_url) as response:
+            return line in await response.text()
+
+    await eventually(shown, what=f"scheduler metric {line!r}")

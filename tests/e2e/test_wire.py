@@ -15,6 +15,7 @@ from corral_devstack.cluster import Cluster
 from corral_devstack.ports import free_port
 from corral_emulator import EmulatorControl, expected_reply
 from tests.conftest import start_cluster
+from tests.polling import eventually
 
 pytestmark = pytest.mark.e2e
 
@@ -179,15 +180,17 @@ async def test_queue_chunks_while_waiting_and_opt_out(
 
 
 async def wait_until_queued(cluster: Cluster, count: int) -> None:
-    """Poll /health until the scheduler reports `count` jobs waiting (bounded)."""
-    async with aiohttp.ClientSession() as session:
-        for _ in range(200):
-            async with session.get(f"{cluster.gateway_url}/health") as response:
-                health = await response.json()
-            if health["queue"]["waiting"] >= count:
-                return
-            await asyncio.sleep(0.05)
-    raise AssertionError(f"never saw {count} jobs waiting: {health}")
+    """Until the scheduler reports `count` jobs waiting (its status reaches /health)."""
+
+    async def queued() -> bool:
+        async with (
+            aiohttp.ClientSession() as session,
+            session.get(f"{cluster.gateway_url}/health") as response,
+        ):
+            health = await response.json()
+        return bool(health["queue"]["waiting"] >= count)
+
+    await eventually(queued, what=f"{count} jobs waiting")
 
 
 @pytest.mark.parametrize(

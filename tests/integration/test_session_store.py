@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,6 +28,7 @@ from corral_session_store.app import create_app
 from corral_session_store.model_info import StaticContextLengths
 from corral_session_store.settings import SessionStoreSettings
 from corral_session_store.store import Document
+from tests.polling import eventually
 
 STORE = "session-store"
 
@@ -85,16 +86,6 @@ def done(
     )
 
 
-async def wait_for(
-    probe: Callable[[], Awaitable[bool]], within_s: float = 10, what: str = "condition"
-) -> None:
-    deadline = time.monotonic() + within_s
-    while not await probe():
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out waiting for {what}")
-        await asyncio.sleep(0.02)
-
-
 async def start_harness(amqp_url: str, mongo_url: str, **settings: Any) -> Harness:
     database = f"corral_it_{new_id()[:12]}"
     app = create_app(
@@ -142,7 +133,7 @@ async def test_done_events_are_stored_in_arrival_order_once(store: Harness) -> N
     async def all_there() -> bool:
         return len(await store.turns("busy")) == 21
 
-    await wait_for(all_there, what="21 stored turns")
+    await eventually(all_there, what="21 stored turns")
     turns = await store.turns("busy")
     assert [t["messages"][0]["content"] for t in turns] == [
         *(f"question {i}" for i in range(20)),
@@ -178,7 +169,7 @@ async def test_concurrent_sessions_each_keep_their_order(store: Harness) -> None
     async def all_there() -> bool:
         return await store.db["turns"].count_documents({}) == 40
 
-    await wait_for(all_there, what="40 stored turns")
+    await eventually(all_there, what="40 stored turns")
     for sid in sessions:
         contents = [t["messages"][0]["content"] for t in await store.turns(sid)]
         assert contents == [f"{sid} q{i}" for i in range(8)]
@@ -207,7 +198,7 @@ async def test_assemble_remembers_per_model_and_truncates_a_tiny_context(store: 
     async def stored() -> bool:
         return len(await store.turns("chat")) == 2
 
-    await wait_for(stored, what="two turns")
+    await eventually(stored, what="two turns")
     second = await store.call(
         "assemble",
         session_id="chat",
@@ -238,7 +229,7 @@ async def test_assemble_remembers_per_model_and_truncates_a_tiny_context(store: 
     async def filled() -> bool:
         return len(await store.turns("chat")) == 14
 
-    await wait_for(filled, what="the tiny model's turns")
+    await eventually(filled, what="the tiny model's turns")
     tiny = await store.call(
         "assemble",
         session_id="chat",
@@ -285,7 +276,7 @@ async def test_session_methods_over_rpc(store: Harness) -> None:
     async def stored() -> bool:
         return await store.db["turns"].count_documents({}) == 2
 
-    await wait_for(stored, what="two sessions")
+    await eventually(stored, what="two sessions")
     listing = await store.call("list", limit=10, offset=0)
     assert listing["total"] == 2
     assert {s["session_id"] for s in listing["sessions"]} == {"one", "two"}
@@ -359,7 +350,7 @@ async def test_calibration_learns_from_done_events(store: Harness) -> None:
     async def calibrated() -> bool:
         return await store.db["calibration"].find_one({"_id": "llama3.2"}) is not None
 
-    await wait_for(calibrated, what="a calibration sample")
+    await eventually(calibrated, what="a calibration sample")
     sample = await store.db["calibration"].find_one({"_id": "llama3.2"})
     assert sample["samples"] == 1
     assert 1.8 < sample["factor"] < 2.2
@@ -465,7 +456,7 @@ async def test_turns_wait_out_a_database_outage(
         async def first() -> bool:
             return len(await harness.turns("outage")) == 1
 
-        await wait_for(first, what="the first turn")
+        await eventually(first, what="the first turn")
         await asyncio.to_thread(node.stop)
         await harness.publish_done(done("outage", "during", "b"))
         from corral_session_store import metrics
@@ -475,7 +466,7 @@ async def test_turns_wait_out_a_database_outage(
         async def failing() -> bool:
             return bool(metrics.TURN_WRITE_ERRORS._value.get() > errors + 2)
 
-        await wait_for(failing, what="failed writes while the database is down")
+        await eventually(failing, what="failed writes while the database is down")
         await asyncio.to_thread(node.start)
 
         async def second() -> bool:
@@ -484,7 +475,7 @@ async def test_turns_wait_out_a_database_outage(
             except Exception:
                 return False
 
-        await wait_for(second, within_s=30, what="the turn written after the outage")
+        await eventually(second, within_s=30, what="the turn written after the outage")
         contents = [t["messages"][0]["content"] for t in await harness.turns("outage")]
         assert contents == ["before", "during"]
     finally:

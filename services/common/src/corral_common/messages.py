@@ -1,4 +1,4 @@
-"""Everything that crosses the broker, as pydantic models serialised to JSON (never pickle).
+"""Everything that crosses the broker, as pydantic models serialised to JSON.
 
 A `Job` travels gateway -> scheduler on `corral.jobs`. Events travel scheduler -> gateway on
 `corral.events` with routing key `gw.<gateway_id>.<request_id>.<kind>`; `SchedulerStatus` is

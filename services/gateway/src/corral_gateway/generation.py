@@ -14,9 +14,10 @@ from corral_common.errors import CorralError
 from corral_common.messages import Job, JobKind
 from corral_gateway import metrics
 from corral_gateway.extensions import Extensions, backend_payload, read_extensions
-from corral_gateway.relay import Relay, RelayTimings, _json
+from corral_gateway.relay import Relay, RelayTimings
 from corral_gateway.state import GATEWAY, Gateway
 from corral_gateway.validation import OllamaRequestError, decode_body
+from corral_gateway.wire import json_response
 
 log = structlog.get_logger(__name__)
 
@@ -55,7 +56,7 @@ async def _serve(
             raise OllamaRequestError(404, "model '' not found")
         ext = read_extensions(request, body)
     except OllamaRequestError as exc:
-        return _json({"error": exc.message}, exc.status, {}), "invalid"
+        return json_response({"error": exc.message}, exc.status, {}), "invalid"
 
     with structlog.contextvars.bound_contextvars(
         request_id=ext.request_id, session_id=ext.session_id
@@ -64,7 +65,7 @@ async def _serve(
             conversation = await _conversation(gateway, kind, model, body, ext)
         except CorralError as exc:
             headers = {"X-Request-Id": ext.request_id, **exc.headers}
-            return _json(exc.ollama_body(), exc.status, headers), str(exc.error_type)
+            return json_response(exc.ollama_body(), exc.status, headers), str(exc.error_type)
         return await _enqueue_and_relay(request, gateway, kind, model, conversation, ext)
 
 
@@ -136,7 +137,7 @@ async def _enqueue_and_relay(
         events = gateway.hub.register(ext.request_id)
     except KeyError:
         message = f"request_id {ext.request_id!r} is already in flight"
-        return _json({"error": message}, 400, headers), "invalid"
+        return json_response({"error": message}, 400, headers), "invalid"
     relay = Relay(
         request,
         kind=kind,
@@ -161,7 +162,9 @@ async def _enqueue_and_relay(
         return response, "done" if relay.finished else "error"
     except CorralError as exc:
         log.info("request refused", error_type=str(exc.error_type))
-        return _json(exc.ollama_body(), exc.status, {**headers, **exc.headers}), str(exc.error_type)
+        return json_response(exc.ollama_body(), exc.status, {**headers, **exc.headers}), str(
+            exc.error_type
+        )
     except ConnectionResetError:
         log.info("client went away mid-stream")
         assert relay.response is not None

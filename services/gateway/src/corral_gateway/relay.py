@@ -31,7 +31,7 @@ from corral_gateway import metrics
 from corral_gateway.extensions import Extensions
 from corral_gateway.hub import BrokerLost, Delivery
 from corral_gateway.ordering import TokenOrder
-from corral_gateway.wire import NDJSON, assemble, corral_fields, queue_chunk
+from corral_gateway.wire import NDJSON, assemble, corral_fields, json_response, queue_chunk
 
 log = structlog.get_logger(__name__)
 
@@ -178,7 +178,7 @@ class Relay:
             await self.response.write_eof()
             return self.response
         body = {**assemble(self.kind, self.collected, done.final, done.text), **extras}
-        return _json(body, 200, self.headers)
+        return json_response(body, 200, self.headers)
 
     async def _drain(self, batches: int) -> bool:
         """Wait for token batches still in transit; the final event may overtake them."""
@@ -206,7 +206,7 @@ class Relay:
     ) -> web.StreamResponse:
         self.finished = True
         if self.response is None:
-            return _json({"error": message}, status, {**self.headers, **(headers or {})})
+            return json_response({"error": message}, status, {**self.headers, **(headers or {})})
         await self._write({"error": message})
         await self.response.write_eof()
         return self.response
@@ -218,13 +218,3 @@ class Relay:
             await response.prepare(self.request)
             self.response = response
         await self.response.write(jsonutil.ndjson_line(obj))
-
-
-def _json(body: dict[str, Any], status: int, headers: dict[str, str]) -> web.Response:
-    return web.Response(
-        body=jsonutil.dumps(body),
-        status=status,
-        headers=headers,
-        content_type="application/json",
-        charset="utf-8",
-    )

@@ -15,6 +15,7 @@ from corral_common import jsonutil
 from corral_common.errors import CorralError, ErrorType
 from corral_common.ids import is_valid_client_id
 from corral_gateway.state import GATEWAY
+from corral_gateway.wire import json_response
 
 SESSION_STORE = "session-store"
 Handler = Callable[[web.Request], Awaitable[web.Response]]
@@ -35,8 +36,8 @@ def _answering(handler: Callable[[web.Request], Awaitable[Any]]) -> Handler:
         try:
             result = await handler(request)
         except CorralError as exc:
-            return _json(exc.corral_body(), exc.status)
-        return _json(result, 200)
+            return json_response(exc.corral_body(), exc.status)
+        return json_response(result, 200)
 
     return answer
 
@@ -105,7 +106,3 @@ def _int_query(request: web.Request, name: str, default: int) -> int:
 
 def _invalid(message: str) -> CorralError:
     return CorralError(ErrorType.INVALID_REQUEST, message)
-
-
-def _json(body: Any, status: int) -> web.Response:
-    return web.Response(body=jsonutil.dumps(body), status=status, content_type="application/json")

@@ -5,6 +5,9 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
+from aiohttp import web
+
+from corral_common import jsonutil
 from corral_common.messages import JobKind
 
 NDJSON = "application/x-ndjson"
@@ -87,3 +90,14 @@ def assemble(
         if thinking:
             answer["thinking"] = "".join(thinking)
     return answer
+
+
+def json_response(body: Any, status: int, headers: dict[str, str] | None = None) -> web.Response:
+    """JSON as Ollama writes it (`application/json; charset=utf-8`), serialised with orjson."""
+    return web.Response(
+        body=jsonutil.dumps(body),
+        status=status,
+        headers=headers,
+        content_type="application/json",
+        charset="utf-8",
+    )
