@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import aiohttp
 import ollama
 import pytest
 
@@ -118,3 +119,34 @@ async def test_session_header_and_option_reach_corral_not_the_backend(
     sent = await emu.requests("chat")
     assert sent[-1]["options"] == {"temperature": 0.5}
     assert all("session_id" not in body for body in sent)
+
+
+async def test_list_show_and_ps(cluster: Cluster, emu: EmulatorControl) -> None:
+    client = ollama.AsyncClient(host=cluster.gateway_url)
+    listed = await client.list()
+    names = {m.model for m in listed.models}
+    assert {"llama3.2:latest", "tiny:latest"} <= names
+    shown = await client.show("tiny")
+    assert shown.modelinfo is not None
+    assert shown.modelinfo["llama.context_length"] == 256
+    await client.chat(model="llama3.2", messages=HELLO)
+    running = await client.ps()
+    assert [m.model for m in running.models] == ["llama3.2:latest"]
+    with pytest.raises(ollama.ResponseError) as info:
+        await client.show("no-such-model")
+    assert info.value.status_code == 404
+    assert info.value.error == "model 'no-such-model' not found"
+
+
+async def test_show_accepts_the_older_name_field(cluster: Cluster, emu: EmulatorControl) -> None:
+    async with aiohttp.ClientSession() as session:
+        url = f"{cluster.gateway_url}/api/show"
+        async with session.post(url, json={"name": "tiny"}) as response:
+            assert response.status == 200
+            assert "model_info" in await response.json()
+        async with session.post(url, json={}) as response:
+            assert (response.status, await response.json()) == (400, {"error": "model is required"})
+        async with session.post(url, data=b"") as response:
+            assert response.status == 400
+        async with session.head(f"{cluster.gateway_url}/api/tags") as response:
+            assert response.status == 200

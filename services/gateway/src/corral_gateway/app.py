@@ -17,7 +17,7 @@ from corral_common.topology import (
     STATUS_ROUTING_KEY,
     gateway_queue_name,
 )
-from corral_gateway import generation, meta, sessions
+from corral_gateway import generation, meta, models, sessions
 from corral_gateway.hub import Hub, StatusBoard
 from corral_gateway.middleware import ollama_edge
 from corral_gateway.settings import GatewaySettings
@@ -81,6 +81,7 @@ def create_app(settings: GatewaySettings | None = None) -> web.Application:
     app.router.add_post("/api/chat", generation.chat)
     app.router.add_post("/api/generate", generation.generate)
     sessions.add_routes(app)
+    models.add_routes(app)
 
     def ready() -> bool:
         return GATEWAY in app and app[GATEWAY].broker.connected

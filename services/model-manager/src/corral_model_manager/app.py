@@ -47,7 +47,20 @@ async def broker_ctx(app: web.Application) -> AsyncIterator[None]:
             raise CorralError(ErrorType.INVALID_REQUEST, "model is required")
         return await catalogue.model_info(model)
 
-    server = RpcServer(broker, SERVICE, {"model_info": model_info})
+    async def tags(_: dict[str, Any]) -> Any:
+        return await catalogue.tags()
+
+    async def running(_: dict[str, Any]) -> Any:
+        return await catalogue.running()
+
+    async def show(params: dict[str, Any]) -> Any:
+        return await catalogue.show(params)
+
+    server = RpcServer(
+        broker,
+        SERVICE,
+        {"model_info": model_info, "tags": tags, "ps": running, "show": show},
+    )
     await server.start()
     app[RPC] = server
     yield

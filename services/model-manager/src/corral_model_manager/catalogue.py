@@ -70,19 +70,36 @@ class ModelCatalogue:
         else:
             self._cache.pop(model.lower(), None)
 
-    async def _show(self, model: str) -> dict[str, Any]:
+    async def tags(self) -> Any:
+        """The backend's `/api/tags`, as it answers it."""
+        return await self.backend("GET", "/api/tags")
+
+    async def running(self) -> Any:
+        """The backend's `/api/ps`, as it answers it."""
+        return await self.backend("GET", "/api/ps")
+
+    async def show(self, request: dict[str, Any]) -> Any:
+        """The backend's `/api/show` for a client's request, as it answers it."""
+        return await self.backend("POST", "/api/show", request)
+
+    async def backend(self, method: str, path: str, body: Any = None) -> Any:
+        """One read-only call; the backend's errors come back as its own status and text."""
         try:
-            async with self._session.post(
-                f"{self.base_url}/api/show",
-                data=orjson.dumps({"model": model}),
+            async with self._session.request(
+                method,
+                f"{self.base_url}{path}",
+                data=orjson.dumps(body) if body is not None else None,
                 headers={"Content-Type": "application/json"},
                 timeout=self._timeout,
             ) as response:
                 if response.status != 200:
                     raise await status_error(response)
-                show = orjson.loads(await response.read())
+                return orjson.loads(await response.read())
         except UNREACHABLE_ERRORS as exc:
             raise unreachable(self.base_url, exc) from exc
+
+    async def _show(self, model: str) -> dict[str, Any]:
+        show = await self.show({"model": model})
         return {
             "context_length": context_length_of(show),
             "details": show.get("details") or {},
