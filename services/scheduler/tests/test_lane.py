@@ -31,8 +31,14 @@ async def test_pop_is_fifo() -> None:
 
 async def test_pop_waits_for_a_push() -> None:
     lane = Lane()
-    popped = asyncio.create_task(lane.pop())
-    await asyncio.sleep(0)
+    popping = asyncio.Event()
+
+    async def pop() -> Entry:
+        popping.set()
+        return await lane.pop()  # runs on, in the same step, until it blocks on the empty lane
+
+    popped = asyncio.create_task(pop())
+    await popping.wait()
     assert not popped.done()
     lane.push(entry("late"))
     assert (await popped).request_id == "late"

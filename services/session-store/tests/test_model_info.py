@@ -20,16 +20,20 @@ class Clock:
 async def test_answers_are_cached_and_shared() -> None:
     calls: list[str] = []
     release = asyncio.Event()
+    fetching = asyncio.Event()
 
     async def fetch(model: str) -> Any:
         calls.append(model)
+        fetching.set()
         await release.wait()
         return {"context_length": 256}
 
     clock = Clock()
     lengths = CachedContextLengths(fetch, timeout_s=5, ttl_s=60, failure_ttl_s=5, clock=clock)
     waiting = [asyncio.create_task(lengths.context_length("tiny")) for _ in range(5)]
-    await asyncio.sleep(0)
+    # The first lookup is under way; the other four, started in the same loop pass, have joined
+    # it by the time this test runs again.
+    await fetching.wait()
     release.set()
     assert await asyncio.gather(*waiting) == [256] * 5
     assert calls == ["tiny"]

@@ -81,8 +81,12 @@ async def test_keyed_locks_serve_one_key_in_call_order() -> None:
     locks = KeyedLocks()
     order: list[str] = []
     gate = asyncio.Event()
+    queued = {name: asyncio.Event() for name in ("a1", "a2", "b1", "a3")}
 
     async def work(key: str, name: str) -> None:
+        # Set just before asking for the lock: the ask (and the wait in line, if any) happens
+        # in the same step, so once all are set every task holds its place.
+        queued[name].set()
         async with locks.hold(key):
             if name == "a1":
                 await gate.wait()
@@ -92,8 +96,8 @@ async def test_keyed_locks_serve_one_key_in_call_order() -> None:
         asyncio.create_task(work(key, name))
         for key, name in [("a", "a1"), ("a", "a2"), ("b", "b1"), ("a", "a3")]
     ]
-    await asyncio.sleep(0)
-    await asyncio.sleep(0)
+    for event in queued.values():
+        await event.wait()
     assert order == ["b1"]  # another key is not held up
     gate.set()
     await asyncio.gather(*tasks)

@@ -5,24 +5,12 @@ from typing import Any
 import pytest
 
 from corral_emulator import EmulatorConfig, EmulatorState, count_message_tokens, expected_reply
-from corral_emulator.testing import RFC3339_UTC, chat_body, parse_ndjson
+from corral_emulator.testing import METRICS, RFC3339_UTC, chat_body, post_stream
 from corral_emulator.testing import EmulatorTestClient as Client
-
-METRICS = (
-    "total_duration",
-    "load_duration",
-    "prompt_eval_count",
-    "prompt_eval_duration",
-    "eval_count",
-    "eval_duration",
-)
 
 
 async def chat(client: Client, body: dict[str, Any]) -> list[dict[str, Any]]:
-    response = await client.post("/api/chat", json=body)
-    assert response.status == 200
-    assert response.headers["Content-Type"] == "application/x-ndjson"
-    return parse_ndjson(await response.read())
+    return await post_stream(client, "/api/chat", body)
 
 
 async def test_stream_defaults_to_true_and_chunks_have_ollamas_shape(client: Client) -> None:

@@ -5,25 +5,13 @@ from typing import Any
 import pytest
 
 from corral_emulator import EmulatorState, count_prompt_tokens, expected_reply
-from corral_emulator.testing import RFC3339_UTC, parse_ndjson
+from corral_emulator.testing import METRICS, RFC3339_UTC, post_stream
 from corral_emulator.testing import EmulatorTestClient as Client
 from corral_emulator.tokens import token_ids, tokenize
 
-METRICS = (
-    "total_duration",
-    "load_duration",
-    "prompt_eval_count",
-    "prompt_eval_duration",
-    "eval_count",
-    "eval_duration",
-)
-
 
 async def generate(client: Client, body: dict[str, Any]) -> list[dict[str, Any]]:
-    response = await client.post("/api/generate", json=body)
-    assert response.status == 200
-    assert response.headers["Content-Type"] == "application/x-ndjson"
-    return parse_ndjson(await response.read())
+    return await post_stream(client, "/api/generate", body)
 
 
 async def test_stream_defaults_to_true_and_chunks_have_ollamas_shape(client: Client) -> None:

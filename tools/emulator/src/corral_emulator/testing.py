@@ -22,6 +22,27 @@ RFC3339_UTC = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d{1,9})?Z$")
 DEFAULT_WAIT_S = 5.0
 
 
+# The timing and count fields Ollama puts on a final chunk (all integers, durations in ns).
+METRICS = (
+    "total_duration",
+    "load_duration",
+    "prompt_eval_count",
+    "prompt_eval_duration",
+    "eval_count",
+    "eval_duration",
+)
+
+
+async def post_stream(
+    client: EmulatorTestClient, path: str, body: dict[str, Any]
+) -> list[dict[str, Any]]:
+    """POST a streaming request and return its chunks, checking status and content type."""
+    response = await client.post(path, json=body)
+    assert response.status == 200
+    assert response.headers["Content-Type"] == "application/x-ndjson"
+    return parse_ndjson(await response.read())
+
+
 def parse_ndjson(body: bytes) -> list[dict[str, Any]]:
     """Parse an NDJSON body, enforcing Ollama's framing: one object per `\\n`-ended line and
     no blank lines (the Python client chokes on those)."""
