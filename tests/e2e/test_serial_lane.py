@@ -13,7 +13,7 @@ import pytest
 
 from corral_devstack.cluster import Cluster
 from corral_emulator import EmulatorControl, expected_reply
-from tests.polling import eventually
+from tests.service_metrics import wait_for_metric
 
 pytestmark = pytest.mark.e2e
 
@@ -108,14 +108,3 @@ async def test_a_client_that_leaves_the_queue_is_never_run(
     assert (await emu.stats())["max_active"] == 1
 
 
-async def wait_for_metric(cluster: Cluster, line: str) -> None:
-    """Until the scheduler's /metrics shows `line`."""
-    ready_url = cluster.services["scheduler"].ready_url
-    assert ready_url is not None
-    metrics_url = ready_url.replace("/ready", "/metrics")
-
-    async def shown() -> bool:
-        async with aiohttp.ClientSession() as session, session.get(metrics_url) as response:
-            return line in await response.text()
-
-    await eventually(shown, what=f"scheduler metric {line!r}")

@@ -13,6 +13,7 @@ from typing import Any
 class ErrorType(StrEnum):
     MODEL_NOT_FOUND = "model_not_found"
     SESSION_NOT_FOUND = "session_not_found"
+    REQUEST_NOT_FOUND = "request_not_found"
     INVALID_REQUEST = "invalid_request"
     OLLAMA_CONNECTION_ERROR = "ollama_connection_error"
     QUEUE_TIMEOUT = "queue_timeout"
@@ -21,6 +22,8 @@ class ErrorType(StrEnum):
     QUEUE_FULL = "queue_full"
     BROKER_UNAVAILABLE = "broker_unavailable"
     BACKEND_ERROR = "backend_error"
+    BACKEND_TIMEOUT = "backend_timeout"
+    MODEL_BUSY = "model_busy"
     INTERRUPTED = "interrupted"
     INTERNAL_ERROR = "internal_error"
 
@@ -28,6 +31,7 @@ class ErrorType(StrEnum):
 STATUS_OF: dict[ErrorType, int] = {
     ErrorType.MODEL_NOT_FOUND: 404,
     ErrorType.SESSION_NOT_FOUND: 404,
+    ErrorType.REQUEST_NOT_FOUND: 404,
     ErrorType.INVALID_REQUEST: 400,
     ErrorType.OLLAMA_CONNECTION_ERROR: 503,
     ErrorType.QUEUE_TIMEOUT: 408,
@@ -36,6 +40,8 @@ STATUS_OF: dict[ErrorType, int] = {
     ErrorType.QUEUE_FULL: 503,
     ErrorType.BROKER_UNAVAILABLE: 503,
     ErrorType.BACKEND_ERROR: 500,
+    ErrorType.BACKEND_TIMEOUT: 504,
+    ErrorType.MODEL_BUSY: 409,
     ErrorType.INTERRUPTED: 500,
     ErrorType.INTERNAL_ERROR: 500,
 }
@@ -61,6 +67,10 @@ class CorralError(Exception):
         self.headers = headers or {}
 
     def ollama_body(self) -> dict[str, Any]:
+        # Ollama clients read only `error` (a string); a model_not_found also says which
+        # models exist, in fields those clients ignore.
+        if self.error_type is ErrorType.MODEL_NOT_FOUND and self.details:
+            return {"error": self.message, "type": str(self.error_type), "details": self.details}
         return {"error": self.message}
 
     def corral_body(self) -> dict[str, Any]:

@@ -11,8 +11,15 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
-JobKind = Literal["chat", "generate"]
+JobKind = Literal["chat", "generate", "embed", "embeddings", "load", "unload"]
+# Kinds whose backend answer is a stream of chunks relayed as tokens; the others are one
+# request and one JSON answer, carried whole in `Done.final`.
+STREAMED_KINDS: frozenset[str] = frozenset({"chat", "generate"})
+# Corral's own model operations (admin, model-manager): never part of a conversation.
+MODEL_OPERATION_KINDS: frozenset[str] = frozenset({"load", "unload"})
 CancelStage = Literal["admission", "queued", "loading", "prompt", "generating"]
+Priority = Literal["interactive", "normal", "batch"]
+PRIORITIES: tuple[Priority, ...] = ("interactive", "normal", "batch")
 
 
 class Wire(BaseModel):
@@ -40,6 +47,11 @@ class Job(Wire):
     # Sizes for the wait estimate, measured at the edge where the request body is at hand.
     prompt_chars: int = 0
     num_predict: int | None = None
+    # An unload normally yields to queued work for its model; `force` (admin) unloads anyway.
+    force: bool = False
+    priority: Priority = "normal"
+    # Epoch seconds after which the job must not start (the client's queue timeout).
+    deadline: float | None = None
 
 
 class Accepted(Wire):
@@ -119,9 +131,20 @@ class Cancelled(Wire):
     stage: CancelStage
 
 
+class Progress(Wire):
+    """One status line of a model operation that streams progress (pull, create), exactly as
+    the backend wrote it; `final` marks the closing `{"status": "success"}`."""
+
+    kind: Literal["progress"] = "progress"
+    request_id: str
+    seq: int
+    line: dict[str, Any]
+    final: bool = False
+
+
 JobEvent = Accepted | Position | Started | Tokens | Done | Failed | Cancelled
 Event = Annotated[
-    Accepted | Position | Started | Tokens | Done | Failed | Cancelled | Stored,
+    Accepted | Position | Started | Tokens | Done | Failed | Cancelled | Stored | Progress,
     Field(discriminator="kind"),
 ]
 EVENT_ADAPTER: TypeAdapter[Event] = TypeAdapter(Event)
@@ -143,12 +166,55 @@ class QueueStatus(Wire):
     """Finished jobs per second over the recent window."""
 
 
+class ModelActivity(Wire):
+    """What the lane holds for one model, so nobody unloads a model with work waiting."""
+
+    model: str
+    queued: int = 0
+    running: int = 0
+    # Epoch seconds when its last job finished on this scheduler; None if none has.
+    last_used_at: float | None = None
+
+
+class LaneEntry(Wire):
+    """One job as the lane holds it, for ops (`GET /admin/queue`) and `GET /queue/{id}`."""
+
+    request_id: str
+    kind: JobKind
+    model: str
+    position: int
+    estimated_wait_ms: int
+    waited_ms: int
+    priority: Priority = "normal"
+    client_key: str | None = None
+
+
 class SchedulerStatus(Wire):
     kind: Literal["status"] = "status"
     scheduler_id: str
     sent_at: float
     backend: BackendStatus
     queue: QueueStatus
+    models: list[ModelActivity] = Field(default_factory=list)
+    # The running job (position 0) and the first waiting ones, in the order they will run.
+    lane: list[LaneEntry] = Field(default_factory=list)
+    paused: bool = False
+    draining: bool = False
+
+
+class ModelList(Wire):
+    """The backend's models, broadcast by the model manager whenever they change (and
+    periodically), so gateways can answer an unknown model at once without asking anyone."""
+
+    kind: Literal["models"] = "models"
+    sent_at: float
+    models: list[str]
+
+
+class LaneCommand(Wire):
+    """An operator's command to every scheduler, on `corral.control` as `admin.lane`."""
+
+    action: Literal["pause", "resume", "drain"]
 
 
 class CancelRequest(Wire):

@@ -18,9 +18,12 @@ CONTROL_EXCHANGE = "corral.control"
 DLX_EXCHANGE = "corral.dlx"
 DLQ_QUEUE = "scheduler.jobs.dlq"
 STATUS_ROUTING_KEY = "status.scheduler"
+MODELS_ROUTING_KEY = "models.list"
 
 
 def event_key(gateway_id: str, request_id: str, kind: str) -> str:
+    """Where a job's events go. `gateway_id` names whoever submitted the job and listens on
+    `gw.<id>.#`: a gateway, or the model manager for the unloads it decides on."""
     return f"gw.{gateway_id}.{request_id}.{kind}"
 
 
@@ -31,6 +34,10 @@ def gateway_queue_name(gateway_id: str) -> str:
 # A gateway that starts up asks on `corral.control` for every scheduler's status at once,
 # instead of reporting itself degraded until the next periodic broadcast.
 STATUS_REQUEST_KEY = "status.request"
+
+
+# Operators' pause / resume / drain, to every scheduler (each has its own control queue).
+LANE_COMMAND_KEY = "admin.lane"
 
 
 def cancel_key(request_id: str) -> str:

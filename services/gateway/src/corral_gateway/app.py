@@ -13,11 +13,23 @@ from corral_common.ops import add_ops_routes
 from corral_common.rpc import RpcClient
 from corral_common.topology import (
     EVENTS_EXCHANGE,
+    MODELS_ROUTING_KEY,
     STATUS_REQUEST_KEY,
     STATUS_ROUTING_KEY,
     gateway_queue_name,
 )
-from corral_gateway import generation, meta, models, sessions
+from corral_gateway import (
+    admin,
+    embeddings,
+    generation,
+    meta,
+    models,
+    progress,
+    providers,
+    queue,
+    sessions,
+)
+from corral_gateway.directory import ModelDirectory
 from corral_gateway.hub import Hub, StatusBoard
 from corral_gateway.middleware import ollama_edge
 from corral_gateway.settings import GatewaySettings
@@ -38,9 +50,17 @@ async def gateway_ctx(app: web.Application) -> AsyncIterator[None]:
     def cancel_stray(request_id: str) -> None:
         gateway.spawn(submitter.cancel(request_id, "no client is waiting for it"))
 
-    hub = Hub(StatusBoard(settings.status_stale_s), cancel_stray)
+    directory = ModelDirectory(rpc)
+    hub = Hub(StatusBoard(settings.status_stale_s), cancel_stray, directory.update)
     broker.on_lost(hub.broker_lost)
-    gateway = Gateway(settings=settings, broker=broker, hub=hub, submitter=submitter, rpc=rpc)
+    gateway = Gateway(
+        settings=settings,
+        broker=broker,
+        hub=hub,
+        submitter=submitter,
+        rpc=rpc,
+        models=directory,
+    )
     app[GATEWAY] = gateway
 
     # This replica's own event queue: exclusive, so it (and its bindings) vanish with us.
@@ -51,6 +71,7 @@ async def gateway_ctx(app: web.Application) -> AsyncIterator[None]:
     events = await channel.get_exchange(EVENTS_EXCHANGE)
     await queue.bind(events, f"gw.{settings.instance_id}.#")
     await queue.bind(events, STATUS_ROUTING_KEY)
+    await queue.bind(events, MODELS_ROUTING_KEY)
     await queue.consume(hub.on_message, no_ack=True)
 
     async def ask_for_status() -> None:
@@ -82,6 +103,11 @@ def create_app(settings: GatewaySettings | None = None) -> web.Application:
     app.router.add_post("/api/generate", generation.generate)
     sessions.add_routes(app)
     models.add_routes(app)
+    progress.add_routes(app)
+    embeddings.add_routes(app)
+    providers.add_routes(app)
+    admin.add_routes(app)
+    queue.add_routes(app)
 
     def ready() -> bool:
         return GATEWAY in app and app[GATEWAY].broker.connected

@@ -6,16 +6,21 @@ the `X-Session-Id` header (client-wide headers) or as `options.session_id`.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import math
+import time
+from dataclasses import dataclass, field
 from typing import Any
 
 from aiohttp import web
 
 from corral_common.ids import is_valid_client_id, new_id
+from corral_common.messages import PRIORITIES, Priority
 from corral_gateway.validation import OllamaRequestError
 
 # Fields that only Corral understands; never forwarded to the backend.
-BODY_EXTENSIONS = ("session_id", "request_id")
+BODY_EXTENSIONS = ("session_id", "request_id", "priority")
+# The same, where the official client can carry them (inside `options`).
+OPTION_EXTENSIONS = ("session_id", "queue_timeout", "priority")
 # `stream` is decided by the scheduler (always streams from the backend).
 NOT_FORWARDED = (*BODY_EXTENSIONS, "stream")
 
@@ -26,9 +31,29 @@ class Extensions:
     session_id: str | None
     queue_progress: bool
     client_key: str | None
+    priority: Priority = "normal"
+    # Longest wait in the queue before the request is answered 408 (None: no limit).
+    queue_timeout_s: float | None = None
+    arrived_at: float = field(default_factory=time.time)
+
+    def deadline(self) -> float | None:
+        """Epoch seconds after which the request must not start."""
+        if self.queue_timeout_s is None:
+            return None
+        return self.arrived_at + self.queue_timeout_s
 
 
-def read_extensions(request: web.Request, body: dict[str, Any]) -> Extensions:
+@dataclass(frozen=True)
+class QueueLimits:
+    """The gateway's queue-timeout policy: a default, and a cap on what clients may ask."""
+
+    default_s: float | None
+    max_s: float | None
+
+
+def read_extensions(
+    request: web.Request, body: dict[str, Any], limits: QueueLimits | None = None
+) -> Extensions:
     raw_options = body.get("options")
     options: dict[str, Any] = raw_options if isinstance(raw_options, dict) else {}
     session_id = _first(
@@ -40,19 +65,50 @@ def read_extensions(request: web.Request, body: dict[str, Any]) -> Extensions:
             raise OllamaRequestError(
                 400, f"invalid {name}: use 1 to 128 letters, digits, '-' or '_'"
             )
+    priority = _first(
+        body.get("priority"), request.headers.get("X-Priority"), options.get("priority")
+    )
+    if priority is not None and priority not in PRIORITIES:
+        raise OllamaRequestError(
+            400, f"invalid priority {priority!r}: use one of {', '.join(PRIORITIES)}"
+        )
     return Extensions(
         request_id=request_id or new_id(),
         session_id=session_id,
         queue_progress=request.headers.get("X-Queue-Progress", "1").strip() != "0",
         client_key=request.headers.get("X-Client-Id"),
+        priority=priority or "normal",
+        queue_timeout_s=_queue_timeout(
+            request.headers.get("X-Queue-Timeout"), options.get("queue_timeout"), limits
+        ),
     )
+
+
+def _queue_timeout(header: str | None, option: Any, limits: QueueLimits | None) -> float | None:
+    """Seconds from `X-Queue-Timeout` or `options.queue_timeout`, else the default; capped."""
+    limits = limits or QueueLimits(None, None)
+    asked: float | None = None
+    raw = header if header is not None else option
+    if raw is not None:
+        try:
+            asked = float(raw)
+        except (TypeError, ValueError):
+            asked = None
+        if isinstance(raw, bool) or asked is None or not math.isfinite(asked) or asked <= 0:
+            raise OllamaRequestError(
+                400, f"invalid queue timeout {raw!r}: give a positive number of seconds"
+            )
+    timeout = asked if asked is not None else limits.default_s
+    if timeout is not None and limits.max_s is not None:
+        timeout = min(timeout, limits.max_s)
+    return timeout
 
 
 def backend_payload(body: dict[str, Any]) -> dict[str, Any]:
     payload = {key: value for key, value in body.items() if key not in NOT_FORWARDED}
     options = payload.get("options")
-    if isinstance(options, dict) and "session_id" in options:
-        payload["options"] = {k: v for k, v in options.items() if k != "session_id"}
+    if isinstance(options, dict) and any(key in options for key in OPTION_EXTENSIONS):
+        payload["options"] = {k: v for k, v in options.items() if k not in OPTION_EXTENSIONS}
     return payload
 
 
@@ -61,6 +117,8 @@ def _first(*values: Any) -> str | None:
         if value is None or value == "":
             continue
         if not isinstance(value, str):
-            raise OllamaRequestError(400, "session_id and request_id must be strings")
+            raise OllamaRequestError(
+                400, "Corral's fields session_id, request_id and priority must be strings"
+            )
         return value
     return None

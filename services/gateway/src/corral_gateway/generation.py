@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -13,10 +12,12 @@ from aiohttp import web
 from corral_common.errors import CorralError
 from corral_common.messages import Job, JobKind
 from corral_gateway import metrics
+from corral_gateway.body import read_request
 from corral_gateway.extensions import Extensions, backend_payload, read_extensions
+from corral_gateway.jobs import retry_after_s
 from corral_gateway.relay import Relay, RelayTimings
 from corral_gateway.state import GATEWAY, Gateway
-from corral_gateway.validation import OllamaRequestError, decode_body
+from corral_gateway.validation import OllamaRequestError
 from corral_gateway.wire import json_response
 
 log = structlog.get_logger(__name__)
@@ -48,13 +49,13 @@ async def _serve(
     request: web.Request, gateway: Gateway, kind: JobKind
 ) -> tuple[web.StreamResponse, str]:
     try:
-        body = decode_body(await _read(request, gateway.settings.max_body_bytes), kind)
+        body = await read_request(request, kind, gateway.settings.max_body_bytes)
         model = body.get("model") or ""
         if not model:
             if kind == "chat":
                 raise OllamaRequestError(400, "model is required")
             raise OllamaRequestError(404, "model '' not found")
-        ext = read_extensions(request, body)
+        ext = read_extensions(request, body, gateway.settings.queue_limits())
     except OllamaRequestError as exc:
         return json_response({"error": exc.message}, exc.status, {}), "invalid"
 
@@ -62,6 +63,7 @@ async def _serve(
         request_id=ext.request_id, session_id=ext.session_id
     ):
         try:
+            await gateway.models.check(model)
             conversation = await _conversation(gateway, kind, model, body, ext)
         except CorralError as exc:
             headers = {"X-Request-Id": ext.request_id, **exc.headers}
@@ -154,9 +156,10 @@ async def _enqueue_and_relay(
         context_info=conversation.context_info,
     )
     submitted = False
+    gateway.relays[ext.request_id] = relay
     try:
         job = _job(gateway, kind, model, conversation, ext)
-        await gateway.submitter.submit(job, _retry_after(gateway))
+        await gateway.submitter.submit(job, retry_after_s(gateway))
         submitted = True
         response = await relay.run()
         return response, "done" if relay.finished else "error"
@@ -171,7 +174,8 @@ async def _enqueue_and_relay(
         return relay.response, "client_gone"
     finally:
         gateway.hub.unregister(ext.request_id)
-        if submitted and not relay.finished:
+        gateway.relays.pop(ext.request_id, None)
+        if submitted and (not relay.finished or relay.timed_out):
             # The client left (or the handler was cancelled): free its place in the lane.
             gateway.spawn(gateway.submitter.cancel(ext.request_id, "client disconnected"))
 
@@ -193,20 +197,11 @@ def _job(
         client_key=ext.client_key,
         queue_progress=ext.queue_progress,
         enqueued_at=time.time(),
+        priority=ext.priority,
+        deadline=ext.deadline(),
         prompt_chars=_prompt_chars(kind, body),
         num_predict=num_predict if isinstance(num_predict, int) else None,
     )
-
-
-async def _read(request: web.Request, limit: int) -> bytes:
-    if request.content_length is not None and request.content_length > limit:
-        raise OllamaRequestError(413, f"request body too large: the limit is {limit} bytes")
-    try:
-        return await request.read()
-    except web.HTTPRequestEntityTooLarge as exc:
-        raise OllamaRequestError(
-            413, f"request body too large: the limit is {limit} bytes"
-        ) from exc
 
 
 def _messages_used(kind: JobKind, body: dict[str, Any]) -> int:
@@ -219,10 +214,3 @@ def _prompt_chars(kind: JobKind, body: dict[str, Any]) -> int:
     if kind == "chat":
         return sum(len(m.get("content") or "") for m in body.get("messages") or [])
     return len(body.get("prompt") or "") + len(body.get("system") or "")
-
-
-def _retry_after(gateway: Gateway) -> int:
-    statuses = gateway.hub.status.fresh()
-    depth = sum(s.queue.waiting + s.queue.running for s in statuses)
-    rate = sum(s.queue.processing_rate for s in statuses)
-    return math.ceil(depth / rate) if rate > 0 else 10

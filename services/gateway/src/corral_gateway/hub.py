@@ -18,8 +18,8 @@ import structlog
 from aio_pika.abc import AbstractIncomingMessage
 from pydantic import ValidationError
 
-from corral_common.messages import EVENT_ADAPTER, Event, SchedulerStatus
-from corral_common.topology import STATUS_ROUTING_KEY
+from corral_common.messages import EVENT_ADAPTER, Event, ModelList, SchedulerStatus
+from corral_common.topology import MODELS_ROUTING_KEY, STATUS_ROUTING_KEY
 
 log = structlog.get_logger(__name__)
 
@@ -44,9 +44,25 @@ class StatusBoard:
     def __init__(self, stale_after_s: float) -> None:
         self._latest: dict[str, SchedulerStatus] = {}
         self._stale_after_s = stale_after_s
+        self._updated = asyncio.Event()
 
     def update(self, status: SchedulerStatus) -> None:
         self._latest[status.scheduler_id] = status
+        self._updated.set()
+        self._updated = asyncio.Event()
+
+    async def newer_than(self, moment: float, within_s: float) -> list[SchedulerStatus]:
+        """Fresh statuses, after waiting (bounded) for one sent after `moment`."""
+        deadline = time.monotonic() + within_s
+        while not any(s.sent_at >= moment for s in self._latest.values()):
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            try:
+                await asyncio.wait_for(self._updated.wait(), remaining)
+            except TimeoutError:
+                break
+        return self.fresh()
 
     def fresh(self) -> list[SchedulerStatus]:
         cutoff = time.time() - self._stale_after_s
@@ -54,9 +70,15 @@ class StatusBoard:
 
 
 class Hub:
-    def __init__(self, status: StatusBoard, cancel_stray: Callable[[str], None]) -> None:
+    def __init__(
+        self,
+        status: StatusBoard,
+        cancel_stray: Callable[[str], None],
+        on_models: Callable[[ModelList], None] = lambda _: None,
+    ) -> None:
         self._waiting: dict[str, asyncio.Queue[Delivery]] = {}
         self.status = status
+        self._on_models = on_models
         # A job whose request is not waiting here has no client (it left, or was failed when
         # the broker went away and the job came back after): it is cancelled, once.
         self._cancel_stray = cancel_stray
@@ -85,6 +107,12 @@ class Hub:
                 self.status.update(SchedulerStatus.model_validate_json(message.body))
             except ValidationError:
                 log.warning("unreadable scheduler status dropped")
+            return
+        if message.routing_key == MODELS_ROUTING_KEY:
+            try:
+                self._on_models(ModelList.model_validate_json(message.body))
+            except ValidationError:
+                log.warning("unreadable model list dropped")
             return
         try:
             event = EVENT_ADAPTER.validate_json(message.body)

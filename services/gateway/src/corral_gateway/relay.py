@@ -72,6 +72,13 @@ class Relay:
         self.response: web.StreamResponse | None = None
         self.finished = False
         self.first_position: int | None = None
+        self.first_estimate_ms: int | None = None
+        self.latest: tuple[int, int] | None = None
+        self.started = False
+        # The queue timeout fired: the job must be cancelled even though the client has its
+        # answer (a 408).
+        self.timed_out = False
+        self.deadline = ext.deadline()
         self.shown: tuple[int, int] | None = None
         self.wrote_tokens = False
         self.order = TokenOrder()
@@ -82,18 +89,35 @@ class Relay:
         headers = {"X-Request-Id": self.ext.request_id}
         if self.ext.session_id is not None:
             headers["X-Session-Id"] = self.ext.session_id
+        if self.first_position is not None:
+            headers["X-Queue-Position"] = str(self.first_position)
+            headers["X-Estimated-Wait-Ms"] = str(self.first_estimate_ms or 0)
         return headers
+
+    @property
+    def where(self) -> tuple[int, int] | None:
+        """(position, estimated wait ms) as last heard; (0, 0) once running."""
+        return (0, 0) if self.started else self.latest
 
     async def run(self) -> web.StreamResponse:
         while True:
-            match await self._next(self.timings.heartbeat_s):
+            match await self._next(self._wait_s()):
                 case None:
+                    if self._past_deadline():
+                        self.timed_out = True
+                        waited_s = time.monotonic() - self.arrived
+                        return await self._fail(
+                            408, f"request timed out in the queue after {waited_s:.1f} s"
+                        )
                     await self._heartbeat()
                 case Position(position=position, estimated_wait_ms=wait_ms):
                     if self.first_position is None:
                         self.first_position = position
+                        self.first_estimate_ms = wait_ms
+                    self.latest = (position, wait_ms)
                     await self._show(position, wait_ms)
                 case Started(redelivered=redelivered):
+                    self.started = True
                     if redelivered and self.wrote_tokens:
                         return await self._fail(
                             500, "generation was interrupted by a scheduler restart; please retry"
@@ -105,10 +129,12 @@ class Relay:
                     await self._take(tokens)
                 case Done() as done:
                     return await self._finish(done)
-                case Failed(status=status, message=message):
+                case Failed(status=status, message=message, details=details):
                     # A non-streaming request that failed mid-way gets the error alone, as
                     # from Ollama.
-                    return await self._fail(status, message)
+                    retry = details.get("retry_after_s")
+                    extra = {"Retry-After": str(retry)} if isinstance(retry, int) else None
+                    return await self._fail(status, message, extra)
                 case Cancelled():
                     return await self._fail(CANCELED_STATUS, "request canceled")
                 case BrokerLost():
@@ -117,6 +143,15 @@ class Relay:
                         "lost the connection to Corral's message broker; please retry",
                         {"Retry-After": "5"},
                     )
+
+    def _wait_s(self) -> float:
+        """Until the next heartbeat, or the queue deadline if that comes first."""
+        if self.deadline is None or self.started:
+            return self.timings.heartbeat_s
+        return max(0.0, min(self.timings.heartbeat_s, self.deadline - time.time()))
+
+    def _past_deadline(self) -> bool:
+        return self.deadline is not None and not self.started and time.time() >= self.deadline
 
     async def _next(self, wait_s: float) -> Delivery | None:
         try:

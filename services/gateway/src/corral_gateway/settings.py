@@ -3,6 +3,7 @@ from __future__ import annotations
 from pydantic import Field
 
 from corral_common.settings import CorralSettings
+from corral_gateway.extensions import QueueLimits
 
 
 class GatewaySettings(CorralSettings):
@@ -23,7 +24,18 @@ class GatewaySettings(CorralSettings):
     stored_timeout_s: float = Field(default=2.0, ge=0)
     # Queries to the session store (context assembly, history, search).
     rpc_timeout_s: float = Field(default=10.0, gt=0)
+    # How long a request may wait in the queue before it is answered 408 queue_timeout, unless
+    # it asks otherwise (X-Queue-Timeout or options.queue_timeout, seconds); 0 = no default.
+    queue_timeout_s: float = Field(default=600.0, ge=0)
+    # The longest queue timeout a client may ask for (0 = no cap).
+    queue_timeout_max_s: float = Field(default=3600.0, ge=0)
+    # How long POST /api/providers/ollama/pull waits before answering 504; the pull itself
+    # carries on in the model manager.
+    provider_pull_timeout_s: float = Field(default=600.0, gt=0)
 
     def listen_address(self) -> tuple[str, int]:
         # The gateway serves the API and its ops endpoints on one public port.
         return self.gateway_host, self.gateway_port
+
+    def queue_limits(self) -> QueueLimits:
+        return QueueLimits(self.queue_timeout_s or None, self.queue_timeout_max_s or None)

@@ -6,15 +6,22 @@ import asyncio
 import time
 from collections.abc import Coroutine
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from aiohttp import web
 
 from corral_common.broker import Broker
 from corral_common.rpc import RpcClient
+from corral_gateway.directory import ModelDirectory
 from corral_gateway.hub import Hub
 from corral_gateway.settings import GatewaySettings
 from corral_gateway.submit import Submitter
+
+
+class QueueView(Protocol):
+    @property
+    def where(self) -> tuple[int, int] | None:
+        """(position, estimated wait ms) as last heard; None before the first position."""
 
 
 @dataclass
@@ -24,7 +31,10 @@ class Gateway:
     hub: Hub
     submitter: Submitter
     rpc: RpcClient
+    models: ModelDirectory
     started_at: float = field(default_factory=time.monotonic)
+    # Requests this replica is relaying, for GET /queue/{request_id}.
+    relays: dict[str, QueueView] = field(default_factory=dict)
     # Cancels published after a client left; kept so shutdown can wait for them.
     background: set[asyncio.Task[None]] = field(default_factory=set)
 

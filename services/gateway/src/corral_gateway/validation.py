@@ -12,8 +12,6 @@ from typing import Any
 
 import orjson
 
-from corral_common.messages import JobKind
-
 
 class OllamaRequestError(Exception):
     def __init__(self, status: int, message: str) -> None:
@@ -71,7 +69,13 @@ COMMON_FIELDS = {
     "logprobs": BOOL,
     "top_logprobs": INT,
 }
-REQUEST_TYPES: dict[JobKind, GoType] = {
+
+
+def _struct(struct: str, /, **fields: GoType) -> GoType:
+    return GoType(f"api.{struct}", frozenset({"object"}), struct=struct, fields=fields)
+
+
+REQUEST_TYPES: dict[str, GoType] = {
     "chat": GoType(
         "api.ChatRequest",
         frozenset({"object"}),
@@ -97,13 +101,64 @@ REQUEST_TYPES: dict[JobKind, GoType] = {
             "images": IMAGES,
         },
     ),
+    "embed": _struct(
+        "EmbedRequest",
+        model=STRING,
+        input=RAW,
+        truncate=BOOL,
+        dimensions=INT,
+        keep_alive=DURATION,
+        options=OBJECT,
+    ),
+    "embeddings": _struct(
+        "EmbeddingRequest", model=STRING, prompt=STRING, keep_alive=DURATION, options=OBJECT
+    ),
+    "pull": _struct(
+        "PullRequest",
+        model=STRING,
+        name=STRING,
+        insecure=BOOL,
+        username=STRING,
+        password=STRING,
+        stream=BOOL,
+    ),
+    "delete": _struct("DeleteRequest", model=STRING, name=STRING),
+    "copy": _struct("CopyRequest", source=STRING, destination=STRING),
+    "create": _struct(
+        "CreateRequest",
+        model=STRING,
+        name=STRING,
+        stream=BOOL,
+        quantize=STRING,
+        quantization=STRING,
+        files=_t("map[string]string", "object"),
+        adapters=_t("map[string]string", "object"),
+        template=STRING,
+        license=RAW,
+        system=STRING,
+        parameters=OBJECT,
+        messages=_t("[]api.Message", "array", item=MESSAGE),
+        renderer=STRING,
+        parser=STRING,
+        requires=STRING,
+    ),
+    "show": _struct(
+        "ShowRequest",
+        model=STRING,
+        name=STRING,
+        system=STRING,
+        template=STRING,
+        verbose=BOOL,
+        options=OBJECT,
+    ),
 }
 
 THINK_LEVELS = frozenset({"low", "medium", "high", "max"})
 _GO_DURATION = re.compile(r"^[-+]?((\d+(\.\d*)?|\.\d+)(ns|us|µs|ms|s|m|h))+$")
 
 
-def decode_body(raw: bytes, kind: JobKind) -> dict[str, Any]:
+def decode_body(raw: bytes, kind: str) -> dict[str, Any]:
+    """The request body as Ollama's handler for `kind` (a REQUEST_TYPES key) would decode it."""
     if not raw.strip():
         raise OllamaRequestError(400, "missing request body")
     try:

@@ -6,6 +6,7 @@ with queued work the scheduler can order and report positions for.
 
 from __future__ import annotations
 
+import math
 import time
 from collections import OrderedDict
 
@@ -13,12 +14,21 @@ import structlog
 from aio_pika.abc import AbstractIncomingMessage
 from pydantic import ValidationError
 
-from corral_common.messages import Accepted, Cancelled, CancelRequest, Job, Position
-from corral_common.topology import STATUS_REQUEST_KEY
+from corral_common.errors import ErrorType
+from corral_common.messages import (
+    Accepted,
+    Cancelled,
+    CancelRequest,
+    Failed,
+    Job,
+    LaneCommand,
+    Position,
+)
+from corral_common.topology import LANE_COMMAND_KEY, STATUS_REQUEST_KEY
 from corral_scheduler import metrics
 from corral_scheduler.eta import SpeedBook
 from corral_scheduler.events import EventSink
-from corral_scheduler.executor import Executor
+from corral_scheduler.executor import Executor, queue_timeout
 from corral_scheduler.lane import Entry, Lane
 
 log = structlog.get_logger(__name__)
@@ -52,8 +62,10 @@ class Admission:
         executor: Executor,
         sink: EventSink,
         speeds: SpeedBook,
+        max_queued_per_key: int = 0,
     ) -> None:
         self.scheduler_id = scheduler_id
+        self.max_queued_per_key = max_queued_per_key
         self.lane = lane
         self.executor = executor
         self.sink = sink
@@ -74,6 +86,12 @@ class Admission:
             )
             await message.ack()
             return
+        refusal = self._refusal(job)
+        if refusal is not None:
+            metrics.JOBS.labels(refusal.error_type).inc()
+            await self.sink.send_quietly(job, refusal)
+            await message.ack()
+            return
         accepted = Accepted(request_id=job.request_id, scheduler_id=self.scheduler_id)
         if message.redelivered and not await self.sink.reaches_a_listener(job, accepted):
             # Handed out again after a crash or a broker restart, and nobody holds its client
@@ -88,7 +106,11 @@ class Admission:
             generation=self.executor.generation,
             admitted_at=time.monotonic(),
             estimate_ms=self.speeds.estimate_ms(
-                job.model, job.prompt_chars, job.num_predict, self.executor.loaded_model
+                job.model,
+                job.prompt_chars,
+                job.num_predict,
+                self.executor.loaded_model,
+                kind=job.kind,
             ),
         )
         self.lane.push(entry)
@@ -97,11 +119,12 @@ class Admission:
             await self.sink.send_quietly(job, accepted)
         # The first position goes out now, not at the broadcaster's next round: a job that
         # starts soon must still have been told where it stood before its `started`.
-        position = len(self.lane) - 1 + (1 if self.executor.running is not None else 0)
-        if position > 0:
-            wait_ms = self.executor.remaining_ms() + sum(
-                e.estimate_ms for e in self.lane if e is not entry
-            )
+        # Computed after the `accepted` publish: the lane may have moved meanwhile (jobs behind
+        # this one admitted, the broadcaster already telling it), so from where it is now.
+        ahead = self.lane.ahead_of(entry.request_id)
+        position = -1 if ahead is None else len(ahead) + (self.executor.running is not None)
+        if position > 0 and entry.last_sent is None:
+            wait_ms = self.executor.remaining_ms() + sum(e.estimate_ms for e in ahead or [])
             entry.last_sent = (position, wait_ms)
             await self.sink.send_quietly(
                 job,
@@ -109,10 +132,53 @@ class Admission:
             )
         self.executor.lane_moved.set()
 
+    def _refusal(self, job: Job) -> Failed | None:
+        """A job the lane will not take: already past its deadline, or one more than its
+        caller may have queued."""
+        if job.deadline is not None and time.time() >= job.deadline:
+            return queue_timeout(job)
+        if self.lane.draining:
+            return Failed(
+                request_id=job.request_id,
+                status=503,
+                error_type=str(ErrorType.QUEUE_FULL),
+                message="Corral is draining its queue for maintenance; please retry shortly",
+                details={"retry_after_s": 30},
+            )
+        cap = self.max_queued_per_key
+        if cap > 0 and job.client_key:
+            queued = self.lane.count(lambda e: e.job.client_key == job.client_key)
+            if queued >= cap:
+                return Failed(
+                    request_id=job.request_id,
+                    status=429,
+                    error_type=str(ErrorType.RATE_LIMIT_EXCEEDED),
+                    message=f"too many queued requests: this client already has {queued} "
+                    f"waiting (the limit is {cap}); retry when one has finished",
+                    details={
+                        "queued": queued,
+                        "limit": cap,
+                        "retry_after_s": self._retry_after_s(job.client_key),
+                    },
+                )
+        return None
+
+    def _retry_after_s(self, key: str) -> int:
+        """When the caller's first queued job should have finished, freeing a place."""
+        ahead_ms = self.executor.remaining_ms()
+        for entry in self.lane:
+            ahead_ms += entry.estimate_ms
+            if entry.job.client_key == key:
+                break
+        return max(1, math.ceil(ahead_ms / 1000))
+
     async def on_control(self, message: AbstractIncomingMessage) -> None:
         async with message.process(ignore_processed=True):
             if message.routing_key == STATUS_REQUEST_KEY:
                 self.executor.status_requested.set()
+                return
+            if message.routing_key == LANE_COMMAND_KEY:
+                self._command(message.body)
                 return
             if not message.routing_key or not message.routing_key.startswith("cancel."):
                 return
@@ -121,6 +187,23 @@ class Admission:
             except ValidationError:
                 return
             await self.cancel(request.request_id, request.reason)
+
+    def _command(self, body: bytes) -> None:
+        try:
+            command = LaneCommand.model_validate_json(body)
+        except ValidationError:
+            log.warning("unreadable lane command dropped")
+            return
+        log.info("lane command", action=command.action)
+        if command.action == "pause":
+            self.lane.pause()
+        elif command.action == "drain":
+            self.lane.draining = True
+        else:
+            self.lane.resume()
+        metrics.LANE_STATE.labels("paused").set(int(self.lane.paused))
+        metrics.LANE_STATE.labels("draining").set(int(self.lane.draining))
+        self.executor.status_requested.set()
 
     async def cancel(self, request_id: str, reason: str) -> str:
         """Returns the stage the job was cancelled at, or "unknown" when it is not held here."""

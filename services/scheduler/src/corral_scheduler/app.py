@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
@@ -21,6 +22,8 @@ from corral_scheduler.eta import SpeedBook
 from corral_scheduler.events import EventSink
 from corral_scheduler.executor import Executor
 from corral_scheduler.lane import Lane
+from corral_scheduler.load_guard import GuardPolicy, LoadGuard
+from corral_scheduler.ordering import Ordering, OrderingPolicy
 from corral_scheduler.positions import PositionBroadcaster
 from corral_scheduler.settings import SchedulerSettings
 from corral_scheduler.status import StatusReporter
@@ -67,7 +70,16 @@ async def backend_ctx(app: web.Application) -> AsyncIterator[None]:
 async def lane_ctx(app: web.Application) -> AsyncIterator[None]:
     settings, broker = app[SETTINGS], app[BROKER]
     scheduler_id = settings.instance_id
-    lane = Lane()
+    lane = Lane(
+        Ordering(
+            OrderingPolicy(
+                fair_share=settings.fair_share,
+                aging_s=settings.aging_s,
+                group_bound=settings.group_bound,
+            ),
+            time.monotonic,
+        )
+    )
     sink = EventSink(broker)
     speeds = SpeedBook(
         prompt_tokens_per_s=settings.prior_prompt_tokens_per_s,
@@ -75,8 +87,17 @@ async def lane_ctx(app: web.Application) -> AsyncIterator[None]:
         load_ms=settings.prior_load_ms,
         eval_count=settings.prior_eval_count,
     )
-    executor = Executor(lane, app[BACKEND], sink, speeds)
-    admission = Admission(scheduler_id, lane, executor, sink, speeds)
+    guard = LoadGuard(
+        GuardPolicy(
+            num_ctx=settings.num_ctx_policy,
+            default_num_ctx=settings.default_num_ctx,
+            num_ctx_max=settings.num_ctx_max,
+            keep_alive_min_s=settings.keep_alive_min_s,
+            keep_alive_max_s=settings.keep_alive_max_s,
+        )
+    )
+    executor = Executor(lane, app[BACKEND], sink, speeds, guard)
+    admission = Admission(scheduler_id, lane, executor, sink, speeds, settings.max_queued_per_key)
     status = StatusReporter(
         scheduler_id, broker, app[BACKEND], executor, settings.status_interval_s
     )

@@ -17,6 +17,17 @@ import orjson
 from corral_common.messages import JobKind
 from corral_common.ollama import UNREACHABLE_ERRORS, status_error, unreachable
 
+# Where each job kind goes. Loads and unloads are Ollama's own idiom: an empty generate
+# request (with `keep_alive: 0` to unload).
+KIND_PATHS: dict[str, str] = {
+    "chat": "/api/chat",
+    "generate": "/api/generate",
+    "embed": "/api/embed",
+    "embeddings": "/api/embeddings",
+    "load": "/api/generate",
+    "unload": "/api/generate",
+}
+
 
 class BackendStreamError(Exception):
     """The backend sent an `{"error": ...}` line after the response had started."""
@@ -46,7 +57,7 @@ class OllamaBackend:
         body = orjson.dumps({**payload, "stream": True})
         try:
             response = await self._session.post(
-                f"{self.base_url}/api/{kind}",
+                f"{self.base_url}{KIND_PATHS[kind]}",
                 data=body,
                 headers={"Content-Type": "application/json"},
                 timeout=self._timeout,
@@ -59,6 +70,26 @@ class OllamaBackend:
             yield _chunks(response)
         finally:
             response.close()
+
+    async def call(self, kind: JobKind, payload: dict[str, Any]) -> dict[str, Any]:
+        """One request, one JSON answer (embeddings, loads, unloads). Cancelling the caller
+        closes the upstream connection, as for a generation."""
+        body = orjson.dumps({**payload, "stream": False} if kind in ("load", "unload") else payload)
+        try:
+            async with self._session.post(
+                f"{self.base_url}{KIND_PATHS[kind]}",
+                data=body,
+                headers={"Content-Type": "application/json"},
+                timeout=self._timeout,
+            ) as response:
+                if response.status != 200:
+                    raise await status_error(response)
+                answer = orjson.loads(await response.read())
+        except UNREACHABLE_ERRORS as exc:
+            raise unreachable(self.base_url, exc) from exc
+        except orjson.JSONDecodeError as exc:
+            raise BackendStreamError(f"backend answered with invalid JSON: {exc}") from exc
+        return answer if isinstance(answer, dict) else {"value": answer}
 
     async def version(self) -> str:
         data = await self._get_json("/api/version", timeout_s=2.0)

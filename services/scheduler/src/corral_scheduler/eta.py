@@ -10,6 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from corral_common.messages import STREAMED_KINDS, JobKind
+
 NS_PER_MS = 1_000_000
 # Below this a reported load_duration is the backend touching an already-loaded model.
 REAL_LOAD_MS = 50.0
@@ -78,15 +80,26 @@ class SpeedBook:
         current.samples += 1
 
     def estimate_ms(
-        self, model: str, prompt_chars: int, num_predict: int | None, loaded_model: str | None
+        self,
+        model: str,
+        prompt_chars: int,
+        num_predict: int | None,
+        loaded_model: str | None,
+        kind: JobKind = "chat",
     ) -> int:
+        if kind == "unload":
+            return 0
         speed = self.speed(model)
-        tokens_out = num_predict if num_predict is not None and num_predict > 0 else None
-        expected_out = min(tokens_out, speed.eval_count) if tokens_out else speed.eval_count
-        total = 1000.0 * estimate_prompt_tokens(prompt_chars) / speed.prompt_tokens_per_s
-        total += 1000.0 * expected_out / speed.eval_tokens_per_s
+        total = 0.0
         if loaded_model is None or loaded_model.lower() != model.lower():
             total += speed.load_ms
+        if kind == "load":
+            return round(total)
+        total += 1000.0 * estimate_prompt_tokens(prompt_chars) / speed.prompt_tokens_per_s
+        if kind in STREAMED_KINDS:
+            tokens_out = num_predict if num_predict is not None and num_predict > 0 else None
+            expected_out = min(tokens_out, speed.eval_count) if tokens_out else speed.eval_count
+            total += 1000.0 * expected_out / speed.eval_tokens_per_s
         return round(total)
 
 

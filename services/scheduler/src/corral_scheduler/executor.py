@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections import deque
+from collections import Counter, deque
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,20 +18,25 @@ from opentelemetry import trace
 
 from corral_common.errors import CorralError, ErrorType
 from corral_common.messages import (
+    MODEL_OPERATION_KINDS,
+    STREAMED_KINDS,
     Cancelled,
     CancelStage,
     Done,
     Failed,
     Job,
+    ModelActivity,
     Started,
     Tokens,
 )
+from corral_common.model_names import canonical_model_name, same_model
 from corral_common.telemetry import extract_context, tracer
 from corral_scheduler import metrics
 from corral_scheduler.backend import BackendStreamError, OllamaBackend
 from corral_scheduler.eta import SpeedBook
 from corral_scheduler.events import EventSink, TokenBatcher
 from corral_scheduler.lane import Entry, Lane
+from corral_scheduler.load_guard import GuardPolicy, LoadGuard
 
 log = structlog.get_logger(__name__)
 
@@ -55,13 +60,17 @@ class Executor:
         backend: OllamaBackend,
         sink: EventSink,
         speeds: SpeedBook,
+        guard: LoadGuard | None = None,
     ) -> None:
         self.lane = lane
+        self.guard = guard or LoadGuard(GuardPolicy())
         self.backend = backend
         self.sink = sink
         self.speeds = speeds
         self.running: Running | None = None
         self.loaded_model: str | None = None
+        # When each model's last job ended (epoch s), for the model manager's idle unloading.
+        self.last_used: dict[str, float] = {}
         # Bumped on every broker connection loss; see Entry.generation.
         self.generation = 0
         self.lane_moved = asyncio.Event()
@@ -71,9 +80,13 @@ class Executor:
 
     async def run_forever(self) -> None:
         while True:
-            entry = await self.lane.pop()
+            entry = await self.lane.pop(lambda: self.loaded_model)
             if entry.generation < self.generation:
                 # Its delivery died with the old connection; the broker hands it out again.
+                continue
+            deadline = entry.job.deadline
+            if deadline is not None and time.time() >= deadline:
+                await self._expire(entry)
                 continue
             task = asyncio.create_task(self._run(entry), name=f"job-{entry.request_id}")
             self.running = Running(entry, task, time.monotonic())
@@ -94,6 +107,13 @@ class Executor:
                 while self.finished_at[0] < now - RATE_WINDOW_S:
                     self.finished_at.popleft()
                 self.lane_moved.set()
+
+    async def _expire(self, entry: Entry) -> None:
+        """The job waited past its deadline: it never starts; its client gets a 408."""
+        metrics.JOBS.labels("queue_timeout").inc()
+        await self.sink.send_quietly(entry.job, queue_timeout(entry.job))
+        self.lane_moved.set()
+        await self._ack(entry)
 
     def cancel_running(self, request_id: str, reason: str) -> bool:
         running = self.running
@@ -154,63 +174,12 @@ class Executor:
                 job, Tokens(request_id=job.request_id, seq=seq, chunks=chunks)
             )
         )
-        started = time.monotonic()
-        if self.loaded_model is not None and self.loaded_model.lower() != job.model.lower():
-            metrics.MODEL_SWAPS.inc()
         try:
-            async with self.backend.generation(job.kind, job.payload) as chunks:
-                await self.sink.send(
-                    job,
-                    Started(
-                        request_id=job.request_id,
-                        waited_ms=waited_ms,
-                        redelivered=bool(getattr(entry.delivery, "redelivered", False)),
-                    ),
-                )
-                if running is not None:
-                    running.stage = "prompt"
-                final: dict[str, Any] = {}
-                text: list[str] = []
-                thinking: list[str] = []
-                tool_calls: list[dict[str, Any]] = []
-                async for chunk in chunks:
-                    if running is not None and running.tokens == 0:
-                        running.stage = "generating"
-                        metrics.TIME_TO_FIRST_TOKEN.labels(job.model).observe(
-                            time.monotonic() - started
-                        )
-                    if running is not None:
-                        running.tokens += 1
-                    if chunk.get("done"):
-                        final = chunk
-                    else:
-                        batcher.add(chunk)
-                    part = _answer_part(chunk)
-                    text.append(str(part.get("content") or ""))
-                    thinking.append(str(part.get("thinking") or ""))
-                    tool_calls.extend(part.get("tool_calls") or [])
-            batches = await batcher.close()
-            self.loaded_model = job.model
-            self._observe(job, final, time.monotonic() - started, span)
-            await self.sink.send(
-                job,
-                Done(
-                    request_id=job.request_id,
-                    gateway_id=job.gateway_id,
-                    token_batches=batches,
-                    final=final,
-                    text="".join(text),
-                    thinking="".join(thinking),
-                    tool_calls=tool_calls,
-                    enqueued_at=job.enqueued_at,
-                    waited_ms=waited_ms,
-                    model=job.model,
-                    job_kind=job.kind,
-                    session_id=job.session_id,
-                    turn=job.turn,
-                    owner=job.owner,
-                ),
-            )
+            if job.kind in STREAMED_KINDS:
+                done = await self._stream(entry, waited_ms, batcher, span)
+            else:
+                done = await self._call(entry, waited_ms)
+            await self.sink.send(job, done)
             return "done"
         except asyncio.CancelledError:
             await batcher.abort()
@@ -256,6 +225,132 @@ class Executor:
             # Anything else (a bug, shutdown): the token pump must not outlive its job.
             await batcher.abort()
             raise
+        finally:
+            self._finished_with(job)
+
+    async def _stream(
+        self, entry: Entry, waited_ms: int, batcher: TokenBatcher, span: trace.Span
+    ) -> Done:
+        """A chat or generate: the backend's chunks go out as token batches as they come."""
+        job = entry.job
+        running = self.running
+        started = time.monotonic()
+        if self.loaded_model is not None and not same_model(self.loaded_model, job.model):
+            metrics.MODEL_SWAPS.inc()
+        final: dict[str, Any] = {}
+        text: list[str] = []
+        thinking: list[str] = []
+        tool_calls: list[dict[str, Any]] = []
+        async with self.backend.generation(job.kind, self.guard.payload(job)) as chunks:
+            await self.sink.send(
+                job,
+                Started(
+                    request_id=job.request_id,
+                    waited_ms=waited_ms,
+                    redelivered=bool(getattr(entry.delivery, "redelivered", False)),
+                ),
+            )
+            if running is not None:
+                running.stage = "prompt"
+            async for chunk in chunks:
+                if running is not None and running.tokens == 0:
+                    running.stage = "generating"
+                    metrics.TIME_TO_FIRST_TOKEN.labels(job.model).observe(
+                        time.monotonic() - started
+                    )
+                if running is not None:
+                    running.tokens += 1
+                if chunk.get("done"):
+                    final = chunk
+                else:
+                    batcher.add(chunk)
+                part = _answer_part(chunk)
+                text.append(str(part.get("content") or ""))
+                thinking.append(str(part.get("thinking") or ""))
+                tool_calls.extend(part.get("tool_calls") or [])
+        batches = await batcher.close()
+        self.loaded_model = None if final.get("done_reason") == "unload" else job.model
+        self._observe(job, final, time.monotonic() - started, span)
+        return Done(
+            request_id=job.request_id,
+            gateway_id=job.gateway_id,
+            token_batches=batches,
+            final=final,
+            text="".join(text),
+            thinking="".join(thinking),
+            tool_calls=tool_calls,
+            enqueued_at=job.enqueued_at,
+            waited_ms=waited_ms,
+            model=job.model,
+            job_kind=job.kind,
+            session_id=job.session_id,
+            turn=job.turn,
+            owner=job.owner,
+        )
+
+    async def _call(self, entry: Entry, waited_ms: int) -> Done:
+        """Embeddings, loads and unloads: one request, one answer, carried whole in `final`."""
+        job = entry.job
+        if job.kind == "unload" and not job.force:
+            # Work for this model is queued behind us: unloading now would only make it
+            # reload. (Nothing is running: this is the running job.)
+            queued = self.lane.count(lambda e: same_model(e.job.model, job.model))
+            if queued:
+                metrics.MODEL_OPERATIONS.labels(job.kind, "skipped_busy").inc()
+                raise CorralError(
+                    ErrorType.MODEL_BUSY,
+                    f"model '{job.model}' has {queued} queued request(s); not unloaded",
+                    details={"model": job.model, "queued": queued},
+                )
+        if job.kind in MODEL_OPERATION_KINDS:
+            log.info("model operation", operation=job.kind, model=job.model)
+        answer = await self.backend.call(job.kind, self.guard.payload(job))
+        if job.kind == "unload":
+            if self.loaded_model is not None and same_model(self.loaded_model, job.model):
+                self.loaded_model = None
+        else:
+            if self.loaded_model is not None and not same_model(self.loaded_model, job.model):
+                metrics.MODEL_SWAPS.inc()
+            self.loaded_model = job.model
+        if job.kind in MODEL_OPERATION_KINDS:
+            metrics.MODEL_OPERATIONS.labels(job.kind, "done").inc()
+        load_ns = answer.get("load_duration")
+        if isinstance(load_ns, int) and load_ns >= 50_000_000:
+            metrics.MODEL_LOADS.labels(job.model).inc()
+        return Done(
+            request_id=job.request_id,
+            gateway_id=job.gateway_id,
+            token_batches=0,
+            final=answer,
+            text="",
+            enqueued_at=job.enqueued_at,
+            waited_ms=waited_ms,
+            model=job.model,
+            job_kind=job.kind,
+        )
+
+    def _finished_with(self, job: Job) -> None:
+        key = canonical_model_name(job.model)
+        if job.kind == "unload":
+            self.last_used.pop(key, None)
+        else:
+            self.last_used[key] = time.time()
+
+    def model_activity(self) -> list[ModelActivity]:
+        """Queued and running work per model, and when each was last used."""
+        queued: Counter[str] = Counter(canonical_model_name(e.job.model) for e in self.lane)
+        running = self.running
+        running_key = canonical_model_name(running.entry.job.model) if running else None
+        names = set(queued) | set(self.last_used) | ({running_key} if running_key else set())
+        return [
+            ModelActivity(
+                model=name,
+                queued=queued[name],
+                running=1 if name == running_key else 0,
+                last_used_at=self.last_used.get(name),
+            )
+            for name in sorted(names)
+        ]
 
     def _observe(self, job: Job, final: dict[str, Any], seconds: float, span: trace.Span) -> None:
         self.speeds.observe(job.model, final)
@@ -278,6 +373,17 @@ class Executor:
             await entry.delivery.ack()
         except Exception as exc:  # the channel died; the broker will redeliver the job
             log.warning("ack failed", error=str(exc))
+
+
+def queue_timeout(job: Job) -> Failed:
+    waited_s = max(0.0, time.time() - job.enqueued_at)
+    return Failed(
+        request_id=job.request_id,
+        status=408,
+        error_type=str(ErrorType.QUEUE_TIMEOUT),
+        message=f"request timed out in the queue after {waited_s:.1f} s",
+        details={"waited_ms": round(waited_s * 1000)},
+    )
 
 
 def record_phase_spans(job: Job, final: dict[str, Any], parent: trace.Span) -> None:

@@ -7,12 +7,14 @@ cancel removes. Position = jobs ahead: the running one (if any) plus those earli
 from __future__ import annotations
 
 import asyncio
+import time
 from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from corral_common.messages import Job
+from corral_common.messages import Job, Priority
+from corral_scheduler.ordering import ANONYMOUS, Ordering, OrderingPolicy
 
 
 @dataclass(eq=False)
@@ -27,16 +29,35 @@ class Entry:
     estimate_ms: int = 0
     last_sent: tuple[int, int] | None = field(default=None)
     last_sent_at: float = 0.0
+    # Times a job for the loaded model was run before this one (ordering's grouping bound).
+    overtaken: int = 0
 
     @property
     def request_id(self) -> str:
         return self.job.request_id
 
+    @property
+    def key(self) -> str:
+        return self.job.client_key or ANONYMOUS
+
+    @property
+    def priority(self) -> Priority:
+        return self.job.priority
+
+    @property
+    def model(self) -> str:
+        return self.job.model
+
 
 class Lane:
-    def __init__(self) -> None:
+    def __init__(self, ordering: Ordering | None = None) -> None:
         self._waiting: OrderedDict[str, Entry] = OrderedDict()
-        self._nonempty = asyncio.Event()
+        # Set while there is something to run and the lane is not paused.
+        self._runnable = asyncio.Event()
+        self.paused = False
+        # Draining: the jobs held run to the end, new ones are refused.
+        self.draining = False
+        self.ordering = ordering or Ordering(OrderingPolicy(), time.monotonic)
 
     def __len__(self) -> int:
         return len(self._waiting)
@@ -45,17 +66,39 @@ class Lane:
         return request_id in self._waiting
 
     def __iter__(self) -> Iterator[Entry]:
-        return iter(list(self._waiting.values()))
+        """Waiting entries in the order they will run."""
+        return iter(self.ordered())
+
+    def ordered(self) -> list[Entry]:
+        return self.ordering.order(self._waiting.values())  # type: ignore[return-value]
+
+    def count(self, predicate: Callable[[Entry], bool]) -> int:
+        return sum(1 for entry in self._waiting.values() if predicate(entry))
 
     def push(self, entry: Entry) -> None:
         self._waiting[entry.request_id] = entry
-        self._nonempty.set()
+        self._update()
 
     def remove(self, request_id: str) -> Entry | None:
         entry = self._waiting.pop(request_id, None)
-        if not self._waiting:
-            self._nonempty.clear()
+        self._update()
         return entry
+
+    def pause(self) -> None:
+        """Hold every waiting job (the running one finishes); positions keep flowing."""
+        self.paused = True
+        self._update()
+
+    def resume(self) -> None:
+        self.paused = False
+        self.draining = False
+        self._update()
+
+    def _update(self) -> None:
+        if self._waiting and not self.paused:
+            self._runnable.set()
+        else:
+            self._runnable.clear()
 
     def drop_generation_before(self, generation: int) -> list[Entry]:
         stale = [e for e in self._waiting.values() if e.generation < generation]
@@ -63,14 +106,25 @@ class Lane:
             self.remove(entry.request_id)
         return stale
 
-    async def pop(self) -> Entry:
-        while not self._waiting:
-            await self._nonempty.wait()
-        _, entry = self._waiting.popitem(last=False)
-        if not self._waiting:
-            self._nonempty.clear()
-        return entry
+    async def pop(self, loaded_model: Callable[[], str | None] = lambda: None) -> Entry:
+        """The entry to run next (by the ordering policy), once there is one."""
+        while not self._runnable.is_set():
+            await self._runnable.wait()
+        chosen = self.ordering.choose(self._waiting.values(), loaded_model())
+        self.remove(chosen.request_id)
+        return chosen  # type: ignore[return-value]
+
+    def ahead_of(self, request_id: str) -> list[Entry] | None:
+        """The entries that will run before this one; None if it is not waiting."""
+        if request_id not in self._waiting:
+            return None
+        ahead: list[Entry] = []
+        for entry in self.ordered():
+            if entry.request_id == request_id:
+                return ahead
+            ahead.append(entry)
+        return None
 
     def positions(self, running: bool) -> list[tuple[Entry, int]]:
         ahead = 1 if running else 0
-        return [(entry, ahead + index) for index, entry in enumerate(self._waiting.values())]
+        return [(entry, ahead + index) for index, entry in enumerate(self.ordered())]

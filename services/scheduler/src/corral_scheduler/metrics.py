@@ -36,3 +36,17 @@ ESTIMATE_ERROR = Histogram(
     "Absolute error of the first wait estimate a job was given",
     buckets=WAIT_BUCKETS,
 )
+NUM_CTX_NORMALISED = Counter(
+    "corral_num_ctx_normalised_total",
+    "Requests whose num_ctx was rewritten to the loaded model's, avoiding a reload",
+    ["model"],
+)
+KEEP_ALIVE_CLAMPED = Counter(
+    "corral_keep_alive_clamped_total", "Requests whose keep_alive was clamped", ["model"]
+)
+MODEL_OPERATIONS = Counter(
+    "corral_model_operations_total",
+    "Loads and unloads run through the lane, by outcome",
+    ["kind", "outcome"],
+)
+LANE_STATE = Gauge("corral_lane_state", "1 while the lane is paused or draining", ["state"])

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import Field
 
 from corral_common.settings import CorralSettings
@@ -21,3 +23,24 @@ class SchedulerSettings(CorralSettings):
     prior_eval_tokens_per_s: float = Field(default=15.0, gt=0)
     prior_load_ms: float = Field(default=3000.0, ge=0)
     prior_eval_count: float = Field(default=250.0, gt=0)
+    # The reload thrash guard (load_guard.py): "sticky" serves every request that fits in a
+    # model's loaded context with that context, so differing num_ctx values do not reload it;
+    # "pass" sends num_ctx as clients wrote it.
+    num_ctx_policy: Literal["sticky", "pass"] = "sticky"
+    # The backend's num_ctx when a request names none (OLLAMA_CONTEXT_LENGTH, 4096 by default).
+    default_num_ctx: int = Field(default=4096, ge=1)
+    # A context grown by the guard stops here (0: no cap beyond what a request asks for).
+    num_ctx_max: int = Field(default=0, ge=0)
+    # keep_alive from clients is clamped into [min, max] seconds when set; unset = untouched.
+    keep_alive_min_s: float | None = Field(default=None, ge=0)
+    keep_alive_max_s: float | None = Field(default=None, ge=0)
+    # Ordering (ordering.py). Callers (X-Client-Id, later API keys) take turns when on.
+    fair_share: bool = True
+    # A waiting job rises one priority class (batch -> normal -> interactive) per this many
+    # seconds, so batch work always progresses (0: no aging).
+    aging_s: float = Field(default=30.0, ge=0)
+    # A job for the already-loaded model may run before jobs that would swap models, but no
+    # job is overtaken more than this many times (0: strict order, no grouping).
+    group_bound: int = Field(default=2, ge=0)
+    # Queued jobs one caller may hold in the lane; more are refused with 429 (0: no cap).
+    max_queued_per_key: int = Field(default=64, ge=0)

@@ -12,13 +12,23 @@ from aio_pika.abc import AbstractChannel
 
 from corral_common.broker import Broker, BrokerUnavailable, encode
 from corral_common.errors import CorralError
-from corral_common.messages import BackendStatus, QueueStatus, SchedulerStatus
+from corral_common.messages import (
+    BackendStatus,
+    Job,
+    LaneEntry,
+    QueueStatus,
+    SchedulerStatus,
+)
 from corral_common.topology import JOBS_QUEUE, STATUS_ROUTING_KEY
 from corral_scheduler.backend import OllamaBackend
 from corral_scheduler.eta import cumulative_waits
 from corral_scheduler.executor import RATE_WINDOW_S, Executor
 
 log = structlog.get_logger(__name__)
+
+# Jobs listed in each status broadcast (the running one and the next ones), for ops and
+# GET /queue/{id}; beyond this the lane is only counted.
+LANE_LISTED = 200
 
 
 class StatusReporter:
@@ -65,7 +75,37 @@ class StatusReporter:
                 average_wait_ms=round(sum(waits) / len(waits)) if waits else 0,
                 processing_rate=round(len(recent) / RATE_WINDOW_S, 3),
             ),
+            models=executor.model_activity(),
+            lane=self._lane(waits),
+            paused=executor.lane.paused,
+            draining=executor.lane.draining,
         )
+
+    def _lane(self, waits: list[int]) -> list[LaneEntry]:
+        executor = self.executor
+        now = time.time()
+        listed: list[tuple[Job, int, int]] = []
+        if executor.running is not None:
+            listed.append((executor.running.entry.job, 0, 0))
+        for (entry, position), wait_ms in zip(
+            executor.lane.positions(executor.running is not None), waits, strict=False
+        ):
+            if len(listed) >= LANE_LISTED:
+                break
+            listed.append((entry.job, position, wait_ms))
+        return [
+            LaneEntry(
+                request_id=job.request_id,
+                kind=job.kind,
+                model=job.model,
+                position=position,
+                estimated_wait_ms=wait_ms,
+                waited_ms=round((now - job.enqueued_at) * 1000),
+                priority=job.priority,
+                client_key=job.client_key,
+            )
+            for job, position, wait_ms in listed
+        ]
 
     async def _probe_backend(self) -> BackendStatus:
         url = self.backend.base_url

@@ -1,0 +1,90 @@
+"""Operator endpoints under `/admin`: warm a model up or unload it (through the serial lane, so
+never during a generation) and watch pulls. Corral-shaped answers and errors."""
+
+from __future__ import annotations
+
+import time
+
+from aiohttp import web
+
+from corral_common.errors import CorralError, ErrorType
+from corral_common.ids import new_id
+from corral_common.messages import Job, JobKind
+from corral_gateway.jobs import run_job
+from corral_gateway.progress import MODEL_MANAGER
+from corral_gateway.state import GATEWAY
+from corral_gateway.wire import json_response
+
+
+def add_routes(app: web.Application) -> None:
+    # Model names may hold `/` (`namespace/model:tag`), hence the regex.
+    app.router.add_post(r"/admin/models/{name:.+}/load", load)
+    app.router.add_post(r"/admin/models/{name:.+}/unload", unload)
+    app.router.add_get("/admin/pulls", pulls)
+
+
+async def load(request: web.Request) -> web.Response:
+    return await _operate(request, "load")
+
+
+async def unload(request: web.Request) -> web.Response:
+    return await _operate(request, "unload")
+
+
+async def pulls(request: web.Request) -> web.Response:
+    try:
+        answer = await request.app[GATEWAY].rpc.call(MODEL_MANAGER, "pulls")
+    except CorralError as exc:
+        return json_response(exc.corral_body(), exc.status, exc.headers)
+    return json_response(answer, 200)
+
+
+async def _operate(request: web.Request, kind: JobKind) -> web.Response:
+    gateway = request.app[GATEWAY]
+    model = request.match_info["name"]
+    request_id = request.headers.get("X-Request-Id") or new_id()
+    headers = {"X-Request-Id": request_id}
+    payload: dict[str, object] = {"model": model}
+    if kind == "unload":
+        payload["keep_alive"] = 0
+    elif "keep_alive" in request.query:
+        payload["keep_alive"] = request.query["keep_alive"]
+    try:
+        force = _flag(request.query.get("force", "false"))
+        await gateway.models.check(model)
+        done = await run_job(
+            gateway,
+            Job(
+                request_id=request_id,
+                gateway_id=gateway.settings.instance_id,
+                kind=kind,
+                model=model,
+                payload=payload,
+                queue_progress=False,
+                enqueued_at=time.time(),
+                force=force,
+            ),
+        )
+    except CorralError as exc:
+        return json_response(exc.corral_body(), exc.status, {**headers, **exc.headers})
+    return json_response(
+        {
+            "model": model,
+            "action": kind,
+            "request_id": request_id,
+            "waited_ms": done.waited_ms,
+            "done_reason": done.final.get("done_reason"),
+            "load_duration": done.final.get("load_duration"),
+        },
+        200,
+        headers,
+    )
+
+
+def _flag(value: str) -> bool:
+    lowered = value.strip().lower()
+    if lowered in ("1", "true", "yes"):
+        return True
+    if lowered in ("0", "false", "no", ""):
+        return False
+    raise CorralError(ErrorType.INVALID_REQUEST, f"force must be true or false, not {value!r}")

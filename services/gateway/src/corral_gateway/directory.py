@@ -1,0 +1,63 @@
+"""Which models the backend has, so a request for one it lacks is answered at once (404 with
+the models that do exist) instead of after a wait in the queue.
+
+The model manager broadcasts the list whenever it changes; a name missing from it triggers one
+forced refresh before the gateway says no, so a model pulled behind Corral's back is still
+found. Without a model manager the check steps aside and the backend decides, as before.
+"""
+
+from __future__ import annotations
+
+import time
+
+import structlog
+
+from corral_common.errors import CorralError, ErrorType
+from corral_common.messages import ModelList
+from corral_common.model_names import canonical_model_name
+from corral_common.rpc import RpcClient
+
+log = structlog.get_logger(__name__)
+
+MODEL_MANAGER = "model-manager"
+
+
+class ModelDirectory:
+    def __init__(self, rpc: RpcClient) -> None:
+        self._rpc = rpc
+        self._names: frozenset[str] | None = None
+        self.updated_at = 0.0
+
+    @property
+    def names(self) -> list[str]:
+        return sorted(self._names or ())
+
+    def update(self, models: ModelList) -> None:
+        self._set(models.models)
+
+    def _set(self, names: list[str]) -> None:
+        self._names = frozenset(canonical_model_name(name) for name in names)
+        self.updated_at = time.time()
+
+    def knows(self, model: str) -> bool:
+        return self._names is not None and canonical_model_name(model) in self._names
+
+    async def check(self, model: str, *, not_found: str | None = None) -> None:
+        """Raise model_not_found unless the backend has `model`. `not_found` is the Ollama
+        text for the endpoint at hand (chat and embed word it differently)."""
+        if self.knows(model):
+            return
+        try:
+            answer = await self._rpc.call(MODEL_MANAGER, "model_names", refresh=True)
+        except CorralError as exc:
+            # No model manager, or the backend is down: let the backend have its say.
+            log.debug("model list unavailable", error=exc.message)
+            return
+        self._set([str(name) for name in answer.get("models") or []])
+        if self.knows(model):
+            return
+        raise CorralError(
+            ErrorType.MODEL_NOT_FOUND,
+            not_found or f"model '{model}' not found",
+            details={"requested_model": model, "available_models": self.names},
+        )

@@ -1,0 +1,188 @@
+"""The queue as clients and operators see it: `GET /queue/{request_id}` for anyone, and under
+`/admin` the whole lane, cancelling a request, pausing / resuming / draining the lane and
+inspecting the dead-letter queue. Corral-shaped answers and errors."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import aio_pika
+from aiohttp import web
+
+from corral_common.broker import BrokerUnavailable, encode
+from corral_common.errors import CorralError, ErrorType
+from corral_common.messages import Job, LaneCommand, LaneEntry, SchedulerStatus
+from corral_common.topology import DLQ_QUEUE, LANE_COMMAND_KEY, STATUS_REQUEST_KEY
+from corral_gateway.state import GATEWAY, Gateway
+from corral_gateway.wire import json_response
+
+# How long an admin view waits for the schedulers to report the lane as it is now.
+FRESH_STATUS_WAIT_S = 1.0
+DLQ_PEEK_MAX = 100
+
+
+def add_routes(app: web.Application) -> None:
+    app.router.add_get("/queue/{request_id}", where)
+    app.router.add_get("/admin/queue", listing)
+    app.router.add_delete("/admin/queue/{request_id}", cancel)
+    app.router.add_post("/admin/lane/{action}", command)
+    app.router.add_get("/admin/dlq", dead_letters)
+
+
+async def where(request: web.Request) -> web.Response:
+    gateway = request.app[GATEWAY]
+    request_id = request.match_info["request_id"]
+    relay = gateway.relays.get(request_id)
+    spot = relay.where if relay is not None else None
+    if spot is None:
+        entry = _find(await _statuses(gateway), request_id)
+        spot = (entry.position, entry.estimated_wait_ms) if entry is not None else None
+    if spot is None:
+        return _error(
+            CorralError(
+                ErrorType.REQUEST_NOT_FOUND,
+                f"request '{request_id}' is not queued or running",
+                details={"request_id": request_id},
+            )
+        )
+    position, wait_ms = spot
+    return json_response(
+        {
+            "request_id": request_id,
+            "state": "running" if position == 0 else "queued",
+            "position": position,
+            "estimated_wait_ms": wait_ms,
+        },
+        200,
+        {"X-Queue-Position": str(position), "X-Estimated-Wait-Ms": str(wait_ms)},
+    )
+
+
+async def listing(request: web.Request) -> web.Response:
+    statuses = await _statuses(request.app[GATEWAY])
+    entries = sorted((e for s in statuses for e in s.lane), key=lambda e: e.position)
+    return json_response(
+        {
+            "schedulers": [
+                {
+                    "scheduler_id": s.scheduler_id,
+                    "paused": s.paused,
+                    "draining": s.draining,
+                    "running": s.queue.running,
+                    "waiting": s.queue.waiting,
+                }
+                for s in statuses
+            ],
+            "waiting": sum(s.queue.waiting for s in statuses),
+            "queue": [entry.model_dump() for entry in entries],
+        },
+        200,
+    )
+
+
+async def cancel(request: web.Request) -> web.Response:
+    gateway = request.app[GATEWAY]
+    request_id = request.match_info["request_id"]
+    found = _find(gateway.hub.status.fresh(), request_id) is not None
+    if not gateway.broker.connected:
+        return _error(CorralError(ErrorType.BROKER_UNAVAILABLE, "message broker is unavailable"))
+    await gateway.submitter.cancel(request_id, "cancelled by an operator")
+    return json_response({"request_id": request_id, "cancel_requested": True, "found": found}, 202)
+
+
+async def command(request: web.Request) -> web.Response:
+    gateway = request.app[GATEWAY]
+    action = request.match_info["action"]
+    if action not in ("pause", "resume", "drain"):
+        return _error(
+            CorralError(
+                ErrorType.INVALID_REQUEST,
+                f"unknown lane action {action!r}: use pause, resume or drain",
+            )
+        )
+    try:
+        await gateway.broker.publish_control(
+            LANE_COMMAND_KEY, encode(LaneCommand.model_validate({"action": action}))
+        )
+    except BrokerUnavailable as exc:
+        return _error(CorralError(ErrorType.BROKER_UNAVAILABLE, str(exc)))
+    statuses = await _statuses(gateway)
+    return json_response(
+        {
+            "action": action,
+            "schedulers": [
+                {"scheduler_id": s.scheduler_id, "paused": s.paused, "draining": s.draining}
+                for s in statuses
+            ],
+        },
+        202,
+    )
+
+
+async def dead_letters(request: web.Request) -> web.Response:
+    """The DLQ's depth and its first jobs. Peeking returns each message to the queue (and so
+    counts as a delivery of it)."""
+    gateway = request.app[GATEWAY]
+    try:
+        limit = max(0, min(DLQ_PEEK_MAX, int(request.query.get("limit", "20"))))
+    except ValueError:
+        return _error(CorralError(ErrorType.INVALID_REQUEST, "limit must be a number"))
+    try:
+        channel = await gateway.broker.channel()
+    except BrokerUnavailable as exc:
+        return _error(CorralError(ErrorType.BROKER_UNAVAILABLE, str(exc)))
+    async with channel:
+        queue = await channel.declare_queue(DLQ_QUEUE, passive=True)
+        depth = int(queue.declaration_result.message_count or 0)
+        peeked: list[aio_pika.abc.AbstractIncomingMessage] = []
+        for _ in range(min(limit, depth)):
+            message = await queue.get(no_ack=False, fail=False)
+            if message is None:
+                break
+            peeked.append(message)
+        jobs = [_dead_job(message) for message in peeked]
+        for message in peeked:
+            await message.nack(requeue=True)
+    return json_response({"queue": DLQ_QUEUE, "messages": depth, "jobs": jobs}, 200)
+
+
+def _dead_job(message: aio_pika.abc.AbstractIncomingMessage) -> dict[str, Any]:
+    deaths = (message.headers or {}).get("x-death")
+    reason = None
+    if isinstance(deaths, list) and deaths and isinstance(deaths[0], dict):
+        reason = str(deaths[0].get("reason"))
+    try:
+        job = Job.model_validate_json(message.body)
+    except ValueError:
+        return {"readable": False, "reason": reason, "bytes": len(message.body)}
+    return {
+        "readable": True,
+        "reason": reason,
+        "request_id": job.request_id,
+        "kind": job.kind,
+        "model": job.model,
+        "client_key": job.client_key,
+        "enqueued_at": job.enqueued_at,
+    }
+
+
+async def _statuses(gateway: Gateway) -> list[SchedulerStatus]:
+    asked_at = time.time()
+    try:
+        await gateway.broker.publish_control(STATUS_REQUEST_KEY, b"{}")
+    except BrokerUnavailable:
+        return gateway.hub.status.fresh()
+    return await gateway.hub.status.newer_than(asked_at, FRESH_STATUS_WAIT_S)
+
+
+def _find(statuses: list[SchedulerStatus], request_id: str) -> LaneEntry | None:
+    for status in statuses:
+        for entry in status.lane:
+            if entry.request_id == request_id:
+                return entry
+    return None
+
+
+def _error(error: CorralError) -> web.Response:
+    return json_response(error.corral_body(), error.status, error.headers)
