@@ -1,29 +1,58 @@
-"""The model manager's app factory: the catalogue, served over RPC as `model-manager`."""
+"""The model manager's app factory: the catalogue and model operations served over RPC as
+`model-manager`, the model list broadcast, and the unloader, each a resource of the app."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Coroutine
 from typing import Any
 
 import aiohttp
+import structlog
 from aiohttp import web
 
 from corral_common.broker import Broker
-from corral_common.errors import CorralError, ErrorType
 from corral_common.ops import add_ops_routes
 from corral_common.rpc import RpcServer
+from corral_common.topology import JOBS_ROUTING_KEY, MODELS_ROUTING_KEY, STATUS_REQUEST_KEY
+from corral_model_manager.backend import Backend
 from corral_model_manager.catalogue import ModelCatalogue
+from corral_model_manager.changes import ModelChanges
+from corral_model_manager.inbox import Inbox, open_inbox
+from corral_model_manager.jobs import JobSubmitter
+from corral_model_manager.model_list import ModelListBroadcaster, ModelNames
+from corral_model_manager.operations import ModelOperation, ModelOperations
+from corral_model_manager.rpc_methods import model_manager_methods
 from corral_model_manager.settings import ModelManagerSettings
+from corral_model_manager.unloader import (
+    MemoryProbe,
+    StatusBoard,
+    Unloader,
+    UnloadPolicy,
+    host_memory_percent,
+)
+
+log = structlog.get_logger(__name__)
 
 SERVICE = "model-manager"
 
 SETTINGS = web.AppKey("settings", ModelManagerSettings)
-BROKER = web.AppKey("broker", Broker)
+MEMORY_PROBE: web.AppKey[MemoryProbe] = web.AppKey("memory_probe")
+BACKEND = web.AppKey("backend", Backend)
 CATALOGUE = web.AppKey("catalogue", ModelCatalogue)
+BROKER = web.AppKey("broker", Broker)
+NAMES = web.AppKey("names", ModelNames)
+BROADCASTER = web.AppKey("broadcaster", ModelListBroadcaster)
+OPERATIONS = web.AppKey("operations", ModelOperations)
+SUBMITTER = web.AppKey("submitter", JobSubmitter)
+BOARD = web.AppKey("board", StatusBoard)
+UNLOADER = web.AppKey("unloader", Unloader)
+CHANGES = web.AppKey("changes", ModelChanges)
 RPC = web.AppKey("rpc", RpcServer)
 
 
-async def catalogue_ctx(app: web.Application) -> AsyncIterator[None]:
+async def backend_ctx(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
     async with aiohttp.ClientSession() as session:
         app[CATALOGUE] = ModelCatalogue(
@@ -32,6 +61,12 @@ async def catalogue_ctx(app: web.Application) -> AsyncIterator[None]:
             ttl_s=settings.model_info_ttl_s,
             timeout_s=settings.backend_timeout_s,
         )
+        app[BACKEND] = Backend(
+            session,
+            settings.ollama_url,
+            timeout_s=settings.backend_timeout_s,
+            stall_timeout_s=settings.operation_stall_timeout_s,
+        )
         yield
 
 
@@ -39,39 +74,124 @@ async def broker_ctx(app: web.Application) -> AsyncIterator[None]:
     broker = Broker(app[SETTINGS], SERVICE)
     await broker.start()
     app[BROKER] = broker
-    catalogue = app[CATALOGUE]
+    yield
+    await broker.close()
 
-    async def model_info(params: dict[str, Any]) -> Any:
-        model = params.get("model")
-        if not isinstance(model, str) or not model:
-            raise CorralError(ErrorType.INVALID_REQUEST, "model is required")
-        return await catalogue.model_info(model)
 
-    async def tags(_: dict[str, Any]) -> Any:
-        return await catalogue.tags()
+async def models_ctx(app: web.Application) -> AsyncIterator[None]:
+    """The model list, its broadcast, and pulls/creates (which change it)."""
+    settings, broker, catalogue = app[SETTINGS], app[BROKER], app[CATALOGUE]
+    broadcaster: ModelListBroadcaster | None = None
 
-    async def running(_: dict[str, Any]) -> Any:
-        return await catalogue.running()
+    def list_changed() -> None:
+        if broadcaster is not None:
+            broadcaster.wake()
 
-    async def show(params: dict[str, Any]) -> Any:
-        return await catalogue.show(params)
+    async def publish_list(body: bytes) -> None:
+        await broker.publish_event(MODELS_ROUTING_KEY, body, durable=False)
 
+    async def publish_event(routing_key: str, body: bytes) -> None:
+        await broker.publish_event(routing_key, body, durable=True)
+
+    names = ModelNames(catalogue.tags, on_change=list_changed)
+    broadcaster = ModelListBroadcaster(names, publish_list, interval_s=settings.models_broadcast_s)
+    changes = ModelChanges(catalogue, names, broadcaster)
+
+    async def after_success(operation: ModelOperation) -> None:
+        await changes.changed(operation.model)
+
+    operations = ModelOperations(
+        app[BACKEND],
+        publish_event,
+        interval_s=settings.pull_progress_interval_s,
+        on_success=after_success,
+    )
+    app[NAMES], app[BROADCASTER], app[CHANGES] = names, broadcaster, changes
+    app[OPERATIONS] = operations
+    async with _background(broadcaster.run_forever(), "model-list-broadcast"):
+        yield
+    await operations.close()
+
+
+async def lane_ctx(app: web.Application) -> AsyncIterator[None]:
+    """Jobs in the scheduler's lane (preloads, unloads) and what they need to decide."""
+    settings, broker = app[SETTINGS], app[BROKER]
+
+    async def publish_job(body: bytes) -> None:
+        await broker.publish_durable(broker.topology.jobs, JOBS_ROUTING_KEY, body)
+
+    submitter = JobSubmitter(
+        settings.instance_id, publish_job, answer_timeout_s=settings.unload_answer_timeout_s
+    )
+    board = StatusBoard(settings.status_stale_s)
+    unloader = Unloader(
+        policy=UnloadPolicy(
+            idle_unload_s=settings.idle_unload_s,
+            memory_pressure_percent=settings.memory_pressure_percent,
+        ),
+        board=board,
+        running_models=app[CATALOGUE].running,
+        submitter=submitter,
+        interval_s=settings.unload_check_interval_s,
+        memory_probe=app[MEMORY_PROBE],
+    )
+    app[SUBMITTER], app[BOARD], app[UNLOADER] = submitter, board, unloader
+    inbox = Inbox(board, submitter, unloader.answered, app[BROADCASTER].wake)
+    channel = await open_inbox(broker, settings.instance_id, inbox)
+
+    async def ask_for_status() -> None:
+        # Schedulers answer at once, so the unloader need not wait a whole status interval.
+        await broker.publish_control(STATUS_REQUEST_KEY, b"{}")
+
+    await ask_for_status()
+    broker.on_restored(ask_for_status)
+    for model in settings.preload_list():
+        try:
+            await submitter.submit("load", model, {"model": model}, reason="preload")
+        except Exception as exc:
+            log.warning("preload not submitted", model=model, error=str(exc))
+    async with _background(unloader.run_forever(), "unloader"):
+        yield
+    with contextlib.suppress(Exception):
+        await channel.close()
+
+
+async def rpc_ctx(app: web.Application) -> AsyncIterator[None]:
     server = RpcServer(
-        broker,
+        app[BROKER],
         SERVICE,
-        {"model_info": model_info, "tags": tags, "ps": running, "show": show},
+        model_manager_methods(
+            catalogue=app[CATALOGUE],
+            backend=app[BACKEND],
+            operations=app[OPERATIONS],
+            names=app[NAMES],
+            changes=app[CHANGES],
+        ),
     )
     await server.start()
     app[RPC] = server
     yield
     await server.close()
-    await broker.close()
 
 
-def create_app(settings: ModelManagerSettings) -> web.Application:
+@contextlib.asynccontextmanager
+async def _background(coroutine: Coroutine[Any, Any, None], name: str) -> AsyncIterator[None]:
+    task = asyncio.create_task(coroutine, name=name)
+    try:
+        yield
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+def create_app(
+    settings: ModelManagerSettings, *, memory_probe: MemoryProbe = host_memory_percent
+) -> web.Application:
     app = web.Application()
     app[SETTINGS] = settings
-    app.cleanup_ctx.extend([catalogue_ctx, broker_ctx])
+    app[MEMORY_PROBE] = memory_probe
+    app.cleanup_ctx.extend([backend_ctx, broker_ctx, models_ctx, lane_ctx, rpc_ctx])
 
     def ready() -> bool:
         return RPC in app and app[BROKER].connected

@@ -12,9 +12,9 @@ from collections.abc import Callable
 from typing import Any
 
 import aiohttp
-import orjson
 
-from corral_common.ollama import UNREACHABLE_ERRORS, status_error, unreachable
+from corral_common.model_names import canonical_model_name
+from corral_model_manager.backend import Backend
 
 
 def context_length_of(show: dict[str, Any]) -> int | None:
@@ -42,10 +42,9 @@ class ModelCatalogue:
         timeout_s: float,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        self._session = session
-        self.base_url = base_url.rstrip("/")
+        self._backend = Backend(session, base_url, timeout_s=timeout_s)
+        self.base_url = self._backend.base_url
         self._ttl_s = ttl_s
-        self._timeout = aiohttp.ClientTimeout(total=timeout_s)
         self._clock = clock
         self._cache: dict[str, tuple[float, dict[str, Any]]] = {}
         self._locks: dict[str, asyncio.Lock] = {}
@@ -53,7 +52,7 @@ class ModelCatalogue:
     async def model_info(self, model: str) -> dict[str, Any]:
         """`{"model", "context_length", "details", "capabilities"}`; a model the backend does
         not know raises its own 404 (`model_not_found`)."""
-        key = model.lower()
+        key = canonical_model_name(model)
         # One lookup per model at a time: a burst of requests for a cold model asks once.
         async with self._locks.setdefault(key, asyncio.Lock()):
             cached = self._cache.get(key)
@@ -68,7 +67,7 @@ class ModelCatalogue:
         if model is None:
             self._cache.clear()
         else:
-            self._cache.pop(model.lower(), None)
+            self._cache.pop(canonical_model_name(model), None)
 
     async def tags(self) -> Any:
         """The backend's `/api/tags`, as it answers it."""
@@ -84,19 +83,7 @@ class ModelCatalogue:
 
     async def backend(self, method: str, path: str, body: Any = None) -> Any:
         """One read-only call; the backend's errors come back as its own status and text."""
-        try:
-            async with self._session.request(
-                method,
-                f"{self.base_url}{path}",
-                data=orjson.dumps(body) if body is not None else None,
-                headers={"Content-Type": "application/json"},
-                timeout=self._timeout,
-            ) as response:
-                if response.status != 200:
-                    raise await status_error(response)
-                return orjson.loads(await response.read())
-        except UNREACHABLE_ERRORS as exc:
-            raise unreachable(self.base_url, exc) from exc
+        return await self._backend.call(method, path, body)
 
     async def _show(self, model: str) -> dict[str, Any]:
         show = await self.show({"model": model})

@@ -1,0 +1,20 @@
+"""The model manager's Prometheus metrics (served on its /metrics)."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge
+
+UNLOADS = Counter(
+    "corral_model_unloads_total",
+    "Models unloaded by the model manager, by reason (idle, memory)",
+    ["reason"],
+)
+UNLOADS_SKIPPED = Counter(
+    "corral_model_unloads_skipped_total",
+    "Unloads not done, by reason (no_status, busy, model_busy, failed, submit_failed)",
+    ["reason"],
+)
+HOST_MEMORY = Gauge("corral_host_memory_percent", "Host memory in use, percent")
+PULLS = Counter(
+    "corral_model_pulls_total", "Pulls finished, by outcome (success, error)", ["outcome"]
+)

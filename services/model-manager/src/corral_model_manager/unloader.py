@@ -1,0 +1,254 @@
+"""Idle and memory-pressure unloading.
+
+Every check reads which models the backend holds (`/api/ps`) and what the schedulers' lanes
+hold for each (their status broadcasts). A model with work queued or running is never unloaded.
+Otherwise a model idle for `idle_unload_s` is unloaded, and under memory pressure the least
+recently used one is, one per check. Without a fresh scheduler status nothing is unloaded: the
+lane's activity is then unknown, and an unload on a guess could land between a client's request
+and its generation.
+
+An unload is a job in the scheduler's lane (`kind: "unload"`), which re-checks for queued work
+when its turn comes and refuses (`409 model_busy`) if some arrived meanwhile.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import time
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import psutil
+import structlog
+
+from corral_common.errors import CorralError
+from corral_common.messages import Event, SchedulerStatus
+from corral_common.model_names import canonical_model_name
+from corral_model_manager import metrics
+from corral_model_manager.jobs import JobSubmitter, PendingJob
+
+log = structlog.get_logger(__name__)
+
+UnloadReason = Literal["idle", "memory"]
+MemoryProbe = Callable[[], float]
+
+
+def host_memory_percent() -> float:
+    return float(psutil.virtual_memory().percent)
+
+
+class StatusBoard:
+    """The latest status of each scheduler; only fresh ones describe the lane."""
+
+    def __init__(self, stale_after_s: float, clock: Callable[[], float] = time.time) -> None:
+        self._latest: dict[str, SchedulerStatus] = {}
+        self._stale_after_s = stale_after_s
+        self._clock = clock
+
+    def update(self, status: SchedulerStatus) -> None:
+        known = self._latest.get(status.scheduler_id)
+        if known is None or status.sent_at >= known.sent_at:
+            self._latest[status.scheduler_id] = status
+
+    def fresh(self) -> list[SchedulerStatus]:
+        cutoff = self._clock() - self._stale_after_s
+        return [s for s in self._latest.values() if s.sent_at >= cutoff]
+
+
+@dataclass(frozen=True, slots=True)
+class UnloadPolicy:
+    idle_unload_s: float
+    memory_pressure_percent: float
+
+
+@dataclass(frozen=True, slots=True)
+class Unload:
+    model: str
+    """As the backend names it in `/api/ps`."""
+    reason: UnloadReason
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    unloads: list[Unload] = field(default_factory=list)
+    # Why a model that met a criterion was left loaded (for the skipped-unloads metric).
+    skipped: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True, slots=True)
+class _Loaded:
+    name: str
+    last_use: float
+    busy: bool
+
+
+def plan_unloads(
+    loaded: Iterable[str],
+    statuses: list[SchedulerStatus],
+    first_seen: Mapping[str, float],
+    *,
+    now: float,
+    memory_percent: float | None,
+    policy: UnloadPolicy,
+    pending: set[str],
+) -> Plan:
+    """What to unload now. `first_seen` and `pending` are keyed by canonical name; times are
+    epoch seconds. `statuses` must be fresh and non-empty (the caller checks)."""
+    busy: set[str] = set()
+    last_used: dict[str, float] = {}
+    for status in statuses:
+        for activity in status.models:
+            key = canonical_model_name(activity.model)
+            if activity.queued > 0 or activity.running > 0:
+                busy.add(key)
+            if activity.last_used_at is not None:
+                last_used[key] = max(last_used.get(key, -math.inf), activity.last_used_at)
+
+    candidates: list[_Loaded] = []
+    for name in loaded:
+        key = canonical_model_name(name)
+        if key in pending:
+            continue  # one unload at a time per model; its answer is still to come
+        last_use = max(first_seen.get(key, now), last_used.get(key, -math.inf))
+        candidates.append(_Loaded(name, last_use, key in busy))
+
+    unloads: list[Unload] = []
+    skipped: list[str] = []
+    if policy.idle_unload_s > 0:
+        for model in candidates:
+            if now - model.last_use < policy.idle_unload_s:
+                continue
+            if model.busy:
+                skipped.append("busy")
+            else:
+                unloads.append(Unload(model.name, "idle"))
+
+    pressure = (
+        policy.memory_pressure_percent > 0
+        and memory_percent is not None
+        and memory_percent >= policy.memory_pressure_percent
+    )
+    # One memory unload per check, and none while another unload is on its way: host memory
+    # only shows the relief once it is done.
+    if pressure and not unloads and not pending:
+        idle = [model for model in candidates if not model.busy]
+        if idle:
+            victim = min(idle, key=lambda model: model.last_use)
+            unloads.append(Unload(victim.name, "memory"))
+        elif candidates:
+            skipped.append("busy")
+    return Plan(unloads, skipped)
+
+
+def loaded_names(ps: Any) -> list[str]:
+    models = ps.get("models") if isinstance(ps, dict) else None
+    names: list[str] = []
+    for entry in models if isinstance(models, list) else []:
+        if isinstance(entry, dict):
+            name = entry.get("name") or entry.get("model")
+            if isinstance(name, str) and name:
+                names.append(name)
+    return names
+
+
+class Unloader:
+    def __init__(
+        self,
+        *,
+        policy: UnloadPolicy,
+        board: StatusBoard,
+        running_models: Callable[[], Awaitable[Any]],
+        submitter: JobSubmitter,
+        interval_s: float,
+        memory_probe: MemoryProbe = host_memory_percent,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.policy = policy
+        self._board = board
+        self._running_models = running_models
+        self._submitter = submitter
+        self._interval_s = interval_s
+        self._memory_probe = memory_probe
+        self._clock = clock
+        # When each loaded model was first seen loaded: a model whose use no scheduler
+        # reports counts as used then, never as idle since forever.
+        self._first_seen: dict[str, float] = {}
+
+    async def run_forever(self) -> None:
+        while True:
+            try:
+                await self.check()
+            except Exception:
+                log.exception("unload check failed")
+            await asyncio.sleep(self._interval_s)
+
+    async def check(self) -> Plan | None:
+        """One look; None when there was nothing to decide on (no status, no backend)."""
+        memory = self._probe_memory()
+        for expired in self._submitter.expire():
+            log.warning("job never answered", kind=expired.job.kind, model=expired.job.model)
+        statuses = self._board.fresh()
+        if not statuses:
+            log.debug("no fresh scheduler status; lane activity unknown, nothing unloaded")
+            return None
+        try:
+            loaded = loaded_names(await self._running_models())
+        except CorralError as exc:
+            log.info("loaded models unknown", error=exc.message)
+            return None
+        now = self._clock()
+        keys = {canonical_model_name(name) for name in loaded}
+        for key in set(self._first_seen) - keys:
+            del self._first_seen[key]  # unloaded: a reload starts its idle time afresh
+        for key in keys:
+            self._first_seen.setdefault(key, now)
+        plan = plan_unloads(
+            loaded,
+            statuses,
+            self._first_seen,
+            now=now,
+            memory_percent=memory,
+            policy=self.policy,
+            pending=self._submitter.pending("unload"),
+        )
+        for reason in plan.skipped:
+            metrics.UNLOADS_SKIPPED.labels(reason).inc()
+        for unload in plan.unloads:
+            await self._submit(unload)
+        return plan
+
+    def answered(self, pending: PendingJob, event: Event) -> None:
+        """The scheduler's answer to one of our jobs."""
+        job = pending.job
+        if job.kind != "unload":
+            outcome = "done" if event.kind == "done" else event.kind
+            log.info("job answered", kind=job.kind, model=job.model, outcome=outcome)
+            return
+        if event.kind == "done":
+            metrics.UNLOADS.labels(pending.reason).inc()
+            self._first_seen.pop(pending.key, None)
+            log.info("model unloaded", model=job.model, reason=pending.reason)
+            return
+        error_type = getattr(event, "error_type", None)
+        skipped = "model_busy" if error_type == "model_busy" else event.kind
+        metrics.UNLOADS_SKIPPED.labels("failed" if skipped == "error" else skipped).inc()
+        log.info("unload not done", model=job.model, reason=pending.reason, outcome=skipped)
+
+    def _probe_memory(self) -> float | None:
+        try:
+            memory = float(self._memory_probe())
+        except Exception as exc:
+            log.warning("host memory unknown", error=str(exc))
+            return None
+        metrics.HOST_MEMORY.set(memory)
+        return memory
+
+    async def _submit(self, unload: Unload) -> None:
+        payload = {"model": unload.model, "keep_alive": 0}
+        try:
+            await self._submitter.submit("unload", unload.model, payload, reason=unload.reason)
+        except Exception as exc:
+            metrics.UNLOADS_SKIPPED.labels("submit_failed").inc()
+            log.warning("unload not submitted", model=unload.model, error=str(exc))

@@ -1,0 +1,335 @@
+"""The model manager in-process over a real RabbitMQ and the Ollama emulator, driven the way a
+gateway and a scheduler drive it: RPC calls, events on a gateway queue, status broadcasts, and
+jobs in the lane (observed on a queue of the test's own bound to the jobs exchange)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from collections import defaultdict
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import pytest
+from aio_pika.abc import AbstractChannel, AbstractIncomingMessage
+from aiohttp import ClientSession, web
+from prometheus_client import REGISTRY
+
+from corral_common.broker import Broker, encode
+from corral_common.errors import CorralError
+from corral_common.ids import new_id
+from corral_common.messages import (
+    EVENT_ADAPTER,
+    BackendStatus,
+    Done,
+    Event,
+    Failed,
+    Job,
+    ModelActivity,
+    ModelList,
+    QueueStatus,
+    SchedulerStatus,
+)
+from corral_common.rpc import RpcClient
+from corral_common.settings import CorralSettings
+from corral_common.topology import (
+    EVENTS_EXCHANGE,
+    JOBS_EXCHANGE,
+    JOBS_ROUTING_KEY,
+    MODELS_ROUTING_KEY,
+    STATUS_REQUEST_KEY,
+    STATUS_ROUTING_KEY,
+    event_key,
+)
+from corral_emulator import RunningEmulator, running_emulator
+from corral_model_manager.app import SETTINGS, UNLOADER, create_app
+from corral_model_manager.settings import ModelManagerSettings
+
+WAIT_S = 10.0
+SERVICE = "model-manager"
+
+
+async def eventually(probe: Callable[[], bool], what: str, within_s: float = WAIT_S) -> None:
+    """For state that changes on the broker's schedule, with nothing to await."""
+    deadline = time.monotonic() + within_s
+    while not probe():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what} did not happen within {within_s}s")
+        await asyncio.sleep(0.02)
+
+
+@pytest.fixture(scope="module")
+def vhost_url(request: pytest.FixtureRequest, amqp_url: str) -> str:
+    """A virtual host of this module's own on the session's throwaway node, so its jobs and
+    RPC queues meet no other test's; an external broker (`CORRAL_AMQP_URL`) is shared."""
+    if os.environ.get("CORRAL_AMQP_URL"):
+        return amqp_url
+    node = request.getfixturevalue("rabbit_node")
+    return str(node.add_vhost(f"model-manager-{new_id()[:8]}"))
+
+
+@pytest.fixture
+async def backend() -> AsyncIterator[RunningEmulator]:
+    async with running_emulator() as emulator:
+        yield emulator
+
+
+class FakeGateway:
+    """What a gateway does with the model manager: RPC calls, its own event queue (with the
+    model list broadcasts), and, playing the scheduler, status broadcasts and job answers."""
+
+    def __init__(self, amqp_url: str) -> None:
+        self.id = new_id()
+        self.broker = Broker(CorralSettings(amqp_url=amqp_url, instance_id=self.id), "test")
+        self.rpc = RpcClient(self.broker, timeout_s=WAIT_S)
+        self.events: defaultdict[str, asyncio.Queue[Event]] = defaultdict(asyncio.Queue)
+        self.model_lists: asyncio.Queue[ModelList] = asyncio.Queue()
+        self.jobs: asyncio.Queue[Job] = asyncio.Queue()
+        self._channel: AbstractChannel | None = None
+
+    async def start(self) -> None:
+        await self.broker.start()
+        await self.rpc.start()
+        self._channel = await self.broker.channel()
+        events = await self._channel.get_exchange(EVENTS_EXCHANGE)
+        queue = await self._channel.declare_queue(exclusive=True, auto_delete=True)
+        await queue.bind(events, f"gw.{self.id}.#")
+        await queue.bind(events, MODELS_ROUTING_KEY)
+        await queue.consume(self._on_event, no_ack=True)
+        # A copy of every job in the lane, next to the scheduler's own queue.
+        jobs = await self._channel.get_exchange(JOBS_EXCHANGE)
+        lane = await self._channel.declare_queue(exclusive=True, auto_delete=True)
+        await lane.bind(jobs, JOBS_ROUTING_KEY)
+        await lane.consume(self._on_job, no_ack=True)
+
+    async def close(self) -> None:
+        await self.rpc.close()
+        if self._channel is not None:
+            await self._channel.close()
+        await self.broker.close()
+
+    async def _on_event(self, message: AbstractIncomingMessage) -> None:
+        if message.routing_key == MODELS_ROUTING_KEY:
+            self.model_lists.put_nowait(ModelList.model_validate_json(message.body))
+            return
+        event = EVENT_ADAPTER.validate_json(message.body)
+        self.events[event.request_id].put_nowait(event)
+
+    async def _on_job(self, message: AbstractIncomingMessage) -> None:
+        self.jobs.put_nowait(Job.model_validate_json(message.body))
+
+    async def call(self, method: str, **params: Any) -> Any:
+        return await self.rpc.call(SERVICE, method, **params)
+
+    async def next_event(self, request_id: str) -> Event:
+        async with asyncio.timeout(WAIT_S):
+            return await self.events[request_id].get()
+
+    async def next_list(self) -> ModelList:
+        async with asyncio.timeout(WAIT_S):
+            return await self.model_lists.get()
+
+    async def next_job(self, submitter_id: str) -> Job:
+        async with asyncio.timeout(WAIT_S):
+            while True:
+                job = await self.jobs.get()
+                if job.gateway_id == submitter_id:
+                    return job
+
+    async def report_status(self, *activity: ModelActivity) -> None:
+        status = SchedulerStatus(
+            scheduler_id="scheduler-under-test",
+            sent_at=time.time(),
+            backend=BackendStatus(url="http://backend", connected=True),
+            queue=QueueStatus(waiting=0, running=0, average_wait_ms=0, processing_rate=0.0),
+            models=list(activity),
+        )
+        await self.broker.publish_event(STATUS_ROUTING_KEY, encode(status), durable=False)
+
+    async def answer(self, job: Job, event: Done | Failed) -> None:
+        await self.broker.publish_event(
+            event_key(job.gateway_id, job.request_id, event.kind), encode(event), durable=True
+        )
+
+
+@pytest.fixture
+async def gateway(vhost_url: str) -> AsyncIterator[FakeGateway]:
+    gateway = FakeGateway(vhost_url)
+    await gateway.start()
+    yield gateway
+    await gateway.close()
+
+
+StartManager = Callable[..., Awaitable[web.Application]]
+
+
+@pytest.fixture
+async def start_manager(vhost_url: str, backend: RunningEmulator) -> AsyncIterator[StartManager]:
+    runners: list[web.AppRunner] = []
+
+    async def start(
+        memory_probe: Callable[[], float] = lambda: 10.0, **settings: Any
+    ) -> web.Application:
+        defaults: dict[str, Any] = {
+            "amqp_url": vhost_url,
+            "ollama_url": backend.url,
+            "instance_id": new_id(),
+            "pull_progress_interval_s": 0.0,
+        }
+        app = create_app(
+            ModelManagerSettings(**{**defaults, **settings}), memory_probe=memory_probe
+        )
+        runner = web.AppRunner(app)
+        await runner.setup()  # runs the app's cleanup contexts: broker, RPC, background tasks
+        runners.append(runner)
+        return app
+
+    yield start
+    for runner in reversed(runners):
+        await runner.cleanup()
+
+
+def sample(name: str, **labels: str) -> float:
+    return REGISTRY.get_sample_value(name, labels) or 0.0
+
+
+async def load(backend: RunningEmulator, model: str) -> None:
+    async with (
+        ClientSession() as session,
+        session.post(
+            f"{backend.url}/api/generate", json={"model": model, "prompt": "hi", "stream": False}
+        ) as response,
+    ):
+        assert response.status == 200
+
+
+# -- read-only calls and the model list ---------------------------------------------------------
+
+
+async def test_read_only_calls_still_answer(
+    start_manager: StartManager, gateway: FakeGateway
+) -> None:
+    await start_manager()
+    tags = await gateway.call("tags")
+    assert "tiny:latest" in [model["name"] for model in tags["models"]]
+    assert (await gateway.call("ps")) == {"models": []}
+    show = await gateway.call("show", model="tiny")
+    assert "model_info" in show
+    info = await gateway.call("model_info", model="tiny")
+    assert info["context_length"] == 256
+    with pytest.raises(CorralError) as refused:
+        await gateway.call("show", model="no-such-model")
+    assert (refused.value.status, refused.value.message) == (404, "model 'no-such-model' not found")
+
+
+async def test_the_model_list_is_broadcast_at_start_and_on_request(
+    start_manager: StartManager, gateway: FakeGateway, backend: RunningEmulator
+) -> None:
+    await start_manager()
+    expected = sorted(spec.full_name for spec in backend.state.config.models)
+    first = await gateway.next_list()
+    assert first.models == expected
+    answer = await gateway.call("model_names")
+    assert answer["models"] == expected
+    assert answer["updated_at"] == pytest.approx(time.time(), abs=30)
+    assert (await gateway.call("model_names", refresh=True))["models"] == expected
+    # A gateway that starts asks everyone for their broadcasts; the list is among them.
+    await gateway.broker.publish_control(STATUS_REQUEST_KEY, b"{}")
+    assert (await gateway.next_list()).models == expected
+
+
+async def test_forced_refreshes_share_one_backend_call(
+    start_manager: StartManager, gateway: FakeGateway, backend: RunningEmulator
+) -> None:
+    await start_manager()
+    await gateway.next_list()
+    asked = len(backend.state.requests.bodies("tags"))
+    answers = await asyncio.gather(*(gateway.call("model_names", refresh=True) for _ in range(10)))
+    assert len({tuple(answer["models"]) for answer in answers}) == 1
+    # Ten gateways asking at once cost at most one more backend call (the start's list may
+    # be young enough to serve them all).
+    assert len(backend.state.requests.bodies("tags")) - asked <= 1
+
+
+# -- the lane: preloads and unloads -------------------------------------------------------------
+
+
+async def test_preloads_go_through_the_lane(
+    start_manager: StartManager, gateway: FakeGateway
+) -> None:
+    app = await start_manager(preload_models=" tiny, llama3.2 ,")
+    manager_id = app[SETTINGS].instance_id
+    first = await gateway.next_job(manager_id)
+    second = await gateway.next_job(manager_id)
+    assert [(job.kind, job.model, job.payload) for job in (first, second)] == [
+        ("load", "tiny", {"model": "tiny"}),
+        ("load", "llama3.2", {"model": "llama3.2"}),
+    ]
+    assert first.queue_progress is False
+
+
+async def test_an_idle_model_is_unloaded_through_the_lane(
+    start_manager: StartManager, gateway: FakeGateway, backend: RunningEmulator
+) -> None:
+    await load(backend, "tiny")
+    app = await start_manager(
+        idle_unload_s=0.2, memory_pressure_percent=0, unload_check_interval_s=0.05
+    )
+    manager_id = app[SETTINGS].instance_id
+    await gateway.report_status(ModelActivity(model="tiny", last_used_at=time.time() - 3600))
+    job = await gateway.next_job(manager_id)
+    assert job.kind == "unload"
+    assert job.model == "tiny:latest"
+    assert job.payload == {"model": "tiny:latest", "keep_alive": 0}
+    assert job.queue_progress is False
+    # The scheduler's answer comes back on the manager's own queue.
+    before = sample("corral_model_unloads_total", reason="idle")
+    await gateway.answer(
+        job,
+        Done(
+            request_id=job.request_id,
+            token_batches=0,
+            final={},
+            text="",
+            waited_ms=0,
+            model=job.model,
+            job_kind="unload",
+        ),
+    )
+    await eventually(
+        lambda: sample("corral_model_unloads_total", reason="idle") == before + 1,
+        "the unload counted",
+    )
+
+
+async def test_without_scheduler_status_nothing_is_unloaded(
+    start_manager: StartManager, backend: RunningEmulator
+) -> None:
+    await load(backend, "tiny")
+    app = await start_manager(
+        idle_unload_s=0.01, memory_pressure_percent=1, unload_check_interval_s=3600
+    )
+    assert await app[UNLOADER].check() is None
+
+
+async def test_memory_pressure_unloads_the_least_recently_used(
+    start_manager: StartManager, gateway: FakeGateway, backend: RunningEmulator
+) -> None:
+    await load(backend, "tiny")
+    await load(backend, "llama3.2")
+    app = await start_manager(
+        memory_probe=lambda: 97.5,
+        idle_unload_s=0,
+        memory_pressure_percent=90,
+        unload_check_interval_s=0.05,
+    )
+    manager_id = app[SETTINGS].instance_id
+    now = time.time()
+    await gateway.report_status(
+        ModelActivity(model="tiny", last_used_at=now + 60),
+        ModelActivity(model="llama3.2:latest", last_used_at=now + 30),
+    )
+    job = await gateway.next_job(manager_id)
+    assert (job.kind, job.model) == ("unload", "llama3.2:latest")
+    assert sample("corral_host_memory_percent") == 97.5
