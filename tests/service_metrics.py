@@ -31,3 +31,20 @@ async def wait_for_metric(
         return line in await metrics_text(cluster, service)
 
     await eventually(shown, within_s, what=f"{service} metric {line!r}")
+
+
+async def metric_value(cluster: Cluster, sample: str, service: str = "scheduler") -> float:
+    """The value of one sample (`name{labels}`), 0 when it has not been recorded yet."""
+    for line in (await metrics_text(cluster, service)).splitlines():
+        if line.startswith(sample + " "):
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
+async def wait_for_value(
+    cluster: Cluster, sample: str, at_least: float, service: str = "scheduler"
+) -> None:
+    async def reached() -> bool:
+        return await metric_value(cluster, sample, service) >= at_least
+
+    await eventually(reached, what=f"{service} metric {sample} >= {at_least}")

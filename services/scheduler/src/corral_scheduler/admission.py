@@ -122,7 +122,8 @@ class Admission:
         # Computed after the `accepted` publish: the lane may have moved meanwhile (jobs behind
         # this one admitted, the broadcaster already telling it), so from where it is now.
         ahead = self.lane.ahead_of(entry.request_id)
-        position = -1 if ahead is None else len(ahead) + (self.executor.running is not None)
+        busy = self.executor.running is not None or self.lane.paused
+        position = -1 if ahead is None else len(ahead) + busy
         if position > 0 and entry.last_sent is None:
             wait_ms = self.executor.remaining_ms() + sum(e.estimate_ms for e in ahead or [])
             entry.last_sent = (position, wait_ms)

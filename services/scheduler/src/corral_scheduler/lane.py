@@ -126,5 +126,6 @@ class Lane:
         return None
 
     def positions(self, running: bool) -> list[tuple[Entry, int]]:
-        ahead = 1 if running else 0
+        # Position 0 means running; while paused nothing is, so the head waits at 1.
+        ahead = 1 if running or self.paused else 0
         return [(entry, ahead + index) for index, entry in enumerate(self.ordered())]
