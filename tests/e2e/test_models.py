@@ -278,9 +278,7 @@ async def test_admin_unload_waits_for_a_running_generation(
     await emu.hold()
     generation = asyncio.create_task(client.chat(model="llama3.2", messages=HELLO))
     await emu.wait(held=1)
-    unload = asyncio.create_task(
-        call(models_cluster, "POST", "/admin/models/llama3.2/unload")
-    )
+    unload = asyncio.create_task(call(models_cluster, "POST", "/admin/models/llama3.2/unload"))
     await eventually(lambda: _depth_is(models_cluster, 1), what="the unload queued")
     assert not unload.done()
     await emu.release()
@@ -299,9 +297,7 @@ async def test_unload_yields_to_queued_work_unless_forced(
     await emu.hold()
     first = asyncio.create_task(client.chat(model="llama3.2", messages=HELLO))
     await emu.wait(held=1)
-    unload = asyncio.create_task(
-        call(models_cluster, "POST", "/admin/models/llama3.2/unload")
-    )
+    unload = asyncio.create_task(call(models_cluster, "POST", "/admin/models/llama3.2/unload"))
     await eventually(lambda: _depth_is(models_cluster, 1), what="the unload queued")
     second = asyncio.create_task(client.chat(model="llama3.2", messages=HELLO))
     await eventually(lambda: _depth_is(models_cluster, 2), what="the second chat queued")

@@ -106,5 +106,3 @@ async def test_a_client_that_leaves_the_queue_is_never_run(
     contents = [r["messages"][-1]["content"] for r in await emu.requests("chat")]
     assert "I will leave" not in contents
     assert (await emu.stats())["max_active"] == 1
-
-
