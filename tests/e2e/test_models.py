@@ -150,10 +150,16 @@ async def test_model_errors_pass_through_with_ollamas_texts(
         404,
         'model "no-such-model" not found',
     )
-    for path, method in (("/api/pull", "POST"), ("/api/delete", "DELETE"), ("/api/copy", "POST")):
+    for path, method, field in (
+        ("/api/pull", "POST", "model"),
+        ("/api/delete", "DELETE", "model"),
+        ("/api/copy", "POST", "source"),
+        ("/api/create", "POST", "from"),
+        ("/api/embed", "POST", "model"),
+    ):
         status, raw = await call(models_cluster, method, path, raw=b"")
         assert (status, orjson.loads(raw)) == (400, {"error": "missing request body"}), path
-        status, raw = await call(models_cluster, method, path, raw=b'{"model": 7}')
+        status, raw = await call(models_cluster, method, path, {field: 7})
         assert status == 400, path
         assert orjson.loads(raw)["error"].startswith("json: cannot unmarshal number"), path
 

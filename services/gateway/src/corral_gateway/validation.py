@@ -141,6 +141,7 @@ REQUEST_TYPES: dict[str, GoType] = {
         renderer=STRING,
         parser=STRING,
         requires=STRING,
+        **{"from": STRING},  # a Python keyword, hence spelled as a mapping
     ),
     "show": _struct(
         "ShowRequest",
