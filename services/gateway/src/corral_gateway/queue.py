@@ -84,9 +84,7 @@ async def listing(request: web.Request) -> web.Response:
 async def cancel(request: web.Request) -> web.Response:
     gateway = request.app[GATEWAY]
     request_id = request.match_info["request_id"]
-    found = (
-        request_id in gateway.relays or _find(await _statuses(gateway), request_id) is not None
-    )
+    found = request_id in gateway.relays or _find(await _statuses(gateway), request_id) is not None
     if not gateway.broker.connected:
         return _error(CorralError(ErrorType.BROKER_UNAVAILABLE, "message broker is unavailable"))
     await gateway.submitter.cancel(request_id, "cancelled by an operator")

@@ -119,9 +119,15 @@ class Relay:
                 case Started(redelivered=redelivered):
                     self.started = True
                     if redelivered and self.wrote_tokens:
-                        return await self._fail(
-                            500, "generation was interrupted by a scheduler restart; please retry"
-                        )
+                        if self.stream:
+                            # Part of an answer is already with the client: a second one
+                            # would be spliced onto it.
+                            return await self._fail(
+                                500,
+                                "generation was interrupted by a scheduler restart; please retry",
+                            )
+                        # Nothing was written yet: start over, transparently.
+                        self._restart()
                     if self.first_position is None:
                         self.first_position = 0
                     await self._show(0, 0)
@@ -143,6 +149,12 @@ class Relay:
                         "lost the connection to Corral's message broker; please retry",
                         {"Retry-After": "5"},
                     )
+
+    def _restart(self) -> None:
+        log.info("job restarted on another scheduler; answer collected afresh")
+        self.wrote_tokens = False
+        self.collected = []
+        self.order = TokenOrder()
 
     def _wait_s(self) -> float:
         """Until the next heartbeat, or the queue deadline if that comes first."""

@@ -126,7 +126,7 @@ class Admission:
         position = -1 if ahead is None else len(ahead) + busy
         if position > 0 and entry.last_sent is None:
             wait_ms = self.executor.remaining_ms() + sum(e.estimate_ms for e in ahead or [])
-            entry.last_sent = (position, wait_ms)
+            entry.told(position, wait_ms, time.monotonic())
             await self.sink.send_quietly(
                 job,
                 Position(request_id=job.request_id, position=position, estimated_wait_ms=wait_ms),

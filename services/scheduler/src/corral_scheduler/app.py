@@ -96,7 +96,7 @@ async def lane_ctx(app: web.Application) -> AsyncIterator[None]:
             keep_alive_max_s=settings.keep_alive_max_s,
         )
     )
-    executor = Executor(lane, app[BACKEND], sink, speeds, guard)
+    executor = Executor(lane, app[BACKEND], sink, speeds, guard, settings.takeover_grace_s)
     admission = Admission(scheduler_id, lane, executor, sink, speeds, settings.max_queued_per_key)
     status = StatusReporter(
         scheduler_id, broker, app[BACKEND], executor, settings.status_interval_s

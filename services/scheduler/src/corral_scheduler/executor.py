@@ -61,7 +61,9 @@ class Executor:
         sink: EventSink,
         speeds: SpeedBook,
         guard: LoadGuard | None = None,
+        takeover_grace_s: float = 0.0,
     ) -> None:
+        self.takeover_grace_s = takeover_grace_s
         self.lane = lane
         self.guard = guard or LoadGuard(GuardPolicy())
         self.backend = backend
@@ -88,6 +90,7 @@ class Executor:
             if deadline is not None and time.time() >= deadline:
                 await self._expire(entry)
                 continue
+            _score_estimate(entry)
             task = asyncio.create_task(self._run(entry), name=f"job-{entry.request_id}")
             self.running = Running(entry, task, time.monotonic())
             metrics.QUEUE_RUNNING.set(1)
@@ -237,6 +240,7 @@ class Executor:
         started = time.monotonic()
         if self.loaded_model is not None and not same_model(self.loaded_model, job.model):
             metrics.MODEL_SWAPS.inc()
+        await self._settle_after_takeover(entry)
         final: dict[str, Any] = {}
         text: list[str] = []
         thinking: list[str] = []
@@ -288,6 +292,14 @@ class Executor:
             owner=job.owner,
         )
 
+    async def _settle_after_takeover(self, entry: Entry) -> None:
+        """A redelivered job may have been running on a scheduler that just died. The backend
+        only stops that generation when it next writes to the dead connection, so give it a
+        moment first: two generations must never overlap, even across a failover."""
+        if self.takeover_grace_s > 0 and getattr(entry.delivery, "redelivered", False):
+            log.info("redelivered job; letting the backend drop the old request first")
+            await asyncio.sleep(self.takeover_grace_s)
+
     async def _call(self, entry: Entry, waited_ms: int) -> Done:
         """Embeddings, loads and unloads: one request, one answer, carried whole in `final`."""
         job = entry.job
@@ -304,6 +316,7 @@ class Executor:
                 )
         if job.kind in MODEL_OPERATION_KINDS:
             log.info("model operation", operation=job.kind, model=job.model)
+        await self._settle_after_takeover(entry)
         answer = await self.backend.call(job.kind, self.guard.payload(job))
         if job.kind == "unload":
             if self.loaded_model is not None and same_model(self.loaded_model, job.model):
@@ -373,6 +386,16 @@ class Executor:
             await entry.delivery.ack()
         except Exception as exc:  # the channel died; the broker will redeliver the job
             log.warning("ack failed", error=str(exc))
+
+
+def _score_estimate(entry: Entry) -> None:
+    """How far the first wait estimate the client saw was from the wait it really had."""
+    if entry.first_estimate is None:
+        return
+    told_at, estimate_ms = entry.first_estimate
+    actual_ms = (time.monotonic() - told_at) * 1000
+    metrics.ESTIMATE_ERROR.observe(abs(actual_ms - estimate_ms) / 1000)
+    metrics.ESTIMATE_BIAS.observe((estimate_ms - actual_ms) / 1000)
 
 
 def queue_timeout(job: Job) -> Failed:

@@ -29,12 +29,21 @@ class Entry:
     estimate_ms: int = 0
     last_sent: tuple[int, int] | None = field(default=None)
     last_sent_at: float = 0.0
+    # The first wait estimate the client was given, and when, to measure its error.
+    first_estimate: tuple[float, int] | None = None
     # Times a job for the loaded model was run before this one (ordering's grouping bound).
     overtaken: int = 0
 
     @property
     def request_id(self) -> str:
         return self.job.request_id
+
+    def told(self, position: int, wait_ms: int, now: float) -> None:
+        """Record a position update sent to the client."""
+        self.last_sent = (position, wait_ms)
+        self.last_sent_at = now
+        if self.first_estimate is None:
+            self.first_estimate = (now, wait_ms)
 
     @property
     def key(self) -> str:

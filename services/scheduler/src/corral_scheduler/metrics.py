@@ -36,6 +36,11 @@ ESTIMATE_ERROR = Histogram(
     "Absolute error of the first wait estimate a job was given",
     buckets=WAIT_BUCKETS,
 )
+ESTIMATE_BIAS = Histogram(
+    "corral_wait_estimate_bias_seconds",
+    "First wait estimate minus the real wait: positive when clients were told too long",
+    buckets=(-300, -60, -10, -2.5, -1, -0.25, 0, 0.25, 1, 2.5, 10, 60, 300),
+)
 NUM_CTX_NORMALISED = Counter(
     "corral_num_ctx_normalised_total",
     "Requests whose num_ctx was rewritten to the loaded model's, avoiding a reload",

@@ -49,8 +49,7 @@ class PositionBroadcaster:
                 or not _is_news(entry.last_sent, position, wait_ms)
             ):
                 continue
-            entry.last_sent = (position, wait_ms)
-            entry.last_sent_at = now
+            entry.told(position, wait_ms, now)
             event = Position(
                 request_id=entry.request_id, position=position, estimated_wait_ms=wait_ms
             )

@@ -34,6 +34,9 @@ class SchedulerSettings(CorralSettings):
     # keep_alive from clients is clamped into [min, max] seconds when set; unset = untouched.
     keep_alive_min_s: float | None = Field(default=None, ge=0)
     keep_alive_max_s: float | None = Field(default=None, ge=0)
+    # A job handed over from a scheduler that died waits this long before it starts, so the
+    # backend has dropped the dead scheduler's request (it notices at its next token write).
+    takeover_grace_s: float = Field(default=1.0, ge=0)
     # Ordering (ordering.py). Callers (X-Client-Id, later API keys) take turns when on.
     fair_share: bool = True
     # A waiting job rises one priority class (batch -> normal -> interactive) per this many
