@@ -10,6 +10,7 @@ import orjson
 
 from corral_emulator.cli import config_from_args, main
 from corral_emulator.models import DEFAULT_MODELS
+from corral_emulator.registry import DEFAULT_REGISTRY
 
 
 def test_defaults() -> None:
@@ -31,6 +32,15 @@ def test_flags_and_models_file(tmp_path: Path) -> None:
     assert (config.host, config.port) == ("0.0.0.0", 1234)
     assert (config.token_delay_ms, config.load_ms, config.prompt_ms_per_token) == (2.5, 100, 0.1)
     assert [(m.name, m.context_length) for m in config.models] == [("solo", 512)]
+
+
+def test_pull_flags_and_registry_file(tmp_path: Path) -> None:
+    registry = tmp_path / "registry.json"
+    registry.write_bytes(orjson.dumps([{"name": "remote:1b", "context_length": 128}]))
+    config = config_from_args(["--pull-step-ms", "0", "--registry", str(registry)])
+    assert config.pull_step_ms == 0
+    assert [m.name for m in config.registry] == ["remote:1b"]
+    assert config_from_args([]).registry == DEFAULT_REGISTRY
 
 
 def test_bad_models_file_exits_2(tmp_path: Path) -> None:

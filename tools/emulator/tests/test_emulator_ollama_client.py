@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 
 import ollama
@@ -15,10 +16,13 @@ from corral_emulator import (
     EmulatorState,
     create_app,
     expected_reply,
+    normalized_embedding,
+    raw_embedding,
     reply_tokens,
     running_emulator,
 )
 from corral_emulator.failures import FailurePlan
+from corral_emulator.registry import MANIFEST_NOT_FOUND
 
 
 @pytest.fixture
@@ -153,5 +157,117 @@ async def test_running_emulator_and_control_client() -> None:
             with pytest.raises(TimeoutError):
                 await control.wait(within_s=0.01, completed=5)
             assert (await control.reset())["generations"] == 0
+        finally:
+            await api.close()  # type: ignore[no-untyped-call]
+
+
+async def test_pull(client: ollama.AsyncClient, state: EmulatorState) -> None:
+    answer = await client.pull("llama3.2:1b")
+    assert answer.status == "success"
+    assert state.requests.bodies("pull") == [
+        {"model": "llama3.2:1b", "insecure": False, "stream": False}
+    ]
+    parts = [part async for part in await client.pull("all-minilm", stream=True)]
+    assert parts[0].status == "pulling manifest"
+    assert parts[-1].status == "success"
+    weights = [part for part in parts if part.total and part.total > 10_000_000]
+    assert weights[-1].completed == weights[-1].total
+    assert weights[-1].digest is not None and weights[-1].digest.startswith("sha256:")
+    listed = [model.model for model in (await client.list()).models]
+    # Newest first (to the second, as Ollama sorts them).
+    assert set(listed[:2]) == {"all-minilm:latest", "llama3.2:1b"}
+    embedded = await client.embed(model="all-minilm", input="pulled")
+    assert len(embedded.embeddings[0]) == 384
+
+
+async def test_pull_errors(client: ollama.AsyncClient) -> None:
+    with pytest.raises(ollama.ResponseError) as unknown:
+        await client.pull("no-such-model")
+    assert (unknown.value.status_code, unknown.value.error) == (500, MANIFEST_NOT_FOUND)
+
+    with pytest.raises(ollama.ResponseError) as midstream:
+        async for _ in await client.pull("no-such-model", stream=True):
+            pass
+    assert (midstream.value.status_code, midstream.value.error) == (-1, MANIFEST_NOT_FOUND)
+
+    with pytest.raises(ollama.ResponseError) as invalid:
+        await client.pull("bad name")
+    assert (invalid.value.status_code, invalid.value.error) == (400, "invalid model name")
+
+
+async def test_copy_and_delete(client: ollama.AsyncClient) -> None:
+    assert (await client.copy("tiny", "tiny-copy")).status == "success"
+    assert "tiny-copy:latest" in [model.model for model in (await client.list()).models]
+    assert (await client.delete("tiny-copy")).status == "success"
+    assert "tiny-copy:latest" not in [model.model for model in (await client.list()).models]
+
+    with pytest.raises(ollama.ResponseError) as missing:
+        await client.delete("tiny-copy")
+    assert (missing.value.status_code, missing.value.error) == (404, "model 'tiny-copy' not found")
+    with pytest.raises(ollama.ResponseError) as no_source:
+        await client.copy("nope", "x")
+    assert (no_source.value.status_code, no_source.value.error) == (404, 'model "nope" not found')
+    with pytest.raises(ollama.ResponseError) as bad_destination:
+        await client.copy("tiny", "bad name")
+    assert bad_destination.value.error == 'destination "bad name" is invalid'
+
+
+async def test_create(client: ollama.AsyncClient, state: EmulatorState) -> None:
+    answer = await client.create(
+        model="mario", from_="llama3.2", system="You are Mario.", parameters={"temperature": 0.5}
+    )
+    assert answer.status == "success"
+    (sent,) = state.requests.bodies("create")
+    assert sent["from"] == "llama3.2"
+    shown = await client.show("mario")
+    # The client's ShowResponse has no `system` field; the Modelfile carries it.
+    assert shown.modelfile is not None and 'SYSTEM """You are Mario."""' in shown.modelfile
+    assert shown.parameters is not None and "temperature                    0.5" in shown.parameters
+
+    parts = [part async for part in await client.create(model="luigi", from_="mario", stream=True)]
+    assert [part.status for part in parts[-2:]] == ["writing manifest", "success"]
+    assert all((part.status or "").startswith("using existing layer") for part in parts[:-2])
+
+    with pytest.raises(ollama.ResponseError) as neither:
+        await client.create(model="nothing")
+    assert (neither.value.status_code, neither.value.error) == (
+        400,
+        "neither 'from' or 'files' was specified",
+    )
+
+
+async def test_embed_and_legacy_embeddings(client: ollama.AsyncClient) -> None:
+    answer = await client.embed(model="nomic-embed-text", input=["a b", "c"], dimensions=16)
+    assert answer.model == "nomic-embed-text"
+    assert [len(vector) for vector in answer.embeddings] == [16, 16]
+    assert list(answer.embeddings[1]) == pytest.approx(normalized_embedding("c", 768, 16), abs=1e-7)
+    assert answer.prompt_eval_count == 3
+
+    legacy = await client.embeddings(model="nomic-embed-text", prompt="c")
+    assert list(legacy.embedding) == raw_embedding("c", 768)
+
+    with pytest.raises(ollama.ResponseError) as unknown:
+        await client.embed(model="nope", input="x")
+    assert unknown.value.status_code == 404
+    assert unknown.value.error == 'model "nope" not found, try pulling it first'
+
+
+async def test_control_client_waits_for_a_held_pull() -> None:
+    async with running_emulator() as emulator, EmulatorControl(emulator.url) as control:
+        api = ollama.AsyncClient(host=emulator.url)
+        try:
+            await control.hold()
+            pull = asyncio.create_task(api.pull("llama3.2:1b"))
+            stats = await control.wait_for_pull(held=True)
+            assert (stats["pulling"], stats["pulls_held"]) == (1, 1)
+            assert (await control.wait_for_pull())["pulling"] == 1
+            await control.release()
+            assert (await pull).status == "success"
+            config = await control.configure(pull_step_ms=0, pull_steps=1)
+            assert (config["pull_step_ms"], config["pull_steps"]) == (0, 1)
+            assert (await control.config())["pull_steps"] == 1
+            await control.reset()
+            listed = [model.model for model in (await api.list()).models]
+            assert "llama3.2:1b" not in listed
         finally:
             await api.close()  # type: ignore[no-untyped-call]

@@ -65,6 +65,22 @@ class _Map(_GoType):
         return value
 
 
+class _MapOf(_Map):
+    """`map[string]<item>`: Go names the field, not the key, when a value has the wrong type."""
+
+    def __init__(self, item: _GoType) -> None:
+        self.item = item
+        self.go_name = f"map[string]{item.go_name}"
+
+    def check(self, value: Any, struct: str, path: str) -> Any:
+        if not isinstance(value, dict):
+            raise self.mismatch(value, struct, path)
+        return {
+            key: None if item is None else self.item.check(item, struct, path)
+            for key, item in value.items()
+        }
+
+
 class _Duration(_GoType):
     go_name = "api.Duration"
 
@@ -172,6 +188,59 @@ _SHOW_REQUEST = _Struct(
 )
 
 
+_PULL_REQUEST = _Struct(
+    "PullRequest",
+    {
+        "model": _STRING,
+        "name": _STRING,
+        "insecure": _BOOL,
+        "username": _STRING,
+        "password": _STRING,
+        "stream": _BOOL,
+    },
+)
+_DELETE_REQUEST = _Struct("DeleteRequest", {"model": _STRING, "name": _STRING})
+_COPY_REQUEST = _Struct("CopyRequest", {"source": _STRING, "destination": _STRING})
+_CREATE_REQUEST = _Struct(
+    "CreateRequest",
+    {
+        "model": _STRING,
+        "name": _STRING,
+        "from": _STRING,
+        "files": _MapOf(_STRING),
+        "adapters": _MapOf(_STRING),
+        "template": _STRING,
+        "license": _ANY,
+        "system": _STRING,
+        "parameters": _MAP,
+        "messages": _Slice(_MESSAGE),
+        "quantize": _STRING,
+        "quantization": _STRING,
+        "stream": _BOOL,
+        "renderer": _STRING,
+        "parser": _STRING,
+        "requires": _STRING,
+        "info": _MAP,
+        "remote_host": _STRING,
+    },
+)
+_EMBED_REQUEST = _Struct(
+    "EmbedRequest",
+    {
+        "model": _STRING,
+        "input": _ANY,
+        "truncate": _BOOL,
+        "dimensions": _INT,
+        "keep_alive": _DURATION,
+        "options": _MAP,
+    },
+)
+_EMBEDDING_REQUEST = _Struct(
+    "EmbeddingRequest",
+    {"model": _STRING, "prompt": _STRING, "keep_alive": _DURATION, "options": _MAP},
+)
+
+
 @dataclass(frozen=True, slots=True)
 class Options:
     """The runtime options the emulator honours; everything else is accepted and ignored."""
@@ -221,6 +290,56 @@ class ShowRequest:
     model: str
 
 
+@dataclass(frozen=True, slots=True)
+class PullRequest:
+    model: str
+    """`model`, or the deprecated `name` (ollama-js still sends it)."""
+    stream: bool
+
+
+@dataclass(frozen=True, slots=True)
+class CopyRequest:
+    source: str
+    destination: str
+
+
+@dataclass(frozen=True, slots=True)
+class CreateRequest:
+    model: str
+    base: str
+    """`from`: the local (or else pulled) model to build on; "" when absent."""
+    files: dict[str, str] | None
+    """None when absent; Ollama tells an absent map from an empty one."""
+    template: str
+    system: str
+    license: object
+    """A string or a list of strings; checked when the model is written, as in Ollama."""
+    parameters: dict[str, Any]
+    messages: tuple[dict[str, str], ...]
+    quantize: str
+    """`quantize`, or the deprecated `quantization`, upper-cased."""
+    stream: bool
+
+
+@dataclass(frozen=True, slots=True)
+class EmbedRequest:
+    model: str
+    input: object
+    """A string, a list of strings, or (absent) None; anything else is refused later."""
+    truncate: bool
+    dimensions: int
+    keep_alive: KeepAlive | None
+    options: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class EmbeddingRequest:
+    model: str
+    prompt: str
+    keep_alive: KeepAlive | None
+    options: dict[str, Any]
+
+
 def parse_chat_request(body: Mapping[str, Any]) -> ChatRequest:
     fields = _CHAT_REQUEST.decode(body)
     messages = []
@@ -252,6 +371,68 @@ def parse_show_request(body: Mapping[str, Any]) -> ShowRequest:
     fields = _SHOW_REQUEST.decode(body)
     # `name` is the deprecated spelling; `model` wins when both are set.
     return ShowRequest(model=fields.get("model") or fields.get("name", ""))
+
+
+def parse_pull_request(body: Mapping[str, Any]) -> PullRequest:
+    fields = _PULL_REQUEST.decode(body)
+    return PullRequest(
+        model=fields.get("model") or fields.get("name", ""), stream=fields.get("stream", True)
+    )
+
+
+def parse_delete_request(body: Mapping[str, Any]) -> str:
+    """The model to delete: `model`, or the deprecated `name`."""
+    fields = _DELETE_REQUEST.decode(body)
+    return str(fields.get("model") or fields.get("name", ""))
+
+
+def parse_copy_request(body: Mapping[str, Any]) -> CopyRequest:
+    fields = _COPY_REQUEST.decode(body)
+    return CopyRequest(source=fields.get("source", ""), destination=fields.get("destination", ""))
+
+
+def parse_create_request(body: Mapping[str, Any]) -> CreateRequest:
+    fields = _CREATE_REQUEST.decode(body)
+    messages = tuple(
+        {"role": str(m.get("role", "")).lower(), "content": str(m.get("content", ""))}
+        for m in fields.get("messages", ())
+        if m is not None
+    )
+    files = fields.get("files")
+    return CreateRequest(
+        model=fields.get("model") or fields.get("name", ""),
+        base=fields.get("from", ""),
+        files=None if files is None else {k: v or "" for k, v in files.items()},
+        template=fields.get("template", ""),
+        system=fields.get("system", ""),
+        license=fields.get("license"),
+        parameters=fields.get("parameters", {}),
+        messages=messages,
+        quantize=(fields.get("quantize") or fields.get("quantization", "")).upper(),
+        stream=fields.get("stream", True),
+    )
+
+
+def parse_embed_request(body: Mapping[str, Any]) -> EmbedRequest:
+    fields = _EMBED_REQUEST.decode(body)
+    return EmbedRequest(
+        model=fields.get("model", ""),
+        input=fields.get("input"),
+        truncate=fields.get("truncate", True),
+        dimensions=fields.get("dimensions", 0),
+        keep_alive=fields.get("keep_alive"),
+        options=fields.get("options", {}),
+    )
+
+
+def parse_embedding_request(body: Mapping[str, Any]) -> EmbeddingRequest:
+    fields = _EMBEDDING_REQUEST.decode(body)
+    return EmbeddingRequest(
+        model=fields.get("model", ""),
+        prompt=fields.get("prompt", ""),
+        keep_alive=fields.get("keep_alive"),
+        options=fields.get("options", {}),
+    )
 
 
 def _generation_fields(fields: Mapping[str, Any]) -> dict[str, Any]:

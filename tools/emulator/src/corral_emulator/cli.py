@@ -10,7 +10,7 @@ from pathlib import Path
 import orjson
 
 from corral_emulator.config import EmulatorConfig
-from corral_emulator.models import model_spec_from_mapping
+from corral_emulator.models import ModelSpec, model_spec_from_mapping
 from corral_emulator.serve import serve_forever
 
 
@@ -36,6 +36,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="JSON file with a list of model specs replacing the built-in catalogue",
     )
     parser.add_argument(
+        "--pull-step-ms", type=float, default=2.0, help="delay per progress step of a pull"
+    )
+    parser.add_argument(
+        "--registry",
+        type=Path,
+        help="JSON file with a list of model specs replacing the pullable registry",
+    )
+    parser.add_argument(
         "--record-limit", type=int, default=50, help="request bodies kept per endpoint"
     )
     return parser
@@ -49,12 +57,18 @@ def config_from_args(argv: Sequence[str] | None = None) -> EmulatorConfig:
         token_delay_ms=args.token_delay_ms,
         load_ms=args.load_ms,
         prompt_ms_per_token=args.prompt_ms_per_token,
+        pull_step_ms=args.pull_step_ms,
         record_limit=args.record_limit,
     )
     if args.models is not None:
-        specs = orjson.loads(args.models.read_bytes())
-        config.models = tuple(model_spec_from_mapping(spec) for spec in specs)
+        config.models = _specs_file(args.models)
+    if args.registry is not None:
+        config.registry = _specs_file(args.registry)
     return config
+
+
+def _specs_file(path: Path) -> tuple[ModelSpec, ...]:
+    return tuple(model_spec_from_mapping(spec) for spec in orjson.loads(path.read_bytes()))
 
 
 def main(argv: Sequence[str] | None = None) -> int:

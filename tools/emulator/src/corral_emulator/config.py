@@ -11,12 +11,14 @@ from corral_emulator.models import (
     model_spec_from_mapping,
     model_spec_to_mapping,
 )
+from corral_emulator.registry import DEFAULT_REGISTRY
 
 OLLAMA_VERSION = "0.12.6"
 DEFAULT_KEEP_ALIVE_SECONDS = 300.0
 """`OLLAMA_KEEP_ALIVE`'s default of 5m."""
 
-RUNTIME_KNOBS = ("token_delay_ms", "load_ms", "prompt_ms_per_token")
+RUNTIME_KNOBS = ("token_delay_ms", "load_ms", "prompt_ms_per_token", "pull_step_ms")
+_MODEL_LISTS = ("models", "registry")
 
 
 @dataclass(slots=True)
@@ -29,7 +31,14 @@ class EmulatorConfig:
     """Paid once when a model that is not loaded is first used."""
     prompt_ms_per_token: float = 0.0
     """Prompt evaluation time, per prompt token."""
+    pull_step_ms: float = 2.0
+    """Sleep before each progress step of a pull; keep it small so tests stay fast."""
+    pull_steps: int = 4
+    """How many `completed` updates a pull reports for each layer it downloads in full."""
     models: tuple[ModelSpec, ...] = field(default_factory=lambda: DEFAULT_MODELS)
+    """What is "pulled" at start, and again after `/_emulator/reset`."""
+    registry: tuple[ModelSpec, ...] = field(default_factory=lambda: DEFAULT_REGISTRY)
+    """What `/api/pull` can fetch."""
     record_limit: int = 50
     """How many request bodies to keep per endpoint."""
     default_keep_alive_s: float = DEFAULT_KEEP_ALIVE_SECONDS
@@ -37,7 +46,12 @@ class EmulatorConfig:
 
     def apply(self, changes: Mapping[str, object]) -> None:
         """Apply a `/_emulator/config` body; validates everything before changing anything."""
-        unknown = set(changes) - {*RUNTIME_KNOBS, "models", "default_keep_alive_s"}
+        unknown = set(changes) - {
+            *RUNTIME_KNOBS,
+            *_MODEL_LISTS,
+            "pull_steps",
+            "default_keep_alive_s",
+        }
         if unknown:
             raise ValueError(f"unknown config keys: {sorted(unknown)}")
         numbers: dict[str, float] = {}
@@ -47,16 +61,15 @@ class EmulatorConfig:
                 if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
                     raise ValueError(f"'{key}' must be a non-negative number")
                 numbers[key] = float(value)
-        models: tuple[ModelSpec, ...] | None = None
-        if "models" in changes:
-            raw = changes["models"]
-            if not isinstance(raw, list) or not all(isinstance(item, dict) for item in raw):
-                raise ValueError("'models' must be a list of objects")
-            models = tuple(model_spec_from_mapping(item) for item in raw)
+        pull_steps = changes.get("pull_steps", self.pull_steps)
+        if isinstance(pull_steps, bool) or not isinstance(pull_steps, int) or pull_steps < 1:
+            raise ValueError("'pull_steps' must be a positive integer")
+        lists = {key: _model_list(changes[key], key) for key in _MODEL_LISTS if key in changes}
         for key, number in numbers.items():
             setattr(self, key, number)
-        if models is not None:
-            self.models = models
+        self.pull_steps = pull_steps
+        for key, specs in lists.items():
+            setattr(self, key, specs)
 
     def to_mapping(self) -> dict[str, object]:
         return {
@@ -65,8 +78,17 @@ class EmulatorConfig:
             "token_delay_ms": self.token_delay_ms,
             "load_ms": self.load_ms,
             "prompt_ms_per_token": self.prompt_ms_per_token,
+            "pull_step_ms": self.pull_step_ms,
+            "pull_steps": self.pull_steps,
             "default_keep_alive_s": self.default_keep_alive_s,
             "record_limit": self.record_limit,
             "version": self.version,
             "models": [model_spec_to_mapping(spec) for spec in self.models],
+            "registry": [model_spec_to_mapping(spec) for spec in self.registry],
         }
+
+
+def _model_list(raw: object, key: str) -> tuple[ModelSpec, ...]:
+    if not isinstance(raw, list) or not all(isinstance(item, dict) for item in raw):
+        raise ValueError(f"'{key}' must be a list of objects")
+    return tuple(model_spec_from_mapping(item) for item in raw)

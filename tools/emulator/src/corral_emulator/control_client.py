@@ -41,8 +41,21 @@ class EmulatorControl:
         return await self._call("POST", "reset")
 
     async def configure(self, **changes: Any) -> dict[str, Any]:
-        """token_delay_ms, load_ms, prompt_ms_per_token, default_keep_alive_s, models."""
+        """token_delay_ms, load_ms, prompt_ms_per_token, default_keep_alive_s, pull_step_ms,
+        pull_steps, models, registry (model specs as `{"name", "context_length", ...}`)."""
         return await self._call("POST", "config", changes)
+
+    async def config(self) -> dict[str, Any]:
+        return await self._call("GET", "config")
+
+    async def wait_for_pull(
+        self, count: int = 1, *, held: bool = False, within_s: float = 10.0
+    ) -> dict[str, Any]:
+        """Wait until `count` pulls are running (with `held`: waiting at the hold gate, so
+        they stay running until `release()`)."""
+        if held:
+            return await self.wait(within_s, pulls_held=count)
+        return await self.wait(within_s, pulling=count)
 
     async def fail(
         self,

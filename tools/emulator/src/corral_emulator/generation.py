@@ -9,14 +9,15 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
-from corral_emulator.activity import GenerationTicket, Outcome
+from corral_emulator.activity import OperationKind, OperationTicket, Outcome
 from corral_emulator.chunks import ChunkShape, Metrics
 from corral_emulator.durations import KeepAlive
 from corral_emulator.failures import FailureMode, FailurePlan
+from corral_emulator.model_loading import load_model, unload_model
 from corral_emulator.models import ModelSpec
 from corral_emulator.reply_plan import ReplyPlan
 from corral_emulator.state import EmulatorState
-from corral_emulator.wire import NDJSON_CONTENT_TYPE, error_response, json_response, ndjson_line
+from corral_emulator.wire import NdjsonWriter, error_response, json_response
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,32 +34,6 @@ class GenerationJob:
     """`time.perf_counter_ns()` when the request arrived; total_duration counts from here."""
 
 
-class NdjsonWriter:
-    """Starts the 200 NDJSON response lazily, so errors before the first token can still be
-    answered with a proper status, as Ollama does."""
-
-    def __init__(self, request: web.Request) -> None:
-        self._request = request
-        self.response: web.StreamResponse | None = None
-
-    @property
-    def started(self) -> bool:
-        return self.response is not None
-
-    async def send(self, chunk: dict[str, object]) -> None:
-        if self.response is None:
-            response = web.StreamResponse()
-            response.content_type = NDJSON_CONTENT_TYPE
-            self.response = response
-            await response.prepare(self._request)
-        await self.response.write(ndjson_line(chunk))
-
-    async def close(self) -> web.StreamResponse:
-        assert self.response is not None
-        await self.response.write_eof()
-        return self.response
-
-
 async def run_generation(
     request: web.Request, state: EmulatorState, job: GenerationJob
 ) -> web.StreamResponse:
@@ -70,7 +45,7 @@ async def run_generation(
     if failure is not None and failure.mode is FailureMode.NOT_FOUND:
         return error_response(404, f"model '{job.model}' not found")
 
-    ticket = state.activity.start(job.spec.full_name)
+    ticket = state.activity.start(job.spec.full_name, OperationKind.GENERATION)
     writer = NdjsonWriter(request)
     try:
         return await _generate(state, job, ticket, writer)
@@ -95,20 +70,13 @@ async def run_load(
     keep_alive: KeepAlive | None,
 ) -> web.Response:
     """An empty request: load the model (applying keep_alive) and say so."""
-    ticket = state.activity.start(spec.full_name)
-    try:
-        runner = await state.runners.acquire(spec, context_length, keep_alive)
-    except asyncio.CancelledError:
-        ticket.finish(Outcome.CANCELLED)
-        raise
-    state.runners.release(runner)
-    ticket.finish(Outcome.COMPLETED)
+    await load_model(state, spec, context_length, keep_alive)
     return json_response(shape.bare_done("load"))
 
 
 def run_unload(state: EmulatorState, spec: ModelSpec, shape: ChunkShape) -> web.Response:
     """An empty request with keep_alive 0: answers at once, not waiting for the unload."""
-    state.runners.expire(spec)
+    unload_model(state, spec)
     return json_response(shape.bare_done("unload"))
 
 
@@ -122,7 +90,7 @@ def refuse_connection(request: web.Request) -> web.Response:
 
 
 async def _generate(
-    state: EmulatorState, job: GenerationJob, ticket: GenerationTicket, writer: NdjsonWriter
+    state: EmulatorState, job: GenerationJob, ticket: OperationTicket, writer: NdjsonWriter
 ) -> web.StreamResponse:
     config = state.config
     failure = job.failure

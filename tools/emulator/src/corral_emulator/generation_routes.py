@@ -18,6 +18,7 @@ from corral_emulator.models import ModelSpec
 from corral_emulator.reply_plan import (
     ReplyPlan,
     context_length_for,
+    model_options,
     plan_chat_reply,
     plan_generate_reply,
 )
@@ -45,7 +46,7 @@ async def chat(request: web.Request) -> web.StreamResponse:
         if chat_request.tools and not spec.supports("tools"):
             raise ApiError(400, f"{spec.registry_name} does not support tools")
         _check_think(chat_request, spec)
-        options = Options.from_map(chat_request.options)
+        options = model_options(spec, chat_request.options)
         if not chat_request.messages:
             return await _load(state, chat_request, spec, options, shape)
         plan = plan_chat_reply(chat_request, spec, options)
@@ -71,7 +72,7 @@ async def generate(request: web.Request) -> web.StreamResponse:
         if gen_request.raw and (gen_request.template or gen_request.system or gen_request.context):
             raise ApiError(400, RAW_MODE_CONFLICT)
         _check_think(gen_request, spec)
-        options = Options.from_map(gen_request.options)
+        options = model_options(spec, gen_request.options)
         if not gen_request.prompt:
             return await _load(state, gen_request, spec, options, shape)
         plan = plan_generate_reply(gen_request, spec, options)

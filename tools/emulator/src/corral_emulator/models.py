@@ -2,12 +2,39 @@
 
 from __future__ import annotations
 
-import hashlib
+import dataclasses
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from typing import Any
+
+from corral_emulator.layers import (
+    Layer,
+    MediaType,
+    config_layer,
+    content_layer,
+    json_layer,
+    manifest_digest,
+    weights_layer,
+)
+from corral_emulator.timestamps import unix_seconds
 
 DEFAULT_MODIFIED_AT = "2025-10-01T12:00:00.123456789+02:00"
 """Go renders `modified_at` in local time, offset included; clients must cope with that."""
+
+# Trimmed-down llama3.2 Modelfile pieces; clients only display them.
+DEFAULT_TEMPLATE = (
+    "{{- range .Messages }}<|start_header_id|>{{ .Role }}<|end_header_id|>\n\n"
+    "{{ .Content }}<|eot_id|>{{ end }}<|start_header_id|>assistant<|end_header_id|>\n\n"
+)
+DEFAULT_LICENSE = "Emulated model for Corral tests. Not a real model; no weights are involved."
+
+
+def _default_parameters() -> dict[str, object]:
+    # A fresh dict per spec: specs are frozen, but a shared dict could still be mutated.
+    return {"stop": ["<|start_header_id|>", "<|eot_id|>"]}
+
+
+DEFAULT_PARAMETERS: Mapping[str, object] = _default_parameters()
 
 
 @dataclass(frozen=True, slots=True)
@@ -23,6 +50,16 @@ class ModelSpec:
     capabilities: tuple[str, ...] = ("completion", "tools")
     embedding_length: int = 3072
     modified_at: str = DEFAULT_MODIFIED_AT
+    system: str = ""
+    template: str = DEFAULT_TEMPLATE
+    license: tuple[str, ...] = (DEFAULT_LICENSE,)
+    parameters: Mapping[str, object] = field(default_factory=_default_parameters, hash=False)
+    """The Modelfile's PARAMETERs; they default the request options, as in Ollama."""
+    messages: tuple[Mapping[str, str], ...] = field(default=(), hash=False)
+    """The Modelfile's MESSAGEs, put before a chat's own messages."""
+    weights: str = ""
+    """Which weights the model uses; empty means its own. Copies and created models keep the
+    weights of the model they came from, so they share its weights layer."""
 
     @property
     def full_name(self) -> str:
@@ -30,8 +67,31 @@ class ModelSpec:
         return canonical_model_name(self.name)
 
     @property
+    def weights_identity(self) -> str:
+        return self.weights or self.full_name
+
+    @property
+    def layers(self) -> tuple[Layer, ...]:
+        """The manifest's layers, config excluded, in the order Ollama's create leaves them."""
+        layers = [weights_layer(self.weights_identity, self.size)]
+        if self.template:
+            layers.append(content_layer(MediaType.TEMPLATE, self.template.encode()))
+        layers += [content_layer(MediaType.LICENSE, text.encode()) for text in self.license]
+        if self.system:
+            layers.append(content_layer(MediaType.SYSTEM, self.system.encode()))
+        if self.parameters:
+            layers.append(json_layer(MediaType.PARAMS, dict(self.parameters)))
+        if self.messages:
+            layers.append(json_layer(MediaType.MESSAGES, [dict(m) for m in self.messages]))
+        return tuple(layers)
+
+    @property
+    def config_layer(self) -> Layer:
+        return config_layer(self.config(), self.layers)
+
+    @property
     def digest(self) -> str:
-        return hashlib.sha256(self.full_name.encode()).hexdigest()
+        return manifest_digest(self.config_layer, self.layers)
 
     @property
     def registry_name(self) -> str:
@@ -55,6 +115,23 @@ class ModelSpec:
             "parameter_size": self.parameter_size,
             "quantization_level": self.quantization_level,
         }
+
+    def config(self) -> dict[str, object]:
+        """The manifest config blob's fields (Ollama's `ConfigV2`), rootfs aside."""
+        return {
+            "model_format": "gguf",
+            "model_family": self.family,
+            "model_families": [self.family],
+            "model_type": self.parameter_size,
+            "file_type": self.quantization_level,
+            "architecture": "amd64",
+            "os": "linux",
+        }
+
+    def derive(self, **changes: Any) -> ModelSpec:
+        """A model made from this one (copy, create); it keeps these weights unless told."""
+        changes.setdefault("weights", self.weights_identity)
+        return dataclasses.replace(self, **changes)
 
 
 DEFAULT_MODELS: tuple[ModelSpec, ...] = (
@@ -105,7 +182,15 @@ def model_spec_from_mapping(data: Mapping[str, object]) -> ModelSpec:
     if not isinstance(name, str) or not name:
         raise ValueError("model spec needs a non-empty string 'name'")
     kwargs: dict[str, object] = {"name": name}
-    for key in ("family", "parameter_size", "quantization_level", "modified_at"):
+    for key in (
+        "family",
+        "parameter_size",
+        "quantization_level",
+        "modified_at",
+        "system",
+        "template",
+        "weights",
+    ):
         if key in data:
             kwargs[key] = _require(data[key], str, key)
     for key in ("context_length", "size", "embedding_length"):
@@ -113,10 +198,18 @@ def model_spec_from_mapping(data: Mapping[str, object]) -> ModelSpec:
             kwargs[key] = _require(data[key], int, key)
     kwargs.setdefault("context_length", 4096)
     if "capabilities" in data:
-        capabilities = data["capabilities"]
-        if not isinstance(capabilities, list) or not all(isinstance(c, str) for c in capabilities):
-            raise ValueError("'capabilities' must be a list of strings")
-        kwargs["capabilities"] = tuple(capabilities)
+        kwargs["capabilities"] = _strings(data["capabilities"], "capabilities")
+    if "license" in data:
+        license_text = data["license"]
+        single = isinstance(license_text, str)
+        kwargs["license"] = (license_text,) if single else _strings(license_text, "license")
+    if "parameters" in data:
+        parameters = data["parameters"]
+        if not isinstance(parameters, dict):
+            raise ValueError("'parameters' must be an object")
+        kwargs["parameters"] = dict(parameters)
+    if "messages" in data:
+        kwargs["messages"] = _messages(data["messages"])
     return ModelSpec(**kwargs)  # type: ignore[arg-type]
 
 
@@ -131,27 +224,56 @@ def model_spec_to_mapping(spec: ModelSpec) -> dict[str, object]:
         "capabilities": list(spec.capabilities),
         "embedding_length": spec.embedding_length,
         "modified_at": spec.modified_at,
+        "system": spec.system,
+        "template": spec.template,
+        "license": list(spec.license),
+        "parameters": dict(spec.parameters),
+        "messages": [dict(message) for message in spec.messages],
+        "weights": spec.weights,
     }
 
 
-@dataclass(slots=True)
 class ModelCatalogue:
-    """Name lookup over the configured models, ignoring case and the default tag."""
+    """Name lookup over the models, ignoring case and the default tag. Pull, copy, create and
+    delete change it; `/_emulator/config` and reset rebuild it from the configured models."""
 
-    specs: tuple[ModelSpec, ...]
-    _by_name: dict[str, ModelSpec] = field(init=False, repr=False)
-
-    def __post_init__(self) -> None:
-        self._by_name = {spec.full_name: spec for spec in self.specs}
+    def __init__(self, specs: Iterable[ModelSpec]) -> None:
+        self._by_name = {spec.full_name: spec for spec in specs}
 
     @classmethod
     def of(cls, specs: Iterable[ModelSpec]) -> ModelCatalogue:
-        return cls(tuple(specs))
+        return cls(specs)
+
+    @property
+    def specs(self) -> tuple[ModelSpec, ...]:
+        return tuple(self._by_name.values())
 
     def find(self, name: str) -> ModelSpec | None:
         if not name.strip():
             return None
         return self._by_name.get(canonical_model_name(name))
+
+    def put(self, spec: ModelSpec) -> None:
+        """Add a model, replacing any of the same name (as a new manifest does)."""
+        self._by_name.pop(spec.full_name, None)
+        self._by_name[spec.full_name] = spec
+
+    def remove(self, name: str) -> ModelSpec | None:
+        if not name.strip():
+            return None
+        return self._by_name.pop(canonical_model_name(name), None)
+
+    def listing(self) -> list[ModelSpec]:
+        """Most recently modified first (whole seconds, stable), like `/api/tags`."""
+        return sorted(self._by_name.values(), key=lambda s: -unix_seconds(s.modified_at))
+
+    def has_blob(self, digest: str) -> bool:
+        """Whether some model already holds a layer with this digest (Ollama's blob cache)."""
+        return any(
+            layer.digest == digest
+            for spec in self._by_name.values()
+            for layer in (*spec.layers, spec.config_layer)
+        )
 
 
 def _require(value: object, kind: type, key: str) -> object:
@@ -159,3 +281,17 @@ def _require(value: object, kind: type, key: str) -> object:
     if not isinstance(value, kind) or isinstance(value, bool):
         raise ValueError(f"'{key}' must be of type {kind.__name__}")
     return value
+
+
+def _strings(value: object, key: str) -> tuple[str, ...]:
+    if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
+        raise ValueError(f"'{key}' must be a list of strings")
+    return tuple(value)
+
+
+def _messages(value: object) -> tuple[dict[str, str], ...]:
+    if not isinstance(value, list) or not all(
+        isinstance(item, dict) and all(isinstance(v, str) for v in item.values()) for item in value
+    ):
+        raise ValueError('\'messages\' must be a list of {"role", "content"} objects')
+    return tuple(dict(item) for item in value)

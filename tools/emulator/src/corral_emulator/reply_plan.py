@@ -8,7 +8,7 @@ reply with "length" when the window is full.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -45,6 +45,11 @@ def context_length_for(spec: ModelSpec, options: Options) -> int:
     return spec.context_length
 
 
+def model_options(spec: ModelSpec, request_options: Mapping[str, Any]) -> Options:
+    """Request options over the model's Modelfile parameters, as Ollama's modelOptions."""
+    return Options.from_map({**spec.parameters, **request_options})
+
+
 def fit_messages(messages: Sequence[dict[str, Any]], context_length: int) -> list[dict[str, Any]]:
     """Ollama's `chatPrompt` truncation: keep the longest tail of the history that fits,
     plus the system messages from the dropped part; the last message is always kept."""
@@ -59,9 +64,20 @@ def fit_messages(messages: Sequence[dict[str, Any]], context_length: int) -> lis
     return _with_earlier_system(messages, keep_from)
 
 
+def with_model_messages(
+    spec: ModelSpec, messages: Sequence[dict[str, Any]]
+) -> list[dict[str, Any]]:
+    """The prompt Ollama's chat builds: the model's MESSAGEs first, and its SYSTEM in front
+    unless the request starts with a system message of its own."""
+    combined = [dict(message) for message in spec.messages] + list(messages)
+    if spec.system and (not messages or messages[0].get("role") != "system"):
+        combined.insert(0, {"role": "system", "content": spec.system})
+    return combined
+
+
 def plan_chat_reply(request: ChatRequest, spec: ModelSpec, options: Options) -> ReplyPlan:
     context_length = context_length_for(spec, options)
-    messages = list(request.messages)
+    messages = with_model_messages(spec, request.messages)
     if request.truncate:
         messages = fit_messages(messages, context_length)
     prompt_count = _fit_prompt(count_message_tokens(messages), context_length, request.truncate)
@@ -72,7 +88,13 @@ def plan_chat_reply(request: ChatRequest, spec: ModelSpec, options: Options) -> 
 
 def plan_generate_reply(request: GenerateRequest, spec: ModelSpec, options: Options) -> ReplyPlan:
     context_length = context_length_for(spec, options)
-    parts = [request.system, request.prompt] if request.system else [request.prompt]
+    parts = [request.prompt]
+    if not request.raw:
+        # Raw prompts skip the template, and with it the model's SYSTEM and MESSAGEs; those
+        # MESSAGEs also stay out of a prompt that continues a context.
+        system = request.system or spec.system
+        history = [] if request.context else [str(m.get("content", "")) for m in spec.messages]
+        parts = [*([system] if system else []), *history, request.prompt]
     prompt_count = _fit_prompt(
         count_prompt_tokens(parts) + len(request.context), context_length, request.truncate
     )

@@ -123,6 +123,13 @@ class RunnerPool:
         if runner.in_flight == 0:
             self._unload(runner)
 
+    def refresh(self, spec: ModelSpec) -> None:
+        """A model was replaced under the same name: a loaded runner now reports the new
+        spec. Ollama keeps such a runner too, as long as its weights and options match."""
+        runner = self._runners.get(spec.full_name)
+        if runner is not None:
+            runner.spec = spec
+
     def clear(self) -> None:
         self._runners.clear()
         self.loads = 0

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+from collections import Counter
 from collections.abc import Callable
+from enum import StrEnum
 
 from aiohttp import web
 
@@ -11,23 +13,40 @@ from corral_emulator.activity import Activity, ChangeNotifier
 from corral_emulator.config import EmulatorConfig
 from corral_emulator.durations import NANOS_PER_SECOND
 from corral_emulator.failures import FailureQueue
-from corral_emulator.models import ModelCatalogue
+from corral_emulator.models import ModelCatalogue, ModelSpec
 from corral_emulator.request_log import RequestLog
 from corral_emulator.runners import RunnerPool
 
 
+class GatePurpose(StrEnum):
+    GENERATION = "generation"
+    """Waits before its first token."""
+    EMBED = "embed"
+    """Waits after its model is loaded, before computing vectors."""
+    PULL = "pull"
+    """Waits after announcing its weights layer, before any bytes "arrive"."""
+
+
 class HoldGate:
-    """While held, generations wait before their first token; lets tests line requests up."""
+    """While held, generations, embeddings and pulls wait; lets tests line requests up."""
 
     def __init__(self, changes: ChangeNotifier) -> None:
         self._open = asyncio.Event()
         self._open.set()
         self._changes = changes
-        self.waiting = 0
+        self._waiting: Counter[GatePurpose] = Counter()
 
     @property
     def held(self) -> bool:
         return not self._open.is_set()
+
+    @property
+    def waiting(self) -> int:
+        """Generations waiting (what the `held` stat has always counted)."""
+        return self._waiting[GatePurpose.GENERATION]
+
+    def waiting_for(self, purpose: GatePurpose) -> int:
+        return self._waiting[purpose]
 
     def hold(self) -> None:
         self._open.clear()
@@ -37,15 +56,15 @@ class HoldGate:
         self._open.set()
         self._changes.notify()
 
-    async def pass_through(self) -> None:
+    async def pass_through(self, purpose: GatePurpose = GatePurpose.GENERATION) -> None:
         if self._open.is_set():
             return
-        self.waiting += 1
+        self._waiting[purpose] += 1
         self._changes.notify()
         try:
             await self._open.wait()
         finally:
-            self.waiting -= 1
+            self._waiting[purpose] -= 1
             self._changes.notify()
 
 
@@ -64,17 +83,40 @@ class EmulatorState:
         self.requests = RequestLog(config.record_limit)
         self.gate = HoldGate(self.changes)
 
+    @property
+    def registry(self) -> ModelCatalogue:
+        """What pulls can fetch; read per pull, so `/_emulator/config` applies at once."""
+        return ModelCatalogue.of(self.config.registry)
+
     async def wait_for(self, predicate: Callable[[], bool]) -> None:
         """Wait until `predicate()` holds, re-checking on every recorded change."""
         await self.changes.wait_for(predicate)
 
     def models_changed(self) -> None:
+        """Back to the configured models: pulled, copied and created ones are gone."""
         self.catalogue = ModelCatalogue.of(self.config.models)
         self.runners.retain({spec.full_name for spec in self.config.models})
+        self.changes.notify()
+
+    def put_model(self, spec: ModelSpec) -> None:
+        """A model was pulled, copied or created (replacing any of that name)."""
+        self.catalogue.put(spec)
+        self.runners.refresh(spec)
+        self.changes.notify()
+
+    def remove_model(self, name: str) -> ModelSpec | None:
+        """Delete a model; a loaded one is unloaded with it."""
+        spec = self.catalogue.remove(name)
+        if spec is not None:
+            self.runners.retain({kept.full_name for kept in self.catalogue.specs})
+            self.changes.notify()
+        return spec
 
     def reset(self) -> None:
-        """Zero the counters and records, forget failures, unload everything, open the gate."""
+        """Zero the counters and records, forget failures, unload everything, open the gate,
+        and restore the configured models."""
         self.runners.clear()
+        self.models_changed()
         self.activity.reset()
         self.failures.clear()
         self.requests.clear()
@@ -83,10 +125,13 @@ class EmulatorState:
     def stats(self) -> dict[str, object]:
         return {
             **self.activity.counters.to_mapping(),
+            **self.activity.management.to_mapping(),
             "loads": self.runners.loads,
             "unloads": self.runners.unloads,
             "loaded": [runner.spec.full_name for runner in self.runners.loaded()],
             "held": self.gate.waiting,
+            "embeds_held": self.gate.waiting_for(GatePurpose.EMBED),
+            "pulls_held": self.gate.waiting_for(GatePurpose.PULL),
             "holding": self.gate.held,
             "pending_failures": self.failures.pending(),
         }

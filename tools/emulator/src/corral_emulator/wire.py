@@ -41,6 +41,45 @@ def error_response(status: int, message: str) -> web.Response:
     return json_response({"error": message}, status=status)
 
 
+def plain_json_response(value: object, status: int = 200) -> web.Response:
+    """JSON labelled bare `application/json`: what gin sends when a handler set that header
+    before `c.JSON` (Ollama's progress endpoints: pull and create)."""
+    return web.Response(
+        status=status, body=dumps(value), headers={"Content-Type": "application/json"}
+    )
+
+
+def empty_response() -> web.Response:
+    """A 200 with no body and no content type: a gin handler that wrote nothing (copy, delete)."""
+    return web.Response(status=200)
+
+
+class NdjsonWriter:
+    """Starts the 200 NDJSON response lazily, so errors before the first line can still be
+    answered with a proper status, as Ollama does."""
+
+    def __init__(self, request: web.Request) -> None:
+        self._request = request
+        self.response: web.StreamResponse | None = None
+
+    @property
+    def started(self) -> bool:
+        return self.response is not None
+
+    async def send(self, chunk: object) -> None:
+        if self.response is None:
+            response = web.StreamResponse()
+            response.content_type = NDJSON_CONTENT_TYPE
+            self.response = response
+            await response.prepare(self._request)
+        await self.response.write(ndjson_line(chunk))
+
+    async def close(self) -> web.StreamResponse:
+        assert self.response is not None
+        await self.response.write_eof()
+        return self.response
+
+
 def gin_plain_text(status: int, text: str) -> web.Response:
     # gin's router fallbacks send bare "text/plain", with no charset parameter.
     return web.Response(status=status, body=text.encode(), headers={"Content-Type": "text/plain"})
@@ -62,6 +101,12 @@ def decode_json_object(raw: bytes, go_type: str) -> dict[str, Any]:
             400, f"json: cannot unmarshal {json_kind(value)} into Go value of type api.{go_type}"
         )
     return value
+
+
+def go_quote(text: str) -> str:
+    """Go's `%q` for the texts that reach it here (printable text, common escapes)."""
+    escapes = {"\\": "\\\\", '"': '\\"', "\n": "\\n", "\t": "\\t", "\r": "\\r"}
+    return '"' + "".join(escapes.get(char, char) for char in text) + '"'
 
 
 def json_kind(value: object) -> str:
