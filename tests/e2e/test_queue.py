@@ -268,3 +268,45 @@ async def test_dead_letters_can_be_inspected(queue_cluster: Cluster, emu: Emulat
     assert {"readable": False, "reason": "rejected", "bytes": 9} in body["jobs"]
     status, body = await get(queue_cluster, "/admin/dlq?limit=x")
     assert status == 400
+
+
+LONG = "leave " + " ".join(f"word{i}" for i in range(60))
+
+
+async def test_leaving_mid_generation_closes_the_backend_request(
+    queue_cluster: Cluster, emu: EmulatorControl
+) -> None:
+    await emu.configure(token_delay_ms=30)
+    generating = 'corral_cancellations_total{stage="generating"}'
+    cancelled = 'corral_jobs_total{outcome="cancelled"}'
+    before = await metric_value(queue_cluster, generating)
+    cancelled_before = await metric_value(queue_cluster, cancelled)
+    url = f"{queue_cluster.gateway_url}/api/chat"
+    async with aiohttp.ClientSession() as session:
+        # Streaming: hang up after the first token.
+        async with session.post(url, json=chat(LONG)) as response:
+            while "queue_info" in (chunk := orjson.loads(await response.content.readline())):
+                pass
+            assert chunk["message"]["content"]
+            response.close()
+        await emu.wait(cancelled_midstream=1)
+        await wait_for_value(queue_cluster, generating, before + 1)
+        # Not streaming: hang up while the backend generates (nothing was written to us yet).
+        host, port = queue_cluster.gateway_url.removeprefix("http://").split(":")
+        _, writer = await asyncio.open_connection(host, int(port))
+        body = orjson.dumps(chat(LONG, stream=False))
+        writer.write(
+            b"POST /api/chat HTTP/1.1\r\nHost: corral\r\nContent-Type: application/json\r\n"
+            + f"Content-Length: {len(body)}\r\n\r\n".encode()
+            + body
+        )
+        await writer.drain()
+        await emu.wait(active=1)
+        writer.close()
+        await writer.wait_closed()
+        await emu.wait(cancelled=2)
+        await wait_for_value(queue_cluster, cancelled, cancelled_before + 2)
+        # The lane moves on only once the backend request is really closed.
+        async with session.post(url, json=chat("next", stream=False)) as response:
+            assert (await response.json())["message"]["content"]
+    assert (await emu.stats())["max_active"] == 1
