@@ -28,6 +28,7 @@ from corral_common.messages import (
     Job,
     ModelActivity,
     ModelList,
+    Progress,
     QueueStatus,
     SchedulerStatus,
 )
@@ -42,7 +43,11 @@ from corral_common.topology import (
     STATUS_ROUTING_KEY,
     event_key,
 )
+from corral_devstack.ports import free_port
 from corral_emulator import RunningEmulator, running_emulator
+from corral_emulator.registry import MANIFEST_NOT_FOUND
+from corral_emulator.state import GatePurpose
+from corral_emulator.testing import wait_for_state
 from corral_model_manager.app import SETTINGS, UNLOADER, create_app
 from corral_model_manager.settings import ModelManagerSettings
 
@@ -125,6 +130,31 @@ class FakeGateway:
     async def next_event(self, request_id: str) -> Event:
         async with asyncio.timeout(WAIT_S):
             return await self.events[request_id].get()
+
+    async def start_operation(self, method: str, **params: Any) -> tuple[str, Any]:
+        """Start a pull or create as a gateway does: listening before the call."""
+        request_id = new_id()
+        result = await self.call(method, request_id=request_id, gateway_id=self.id, **params)
+        return request_id, result
+
+    async def outcome(self, request_id: str) -> tuple[list[Progress], Failed | None]:
+        """The operation's progress events up to the final one, or up to its failure."""
+        progress: list[Progress] = []
+        while True:
+            event = await self.next_event(request_id)
+            if isinstance(event, Failed):
+                return progress, event
+            assert isinstance(event, Progress), event
+            progress.append(event)
+            if event.final:
+                return progress, None
+
+    async def list_with(self, model: str, present: bool = True) -> ModelList:
+        """The first broadcast list that has (or lacks) `model`."""
+        while True:
+            listed = await self.next_list()
+            if (model in listed.models) == present:
+                return listed
 
     async def next_list(self) -> ModelList:
         async with asyncio.timeout(WAIT_S):
@@ -333,3 +363,160 @@ async def test_memory_pressure_unloads_the_least_recently_used(
     job = await gateway.next_job(manager_id)
     assert (job.kind, job.model) == ("unload", "llama3.2:latest")
     assert sample("corral_host_memory_percent") == 97.5
+
+
+# -- pulls, creates, deletes and copies ---------------------------------------------------------
+
+
+async def test_a_pull_streams_its_progress_in_order_and_ends_with_success(
+    start_manager: StartManager, gateway: FakeGateway
+) -> None:
+    await start_manager()
+    pulled_before = sample("corral_model_pulls_total", outcome="success")
+    request_id, started = await gateway.start_operation("pull", model="llama3.2:1b")
+    assert started == {"model": "llama3.2:1b", "joined": False}
+    progress, failed = await gateway.outcome(request_id)
+    assert failed is None
+    assert [event.seq for event in progress] == list(range(len(progress)))
+    lines = [event.line for event in progress]
+    assert lines[0] == {"status": "pulling manifest"}
+    assert lines[-3:] == [
+        {"status": "verifying sha256 digest"},
+        {"status": "writing manifest"},
+        {"status": "success"},
+    ]
+    assert [event.final for event in progress] == [False] * (len(progress) - 1) + [True]
+    # Every layer is seen complete.
+    last_per_layer = {line["digest"]: line for line in lines if "digest" in line}
+    assert last_per_layer
+    assert all(line["completed"] == line["total"] for line in last_per_layer.values())
+    # Gateways are told of the new model.
+    assert "llama3.2:1b" in (await gateway.list_with("llama3.2:1b")).models
+    assert "llama3.2:1b" in (await gateway.call("model_names"))["models"]
+    [pull] = (await gateway.call("pulls"))["pulls"]
+    assert pull["model"] == "llama3.2:1b"
+    assert (pull["state"], pull["status"], pull["percent"]) == ("success", "success", 100.0)
+    assert pull["watchers"] == 1
+    await eventually(
+        lambda: sample("corral_model_pulls_total", outcome="success") == pulled_before + 1,
+        "the pull counted",
+    )
+
+
+async def test_a_second_pull_of_the_same_model_joins_the_first(
+    start_manager: StartManager, gateway: FakeGateway, backend: RunningEmulator
+) -> None:
+    await start_manager()
+    state = backend.state
+    state.gate.hold()
+    first, started = await gateway.start_operation("pull", model="llama3.2:1b")
+    assert started["joined"] is False
+    await wait_for_state(state, lambda: state.gate.waiting_for(GatePurpose.PULL) == 1)
+    # The weights layer was announced (its size, nothing downloaded yet) and the pull waits.
+    seen = [await gateway.next_event(first) for _ in range(2)]
+    announced = seen[-1]
+    assert isinstance(announced, Progress) and "total" in announced.line
+
+    second, joined = await gateway.start_operation("pull", model="llama3.2:1b")
+    assert joined == {"model": "llama3.2:1b", "joined": True}
+    catch_up = await gateway.next_event(second)
+    assert isinstance(catch_up, Progress)
+    assert (catch_up.seq, catch_up.line) == (0, announced.line)
+    running = (await gateway.call("pulls"))["pulls"][0]
+    assert (running["state"], running["watchers"]) == ("running", 2)
+    assert running["total"] == announced.line["total"]
+
+    state.gate.release()
+    rest_first, failed_first = await gateway.outcome(first)
+    rest_second, failed_second = await gateway.outcome(second)
+    assert failed_first is None and failed_second is None
+    assert [e.line for e in rest_first] == [e.line for e in rest_second]
+    assert rest_second[-1].line == {"status": "success"}
+    assert len(state.requests.bodies("pull")) == 1
+
+
+async def test_a_pull_of_an_unknown_model_fails(
+    start_manager: StartManager, gateway: FakeGateway
+) -> None:
+    await start_manager()
+    failed_before = sample("corral_model_pulls_total", outcome="error")
+    request_id, _ = await gateway.start_operation("pull", model="no-such-model-anywhere")
+    progress, failed = await gateway.outcome(request_id)
+    assert [event.line for event in progress] == [{"status": "pulling manifest"}]
+    assert failed is not None
+    assert (failed.status, failed.error_type, failed.message) == (
+        500,
+        "backend_error",
+        MANIFEST_NOT_FOUND,
+    )
+    [pull] = (await gateway.call("pulls"))["pulls"]
+    assert (pull["state"], pull["error"]) == ("error", MANIFEST_NOT_FOUND)
+    await eventually(
+        lambda: sample("corral_model_pulls_total", outcome="error") == failed_before + 1,
+        "the failed pull counted",
+    )
+    # A name the backend refuses before streaming: its own status and text.
+    request_id, _ = await gateway.start_operation("pull", model="bad name!")
+    progress, failed = await gateway.outcome(request_id)
+    assert progress == []
+    assert failed is not None and failed.status == 400
+    # No model at all is the caller's mistake.
+    with pytest.raises(CorralError) as refused:
+        await gateway.start_operation("pull", model="")
+    assert refused.value.status == 400
+
+
+async def test_a_pull_from_an_absent_backend_fails_with_503(
+    start_manager: StartManager, gateway: FakeGateway
+) -> None:
+    dead = f"http://127.0.0.1:{free_port()}"
+    await start_manager(ollama_url=dead)
+    request_id, _ = await gateway.start_operation("pull", model="tiny")
+    progress, failed = await gateway.outcome(request_id)
+    assert progress == []
+    assert failed is not None
+    assert (failed.status, failed.error_type) == (503, "ollama_connection_error")
+    assert (
+        failed.message
+        == f"Cannot connect to Ollama server. Please ensure Ollama is running on {dead}"
+    )
+    assert failed.details["ollama_host"] == dead
+
+
+async def test_create_streams_to_success_and_lists_the_model(
+    start_manager: StartManager, gateway: FakeGateway
+) -> None:
+    await start_manager()
+    body = {"model": "pirate", "from": "tiny", "system": "Talk like a pirate.", "stream": False}
+    request_id, started = await gateway.start_operation("create", body=body)
+    assert started == {"model": "pirate"}
+    progress, failed = await gateway.outcome(request_id)
+    assert failed is None
+    assert progress[-1].line == {"status": "success"}
+    await gateway.list_with("pirate:latest")
+    assert (await gateway.call("pulls"))["pulls"] == []
+
+
+async def test_delete_and_copy_pass_the_backends_answers_through(
+    start_manager: StartManager, gateway: FakeGateway
+) -> None:
+    await start_manager()
+    with pytest.raises(CorralError) as deleted:
+        await gateway.call("delete", model="no-such-model")
+    assert (deleted.value.status, deleted.value.message) == (404, "model 'no-such-model' not found")
+    with pytest.raises(CorralError) as copied:
+        await gateway.call("copy", source="no-such-model", destination="anything")
+    assert (copied.value.status, copied.value.message) == (404, 'model "no-such-model" not found')
+    with pytest.raises(CorralError) as invalid:
+        await gateway.call("delete", model="")
+    assert invalid.value.status == 400
+
+    assert await gateway.call("copy", source="tiny", destination="tiny-copy") == {}
+    await gateway.list_with("tiny-copy:latest")
+    assert (await gateway.call("model_info", model="tiny-copy"))["context_length"] == 256
+    assert await gateway.call("delete", model="tiny-copy") == {}
+    await gateway.list_with("tiny-copy:latest", present=False)
+    # Its cached metadata went with it.
+    with pytest.raises(CorralError) as gone:
+        await gateway.call("model_info", model="tiny-copy")
+    assert gone.value.status == 404
