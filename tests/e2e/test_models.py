@@ -150,6 +150,9 @@ async def test_model_errors_pass_through_with_ollamas_texts(
         404,
         'model "no-such-model" not found',
     )
+    for bad in ({"model": "", "stream": False}, {"model": "Bad Name!!", "stream": False}):
+        status, raw = await call(models_cluster, "POST", "/api/pull", bad)
+        assert (status, orjson.loads(raw)) == (400, {"error": "invalid model name"}), bad
     for path, method, field in (
         ("/api/pull", "POST", "model"),
         ("/api/delete", "DELETE", "model"),
