@@ -5,7 +5,7 @@ SHELL := /bin/bash
 UV ?= $(shell command -v uv 2>/dev/null || echo "$(HOME)/.local/bin/uv")
 export UV_LINK_MODE ?= copy
 
-.PHONY: run run-demo test lint typecheck check bench install rabbitmq
+.PHONY: run run-demo test lint typecheck check bench bench-fairness install rabbitmq
 
 $(UV):
 	python3 -m pip install --quiet --user uv || python3 -m pip install --quiet uv
@@ -39,3 +39,7 @@ check: lint typecheck test
 
 bench: install rabbitmq
 	$(UV) run python bench/latency.py
+
+## Queue ordering policies compared by simulation (no cluster needed; docs/queue.md).
+bench-fairness: install
+	$(UV) run python bench/fairness.py
