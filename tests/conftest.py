@@ -106,22 +106,36 @@ def start_cluster(
     return cluster
 
 
-@pytest.fixture(scope="module")
-def cluster(
+ClusterFactory = Callable[..., Cluster]
+
+
+@pytest.fixture(scope="session")
+def new_cluster(
     fresh_broker: Callable[[], str],
     emulator: Emulator,
     mongo_url: str,
     tmp_path_factory: pytest.TempPathFactory,
-) -> Iterator[Cluster]:
-    """The whole cluster (scheduler, session store, gateway) in front of the emulator, shared by
-    a test module."""
-    cluster = start_cluster(
-        fresh_broker(),
-        emulator.url,
-        tmp_path_factory.mktemp("cluster"),
-        mongo_url=mongo_url,
-        CORRAL_HEARTBEAT_S="1",
-        CORRAL_STATUS_INTERVAL_S="0.5",
-    )
-    yield cluster
-    cluster.stop_all()
+) -> ClusterFactory:
+    """Starts a cluster of its own (broker vhost, work dir) in front of the emulator: a scheduler
+    and a gateway, plus the model manager and session store with `whole=True`. Use it as a
+    context manager; leaving stops every service."""
+
+    def start(name: str, *, whole: bool = False, **env: str) -> Cluster:
+        return start_cluster(
+            fresh_broker(),
+            emulator.url,
+            tmp_path_factory.mktemp(name),
+            mongo_url=mongo_url if whole else None,
+            **env,
+        )
+
+    return start
+
+
+@pytest.fixture(scope="module")
+def cluster(new_cluster: ClusterFactory) -> Iterator[Cluster]:
+    """The whole cluster in front of the emulator, shared by a test module."""
+    with new_cluster(
+        "cluster", whole=True, CORRAL_HEARTBEAT_S="1", CORRAL_STATUS_INTERVAL_S="0.5"
+    ) as cluster:
+        yield cluster

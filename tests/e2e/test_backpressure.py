@@ -3,33 +3,24 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 import aiohttp
 import pytest
 
 from corral_devstack.cluster import Cluster
 from corral_emulator import EmulatorControl, expected_reply
-from tests.conftest import Emulator, start_cluster
+from tests.conftest import ClusterFactory
 
 pytestmark = pytest.mark.e2e
 
 
 @pytest.fixture(scope="module")
-def small_cluster(
-    fresh_broker: Callable[[], str], emulator: Emulator, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[Cluster]:
+def small_cluster(new_cluster: ClusterFactory) -> Iterator[Cluster]:
     # The scheduler holds one job; the broker queue holds one (or two: quorum queues enforce
     # the limit approximately) more.
-    cluster = start_cluster(
-        fresh_broker(),
-        emulator.url,
-        tmp_path_factory.mktemp("small"),
-        CORRAL_ADMISSION_WINDOW="1",
-        CORRAL_QUEUE_MAX_LENGTH="1",
-    )
-    yield cluster
-    cluster.stop_all()
+    with new_cluster("small", CORRAL_ADMISSION_WINDOW="1", CORRAL_QUEUE_MAX_LENGTH="1") as cluster:
+        yield cluster
 
 
 async def test_full_queue_is_a_503_with_retry_after(

@@ -7,7 +7,7 @@ Killing a gateway fails only its own clients."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -17,7 +17,7 @@ import pytest
 
 from corral_devstack.cluster import Cluster
 from corral_emulator import EmulatorControl, expected_reply
-from tests.conftest import Emulator, start_cluster
+from tests.conftest import ClusterFactory
 from tests.polling import eventually
 
 pytestmark = pytest.mark.e2e
@@ -28,14 +28,11 @@ LONG = "interrupted " + " ".join(f"word{i}" for i in range(80))
 
 
 @pytest.fixture(scope="module")
-def pair(
-    fresh_broker: Callable[[], str], emulator: Emulator, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[Cluster]:
+def pair(new_cluster: ClusterFactory) -> Iterator[Cluster]:
     env = {"CORRAL_STATUS_INTERVAL_S": "0.2", "CORRAL_TAKEOVER_GRACE_S": "0.5"}
-    cluster = start_cluster(fresh_broker(), emulator.url, tmp_path_factory.mktemp("pair"), **env)
-    cluster.start_scheduler("scheduler-2", **env)
-    yield cluster
-    cluster.stop_all()
+    with new_cluster("pair", **env) as cluster:
+        cluster.start_scheduler("scheduler-2", **env)
+        yield cluster
 
 
 def chat(content: str, **extra: Any) -> dict[str, Any]:

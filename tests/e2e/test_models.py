@@ -5,7 +5,7 @@ unloads and embeddings through the serial lane (never overlapping a generation).
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import aiohttp
@@ -15,7 +15,7 @@ import pytest
 
 from corral_devstack.cluster import Cluster
 from corral_emulator import EmulatorControl
-from tests.conftest import Emulator, start_cluster
+from tests.conftest import ClusterFactory
 from tests.polling import eventually
 from tests.service_metrics import wait_for_metric
 
@@ -25,25 +25,17 @@ HELLO = [{"role": "user", "content": "Hello"}]
 
 
 @pytest.fixture(scope="module")
-def models_cluster(
-    fresh_broker: Callable[[], str],
-    emulator: Emulator,
-    mongo_url: str,
-    tmp_path_factory: pytest.TempPathFactory,
-) -> Iterator[Cluster]:
-    cluster = start_cluster(
-        fresh_broker(),
-        emulator.url,
-        tmp_path_factory.mktemp("models"),
-        mongo_url=mongo_url,
+def models_cluster(new_cluster: ClusterFactory) -> Iterator[Cluster]:
+    with new_cluster(
+        "models",
+        whole=True,
         CORRAL_STATUS_INTERVAL_S="0.2",
         CORRAL_PRELOAD_MODELS="qwen2.5:0.5b",
-        # Unloading is exercised by its own cluster below; here it must stay out of the way.
+        # Unloading is exercised by its own clusters below; here it must stay out of the way.
         CORRAL_IDLE_UNLOAD_S="0",
         CORRAL_MEMORY_PRESSURE_PERCENT="0",
-    )
-    yield cluster
-    cluster.stop_all()
+    ) as cluster:
+        yield cluster
 
 
 async def call(
@@ -335,24 +327,16 @@ async def test_admin_model_errors(models_cluster: Cluster, emu: EmulatorControl)
 
 
 @pytest.fixture(scope="module")
-def unloading_cluster(
-    fresh_broker: Callable[[], str],
-    emulator: Emulator,
-    mongo_url: str,
-    tmp_path_factory: pytest.TempPathFactory,
-) -> Iterator[Cluster]:
-    cluster = start_cluster(
-        fresh_broker(),
-        emulator.url,
-        tmp_path_factory.mktemp("unloading"),
-        mongo_url=mongo_url,
+def unloading_cluster(new_cluster: ClusterFactory) -> Iterator[Cluster]:
+    with new_cluster(
+        "unloading",
+        whole=True,
         CORRAL_STATUS_INTERVAL_S="0.1",
         CORRAL_IDLE_UNLOAD_S="0.3",
         CORRAL_UNLOAD_CHECK_INTERVAL_S="0.1",
         CORRAL_MEMORY_PRESSURE_PERCENT="0",
-    )
-    yield cluster
-    cluster.stop_all()
+    ) as cluster:
+        yield cluster
 
 
 async def loaded(emu: EmulatorControl, cluster: Cluster) -> set[str]:
@@ -385,25 +369,17 @@ async def test_idle_models_are_unloaded_but_never_a_busy_one(
 
 
 @pytest.fixture(scope="module")
-def pressure_cluster(
-    fresh_broker: Callable[[], str],
-    emulator: Emulator,
-    mongo_url: str,
-    tmp_path_factory: pytest.TempPathFactory,
-) -> Iterator[Cluster]:
-    cluster = start_cluster(
-        fresh_broker(),
-        emulator.url,
-        tmp_path_factory.mktemp("pressure"),
-        mongo_url=mongo_url,
+def pressure_cluster(new_cluster: ClusterFactory) -> Iterator[Cluster]:
+    with new_cluster(
+        "pressure",
+        whole=True,
         CORRAL_STATUS_INTERVAL_S="0.1",
         CORRAL_IDLE_UNLOAD_S="0",
         CORRAL_UNLOAD_CHECK_INTERVAL_S="0.1",
         # Any host is "under pressure" at 1 %: every idle model goes, least recently used first.
         CORRAL_MEMORY_PRESSURE_PERCENT="1",
-    )
-    yield cluster
-    cluster.stop_all()
+    ) as cluster:
+        yield cluster
 
 
 async def test_memory_pressure_unloads_idle_models(

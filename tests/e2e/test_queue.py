@@ -4,7 +4,7 @@ where-am-I answers, operator controls and the dead-letter queue, through the who
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -16,7 +16,7 @@ import pytest
 from corral_common.topology import JOBS_EXCHANGE, JOBS_ROUTING_KEY
 from corral_devstack.cluster import Cluster
 from corral_emulator import EmulatorControl
-from tests.conftest import Emulator, start_cluster
+from tests.conftest import ClusterFactory
 from tests.polling import eventually
 from tests.service_metrics import metric_value, wait_for_value
 
@@ -28,20 +28,15 @@ def chat(content: str, **extra: Any) -> dict[str, Any]:
 
 
 @pytest.fixture(scope="module")
-def queue_cluster(
-    fresh_broker: Callable[[], str], emulator: Emulator, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[Cluster]:
-    cluster = start_cluster(
-        fresh_broker(),
-        emulator.url,
-        tmp_path_factory.mktemp("queue"),
+def queue_cluster(new_cluster: ClusterFactory) -> Iterator[Cluster]:
+    with new_cluster(
+        "queue",
         CORRAL_STATUS_INTERVAL_S="0.2",
         CORRAL_HEARTBEAT_S="0.5",
         CORRAL_MAX_QUEUED_PER_KEY="2",
         CORRAL_QUEUE_TIMEOUT_MAX_S="120",
-    )
-    yield cluster
-    cluster.stop_all()
+    ) as cluster:
+        yield cluster
 
 
 @asynccontextmanager
@@ -54,6 +49,25 @@ async def queued(
         first = orjson.loads(await r.content.readline())
         assert "queue_info" in first, first
         yield r
+
+
+@asynccontextmanager
+async def busy_lane(
+    emu: EmulatorControl, cluster: Cluster, content: str = "running", **headers: str
+) -> AsyncIterator[aiohttp.ClientSession]:
+    """A session whose first request holds the backend (at the emulator's gate), so whatever is
+    sent next waits in the lane. The gate opens on leaving, if the test has not opened it."""
+    await emu.hold()
+    async with aiohttp.ClientSession() as session:
+        running = asyncio.create_task(
+            session.post(f"{cluster.gateway_url}/api/chat", json=chat(content), headers=headers)
+        )
+        await emu.wait(held=1)
+        try:
+            yield session
+        finally:
+            await emu.release()
+            (await running).close()
 
 
 async def rest(response: aiohttp.ClientResponse) -> list[dict[str, Any]]:
@@ -75,25 +89,15 @@ async def get(cluster: Cluster, path: str) -> tuple[int, Any]:
 async def test_a_flooding_caller_does_not_starve_another(
     queue_cluster: Cluster, emu: EmulatorControl
 ) -> None:
-    await emu.hold()
-    async with aiohttp.ClientSession() as session:
-        running = asyncio.create_task(
-            session.post(
-                f"{queue_cluster.gateway_url}/api/chat",
-                json=chat("flood 0"),
-                headers={"X-Client-Id": "flooder"},
-            )
-        )
-        await emu.wait(held=1)
-        async with (
-            queued(session, queue_cluster, chat("flood 1"), **{"X-Client-Id": "flooder"}) as f1,
-            queued(session, queue_cluster, chat("flood 2"), **{"X-Client-Id": "flooder"}) as f2,
-            queued(session, queue_cluster, chat("polite"), **{"X-Client-Id": "polite"}) as p,
-        ):
-            await emu.release()
-            for response in (f1, f2, p):
-                assert (await rest(response))[-1]["done"] is True
-        (await running).close()
+    async with (
+        busy_lane(emu, queue_cluster, "flood 0", **{"X-Client-Id": "flooder"}) as session,
+        queued(session, queue_cluster, chat("flood 1"), **{"X-Client-Id": "flooder"}) as f1,
+        queued(session, queue_cluster, chat("flood 2"), **{"X-Client-Id": "flooder"}) as f2,
+        queued(session, queue_cluster, chat("polite"), **{"X-Client-Id": "polite"}) as p,
+    ):
+        await emu.release()
+        for response in (f1, f2, p):
+            assert (await rest(response))[-1]["done"] is True
     # flood 0 was running; the polite caller's one request went next, not after the flood.
     assert (await sent_order(emu))[:4] == ["flood 0", "polite", "flood 1", "flood 2"]
     assert (await emu.stats())["max_active"] == 1
@@ -102,20 +106,14 @@ async def test_a_flooding_caller_does_not_starve_another(
 async def test_interactive_work_goes_before_batch(
     queue_cluster: Cluster, emu: EmulatorControl
 ) -> None:
-    await emu.hold()
-    async with aiohttp.ClientSession() as session:
-        running = asyncio.create_task(
-            session.post(f"{queue_cluster.gateway_url}/api/chat", json=chat("running"))
-        )
-        await emu.wait(held=1)
-        async with (
-            queued(session, queue_cluster, chat("batch"), **{"X-Priority": "batch"}) as batch,
-            queued(session, queue_cluster, chat("urgent", priority="interactive")) as urgent,
-        ):
-            await emu.release()
-            await rest(batch)
-            await rest(urgent)
-        (await running).close()
+    async with (
+        busy_lane(emu, queue_cluster, "running") as session,
+        queued(session, queue_cluster, chat("batch"), **{"X-Priority": "batch"}) as batch,
+        queued(session, queue_cluster, chat("urgent", priority="interactive")) as urgent,
+    ):
+        await emu.release()
+        await rest(batch)
+        await rest(urgent)
     assert (await sent_order(emu))[:3] == ["running", "urgent", "batch"]
 
 
@@ -124,12 +122,7 @@ async def test_a_queue_timeout_is_a_408_and_the_job_never_runs(
 ) -> None:
     cancelled = 'corral_cancellations_total{stage="queued"}'
     cancelled_before = await metric_value(queue_cluster, cancelled)
-    await emu.hold()
-    async with aiohttp.ClientSession() as session:
-        running = asyncio.create_task(
-            session.post(f"{queue_cluster.gateway_url}/api/chat", json=chat("running"))
-        )
-        await emu.wait(held=1)
+    async with busy_lane(emu, queue_cluster, "running") as session:
         url = f"{queue_cluster.gateway_url}/api/chat"
         async with session.post(
             url, json=chat("impatient", stream=False), headers={"X-Queue-Timeout": "0.3"}
@@ -148,7 +141,6 @@ async def test_a_queue_timeout_is_a_408_and_the_job_never_runs(
             assert bad.status == 400
         await wait_for_value(queue_cluster, cancelled, cancelled_before + 2)
         await emu.release()
-        (await running).close()
     assert "impatient" not in await sent_order(emu)
     assert "impatient stream" not in await sent_order(emu)
 
@@ -156,36 +148,25 @@ async def test_a_queue_timeout_is_a_408_and_the_job_never_runs(
 async def test_one_caller_may_queue_only_so_much(
     queue_cluster: Cluster, emu: EmulatorControl
 ) -> None:
-    await emu.hold()
     key = {"X-Client-Id": "greedy"}
-    async with aiohttp.ClientSession() as session:
-        running = asyncio.create_task(
-            session.post(f"{queue_cluster.gateway_url}/api/chat", json=chat("run"), headers=key)
-        )
-        await emu.wait(held=1)
-        async with (
-            queued(session, queue_cluster, chat("q1"), **key),
-            queued(session, queue_cluster, chat("q2"), **key),
-        ):
-            url = f"{queue_cluster.gateway_url}/api/chat"
-            body = chat("q3", stream=False)
-            async with session.post(url, json=body, headers=key) as refused:
-                assert refused.status == 429
-                assert int(refused.headers["Retry-After"]) >= 1
-                assert "too many queued requests" in (await refused.json())["error"]
-            # Another caller is not affected.
-            async with queued(session, queue_cluster, chat("other"), **{"X-Client-Id": "other"}):
-                await emu.release()
-        (await running).close()
+    async with (
+        busy_lane(emu, queue_cluster, "run", **key) as session,
+        queued(session, queue_cluster, chat("q1"), **key),
+        queued(session, queue_cluster, chat("q2"), **key),
+    ):
+        url = f"{queue_cluster.gateway_url}/api/chat"
+        body = chat("q3", stream=False)
+        async with session.post(url, json=body, headers=key) as refused:
+            assert refused.status == 429
+            assert int(refused.headers["Retry-After"]) >= 1
+            assert "too many queued requests" in (await refused.json())["error"]
+        # Another caller is not affected.
+        async with queued(session, queue_cluster, chat("other"), **{"X-Client-Id": "other"}):
+            await emu.release()
 
 
 async def test_where_am_i(queue_cluster: Cluster, emu: EmulatorControl) -> None:
-    await emu.hold()
-    async with aiohttp.ClientSession() as session:
-        running = asyncio.create_task(
-            session.post(f"{queue_cluster.gateway_url}/api/chat", json=chat("running"))
-        )
-        await emu.wait(held=1)
+    async with busy_lane(emu, queue_cluster, "running") as session:
         body = chat("waiting", request_id="where-1")
         async with queued(session, queue_cluster, body) as response:
             assert response.headers["X-Queue-Position"] == "1"
@@ -199,7 +180,6 @@ async def test_where_am_i(queue_cluster: Cluster, emu: EmulatorControl) -> None:
             assert listing["queue"][1]["request_id"] == "where-1"
             await emu.release()
             await rest(response)
-        (await running).close()
     status, missing = await get(queue_cluster, "/queue/where-1")
     assert (status, missing["error"]["type"]) == (404, "request_not_found")
 
@@ -207,19 +187,13 @@ async def test_where_am_i(queue_cluster: Cluster, emu: EmulatorControl) -> None:
 async def test_an_operator_cancels_a_queued_request(
     queue_cluster: Cluster, emu: EmulatorControl
 ) -> None:
-    await emu.hold()
-    async with aiohttp.ClientSession() as session:
-        running = asyncio.create_task(
-            session.post(f"{queue_cluster.gateway_url}/api/chat", json=chat("running"))
-        )
-        await emu.wait(held=1)
+    async with busy_lane(emu, queue_cluster, "running") as session:
         async with queued(session, queue_cluster, chat("doomed", request_id="doomed-1")) as r:
             async with session.delete(f"{queue_cluster.gateway_url}/admin/queue/doomed-1") as c:
                 assert c.status == 202
                 assert (await c.json())["found"] is True
             assert (await rest(r))[-1] == {"error": "request canceled"}
         await emu.release()
-        (await running).close()
     assert "doomed" not in await sent_order(emu)
 
 

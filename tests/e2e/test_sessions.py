@@ -4,7 +4,7 @@ Corral supplies the history, per model, across restarts, fitted to the model's w
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import aiohttp
@@ -15,23 +15,15 @@ import pytest
 from corral_common.ids import new_id
 from corral_devstack.cluster import Cluster
 from corral_emulator import EmulatorControl, expected_reply
-from tests.conftest import Emulator, start_cluster
+from tests.conftest import ClusterFactory
 
 pytestmark = pytest.mark.e2e
 
 
 @pytest.fixture(scope="module")
-def sessions_cluster(
-    fresh_broker: Callable[[], str],
-    emulator: Emulator,
-    mongo_url: str,
-    tmp_path_factory: pytest.TempPathFactory,
-) -> Iterator[Cluster]:
-    cluster = start_cluster(
-        fresh_broker(), emulator.url, tmp_path_factory.mktemp("sessions"), mongo_url=mongo_url
-    )
-    yield cluster
-    cluster.stop_all()
+def sessions_cluster(new_cluster: ClusterFactory) -> Iterator[Cluster]:
+    with new_cluster("sessions", whole=True) as cluster:
+        yield cluster
 
 
 async def sent_messages(emu: EmulatorControl) -> list[dict[str, Any]]:

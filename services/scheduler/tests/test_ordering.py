@@ -82,10 +82,19 @@ def test_priorities_and_aging() -> None:
     urgent = Job("urgent", priority="interactive", admitted_at=5)
     clock.now = 5
     assert ids(ordering.order([batch, normal, urgent])) == ["urgent", "normal", "batch"]
-    # After 20 s the batch job has risen two classes and the normal one one: all three are
-    # interactive now, so they run oldest first.
-    clock.now = 20
-    assert ids(ordering.order([batch, normal, urgent])) == ["batch", "normal", "urgent"]
+    # After 10 s the batch job counts as normal, and it is the older of the two.
+    clock.now = 10
+    assert ids(ordering.order([batch, normal, urgent])) == ["urgent", "batch", "normal"]
+
+
+def test_old_normal_work_does_not_outrank_a_newcomer() -> None:
+    clock = Clock()
+    ordering = Ordering(OrderingPolicy(aging_s=10), clock)
+    flood = [Job(f"f{i}", key="flood", admitted_at=0) for i in range(3)]
+    clock.now = 100
+    fresh = Job("fresh", key="polite", admitted_at=100)
+    ordering.served(flood[0])
+    assert ids(ordering.order([*flood[1:], fresh]))[0] == "fresh"
 
 
 def test_grouping_saves_swaps_within_its_bound() -> None:

@@ -4,8 +4,8 @@ Pure policy, no I/O, used by the lane for both choosing and positions, so what a
 is what will happen. Three rules, each configurable and each keeping the serial invariant (they
 only reorder; one job still runs at a time):
 
-- **priority with aging**: `interactive` before `normal` before `batch`; a job rises one class
-  for every `aging_s` it has waited, so batch work always progresses;
+- **priority with aging**: `interactive` before `normal` before `batch`; a batch job that has
+  waited `aging_s` counts as normal, so batch work always progresses;
 - **fair share**: within a class, callers (API key, or `X-Client-Id` until keys exist) take
   turns, least recently served first, each caller's own jobs in arrival order; one caller with
   fifty queued requests cannot starve another with one;
@@ -16,7 +16,6 @@ only reorder; one job still runs at a time):
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Protocol
@@ -62,10 +61,16 @@ class Ordering:
         self._served = 0
 
     def effective_class(self, entry: Waiting, now: float) -> int:
+        """Batch work rises to normal after `aging_s` of waiting, so it always progresses.
+        Nothing else ages: were normal work to rise to interactive by age, a flood of old
+        requests from one caller would outrank everyone's fresh ones and undo fair share
+        (measured in docs/queue.md)."""
         rank = PRIORITY_RANK[entry.priority]
-        if self.policy.aging_s > 0:
-            rank -= math.floor(max(0.0, now - entry.admitted_at) / self.policy.aging_s)
-        return max(0, rank)
+        if entry.priority == "batch" and self.policy.aging_s > 0:
+            waited = max(0.0, now - entry.admitted_at)
+            if waited >= self.policy.aging_s:
+                rank = PRIORITY_RANK["normal"]
+        return rank
 
     def order(self, entries: Iterable[Waiting]) -> list[Waiting]:
         """Every waiting entry in the order it will run (entries come in arrival order)."""

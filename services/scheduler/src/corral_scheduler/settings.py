@@ -39,8 +39,8 @@ class SchedulerSettings(CorralSettings):
     takeover_grace_s: float = Field(default=1.0, ge=0)
     # Ordering (ordering.py). Callers (X-Client-Id, later API keys) take turns when on.
     fair_share: bool = True
-    # A waiting job rises one priority class (batch -> normal -> interactive) per this many
-    # seconds, so batch work always progresses (0: no aging).
+    # A batch job that has waited this long counts as normal, so batch work always progresses
+    # (0: no aging). Only batch ages: see ordering.py.
     aging_s: float = Field(default=30.0, ge=0)
     # A job for the already-loaded model may run before jobs that would swap models, but no
     # job is overtaken more than this many times (0: strict order, no grouping).
