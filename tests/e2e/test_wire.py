@@ -212,7 +212,24 @@ async def wait_until_queued(cluster: Cluster, count: int) -> None:
             400,
             None,
         ),
-        ("/api/chat", {**CHAT, "session_id": 5}, 400, "session_id and request_id must be strings"),
+        (
+            "/api/chat",
+            {**CHAT, "session_id": 5},
+            400,
+            "Corral's fields session_id, request_id and priority must be strings",
+        ),
+        (
+            "/api/chat",
+            {**CHAT, "priority": "urgent"},
+            400,
+            "invalid priority 'urgent': use one of interactive, normal, batch",
+        ),
+        (
+            "/api/chat",
+            {**CHAT, "options": {"queue_timeout": -1}},
+            400,
+            "invalid queue timeout -1: give a positive number of seconds",
+        ),
     ],
 )
 async def test_bad_input(

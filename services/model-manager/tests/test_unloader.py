@@ -17,9 +17,9 @@ from corral_common.messages import (
     QueueStatus,
     SchedulerStatus,
 )
+from corral_common.status_board import StatusBoard
 from corral_model_manager.jobs import JobSubmitter
 from corral_model_manager.unloader import (
-    StatusBoard,
     Unload,
     Unloader,
     UnloadPolicy,

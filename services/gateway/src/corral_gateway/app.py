@@ -11,6 +11,7 @@ from aiohttp import web
 from corral_common.broker import Broker
 from corral_common.ops import add_ops_routes
 from corral_common.rpc import RpcClient
+from corral_common.status_board import StatusBoard
 from corral_common.topology import (
     EVENTS_EXCHANGE,
     MODELS_ROUTING_KEY,
@@ -30,7 +31,7 @@ from corral_gateway import (
     sessions,
 )
 from corral_gateway.directory import ModelDirectory
-from corral_gateway.hub import Hub, StatusBoard
+from corral_gateway.hub import Hub
 from corral_gateway.middleware import ollama_edge
 from corral_gateway.settings import GatewaySettings
 from corral_gateway.state import GATEWAY, SETTINGS, Gateway

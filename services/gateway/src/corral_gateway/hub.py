@@ -9,7 +9,6 @@ left hanging.
 from __future__ import annotations
 
 import asyncio
-import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -18,7 +17,8 @@ import structlog
 from aio_pika.abc import AbstractIncomingMessage
 from pydantic import ValidationError
 
-from corral_common.messages import EVENT_ADAPTER, Event, ModelList, SchedulerStatus
+from corral_common.messages import EVENT_ADAPTER, Event, ModelList
+from corral_common.status_board import StatusBoard
 from corral_common.topology import MODELS_ROUTING_KEY, STATUS_ROUTING_KEY
 
 log = structlog.get_logger(__name__)
@@ -36,37 +36,6 @@ class BrokerLost:
 
 
 Delivery = Event | BrokerLost
-
-
-class StatusBoard:
-    """The latest status each scheduler broadcast; what /health and /api/version report."""
-
-    def __init__(self, stale_after_s: float) -> None:
-        self._latest: dict[str, SchedulerStatus] = {}
-        self._stale_after_s = stale_after_s
-        self._updated = asyncio.Event()
-
-    def update(self, status: SchedulerStatus) -> None:
-        self._latest[status.scheduler_id] = status
-        self._updated.set()
-        self._updated = asyncio.Event()
-
-    async def newer_than(self, moment: float, within_s: float) -> list[SchedulerStatus]:
-        """Fresh statuses, after waiting (bounded) for one sent after `moment`."""
-        deadline = time.monotonic() + within_s
-        while not any(s.sent_at >= moment for s in self._latest.values()):
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                break
-            try:
-                await asyncio.wait_for(self._updated.wait(), remaining)
-            except TimeoutError:
-                break
-        return self.fresh()
-
-    def fresh(self) -> list[SchedulerStatus]:
-        cutoff = time.time() - self._stale_after_s
-        return [s for s in self._latest.values() if s.sent_at >= cutoff]
 
 
 class Hub:
@@ -103,10 +72,7 @@ class Hub:
 
     async def on_message(self, message: AbstractIncomingMessage) -> None:
         if message.routing_key == STATUS_ROUTING_KEY:
-            try:
-                self.status.update(SchedulerStatus.model_validate_json(message.body))
-            except ValidationError:
-                log.warning("unreadable scheduler status dropped")
+            self.status.take(message.body)
             return
         if message.routing_key == MODELS_ROUTING_KEY:
             try:

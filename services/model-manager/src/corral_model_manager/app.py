@@ -15,6 +15,7 @@ from aiohttp import web
 from corral_common.broker import Broker
 from corral_common.ops import add_ops_routes
 from corral_common.rpc import RpcServer
+from corral_common.status_board import StatusBoard
 from corral_common.topology import JOBS_ROUTING_KEY, MODELS_ROUTING_KEY, STATUS_REQUEST_KEY
 from corral_model_manager.backend import Backend
 from corral_model_manager.catalogue import ModelCatalogue
@@ -27,7 +28,6 @@ from corral_model_manager.rpc_methods import model_manager_methods
 from corral_model_manager.settings import ModelManagerSettings
 from corral_model_manager.unloader import (
     MemoryProbe,
-    StatusBoard,
     Unloader,
     UnloadPolicy,
     host_memory_percent,

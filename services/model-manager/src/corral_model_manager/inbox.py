@@ -14,7 +14,8 @@ from aio_pika.abc import AbstractChannel, AbstractIncomingMessage
 from pydantic import ValidationError
 
 from corral_common.broker import Broker
-from corral_common.messages import EVENT_ADAPTER, Event, SchedulerStatus
+from corral_common.messages import EVENT_ADAPTER, Event
+from corral_common.status_board import StatusBoard
 from corral_common.topology import (
     CONTROL_EXCHANGE,
     EVENTS_EXCHANGE,
@@ -22,7 +23,6 @@ from corral_common.topology import (
     STATUS_ROUTING_KEY,
 )
 from corral_model_manager.jobs import JobSubmitter, PendingJob
-from corral_model_manager.unloader import StatusBoard
 
 log = structlog.get_logger(__name__)
 
@@ -52,10 +52,7 @@ class Inbox:
                 self._on_status_request()
             return
         if message.routing_key == STATUS_ROUTING_KEY:
-            try:
-                self._board.update(SchedulerStatus.model_validate_json(message.body))
-            except ValidationError:
-                log.warning("unreadable scheduler status dropped")
+            self._board.take(message.body)
             return
         try:
             event = EVENT_ADAPTER.validate_json(message.body)

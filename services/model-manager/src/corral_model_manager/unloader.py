@@ -26,6 +26,7 @@ import structlog
 from corral_common.errors import CorralError
 from corral_common.messages import Event, SchedulerStatus
 from corral_common.model_names import canonical_model_name
+from corral_common.status_board import StatusBoard
 from corral_model_manager import metrics
 from corral_model_manager.jobs import JobSubmitter, PendingJob
 
@@ -37,24 +38,6 @@ MemoryProbe = Callable[[], float]
 
 def host_memory_percent() -> float:
     return float(psutil.virtual_memory().percent)
-
-
-class StatusBoard:
-    """The latest status of each scheduler; only fresh ones describe the lane."""
-
-    def __init__(self, stale_after_s: float, clock: Callable[[], float] = time.time) -> None:
-        self._latest: dict[str, SchedulerStatus] = {}
-        self._stale_after_s = stale_after_s
-        self._clock = clock
-
-    def update(self, status: SchedulerStatus) -> None:
-        known = self._latest.get(status.scheduler_id)
-        if known is None or status.sent_at >= known.sent_at:
-            self._latest[status.scheduler_id] = status
-
-    def fresh(self) -> list[SchedulerStatus]:
-        cutoff = self._clock() - self._stale_after_s
-        return [s for s in self._latest.values() if s.sent_at >= cutoff]
 
 
 @dataclass(frozen=True, slots=True)
