@@ -275,6 +275,24 @@ async def test_backend_down_is_a_clear_503(dead_backend: tuple[Cluster, str]) ->
     assert status == 503
 
 
+async def test_model_endpoints_say_the_backend_is_down(dead_backend: tuple[Cluster, str]) -> None:
+    cluster, dead = dead_backend
+    cluster.start_health_service("corral_model_manager", "model-manager")
+    async with aiohttp.ClientSession() as session:
+        async with session.get(f"{cluster.gateway_url}/api/tags") as response:
+            assert response.status == 503
+            assert dead in (await response.json())["error"]
+        url = f"{cluster.gateway_url}/api/providers/ollama/models"
+        async with session.get(url) as response:
+            error = (await response.json())["error"]
+            assert (response.status, error["type"]) == (503, "ollama_connection_error")
+            assert error["details"]["ollama_host"] == dead
+        url = f"{cluster.gateway_url}/api/providers/ollama/pull"
+        async with session.post(url, json={"model": "llama3.2"}) as response:
+            error = (await response.json())["error"]
+            assert (response.status, error["type"]) == (503, "ollama_connection_error")
+
+
 async def test_root_version_and_unknown_routes(cluster: Cluster) -> None:
     async with aiohttp.ClientSession() as session:
         async with session.get(f"{cluster.gateway_url}/") as response:

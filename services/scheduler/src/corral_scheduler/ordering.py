@@ -46,7 +46,7 @@ class Waiting(Protocol):
 @dataclass(frozen=True)
 class OrderingPolicy:
     fair_share: bool = True
-    # Seconds of waiting that lift a job one priority class (0: no aging).
+    # Seconds of waiting after which a batch job counts as normal (0: no aging).
     aging_s: float = 30.0
     # How many times any job may be overtaken by jobs for the loaded model (0: no grouping).
     group_bound: int = 0
