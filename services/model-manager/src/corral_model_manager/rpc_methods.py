@@ -78,7 +78,8 @@ def model_manager_methods(
     async def pull(params: dict[str, Any]) -> Any:
         model = params.get("model")
         if not isinstance(model, str) or not model.strip():
-            raise CorralError(ErrorType.INVALID_REQUEST, "model is required")
+            # Ollama's own answer to a pull without a name (errtypes.InvalidModelNameErrMsg).
+            raise CorralError(ErrorType.INVALID_REQUEST, "invalid model name")
         joined = operations.pull(model, _watcher(params), insecure=bool(params.get("insecure")))
         return {"model": model, "joined": joined}
 
