@@ -5,7 +5,7 @@ SHELL := /bin/bash
 UV ?= $(shell command -v uv 2>/dev/null || echo "$(HOME)/.local/bin/uv")
 export UV_LINK_MODE ?= copy
 
-.PHONY: run run-demo test lint typecheck check bench bench-fairness install rabbitmq
+.PHONY: run run-demo test lint typecheck check bench bench-estimates bench-fairness install rabbitmq
 
 $(UV):
 	python3 -m pip install --quiet --user uv || python3 -m pip install --quiet uv
@@ -39,6 +39,10 @@ check: lint typecheck test
 
 bench: install rabbitmq
 	$(UV) run python bench/latency.py
+
+## How close the queue's wait estimates come to real waits (about 2 minutes; docs/performance.md).
+bench-estimates: install rabbitmq
+	$(UV) run python bench/estimates.py
 
 ## Queue ordering policies compared by simulation (no cluster needed; docs/queue.md).
 bench-fairness: install

@@ -14,36 +14,34 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import calendar
 import contextlib
 import itertools
-import json
 import math
 import os
-import platform
-import shutil
-import signal
-import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
-from types import FrameType
 from typing import Any
 
 import aio_pika
 import aiohttp
-import aiormq
 import orjson
 from aio_pika.abc import AbstractConnection, AbstractIncomingMessage
+from harness import (
+    BenchError,
+    Stack,
+    argument_parser,
+    check_backend_record,
+    environment,
+    epoch_ns,
+    log,
+    percentile,
+    positive_ints,
+    run_with_stack,
+)
 
 from corral_common.topology import EVENTS_EXCHANGE, JOBS_EXCHANGE, JOBS_ROUTING_KEY
-from corral_devstack.cluster import Cluster
-from corral_devstack.ports import free_port
-from corral_devstack.processes import ServiceError, ServiceProcess
-from corral_devstack.rabbitmq import RabbitMQError, RabbitNode, amqp_reachable
 from corral_emulator import EmulatorControl, expected_reply, reply_tokens
 
 LOOPBACK = "127.0.0.1"
@@ -59,10 +57,6 @@ MAX_BATCH_PER_CLIENT = 10
 PERCENTILES = (50, 90, 99)
 # The issue's goal for the latency Corral adds (TTFT and total) for one client.
 TARGET_ADDED_P50_MS = 5.0
-
-
-class BenchError(RuntimeError):
-    """A request failed or answered something other than the emulator's expected reply."""
 
 
 # -- one request ------------------------------------------------------------------------------
@@ -218,25 +212,7 @@ async def _exchange(
     )
 
 
-def epoch_ns(stamp: str) -> int:
-    """Nanoseconds since the epoch of an RFC 3339 UTC stamp with up to nine fraction digits
-    (datetime parses only six)."""
-    whole, _, fraction = stamp.removesuffix("Z").partition(".")
-    seconds = calendar.timegm(time.strptime(whole, "%Y-%m-%dT%H:%M:%S"))
-    return seconds * 1_000_000_000 + int(fraction.ljust(9, "0")[:9])
-
-
 # -- statistics -------------------------------------------------------------------------------
-
-
-def percentile(ordered: Sequence[float], q: float) -> float:
-    """Linear interpolation between closest ranks (numpy's default method)."""
-    if not ordered:
-        return math.nan
-    rank = (len(ordered) - 1) * q / 100
-    low = math.floor(rank)
-    high = min(low + 1, len(ordered) - 1)
-    return ordered[low] + (ordered[high] - ordered[low]) * (rank - low)
 
 
 @dataclass(frozen=True)
@@ -529,17 +505,12 @@ class Report:
     emulator_stats: dict[str, Any]
 
 
-async def run_benchmark(
-    args: argparse.Namespace,
-    emulator_url: str,
-    gateway_url: str,
-    amqp_url: str,
-    cpu_groups: dict[str, list[int]],
-) -> Report:
-    direct = Side("direct", emulator_url, asyncio.Lock())
-    corral = Side("corral", gateway_url)
+async def run_benchmark(args: argparse.Namespace, stack: Stack) -> Report:
+    direct = Side("direct", stack.emulator_url, asyncio.Lock())
+    corral = Side("corral", stack.gateway_url)
+    cpu_groups = {"client": [os.getpid()], **stack.pids()}
     prompts = Prompts(args.tokens)
-    async with EmulatorControl(emulator_url) as control:
+    async with EmulatorControl(stack.emulator_url) as control:
         await control.reset()
         phases = []
         sent = 0
@@ -550,18 +521,12 @@ async def run_benchmark(
         profile = None
         if args.profile > 0:
             run_id = f"bench{os.getpid()}"
-            profile = await run_profile(args.profile, corral, prompts, amqp_url, run_id)
+            profile = await run_profile(args.profile, corral, prompts, stack.amqp_url, run_id)
             sent += args.profile + 3
         stats = await control.stats()
     # Sanity checks that make the comparison meaningful: every Corral request really reached
     # this emulator (no other scheduler on the broker took a job), and both sides were serial.
-    if stats.get("completed") != sent:
-        raise BenchError(
-            f"the emulator completed {stats.get('completed')} generations, expected {sent}: "
-            "is another scheduler consuming this broker's jobs queue?"
-        )
-    if stats.get("max_active") != 1:
-        raise BenchError(f"the emulator ran {stats.get('max_active')} generations at once")
+    check_backend_record(stats, sent)
     return Report(
         config={
             "requests": args.requests,
@@ -573,61 +538,14 @@ async def run_benchmark(
             "model": MODEL,
             "broker": "external" if args.amqp_url else "throwaway node",
         },
-        environment=await environment(amqp_url),
+        environment=await environment(stack.amqp_url),
         phases=phases,
         profile=profile,
         emulator_stats=stats,
     )
 
 
-async def environment(amqp_url: str) -> dict[str, Any]:
-    info: dict[str, Any] = {
-        "commit": source_revision(),
-        "cpus": os.cpu_count(),
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        "aiohttp": aiohttp.__version__,
-        "aio_pika": aio_pika.__version__,
-    }
-    with contextlib.suppress(Exception):
-        connection = await aiormq.connect(amqp_url)
-        try:
-            props = connection.server_properties
-            info["rabbitmq"] = _text(props.get("version"))
-            info["erlang"] = _text(props.get("platform"))
-        finally:
-            await connection.close()
-    return info
-
-
-def source_revision() -> str:
-    """The commit the services ran from, "+dirty" when tracked files differ from it: the
-    numbers belong to that code."""
-    repo = Path(__file__).resolve().parent.parent
-
-    def git(*args: str) -> str:
-        done = subprocess.run(
-            ["git", *args], cwd=repo, capture_output=True, text=True, check=True, timeout=10
-        )
-        return done.stdout.strip()
-
-    try:
-        commit = git("rev-parse", "--short", "HEAD")
-        changes = git("status", "--porcelain", "--untracked-files=no")
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-    return f"{commit}+dirty" if changes else commit
-
-
-def _text(value: object) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
-
-
 # -- output -----------------------------------------------------------------------------------
-
-
-def log(message: str) -> None:
-    print(f"[bench] {message}", file=sys.stderr, flush=True)
 
 
 def _row(label: str, side: str, summary: Summary, bold: bool = False) -> str:
@@ -753,96 +671,9 @@ def report_json(report: Report) -> dict[str, Any]:
     return data
 
 
-# -- processes --------------------------------------------------------------------------------
-
-
-def start_emulator(workdir: Path, token_delay_ms: float) -> tuple[ServiceProcess, str]:
-    port = free_port(LOOPBACK)
-    url = f"http://{LOOPBACK}:{port}"
-    argv = [sys.executable, "-m", "corral_emulator", "--host", LOOPBACK, "--port", str(port)]
-    argv += ["--token-delay-ms", str(token_delay_ms)]
-    process = ServiceProcess("emulator", argv, {}, f"{url}/api/version", workdir / "emulator.log")
-    return process, url
-
-
-def _interrupt(signum: int, frame: FrameType | None) -> None:
-    # SIGTERM takes the same path as Ctrl-C, through every `finally` that stops a process.
-    raise KeyboardInterrupt
-
-
-def run(args: argparse.Namespace) -> int:
-    # SIGINT explicitly too: a shell starts background jobs with it ignored.
-    signal.signal(signal.SIGINT, signal.default_int_handler)
-    signal.signal(signal.SIGTERM, _interrupt)
-    workdir = Path(tempfile.mkdtemp(prefix="corral-bench-"))
-    cleanup = contextlib.ExitStack()
-    status = 1  # 0 done, 1 failed (service logs are kept), 130 interrupted
-    node: RabbitNode | None = None
-    try:
-        if args.amqp_url:
-            if not amqp_reachable(args.amqp_url):
-                raise BenchError(f"no AMQP broker answers at {args.amqp_url}")
-            amqp_url = args.amqp_url
-        else:
-            log("starting a throwaway RabbitMQ node")
-            node = RabbitNode()
-            cleanup.callback(node.close)
-            node.start()
-            amqp_url = node.url
-        emulator, emulator_url = start_emulator(workdir / "logs", args.token_delay_ms)
-        cleanup.callback(emulator.stop)
-        emulator.start()
-        emulator.wait_ready(30)
-        cluster = Cluster(amqp_url, emulator_url, workdir, log_level="warning")
-        cleanup.callback(cluster.stop_all)
-        log("starting scheduler and gateway")
-        cluster.start_scheduler()
-        cluster.start_gateway()
-        cpu_groups = {"client": [os.getpid()]}
-        for name, process in (("emulator", emulator), *cluster.services.items()):
-            if process.pid is not None:
-                cpu_groups[name] = [process.pid]
-        if node is not None:
-            cpu_groups["rabbitmq"] = node.leftover_pids()
-        report = asyncio.run(
-            run_benchmark(args, emulator_url, cluster.gateway_url, amqp_url, cpu_groups)
-        )
-        if args.json is not None:
-            args.json.write_text(json.dumps(report_json(report), indent=2) + "\n")
-            log(f"wrote {args.json}")
-        status = 0
-        print(markdown(report), flush=True)
-    except BrokenPipeError:
-        # The reader of stdout (`| head`) left; the run itself succeeded. Point stdout at
-        # /dev/null so the interpreter's final flush does not complain again.
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-    except KeyboardInterrupt:
-        log("interrupted")
-        status = 130
-    except (BenchError, ServiceError, RabbitMQError, aiohttp.ClientError, OSError) as exc:
-        log(f"error: {exc}")
-    finally:
-        # Stopping is bounded by the processes' own timeouts; a second Ctrl-C must not leave
-        # half of them running.
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        try:
-            cleanup.close()
-        except Exception as exc:
-            log(f"error while stopping: {exc}")
-            status = status or 1
-        logs = workdir / "logs"
-        if status == 1 and logs.exists():
-            log(f"service logs kept in {logs}")
-        else:
-            shutil.rmtree(workdir, ignore_errors=True)
-    return status
-
-
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        prog="bench/latency.py",
-        description="Latency Corral adds over calling the Ollama emulator directly.",
+    parser = argument_parser(
+        "bench/latency.py", "Latency Corral adds over calling the Ollama emulator directly."
     )
     parser.add_argument(
         "--requests",
@@ -853,7 +684,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--clients",
-        type=_int_list,
+        type=positive_ints,
         default=[1, 16],
         help="comma-separated concurrent client counts (default 1,16)",
     )
@@ -873,12 +704,6 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         default=100,
         help="afterwards, single-client Corral requests timed at each broker hop (0: skip)",
     )
-    parser.add_argument(
-        "--amqp-url",
-        help="use this broker instead of a throwaway node; no other scheduler may consume "
-        "its jobs queue",
-    )
-    parser.add_argument("--json", type=Path, help="also write the results (and raw samples) here")
     args = parser.parse_args(argv)
     if args.tokens < 2:
         parser.error("--tokens must be at least 2 (the reply always starts with 'Echo:')")
@@ -887,15 +712,15 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def _int_list(text: str) -> list[int]:
-    values = [int(part) for part in text.split(",") if part.strip()]
-    if not values or min(values) < 1:
-        raise argparse.ArgumentTypeError("expected positive integers like 1,16")
-    return values
-
-
 def main(argv: Sequence[str] | None = None) -> int:
-    return run(parse_args(argv))
+    args = parse_args(argv)
+    return run_with_stack(
+        args,
+        {"token_delay_ms": args.token_delay_ms},
+        lambda stack: run_benchmark(args, stack),
+        markdown,
+        report_json,
+    )
 
 
 if __name__ == "__main__":
