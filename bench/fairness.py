@@ -27,6 +27,8 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from harness import percentile
+
 from corral_common.messages import Priority
 from corral_common.model_names import same_model
 from corral_scheduler.ordering import Ordering, OrderingPolicy
@@ -381,17 +383,6 @@ def record(
 # -- the measures -----------------------------------------------------------------------------
 
 
-def percentile(values: Sequence[float], pct: float) -> float:
-    """Linear interpolation between closest ranks (numpy's default)."""
-    ordered = sorted(values)
-    if not ordered:
-        return math.nan
-    rank = (len(ordered) - 1) * pct / 100
-    low = math.floor(rank)
-    high = min(low + 1, len(ordered) - 1)
-    return ordered[low] + (ordered[high] - ordered[low]) * (rank - low)
-
-
 def jain(values: Iterable[float]) -> float:
     """Jain's index: 1 when all equal, 1/n when one value has everything."""
     xs = list(values)
@@ -437,8 +428,8 @@ class WaitStats:
         waits = [r.wait_s for r in records]
         return cls(
             n=len(records),
-            p50_s=round(percentile(waits, 50), 1),
-            p95_s=round(percentile(waits, 95), 1),
+            p50_s=round(percentile(sorted(waits), 50), 1),
+            p95_s=round(percentile(sorted(waits), 95), 1),
             max_s=round(max(waits, default=math.nan), 1),
             mean_slowdown=round(sum(r.slowdown for r in records) / len(records), 2),
         )
