@@ -48,20 +48,11 @@ from corral_emulator import RunningEmulator, running_emulator
 from corral_emulator.registry import MANIFEST_NOT_FOUND
 from corral_emulator.state import GatePurpose
 from corral_emulator.testing import wait_for_state
-from corral_model_manager.app import SETTINGS, UNLOADER, create_app
+from corral_model_manager.app import OPERATIONS, SETTINGS, UNLOADER, create_app
 from corral_model_manager.settings import ModelManagerSettings
 
 WAIT_S = 10.0
 SERVICE = "model-manager"
-
-
-async def eventually(probe: Callable[[], bool], what: str, within_s: float = WAIT_S) -> None:
-    """For state that changes on the broker's schedule, with nothing to await."""
-    deadline = time.monotonic() + within_s
-    while not probe():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what} did not happen within {within_s}s")
-        await asyncio.sleep(0.02)
 
 
 @pytest.fixture(scope="module")
@@ -315,6 +306,7 @@ async def test_an_idle_model_is_unloaded_through_the_lane(
     assert job.queue_progress is False
     # The scheduler's answer comes back on the manager's own queue.
     before = sample("corral_model_unloads_total", reason="idle")
+    handled = app[UNLOADER].answers_handled
     await gateway.answer(
         job,
         Done(
@@ -327,10 +319,8 @@ async def test_an_idle_model_is_unloaded_through_the_lane(
             job_kind="unload",
         ),
     )
-    await eventually(
-        lambda: sample("corral_model_unloads_total", reason="idle") == before + 1,
-        "the unload counted",
-    )
+    await asyncio.wait_for(app[UNLOADER].wait_answers(handled + 1), WAIT_S)
+    assert sample("corral_model_unloads_total", reason="idle") == before + 1
 
 
 async def test_without_scheduler_status_nothing_is_unloaded(
@@ -371,7 +361,7 @@ async def test_memory_pressure_unloads_the_least_recently_used(
 async def test_a_pull_streams_its_progress_in_order_and_ends_with_success(
     start_manager: StartManager, gateway: FakeGateway
 ) -> None:
-    await start_manager()
+    app = await start_manager()
     pulled_before = sample("corral_model_pulls_total", outcome="success")
     request_id, started = await gateway.start_operation("pull", model="llama3.2:1b")
     assert started == {"model": "llama3.2:1b", "joined": False}
@@ -397,10 +387,8 @@ async def test_a_pull_streams_its_progress_in_order_and_ends_with_success(
     assert pull["model"] == "llama3.2:1b"
     assert (pull["state"], pull["status"], pull["percent"]) == ("success", "success", 100.0)
     assert pull["watchers"] == 1
-    await eventually(
-        lambda: sample("corral_model_pulls_total", outcome="success") == pulled_before + 1,
-        "the pull counted",
-    )
+    await app[OPERATIONS].settled()
+    assert sample("corral_model_pulls_total", outcome="success") == pulled_before + 1
 
 
 async def test_a_second_pull_of_the_same_model_joins_the_first(
@@ -438,7 +426,7 @@ async def test_a_second_pull_of_the_same_model_joins_the_first(
 async def test_a_pull_of_an_unknown_model_fails(
     start_manager: StartManager, gateway: FakeGateway
 ) -> None:
-    await start_manager()
+    app = await start_manager()
     failed_before = sample("corral_model_pulls_total", outcome="error")
     request_id, _ = await gateway.start_operation("pull", model="no-such-model-anywhere")
     progress, failed = await gateway.outcome(request_id)
@@ -451,10 +439,8 @@ async def test_a_pull_of_an_unknown_model_fails(
     )
     [pull] = (await gateway.call("pulls"))["pulls"]
     assert (pull["state"], pull["error"]) == ("error", MANIFEST_NOT_FOUND)
-    await eventually(
-        lambda: sample("corral_model_pulls_total", outcome="error") == failed_before + 1,
-        "the failed pull counted",
-    )
+    await app[OPERATIONS].settled()
+    assert sample("corral_model_pulls_total", outcome="error") == failed_before + 1
     # A name the backend refuses before streaming: its own status and text.
     request_id, _ = await gateway.start_operation("pull", model="bad name!")
     progress, failed = await gateway.outcome(request_id)

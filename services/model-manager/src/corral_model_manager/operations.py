@@ -381,6 +381,10 @@ class ModelOperations:
                 task.cancel()
             await asyncio.gather(*pending, return_exceptions=True)
 
+    async def settled(self) -> None:
+        """Return once every operation running now has finished (and been counted)."""
+        await asyncio.gather(*list(self._tasks), return_exceptions=True)
+
     def _operation(
         self, kind: OperationKind, model: str, path: str, body: dict[str, Any]
     ) -> ModelOperation:

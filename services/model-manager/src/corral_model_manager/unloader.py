@@ -158,6 +158,14 @@ class Unloader:
         # When each loaded model was first seen loaded: a model whose use no scheduler
         # reports counts as used then, never as idle since forever.
         self._first_seen: dict[str, float] = {}
+        # Answers handled so far, so a caller can wait for one on the broker's schedule.
+        self.answers_handled = 0
+        self._answer_handled = asyncio.Event()
+
+    async def wait_answers(self, count: int) -> None:
+        """Return once `count` answers have been handled in all."""
+        while self.answers_handled < count:
+            await self._answer_handled.wait()
 
     async def run_forever(self) -> None:
         while True:
@@ -204,6 +212,14 @@ class Unloader:
 
     def answered(self, pending: PendingJob, event: Event) -> None:
         """The scheduler's answer to one of our jobs."""
+        try:
+            self._take_answer(pending, event)
+        finally:
+            self.answers_handled += 1
+            self._answer_handled.set()
+            self._answer_handled = asyncio.Event()
+
+    def _take_answer(self, pending: PendingJob, event: Event) -> None:
         job = pending.job
         if job.kind != "unload":
             outcome = "done" if event.kind == "done" else event.kind
