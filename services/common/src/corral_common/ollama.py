@@ -2,21 +2,36 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import aiohttp
 import orjson
 
 from corral_common.errors import CorralError, ErrorType, backend_unreachable_message
 
-# What an unreachable, refusing or timed-out backend raises through aiohttp.
-UNREACHABLE_ERRORS: tuple[type[BaseException], ...] = (aiohttp.ClientConnectionError, TimeoutError)
+# What an unreachable, refusing or timed-out backend (or one that cuts a response short)
+# raises through aiohttp.
+UNREACHABLE_ERRORS: tuple[type[BaseException], ...] = (
+    aiohttp.ClientConnectionError,
+    aiohttp.ClientPayloadError,
+    TimeoutError,
+)
 
 
 def unreachable(base_url: str, exc: BaseException) -> CorralError:
+    """503 `ollama_connection_error` for a backend that is not there; 504 `backend_timeout`
+    for one that is there but silent, so an operator can tell a dead server from a hung one."""
     reason = str(exc) or type(exc).__name__
+    details = {"ollama_host": base_url, "error": reason}
+    # aiohttp's own timeouts (ServerTimeoutError and its subclasses) are TimeoutErrors too.
+    if isinstance(exc, TimeoutError):
+        if isinstance(exc, aiohttp.ConnectionTimeoutError):
+            message = f"Timeout connecting to Ollama server at {base_url}"
+        else:
+            message = f"Timeout waiting for the Ollama server at {base_url}"
+        return CorralError(ErrorType.BACKEND_TIMEOUT, message, details=details)
     return CorralError(
-        ErrorType.OLLAMA_CONNECTION_ERROR,
-        backend_unreachable_message(base_url),
-        details={"ollama_host": base_url, "error": reason},
+        ErrorType.OLLAMA_CONNECTION_ERROR, backend_unreachable_message(base_url), details=details
     )
 
 
@@ -30,3 +45,37 @@ async def status_error(response: aiohttp.ClientResponse) -> CorralError:
         message = raw.decode(errors="replace").strip() or response.reason or "backend error"
     error_type = ErrorType.MODEL_NOT_FOUND if response.status == 404 else ErrorType.BACKEND_ERROR
     return CorralError(error_type, message, status=response.status)
+
+
+async def call_json(
+    session: aiohttp.ClientSession,
+    base_url: str,
+    method: str,
+    path: str,
+    body: Any = None,
+    *,
+    client_timeout: aiohttp.ClientTimeout,
+) -> Any:
+    """One request to the backend, one JSON answer (`{}` for Ollama's empty 200s). Its refusals
+    come back as its own status and text; a backend down or silent is `unreachable`."""
+    try:
+        async with session.request(
+            method,
+            f"{base_url}{path}",
+            data=orjson.dumps(body) if body is not None else None,
+            headers={"Content-Type": "application/json"},
+            timeout=client_timeout,
+        ) as response:
+            if response.status != 200:
+                raise await status_error(response)
+            raw = await response.read()
+    except UNREACHABLE_ERRORS as exc:
+        raise unreachable(base_url, exc) from exc
+    if not raw.strip():
+        return {}
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise CorralError(
+            ErrorType.BACKEND_ERROR, f"backend answered {path} with invalid JSON"
+        ) from exc

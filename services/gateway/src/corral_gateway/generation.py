@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -14,7 +15,8 @@ from corral_common.messages import Job, JobKind
 from corral_gateway import metrics
 from corral_gateway.body import read_request
 from corral_gateway.extensions import Extensions, backend_payload, read_extensions
-from corral_gateway.jobs import retry_after_s
+from corral_gateway.hub import Delivery
+from corral_gateway.jobs import listening, retry_after_s
 from corral_gateway.relay import Relay, RelayTimings
 from corral_gateway.state import GATEWAY, Gateway
 from corral_gateway.validation import OllamaRequestError
@@ -134,12 +136,24 @@ async def _enqueue_and_relay(
     conversation: Conversation,
     ext: Extensions,
 ) -> tuple[web.StreamResponse, str]:
-    headers = {"X-Request-Id": ext.request_id}
     try:
-        events = gateway.hub.register(ext.request_id)
-    except KeyError:
-        message = f"request_id {ext.request_id!r} is already in flight"
-        return json_response({"error": message}, 400, headers), "invalid"
+        async with listening(gateway, ext.request_id) as events:
+            return await _relay(request, gateway, kind, model, conversation, ext, events)
+    except CorralError as exc:  # the request id is already in flight
+        headers = {"X-Request-Id": ext.request_id}
+        return json_response(exc.ollama_body(), exc.status, headers), "invalid"
+
+
+async def _relay(
+    request: web.Request,
+    gateway: Gateway,
+    kind: JobKind,
+    model: str,
+    conversation: Conversation,
+    ext: Extensions,
+    events: asyncio.Queue[Delivery],
+) -> tuple[web.StreamResponse, str]:
+    headers = {"X-Request-Id": ext.request_id}
     relay = Relay(
         request,
         kind=kind,
@@ -173,7 +187,6 @@ async def _enqueue_and_relay(
         assert relay.response is not None
         return relay.response, "client_gone"
     finally:
-        gateway.hub.unregister(ext.request_id)
         gateway.relays.pop(ext.request_id, None)
         if submitted and (not relay.finished or relay.timed_out):
             # The client left (or the handler was cancelled): free its place in the lane.

@@ -1,9 +1,8 @@
 """HTTP calls to the backend, and how their failures become Corral errors.
 
 The backend's own refusals (a 404 `model 'x' not found`, a 400 `name "x" is invalid`) pass
-through with its status and text, because clients match on them. A backend that cannot be
-reached is 503 `ollama_connection_error`; one that does not answer in time is 504
-`backend_timeout`, so an operator can tell a dead server from a hung one.
+through with its status and text, because clients match on them; a backend that is down or
+silent is `corral_common.ollama.unreachable` (503 or 504).
 """
 
 from __future__ import annotations
@@ -15,30 +14,7 @@ import aiohttp
 import orjson
 
 from corral_common.errors import CorralError, ErrorType
-from corral_common.ollama import status_error, unreachable
-
-# A timeout, a refused or dropped connection, or a response cut short mid-body.
-BACKEND_DOWN_ERRORS: tuple[type[BaseException], ...] = (
-    aiohttp.ClientConnectionError,
-    aiohttp.ClientPayloadError,
-    TimeoutError,
-)
-
-
-def backend_failure(base_url: str, exc: BaseException) -> CorralError:
-    """503 for a backend that is not there, 504 for one that is there but silent."""
-    # aiohttp's own timeouts (ServerTimeoutError and its subclasses) are TimeoutErrors too.
-    if isinstance(exc, TimeoutError):
-        if isinstance(exc, aiohttp.ConnectionTimeoutError):
-            message = f"Timeout connecting to Ollama server at {base_url}"
-        else:
-            message = f"Timeout waiting for the Ollama server at {base_url}"
-        return CorralError(
-            ErrorType.BACKEND_TIMEOUT,
-            message,
-            details={"ollama_host": base_url, "error": str(exc) or type(exc).__name__},
-        )
-    return unreachable(base_url, exc)
+from corral_common.ollama import UNREACHABLE_ERRORS, call_json, status_error, unreachable
 
 
 class Backend:
@@ -63,27 +39,9 @@ class Backend:
 
     async def call(self, method: str, path: str, body: Any = None) -> Any:
         """One request, one JSON answer (`{}` for Ollama's empty 200s)."""
-        try:
-            async with self._session.request(
-                method,
-                f"{self.base_url}{path}",
-                data=orjson.dumps(body) if body is not None else None,
-                headers={"Content-Type": "application/json"},
-                timeout=self._timeout,
-            ) as response:
-                if response.status != 200:
-                    raise await status_error(response)
-                raw = await response.read()
-        except BACKEND_DOWN_ERRORS as exc:
-            raise backend_failure(self.base_url, exc) from exc
-        if not raw.strip():
-            return {}
-        try:
-            return orjson.loads(raw)
-        except orjson.JSONDecodeError as exc:
-            raise CorralError(
-                ErrorType.BACKEND_ERROR, f"backend answered {path} with invalid JSON"
-            ) from exc
+        return await call_json(
+            self._session, self.base_url, method, path, body, client_timeout=self._timeout
+        )
 
     async def stream(self, path: str, body: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
         """POST with `stream: true` and yield each NDJSON line as the backend wrote it,
@@ -107,5 +65,5 @@ class Backend:
                             ErrorType.BACKEND_ERROR, f"backend sent an unreadable line on {path}"
                         ) from exc
                     yield line if isinstance(line, dict) else {"status": str(line)}
-        except BACKEND_DOWN_ERRORS as exc:
-            raise backend_failure(self.base_url, exc) from exc
+        except UNREACHABLE_ERRORS as exc:
+            raise unreachable(self.base_url, exc) from exc

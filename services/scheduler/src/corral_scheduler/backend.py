@@ -15,7 +15,7 @@ import aiohttp
 import orjson
 
 from corral_common.messages import JobKind
-from corral_common.ollama import UNREACHABLE_ERRORS, status_error, unreachable
+from corral_common.ollama import UNREACHABLE_ERRORS, call_json, status_error, unreachable
 
 # Where each job kind goes. Loads and unloads are Ollama's own idiom: an empty generate
 # request (with `keep_alive: 0` to unload).
@@ -74,21 +74,15 @@ class OllamaBackend:
     async def call(self, kind: JobKind, payload: dict[str, Any]) -> dict[str, Any]:
         """One request, one JSON answer (embeddings, loads, unloads). Cancelling the caller
         closes the upstream connection, as for a generation."""
-        body = orjson.dumps({**payload, "stream": False} if kind in ("load", "unload") else payload)
-        try:
-            async with self._session.post(
-                f"{self.base_url}{KIND_PATHS[kind]}",
-                data=body,
-                headers={"Content-Type": "application/json"},
-                timeout=self._timeout,
-            ) as response:
-                if response.status != 200:
-                    raise await status_error(response)
-                answer = orjson.loads(await response.read())
-        except UNREACHABLE_ERRORS as exc:
-            raise unreachable(self.base_url, exc) from exc
-        except orjson.JSONDecodeError as exc:
-            raise BackendStreamError(f"backend answered with invalid JSON: {exc}") from exc
+        body = {**payload, "stream": False} if kind in ("load", "unload") else payload
+        answer = await call_json(
+            self._session,
+            self.base_url,
+            "POST",
+            KIND_PATHS[kind],
+            body,
+            client_timeout=self._timeout,
+        )
         return answer if isinstance(answer, dict) else {"value": answer}
 
     async def version(self) -> str:
