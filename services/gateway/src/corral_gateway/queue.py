@@ -36,7 +36,10 @@ async def where(request: web.Request) -> web.Response:
     relay = gateway.relays.get(request_id)
     spot = relay.where if relay is not None else None
     if spot is None:
-        entry = _find(await _statuses(gateway), request_id)
+        # Relayed by another gateway: the schedulers' latest broadcast (at most one status
+        # interval old) answers. Asking them for a fresh one here would let clients polling
+        # this endpoint make every scheduler broadcast its lane at their pace.
+        entry = _find(gateway.hub.status.fresh(), request_id)
         spot = (entry.position, entry.estimated_wait_ms) if entry is not None else None
     if spot is None:
         return _error(
