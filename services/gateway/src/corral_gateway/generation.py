@@ -169,12 +169,19 @@ async def _relay(
         ),
         context_info=conversation.context_info,
     )
-    submitted = False
+    # From the moment the publish starts the job may be in the lane: the scheduler can start
+    # it before our publisher confirm arrives, so a client leaving during that wait must
+    # still cancel it. Only a refusal from the broker says it never got there.
+    in_lane = False
     gateway.relays[ext.request_id] = relay
     try:
         job = _job(gateway, kind, model, conversation, ext)
-        await gateway.submitter.submit(job, retry_after_s(gateway))
-        submitted = True
+        in_lane = True
+        try:
+            await gateway.submitter.submit(job, retry_after_s(gateway))
+        except CorralError:
+            in_lane = False
+            raise
         response = await relay.run()
         return response, "done" if relay.finished else "error"
     except CorralError as exc:
@@ -188,7 +195,7 @@ async def _relay(
         return relay.response, "client_gone"
     finally:
         gateway.relays.pop(ext.request_id, None)
-        if submitted and (not relay.finished or relay.timed_out):
+        if in_lane and (not relay.finished or relay.timed_out):
             # The client left (or the handler was cancelled): free its place in the lane.
             gateway.spawn(gateway.submitter.cancel(ext.request_id, "client disconnected"))
 

@@ -43,9 +43,15 @@ async def listening(gateway: Gateway, request_id: str) -> AsyncIterator[asyncio.
 async def run_job(gateway: Gateway, job: Job) -> Done:
     """The job's Done; its failure as a CorralError with the status clients expect."""
     async with listening(gateway, job.request_id) as events:
-        await gateway.submitter.submit(job, retry_after_s(gateway))
         finished = False
         try:
+            # The job may be in the lane before the publish is confirmed: leaving during the
+            # confirm must cancel it too. A refusal means it never got there.
+            try:
+                await gateway.submitter.submit(job, retry_after_s(gateway))
+            except CorralError:
+                finished = True
+                raise
             while True:
                 event = await events.get()
                 if isinstance(event, Done | Failed | Cancelled | BrokerLost):

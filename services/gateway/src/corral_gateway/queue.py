@@ -20,6 +20,7 @@ from corral_gateway.wire import json_response
 # How long an admin view waits for the schedulers to report the lane as it is now.
 FRESH_STATUS_WAIT_S = 1.0
 DLQ_PEEK_MAX = 100
+STATUS_ASK_INTERVAL_S = 0.25
 
 
 def add_routes(app: web.Application) -> None:
@@ -36,10 +37,7 @@ async def where(request: web.Request) -> web.Response:
     relay = gateway.relays.get(request_id)
     spot = relay.where if relay is not None else None
     if spot is None:
-        # Relayed by another gateway: the schedulers' latest broadcast (at most one status
-        # interval old) answers. Asking them for a fresh one here would let clients polling
-        # this endpoint make every scheduler broadcast its lane at their pace.
-        entry = _find(gateway.hub.status.fresh(), request_id)
+        entry = _find(await _statuses(gateway), request_id)
         spot = (entry.position, entry.estimated_wait_ms) if entry is not None else None
     if spot is None:
         return _error(
@@ -171,12 +169,17 @@ def _dead_job(message: aio_pika.abc.AbstractIncomingMessage) -> dict[str, Any]:
 
 
 async def _statuses(gateway: Gateway) -> list[SchedulerStatus]:
-    asked_at = time.time()
-    try:
-        await gateway.broker.publish_control(STATUS_REQUEST_KEY, b"{}")
-    except BrokerUnavailable:
-        return gateway.hub.status.fresh()
-    return await gateway.hub.status.newer_than(asked_at, FRESH_STATUS_WAIT_S)
+    """The schedulers' statuses as of now. Requests for a fresh one are shared: at most one
+    per STATUS_ASK_INTERVAL_S from this gateway, so clients polling GET /queue/{id} cannot make
+    every scheduler broadcast its lane at their pace."""
+    now = time.time()
+    if now - gateway.status_asked_at >= STATUS_ASK_INTERVAL_S:
+        gateway.status_asked_at = now
+        try:
+            await gateway.broker.publish_control(STATUS_REQUEST_KEY, b"{}")
+        except BrokerUnavailable:
+            return gateway.hub.status.fresh()
+    return await gateway.hub.status.newer_than(gateway.status_asked_at, FRESH_STATUS_WAIT_S)
 
 
 def _find(statuses: list[SchedulerStatus], request_id: str) -> LaneEntry | None:

@@ -33,6 +33,8 @@ class Gateway:
     rpc: RpcClient
     models: ModelDirectory
     started_at: float = field(default_factory=time.monotonic)
+    # When this replica last asked the schedulers for a fresh status (queue views).
+    status_asked_at: float = 0.0
     # Requests this replica is relaying, for GET /queue/{request_id}.
     relays: dict[str, QueueView] = field(default_factory=dict)
     # Cancels published after a client left; kept so shutdown can wait for them.
