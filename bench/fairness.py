@@ -246,6 +246,7 @@ class SimJob:
     priority: Priority
     model: str
     admitted_at: float
+    arrival: int
     overtaken: int = 0
     # Position told at admission (jobs ahead, the running one included), and what it was then.
     told: int = 0
@@ -324,7 +325,14 @@ class Simulator:
             self.run.refused += 1
             return
         priority: Priority = request.priority if self.case.priorities else "normal"
-        job = SimJob(request.request_id, request.key, priority, request.model, request.arrival)
+        job = SimJob(
+            request.request_id,
+            request.key,
+            priority,
+            request.model,
+            request.arrival,
+            arrival=len(self.requests),
+        )
         self.waiting[job.request_id] = job
         self.requests[job.request_id] = request
         running = request.arrival < self.busy_until

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import time
 
 from corral_common.messages import Job
 from corral_scheduler.lane import Entry, Lane
+
+ARRIVALS = itertools.count()
 
 
 def entry(request_id: str, generation: int = 0) -> Entry:
@@ -18,7 +21,13 @@ def entry(request_id: str, generation: int = 0) -> Entry:
         payload={},
         enqueued_at=time.time(),
     )
-    return Entry(job=job, delivery=None, generation=generation, admitted_at=time.monotonic())
+    return Entry(
+        job=job,
+        delivery=None,
+        generation=generation,
+        admitted_at=time.monotonic(),
+        arrival=next(ARRIVALS),
+    )
 
 
 async def test_pop_is_fifo() -> None:
@@ -91,3 +100,13 @@ def test_stale_generation_entries_are_dropped() -> None:
     dropped = lane.drop_generation_before(1)
     assert [e.request_id for e in dropped] == ["old"]
     assert "new" in lane and "old" not in lane
+
+
+async def test_order_follows_arrival_not_push_order() -> None:
+    # After a failover, redelivered jobs are pushed when their admission awaits finish, which
+    # need not be the order they were delivered in.
+    lane = Lane()
+    first, second, third = entry("a"), entry("b"), entry("c")
+    for pushed in (first, third, second):
+        lane.push(pushed)
+    assert [(await lane.pop()).request_id for _ in range(3)] == ["a", "b", "c"]

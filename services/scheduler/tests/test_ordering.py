@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from corral_common.messages import Priority
 from corral_scheduler.ordering import Ordering, OrderingPolicy
+
+ARRIVALS = itertools.count()
 
 
 @dataclass(eq=False)
@@ -18,6 +21,7 @@ class Job:
     model: str = "llama3.2"
     admitted_at: float = 0.0
     overtaken: int = 0
+    arrival: int = field(default_factory=lambda: next(ARRIVALS))
 
 
 class Clock:

@@ -197,6 +197,7 @@ async def _relay(
         gateway.relays.pop(ext.request_id, None)
         if in_lane and (not relay.finished or relay.timed_out):
             # The client left (or the handler was cancelled): free its place in the lane.
+            log.info("cancelling the job of a request that ended early")
             gateway.spawn(gateway.submitter.cancel(ext.request_id, "client disconnected"))
 
 

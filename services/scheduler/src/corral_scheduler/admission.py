@@ -6,6 +6,7 @@ with queued work the scheduler can order and report positions for.
 
 from __future__ import annotations
 
+import itertools
 import math
 import time
 from collections import OrderedDict
@@ -71,8 +72,12 @@ class Admission:
         self.sink = sink
         self.speeds = speeds
         self.cancels = RecentCancels()
+        self._arrivals = itertools.count()
 
     async def on_job(self, message: AbstractIncomingMessage) -> None:
+        # Taken before the first await: deliveries are handled concurrently, and a redelivered
+        # job awaits a publish before it is pushed, so push order is not delivery order.
+        arrival = next(self._arrivals)
         try:
             job = Job.model_validate_json(message.body)
         except ValidationError as exc:
@@ -105,6 +110,7 @@ class Admission:
             delivery=message,
             generation=self.executor.generation,
             admitted_at=time.monotonic(),
+            arrival=arrival,
             estimate_ms=self.speeds.estimate_ms(
                 job.model,
                 job.prompt_chars,
@@ -222,6 +228,7 @@ class Admission:
             return "queued"
         if self.executor.cancel_running(request_id, reason):
             return "running"
+        log.info("cancel for a job not held here; remembered", request_id=request_id)
         self.cancels.add(request_id)
         return "unknown"
 

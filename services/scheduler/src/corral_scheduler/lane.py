@@ -26,6 +26,8 @@ class Entry:
     # and entries from the old connection must not run.
     generation: int
     admitted_at: float
+    # Admission order (see ordering.Waiting.arrival).
+    arrival: int = 0
     estimate_ms: int = 0
     last_sent: tuple[int, int] | None = field(default=None)
     last_sent_at: float = 0.0

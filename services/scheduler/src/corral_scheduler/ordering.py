@@ -40,6 +40,9 @@ class Waiting(Protocol):
     def model(self) -> str: ...
 
     admitted_at: float
+    # Admission order, taken when the delivery arrives (before any await), so jobs handed
+    # over together after a failover keep their order whatever their admission awaits.
+    arrival: int
     overtaken: int
 
 
@@ -73,12 +76,13 @@ class Ordering:
         return rank
 
     def order(self, entries: Iterable[Waiting]) -> list[Waiting]:
-        """Every waiting entry in the order it will run (entries come in arrival order)."""
+        """Every waiting entry in the order it will run."""
         now = self._clock()
         queues: dict[str, list[tuple[int, int, Waiting]]] = {}
-        for arrival, entry in enumerate(entries):
+        for entry in entries:
             key = entry.key if self.policy.fair_share else ANONYMOUS
-            queues.setdefault(key, []).append((self.effective_class(entry, now), arrival, entry))
+            item = (self.effective_class(entry, now), entry.arrival, entry)
+            queues.setdefault(key, []).append(item)
         for queue in queues.values():
             queue.sort(key=lambda item: (item[0], item[1]))
         turn = {key: self._last_served.get(key, -1) for key in queues}
