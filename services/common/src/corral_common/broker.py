@@ -25,6 +25,7 @@ from aio_pika.abc import (
 from corral_common import jsonutil
 from corral_common.settings import CorralSettings
 from corral_common.telemetry import inject_context
+from corral_common.timeouts import within
 from corral_common.topology import Topology, declare_topology
 
 log = structlog.get_logger(__name__)
@@ -150,7 +151,7 @@ class Broker:
         if connection is None or connection.is_closed or not connection.connected.is_set():
             raise BrokerUnavailable("message broker is not connected")
         try:
-            await asyncio.wait_for(self._connected.wait(), self.settings.publish_timeout_s)
+            await within(self._connected.wait(), self.settings.publish_timeout_s)
         except TimeoutError as exc:
             raise BrokerUnavailable("message broker connection is still being restored") from exc
 

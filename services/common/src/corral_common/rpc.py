@@ -24,6 +24,7 @@ from corral_common.broker import Broker
 from corral_common.errors import CorralError, ErrorType
 from corral_common.ids import new_id
 from corral_common.telemetry import extract_context, inject_context, tracer
+from corral_common.timeouts import within
 
 log = structlog.get_logger(__name__)
 
@@ -148,7 +149,7 @@ class RpcClient:
                 ),
                 routing_key=service,
             )
-            reply = await asyncio.wait_for(future, timeout=self.timeout_s)
+            reply = await within(future, self.timeout_s)
         except aiormq.exceptions.PublishError as exc:
             raise _unavailable(service, "no instance of it is running") from exc
         except TimeoutError as exc:

@@ -15,6 +15,7 @@ import structlog
 from pydantic import ValidationError
 
 from corral_common.messages import SchedulerStatus
+from corral_common.timeouts import within
 
 log = structlog.get_logger(__name__)
 
@@ -52,7 +53,7 @@ class StatusBoard:
             if remaining <= 0:
                 break
             try:
-                await asyncio.wait_for(self._updated.wait(), remaining)
+                await within(self._updated.wait(), remaining)
             except TimeoutError:
                 break
         return self.fresh()

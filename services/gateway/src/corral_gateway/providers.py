@@ -4,7 +4,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 
 from aiohttp import web
@@ -12,6 +11,7 @@ from aiohttp import web
 from corral_common import jsonutil
 from corral_common.errors import CorralError, ErrorType
 from corral_common.ids import new_id
+from corral_common.timeouts import within
 from corral_gateway.body import model_field, read_body
 from corral_gateway.progress import MODEL_MANAGER, operation_lines
 from corral_gateway.state import GATEWAY
@@ -60,7 +60,7 @@ async def pull(request: web.Request) -> web.Response:
         return None
 
     try:
-        failure = await asyncio.wait_for(follow(), timeout=timeout_s)
+        failure = await within(follow(), timeout_s)
     except TimeoutError:
         error = CorralError(
             ErrorType.BACKEND_TIMEOUT,

@@ -27,6 +27,7 @@ from corral_common.messages import (
     Stored,
     Tokens,
 )
+from corral_common.timeouts import within
 from corral_gateway import metrics
 from corral_gateway.extensions import Extensions
 from corral_gateway.hub import BrokerLost, Delivery
@@ -167,7 +168,7 @@ class Relay:
 
     async def _next(self, wait_s: float) -> Delivery | None:
         try:
-            return await asyncio.wait_for(self.events.get(), timeout=wait_s)
+            return await within(self.events.get(), wait_s)
         except TimeoutError:
             return None
 

@@ -21,6 +21,7 @@ from corral_common.broker import encode
 from corral_common.errors import CorralError
 from corral_common.messages import ModelList
 from corral_common.model_names import canonical_model_name
+from corral_common.timeouts import within
 
 log = structlog.get_logger(__name__)
 
@@ -146,10 +147,13 @@ class ModelListBroadcaster:
 
     async def run_forever(self) -> None:
         while True:
+            # Cleared at the start of each round, not only on a broadcast: with the backend
+            # down there is nothing to broadcast, and a wake left set would spin this loop.
+            self._wake.clear()
             try:
                 await self._names.refresh()
             except CorralError as exc:
                 log.info("model list not refreshed", error=exc.message)
             await self.publish()
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), self._interval_s)
+                await within(self._wake.wait(), self._interval_s)

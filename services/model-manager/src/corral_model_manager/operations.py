@@ -24,6 +24,7 @@ from corral_common.errors import CorralError, ErrorType
 from corral_common.ids import new_id
 from corral_common.messages import Failed, Progress
 from corral_common.model_names import canonical_model_name
+from corral_common.timeouts import within
 from corral_common.topology import event_key
 from corral_model_manager import metrics
 from corral_model_manager.throttle import ProgressThrottle, Step
@@ -234,7 +235,7 @@ class ModelOperation:
         if due_at is None:
             return await self._inbox.get()
         try:
-            return await asyncio.wait_for(self._inbox.get(), max(0.0, due_at - self._monotonic()))
+            return await within(self._inbox.get(), max(0.0, due_at - self._monotonic()))
         except TimeoutError:
             return None
 

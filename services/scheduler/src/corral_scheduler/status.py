@@ -3,7 +3,6 @@ without ever calling the backend themselves."""
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import time
 
@@ -19,6 +18,7 @@ from corral_common.messages import (
     QueueStatus,
     SchedulerStatus,
 )
+from corral_common.timeouts import within
 from corral_common.topology import JOBS_QUEUE, STATUS_ROUTING_KEY
 from corral_scheduler.backend import OllamaBackend
 from corral_scheduler.eta import cumulative_waits
@@ -57,7 +57,7 @@ class StatusReporter:
                 )
             requested = self.executor.status_requested
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(requested.wait(), timeout=self.interval_s)
+                await within(requested.wait(), self.interval_s)
             requested.clear()
 
     async def snapshot(self) -> SchedulerStatus:

@@ -21,6 +21,7 @@ from pymongo.errors import PyMongoError
 from corral_common.broker import Broker
 from corral_common.ops import add_ops_routes
 from corral_common.rpc import RpcClient, RpcServer
+from corral_common.timeouts import within
 from corral_session_store.model_info import (
     MODEL_MANAGER,
     CachedContextLengths,
@@ -66,7 +67,7 @@ TURNS = web.AppKey("turns", TurnConsumer)
 
 
 async def _ping(client: AsyncMongoClient[Document]) -> None:
-    await asyncio.wait_for(client.admin.command("ping"), PING_TIMEOUT_S)
+    await within(client.admin.command("ping"), PING_TIMEOUT_S)
 
 
 async def _describe_server(client: AsyncMongoClient[Document], state: MongoState) -> None:

@@ -15,6 +15,7 @@ from typing import Any, Protocol
 import structlog
 
 from corral_common.errors import CorralError
+from corral_common.timeouts import within
 
 log = structlog.get_logger(__name__)
 
@@ -87,7 +88,7 @@ class CachedContextLengths:
 
     async def _lookup(self, model: str) -> int | None:
         try:
-            result = await asyncio.wait_for(self._fetch(model), self.timeout_s)
+            result = await within(self._fetch(model), self.timeout_s)
         except (TimeoutError, CorralError) as exc:
             log.info("model context length unknown", model=model, reason=str(exc) or "timeout")
             return None
