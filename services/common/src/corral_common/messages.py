@@ -189,6 +189,19 @@ class LaneEntry(Wire):
     client_key: str | None = None
 
 
+class LaneHealth(Wire):
+    """Whether the lane is moving, judged by the scheduler's watchdog (issue 9).
+
+    `stuck` is set when the lane holds work (a running job, or waiting jobs while not paused)
+    and nothing has started or finished for the watchdog's limit."""
+
+    stuck: bool = False
+    # Epoch seconds of the last job started or finished; None if none yet.
+    last_progress_at: float | None = None
+    # How long the lane has held work without progress (0 while it moves or is idle).
+    stalled_for_s: float = 0.0
+
+
 class SchedulerStatus(Wire):
     kind: Literal["status"] = "status"
     scheduler_id: str
@@ -200,6 +213,7 @@ class SchedulerStatus(Wire):
     lane: list[LaneEntry] = Field(default_factory=list)
     paused: bool = False
     draining: bool = False
+    health: LaneHealth = Field(default_factory=LaneHealth)
 
 
 class ModelList(Wire):
