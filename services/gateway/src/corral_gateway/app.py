@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator
 
 import structlog
 from aiohttp import web
+from aiohttp.typedefs import Middleware
 
 from corral_common.broker import Broker
 from corral_common.ops import add_ops_routes
@@ -31,8 +32,10 @@ from corral_gateway import (
     sessions,
 )
 from corral_gateway.directory import ModelDirectory
+from corral_gateway.host_check import host_check_middleware
 from corral_gateway.hub import Hub
 from corral_gateway.middleware import ollama_edge
+from corral_gateway.origins import add_cors_headers, origin_middleware
 from corral_gateway.settings import GatewaySettings
 from corral_gateway.state import GATEWAY, SETTINGS, Gateway
 from corral_gateway.submit import Submitter
@@ -89,12 +92,23 @@ async def gateway_ctx(app: web.Application) -> AsyncIterator[None]:
     await broker.close()
 
 
+def edge_middlewares(settings: GatewaySettings) -> list[Middleware]:
+    # Ollama's order: CORS first (a preflight is answered before the Host check), then the
+    # Host check, then the handlers' own edge behaviour.
+    middlewares = [origin_middleware(settings.origin_list())]
+    host_check = host_check_middleware(settings.gateway_host, settings.allowed_host_list())
+    if host_check is not None:
+        middlewares.append(host_check)
+    return [*middlewares, ollama_edge]
+
+
 def create_app(settings: GatewaySettings | None = None) -> web.Application:
     settings = settings or GatewaySettings()
     app = web.Application(
         client_max_size=settings.max_body_bytes,
-        middlewares=[ollama_edge],
+        middlewares=edge_middlewares(settings),
     )
+    app.on_response_prepare.append(add_cors_headers)
     app[SETTINGS] = settings
     app.cleanup_ctx.append(gateway_ctx)
     # add_get also answers HEAD, as Ollama does for both.

@@ -33,6 +33,30 @@ class GatewaySettings(CorralSettings):
     # carries on in the model manager.
     provider_pull_timeout_s: float = Field(default=600.0, gt=0)
 
+    # The network edge (see host_check.py, origins.py, connections.py).
+    # Extra Host names/addresses accepted while bound to loopback (comma-separated;
+    # `*.example.com` for subdomains), beyond Ollama's local names.
+    allowed_hosts: str = ""
+    # Extra browser origins allowed, like OLLAMA_ORIGINS (comma-separated, `*` wildcards).
+    origins: str = ""
+    # From accepting a connection (or from a later request's first byte) to the end of the
+    # request's headers; a slow or silent client is disconnected after this.
+    header_timeout_s: float = Field(default=10.0, gt=0)
+    # How long a kept-alive connection may sit idle between requests. A running request (a
+    # queued client's stream with heartbeats) is never idle.
+    idle_timeout_s: float = Field(default=75.0, gt=0)
+    # Open connections per client address and in all (0 = no cap). Past a cap, the oldest idle
+    # connection is closed to make room, or the new one is refused if none is idle. The total
+    # is also held below the process's open-file limit.
+    max_connections_per_ip: int = Field(default=256, ge=0)
+    max_connections: int = Field(default=10_000, ge=0)
+
+    def allowed_host_list(self) -> list[str]:
+        return [h.strip() for h in self.allowed_hosts.split(",") if h.strip()]
+
+    def origin_list(self) -> list[str]:
+        return [o.strip() for o in self.origins.split(",") if o.strip()]
+
     def listen_address(self) -> tuple[str, int]:
         # The gateway serves the API and its ops endpoints on one public port.
         return self.gateway_host, self.gateway_port
