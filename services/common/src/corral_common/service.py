@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable
 from typing import TypeVar
 
@@ -9,6 +10,7 @@ from aiohttp import web
 
 from corral_common.logging import configure_logging
 from corral_common.settings import CorralSettings
+from corral_common.supervision import requested_exit_code
 from corral_common.telemetry import setup_tracing
 
 S = TypeVar("S", bound=CorralSettings)
@@ -36,3 +38,8 @@ def run_service(
         print=None,
         shutdown_timeout=10.0,
     )
+    # A supervised task that failed (or the scheduler's watchdog) stopped the service on
+    # purpose: exit non-zero so the process supervisor restarts it.
+    code = requested_exit_code()
+    if code is not None:
+        sys.exit(code)
