@@ -2,8 +2,10 @@
 
 Role and port: `gateway` listens on CORRAL_GATEWAY_HOST:CORRAL_GATEWAY_PORT, `emulator` on
 `--port`, anything else on CORRAL_HEALTH_PORT. It writes what it saw to
-$FAKE_REPORT_DIR/<role>.json, and answers /ready with $FAKE_READY_STATUS (default 200);
-FAKE_EXIT_CODE makes it exit at once with that code.
+$FAKE_REPORT_DIR/<role>.json (the latest of that role) and <role>-<port>.json (two schedulers share
+a role), and answers /ready with $FAKE_READY_STATUS (default 200); FAKE_EXIT_CODE makes it exit
+at once with that code, and so does an existing $FAKE_CRASH_FILE (a service that crashes on every
+restart).
 """
 
 from __future__ import annotations
@@ -37,6 +39,10 @@ def main() -> None:
     if "FAKE_EXIT_CODE" in os.environ:
         print(f"fake {role} failing on purpose", flush=True)
         sys.exit(int(os.environ["FAKE_EXIT_CODE"]))
+    crash_file = os.environ.get("FAKE_CRASH_FILE")
+    if crash_file and Path(crash_file).exists():
+        print(f"fake {role} crashing on purpose", flush=True)
+        sys.exit(3)
     host = "127.0.0.1"
     if role == "gateway":
         host = os.environ["CORRAL_GATEWAY_HOST"]
@@ -53,6 +59,7 @@ def main() -> None:
             "env": {k: v for k, v in os.environ.items() if k.startswith("CORRAL_")},
         }
         (Path(report_dir) / f"{role}.json").write_text(json.dumps(report))
+        (Path(report_dir) / f"{role}-{port}.json").write_text(json.dumps(report))
     server = HTTPServer((host, port), Handler)
     print(f"fake {role} listening on {host}:{port}", flush=True)
     print(f"fake {role} stderr line", file=sys.stderr, flush=True)

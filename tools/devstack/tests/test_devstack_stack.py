@@ -101,6 +101,12 @@ def _pid(tmp_path: Path, role: str) -> int:
     return pid
 
 
+def _scheduler_pids(tmp_path: Path) -> list[int]:
+    """Both schedulers' pids (the active one and the standby share the fake's role)."""
+    reports = sorted((tmp_path / "reports").glob("scheduler-*.json"))
+    return [json.loads(path.read_text())["pid"] for path in reports]
+
+
 def test_run_starts_everything_and_ctrl_c_stops_it(
     tmp_path: Path, launcher_env: dict[str, str], amqp_url: str, mongo_url: str
 ) -> None:
@@ -133,18 +139,27 @@ def test_run_starts_everything_and_ctrl_c_stops_it(
         for name in ("emulator", "scheduler", "session-store", "gateway"):
             assert (data_dir / "logs" / f"{name}.log").exists()
 
-        roles = ("emulator", "scheduler", "session_store", "gateway")
-        pids = [_pid(tmp_path, role) for role in roles]
+        roles = ("emulator", "session_store", "gateway")
+        pids = [_pid(tmp_path, role) for role in roles] + _scheduler_pids(tmp_path)
+        assert len(_scheduler_pids(tmp_path)) == 2, "a standby scheduler runs by default"
         launcher.proc.send_signal(signal.SIGINT)
         code, output = launcher.finish()
     finally:
         launcher.close()
     assert code == 0, output
-    assert "Stopped." in output
+    assert "Stopped (no restarts)." in output
     assert all(_gone(pid) for pid in pids)
     starts = ("rabbit", "mongo", "emu", "scheduler", "session-store", "gateway")
     lines = [line.split()[0] for line in output.splitlines() if line.startswith(starts)]
-    assert lines == ["rabbitmq", "mongo", "emulator", "scheduler", "session-store", "gateway"]
+    assert lines == [
+        "rabbitmq",
+        "mongo",
+        "emulator",
+        "scheduler",
+        "scheduler-standby",
+        "session-store",
+        "gateway",
+    ]
     assert "existing broker" in output
     assert "existing server, not managed" in output
     assert not (data_dir / "mongo").exists()
@@ -160,8 +175,8 @@ def test_sigterm_stops_everything_and_the_embedded_store_keeps_its_data(
     try:
         launcher.wait_for("Corral is running")
         assert not (tmp_path / "reports" / "emulator.json").exists()
-        roles = ("scheduler", "session_store", "gateway")
-        pids = [_pid(tmp_path, role) for role in roles]
+        roles = ("session_store", "gateway")
+        pids = [_pid(tmp_path, role) for role in roles] + _scheduler_pids(tmp_path)
         store_env = _report(tmp_path, "session_store")["env"]
         assert isinstance(store_env, dict)
         mongo = store_env["CORRAL_MONGO_URL"]
@@ -202,20 +217,61 @@ def test_an_unreachable_explicit_mongo_is_an_error(
     assert not (tmp_path / "reports" / "scheduler.json").exists()
 
 
-def test_a_crashed_service_stops_the_rest(
+def test_a_crashed_service_is_restarted_on_its_port(
     tmp_path: Path, launcher_env: dict[str, str], amqp_url: str
 ) -> None:
     launcher_env["CORRAL_AMQP_URL"] = amqp_url
+    launcher_env["CORRAL_DEV_STANDBY"] = "0"
+    launcher = Launcher(["--data-dir", str(tmp_path / "data")], launcher_env)
+    port = launcher_env["CORRAL_GATEWAY_PORT"]
+    try:
+        launcher.wait_for("Corral is running")
+        assert len(_scheduler_pids(tmp_path)) == 1, "CORRAL_DEV_STANDBY=0: no standby"
+        scheduler = _pid(tmp_path, "scheduler")
+        first = _pid(tmp_path, f"gateway-{port}")
+        os.kill(first, signal.SIGKILL)
+        launcher.wait_for("gateway        exited with -9")
+        launcher.wait_for("gateway        ready again")
+        second = _pid(tmp_path, f"gateway-{port}")
+        assert second != first
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/ready", timeout=5) as response:
+            assert response.status == 200
+        assert not _gone(scheduler), "the others were left running"
+        launcher.proc.send_signal(signal.SIGINT)
+        code, output = launcher.finish()
+    finally:
+        launcher.close()
+    assert code == 0, output
+    assert f"log tail: {(tmp_path / 'data' / 'logs' / 'gateway.log').resolve()}" in output
+    assert "Stopped (1 restart (gateway 1))." in output
+    assert _gone(second) and _gone(scheduler)
+
+
+def test_a_service_that_keeps_crashing_stops_the_stack_with_its_log(
+    tmp_path: Path, launcher_env: dict[str, str], amqp_url: str
+) -> None:
+    crash_file = tmp_path / "crash"
+    launcher_env.update(
+        CORRAL_AMQP_URL=amqp_url,
+        CORRAL_DEV_STANDBY="0",
+        CORRAL_DEV_RESTART_BACKOFF_S="0.05",
+        CORRAL_DEV_RESTART_LIMIT="3",
+        FAKE_CRASH_FILE=str(crash_file),
+    )
     launcher = Launcher(["--data-dir", str(tmp_path / "data")], launcher_env)
     try:
         launcher.wait_for("Corral is running")
         gateway = _pid(tmp_path, "gateway")
-        os.kill(_pid(tmp_path, "scheduler"), signal.SIGKILL)
+        crash_file.touch()  # every restart now exits at once with 3
+        os.kill(_pid(tmp_path, "session_store"), signal.SIGKILL)
         code, output = launcher.finish()
     finally:
         launcher.close()
-    assert code == 1
-    assert "scheduler exited with -9" in output
+    assert code == 1, output
+    assert "session-store  exited with -9" in output
+    assert "WARNING: keeps crashing: 2 rapid failures in a row (gives up at 3)" in output
+    assert "session-store failed 3 times in a row" in output
+    assert "fake session_store crashing on purpose" in output, "the log tail is shown"
     assert _gone(gateway)
 
 
@@ -235,7 +291,7 @@ def test_a_taken_gateway_port_fails_and_stops_what_started(
             launcher.close()
     assert code == 1
     assert "already in use" in output
-    assert _gone(_pid(tmp_path, "scheduler"))
+    assert all(_gone(pid) for pid in _scheduler_pids(tmp_path))
 
 
 def test_an_unreachable_explicit_broker_is_an_error(

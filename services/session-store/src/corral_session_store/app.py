@@ -90,6 +90,10 @@ async def mongo_ctx(app: web.Application) -> AsyncIterator[None]:
         serverSelectionTimeoutMS=settings.mongo_timeout_ms,
         connectTimeoutMS=settings.mongo_timeout_ms,
         appname="corral-session-store",
+        # Acknowledged only once in the server's journal: the turns queue's message is acked
+        # after the write, so a write SecantusDB (or a mongod) still held only in memory when
+        # it was SIGKILLed or hit a full disk would be a turn lost for good (docs/reliability.md).
+        journal=True,
     )
     state = app[MONGO_STATE]
     store = SessionStore(client[settings.mongo_database])

@@ -107,6 +107,12 @@ class SecantusNode(Managed):
         return self._proc is not None and self._proc.poll() is None
 
     @property
+    def returncode(self) -> int | None:
+        """The exit status of a server that ended on its own (a crash); None while it runs and
+        after `stop()`, which forgets the process."""
+        return None if self._proc is None else self._proc.poll()
+
+    @property
     def pid(self) -> int | None:
         return None if self._proc is None else self._proc.pid
 

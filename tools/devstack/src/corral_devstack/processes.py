@@ -92,6 +92,12 @@ class ServiceProcess(Managed):
                 )
             time.sleep(0.05)
 
+    def probe_ready(self) -> bool:
+        """One quick look: running, and `ready_url` (if any) answers 200 right now."""
+        if not self.running:
+            return False
+        return self.ready_url is None or self._probe(self.ready_url)
+
     def close(self) -> None:
         self.stop()
 

@@ -6,7 +6,6 @@ import os
 import signal
 import sys
 import threading
-import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +16,14 @@ from corral_devstack.mongo import MongoError, SecantusNode, ping
 from corral_devstack.ports import free_port, port_is_free
 from corral_devstack.processes import ServiceError, ServiceProcess
 from corral_devstack.rabbitmq import RabbitMQError, RabbitNode, amqp_reachable
+from corral_devstack.supervisor import (
+    GaveUp,
+    NodeChild,
+    RestartPolicy,
+    ServiceChild,
+    Supervisor,
+    standby_requested,
+)
 
 # Started in this order, stopped in reverse.
 SERVICE_MODULES: Final[tuple[str, ...]] = (
@@ -26,6 +33,10 @@ SERVICE_MODULES: Final[tuple[str, ...]] = (
     "corral_gateway",
 )
 GATEWAY_MODULE: Final = "corral_gateway"
+SCHEDULER_MODULE: Final = "corral_scheduler"
+# The hot standby on the jobs queue's single-active-consumer slot: when the active scheduler
+# dies, the standby takes over its queued jobs at once, and the restarted one becomes the standby.
+STANDBY_NAME: Final = "scheduler-standby"
 EMULATOR_MODULE: Final = "corral_emulator"
 DEFAULT_AMQP_URL: Final = "amqp://guest:guest@127.0.0.1:5672/"
 LOOPBACK: Final = "127.0.0.1"
@@ -82,7 +93,12 @@ def redact(url: str) -> str:
 
 
 class Stack:
-    """Everything `make run` starts; `stop()` undoes exactly that, newest first."""
+    """Everything `make run` starts; `stop()` undoes exactly that, newest first.
+
+    Everything it starts is also handed to `supervisor`, which restarts a crashed process (a
+    service, the emulator, the embedded store, the local RabbitMQ node) on the same ports; the
+    caller drives it (`run()` loops over `supervisor.poll()`).
+    """
 
     def __init__(
         self,
@@ -92,16 +108,32 @@ class Stack:
         environ: Mapping[str, str] | None = None,
         modules: Sequence[str] = SERVICE_MODULES,
         out: TextIO | None = None,
+        err: TextIO | None = None,
+        standby: bool | None = None,
+        policy: RestartPolicy | None = None,
     ) -> None:
         self.data_dir = data_dir.resolve()
         self.emulator = emulator
         self.environ = dict(os.environ if environ is None else environ)
         self.modules = tuple(modules)
         self.out = out if out is not None else sys.stdout
+        self.standby = standby_requested(self.environ) if standby is None else standby
+        self.supervisor = Supervisor(
+            policy if policy is not None else RestartPolicy.from_env(self.environ),
+            out=self.out,
+            err=err if err is not None else sys.stderr,
+        )
         self.node: RabbitNode | None = None
         self.mongo: SecantusNode | None = None
         self.processes: list[ServiceProcess] = []
         self._stop_order: list[Callable[[], object]] = []
+
+    def process(self, name: str) -> ServiceProcess:
+        """The started process called `name` (`gateway`, `scheduler-standby`, ...)."""
+        for proc in self.processes:
+            if proc.name == name:
+                return proc
+        raise KeyError(name)
 
     @property
     def log_dir(self) -> Path:
@@ -119,6 +151,8 @@ class Stack:
                 self._start_gateway(env)
             else:
                 self._start_service(module, env)
+            if module == SCHEDULER_MODULE and self.standby:
+                self._start_service(module, env, STANDBY_NAME)
 
     def _start_broker(self) -> str:
         choice = choose_broker(self.environ)
@@ -129,6 +163,7 @@ class Stack:
         self._stop_order.append(node.stop)
         node.start()
         self.node = node
+        self.supervisor.watch(NodeChild("rabbitmq", node, node.log_dir / f"{node.nodename}.log"))
         self._say("rabbitmq", f"{node.url}  (local node, log {node.log_dir / node.nodename}.log)")
         return node.url
 
@@ -147,6 +182,7 @@ class Stack:
         self._stop_order.append(node.stop)
         node.start()
         self.mongo = node
+        self.supervisor.watch(NodeChild("mongo", node, node.log_path))
         self._say(
             "mongo",
             f"{node.url}  (embedded SecantusDB, data {node.storage_path}, log {node.log_path})",
@@ -176,8 +212,9 @@ class Stack:
         self._launch(name, [sys.executable, "-m", GATEWAY_MODULE], gateway_env, f"{url}/ready")
         self._say(name, f"{url}  (log {self.log_dir / name}.log)")
 
-    def _start_service(self, module: str, env: dict[str, str]) -> None:
-        name = service_name(module)
+    def _start_service(self, module: str, env: dict[str, str], name: str | None = None) -> None:
+        name = name or service_name(module)
+        # Chosen once: a restart reuses the process's env, so the same port.
         health = free_port(LOOPBACK)
         ready = f"http://{LOOPBACK}:{health}/ready"
         service_env = {**env, "CORRAL_HEALTH_PORT": str(health)}
@@ -196,12 +233,6 @@ class Stack:
         if errors:
             raise errors[0]
 
-    def first_exited(self) -> ServiceProcess | None:
-        for proc in self.processes:
-            if proc.returncode is not None:
-                return proc
-        return None
-
     def _launch(
         self, name: str, argv: list[str], env: Mapping[str, str], ready_url: str
     ) -> ServiceProcess:
@@ -211,6 +242,7 @@ class Stack:
         self.processes.append(proc)
         proc.start()
         proc.wait_ready()
+        self.supervisor.watch(ServiceChild(proc))
         return proc
 
     def _say(self, name: str, text: str) -> None:
@@ -231,7 +263,8 @@ def _raise_exit(signum: int, frame: object) -> None:
 
 
 def run(data_dir: Path | None = None, *, emulator: bool | None = None) -> int:
-    """Start the stack, wait for Ctrl-C/SIGTERM or a crashed component, then stop it all."""
+    """Start the stack and keep it running (crashed parts are restarted) until Ctrl-C/SIGTERM,
+    or until a part keeps crashing and the supervisor gives up; then stop it all."""
     environ = dict(os.environ)
     stack = Stack(
         data_dir if data_dir is not None else default_data_dir(environ),
@@ -249,14 +282,10 @@ def run(data_dir: Path | None = None, *, emulator: bool | None = None) -> int:
     try:
         stack.start()
         print("Corral is running; press Ctrl-C to stop.", flush=True)
-        while (crashed := stack.first_exited()) is None:
-            time.sleep(0.5)
-        print(
-            f"{crashed.name} exited with {crashed.returncode}; stopping. "
-            f"Last lines of {crashed.log_path}:\n{crashed.log_tail(20)}",
-            file=sys.stderr,
-            flush=True,
-        )
+        # Never set: only Ctrl-C/SIGTERM (an exception here) or GaveUp end the loop.
+        stack.supervisor.run_until(threading.Event())
+    except GaveUp as exc:
+        print(f"error: {exc}\nStopping everything.", file=sys.stderr, flush=True)
         status = 1
     except (StackError, ServiceError, RabbitMQError, MongoError) as exc:
         print(f"error: {exc}", file=sys.stderr, flush=True)
@@ -277,5 +306,5 @@ def run(data_dir: Path | None = None, *, emulator: bool | None = None) -> int:
             print(f"error while stopping: {exc}", file=sys.stderr, flush=True)
             status = 1
         else:
-            print("Stopped.", file=sys.stderr, flush=True)
+            print(f"Stopped ({stack.supervisor.summary()}).", file=sys.stderr, flush=True)
     return status
