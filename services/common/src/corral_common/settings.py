@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from corral_common.ids import new_id
+from corral_common.ids import INSTANCE_ID_RULE, is_valid_instance_id, new_id
 
 
 class CorralSettings(BaseSettings):
@@ -33,7 +33,16 @@ class CorralSettings(BaseSettings):
     # Bounds a publisher-confirm wait so a half-dead broker connection cannot hang a request.
     publish_timeout_s: float = Field(default=5.0, gt=0)
 
+    # Part of routing keys (`gw.<instance_id>.<request_id>.<kind>`) and queue names; bounded so
+    # no routing key can pass RabbitMQ's 255 bytes (see corral_common.ids).
     instance_id: str = Field(default_factory=new_id)
+
+    @field_validator("instance_id")
+    @classmethod
+    def _instance_id_fits_routing_keys(cls, value: str) -> str:
+        if not is_valid_instance_id(value):
+            raise ValueError(f"CORRAL_INSTANCE_ID must be {INSTANCE_ID_RULE}")
+        return value
 
     def listen_address(self) -> tuple[str, int]:
         """Where this service's HTTP app listens: the ops endpoints, unless overridden."""

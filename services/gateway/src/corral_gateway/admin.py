@@ -7,12 +7,15 @@ import time
 
 from aiohttp import web
 
+from corral_common.clip import clip
 from corral_common.errors import CorralError, ErrorType
-from corral_common.ids import new_id
+from corral_common.ids import InvalidId
 from corral_common.messages import Job, JobKind
+from corral_gateway.extensions import header_request_id, invalid_id_error
 from corral_gateway.jobs import run_job
 from corral_gateway.progress import MODEL_MANAGER
 from corral_gateway.state import GATEWAY
+from corral_gateway.validation import OllamaRequestError, check_duration
 from corral_gateway.wire import json_response
 
 
@@ -42,7 +45,13 @@ async def pulls(request: web.Request) -> web.Response:
 async def _operate(request: web.Request, kind: JobKind) -> web.Response:
     gateway = request.app[GATEWAY]
     model = request.match_info["name"]
-    request_id = request.headers.get("X-Request-Id") or new_id()
+    try:
+        # The id names this job's events (`gw.<gateway>.<request_id>.<kind>`): an unchecked one
+        # could pass the broker's routing-key limit and take the scheduler's lane down with it.
+        request_id = header_request_id(request)
+    except InvalidId as exc:
+        error = invalid_id_error(exc)
+        return json_response(error.corral_body(), error.status)
     headers = {"X-Request-Id": request_id}
     payload: dict[str, object] = {"model": model}
     if kind == "unload":
@@ -50,6 +59,8 @@ async def _operate(request: web.Request, kind: JobKind) -> web.Response:
     elif "keep_alive" in request.query:
         payload["keep_alive"] = request.query["keep_alive"]
     try:
+        if isinstance(payload.get("keep_alive"), str):
+            _duration(str(payload["keep_alive"]))
         force = _flag(request.query.get("force", "false"))
         await gateway.models.check(model)
         done = await run_job(
@@ -81,10 +92,19 @@ async def _operate(request: web.Request, kind: JobKind) -> web.Response:
     )
 
 
+def _duration(text: str) -> None:
+    try:
+        check_duration(text)
+    except OllamaRequestError as exc:
+        raise CorralError(ErrorType.INVALID_REQUEST, f"keep_alive: {exc.message}") from exc
+
+
 def _flag(value: str) -> bool:
     lowered = value.strip().lower()
     if lowered in ("1", "true", "yes"):
         return True
     if lowered in ("0", "false", "no", ""):
         return False
-    raise CorralError(ErrorType.INVALID_REQUEST, f"force must be true or false, not {value!r}")
+    raise CorralError(
+        ErrorType.INVALID_REQUEST, f"force must be true or false, not {clip(value)!r}"
+    )

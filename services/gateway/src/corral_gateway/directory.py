@@ -12,12 +12,16 @@ import time
 
 import structlog
 
+from corral_common.clip import clip
 from corral_common.errors import CorralError, ErrorType
 from corral_common.messages import ModelList
 from corral_common.model_names import canonical_model_name
 from corral_common.rpc import RpcClient
 
 log = structlog.get_logger(__name__)
+
+# Ollama's names: host up to 350 characters, namespace, model and tag up to 80 each.
+MODEL_NAME_MAX_CHARS = 1024
 
 MODEL_MANAGER = "model-manager"
 
@@ -47,6 +51,14 @@ class ModelDirectory:
         text for the endpoint at hand (chat and embed word it differently)."""
         if self.knows(model):
             return
+        if len(model) > MODEL_NAME_MAX_CHARS:
+            # No backend has such a name (Ollama's longest valid one is about 600 characters):
+            # answered here, so a huge name never travels to the model manager or the lane.
+            raise CorralError(
+                ErrorType.MODEL_NOT_FOUND,
+                not_found or f"model '{clip(model)}' not found",
+                details={"requested_model": clip(model)},
+            )
         try:
             answer = await self._rpc.call(MODEL_MANAGER, "model_names", refresh=True)
         except CorralError as exc:
@@ -58,6 +70,6 @@ class ModelDirectory:
             return
         raise CorralError(
             ErrorType.MODEL_NOT_FOUND,
-            not_found or f"model '{model}' not found",
-            details={"requested_model": model, "available_models": self.names},
+            not_found or f"model '{clip(model)}' not found",
+            details={"requested_model": clip(model), "available_models": self.names},
         )

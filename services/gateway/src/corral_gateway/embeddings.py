@@ -9,6 +9,7 @@ from typing import Any
 
 from aiohttp import web
 
+from corral_common.clip import clip
 from corral_common.errors import CorralError
 from corral_common.messages import Job, JobKind
 from corral_gateway.body import read_request
@@ -47,7 +48,7 @@ async def _serve(request: web.Request, kind: JobKind) -> web.Response:
     try:
         # Ollama words this 404 differently on its embedding path.
         await gateway.models.check(
-            model, not_found=f'model "{model}" not found, try pulling it first'
+            model, not_found=f'model "{clip(model)}" not found, try pulling it first'
         )
         done = await run_job(
             gateway,

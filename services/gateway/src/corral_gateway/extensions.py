@@ -13,7 +13,9 @@ from typing import Any
 
 from aiohttp import web
 
-from corral_common.ids import is_valid_client_id, new_id
+from corral_common.clip import clip
+from corral_common.errors import CorralError, ErrorType
+from corral_common.ids import InvalidId, check_client_id, new_id
 from corral_common.messages import PRIORITIES, Priority
 from corral_gateway.validation import OllamaRequestError
 
@@ -60,23 +62,30 @@ def read_extensions(
         body.get("session_id"), request.headers.get("X-Session-Id"), options.get("session_id")
     )
     request_id = _first(body.get("request_id"), request.headers.get("X-Request-Id"))
-    for name, value in (("session_id", session_id), ("request_id", request_id)):
-        if value is not None and not is_valid_client_id(value):
-            raise OllamaRequestError(
-                400, f"invalid {name}: use 1 to 128 letters, digits, '-' or '_'"
-            )
+    client_key = request.headers.get("X-Client-Id")
+    # The caller's key travels in every job and lane snapshot: the same rule bounds it.
+    for name, value in (
+        ("session_id", session_id),
+        ("request_id", request_id),
+        ("X-Client-Id", client_key),
+    ):
+        if value is not None:
+            try:
+                check_client_id(value, name)
+            except InvalidId as exc:
+                raise OllamaRequestError(400, exc.message) from exc
     priority = _first(
         body.get("priority"), request.headers.get("X-Priority"), options.get("priority")
     )
     if priority is not None and priority not in PRIORITIES:
         raise OllamaRequestError(
-            400, f"invalid priority {priority!r}: use one of {', '.join(PRIORITIES)}"
+            400, f"invalid priority {clip(priority)!r}: use one of {', '.join(PRIORITIES)}"
         )
     return Extensions(
         request_id=request_id or new_id(),
         session_id=session_id,
         queue_progress=request.headers.get("X-Queue-Progress", "1").strip() != "0",
-        client_key=request.headers.get("X-Client-Id"),
+        client_key=client_key,
         priority=priority or "normal",
         queue_timeout_s=_queue_timeout(
             request.headers.get("X-Queue-Timeout"), options.get("queue_timeout"), limits
@@ -96,7 +105,7 @@ def _queue_timeout(header: str | None, option: Any, limits: QueueLimits | None) 
             asked = None
         if isinstance(raw, bool) or asked is None or not math.isfinite(asked) or asked <= 0:
             raise OllamaRequestError(
-                400, f"invalid queue timeout {raw!r}: give a positive number of seconds"
+                400, f"invalid queue timeout {clip(repr(raw))}: give a positive number of seconds"
             )
     timeout = asked if asked is not None else limits.default_s
     if timeout is not None and limits.max_s is not None:
@@ -122,3 +131,14 @@ def _first(*values: Any) -> str | None:
             )
         return value
     return None
+
+
+def header_request_id(request: web.Request) -> str:
+    """The request id from `X-Request-Id` (InvalidId if it breaks the rule), else a new one."""
+    raw = request.headers.get("X-Request-Id")
+    return new_id() if raw is None or raw == "" else check_client_id(raw, "request_id")
+
+
+def invalid_id_error(exc: InvalidId) -> CorralError:
+    """A bad id as Corral's own endpoints report it."""
+    return CorralError(ErrorType.INVALID_REQUEST, exc.message, details={"field": exc.field})

@@ -8,6 +8,7 @@ import math
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
+from corral_common.clip import clip
 from corral_common.errors import CorralError, ErrorType
 from corral_common.messages import Cancelled, Done, Failed, Job
 from corral_gateway.hub import BrokerLost, Delivery
@@ -32,7 +33,7 @@ async def listening(gateway: Gateway, request_id: str) -> AsyncIterator[asyncio.
         events = gateway.hub.register(request_id)
     except KeyError as exc:
         raise CorralError(
-            ErrorType.INVALID_REQUEST, f"request_id {request_id!r} is already in flight"
+            ErrorType.INVALID_REQUEST, f"request_id {clip(request_id)!r} is already in flight"
         ) from exc
     try:
         yield events

@@ -6,6 +6,8 @@ import structlog
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
+from corral_common.clip import clip
+
 log = structlog.get_logger(__name__)
 
 
@@ -20,5 +22,5 @@ async def ollama_edge(request: web.Request, handler: Handler) -> web.StreamRespo
     except web.HTTPException:
         raise
     except Exception:
-        log.exception("unhandled error", path=request.path)
+        log.exception("unhandled error", path=clip(request.path, 256))
         return web.json_response({"error": "internal error"}, status=500)

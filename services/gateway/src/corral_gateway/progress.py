@@ -17,9 +17,10 @@ from aiohttp import web
 
 from corral_common import jsonutil
 from corral_common.errors import CorralError, ErrorType
-from corral_common.ids import new_id
+from corral_common.ids import InvalidId
 from corral_common.messages import Failed, Progress
 from corral_gateway.body import model_field, read_request
+from corral_gateway.extensions import header_request_id
 from corral_gateway.hub import BrokerLost, Delivery
 from corral_gateway.jobs import BROKER_LOST_MESSAGE, failure_error, listening
 from corral_gateway.state import GATEWAY, Gateway
@@ -96,7 +97,10 @@ async def _serve(
     request: web.Request, method: str, params: dict[str, Any], *, stream: bool
 ) -> web.StreamResponse:
     gateway = request.app[GATEWAY]
-    request_id = request.headers.get("X-Request-Id") or new_id()
+    try:
+        request_id = header_request_id(request)
+    except InvalidId as exc:
+        return json_response({"error": exc.message}, 400)
     headers = {"X-Request-Id": request_id}
     response: web.StreamResponse | None = None
     last: dict[str, Any] | None = None

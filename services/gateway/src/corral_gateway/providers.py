@@ -9,14 +9,19 @@ from typing import Any
 from aiohttp import web
 
 from corral_common import jsonutil
-from corral_common.errors import CorralError, ErrorType
-from corral_common.ids import new_id
+from corral_common.clip import clip
+from corral_common.errors import STATUS_OF, CorralError, ErrorType
+from corral_common.ids import InvalidId
 from corral_common.timeouts import within
 from corral_gateway.body import model_field, read_body
+from corral_gateway.extensions import header_request_id, invalid_id_error
 from corral_gateway.progress import MODEL_MANAGER, operation_lines
 from corral_gateway.state import GATEWAY
 from corral_gateway.validation import OllamaRequestError
 from corral_gateway.wire import json_response
+
+# A backend 4xx keeps its status; its type is the one Corral's table gives that status.
+_CLIENT_ERROR_TYPES = {status: kind for kind, status in reversed(STATUS_OF.items())}
 
 
 def add_routes(app: web.Application) -> None:
@@ -43,13 +48,17 @@ async def models(request: web.Request) -> web.Response:
 async def pull(request: web.Request) -> web.Response:
     gateway = request.app[GATEWAY]
     try:
+        request_id = header_request_id(request)
         model = _model_of(await read_body(request, gateway.settings.max_body_bytes))
+    except InvalidId as exc:
+        error = invalid_id_error(exc)
+        return json_response(error.corral_body(), error.status)
     except OllamaRequestError as exc:
         error = CorralError(ErrorType.INVALID_REQUEST, exc.message, status=exc.status)
         return json_response(error.corral_body(), error.status)
     status_log: list[dict[str, Any]] = []
     timeout_s = gateway.settings.provider_pull_timeout_s
-    request_id = request.headers.get("X-Request-Id") or new_id()
+    shown = clip(model)
 
     async def follow() -> CorralError | None:
         lines = operation_lines(gateway, "pull", {"model": model}, request_id)
@@ -64,9 +73,9 @@ async def pull(request: web.Request) -> web.Response:
     except TimeoutError:
         error = CorralError(
             ErrorType.BACKEND_TIMEOUT,
-            f"Timed out after {timeout_s:g} s waiting for the pull of '{model}'; it continues "
+            f"Timed out after {timeout_s:g} s waiting for the pull of '{shown}'; it continues "
             "in the background (see GET /admin/pulls)",
-            details={"model": model, "status_log": status_log},
+            details={"model": shown, "status_log": status_log},
         )
         return json_response(error.corral_body(), error.status)
     except CorralError as exc:
@@ -74,12 +83,28 @@ async def pull(request: web.Request) -> web.Response:
     if failure is not None:
         if failure.error_type in (ErrorType.OLLAMA_CONNECTION_ERROR, ErrorType.BACKEND_TIMEOUT):
             return json_response(failure.corral_body(), failure.status, failure.headers)
+        details = {
+            "model": shown,
+            "backend_status": failure.status,
+            "status_log": status_log,
+            **failure.details,
+        }
+        if 400 <= failure.status < 500:
+            # The backend refused the request itself (a bad name, an unknown model): the
+            # client's error, with the backend's own status and text, not a server failure.
+            client_error = CorralError(
+                _CLIENT_ERROR_TYPES.get(failure.status, ErrorType.INVALID_REQUEST),
+                failure.message,
+                status=failure.status,
+                details=details,
+            )
+            return json_response(client_error.corral_body(), client_error.status)
         error = CorralError(
             ErrorType.BACKEND_ERROR,
             f"Pull failed: {failure.message}",
             status=500,
             details={
-                "model": model,
+                "model": shown,
                 "backend_status": failure.status,
                 "status_log": status_log,
                 **failure.details,
@@ -89,7 +114,7 @@ async def pull(request: web.Request) -> web.Response:
     return json_response(
         {
             "success": True,
-            "message": f"Model '{model}' pulled successfully",
+            "message": f"Model '{shown}' pulled successfully",
             "model": model,
             "status_log": status_log,
         },
@@ -101,7 +126,9 @@ def _model_of(raw: bytes) -> str:
     if not raw.strip():
         raise OllamaRequestError(400, "Model name is required")
     try:
-        body = jsonutil.loads(raw)
+        body = jsonutil.loads_bounded(raw)
+    except jsonutil.TooDeep as exc:
+        raise OllamaRequestError(400, str(exc)) from exc
     except jsonutil.JSONDecodeError as exc:
         raise OllamaRequestError(400, "Request body is not valid JSON") from exc
     if not isinstance(body, dict):

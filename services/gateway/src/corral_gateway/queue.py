@@ -11,9 +11,13 @@ import aio_pika
 from aiohttp import web
 
 from corral_common.broker import BrokerUnavailable, encode
+from corral_common.clip import clip
 from corral_common.errors import CorralError, ErrorType
+from corral_common.ids import InvalidId, check_client_id
 from corral_common.messages import Job, LaneCommand, LaneEntry, SchedulerStatus
 from corral_common.topology import DLQ_QUEUE, LANE_COMMAND_KEY, STATUS_REQUEST_KEY
+from corral_gateway.extensions import invalid_id_error
+from corral_gateway.query_params import int_query
 from corral_gateway.state import GATEWAY, Gateway
 from corral_gateway.wire import json_response
 
@@ -21,6 +25,14 @@ from corral_gateway.wire import json_response
 FRESH_STATUS_WAIT_S = 1.0
 DLQ_PEEK_MAX = 100
 STATUS_ASK_INTERVAL_S = 0.25
+# How long a lane command's reply waits for every scheduler to report the commanded state.
+LANE_COMMAND_WAIT_S = 2.0
+# The lane flags (paused, draining) each command leaves behind.
+COMMANDED_STATE: dict[str, tuple[bool, bool]] = {
+    "pause": (True, False),
+    "resume": (False, False),
+    "drain": (False, True),
+}
 
 
 def add_routes(app: web.Application) -> None:
@@ -33,7 +45,10 @@ def add_routes(app: web.Application) -> None:
 
 async def where(request: web.Request) -> web.Response:
     gateway = request.app[GATEWAY]
-    request_id = request.match_info["request_id"]
+    try:
+        request_id = check_client_id(request.match_info["request_id"], "request_id")
+    except InvalidId as exc:
+        return _error(invalid_id_error(exc))
     relay = gateway.relays.get(request_id)
     spot = relay.where if relay is not None else None
     if spot is None:
@@ -84,7 +99,11 @@ async def listing(request: web.Request) -> web.Response:
 
 async def cancel(request: web.Request) -> web.Response:
     gateway = request.app[GATEWAY]
-    request_id = request.match_info["request_id"]
+    try:
+        # The id becomes a routing key (`cancel.<request_id>`): it must follow the id rule.
+        request_id = check_client_id(request.match_info["request_id"], "request_id")
+    except InvalidId as exc:
+        return _error(invalid_id_error(exc))
     found = request_id in gateway.relays or _find(await _statuses(gateway), request_id) is not None
     if not gateway.broker.connected:
         return _error(CorralError(ErrorType.BROKER_UNAVAILABLE, "message broker is unavailable"))
@@ -95,11 +114,11 @@ async def cancel(request: web.Request) -> web.Response:
 async def command(request: web.Request) -> web.Response:
     gateway = request.app[GATEWAY]
     action = request.match_info["action"]
-    if action not in ("pause", "resume", "drain"):
+    if action not in COMMANDED_STATE:
         return _error(
             CorralError(
                 ErrorType.INVALID_REQUEST,
-                f"unknown lane action {action!r}: use pause, resume or drain",
+                f"unknown lane action {clip(action)!r}: use pause, resume or drain",
             )
         )
     try:
@@ -108,12 +127,21 @@ async def command(request: web.Request) -> web.Response:
         )
     except BrokerUnavailable as exc:
         return _error(CorralError(ErrorType.BROKER_UNAVAILABLE, str(exc)))
-    statuses = await _statuses(gateway)
+    paused, draining = COMMANDED_STATE[action]
+    statuses = await _commanded(gateway, paused, draining)
     return json_response(
         {
             "action": action,
+            # What the command sets; each scheduler's own flags say whether it has reported it
+            # yet (`applied`), within LANE_COMMAND_WAIT_S.
+            "state": {"paused": paused, "draining": draining},
             "schedulers": [
-                {"scheduler_id": s.scheduler_id, "paused": s.paused, "draining": s.draining}
+                {
+                    "scheduler_id": s.scheduler_id,
+                    "paused": s.paused,
+                    "draining": s.draining,
+                    "applied": (s.paused, s.draining) == (paused, draining),
+                }
                 for s in statuses
             ],
         },
@@ -121,14 +149,30 @@ async def command(request: web.Request) -> web.Response:
     )
 
 
+async def _commanded(gateway: Gateway, paused: bool, draining: bool) -> list[SchedulerStatus]:
+    """The schedulers' statuses once each shows the commanded flags, waiting at most
+    LANE_COMMAND_WAIT_S. A scheduler reports its status as soon as it has applied a command, so
+    the wait is one broadcast; a status sent before the command would show the old state."""
+    deadline = time.monotonic() + LANE_COMMAND_WAIT_S
+    statuses = gateway.hub.status.fresh()
+    while True:
+        if statuses and all((s.paused, s.draining) == (paused, draining) for s in statuses):
+            return statuses
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            return statuses
+        # Returns on the next status sent from now on (or when the time is up).
+        statuses = await gateway.hub.status.newer_than(time.time(), remaining)
+
+
 async def dead_letters(request: web.Request) -> web.Response:
     """The DLQ's depth and its first jobs. Peeking returns each message to the queue (and so
     counts as a delivery of it)."""
     gateway = request.app[GATEWAY]
     try:
-        limit = max(0, min(DLQ_PEEK_MAX, int(request.query.get("limit", "20"))))
-    except ValueError:
-        return _error(CorralError(ErrorType.INVALID_REQUEST, "limit must be a number"))
+        limit = int_query(request, "limit", 20, maximum=DLQ_PEEK_MAX)
+    except CorralError as exc:
+        return _error(exc)
     try:
         channel = await gateway.broker.channel()
     except BrokerUnavailable as exc:

@@ -13,7 +13,9 @@ from aiohttp import web
 
 from corral_common import jsonutil
 from corral_common.errors import CorralError, ErrorType
-from corral_common.ids import is_valid_client_id
+from corral_common.ids import InvalidId, check_client_id
+from corral_gateway.extensions import invalid_id_error
+from corral_gateway.query_params import OFFSET_MAX, SEARCH_MAX, SESSION_LIST_MAX, int_query
 from corral_gateway.state import GATEWAY
 from corral_gateway.wire import json_response
 
@@ -36,7 +38,8 @@ def _answering(handler: Callable[[web.Request], Awaitable[Any]]) -> Handler:
         try:
             result = await handler(request)
         except CorralError as exc:
-            return json_response(exc.corral_body(), exc.status)
+            # Headers too: a search refused for load carries its Retry-After.
+            return json_response(exc.corral_body(), exc.status, exc.headers or None)
         return json_response(result, 200)
 
     return answer
@@ -47,18 +50,18 @@ async def _call(request: web.Request, method: str, **params: Any) -> Any:
 
 
 def _session_id(request: web.Request) -> str:
-    session_id = request.match_info["session_id"]
-    if not is_valid_client_id(session_id):
-        raise _invalid("session_id must be 1 to 128 letters, digits, '-' or '_'")
-    return session_id
+    try:
+        return check_client_id(request.match_info["session_id"], "session_id")
+    except InvalidId as exc:
+        raise invalid_id_error(exc) from exc
 
 
 async def _list(request: web.Request) -> Any:
     return await _call(
         request,
         "list",
-        limit=_int_query(request, "limit", 20),
-        offset=_int_query(request, "offset", 0),
+        limit=int_query(request, "limit", 20, minimum=1, maximum=SESSION_LIST_MAX),
+        offset=int_query(request, "offset", 0, maximum=OFFSET_MAX),
     )
 
 
@@ -75,7 +78,9 @@ async def _stats(request: web.Request) -> Any:
 async def _rename(request: web.Request) -> Any:
     session_id = _session_id(request)
     try:
-        body = jsonutil.loads(await request.read())
+        body = jsonutil.loads_bounded(await request.read())
+    except jsonutil.TooDeep as exc:
+        raise _invalid(str(exc)) from exc
     except jsonutil.JSONDecodeError as exc:
         raise _invalid('the body must be JSON, e.g. {"title": "..."}') from exc
     if not isinstance(body, dict) or not isinstance(body.get("title"), str):
@@ -91,17 +96,20 @@ async def _search(request: web.Request) -> Any:
     query = request.query.get("q", "")
     if not query.strip():
         raise _invalid("the query parameter q is required")
-    return await _call(request, "search", q=query, limit=_int_query(request, "limit", 50))
+    return await _call(
+        request,
+        "search",
+        q=query,
+        limit=int_query(request, "limit", 50, minimum=1, maximum=SEARCH_MAX),
+        caller=_caller(request),
+    )
 
 
-def _int_query(request: web.Request, name: str, default: int) -> int:
-    raw = request.query.get(name)
-    if raw is None:
-        return default
-    try:
-        return int(raw)
-    except ValueError as exc:
-        raise _invalid(f"{name} must be a whole number") from exc
+def _caller(request: web.Request) -> str:
+    """Who is searching, for the store's per-caller bound: the caller's key (X-Client-Id, as
+    in the queue's fair share), else its address."""
+    key = request.headers.get("X-Client-Id", "").strip()
+    return (key or request.remote or "anonymous")[:256]
 
 
 def _invalid(message: str) -> CorralError:
