@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -69,3 +70,46 @@ async def test_a_service_nobody_serves_is_a_prompt_503(
         await client.call("nobody", "echo")
     assert info.value.status == 503
     assert "no instance" in info.value.message
+
+
+async def test_a_lane_keeps_slow_methods_apart(fresh_broker: Callable[[], str]) -> None:
+    """Methods on a lane are served from a queue of their own: with the lane's window full of
+    slow calls, a call on the main queue is answered at once, and errors keep their headers."""
+    broker = Broker(CorralSettings(amqp_url=fresh_broker()), "test")
+    await broker.start()
+    lanes = {"things": {"slow": "reads"}}
+    release = asyncio.Event()
+    started = 0
+
+    async def slow(params: dict[str, Any]) -> Any:
+        nonlocal started
+        started += 1
+        await release.wait()
+        return "slow"
+
+    async def fast(params: dict[str, Any]) -> Any:
+        return "fast"
+
+    async def busy(params: dict[str, Any]) -> Any:
+        raise CorralError(
+            ErrorType.RATE_LIMIT_EXCEEDED, "busy", status=503, headers={"Retry-After": "2"}
+        )
+
+    server = RpcServer(broker, "things", {"slow": slow, "fast": fast, "busy": busy}, lanes=lanes)
+    await server.start(prefetch=2, lane_prefetch={"reads": 1})
+    client = RpcClient(broker, timeout_s=10, lanes=lanes)
+    await client.start()
+    try:
+        slow_calls = [asyncio.create_task(client.call("things", "slow")) for _ in range(3)]
+        # The main queue is not behind the lane's backlog (its window of one is taken).
+        assert await client.call("things", "fast") == "fast"
+        assert started <= 1
+        with pytest.raises(CorralError) as info:
+            await client.call("things", "busy")
+        assert (info.value.status, info.value.headers) == (503, {"Retry-After": "2"})
+        release.set()
+        assert await asyncio.gather(*slow_calls) == ["slow"] * 3
+    finally:
+        await client.close()
+        await server.close()
+        await broker.close()

@@ -3,15 +3,21 @@
 A server consumes its own queue `rpc.<service>` and dispatches on `method`; a client publishes
 with a correlation id and `reply_to` its private reply queue, and awaits the matching reply.
 Bodies are JSON: `{"method", "params"}` in, `{"ok": true, "result"}` or `{"ok": false, "error":
-{"type", "message", "status", "details"}}` out, so a CorralError raised by a handler reaches the
-caller as the same CorralError.
+{"type", "message", "status", "details", "headers"}}` out, so a CorralError raised by a handler
+reaches the caller as the same CorralError (a `Retry-After` included).
+
+Lanes: a service's slow methods (the session store's search, stats, history and list) are
+declared in `RPC_LANES` and served from a queue of their own, `rpc.<service>.<lane>`, with its
+own consumer and prefetch window, so a burst of them waits behind its own kind and never
+in front of the hot path (context assembly) on `rpc.<service>`. Clients route by the same
+table, so callers name only the service and the method.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 import aio_pika
@@ -32,8 +38,21 @@ RPC_EXCHANGE = "corral.rpc"
 Handler = Callable[[dict[str, Any]], Awaitable[Any]]
 
 
-def rpc_queue_name(service: str) -> str:
-    return f"rpc.{service}"
+# service -> method -> lane: methods that may be slow, served apart from the service's others.
+RPC_LANES: dict[str, dict[str, str]] = {
+    "session-store": {"search": "reads", "stats": "reads", "history": "reads", "list": "reads"},
+}
+
+
+def rpc_route(service: str, method: str, lanes: Mapping[str, Mapping[str, str]] = RPC_LANES) -> str:
+    """The routing key (and queue suffix) a method's requests go to: `<service>` or, for a
+    method on a lane of its own, `<service>.<lane>`."""
+    lane = lanes.get(service, {}).get(method)
+    return service if lane is None else f"{service}.{lane}"
+
+
+def rpc_queue_name(route: str) -> str:
+    return f"rpc.{route}"
 
 
 async def _rpc_exchange(channel: AbstractChannel) -> AbstractExchange:
@@ -41,34 +60,63 @@ async def _rpc_exchange(channel: AbstractChannel) -> AbstractExchange:
 
 
 class RpcServer:
-    """Serves `methods` on `rpc.<service>`; replicas share the queue and so the load."""
+    """Serves `methods` on `rpc.<service>`, and those on a lane (`RPC_LANES`) on
+    `rpc.<service>.<lane>`, each queue with a consumer and prefetch window of its own;
+    replicas share the queues and so the load."""
 
-    def __init__(self, broker: Broker, service: str, methods: dict[str, Handler]) -> None:
+    def __init__(
+        self,
+        broker: Broker,
+        service: str,
+        methods: dict[str, Handler],
+        *,
+        lanes: Mapping[str, Mapping[str, str]] = RPC_LANES,
+    ) -> None:
         self.broker = broker
         self.service = service
         self.methods = methods
-        self._channel: AbstractChannel | None = None
+        self.lanes = lanes
+        self._channels: list[AbstractChannel] = []
 
-    async def start(self, prefetch: int = 32) -> None:
-        self._channel = await self.broker.channel(prefetch=prefetch)
-        exchange = await _rpc_exchange(self._channel)
-        queue = await self._channel.declare_queue(
-            rpc_queue_name(self.service), durable=True, arguments={"x-queue-type": "quorum"}
-        )
-        await queue.bind(exchange, self.service)
-        await queue.consume(self._on_request)
+    async def start(
+        self, prefetch: int = 32, lane_prefetch: Mapping[str, int] | None = None
+    ) -> None:
+        """`prefetch` is the main queue's window; `lane_prefetch` a lane's (default the same)."""
+        # The main queue always exists: a caller that does not know a method's lane (an older
+        # release) sends it there, and it is served there too.
+        routes = {self.service} | {rpc_route(self.service, m, self.lanes) for m in self.methods}
+        for route in sorted(routes):
+            lane = route.removeprefix(f"{self.service}.") if route != self.service else None
+            window = (lane_prefetch or {}).get(lane, prefetch) if lane else prefetch
+            channel = await self.broker.channel(prefetch=window)
+            self._channels.append(channel)
+            exchange = await _rpc_exchange(channel)
+            queue = await channel.declare_queue(
+                rpc_queue_name(route), durable=True, arguments={"x-queue-type": "quorum"}
+            )
+            await queue.bind(exchange, route)
+            await queue.consume(self._consumer(channel))
 
     async def close(self) -> None:
-        if self._channel is not None:
+        for channel in self._channels:
             with contextlib.suppress(Exception):
-                await self._channel.close()
+                await channel.close()
 
-    async def _on_request(self, message: AbstractIncomingMessage) -> None:
+    def _consumer(
+        self, channel: AbstractChannel
+    ) -> Callable[[AbstractIncomingMessage], Awaitable[None]]:
+        # An `async def` callback (not a partial): the aio-pika instrumentor needs one.
+        async def on_request(message: AbstractIncomingMessage) -> None:
+            await self._on_request(channel, message)
+
+        return on_request
+
+    async def _on_request(self, channel: AbstractChannel, message: AbstractIncomingMessage) -> None:
         async with message.process(requeue=False, ignore_processed=True):
             reply = await self._dispatch(message)
-            if not message.reply_to or self._channel is None:
+            if not message.reply_to:
                 return
-            await self._channel.default_exchange.publish(
+            await channel.default_exchange.publish(
                 aio_pika.Message(
                     jsonutil.dumps(reply),
                     content_type="application/json",
@@ -102,9 +150,16 @@ class RpcServer:
 
 
 class RpcClient:
-    def __init__(self, broker: Broker, timeout_s: float = 10.0) -> None:
+    def __init__(
+        self,
+        broker: Broker,
+        timeout_s: float = 10.0,
+        *,
+        lanes: Mapping[str, Mapping[str, str]] = RPC_LANES,
+    ) -> None:
         self.broker = broker
         self.timeout_s = timeout_s
+        self.lanes = lanes
         self._pending: dict[str, asyncio.Future[dict[str, Any]]] = {}
         self._channel: AbstractChannel | None = None
         self._exchange: AbstractExchange | None = None
@@ -147,7 +202,7 @@ class RpcClient:
                     headers=headers,
                     expiration=self.timeout_s,
                 ),
-                routing_key=service,
+                routing_key=rpc_route(service, method, self.lanes),
             )
             reply = await within(future, self.timeout_s)
         except aiormq.exceptions.PublishError as exc:
@@ -163,11 +218,13 @@ class RpcClient:
             error_type = ErrorType(str(error.get("type")))
         except ValueError:
             error_type = ErrorType.INTERNAL_ERROR
+        extra = error.get("headers")
         raise CorralError(
             error_type,
             str(error.get("message") or "internal error"),
             status=error.get("status"),
             details=error.get("details") or {},
+            headers={str(k): str(v) for k, v in extra.items()} if isinstance(extra, dict) else None,
         )
 
     async def _on_reply(self, message: AbstractIncomingMessage) -> None:
@@ -188,6 +245,7 @@ def _error_reply(exc: CorralError) -> dict[str, Any]:
             "message": exc.message,
             "status": exc.status,
             "details": exc.details,
+            "headers": exc.headers,
         },
     }
 

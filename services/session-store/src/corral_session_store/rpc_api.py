@@ -16,9 +16,13 @@ everyone until keys exist) nothing is scoped.
             "total", "limit", "offset"}
     rename(session_id, title, owner=None) -> the session's summary (as in `list`)
     delete(session_id, owner=None) -> {session_id, deleted: true, turns_deleted}
-    search(q, limit=50, owner=None)
-        -> {query, count, results: [{session_id, title, last_activity, model, request_id, role,
-            content, timestamp, (response_time_ms)}]}
+    search(q, limit=50, owner=None, caller=None)
+        -> {query, count, partial, results: [{session_id, title, last_activity, model,
+            request_id, role, content, timestamp, (response_time_ms)}]}
+        Bounded (see search_gate and the `search_*` settings): `limit` is capped at
+        `search_max_results`, the scan at `search_timeout_ms` (then `partial: true`), and a
+        search over the concurrency bounds (overall, per `caller`, else per `owner`) is refused
+        at once: 429 / 503 `rate_limit_exceeded` with Retry-After.
     stats(session_id, owner=None) -> {session_id, title, created_at, last_activity,
             summary: {...}, by_role: [...], by_model: [...]}
 """
@@ -37,6 +41,7 @@ from pymongo.errors import PyMongoError
 from corral_common.errors import CorralError, ErrorType
 from corral_common.ids import is_valid_client_id
 from corral_common.rpc import Handler
+from corral_session_store.search_gate import SearchGate
 from corral_session_store.sessions import SessionService
 
 log = structlog.get_logger(__name__)
@@ -143,6 +148,9 @@ class SearchParams(Params):
     q: Annotated[str, Field(max_length=MAX_QUERY * 4), AfterValidator(_check_text)]
     limit: Annotated[int, Field(ge=1, le=MAX_SEARCH)] = 50
     owner: Owner | None = None
+    # Who is asking, for the per-caller search bound (the gateway's X-Client-Id, or the
+    # client's address); the owner, then one shared "anonymous" caller, otherwise.
+    caller: Owner | None = None
 
 
 P = TypeVar("P", bound=Params)
@@ -205,8 +213,14 @@ def _database_errors(handler: Callable[[dict[str, Any]], Awaitable[Any]]) -> Han
     return wrapped
 
 
-def methods(service: SessionService) -> dict[str, Handler]:
+def methods(service: SessionService, search_gate: SearchGate | None = None) -> dict[str, Handler]:
     store = service.store
+    settings = service.settings
+    gate = search_gate or SearchGate(
+        settings.search_concurrency,
+        settings.search_concurrency_per_caller,
+        settings.search_retry_after_s,
+    )
 
     async def assemble(params: dict[str, Any]) -> Any:
         p = parse(AssembleParams, params)
@@ -240,7 +254,13 @@ def methods(service: SessionService) -> dict[str, Handler]:
 
     async def search(params: dict[str, Any]) -> Any:
         p = parse(SearchParams, params)
-        return await store.search(p.q, p.limit, p.owner)
+        with gate.admit(p.caller or p.owner or "anonymous"):
+            return await store.search(
+                p.q,
+                min(p.limit, settings.search_max_results),
+                p.owner,
+                time_limit_ms=settings.search_timeout_ms,
+            )
 
     async def stats(params: dict[str, Any]) -> Any:
         p = parse(SessionParams, params)

@@ -36,3 +36,27 @@ class SessionStoreSettings(CorralSettings):
     # A turn whose write fails on a database error is retried in place (keeping its session's
     # order) for this long before it goes back to the queue.
     turn_retry_s: float = Field(default=30.0, ge=0)
+
+    # Searches scan the turns (no text index on SecantusDB) in the database chats need too, so
+    # their cost is bounded: each stops after `search_timeout_ms` (answering what it found,
+    # marked `partial`), returns at most `search_max_results` results, and only
+    # `search_concurrency` run at once, `search_concurrency_per_caller` of them per caller; one
+    # over either bound is refused at once (503 / 429 with Retry-After).
+    search_timeout_ms: int = Field(default=2_000, ge=10)
+    search_max_results: int = Field(default=200, ge=1, le=200)
+    search_concurrency: int = Field(default=2, ge=1)
+    search_concurrency_per_caller: int = Field(default=1, ge=1)
+    search_retry_after_s: int = Field(default=1, ge=1)
+    # RPC prefetch windows: the hot path (context assembly, rename, delete) on
+    # `rpc.session-store`, and the heavy reads (search, stats, history, list) on
+    # `rpc.session-store.reads`, each consumed apart so reads never queue in front of chats.
+    rpc_prefetch: int = Field(default=32, ge=1)
+    reads_prefetch: int = Field(default=8, ge=1)
+
+    # Health: a small upsert into the `health` collection every `health_interval_s`, bounded
+    # by `health_write_timeout_s`; the store is "up" only while these writes succeed. The
+    # status (with the last write's time) is broadcast to gateways every `status_interval_s`,
+    # and at once when it changes.
+    health_interval_s: float = Field(default=5.0, gt=0)
+    health_write_timeout_s: float = Field(default=2.0, gt=0)
+    status_interval_s: float = Field(default=2.0, gt=0)

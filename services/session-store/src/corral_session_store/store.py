@@ -48,6 +48,8 @@ at most an unused sequence number, and the redelivered event then completes the 
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -58,7 +60,7 @@ from typing import Any
 from pymongo import ASCENDING, DESCENDING, IndexModel, ReturnDocument
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.asynchronous.database import AsyncDatabase
-from pymongo.errors import DuplicateKeyError, PyMongoError
+from pymongo.errors import DuplicateKeyError, ExecutionTimeout, PyMongoError
 
 from corral_common.errors import CorralError, ErrorType
 from corral_session_store.tokens import Calibration, TokenEstimator
@@ -423,10 +425,21 @@ class SessionStore:
 
     # -- search and stats ------------------------------------------------------------------
 
-    async def search(self, query: str, limit: int, owner: str | None = None) -> Document:
+    async def search(
+        self,
+        query: str,
+        limit: int,
+        owner: str | None = None,
+        *,
+        time_limit_ms: int | None = None,
+    ) -> Document:
         """Messages whose content contains `query`, case-insensitively, newest first. An
         escaped `$regex`, never `$text` (which SecantusDB lacks), so it scans: fine for one
-        user's store; a production MongoDB can add a text index behind this same method."""
+        user's store; a production MongoDB can add a text index behind this same method.
+
+        With `time_limit_ms` the scan stops after that long and what it found so far is
+        answered with `partial: true`: the server stops it (`maxTimeMS`, which MongoDB and
+        SecantusDB both honour), and a deadline here stops it on a server that would not."""
         selector: Document = {"messages.content": {"$regex": re.escape(query), "$options": "i"}}
         if owner is not None:
             owned = await self.sessions.distinct("_id", {"owner": owner})
@@ -434,17 +447,32 @@ class SessionStore:
         needle = re.compile(re.escape(query), re.IGNORECASE)
         hits: list[tuple[Document, Document, bool]] = []
         cursor = self.turns.find(
-            selector, sort=[("answered_at", DESCENDING), ("_id", ASCENDING)], batch_size=50
+            selector,
+            sort=[("answered_at", DESCENDING), ("_id", ASCENDING)],
+            batch_size=50,
+            max_time_ms=time_limit_ms,
         )
-        async for turn in cursor:
-            stored = turn.get("messages") or []
-            for index, message in enumerate(stored):
-                if needle.search(str(message.get("content") or "")):
-                    is_answer = index == len(stored) - 1 and message.get("role") == "assistant"
-                    hits.append((turn, message, is_answer))
-            if len(hits) >= limit:
-                break
-        await cursor.close()
+        # The deadline here leaves the server's own limit room to act first (its error is the
+        # clean ending; a cancelled await leaves a cursor to kill).
+        deadline_s = None if time_limit_ms is None else time_limit_ms / 1000 * 1.5 + 0.5
+        partial = False
+        try:
+            async with asyncio.timeout(deadline_s):
+                async for turn in cursor:
+                    stored = turn.get("messages") or []
+                    for index, message in enumerate(stored):
+                        if needle.search(str(message.get("content") or "")):
+                            is_answer = (
+                                index == len(stored) - 1 and message.get("role") == "assistant"
+                            )
+                            hits.append((turn, message, is_answer))
+                    if len(hits) >= limit:
+                        break
+        except (ExecutionTimeout, TimeoutError):
+            partial = True
+        finally:
+            with contextlib.suppress(PyMongoError):
+                await cursor.close()
         hits = hits[:limit]
         ids = sorted({turn["session_id"] for turn, _, _ in hits})
         found = self.sessions.find({"_id": {"$in": ids}}, {"title": 1, "last_activity": 1})
@@ -466,7 +494,7 @@ class SessionStore:
             if is_answer and isinstance(stats.get("total_duration"), int):
                 result["response_time_ms"] = round(stats["total_duration"] / 1e6, 1)
             results.append(result)
-        return {"query": query, "results": results, "count": len(results)}
+        return {"query": query, "results": results, "count": len(results), "partial": partial}
 
     async def stats(self, session_id: str, owner: str | None = None) -> Document:
         session = await self.require_session(session_id, owner)
