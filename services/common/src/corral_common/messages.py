@@ -216,6 +216,26 @@ class SchedulerStatus(Wire):
     health: LaneHealth = Field(default_factory=LaneHealth)
 
 
+class DatabaseStatus(Wire):
+    """Whether the session store can write to its database, as its last health write found."""
+
+    up: bool
+    # Epoch seconds of the last successful health write; None if none yet.
+    last_write_at: float | None = None
+    error: str | None = None
+    server: str | None = None
+
+
+class StoreStatus(Wire):
+    """A session store's state, broadcast on `status.session-store` (periodically, and at once
+    when the database goes up or down), so gateways answer /health without an RPC."""
+
+    kind: Literal["store_status"] = "store_status"
+    instance_id: str
+    sent_at: float
+    database: DatabaseStatus
+
+
 class ModelList(Wire):
     """The backend's models, broadcast by the model manager whenever they change (and
     periodically), so gateways can answer an unknown model at once without asking anyone."""

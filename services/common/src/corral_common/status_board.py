@@ -1,4 +1,5 @@
-"""The latest status each scheduler broadcast (`status.scheduler` on `corral.events`).
+"""The latest status each scheduler broadcast (`status.scheduler` on `corral.events`), and
+each session store (`status.session-store`, `StoreBoard` below).
 
 Gateways answer /health, queue views and Retry-After from it; the model manager reads each
 model's queued and running work from it before unloading anything. Only fresh statuses count:
@@ -10,11 +11,12 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable
+from typing import Literal
 
 import structlog
 from pydantic import ValidationError
 
-from corral_common.messages import SchedulerStatus
+from corral_common.messages import SchedulerStatus, StoreStatus
 from corral_common.timeouts import within
 
 log = structlog.get_logger(__name__)
@@ -57,3 +59,53 @@ class StatusBoard:
             except TimeoutError:
                 break
         return self.fresh()
+
+
+StoreState = Literal["up", "down", "unknown"]
+
+
+class StoreBoard:
+    """The latest status each session store broadcast (`status.session-store`).
+
+    `state()` is "up" while a fresh status says the store's last health write succeeded;
+    "down" when the fresh ones say it failed, or every status heard has gone stale (a store
+    that stopped talking); "unknown" while none was ever heard (a gateway just started, or a
+    cluster run without a session store), which the gateway's /health does not hold against
+    the cluster, since it cannot tell "not deployed" from "not reported yet"."""
+
+    def __init__(self, stale_after_s: float, clock: Callable[[], float] = time.time) -> None:
+        self._latest: dict[str, StoreStatus] = {}
+        self._stale_after_s = stale_after_s
+        self._clock = clock
+
+    def update(self, status: StoreStatus) -> None:
+        known = self._latest.get(status.instance_id)
+        if known is None or status.sent_at >= known.sent_at:
+            self._latest[status.instance_id] = status
+
+    def take(self, body: bytes) -> None:
+        """Update from a broadcast's body; an unreadable one is dropped."""
+        try:
+            self.update(StoreStatus.model_validate_json(body))
+        except ValidationError:
+            log.warning("unreadable store status dropped")
+
+    def fresh(self) -> list[StoreStatus]:
+        cutoff = self._clock() - self._stale_after_s
+        return [s for s in self._latest.values() if s.sent_at >= cutoff]
+
+    def state(self) -> StoreState:
+        if not self._latest:
+            return "unknown"
+        return "up" if any(s.database.up for s in self.fresh()) else "down"
+
+    def last_write_at(self) -> float | None:
+        writes = [s.database.last_write_at for s in self._latest.values()]
+        return max((w for w in writes if w is not None), default=None)
+
+    def error(self) -> str | None:
+        fresh = self.fresh()
+        if not fresh and self._latest:
+            return "no status from any session store for a while"
+        errors = [s.database.error for s in fresh if not s.database.up and s.database.error]
+        return errors[0] if errors else None

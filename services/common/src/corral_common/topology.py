@@ -18,6 +18,7 @@ CONTROL_EXCHANGE = "corral.control"
 DLX_EXCHANGE = "corral.dlx"
 DLQ_QUEUE = "scheduler.jobs.dlq"
 STATUS_ROUTING_KEY = "status.scheduler"
+STORE_STATUS_ROUTING_KEY = "status.session-store"
 MODELS_ROUTING_KEY = "models.list"
 
 

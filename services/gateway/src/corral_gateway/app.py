@@ -12,12 +12,13 @@ from aiohttp.typedefs import Middleware
 from corral_common.broker import Broker
 from corral_common.ops import add_ops_routes
 from corral_common.rpc import RpcClient
-from corral_common.status_board import StatusBoard
+from corral_common.status_board import StatusBoard, StoreBoard
 from corral_common.topology import (
     EVENTS_EXCHANGE,
     MODELS_ROUTING_KEY,
     STATUS_REQUEST_KEY,
     STATUS_ROUTING_KEY,
+    STORE_STATUS_ROUTING_KEY,
     gateway_queue_name,
 )
 from corral_gateway import (
@@ -55,7 +56,12 @@ async def gateway_ctx(app: web.Application) -> AsyncIterator[None]:
         gateway.spawn(submitter.cancel(request_id, "no client is waiting for it"))
 
     directory = ModelDirectory(rpc)
-    hub = Hub(StatusBoard(settings.status_stale_s), cancel_stray, directory.update)
+    hub = Hub(
+        StatusBoard(settings.status_stale_s),
+        cancel_stray,
+        directory.update,
+        StoreBoard(settings.status_stale_s),
+    )
     broker.on_lost(hub.broker_lost)
     gateway = Gateway(
         settings=settings,
@@ -76,6 +82,7 @@ async def gateway_ctx(app: web.Application) -> AsyncIterator[None]:
     await queue.bind(events, f"gw.{settings.instance_id}.#")
     await queue.bind(events, STATUS_ROUTING_KEY)
     await queue.bind(events, MODELS_ROUTING_KEY)
+    await queue.bind(events, STORE_STATUS_ROUTING_KEY)
     await queue.consume(hub.on_message, no_ack=True)
 
     async def ask_for_status() -> None:
@@ -125,7 +132,8 @@ def create_app(settings: GatewaySettings | None = None) -> web.Application:
     queue.add_routes(app)
 
     def ready() -> bool:
-        return GATEWAY in app and app[GATEWAY].broker.connected
+        # Not ready while it cannot serve: no broker, no scheduler, or a stuck lane.
+        return GATEWAY in app and meta.can_serve(app[GATEWAY])
 
     async def health() -> dict[str, object]:
         if GATEWAY not in app:

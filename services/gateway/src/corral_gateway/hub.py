@@ -18,8 +18,12 @@ from aio_pika.abc import AbstractIncomingMessage
 from pydantic import ValidationError
 
 from corral_common.messages import EVENT_ADAPTER, Event, ModelList
-from corral_common.status_board import StatusBoard
-from corral_common.topology import MODELS_ROUTING_KEY, STATUS_ROUTING_KEY
+from corral_common.status_board import StatusBoard, StoreBoard
+from corral_common.topology import (
+    MODELS_ROUTING_KEY,
+    STATUS_ROUTING_KEY,
+    STORE_STATUS_ROUTING_KEY,
+)
 
 log = structlog.get_logger(__name__)
 
@@ -44,9 +48,12 @@ class Hub:
         status: StatusBoard,
         cancel_stray: Callable[[str], None],
         on_models: Callable[[ModelList], None] = lambda _: None,
+        stores: StoreBoard | None = None,
     ) -> None:
         self._waiting: dict[str, asyncio.Queue[Delivery]] = {}
         self.status = status
+        # The session stores' broadcasts, for /health (the store up or down, its last write).
+        self.stores = stores or StoreBoard(stale_after_s=10.0)
         self._on_models = on_models
         # A job whose request is not waiting here has no client (it left, or was failed when
         # the broker went away and the job came back after): it is cancelled, once.
@@ -73,6 +80,9 @@ class Hub:
     async def on_message(self, message: AbstractIncomingMessage) -> None:
         if message.routing_key == STATUS_ROUTING_KEY:
             self.status.take(message.body)
+            return
+        if message.routing_key == STORE_STATUS_ROUTING_KEY:
+            self.stores.take(message.body)
             return
         if message.routing_key == MODELS_ROUTING_KEY:
             try:

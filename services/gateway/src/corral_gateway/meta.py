@@ -1,4 +1,5 @@
-"""GET|HEAD / and /api/version (as Ollama answers them) and the seed API's /health."""
+"""GET|HEAD / and /api/version (as Ollama answers them), the seed API's /health and what
+/ready answers (`can_serve`)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,8 @@ from typing import Any
 from aiohttp import web
 
 from corral_common import __version__
+from corral_common.redaction import redact_url
+from corral_common.status_board import StoreState
 from corral_gateway.state import GATEWAY, Gateway
 
 # What Ollama's development builds report; used until a scheduler has told us the backend's.
@@ -24,7 +27,53 @@ async def version(request: web.Request) -> web.Response:
     return web.json_response({"version": versions[0] if versions else UNKNOWN_BACKEND_VERSION})
 
 
+def can_serve(gateway: Gateway) -> bool:
+    """What /ready answers: the broker is up, a scheduler is alive, and no lane is stuck."""
+    statuses = gateway.hub.status.fresh()
+    return gateway.broker.connected and bool(statuses) and not any(s.health.stuck for s in statuses)
+
+
+def judge(
+    *,
+    broker_ok: bool,
+    schedulers: int,
+    expected_schedulers: int,
+    lane_stuck: bool,
+    backend_ok: bool,
+    store: StoreState,
+) -> tuple[str, list[str]]:
+    """The cluster's health as this gateway sees it, and why it is not "healthy".
+
+    - `unhealthy` (503): the gateway cannot serve generation at all: the broker is down, no
+      scheduler is alive, or the lane is stuck (holds work, makes no progress).
+    - `degraded` (200): it serves, with something missing: the backend is unreachable (requests
+      queue or fail with 503), the session store is down (its last status says its writes
+      fail, or it fell silent: sessions are unavailable, stateless chats work), or fewer
+      schedulers are alive than `CORRAL_EXPECTED_SCHEDULERS` (no standby to take over).
+    - `healthy`: none of these. A session store never heard from ("unknown") does not count
+      against it: the gateway cannot tell one not deployed from one not reported yet.
+    """
+    reasons: list[str] = []
+    if not broker_ok:
+        reasons.append("broker disconnected")
+    if schedulers == 0:
+        reasons.append("no scheduler is alive")
+    if lane_stuck:
+        reasons.append("the lane is stuck")
+    if reasons:
+        return "unhealthy", reasons
+    if not backend_ok:
+        reasons.append("backend unreachable")
+    if store == "down":
+        reasons.append("session store down")
+    if schedulers < expected_schedulers:
+        reasons.append(f"{schedulers} of {expected_schedulers} expected schedulers alive")
+    return ("degraded" if reasons else "healthy"), reasons
+
+
 async def health(gateway: Gateway) -> dict[str, Any]:
+    """The seed API's /health, with Corral's parts: the lane, the schedulers (standby), the
+    session store, the broker and the backend. See `judge` for what each status means."""
     statuses = gateway.hub.status.fresh()
     broker_ok = gateway.broker.connected
     backends = [s.backend for s in statuses]
@@ -33,18 +82,28 @@ async def health(gateway: Gateway) -> dict[str, Any]:
     waiting = sum(s.queue.waiting for s in statuses)
     running = sum(s.queue.running for s in statuses)
     waits = [s.queue.average_wait_ms for s in statuses if s.queue.waiting]
-    if not broker_ok:
-        status = "unhealthy"
-    elif not statuses or not connected:
-        status = "degraded"
-    else:
-        status = "healthy"
+    # The lane as its worst reporter sees it: a stuck scheduler is the news, whoever else is up.
+    lanes = sorted(statuses, key=lambda s: (s.health.stuck, s.health.stalled_for_s))
+    lane = lanes[-1].health if lanes else None
+    progress = [s.health.last_progress_at for s in statuses if s.health.last_progress_at]
+    stores = gateway.hub.stores
+    store_state = stores.state()
+    status, reasons = judge(
+        broker_ok=broker_ok,
+        schedulers=len(statuses),
+        expected_schedulers=gateway.settings.expected_schedulers,
+        lane_stuck=bool(lane and lane.stuck),
+        backend_ok=bool(connected),
+        store=store_state,
+    )
     return {
         "status": status,
+        "reasons": reasons,
         "version": __version__,
         "ollama": {
             "connected": bool(connected),
-            "url": backend.url if backend else gateway.settings.ollama_url,
+            # Credentials never shown (the scheduler masks them too; this covers older ones).
+            "url": redact_url(backend.url if backend else gateway.settings.ollama_url),
             "version": backend.version if backend else None,
             "error": backend.error if backend and not backend.connected else None,
             "current_model_loaded": backend.loaded_model if backend else None,
@@ -56,8 +115,23 @@ async def health(gateway: Gateway) -> dict[str, Any]:
             "average_wait_ms": max(waits) if waits else 0,
             "processing_rate": round(sum(s.queue.processing_rate for s in statuses), 3),
         },
+        "lane": {
+            "stuck": bool(lane and lane.stuck),
+            "last_progress_at": max(progress) if progress else None,
+            "stalled_for_s": round(lane.stalled_for_s, 3) if lane else 0.0,
+        },
         "broker": {"connected": broker_ok},
         "schedulers": len(statuses),
+        "standby": {
+            "schedulers": len(statuses),
+            "expected": gateway.settings.expected_schedulers,
+            "available": len(statuses) >= 2,
+        },
+        "store": {
+            "state": store_state,
+            "last_write_at": stores.last_write_at(),
+            "error": stores.error(),
+        },
         "in_flight": gateway.hub.in_flight,
         "uptime": round(time.monotonic() - gateway.started_at),
     }

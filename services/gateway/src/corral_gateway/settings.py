@@ -13,6 +13,9 @@ class GatewaySettings(CorralSettings):
     max_body_bytes: int = Field(default=64 * 1024 * 1024, ge=1024)
     # A scheduler status older than this no longer counts for /health.
     status_stale_s: float = Field(default=10.0, gt=0)
+    # How many live schedulers /health expects (the active one and its standbys): fewer is
+    # "degraded" (set 2 when a standby is deployed, as `make run` does); none is "unhealthy".
+    expected_schedulers: int = Field(default=1, ge=1)
     # Tokens and final events travel on different channels; how long a final event waits for
     # token batches still on their way before the stream is declared broken.
     straggler_timeout_s: float = Field(default=5.0, gt=0)

@@ -1,16 +1,20 @@
 """The session store's app factory: resources in cleanup_ctx, the turns consumer as a task.
 
-Start-up order: MongoDB (indexes, calibration), the broker, the RPC server (with the
-model-manager lookup), then the turns consumer; shutdown in reverse, so the consumer stops
-taking events before anything it writes with goes away.
+Start-up order: MongoDB (indexes, calibration), the broker, the health write probe and status
+broadcast, the RPC server (with the model-manager lookup), then the turns consumer; shutdown
+in reverse, so the consumer stops taking events before anything it writes with goes away.
+
+The RPC server serves two queues, each with its own consumer and prefetch window: the hot
+path (`assemble`, `rename`, `delete`) on `rpc.session-store`, and the heavy reads (`search`,
+`stats`, `history`, `list`) on `rpc.session-store.reads` (see corral_common.rpc.RPC_LANES),
+so a burst of searches never delays a chat's context assembly in the queue; searches are also
+bounded in time, results and concurrency (search_gate, `CORRAL_SEARCH_*`).
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from typing import Any
 
 import structlog
@@ -20,8 +24,15 @@ from pymongo.errors import PyMongoError
 
 from corral_common.broker import Broker
 from corral_common.ops import add_ops_routes
+from corral_common.redaction import redact_secrets, redact_url
 from corral_common.rpc import RpcClient, RpcServer
-from corral_common.timeouts import within
+from corral_common.supervision import Task, supervised
+from corral_session_store.health import (
+    HEALTH_COLLECTION,
+    MongoState,
+    StatusBroadcaster,
+    WriteProbe,
+)
 from corral_session_store.model_info import (
     MODEL_MANAGER,
     CachedContextLengths,
@@ -36,23 +47,6 @@ from corral_session_store.turns import TurnConsumer
 log = structlog.get_logger(__name__)
 
 DEFAULT_MONGO_URL = "mongodb://127.0.0.1:27017/"
-PING_INTERVAL_S = 5.0
-PING_TIMEOUT_S = 2.0
-
-
-@dataclass
-class MongoState:
-    """What /health and /ready know about the database."""
-
-    connected: bool = False
-    server: str | None = None
-    version: str | None = None
-    secantus_version: str | None = None
-    error: str | None = None
-
-    def set(self, ok: bool, error: str | None = None) -> None:
-        self.connected = ok
-        self.error = None if ok else error
 
 
 SETTINGS = web.AppKey("settings", SessionStoreSettings)
@@ -64,10 +58,7 @@ SERVICE_CORE = web.AppKey("service", SessionService)
 LENGTHS = web.AppKey("context_lengths", ContextLengths)
 RPC_SERVER = web.AppKey("rpc_server", RpcServer)
 TURNS = web.AppKey("turns", TurnConsumer)
-
-
-async def _ping(client: AsyncMongoClient[Document]) -> None:
-    await within(client.admin.command("ping"), PING_TIMEOUT_S)
+STATUS = web.AppKey("status", StatusBroadcaster)
 
 
 async def _describe_server(client: AsyncMongoClient[Document], state: MongoState) -> None:
@@ -105,11 +96,12 @@ async def mongo_ctx(app: web.Application) -> AsyncIterator[None]:
             break
         except PyMongoError as exc:
             state.set(False, str(exc))
-            log.warning("MongoDB not usable yet, retrying", error=str(exc))
+            log.warning("MongoDB not usable yet, retrying", error=redact_secrets(str(exc)))
             await asyncio.sleep(1.0)
     state.set(True)
     log.info(
         "mongo connected",
+        url=redact_url(url),
         server=state.server,
         version=state.version,
         secantus_version=state.secantus_version,
@@ -117,29 +109,29 @@ async def mongo_ctx(app: web.Application) -> AsyncIterator[None]:
     )
     app[MONGO] = client
     app[STORE] = store
-
-    async def pinger() -> None:
-        while True:
-            await asyncio.sleep(PING_INTERVAL_S)
-            try:
-                await _ping(client)
-                state.set(True)
-            except (PyMongoError, TimeoutError) as exc:
-                state.set(False, str(exc) or "ping timed out")
-
-    task = asyncio.create_task(pinger(), name="mongo-pinger")
-    yield
-    task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await task
+    probe = WriteProbe(
+        client[settings.mongo_database][HEALTH_COLLECTION],
+        state,
+        settings.instance_id,
+        interval_s=settings.health_interval_s,
+        timeout_s=settings.health_write_timeout_s,
+    )
+    async with supervised(Task("mongo-write-probe", probe.run_forever)):
+        yield
     await client.close()
 
 
 async def broker_ctx(app: web.Application) -> AsyncIterator[None]:
-    broker = Broker(app[SETTINGS], SERVICE)
+    settings = app[SETTINGS]
+    broker = Broker(settings, SERVICE)
     await broker.start()
     app[BROKER] = broker
-    yield
+    status = StatusBroadcaster(
+        broker, app[MONGO_STATE], settings.instance_id, settings.status_interval_s
+    )
+    app[STATUS] = status
+    async with supervised(Task("store-status", status.run_forever)):
+        yield
     await broker.close()
 
 
@@ -166,7 +158,9 @@ async def rpc_ctx(app: web.Application) -> AsyncIterator[None]:
     )
     app[SERVICE_CORE] = service
     server = RpcServer(broker, SERVICE, methods(service))
-    await server.start()
+    await server.start(
+        prefetch=settings.rpc_prefetch, lane_prefetch={"reads": settings.reads_prefetch}
+    )
     app[RPC_SERVER] = server
     yield
     await server.close()
@@ -213,14 +207,10 @@ def create_app(
         )
 
     async def health() -> dict[str, Any]:
+        # The database's state comes from the periodic write probe, never from a query per
+        # call: probes cannot load the database, and a store that answers pings but cannot
+        # write (full disk) is down.
         state = app[MONGO_STATE]
-        client = app.get(MONGO)
-        if client is not None:
-            try:
-                await _ping(client)
-                state.set(True)
-            except (PyMongoError, TimeoutError) as exc:
-                state.set(False, str(exc) or "ping timed out")
         broker_ok = BROKER in app and app[BROKER].connected
         turns = app.get(TURNS)
         mongo: dict[str, Any] = {
@@ -229,6 +219,8 @@ def create_app(
             "version": state.version,
             "secantus": state.secantus_version is not None,
             "database": app[SETTINGS].mongo_database,
+            "writable": state.connected,
+            "last_write_at": state.last_write_at,
         }
         if state.secantus_version is not None:
             mongo["secantus_version"] = state.secantus_version
