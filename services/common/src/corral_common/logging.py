@@ -1,18 +1,21 @@
 """structlog JSON logs: one event per line with `service`, bound ids and the current trace id.
 
 Request ids and session ids are bound with `structlog.contextvars.bound_contextvars`; prompts
-and keys are never passed to a logger.
+and keys are never passed to a logger. Credentials in URLs (`user:password@`) are masked in
+every string an event carries, tracebacks included (`redact_event`), whatever logged it.
 """
 
 from __future__ import annotations
 
 import logging
 import sys
+from collections.abc import MutableMapping
 from typing import Any
 
 import orjson
 import structlog
 
+from corral_common.redaction import redact_secrets
 from corral_common.telemetry import current_trace_id
 
 
@@ -21,6 +24,29 @@ def _add_trace_id(_: Any, __: str, event: dict[str, Any]) -> dict[str, Any]:
     if trace_id is not None:
         event.setdefault("trace_id", trace_id)
     return event
+
+
+def _redacted(value: Any) -> Any:
+    if isinstance(value, str):
+        return redact_secrets(value)
+    if isinstance(value, dict):
+        return {key: _redacted(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_redacted(item) for item in value]
+    if isinstance(value, BaseException):
+        # Rendered later from its message: mask that now, keeping the type's name.
+        text = str(value)
+        masked = redact_secrets(text)
+        return value if masked == text else f"{type(value).__name__}: {masked}"
+    return value
+
+
+def redact_event(_: Any, __: str, event: MutableMapping[str, Any]) -> dict[str, Any]:
+    """Mask URL credentials in every value of the event (see corral_common.redaction)."""
+    return {
+        key: value if key in ("exc_info", "_record", "_from_structlog") else _redacted(value)
+        for key, value in event.items()
+    }
 
 
 def configure_logging(service: str, level: str = "info") -> None:
@@ -36,6 +62,8 @@ def configure_logging(service: str, level: str = "info") -> None:
         processors=[
             *shared,
             structlog.processors.format_exc_info,
+            # After format_exc_info, so the rendered traceback is masked too.
+            redact_event,
             structlog.processors.JSONRenderer(serializer=orjson.dumps),
         ],
         wrapper_class=structlog.make_filtering_bound_logger(numeric),
@@ -49,6 +77,8 @@ def configure_logging(service: str, level: str = "info") -> None:
             foreign_pre_chain=shared,
             processors=[
                 structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+                structlog.processors.format_exc_info,
+                redact_event,
                 structlog.processors.JSONRenderer(),
             ],
         )

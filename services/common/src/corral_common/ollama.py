@@ -8,6 +8,7 @@ import aiohttp
 import orjson
 
 from corral_common.errors import CorralError, ErrorType, backend_unreachable_message
+from corral_common.redaction import redact_secrets, redact_url
 
 # What an unreachable, refusing or timed-out backend (or one that cuts a response short)
 # raises through aiohttp.
@@ -20,8 +21,10 @@ UNREACHABLE_ERRORS: tuple[type[BaseException], ...] = (
 
 def unreachable(base_url: str, exc: BaseException) -> CorralError:
     """503 `ollama_connection_error` for a backend that is not there; 504 `backend_timeout`
-    for one that is there but silent, so an operator can tell a dead server from a hung one."""
-    reason = str(exc) or type(exc).__name__
+    for one that is there but silent, so an operator can tell a dead server from a hung one.
+    The URL's credentials are masked: this text reaches clients and logs."""
+    base_url = redact_url(base_url)
+    reason = redact_secrets(str(exc) or type(exc).__name__)
     details = {"ollama_host": base_url, "error": reason}
     # aiohttp's own timeouts (ServerTimeoutError and its subclasses) are TimeoutErrors too.
     if isinstance(exc, TimeoutError):

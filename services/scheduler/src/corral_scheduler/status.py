@@ -18,6 +18,7 @@ from corral_common.messages import (
     QueueStatus,
     SchedulerStatus,
 )
+from corral_common.redaction import redact_url
 from corral_common.timeouts import within
 from corral_common.topology import JOBS_QUEUE, STATUS_ROUTING_KEY
 from corral_scheduler.backend import OllamaBackend
@@ -108,7 +109,8 @@ class StatusReporter:
         ]
 
     async def _probe_backend(self) -> BackendStatus:
-        url = self.backend.base_url
+        # Broadcast to every gateway and shown in /health: never with its credentials.
+        url = redact_url(self.backend.base_url)
         try:
             version = await self.backend.version()
         except CorralError as exc:

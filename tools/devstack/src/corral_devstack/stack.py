@@ -10,8 +10,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final, TextIO
-from urllib.parse import urlsplit, urlunsplit
 
+from corral_common.redaction import redact_url as redact
 from corral_devstack.mongo import MongoError, SecantusNode, ping
 from corral_devstack.ports import free_port, port_is_free
 from corral_devstack.processes import ServiceError, ServiceProcess
@@ -81,15 +81,6 @@ def choose_broker(
     if reachable(DEFAULT_AMQP_URL):
         return BrokerChoice(DEFAULT_AMQP_URL, start_local_node=False)
     return BrokerChoice(DEFAULT_AMQP_URL, start_local_node=True)
-
-
-def redact(url: str) -> str:
-    """The URL with its password masked, for printing."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.rsplit("@", 1)[1]
-    return urlunsplit(parts._replace(netloc=f"{parts.username}:***@{netloc}"))
 
 
 class Stack:
