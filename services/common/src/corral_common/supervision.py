@@ -53,9 +53,10 @@ def request_exit(code: int = FAILED_EXIT_CODE, reason: str = "") -> None:
     which `run_service` exits with `code`. Without run_app's handler, SIGTERM's default action
     ends the process, still with a non-zero status."""
     global _requested_exit
-    if _requested_exit is None:
-        _requested_exit = code
-        log.error("service exiting to be restarted", exit_code=code, reason=reason)
+    if _requested_exit is not None:
+        return  # already on its way out; a second SIGTERM would interrupt the graceful stop
+    _requested_exit = code
+    log.error("service exiting to be restarted", exit_code=code, reason=reason)
     signal.raise_signal(signal.SIGTERM)
 
 

@@ -12,6 +12,7 @@ from aiohttp import web
 
 from corral_common.broker import Broker
 from corral_common.rpc import RpcClient
+from corral_common.supervision import log_failure
 from corral_gateway.directory import ModelDirectory
 from corral_gateway.hub import Hub
 from corral_gateway.settings import GatewaySettings
@@ -44,6 +45,8 @@ class Gateway:
         task = asyncio.create_task(coro)
         self.background.add(task)
         task.add_done_callback(self.background.discard)
+        # Nobody awaits these: a failure is logged here or not at all.
+        task.add_done_callback(log_failure)
 
 
 SETTINGS = web.AppKey("settings", GatewaySettings)

@@ -3,9 +3,8 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Coroutine
+from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
@@ -16,6 +15,7 @@ from corral_common.broker import Broker
 from corral_common.ops import add_ops_routes
 from corral_common.rpc import RpcServer
 from corral_common.status_board import StatusBoard
+from corral_common.supervision import Task, supervised
 from corral_common.topology import JOBS_ROUTING_KEY, MODELS_ROUTING_KEY, STATUS_REQUEST_KEY
 from corral_model_manager.backend import Backend
 from corral_model_manager.catalogue import ModelCatalogue
@@ -108,7 +108,7 @@ async def models_ctx(app: web.Application) -> AsyncIterator[None]:
     )
     app[NAMES], app[BROADCASTER], app[CHANGES] = names, broadcaster, changes
     app[OPERATIONS] = operations
-    async with _background(broadcaster.run_forever(), "model-list-broadcast"):
+    async with supervised(Task("model-list-broadcast", broadcaster.run_forever)):
         yield
     await operations.close()
 
@@ -150,7 +150,7 @@ async def lane_ctx(app: web.Application) -> AsyncIterator[None]:
             await submitter.submit("load", model, {"model": model}, reason="preload")
         except Exception as exc:
             log.warning("preload not submitted", model=model, error=str(exc))
-    async with _background(unloader.run_forever(), "unloader"):
+    async with supervised(Task("unloader", unloader.run_forever)):
         yield
     with contextlib.suppress(Exception):
         await channel.close()
@@ -172,17 +172,6 @@ async def rpc_ctx(app: web.Application) -> AsyncIterator[None]:
     app[RPC] = server
     yield
     await server.close()
-
-
-@contextlib.asynccontextmanager
-async def _background(coroutine: Coroutine[Any, Any, None], name: str) -> AsyncIterator[None]:
-    task = asyncio.create_task(coroutine, name=name)
-    try:
-        yield
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
 
 
 def create_app(

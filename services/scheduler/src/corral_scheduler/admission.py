@@ -6,6 +6,8 @@ with queued work the scheduler can order and report positions for.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import itertools
 import math
 import time
@@ -15,7 +17,9 @@ import structlog
 from aio_pika.abc import AbstractIncomingMessage
 from pydantic import ValidationError
 
+from corral_common.clip import clip
 from corral_common.errors import ErrorType
+from corral_common.ids import EVENT_KIND_MAX_CHARS, ROUTING_KEY_MAX_BYTES
 from corral_common.messages import (
     Accepted,
     Cancelled,
@@ -25,7 +29,7 @@ from corral_common.messages import (
     LaneCommand,
     Position,
 )
-from corral_common.topology import LANE_COMMAND_KEY, STATUS_REQUEST_KEY
+from corral_common.topology import LANE_COMMAND_KEY, STATUS_REQUEST_KEY, event_key
 from corral_scheduler import metrics
 from corral_scheduler.eta import SpeedBook
 from corral_scheduler.events import EventSink
@@ -55,6 +59,18 @@ class RecentCancels:
         return True
 
 
+def events_routable(job: Job) -> bool:
+    """Whether every event of this job has a routing key RabbitMQ accepts (at most 255 bytes)."""
+    longest = event_key(job.gateway_id, job.request_id, "k" * EVENT_KIND_MAX_CHARS)
+    return len(longest.encode()) <= ROUTING_KEY_MAX_BYTES
+
+
+async def _dead_letter(message: AbstractIncomingMessage, reason: str) -> None:
+    metrics.JOBS_DEAD_LETTERED.labels(reason).inc()
+    with contextlib.suppress(Exception):  # the channel died: the broker redelivers it anyway
+        await message.reject(requeue=False)
+
+
 class Admission:
     def __init__(
         self,
@@ -79,10 +95,33 @@ class Admission:
         # job awaits a publish before it is pushed, so push order is not delivery order.
         arrival = next(self._arrivals)
         try:
+            await self._admit(message, arrival)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            # Not admitted (an admitted job is the executor's from then on): dead-letter it, so
+            # it neither sits unacked in the window nor comes back forever, and its gateway
+            # learns of it from the dead-letter path.
+            log.exception("admitting a job failed; dead-lettered")
+            await _dead_letter(message, "admission_failed")
+
+    async def _admit(self, message: AbstractIncomingMessage, arrival: int) -> None:
+        try:
             job = Job.model_validate_json(message.body)
         except ValidationError as exc:
             log.error("unreadable job dead-lettered", error=str(exc).splitlines()[0])
-            await message.reject(requeue=False)
+            await _dead_letter(message, "unreadable")
+            return
+        if not events_routable(job):
+            # Its events could not be published (RabbitMQ refuses routing keys over 255
+            # bytes), so its client could never be told anything: refuse it before it runs.
+            # The gateway validates ids at the edge; this is the lane's own guard.
+            log.error(
+                "job whose events cannot be routed dead-lettered",
+                request_id=clip(job.request_id),
+                gateway_id=clip(job.gateway_id),
+            )
+            await _dead_letter(message, "unroutable")
             return
         if self.cancels.take(job.request_id):
             metrics.CANCELLATIONS.labels("admission").inc()
@@ -120,8 +159,19 @@ class Admission:
             ),
         )
         self.lane.push(entry)
+        try:
+            await self._announce(entry, accepted, bool(message.redelivered))
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            # The job is in the lane and will run; only its client's news was lost.
+            log.exception("announcing an admitted job failed", request_id=clip(job.request_id))
+        self.executor.lane_moved.set()
+
+    async def _announce(self, entry: Entry, accepted: Accepted, redelivered: bool) -> None:
+        job = entry.job
         metrics.QUEUE_DEPTH.set(len(self.lane))
-        if not message.redelivered:
+        if not redelivered:
             await self.sink.send_quietly(job, accepted)
         # The first position goes out now, not at the broadcaster's next round: a job that
         # starts soon must still have been told where it stood before its `started`.
@@ -137,7 +187,6 @@ class Admission:
                 job,
                 Position(request_id=job.request_id, position=position, estimated_wait_ms=wait_ms),
             )
-        self.executor.lane_moved.set()
 
     def _refusal(self, job: Job) -> Failed | None:
         """A job the lane will not take: already past its deadline, or one more than its

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -14,7 +15,10 @@ import structlog
 from aiohttp import web
 
 from corral_common.broker import Broker
+from corral_common.messages import LaneHealth
 from corral_common.ops import add_ops_routes
+from corral_common.supervision import FAILED_EXIT_CODE, Task, request_exit, stop, supervised
+from corral_common.timeouts import within
 from corral_common.topology import CONTROL_EXCHANGE, JOBS_QUEUE, STATUS_REQUEST_KEY
 from corral_scheduler.admission import Admission
 from corral_scheduler.backend import OllamaBackend
@@ -27,6 +31,7 @@ from corral_scheduler.ordering import Ordering, OrderingPolicy
 from corral_scheduler.positions import PositionBroadcaster
 from corral_scheduler.settings import SchedulerSettings
 from corral_scheduler.status import StatusReporter
+from corral_scheduler.watchdog import Watchdog
 
 log = structlog.get_logger(__name__)
 
@@ -36,6 +41,13 @@ class Core:
     executor: Executor
     admission: Admission
     status: StatusReporter
+    watchdog: Watchdog
+
+
+# Each step of a handover is bounded: a stuck lane must not also wedge its own way out.
+HANDOVER_STEP_S = 5.0
+# If the graceful stop after a handover does not end the process, this does.
+HARD_EXIT_AFTER_S = 30.0
 
 
 SETTINGS = web.AppKey("settings", SchedulerSettings)
@@ -98,21 +110,41 @@ async def lane_ctx(app: web.Application) -> AsyncIterator[None]:
     )
     executor = Executor(lane, app[BACKEND], sink, speeds, guard, settings.takeover_grace_s)
     admission = Admission(scheduler_id, lane, executor, sink, speeds, settings.max_queued_per_key)
+    # The executor's supervised task, for the handover to cancel.
+    lane_tasks: list[asyncio.Task[None]] = []
+
+    async def hand_over(verdict: LaneHealth) -> None:
+        """The watchdog found the lane stuck (watchdog.py): give up the single-active-consumer
+        slot, so a standby takes the lane, then exit to be restarted as a fresh standby."""
+        app[CONSUMING].clear()
+        executor.status_requested.set()  # gateways hear "stuck" at once
+        # Should the graceful stop wedge too, the process still goes.
+        asyncio.get_running_loop().call_later(HARD_EXIT_AFTER_S, os._exit, FAILED_EXIT_CODE)
+        with contextlib.suppress(Exception):
+            await within(jobs_queue.cancel(jobs_tag), HANDOVER_STEP_S)
+        # Cancelling the executor cancels its running job, which closes the backend response.
+        with contextlib.suppress(Exception):
+            await within(stop(lane_tasks), HANDOVER_STEP_S)
+        # Closing the channel returns its unacked jobs to the queue, in order, for the standby.
+        with contextlib.suppress(Exception):
+            await within(jobs_channel.close(), HANDOVER_STEP_S)
+        request_exit(FAILED_EXIT_CODE, f"lane stuck for {verdict.stalled_for_s:.0f} s")
+
+    watchdog = Watchdog(executor, settings.lane_stall_s, hand_over)
     status = StatusReporter(
-        scheduler_id, broker, app[BACKEND], executor, settings.status_interval_s
+        scheduler_id,
+        broker,
+        app[BACKEND],
+        executor,
+        settings.status_interval_s,
+        health=lambda: watchdog.verdict,
     )
-    app[CORE] = Core(executor, admission, status)
+    app[CORE] = Core(executor, admission, status, watchdog)
     broker.on_lost(admission.connection_lost)
     positions = PositionBroadcaster(executor, sink, settings.position_interval_s)
-    tasks = [
-        asyncio.create_task(executor.run_forever(), name="executor"),
-        asyncio.create_task(positions.run_forever(), name="positions"),
-        asyncio.create_task(status.run_forever(), name="status"),
-    ]
 
     jobs_channel = await broker.channel(prefetch=settings.admission_window)
     jobs_queue = await jobs_channel.get_queue(JOBS_QUEUE)
-    jobs_tag = await jobs_queue.consume(admission.on_job)
 
     control_channel = await broker.channel(prefetch=100)
     control_queue = await control_channel.declare_queue(
@@ -123,16 +155,26 @@ async def lane_ctx(app: web.Application) -> AsyncIterator[None]:
     await control_queue.bind(control_exchange, "admin.#")
     await control_queue.bind(control_exchange, STATUS_REQUEST_KEY)
     await control_queue.consume(admission.on_control)
-    app[CONSUMING].set()
-    log.info("scheduler consuming", scheduler_id=scheduler_id, window=settings.admission_window)
-    yield
-    app[CONSUMING].clear()
-    # Stop admitting first, so nothing new lands in a lane that is going away.
-    with contextlib.suppress(Exception):
-        await jobs_queue.cancel(jobs_tag)
-    for task in tasks:
-        task.cancel()
-    await asyncio.gather(*tasks, return_exceptions=True)
+    # The executor is the lane: if its loop itself fails (one job's failure never ends it),
+    # the service exits and a standby takes the lane. The broadcasters hold no state a
+    # restart could corrupt.
+    async with (
+        supervised(Task("executor", executor.run_forever, on_failure="exit")) as executor_tasks,
+        supervised(
+            Task("positions", positions.run_forever),
+            Task("status", status.run_forever),
+            Task("watchdog", watchdog.run_forever, on_failure="exit"),
+        ),
+    ):
+        lane_tasks.extend(executor_tasks)
+        jobs_tag = await jobs_queue.consume(admission.on_job)
+        app[CONSUMING].set()
+        log.info("scheduler consuming", scheduler_id=scheduler_id, window=settings.admission_window)
+        yield
+        app[CONSUMING].clear()
+        # Stop admitting first, so nothing new lands in a lane that is going away.
+        with contextlib.suppress(Exception):
+            await jobs_queue.cancel(jobs_tag)
     with contextlib.suppress(Exception):
         await jobs_channel.close()
         await control_channel.close()
@@ -145,7 +187,9 @@ def create_app(settings: SchedulerSettings | None = None) -> web.Application:
     app.cleanup_ctx.extend([broker_ctx, backend_ctx, lane_ctx])
 
     def ready() -> bool:
-        return app[CONSUMING].is_set() and app[BROKER].connected
+        core = app.get(CORE)
+        stuck = core is not None and core.watchdog.stuck
+        return app[CONSUMING].is_set() and app[BROKER].connected and not stuck
 
     async def health() -> dict[str, Any]:
         core = app.get(CORE)
@@ -156,11 +200,22 @@ def create_app(settings: SchedulerSettings | None = None) -> web.Application:
             body["ollama"] = snapshot.backend.model_dump()
             body["queue"] = snapshot.queue.model_dump()
             backend_ok = snapshot.backend.connected
+            body["lane"] = core.watchdog.verdict.model_dump()
+            stuck_reason = core.watchdog.reason()
         else:
             backend_ok = False
+            stuck_reason = None
         body["status"] = (
-            "healthy" if broker_ok and backend_ok else "degraded" if broker_ok else "unhealthy"
+            "unhealthy"
+            if stuck_reason is not None
+            else "healthy"
+            if broker_ok and backend_ok
+            else "degraded"
+            if broker_ok
+            else "unhealthy"
         )
+        if stuck_reason is not None:
+            body["reason"] = stuck_reason
         return body
 
     add_ops_routes(app, health, ready)

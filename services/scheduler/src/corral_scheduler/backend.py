@@ -29,6 +29,11 @@ KIND_PATHS: dict[str, str] = {
 }
 
 
+# Far above any real chunk (a 1M-token `context` is about 7 MB), low enough that a broken
+# backend cannot exhaust memory with one endless line.
+MAX_LINE_BYTES = 64 << 20
+
+
 class BackendStreamError(Exception):
     """The backend sent an `{"error": ...}` line after the response had started."""
 
@@ -107,7 +112,7 @@ class OllamaBackend:
 
 async def _chunks(response: aiohttp.ClientResponse) -> AsyncIterator[dict[str, Any]]:
     try:
-        async for line in response.content:
+        async for line in ndjson_lines(response.content):
             if not line.strip():
                 continue
             chunk = orjson.loads(line)
@@ -116,3 +121,29 @@ async def _chunks(response: aiohttp.ClientResponse) -> AsyncIterator[dict[str, A
             yield chunk
     except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError, TimeoutError) as exc:
         raise BackendStreamError(f"backend stream broke off: {exc or type(exc).__name__}") from exc
+
+
+async def ndjson_lines(
+    content: aiohttp.StreamReader, max_line_bytes: int = MAX_LINE_BYTES
+) -> AsyncIterator[bytes]:
+    """The stream's lines, read by chunks and split here.
+
+    aiohttp's own line reading (`async for line in response.content`) stops at 128 KiB with
+    LineTooLong, and Ollama's final /api/generate chunk carries the whole `context` array: a
+    100k-token answer makes a line of about 700 KB, which failed the job after its whole
+    generation had run. The bound here only stops a backend that never ends a line."""
+    pending = bytearray()
+    async for data in content.iter_any():
+        start = 0
+        while (end := data.find(b"\n", start)) != -1:
+            pending += data[start:end]
+            yield bytes(pending)
+            pending.clear()
+            start = end + 1
+        pending += data[start:]
+        if len(pending) > max_line_bytes:
+            raise BackendStreamError(
+                f"backend sent a line over {max_line_bytes // (1 << 20)} MiB without an end"
+            )
+    if pending:
+        yield bytes(pending)

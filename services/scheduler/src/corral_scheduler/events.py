@@ -46,11 +46,20 @@ class EventSink:
             return True  # unknown; the job's own events will tell
         return True
 
-    async def send_quietly(self, job: Job, event: JobEvent) -> None:
+    async def send_quietly(self, job: Job, event: JobEvent) -> bool:
+        """Publish, never raising (but for cancellation): True when the event went out or had
+        no one to go to, False when it could not be published. Used on the paths that must
+        carry on whatever happens (failures, cancels, positions): an unexpected error here
+        (a routing key over 255 bytes raised ValueError) used to end the executor's loop."""
         try:
             await self.send(job, event)
         except BrokerUnavailable as exc:
             log.warning("event not published", kind=event.kind, error=str(exc))
+            return False
+        except Exception:
+            log.exception("event not published", kind=event.kind)
+            return False
+        return True
 
 
 class TokenBatcher:

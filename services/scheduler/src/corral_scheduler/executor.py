@@ -10,12 +10,14 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import Counter, deque
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
 import structlog
 from opentelemetry import trace
 
+from corral_common.clip import clip
 from corral_common.errors import CorralError, ErrorType
 from corral_common.messages import (
     MODEL_OPERATION_KINDS,
@@ -62,8 +64,14 @@ class Executor:
         speeds: SpeedBook,
         guard: LoadGuard | None = None,
         takeover_grace_s: float = 0.0,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
         self.takeover_grace_s = takeover_grace_s
+        # Injectable so tests can count the takeover graces without waiting them out.
+        self._sleep = sleep
+        # The broker connection generation whose takeover grace has been waited (see
+        # _settle_after_takeover); None until the first.
+        self._settled_generation: int | None = None
         self.lane = lane
         self.guard = guard or LoadGuard(GuardPolicy())
         self.backend = backend
@@ -79,37 +87,83 @@ class Executor:
         self.status_requested = asyncio.Event()
         # Finish times over the last minute, for the processing rate.
         self.finished_at: deque[float] = deque()
+        # The last sign of the lane moving (a job started or finished, a chunk from the
+        # backend), monotonic and epoch seconds, for the watchdog (watchdog.py).
+        self.progress_at = time.monotonic()
+        self.progress_wall: float | None = None
+
+    def progressed(self) -> None:
+        self.progress_at = time.monotonic()
+        self.progress_wall = time.time()
 
     async def run_forever(self) -> None:
         while True:
             entry = await self.lane.pop(lambda: self.loaded_model)
-            if entry.generation < self.generation:
-                # Its delivery died with the old connection; the broker hands it out again.
-                continue
-            deadline = entry.job.deadline
-            if deadline is not None and time.time() >= deadline:
-                await self._expire(entry)
-                continue
-            _score_estimate(entry)
-            task = asyncio.create_task(self._run(entry), name=f"job-{entry.request_id}")
-            self.running = Running(entry, task, time.monotonic())
-            metrics.QUEUE_RUNNING.set(1)
-            self.lane_moved.set()
             try:
-                await asyncio.shield(task)
+                await self._take(entry)
             except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                # Whatever broke around one job (a publish, an ack, a metric, a span) costs
+                # that job, never the lane: before this, one request id too long for a
+                # routing key ended this loop, silently, and with it all generation.
+                log.exception("handling a job failed", request_id=clip(entry.request_id))
+                await self._fail(entry, exc)
+
+    async def _take(self, entry: Entry) -> None:
+        if entry.generation < self.generation:
+            # Its delivery died with the old connection; the broker hands it out again.
+            return
+        deadline = entry.job.deadline
+        if deadline is not None and time.time() >= deadline:
+            await self._expire(entry)
+            return
+        _score_estimate(entry)
+        task = asyncio.create_task(self._run(entry), name=f"job-{clip(entry.request_id)}")
+        self.running = Running(entry, task, time.monotonic())
+        self.progressed()
+        metrics.QUEUE_RUNNING.set(1)
+        self.lane_moved.set()
+        try:
+            await asyncio.shield(task)
+        except asyncio.CancelledError:
+            # Either this loop is being cancelled (shutdown, handover), or only the job's own
+            # task was. Judged by the loop's own cancel count, not by whether the job is done:
+            # a shutdown arriving as the job ended used to be swallowed, and the loop then
+            # waited for the next job forever, hanging the service's stop.
+            current = asyncio.current_task()
+            if current is not None and current.cancelling():
                 if not task.done():
                     task.cancel()
                     await asyncio.gather(task, return_exceptions=True)
-                    raise
-            finally:
-                self.running = None
-                metrics.QUEUE_RUNNING.set(0)
-                now = time.monotonic()
-                self.finished_at.append(now)
-                while self.finished_at[0] < now - RATE_WINDOW_S:
-                    self.finished_at.popleft()
-                self.lane_moved.set()
+                raise
+        finally:
+            self.running = None
+            self.progressed()
+            metrics.QUEUE_RUNNING.set(0)
+            now = time.monotonic()
+            self.finished_at.append(now)
+            while self.finished_at[0] < now - RATE_WINDOW_S:
+                self.finished_at.popleft()
+            self.lane_moved.set()
+
+    async def _fail(self, entry: Entry, exc: BaseException) -> None:
+        """Fail one job that broke unexpectedly: its client is told, naming the request, and
+        its delivery acked; when even that cannot be published (its events cannot be routed,
+        say), the delivery is dead-lettered instead, and the gateway learns it from there."""
+        job = entry.job
+        metrics.JOBS.labels("internal_error").inc()
+        failure = Failed(
+            request_id=job.request_id,
+            status=500,
+            error_type=str(ErrorType.INTERNAL_ERROR),
+            message=f"internal error while running request {clip(job.request_id)!r}: "
+            f"{type(exc).__name__}",
+        )
+        if await self.sink.send_quietly(job, failure):
+            await self._ack(entry)
+        else:
+            await self._dead_letter(entry)
 
     async def _expire(self, entry: Entry) -> None:
         """The job waited past its deadline: it never starts; its client gets a 408."""
@@ -134,6 +188,25 @@ class Executor:
         return max(0, round(running.entry.estimate_ms - elapsed))
 
     async def _run(self, entry: Entry) -> None:
+        """Run one job to its final event and ack it. Raises only CancelledError (shutdown:
+        the unacked job goes back to the queue); anything else fails this job alone."""
+        job = entry.job
+        with structlog.contextvars.bound_contextvars(
+            request_id=clip(job.request_id), session_id=job.session_id
+        ):
+            try:
+                outcome = await self._traced(entry)
+                metrics.JOBS.labels(outcome).inc()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                # A bug must cost one job, never the lane: fail it and carry on.
+                log.exception("job failed unexpectedly")
+                await self._fail(entry, exc)
+                return
+            await self._ack(entry)
+
+    async def _traced(self, entry: Entry) -> str:
         job = entry.job
         waited_ms = round((time.time() - job.enqueued_at) * 1000)
         metrics.QUEUE_WAIT.labels(job.model).observe(waited_ms / 1000)
@@ -145,29 +218,10 @@ class Executor:
             "corral.request_id": job.request_id,
             "corral.queue_wait_ms": waited_ms,
         }
-        with (
-            structlog.contextvars.bound_contextvars(
-                request_id=job.request_id, session_id=job.session_id
-            ),
-            tracer().start_as_current_span(
-                "backend generation", context=parent, attributes=span_attrs
-            ) as span,
-        ):
-            try:
-                outcome = await self._generate(entry, waited_ms, span)
-            except Exception as exc:
-                # A bug must cost one job, never the lane: fail it and carry on.
-                log.exception("job failed unexpectedly")
-                outcome = "internal_error"
-                failure = Failed(
-                    request_id=job.request_id,
-                    status=500,
-                    error_type=str(ErrorType.INTERNAL_ERROR),
-                    message=f"internal error: {type(exc).__name__}",
-                )
-                await self.sink.send_quietly(job, failure)
-            metrics.JOBS.labels(outcome).inc()
-            await self._ack(entry)
+        with tracer().start_as_current_span(
+            "backend generation", context=parent, attributes=span_attrs
+        ) as span:
+            return await self._generate(entry, waited_ms, span)
 
     async def _generate(self, entry: Entry, waited_ms: int, span: trace.Span) -> str:
         job = entry.job
@@ -257,6 +311,8 @@ class Executor:
             if running is not None:
                 running.stage = "prompt"
             async for chunk in chunks:
+                # A long generation streaming tokens is a lane that moves, not a stuck one.
+                self.progressed()
                 if running is not None and running.tokens == 0:
                     running.stage = "generating"
                     metrics.TIME_TO_FIRST_TOKEN.labels(job.model).observe(
@@ -295,10 +351,23 @@ class Executor:
     async def _settle_after_takeover(self, entry: Entry) -> None:
         """A redelivered job may have been running on a scheduler that just died. The backend
         only stops that generation when it next writes to the dead connection, so give it a
-        moment first: two generations must never overlap, even across a failover."""
-        if self.takeover_grace_s > 0 and getattr(entry.delivery, "redelivered", False):
-            log.info("redelivered job; letting the backend drop the old request first")
-            await asyncio.sleep(self.takeover_grace_s)
+        moment first: two generations must never overlap, even across a failover.
+
+        Once per takeover, not per redelivered job: only one job can have been running on the
+        dead scheduler, and once the grace has passed its request is gone, so the jobs handed
+        over behind it run at once (100 handed-over jobs used to wait 100 graces). A takeover
+        happens on a broker connection (this scheduler's consumer becoming the active one), so
+        the grace is waited once per connection generation: after a reconnect, another
+        scheduler may have been running the lane meanwhile, and the next takeover waits again.
+        """
+        if self.takeover_grace_s <= 0 or not getattr(entry.delivery, "redelivered", False):
+            return
+        if self._settled_generation == self.generation:
+            return
+        self._settled_generation = self.generation
+        log.info("took over the lane; letting the backend drop the old request first")
+        metrics.TAKEOVER_GRACES.inc()
+        await self._sleep(self.takeover_grace_s)
 
     async def _call(self, entry: Entry, waited_ms: int) -> Done:
         """Embeddings, loads and unloads: one request, one answer, carried whole in `final`."""
@@ -386,6 +455,16 @@ class Executor:
             await entry.delivery.ack()
         except Exception as exc:  # the channel died; the broker will redeliver the job
             log.warning("ack failed", error=str(exc))
+
+    async def _dead_letter(self, entry: Entry) -> None:
+        """To `corral.dlx`: kept for ops, and the job's gateway fails its request from there."""
+        if entry.generation < self.generation:
+            return
+        metrics.JOBS_DEAD_LETTERED.labels("failure_unpublished").inc()
+        try:
+            await entry.delivery.reject(requeue=False)
+        except Exception as exc:
+            log.warning("dead-lettering failed", error=str(exc))
 
 
 def _score_estimate(entry: Entry) -> None:

@@ -55,3 +55,13 @@ MODEL_OPERATIONS = Counter(
     ["kind", "outcome"],
 )
 LANE_STATE = Gauge("corral_lane_state", "1 while the lane is paused or draining", ["state"])
+TAKEOVER_GRACES = Counter(
+    "corral_takeover_graces_total",
+    "Takeover graces waited (once per takeover of the lane, not per handed-over job)",
+)
+LANE_STUCK = Gauge(
+    "corral_lane_stuck", "1 while the watchdog finds the lane holding work without progress"
+)
+JOBS_DEAD_LETTERED = Counter(
+    "corral_jobs_dead_lettered_total", "Jobs the scheduler dead-lettered, by reason", ["reason"]
+)

@@ -37,6 +37,11 @@ class SchedulerSettings(CorralSettings):
     # A job handed over from a scheduler that died waits this long before it starts, so the
     # backend has dropped the dead scheduler's request (it notices at its next token write).
     takeover_grace_s: float = Field(default=1.0, ge=0)
+    # The watchdog (watchdog.py): a lane that holds work but neither starts nor finishes a job,
+    # nor receives a chunk from the backend, for this long is stuck; the scheduler then fails
+    # /ready and hands the lane to a standby. A little above backend_read_timeout_s, within
+    # which a healthy running job always yields a chunk or a timeout.
+    lane_stall_s: float = Field(default=660.0, gt=0)
     # Ordering (ordering.py). Callers (X-Client-Id, later API keys) take turns when on.
     fair_share: bool = True
     # A batch job that has waited this long counts as normal, so batch work always progresses

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import time
+from collections.abc import Callable
 
 import structlog
 from aio_pika.abc import AbstractChannel
@@ -15,6 +16,7 @@ from corral_common.messages import (
     BackendStatus,
     Job,
     LaneEntry,
+    LaneHealth,
     QueueStatus,
     SchedulerStatus,
 )
@@ -40,8 +42,11 @@ class StatusReporter:
         backend: OllamaBackend,
         executor: Executor,
         interval_s: float,
+        health: Callable[[], LaneHealth] = LaneHealth,
     ) -> None:
         self.scheduler_id = scheduler_id
+        # The watchdog's verdict on the lane (watchdog.py), carried in every broadcast.
+        self.health = health
         self.broker = broker
         self.backend = backend
         self.executor = executor
@@ -80,6 +85,7 @@ class StatusReporter:
             lane=self._lane(waits),
             paused=executor.lane.paused,
             draining=executor.lane.draining,
+            health=self.health(),
         )
 
     def _lane(self, waits: list[int]) -> list[LaneEntry]:
