@@ -2,7 +2,8 @@
 schedulers, session store, model manager, gateway) is started in process and its supervisor run in
 a thread, then the session store, the active scheduler, the gateway and the embedded store are
 SIGKILLed one after another. Each comes back on its own ports, ready, and a session chat through
-the gateway's fixed port works after each."""
+the gateway's fixed port works after each. A local RabbitMQ node (what `make run` starts when no
+broker answers) is SIGKILLed under a supervisor of its own and comes back on its port."""
 
 from __future__ import annotations
 
@@ -19,9 +20,9 @@ import aiohttp
 import pytest
 
 from corral_devstack.ports import free_port
-from corral_devstack.rabbitmq import RabbitNode
+from corral_devstack.rabbitmq import RabbitNode, amqp_reachable
 from corral_devstack.stack import Stack
-from corral_devstack.supervisor import RestartPolicy
+from corral_devstack.supervisor import NodeChild, RestartPolicy, Supervisor
 from corral_emulator import expected_reply
 
 # Restarting a Python service takes a second or two on a loaded 2-core machine; this bounds a
@@ -144,3 +145,33 @@ async def test_killed_parts_come_back_and_chats_work(stack: Stack) -> None:
     assert stack.supervisor.summary() == (
         "4 restarts (gateway 1, mongo 1, scheduler 1, session-store 1)"
     )
+
+
+async def test_a_killed_local_rabbitmq_node_is_restarted_on_its_ports() -> None:
+    """The node `make run` starts when no broker answers: SIGKILLed (its whole process group, as
+    the OOM killer or a crash would leave it), it is cleaned up and started again on the same
+    port and data, so the services' robust connections find it again."""
+    out = io.StringIO()
+    node = RabbitNode()
+    supervisor = Supervisor(RestartPolicy(initial_backoff_s=0.1), out=out, err=out)
+    try:
+        await asyncio.to_thread(node.start)
+        url = node.url
+        supervisor.watch(NodeChild("rabbitmq", node, node.log_dir / f"{node.nodename}.log"))
+        assert node.pid is not None
+        os.killpg(node.pid, signal.SIGKILL)
+
+        async def back() -> bool:
+            await asyncio.to_thread(supervisor.poll)
+            return supervisor.all_running() and bool(supervisor.history)
+
+        await eventually(back, RECOVERY_S, "the node restarted")
+        assert node.url == url
+        assert await asyncio.to_thread(amqp_reachable, url)
+        record = supervisor.history[0]
+        assert record.recovered_in_s is not None
+        print(f"[healing] rabbitmq: exit {record.exit_code}, ready in {record.recovered_in_s:.2f}s")
+    finally:
+        await asyncio.to_thread(node.close)
+    assert "rabbitmq       exited with" in out.getvalue()
+    assert "ready again" in out.getvalue()

@@ -113,6 +113,20 @@ class Cluster(Managed):
         self._gateway_url = url
         return proc
 
+    def kill(self, name: str) -> int | None:
+        """SIGKILL a service, as a crash would; returns its exit status."""
+        return self.services[name].kill()
+
+    def revive(self, name: str, *, wait: bool = True) -> ServiceProcess:
+        """Start a crashed or stopped service again with the same command and env, so on the same
+        ports (as `make run`'s supervisor does); a no-op for one that is running."""
+        proc = self.services[name]
+        if not proc.running:
+            proc.start()
+        if wait:
+            proc.wait_ready(self.ready_timeout)
+        return proc
+
     def start(self) -> None:
         """Services are started one by one (`start_scheduler`, ...); `with` only stops them."""
 

@@ -179,6 +179,11 @@ class RabbitNode(Managed):
         return self._proc is not None and self._proc.poll() is None
 
     @property
+    def pid(self) -> int | None:
+        """The node's launcher process, leader of the group the node runs in."""
+        return None if self._proc is None else self._proc.pid
+
+    @property
     def returncode(self) -> int | None:
         """The exit status of a server that ended on its own (a crash); None while it runs and
         after `stop()`, which forgets the process."""
