@@ -199,6 +199,9 @@ class Stack:
                 "set CORRAL_GATEWAY_PORT to use another port"
             )
         gateway_env = {**env, "CORRAL_GATEWAY_HOST": host, "CORRAL_GATEWAY_PORT": str(port)}
+        if self.standby:
+            # With a standby running, one scheduler alone is a lost standby: /health degraded.
+            gateway_env.setdefault("CORRAL_EXPECTED_SCHEDULERS", "2")
         url = f"http://{_url_host(host)}:{port}"
         self._launch(name, [sys.executable, "-m", GATEWAY_MODULE], gateway_env, f"{url}/ready")
         self._say(name, f"{url}  (log {self.log_dir / name}.log)")
