@@ -17,7 +17,7 @@ import structlog
 from aio_pika.abc import AbstractIncomingMessage
 from pydantic import ValidationError
 
-from corral_common.messages import EVENT_ADAPTER, Event, ModelList
+from corral_common.messages import EVENT_ADAPTER, Event, Failed, ModelList
 from corral_common.status_board import StatusBoard, StoreBoard
 from corral_common.topology import (
     MODELS_ROUTING_KEY,
@@ -104,6 +104,15 @@ class Hub:
                 self._strays.popitem(last=False)
             log.info("cancelling a job nobody waits for", request_id=event.request_id)
             self._cancel_stray(event.request_id)
+
+    def fail(self, failed: Failed) -> bool:
+        """Deliver a failure that did not come from a scheduler (a dead-lettered job) to its
+        request; False when no request of that id waits here."""
+        queue = self._waiting.get(failed.request_id)
+        if queue is None:
+            return False
+        queue.put_nowait(failed)
+        return True
 
     def broker_lost(self) -> None:
         for queue in self._waiting.values():

@@ -8,6 +8,7 @@ from corral_common.broker import Broker, BrokerUnavailable, QueueFull, encode
 from corral_common.errors import CorralError, ErrorType
 from corral_common.messages import CancelRequest, Job
 from corral_common.topology import JOBS_ROUTING_KEY, cancel_key
+from corral_gateway.dead_letters import job_headers
 
 # Ollama's own text for a full queue, two spaces included: clients match on it.
 QUEUE_FULL_MESSAGE = "server busy, please try again.  maximum pending requests exceeded"
@@ -20,8 +21,9 @@ class Submitter:
 
     async def submit(self, job: Job, retry_after_s: int) -> None:
         try:
+            # The ids in headers survive dead-lettering: see dead_letters.py.
             await self.broker.publish_durable(
-                self.broker.topology.jobs, JOBS_ROUTING_KEY, encode(job)
+                self.broker.topology.jobs, JOBS_ROUTING_KEY, encode(job), headers=job_headers(job)
             )
         except QueueFull as exc:
             raise CorralError(
