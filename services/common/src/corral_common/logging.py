@@ -15,6 +15,7 @@ from typing import Any
 import orjson
 import structlog
 
+from corral_common.log_limits import RateLimitFilter, RateLimitProcessor, RepeatLimiter
 from corral_common.redaction import redact_secrets
 from corral_common.telemetry import current_trace_id
 
@@ -49,8 +50,13 @@ def redact_event(_: Any, __: str, event: MutableMapping[str, Any]) -> dict[str, 
     }
 
 
-def configure_logging(service: str, level: str = "info") -> None:
+def configure_logging(
+    service: str, level: str = "info", *, burst: int = 50, burst_interval_s: float = 10.0
+) -> None:
+    """`burst` lines per event and level per `burst_interval_s`, the rest summarised (see
+    corral_common.log_limits); `burst=0` lets everything through."""
     numeric = logging.getLevelNamesMapping().get(level.upper(), logging.INFO)
+    limiter = RepeatLimiter(burst, burst_interval_s)
     shared: list[Any] = [
         structlog.contextvars.merge_contextvars,
         structlog.processors.add_log_level,
@@ -61,6 +67,8 @@ def configure_logging(service: str, level: str = "info") -> None:
     structlog.configure(
         processors=[
             *shared,
+            # Before the costly steps: a dropped repeat is never formatted or rendered.
+            RateLimitProcessor(limiter),
             structlog.processors.format_exc_info,
             # After format_exc_info, so the rendered traceback is masked too.
             redact_event,
@@ -83,6 +91,7 @@ def configure_logging(service: str, level: str = "info") -> None:
             ],
         )
     )
+    handler.addFilter(RateLimitFilter(limiter))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(max(numeric, logging.INFO))

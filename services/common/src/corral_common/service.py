@@ -28,7 +28,12 @@ def run_service(
 ) -> None:
     """Runs the service until SIGINT/SIGTERM; `runner_factory` replaces aiohttp's plain
     AppRunner (the gateway's counts and times its connections)."""
-    configure_logging(service, settings.log_level)
+    configure_logging(
+        service,
+        settings.log_level,
+        burst=settings.log_burst,
+        burst_interval_s=settings.log_burst_interval_s,
+    )
     raise_open_file_limit()
     setup_tracing(service, http_server=http_server_spans, http_client=http_client_spans)
     host, port = settings.listen_address()

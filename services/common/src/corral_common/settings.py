@@ -20,6 +20,10 @@ class CorralSettings(BaseSettings):
     mongo_url: str | None = None
     data_dir: Path = Path(".corral")
     log_level: str = "info"
+    # Repeats of one log event (same name and level) beyond this many per interval are
+    # counted and summarised in one line instead of written (0: no limit).
+    log_burst: int = Field(default=50, ge=0)
+    log_burst_interval_s: float = Field(default=10.0, gt=0)
 
     # The ops endpoints (/health, /ready, /metrics) of services that have no public port.
     health_host: str = "127.0.0.1"
