@@ -135,6 +135,9 @@ class Stack:
         env = {**self.environ, "CORRAL_DATA_DIR": str(self.data_dir)}
         env["CORRAL_AMQP_URL"] = self._start_broker()
         env["CORRAL_MONGO_URL"] = self._start_mongo()
+        if self.standby:
+            # The gateway's /health then says "degraded" while one of the two is down.
+            env.setdefault("CORRAL_EXPECTED_SCHEDULERS", "2")
         if self.emulator:
             env["CORRAL_OLLAMA_URL"] = self._start_emulator()
         for module in self.modules:
