@@ -24,7 +24,8 @@ minutes, or a long answer, is a request being handled, not an idle connection.
 It hooks in where aiohttp creates a connection's protocol: `GuardedAppRunner` makes a
 `GuardedServer`, which makes a `GuardedRequestHandler` per connection. The handler reads a few
 of aiohttp's private `RequestHandler` attributes (`_waiter`, `_messages`, `_request_count`),
-the same ones aiohttp's own keep-alive check uses; tests/test_connections.py fails if they go.
+the same ones aiohttp's own keep-alive check uses; services/gateway/tests/test_connections.py
+fails if they go.
 """
 
 from __future__ import annotations
