@@ -13,6 +13,7 @@ from typing import Any
 
 import aio_pika
 import aiohttp
+import orjson
 import pytest
 
 from corral_common.supervision import FAILED_EXIT_CODE
@@ -21,7 +22,7 @@ from corral_devstack.cluster import Cluster
 from corral_emulator import EmulatorControl, expected_reply
 from tests.conftest import ClusterFactory
 from tests.polling import eventually
-from tests.service_metrics import metric_value
+from tests.service_metrics import metric_value, wait_for_value
 
 pytestmark = pytest.mark.e2e
 
@@ -85,6 +86,32 @@ async def test_the_reproduction_a_215_char_request_id_on_admin_routes(
     assert health["status"] != "unhealthy"
     assert health["lane"]["stuck"] is False
     assert health["queue"]["running"] == 0 and health["queue"]["waiting"] == 0
+
+
+async def test_the_lane_refuses_a_job_whose_events_cannot_be_routed(
+    lane: Cluster, emu: EmulatorControl
+) -> None:
+    """Past the edge's validation (a job published by anything else): the scheduler's own guard
+    dead-letters it at admission instead of running it, and the lane goes on."""
+    job = {
+        # With this gateway's short id a 215-character one still fits; this one cannot.
+        "request_id": "r" * 250,
+        "gateway_id": GATEWAY_ID,
+        "kind": "load",
+        "model": "llama3.2",
+        "payload": {"model": "llama3.2"},
+        "enqueued_at": 0.0,
+    }
+    before = await metric_value(lane, 'corral_jobs_dead_lettered_total{reason="unroutable"}')
+    connection = await aio_pika.connect(lane.amqp_url)
+    async with connection:
+        channel = await connection.channel()
+        exchange = await channel.get_exchange(JOBS_EXCHANGE)
+        await exchange.publish(aio_pika.Message(orjson.dumps(job)), JOBS_ROUTING_KEY)
+    await wait_for_value(lane, 'corral_jobs_dead_lettered_total{reason="unroutable"}', before + 1)
+    async with aiohttp.ClientSession(timeout=GUARD) as session:
+        await a_chat_completes(session, lane.gateway_url, "after the unroutable job")
+    assert (await scheduler_health(lane))["lane"]["stuck"] is False
 
 
 async def test_a_dead_lettered_job_ends_its_request_at_once(

@@ -236,6 +236,9 @@ class Executor:
                 done = await self._stream(entry, waited_ms, batcher, span)
             else:
                 done = await self._call(entry, waited_ms)
+                # No tokens on this path: stop the pump ("Task was destroyed but it is
+                # pending" after every embedding, load and unload).
+                await batcher.abort()
             await self.sink.send(job, done)
             return "done"
         except asyncio.CancelledError:
