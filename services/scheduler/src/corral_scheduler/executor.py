@@ -169,6 +169,7 @@ class Executor:
         """The job waited past its deadline: it never starts; its client gets a 408."""
         metrics.JOBS.labels("queue_timeout").inc()
         await self.sink.send_quietly(entry.job, queue_timeout(entry.job))
+        self.progressed()  # a job finished, if without running: the lane moves
         self.lane_moved.set()
         await self._ack(entry)
 
