@@ -276,7 +276,7 @@ async def test_leaving_mid_generation_closes_the_backend_request(
         _, writer = await asyncio.open_connection(host, int(port))
         body = orjson.dumps(chat(LONG, stream=False))
         writer.write(
-            b"POST /api/chat HTTP/1.1\r\nHost: corral\r\nContent-Type: application/json\r\n"
+            b"POST /api/chat HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n"
             + f"Content-Length: {len(body)}\r\n\r\n".encode()
             + body
         )

@@ -11,7 +11,7 @@ import textwrap
 import pytest
 from structlog.testing import capture_logs
 
-from corral_common.supervision import FAILED_EXIT_CODE, Task, supervise, supervised
+from corral_common.supervision import FAILED_EXIT_CODE, Task, spawn, supervise, supervised
 
 
 class Boom(RuntimeError):
@@ -55,8 +55,8 @@ async def test_the_traceback_is_logged_with_the_task_name() -> None:
 
     with capture_logs() as logs:
         async with supervised(Task("broken", broken), sleep=sleeper):
+            # The failure is logged in the same step that raised, before the backoff yields.
             await failed.wait()
-            await asyncio.sleep(0)
     failures = [e for e in logs if e["event"] == "background task failed"]
     assert len(failures) == 1
     assert failures[0]["task"] == "broken"
@@ -131,9 +131,14 @@ def test_request_exit_makes_the_aiohttp_service_exit_non_zero() -> None:
         class Settings(CorralSettings):
             health_port: int = 0
 
+        started = asyncio.Event()
+
         async def broken():
-            await asyncio.sleep(0.05)
+            await started.wait()  # fail once the service is up, as a lane would
             raise RuntimeError("the lane broke")
+
+        async def on_startup(app):
+            started.set()
 
         async def ctx(app):
             async with supervised(Task("lane", broken, on_failure="exit")):
@@ -143,6 +148,7 @@ def test_request_exit_makes_the_aiohttp_service_exit_non_zero() -> None:
         def create_app(settings):
             app = web.Application()
             app.cleanup_ctx.append(ctx)
+            app.on_startup.append(on_startup)
             return app
 
         run_service("probe", create_app, Settings())
@@ -154,3 +160,21 @@ def test_request_exit_makes_the_aiohttp_service_exit_non_zero() -> None:
     assert result.returncode == FAILED_EXIT_CODE, result.stderr[-2000:]
     assert "cleaned up" in result.stdout
     assert "the lane broke" in result.stderr  # the traceback, logged
+
+
+async def test_a_spawned_task_is_kept_until_it_ends_and_its_failure_logged() -> None:
+    keep: set[asyncio.Task[None]] = set()
+    release = asyncio.Event()
+
+    async def short_lived() -> None:
+        await release.wait()
+        raise Boom("nobody awaits me")
+
+    with capture_logs() as logs:
+        task = spawn(short_lived(), name="cancel-publish", keep=keep)
+        assert keep == {task}
+        release.set()
+        await asyncio.wait([task])
+    assert keep == set()
+    failures = [e for e in logs if e["event"] == "spawned task failed"]
+    assert [f["task"] for f in failures] == ["cancel-publish"]

@@ -15,6 +15,7 @@ from typing import Any
 import orjson
 import structlog
 
+from corral_common.clip import CLIP_CHARS, clip
 from corral_common.log_limits import RateLimitFilter, RateLimitProcessor, RepeatLimiter
 from corral_common.redaction import redact_secrets
 from corral_common.telemetry import current_trace_id
@@ -50,6 +51,21 @@ def redact_event(_: Any, __: str, event: MutableMapping[str, Any]) -> dict[str, 
     }
 
 
+# Fields that carry what a client chose (a model name, an id) are clipped like error texts; any
+# other string is capped too, so no request can write megabytes into a log line. The rendered
+# traceback is left whole: it is ours, and the point of logging it.
+CLIENT_FIELDS = frozenset({"model", "name", "request_id", "session_id", "client_key", "path"})
+FIELD_CHARS = 2048
+WHOLE_FIELDS = frozenset({"exception", "exc_info", "_record", "_from_structlog"})
+
+
+def clip_event(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+    for key, value in event.items():
+        if isinstance(value, str) and key not in WHOLE_FIELDS:
+            event[key] = clip(value, CLIP_CHARS if key in CLIENT_FIELDS else FIELD_CHARS)
+    return event
+
+
 def configure_logging(
     service: str, level: str = "info", *, burst: int = 50, burst_interval_s: float = 10.0
 ) -> None:
@@ -70,6 +86,7 @@ def configure_logging(
             # Before the costly steps: a dropped repeat is never formatted or rendered.
             RateLimitProcessor(limiter),
             structlog.processors.format_exc_info,
+            clip_event,
             # After format_exc_info, so the rendered traceback is masked too.
             redact_event,
             structlog.processors.JSONRenderer(serializer=orjson.dumps),
@@ -86,6 +103,7 @@ def configure_logging(
             processors=[
                 structlog.stdlib.ProcessorFormatter.remove_processors_meta,
                 structlog.processors.format_exc_info,
+                clip_event,
                 redact_event,
                 structlog.processors.JSONRenderer(),
             ],

@@ -154,6 +154,23 @@ async def stop(tasks: list[asyncio.Task[None]]) -> None:
             )
 
 
+def spawn(
+    coro: Coroutine[Any, Any, None],
+    *,
+    name: str,
+    keep: set[asyncio.Task[None]] | None = None,
+) -> asyncio.Task[None]:
+    """Start a short-lived task that nobody awaits (a cancel published after a client left, a
+    pull running on after its caller went): its failure is logged, never lost, and `keep` holds
+    it (so it is not garbage-collected mid-run, and shutdown can wait for it) until it ends."""
+    task = asyncio.create_task(coro, name=name)
+    if keep is not None:
+        keep.add(task)
+        task.add_done_callback(keep.discard)
+    task.add_done_callback(log_failure)
+    return task
+
+
 def log_failure(task: asyncio.Task[Any]) -> None:
     """A done-callback for short-lived spawned tasks: their exception is logged, not lost."""
     if task.cancelled():

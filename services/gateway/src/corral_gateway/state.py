@@ -12,7 +12,7 @@ from aiohttp import web
 
 from corral_common.broker import Broker
 from corral_common.rpc import RpcClient
-from corral_common.supervision import log_failure
+from corral_common.supervision import spawn
 from corral_gateway.directory import ModelDirectory
 from corral_gateway.hub import Hub
 from corral_gateway.settings import GatewaySettings
@@ -42,11 +42,8 @@ class Gateway:
     background: set[asyncio.Task[None]] = field(default_factory=set)
 
     def spawn(self, coro: Coroutine[Any, Any, None]) -> None:
-        task = asyncio.create_task(coro)
-        self.background.add(task)
-        task.add_done_callback(self.background.discard)
-        # Nobody awaits these: a failure is logged here or not at all.
-        task.add_done_callback(log_failure)
+        # Named after the coroutine (`Submitter.cancel`), for the failure log.
+        spawn(coro, name=getattr(coro, "__qualname__", "background"), keep=self.background)
 
 
 SETTINGS = web.AppKey("settings", GatewaySettings)

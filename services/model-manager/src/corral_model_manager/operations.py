@@ -24,7 +24,7 @@ from corral_common.errors import CorralError, ErrorType
 from corral_common.ids import new_id
 from corral_common.messages import Failed, Progress
 from corral_common.model_names import canonical_model_name
-from corral_common.supervision import log_failure
+from corral_common.supervision import spawn
 from corral_common.timeouts import within
 from corral_common.topology import event_key
 from corral_model_manager import metrics
@@ -405,10 +405,7 @@ class ModelOperations:
     def _start(self, operation: ModelOperation) -> None:
         operation_id = new_id()
         self._running[operation_id] = operation
-        task = asyncio.create_task(self._run(operation_id, operation), name=operation.kind)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-        task.add_done_callback(log_failure)
+        spawn(self._run(operation_id, operation), name=operation.kind, keep=self._tasks)
 
     async def _run(self, operation_id: str, operation: ModelOperation) -> None:
         outcome = "cancelled"
