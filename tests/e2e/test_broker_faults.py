@@ -46,12 +46,8 @@ CHAT_TIMEOUT_S = 15.0
 @pytest.fixture(scope="module")
 def node() -> Iterator[RabbitNode]:
     """A RabbitMQ node for this module alone: the tests stop, restart and wipe it."""
-    node = RabbitNode()
-    try:
-        node.start()
+    with RabbitNode() as node:
         yield node
-    finally:
-        node.close()
 
 
 @pytest.fixture(scope="module")

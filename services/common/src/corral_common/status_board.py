@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable
-from typing import Literal
+from typing import Generic, Literal, TypeVar
 
 import structlog
 from pydantic import ValidationError
@@ -22,30 +22,51 @@ from corral_common.timeouts import within
 log = structlog.get_logger(__name__)
 
 
-class StatusBoard:
+S = TypeVar("S", SchedulerStatus, StoreStatus)
+
+
+class Board(Generic[S]):
+    """The latest status per sender, newest by `sent_at`; only fresh ones count."""
+
+    status_type: type[S]
+    what = "status"
+
     def __init__(self, stale_after_s: float, clock: Callable[[], float] = time.time) -> None:
-        self._latest: dict[str, SchedulerStatus] = {}
+        self._latest: dict[str, S] = {}
         self._stale_after_s = stale_after_s
         self._clock = clock
         self._updated = asyncio.Event()
 
-    def update(self, status: SchedulerStatus) -> None:
-        known = self._latest.get(status.scheduler_id)
+    @staticmethod
+    def sender(status: S) -> str:
+        raise NotImplementedError
+
+    def update(self, status: S) -> None:
+        known = self._latest.get(self.sender(status))
         if known is None or status.sent_at >= known.sent_at:
-            self._latest[status.scheduler_id] = status
+            self._latest[self.sender(status)] = status
         self._updated.set()
         self._updated = asyncio.Event()
 
     def take(self, body: bytes) -> None:
         """Update from a broadcast's body; an unreadable one is dropped."""
         try:
-            self.update(SchedulerStatus.model_validate_json(body))
+            self.update(self.status_type.model_validate_json(body))
         except ValidationError:
-            log.warning("unreadable scheduler status dropped")
+            log.warning(f"unreadable {self.what} dropped")
 
-    def fresh(self) -> list[SchedulerStatus]:
+    def fresh(self) -> list[S]:
         cutoff = self._clock() - self._stale_after_s
         return [s for s in self._latest.values() if s.sent_at >= cutoff]
+
+
+class StatusBoard(Board[SchedulerStatus]):
+    status_type = SchedulerStatus
+    what = "scheduler status"
+
+    @staticmethod
+    def sender(status: SchedulerStatus) -> str:
+        return status.scheduler_id
 
     async def newer_than(self, moment: float, within_s: float) -> list[SchedulerStatus]:
         """Fresh statuses, after waiting (bounded) for one sent after `moment`."""
@@ -64,7 +85,7 @@ class StatusBoard:
 StoreState = Literal["up", "down", "unknown"]
 
 
-class StoreBoard:
+class StoreBoard(Board[StoreStatus]):
     """The latest status each session store broadcast (`status.session-store`).
 
     `state()` is "up" while a fresh status says the store's last health write succeeded;
@@ -73,26 +94,12 @@ class StoreBoard:
     cluster run without a session store), which the gateway's /health does not hold against
     the cluster, since it cannot tell "not deployed" from "not reported yet"."""
 
-    def __init__(self, stale_after_s: float, clock: Callable[[], float] = time.time) -> None:
-        self._latest: dict[str, StoreStatus] = {}
-        self._stale_after_s = stale_after_s
-        self._clock = clock
+    status_type = StoreStatus
+    what = "store status"
 
-    def update(self, status: StoreStatus) -> None:
-        known = self._latest.get(status.instance_id)
-        if known is None or status.sent_at >= known.sent_at:
-            self._latest[status.instance_id] = status
-
-    def take(self, body: bytes) -> None:
-        """Update from a broadcast's body; an unreadable one is dropped."""
-        try:
-            self.update(StoreStatus.model_validate_json(body))
-        except ValidationError:
-            log.warning("unreadable store status dropped")
-
-    def fresh(self) -> list[StoreStatus]:
-        cutoff = self._clock() - self._stale_after_s
-        return [s for s in self._latest.values() if s.sent_at >= cutoff]
+    @staticmethod
+    def sender(status: StoreStatus) -> str:
+        return status.instance_id
 
     def state(self) -> StoreState:
         if not self._latest:

@@ -1,4 +1,5 @@
-"""`with` support for the things devstack starts: entering starts, leaving stops."""
+"""`with` support for the things devstack starts: entering starts, leaving (or a failed start)
+stops."""
 
 from __future__ import annotations
 
@@ -14,7 +15,12 @@ class Managed:
         raise NotImplementedError
 
     def __enter__(self) -> Self:
-        self.start()
+        try:
+            self.start()
+        except BaseException:
+            # A start that failed halfway (a node up, its readiness never came) is undone too.
+            self.close()
+            raise
         return self
 
     def __exit__(

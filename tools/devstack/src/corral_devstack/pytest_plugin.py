@@ -24,12 +24,8 @@ EXTERNAL_BROKER_ENV = "CORRAL_AMQP_URL"
 def rabbit_node() -> Iterator[RabbitNode]:
     """The session's own RabbitMQ node (started on first use, even when an external broker is
     given, because some tests stop or restart it)."""
-    node = RabbitNode()
-    try:
-        node.start()
+    with RabbitNode() as node:
         yield node
-    finally:
-        node.close()
 
 
 @pytest.fixture(scope="session")
