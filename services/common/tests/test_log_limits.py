@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import io
 import logging
-import sys
-from collections.abc import Iterator
+from collections.abc import Callable
 from typing import Any
 
 import orjson
@@ -14,7 +13,6 @@ import structlog
 
 from corral_common import log_limits
 from corral_common.log_limits import RepeatLimiter
-from corral_common.logging import configure_logging
 
 
 class Clock:
@@ -61,27 +59,12 @@ def test_the_group_table_is_bounded() -> None:
 
 
 @pytest.fixture
-def log_lines(monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[io.BytesIO, Clock]]:
-    out = io.BytesIO()
-
-    class Stderr:
-        buffer = out
-
-        def write(self, text: str) -> int:
-            return out.write(text.encode())
-
-        def flush(self) -> None:
-            pass
-
+def log_lines(
+    logs_to_buffer: Callable[..., io.BytesIO], monkeypatch: pytest.MonkeyPatch
+) -> tuple[io.BytesIO, Clock]:
     clock = Clock()
-    monkeypatch.setattr(sys, "stderr", Stderr())
     monkeypatch.setattr(log_limits, "_monotonic", clock)
-    configure_logging("test", "info", burst=2, burst_interval_s=10)
-    try:
-        yield out, clock
-    finally:
-        structlog.reset_defaults()
-        logging.getLogger().handlers.clear()
+    return logs_to_buffer("info", burst=2, burst_interval_s=10), clock
 
 
 def lines(out: io.BytesIO) -> list[dict[str, Any]]:

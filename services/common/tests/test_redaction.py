@@ -4,12 +4,10 @@ from __future__ import annotations
 
 import io
 import logging
-import sys
+from collections.abc import Callable
 
-import pytest
 import structlog
 
-from corral_common.logging import configure_logging
 from corral_common.ollama import unreachable
 from corral_common.redaction import redact_secrets, redact_url
 
@@ -46,32 +44,18 @@ def test_a_backend_error_never_carries_the_password() -> None:
     assert "admin:***@127.0.0.1:1" in error.message
 
 
-def test_log_lines_are_masked_whatever_logged_them(monkeypatch: pytest.MonkeyPatch) -> None:
-    out = io.BytesIO()
-
-    class Stderr:
-        buffer = out
-
-        def write(self, text: str) -> int:
-            return out.write(text.encode())
-
-        def flush(self) -> None:
-            pass
-
-    monkeypatch.setattr(sys, "stderr", Stderr())
-    configure_logging("test", "debug")
+def test_log_lines_are_masked_whatever_logged_them(
+    logs_to_buffer: Callable[..., io.BytesIO],
+) -> None:
+    out = logs_to_buffer("debug")
+    structlog.get_logger("t").warning(
+        "connecting", url="http://admin:pw@h:1", nested={"urls": ["amqp://g:pw@b/"]}
+    )
     try:
-        structlog.get_logger("t").warning(
-            "connecting", url="http://admin:pw@h:1", nested={"urls": ["amqp://g:pw@b/"]}
-        )
-        try:
-            raise ValueError("failed on mongodb://root:pw@db:27017")
-        except ValueError:
-            structlog.get_logger("t").exception("boom")
-            logging.getLogger("lib").exception("library says http://admin:pw@h:2")
-    finally:
-        structlog.reset_defaults()
-        logging.getLogger().handlers.clear()
+        raise ValueError("failed on mongodb://root:pw@db:27017")
+    except ValueError:
+        structlog.get_logger("t").exception("boom")
+        logging.getLogger("lib").exception("library says http://admin:pw@h:2")
     written = out.getvalue().decode()
     assert written.count("***@") >= 5, written
     assert ":pw@" not in written
