@@ -4,14 +4,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from corral_common.messages import Failed
-from corral_common.status_board import StatusBoard
-from corral_gateway.dead_letters import (
+from corral_common.dead_letters import (
     GATEWAY_ID_HEADER,
     REQUEST_ID_HEADER,
     DeadLetters,
     death,
 )
+from corral_common.messages import Failed
+from corral_common.status_board import StatusBoard
 from corral_gateway.hub import Hub
 
 
@@ -38,7 +38,7 @@ def dead(gateway_id: str, request_id: str, reason: bytes | str, **extra: Any) ->
 async def test_a_dead_letter_fails_the_waiting_request_naming_the_reason() -> None:
     h = hub()
     waiting = h.register("req-1")
-    await DeadLetters("gw-a", h).on_message(dead("gw-a", "req-1", b"rejected"))  # type: ignore[arg-type]
+    await DeadLetters("gw-a", h.fail).on_message(dead("gw-a", "req-1", b"rejected"))  # type: ignore[arg-type]
     failed = waiting.get_nowait()
     assert isinstance(failed, Failed)
     assert failed.status == 500
@@ -49,7 +49,7 @@ async def test_over_the_delivery_limit_says_so() -> None:
     h = hub()
     waiting = h.register("req-2")
     message = dead("gw-a", "req-2", "delivery_limit", **{"x-delivery-count": 5})
-    await DeadLetters("gw-a", h).on_message(message)  # type: ignore[arg-type]
+    await DeadLetters("gw-a", h.fail).on_message(message)  # type: ignore[arg-type]
     failed = waiting.get_nowait()
     assert isinstance(failed, Failed)
     assert "5 times" in failed.message and "delivery_limit" in failed.message
@@ -58,7 +58,7 @@ async def test_over_the_delivery_limit_says_so() -> None:
 async def test_other_gateways_and_unknown_requests_are_left_alone() -> None:
     h = hub()
     waiting = h.register("req-3")
-    letters = DeadLetters("gw-a", h)
+    letters = DeadLetters("gw-a", h.fail)
     await letters.on_message(dead("gw-b", "req-3", "rejected"))  # type: ignore[arg-type]
     await letters.on_message(dead("gw-a", "someone-else", "rejected"))  # type: ignore[arg-type]
     await letters.on_message(Message({}))  # type: ignore[arg-type]

@@ -72,8 +72,8 @@ class Harness:
         self.ps_calls = 0
         self.board = StatusBoard(STALE_S, self.clock)
 
-        async def publish(body: bytes) -> None:
-            self.jobs.append(Job.model_validate_json(body))
+        async def publish(job: Job) -> None:
+            self.jobs.append(job)
 
         async def running_models() -> Any:
             self.ps_calls += 1

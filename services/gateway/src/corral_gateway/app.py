@@ -10,6 +10,7 @@ from aiohttp import web
 from aiohttp.typedefs import Middleware
 
 from corral_common.broker import Broker
+from corral_common.dead_letters import open_dead_letters
 from corral_common.ops import add_ops_routes
 from corral_common.rpc import RpcClient
 from corral_common.status_board import StatusBoard, StoreBoard
@@ -32,7 +33,6 @@ from corral_gateway import (
     queue,
     sessions,
 )
-from corral_gateway.dead_letters import open_dead_letters
 from corral_gateway.directory import ModelDirectory
 from corral_gateway.host_check import host_check_middleware
 from corral_gateway.hub import Hub
@@ -85,8 +85,8 @@ async def gateway_ctx(app: web.Application) -> AsyncIterator[None]:
     await queue.bind(events, MODELS_ROUTING_KEY)
     await queue.bind(events, STORE_STATUS_ROUTING_KEY)
     await queue.consume(hub.on_message, no_ack=True)
-    # Dead-lettered jobs of this replica fail their requests at once (dead_letters.py).
-    await open_dead_letters(channel, settings.instance_id, hub)
+    # Dead-lettered jobs of this replica fail their requests at once (common.dead_letters).
+    await open_dead_letters(channel, settings.instance_id, hub.fail)
 
     async def ask_for_status() -> None:
         await broker.publish_control(STATUS_REQUEST_KEY, b"{}")

@@ -5,10 +5,10 @@ from __future__ import annotations
 import contextlib
 
 from corral_common.broker import Broker, BrokerUnavailable, QueueFull, encode
+from corral_common.dead_letters import publish_job
 from corral_common.errors import CorralError, ErrorType
 from corral_common.messages import CancelRequest, Job
-from corral_common.topology import JOBS_ROUTING_KEY, cancel_key
-from corral_gateway.dead_letters import job_headers
+from corral_common.topology import cancel_key
 
 # Ollama's own text for a full queue, two spaces included: clients match on it.
 QUEUE_FULL_MESSAGE = "server busy, please try again.  maximum pending requests exceeded"
@@ -21,10 +21,7 @@ class Submitter:
 
     async def submit(self, job: Job, retry_after_s: int) -> None:
         try:
-            # The ids in headers survive dead-lettering: see dead_letters.py.
-            await self.broker.publish_durable(
-                self.broker.topology.jobs, JOBS_ROUTING_KEY, encode(job), headers=job_headers(job)
-            )
+            await publish_job(self.broker, job)
         except QueueFull as exc:
             raise CorralError(
                 ErrorType.QUEUE_FULL,

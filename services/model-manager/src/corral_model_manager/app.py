@@ -12,11 +12,13 @@ import structlog
 from aiohttp import web
 
 from corral_common.broker import Broker
+from corral_common.dead_letters import open_dead_letters, publish_job
+from corral_common.messages import Job
 from corral_common.ops import add_ops_routes
 from corral_common.rpc import RpcServer
 from corral_common.status_board import StatusBoard
 from corral_common.supervision import Task, supervised
-from corral_common.topology import JOBS_ROUTING_KEY, MODELS_ROUTING_KEY, STATUS_REQUEST_KEY
+from corral_common.topology import MODELS_ROUTING_KEY, STATUS_REQUEST_KEY
 from corral_model_manager.backend import Backend
 from corral_model_manager.catalogue import ModelCatalogue
 from corral_model_manager.changes import ModelChanges
@@ -117,11 +119,11 @@ async def lane_ctx(app: web.Application) -> AsyncIterator[None]:
     """Jobs in the scheduler's lane (preloads, unloads) and what they need to decide."""
     settings, broker = app[SETTINGS], app[BROKER]
 
-    async def publish_job(body: bytes) -> None:
-        await broker.publish_durable(broker.topology.jobs, JOBS_ROUTING_KEY, body)
+    async def publish(job: Job) -> None:
+        await publish_job(broker, job)
 
     submitter = JobSubmitter(
-        settings.instance_id, publish_job, answer_timeout_s=settings.unload_answer_timeout_s
+        settings.instance_id, publish, answer_timeout_s=settings.unload_answer_timeout_s
     )
     board = StatusBoard(settings.status_stale_s)
     unloader = Unloader(
@@ -138,6 +140,8 @@ async def lane_ctx(app: web.Application) -> AsyncIterator[None]:
     app[SUBMITTER], app[BOARD], app[UNLOADER] = submitter, board, unloader
     inbox = Inbox(board, submitter, unloader.answered, app[BROADCASTER].wake)
     channel = await open_inbox(broker, settings.instance_id, inbox)
+    # A load or unload the scheduler dead-letters is answered at once, not left to expire.
+    await open_dead_letters(channel, settings.instance_id, inbox.dead_letter)
 
     async def ask_for_status() -> None:
         # Schedulers answer at once, so the unloader need not wait a whole status interval.

@@ -14,7 +14,7 @@ from aio_pika.abc import AbstractChannel, AbstractIncomingMessage
 from pydantic import ValidationError
 
 from corral_common.broker import Broker
-from corral_common.messages import EVENT_ADAPTER, Event
+from corral_common.messages import EVENT_ADAPTER, Event, Failed
 from corral_common.status_board import StatusBoard
 from corral_common.topology import (
     CONTROL_EXCHANGE,
@@ -62,6 +62,14 @@ class Inbox:
         pending = self._submitter.answered(event)
         if pending is not None:
             self._on_answer(pending, event)
+
+    def dead_letter(self, failed: Failed) -> bool:
+        """One of our jobs was dead-lettered: its failure is its answer."""
+        pending = self._submitter.answered(failed)
+        if pending is None:
+            return False
+        self._on_answer(pending, failed)
+        return True
 
 
 async def open_inbox(broker: Broker, instance_id: str, inbox: Inbox) -> AbstractChannel:

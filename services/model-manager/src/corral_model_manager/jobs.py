@@ -15,7 +15,6 @@ from typing import Any
 
 import structlog
 
-from corral_common.broker import encode
 from corral_common.ids import new_id
 from corral_common.messages import Event, Job, JobKind
 from corral_common.model_names import canonical_model_name
@@ -24,8 +23,8 @@ log = structlog.get_logger(__name__)
 
 FINAL_KINDS = frozenset({"done", "error", "cancelled"})
 
-# Publishes a job to the jobs exchange, persistent and confirmed; raises on refusal.
-PublishJob = Callable[[bytes], Awaitable[None]]
+# Puts a job in the lane (`corral_common.dead_letters.publish_job`); raises on refusal.
+PublishJob = Callable[[Job], Awaitable[None]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,7 +72,7 @@ class JobSubmitter:
         # Registered before publishing: the answer may arrive before the confirm does.
         self._pending[job.request_id] = pending
         try:
-            await self._publish(encode(job))
+            await self._publish(job)
         except BaseException:
             self._pending.pop(job.request_id, None)
             raise

@@ -5,25 +5,26 @@ limit) goes to `corral.dlx` and on to `scheduler.jobs.dlq` for ops; nothing is p
 job's event route, so its client used to wait until its deadline (600 s, then 408) for an answer
 that was never coming.
 
-Every job is published with its gateway id and request id in AMQP headers, which RabbitMQ keeps
-when it dead-letters a message (adding `x-death`). Each gateway binds an exclusive, auto-delete
-queue of its own to the fanout `corral.dlx` (the DLQ keeps its copy), and turns a dead letter for
-one of its own waiting requests into a `Failed` for that request, naming the reason.
+Every job is published (`publish_job`) with its submitter's id and request id in AMQP headers,
+which RabbitMQ keeps when it dead-letters a message (adding `x-death`). Each submitter (a gateway,
+or the model manager for its loads and unloads) binds an exclusive, auto-delete queue of its own
+to the fanout `corral.dlx` (the DLQ keeps its copy), and turns a dead letter for one of its own
+waiting requests into a `Failed` for that request, naming the reason.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import structlog
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage
 
+from corral_common.broker import Broker, encode
 from corral_common.clip import clip
 from corral_common.errors import ErrorType
 from corral_common.messages import Failed, Job
-from corral_common.topology import DLX_EXCHANGE
-from corral_gateway.hub import Hub
+from corral_common.topology import DLX_EXCHANGE, JOBS_ROUTING_KEY
 
 log = structlog.get_logger(__name__)
 
@@ -36,8 +37,16 @@ def job_headers(job: Job) -> dict[str, Any]:
     return {GATEWAY_ID_HEADER: job.gateway_id, REQUEST_ID_HEADER: job.request_id}
 
 
-def dead_letter_queue_name(gateway_id: str) -> str:
-    return f"gateway.{gateway_id}.dead-letters"
+async def publish_job(broker: Broker, job: Job) -> None:
+    """Put a job in the scheduler's lane: persistent, confirmed, with the ids its dead letter
+    needs. Raises the broker's refusal (QueueFull, BrokerUnavailable)."""
+    await broker.publish_durable(
+        broker.topology.jobs, JOBS_ROUTING_KEY, encode(job), headers=job_headers(job)
+    )
+
+
+def dead_letter_queue_name(submitter_id: str) -> str:
+    return f"dead-letters.{submitter_id}"
 
 
 def _text(value: object) -> str | None:
@@ -90,32 +99,36 @@ def failure_for(request_id: str, reason: str, deliveries: int) -> Failed:
     )
 
 
-class DeadLetters:
-    """Consumes this gateway's copy of every dead letter and fails its own waiting requests."""
+# Hands a failure to the request it belongs to; False when no such request waits here.
+Deliver = Callable[[Failed], bool]
 
-    def __init__(self, gateway_id: str, hub: Hub) -> None:
-        self.gateway_id = gateway_id
-        self.hub = hub
+
+class DeadLetters:
+    """Consumes this submitter's copy of every dead letter and fails its own waiting requests."""
+
+    def __init__(self, submitter_id: str, deliver: Deliver) -> None:
+        self.submitter_id = submitter_id
+        self.deliver = deliver
 
     async def on_message(self, message: AbstractIncomingMessage) -> None:
         headers = message.headers or {}
-        if _text(headers.get(GATEWAY_ID_HEADER)) != self.gateway_id:
-            return  # another gateway's job, or not a job of a gateway at all
+        if _text(headers.get(GATEWAY_ID_HEADER)) != self.submitter_id:
+            return  # another submitter's job, or not a job at all
         request_id = _text(headers.get(REQUEST_ID_HEADER))
         if request_id is None:
             return
         reason, deliveries = death(headers)
         failed = failure_for(request_id, reason, deliveries)
-        if self.hub.fail(failed):
+        if self.deliver(failed):
             log.warning(
                 "job dead-lettered; its request failed", request_id=clip(request_id), reason=reason
             )
 
 
-async def open_dead_letters(channel: AbstractChannel, gateway_id: str, hub: Hub) -> None:
-    """Bind this gateway's own dead-letter queue (exclusive: it goes when the gateway goes)."""
+async def open_dead_letters(channel: AbstractChannel, submitter_id: str, deliver: Deliver) -> None:
+    """Bind this submitter's own dead-letter queue (exclusive: it goes when the process goes)."""
     queue = await channel.declare_queue(
-        dead_letter_queue_name(gateway_id), exclusive=True, auto_delete=True
+        dead_letter_queue_name(submitter_id), exclusive=True, auto_delete=True
     )
     await queue.bind(await channel.get_exchange(DLX_EXCHANGE))
-    await queue.consume(DeadLetters(gateway_id, hub).on_message, no_ack=True)
+    await queue.consume(DeadLetters(submitter_id, deliver).on_message, no_ack=True)
