@@ -142,6 +142,14 @@ class Progress(Wire):
     final: bool = False
 
 
+# Event kinds by what they say about the job. Final events end it (published persistent and
+# confirmed; the job's answer or failure); live ones mean it is still queued or running.
+FINAL_KINDS: frozenset[str] = frozenset({"done", "error", "cancelled"})
+LIVE_KINDS: frozenset[str] = frozenset({"accepted", "position", "started", "token"})
+# The status of a request whose job was cancelled (an operator's cancel, or a cancel the lane
+# reports): nginx's "client closed request". Not in errors.STATUS_OF: it is no error type.
+CANCELED_STATUS = 499
+
 JobEvent = Accepted | Position | Started | Tokens | Done | Failed | Cancelled
 Event = Annotated[
     Accepted | Position | Started | Tokens | Done | Failed | Cancelled | Stored | Progress,

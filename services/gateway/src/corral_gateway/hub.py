@@ -17,7 +17,7 @@ import structlog
 from aio_pika.abc import AbstractIncomingMessage
 from pydantic import ValidationError
 
-from corral_common.messages import EVENT_ADAPTER, Event, Failed, ModelList
+from corral_common.messages import EVENT_ADAPTER, LIVE_KINDS, Event, Failed, ModelList
 from corral_common.status_board import StatusBoard, StoreBoard
 from corral_common.topology import (
     MODELS_ROUTING_KEY,
@@ -27,8 +27,6 @@ from corral_common.topology import (
 
 log = structlog.get_logger(__name__)
 
-# Events that mean a job is still queued or running somewhere.
-LIVE_KINDS = frozenset({"accepted", "position", "started", "token"})
 STRAYS_REMEMBERED = 10_000
 
 

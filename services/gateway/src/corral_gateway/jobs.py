@@ -10,11 +10,10 @@ from contextlib import asynccontextmanager
 
 from corral_common.clip import clip
 from corral_common.errors import CorralError, ErrorType
-from corral_common.messages import Cancelled, Done, Failed, Job
+from corral_common.messages import CANCELED_STATUS, Cancelled, Done, Failed, Job
 from corral_gateway.hub import BrokerLost, Delivery
 from corral_gateway.state import Gateway
 
-CANCELED_STATUS = 499
 BROKER_LOST_MESSAGE = "lost the connection to Corral's message broker; please retry"
 
 

@@ -18,6 +18,7 @@ from aiohttp import web
 
 from corral_common import jsonutil
 from corral_common.messages import (
+    CANCELED_STATUS,
     Cancelled,
     Done,
     Failed,
@@ -35,8 +36,6 @@ from corral_gateway.ordering import TokenOrder
 from corral_gateway.wire import NDJSON, assemble, corral_fields, json_response, queue_chunk
 
 log = structlog.get_logger(__name__)
-
-CANCELED_STATUS = 499
 
 
 @dataclass(frozen=True)

@@ -16,12 +16,10 @@ from typing import Any
 import structlog
 
 from corral_common.ids import new_id
-from corral_common.messages import Event, Job, JobKind
+from corral_common.messages import FINAL_KINDS, Event, Job, JobKind
 from corral_common.model_names import canonical_model_name
 
 log = structlog.get_logger(__name__)
-
-FINAL_KINDS = frozenset({"done", "error", "cancelled"})
 
 # Puts a job in the lane (`corral_common.dead_letters.publish_job`); raises on refusal.
 PublishJob = Callable[[Job], Awaitable[None]]

@@ -10,12 +10,10 @@ from typing import Any
 import structlog
 
 from corral_common.broker import Broker, BrokerUnavailable, Unroutable, encode
-from corral_common.messages import Job, JobEvent
+from corral_common.messages import FINAL_KINDS, Job, JobEvent
 from corral_common.topology import event_key
 
 log = structlog.get_logger(__name__)
-
-FINAL_KINDS = frozenset({"done", "error", "cancelled"})
 
 
 class EventSink:
