@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from corral_emulator.durations import DurationError, KeepAlive, parse_keep_alive
-from corral_emulator.wire import ApiError, json_kind
+from corral_emulator.wire import ApiError, go_quote, json_kind
 
 
 class _GoType:
@@ -79,6 +79,30 @@ class _MapOf(_Map):
             key: None if item is None else self.item.check(item, struct, path)
             for key, item in value.items()
         }
+
+
+THINK_VALUES = ("high", "medium", "low", "max")
+
+
+class _Think(_GoType):
+    """`api.ThinkValue`: a bool or one of the levels; its UnmarshalJSON words the errors,
+    and Go's decoder passes them on as they are."""
+
+    def check(self, value: Any, struct: str, path: str) -> Any:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str):
+            if value not in THINK_VALUES:
+                raise ApiError(
+                    400,
+                    f"invalid think value: {go_quote(value)} "
+                    '(must be "high", "medium", "low", "max", true, or false)',
+                )
+            return value
+        raise ApiError(
+            400,
+            'think must be a boolean or string ("high", "medium", "low", "max", true, or false)',
+        )
 
 
 class _Duration(_GoType):
@@ -152,7 +176,7 @@ _COMMON = {
     "format": _ANY,
     "keep_alive": _DURATION,
     "options": _MAP,
-    "think": _ANY,
+    "think": _Think(),
     "truncate": _BOOL,
     "shift": _BOOL,
     "logprobs": _BOOL,
@@ -199,6 +223,7 @@ _PULL_REQUEST = _Struct(
         "stream": _BOOL,
     },
 )
+_PUSH_REQUEST = _Struct("PushRequest", _PULL_REQUEST.fields)
 _DELETE_REQUEST = _Struct("DeleteRequest", {"model": _STRING, "name": _STRING})
 _COPY_REQUEST = _Struct("CopyRequest", {"source": _STRING, "destination": _STRING})
 _CREATE_REQUEST = _Struct(
@@ -267,7 +292,15 @@ class GenerationRequest:
     """Raw; Ollama only type-checks options when scheduling, after the model lookup."""
     truncate: bool
     shift: bool
-    think: object
+    think: bool | str | None
+    """None when absent: a thinking model then thinks, as Ollama defaults it."""
+    format: object
+    """As sent: None, "", "json", a JSON Schema object, or something the runner refuses."""
+
+    @property
+    def wants_thinking(self) -> bool:
+        """`think: true` or a level (`ThinkValue.Bool()`)."""
+        return self.think is True or self.think in THINK_VALUES
 
 
 @dataclass(frozen=True, slots=True)
@@ -294,6 +327,14 @@ class ShowRequest:
 class PullRequest:
     model: str
     """`model`, or the deprecated `name` (ollama-js still sends it)."""
+    stream: bool
+
+
+@dataclass(frozen=True, slots=True)
+class PushRequest:
+    model: str
+    """`model`, or the deprecated `name`."""
+    insecure: bool
     stream: bool
 
 
@@ -380,6 +421,15 @@ def parse_pull_request(body: Mapping[str, Any]) -> PullRequest:
     )
 
 
+def parse_push_request(body: Mapping[str, Any]) -> PushRequest:
+    fields = _PUSH_REQUEST.decode(body)
+    return PushRequest(
+        model=fields.get("model") or fields.get("name", ""),
+        insecure=fields.get("insecure", False),
+        stream=fields.get("stream", True),
+    )
+
+
 def parse_delete_request(body: Mapping[str, Any]) -> str:
     """The model to delete: `model`, or the deprecated `name`."""
     fields = _DELETE_REQUEST.decode(body)
@@ -445,6 +495,7 @@ def _generation_fields(fields: Mapping[str, Any]) -> dict[str, Any]:
         "truncate": fields.get("truncate", True),
         "shift": fields.get("shift", True),
         "think": fields.get("think"),
+        "format": fields.get("format"),
     }
 
 

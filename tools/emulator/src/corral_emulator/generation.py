@@ -10,12 +10,12 @@ from dataclasses import dataclass
 from aiohttp import web
 
 from corral_emulator.activity import OperationKind, OperationTicket, Outcome
-from corral_emulator.chunks import ChunkShape, Metrics
+from corral_emulator.chunks import ChunkShape, Extras, Metrics
 from corral_emulator.durations import KeepAlive
 from corral_emulator.failures import FailureMode, FailurePlan
 from corral_emulator.model_loading import load_model, unload_model
 from corral_emulator.models import ModelSpec
-from corral_emulator.reply_plan import ReplyPlan
+from corral_emulator.reply_plan import Piece, ReplyPlan
 from corral_emulator.state import EmulatorState
 from corral_emulator.wire import NdjsonWriter, error_response, json_response
 
@@ -107,16 +107,23 @@ async def _generate(
         await state.gate.pass_through()
 
         eval_started = time.perf_counter_ns()
-        emitted: list[str] = []
+        emitted: list[Piece] = []
         fail_after = failure.after_tokens if failure is not None else None
-        for token in job.plan.tokens:
+        for piece in job.plan.pieces:
             if fail_after is not None and len(emitted) >= fail_after:
                 break
             # Read per token: /_emulator/config may change the delay mid-stream.
             await _sleep_ms(state.config.token_delay_ms)
-            emitted.append(token)
+            emitted.append(piece)
             if job.stream:
-                await writer.send(job.shape.token(token))
+                shape = job.shape
+                await writer.send(
+                    shape.thinking(piece.text) if piece.thinking else shape.token(piece.text)
+                )
+        calls = job.plan.tool_calls if failure is None else ()
+        if calls and job.stream:
+            # Ollama's tool parser hands the calls over in one chunk of their own.
+            await writer.send(job.shape.tool_calls(calls))
         eval_ns = time.perf_counter_ns() - eval_started
     finally:
         # Released before the last write, so a client holding the final chunk already sees
@@ -135,13 +142,18 @@ async def _generate(
         load_duration=max(load_ns, 1),
         prompt_eval_count=job.plan.prompt_eval_count,
         prompt_eval_duration=max(prompt_ns, 1),
-        eval_count=len(emitted),
+        eval_count=len(emitted) + job.plan.tool_call_tokens,
         eval_duration=max(eval_ns, 1),
     )
     # Counted complete before the final write, so it is visible once the client has it.
     ticket.finish(Outcome.COMPLETED)
     if not job.stream:
-        final = job.shape.final("".join(emitted), job.plan.done_reason, metrics, job.plan.context)
+        # Non-streamed, Ollama accumulates content, thinking and tool calls into one message.
+        text = "".join(piece.text for piece in emitted if not piece.thinking)
+        extras = Extras(
+            thinking="".join(piece.text for piece in emitted if piece.thinking), tool_calls=calls
+        )
+        final = job.shape.final(text, job.plan.done_reason, metrics, job.plan.context, extras)
         return json_response(final)
     await writer.send(job.shape.final("", job.plan.done_reason, metrics, job.plan.context))
     return await writer.close()

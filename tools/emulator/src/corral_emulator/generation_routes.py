@@ -96,7 +96,7 @@ def _unloads(request: GenerationRequest) -> bool:
 
 def _check_think(request: GenerationRequest, spec: ModelSpec) -> None:
     # `think: false` is always fine; asking a non-thinking model to think is not.
-    if request.think not in (None, False, "") and not spec.supports("thinking"):
+    if request.wants_thinking and not spec.supports("thinking"):
         raise ApiError(400, f'"{request.model}" does not support thinking')
 
 

@@ -16,6 +16,7 @@ from corral_emulator.layers import (
     manifest_digest,
     weights_layer,
 )
+from corral_emulator.model_names import parse_model_name
 from corral_emulator.timestamps import unix_seconds
 
 DEFAULT_MODIFIED_AT = "2025-10-01T12:00:00.123456789+02:00"
@@ -60,6 +61,9 @@ class ModelSpec:
     weights: str = ""
     """Which weights the model uses; empty means its own. Copies and created models keep the
     weights of the model they came from, so they share its weights layer."""
+    weights_digest: str = ""
+    """The weights layer's digest when it is a real uploaded blob (a model created from
+    `files`); empty means one derived from `weights_identity`."""
 
     @property
     def full_name(self) -> str:
@@ -73,7 +77,10 @@ class ModelSpec:
     @property
     def layers(self) -> tuple[Layer, ...]:
         """The manifest's layers, config excluded, in the order Ollama's create leaves them."""
-        layers = [weights_layer(self.weights_identity, self.size)]
+        if self.weights_digest:
+            layers = [Layer(MediaType.MODEL, self.weights_digest, self.size)]
+        else:
+            layers = [weights_layer(self.weights_identity, self.size)]
         if self.template:
             layers.append(content_layer(MediaType.TEMPLATE, self.template.encode()))
         layers += [content_layer(MediaType.LICENSE, text.encode()) for text in self.license]
@@ -154,6 +161,26 @@ DEFAULT_MODELS: tuple[ModelSpec, ...] = (
         capabilities=("completion",),
         embedding_length=288,
     ),
+    # Models with Ollama's newer capabilities: thinking (and tools), so `think`, `thinking`
+    # and tool calls have somewhere to come from.
+    ModelSpec(
+        name="qwen3:0.6b",
+        context_length=40960,
+        family="qwen3",
+        parameter_size="751.63M",
+        size=522_653_767,
+        capabilities=("completion", "tools", "thinking"),
+        embedding_length=1024,
+    ),
+    ModelSpec(
+        name="deepseek-r1:1.5b",
+        context_length=131072,
+        family="qwen2",
+        parameter_size="1.8B",
+        size=1_117_322_599,
+        capabilities=("completion", "thinking"),
+        embedding_length=1536,
+    ),
     ModelSpec(
         name="nomic-embed-text",
         context_length=2048,
@@ -168,8 +195,13 @@ DEFAULT_MODELS: tuple[ModelSpec, ...] = (
 
 
 def canonical_model_name(name: str) -> str:
-    """Lower-cased, with `:latest` added when no tag is given (`llama3.2` == `llama3.2:latest`)."""
+    """Lower-cased, with `:latest` added when no tag is given (`llama3.2` == `llama3.2:latest`),
+    and the default host and namespace left out, so `registry.ollama.ai/library/llama3.2:latest`
+    is `llama3.2:latest` too (Ollama resolves every name it is given this way)."""
     lowered = name.strip().lower()
+    parsed = parse_model_name(lowered)
+    if parsed.is_valid:
+        return parsed.display_shortest
     last_segment = lowered.rsplit("/", 1)[-1]
     if ":" not in last_segment:
         lowered += ":latest"
@@ -190,6 +222,7 @@ def model_spec_from_mapping(data: Mapping[str, object]) -> ModelSpec:
         "system",
         "template",
         "weights",
+        "weights_digest",
     ):
         if key in data:
             kwargs[key] = _require(data[key], str, key)
@@ -230,6 +263,7 @@ def model_spec_to_mapping(spec: ModelSpec) -> dict[str, object]:
         "parameters": dict(spec.parameters),
         "messages": [dict(message) for message in spec.messages],
         "weights": spec.weights,
+        "weights_digest": spec.weights_digest,
     }
 
 

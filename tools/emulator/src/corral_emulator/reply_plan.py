@@ -12,20 +12,29 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from corral_emulator.api_types import ChatRequest, GenerateRequest, Options
+from corral_emulator.api_types import ChatRequest, GenerateRequest, GenerationRequest, Options
 from corral_emulator.models import ModelSpec
+from corral_emulator.structured import formatted_reply, tool_call, tool_call_token_count
 from corral_emulator.tokens import (
     count_message_tokens,
     count_prompt_tokens,
-    expected_done_reason,
     last_user_content,
-    reply_tokens,
+    reply_text,
+    thinking_text,
     token_ids,
     tokenize,
 )
 from corral_emulator.wire import ApiError
 
 CONTEXT_EXCEEDED = "the input length exceeds the context length"
+
+
+@dataclass(frozen=True, slots=True)
+class Piece:
+    """One streamed token: `thinking` text or `content` (chat) / `response` (generate) text."""
+
+    text: str
+    thinking: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,6 +45,21 @@ class ReplyPlan:
     context_length: int
     context: tuple[int, ...] | None = None
     """generate's returned `context`; None for chat and raw generate."""
+    thinking: tuple[str, ...] = ()
+    """Streamed before the content, when the model thinks."""
+    tool_calls: tuple[dict[str, Any], ...] = ()
+    """Sent in one chunk after the content, as Ollama's tool parser does."""
+
+    @property
+    def pieces(self) -> tuple[Piece, ...]:
+        return (
+            *(Piece(text, thinking=True) for text in self.thinking),
+            *(Piece(text) for text in self.tokens),
+        )
+
+    @property
+    def tool_call_tokens(self) -> int:
+        return tool_call_token_count(self.tool_calls)
 
 
 def context_length_for(spec: ModelSpec, options: Options) -> int:
@@ -82,8 +106,19 @@ def plan_chat_reply(request: ChatRequest, spec: ModelSpec, options: Options) -> 
         messages = fit_messages(messages, context_length)
     prompt_count = _fit_prompt(count_message_tokens(messages), context_length, request.truncate)
     text = last_user_content(request.messages)
-    tokens, done_reason = _cut(text, options, prompt_count, context_length, request.shift)
-    return ReplyPlan(tuple(tokens), done_reason, prompt_count, context_length)
+    calls = _tool_calls(request, text)
+    # A model that calls a tool says nothing else (the call is its whole answer).
+    reply = "" if calls else _reply(text, request.format)
+    tokens, done_reason = _cut(reply, options, prompt_count, context_length, request.shift)
+    thinking = _thinking(request, spec, text)
+    return ReplyPlan(
+        tuple(tokens),
+        done_reason,
+        prompt_count,
+        context_length,
+        thinking=thinking,
+        tool_calls=calls,
+    )
 
 
 def plan_generate_reply(request: GenerateRequest, spec: ModelSpec, options: Options) -> ReplyPlan:
@@ -98,11 +133,40 @@ def plan_generate_reply(request: GenerateRequest, spec: ModelSpec, options: Opti
     prompt_count = _fit_prompt(
         count_prompt_tokens(parts) + len(request.context), context_length, request.truncate
     )
-    tokens, done_reason = _cut(request.prompt, options, prompt_count, context_length, request.shift)
+    reply = _reply(request.prompt, request.format)
+    tokens, done_reason = _cut(reply, options, prompt_count, context_length, request.shift)
     context = None
     if not request.raw:
         context = (*request.context, *token_ids(tokenize(request.prompt)), *token_ids(tokens))
-    return ReplyPlan(tuple(tokens), done_reason, prompt_count, context_length, context)
+    thinking = _thinking(request, spec, request.prompt)
+    return ReplyPlan(
+        tuple(tokens), done_reason, prompt_count, context_length, context, thinking=thinking
+    )
+
+
+def thinks(request: GenerationRequest, spec: ModelSpec) -> bool:
+    """Ollama turns thinking on for a thinking model unless the request says `think: false`."""
+    return spec.supports("thinking") and (request.think is None or request.wants_thinking)
+
+
+def _thinking(request: GenerationRequest, spec: ModelSpec, text: str) -> tuple[str, ...]:
+    return tuple(tokenize(thinking_text(text))) if thinks(request, spec) else ()
+
+
+def _reply(text: str, format_value: object) -> str:
+    formatted = formatted_reply(text, format_value)
+    return reply_text(text) if formatted is None else formatted
+
+
+def _tool_calls(request: ChatRequest, text: str) -> tuple[dict[str, Any], ...]:
+    """A call of the first tool, unless the conversation just got a tool's result: then the
+    model answers in words, so a client's tool loop ends after one round."""
+    if not request.tools:
+        return ()
+    last_role = request.messages[-1].get("role") if request.messages else None
+    if last_role == "tool":
+        return ()
+    return (tool_call(request.tools[0], text),)
 
 
 def _with_earlier_system(messages: Sequence[dict[str, Any]], index: int) -> list[dict[str, Any]]:
@@ -119,10 +183,15 @@ def _fit_prompt(prompt_count: int, context_length: int, truncate: bool) -> int:
 
 
 def _cut(
-    text: str, options: Options, prompt_count: int, context_length: int, shift: bool
+    reply: str, options: Options, prompt_count: int, context_length: int, shift: bool
 ) -> tuple[list[str], str]:
-    tokens = reply_tokens(text, options.num_predict)
-    done_reason = expected_done_reason(text, options.num_predict)
+    # Ollama's runner stops as soon as `num_predict` tokens are out, before it could see an
+    # end-of-sequence token, so a reply of exactly `num_predict` tokens is still "length".
+    tokens = tokenize(reply)
+    done_reason = "stop"
+    limit = options.num_predict
+    if limit is not None and limit > 0 and len(tokens) >= limit:
+        tokens, done_reason = tokens[:limit], "length"
     if not shift:
         room = max(context_length - prompt_count, 0)
         if len(tokens) >= room:

@@ -13,6 +13,9 @@ from collections.abc import Iterable, Mapping, Sequence
 REPLY_PREFIX = "Echo: "
 """Every reply is this prefix followed by the echoed input text."""
 
+THINKING_PREFIX = "Thinking about: "
+"""A thinking model's `thinking` is this prefix followed by the same input text."""
+
 PROMPT_TOKENS_PER_MESSAGE = 4
 """Overhead charged per message (or prompt part), like a chat template's role markers."""
 
@@ -31,6 +34,11 @@ def tokenize(text: str) -> list[str]:
 def reply_text(text: str) -> str:
     """The full (uncut) reply to an input text."""
     return REPLY_PREFIX + text
+
+
+def thinking_text(text: str) -> str:
+    """What a thinking model thinks (streamed as `thinking`, before any content)."""
+    return THINKING_PREFIX + text
 
 
 def reply_tokens(text: str, num_predict: int | None = None) -> list[str]:
