@@ -5,7 +5,13 @@ from __future__ import annotations
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
-from corral_emulator import embedding_routes, generation_routes, info_routes, model_routes
+from corral_emulator import (
+    blob_routes,
+    embedding_routes,
+    generation_routes,
+    info_routes,
+    model_routes,
+)
 from corral_emulator.config import EmulatorConfig
 from corral_emulator.control_routes import add_control_routes
 from corral_emulator.state import CONFIG_KEY, STATE_KEY, EmulatorState
@@ -44,6 +50,9 @@ def create_app(config: EmulatorConfig | None = None) -> web.Application:
     router.add_post("/api/embed", embedding_routes.embed)
     router.add_post("/api/embeddings", embedding_routes.embeddings)
     router.add_post("/api/pull", model_routes.pull)
+    router.add_post("/api/push", model_routes.push)
+    router.add_route("HEAD", "/api/blobs/{digest}", blob_routes.head_blob)
+    router.add_post("/api/blobs/{digest}", blob_routes.create_blob)
     router.add_delete("/api/delete", model_routes.delete)
     router.add_post("/api/copy", model_routes.copy)
     router.add_post("/api/create", model_routes.create)

@@ -4,8 +4,10 @@ From an existing model: its layers are reused (`using existing layer sha256:...`
 request's template and system replace the model's, licenses are added, parameters are merged
 over the model's, and messages replace the model's; each such layer is `creating new layer`
 unless some model already holds the same content. A `from` that is not local is pulled first,
-as Ollama does. The emulator keeps no blobs, so creating from `files` always fails, the way
-Ollama fails for blobs it does not have.
+as Ollama does. From `files` (blobs uploaded first through `POST /api/blobs/:digest`): each
+GGUF is "parsed" (its magic checked) and the first one, by path, becomes the weights layer; a
+missing blob fails with the `open ...: no such file or directory` Ollama's create reports, a
+blob that is not GGUF with `supplied file was not in GGUF format` (400).
 """
 
 from __future__ import annotations
@@ -13,9 +15,15 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import NoReturn
 
 from corral_emulator.api_types import CreateRequest
+from corral_emulator.blobs import (
+    GGUF_MAGIC,
+    INVALID_DIGEST_FORMAT,
+    Blob,
+    blob_key,
+    valid_digest,
+)
 from corral_emulator.layers import Layer, MediaType, content_layer, json_layer, weights_layer
 from corral_emulator.model_names import parse_model_name
 from corral_emulator.modelfile import BLOBS_DIR
@@ -31,6 +39,10 @@ NEITHER_FROM_NOR_FILES = "neither 'from' or 'files' was specified"
 FILE_PATH_NOT_RELATIVE = "file path must be relative"
 UNKNOWN_FILE_TYPE = "unknown type"
 QUANTIZE_NEEDS_FLOAT = "quantization is only supported for F16 and F32 models"
+NO_FILES_PROVIDED = "no files provided to convert"
+ONLY_GGUF_SUPPORTED = "supplied file was not in GGUF format"
+FILE_MODEL_CONTEXT_LENGTH = 4096
+"""The emulator reads no GGUF metadata; a created model gets this window."""
 _QUANTIZE_DIGEST = "0000000000000000000"
 """The placeholder digest Ollama puts on quantization progress."""
 
@@ -74,7 +86,7 @@ async def create_model(
     if request.base:
         base = await _base_model(state, request.base, out)
     elif request.files is not None:
-        await _from_files(request.files, out)
+        base = await _from_files(state, request.files, name, out)
     else:
         raise ProgressFailed(NEITHER_FROM_NOR_FILES, 400)
 
@@ -192,27 +204,57 @@ def _licenses(value: object) -> tuple[str, ...]:
     return tuple(value)
 
 
-async def _from_files(files: Mapping[str, str], out: ProgressStream) -> NoReturn:
-    """Ollama decides the kind from the first file; no blob is ever found here."""
-    first = next(iter(files.items()), None)
-    if first is None or not first[0].endswith((".gguf", ".safetensors")):
-        # Without a known extension Ollama sniffs the blob, which is not there.
-        raise ProgressFailed(UNKNOWN_FILE_TYPE, 400)
-    path, digest = first
-    if path.endswith(".safetensors"):
+async def _from_files(
+    state: EmulatorState, files: Mapping[str, str], name: str, out: ProgressStream
+) -> ModelSpec:
+    """Ollama's convertModelFromFiles for GGUF files; safetensors need a converter the
+    emulator does not have, so they fail as a conversion without its config.json does."""
+    kind = _model_type(state, files)
+    if kind == "safetensors":
         await out.send(progress("converting model"))
         raise ProgressFailed("open config.json: file does not exist")
-    await out.send(progress("parsing GGUF"))
-    if not _valid_digest(digest):
-        raise ProgressFailed("invalid digest format")
-    blob = f"{BLOBS_DIR}/{digest.replace(':', '-')}"
-    raise ProgressFailed(f"open {blob}: no such file or directory")
-
-
-def _valid_digest(digest: str) -> bool:
-    prefix, hex_digits = digest[:7], digest[7:]
-    return (
-        prefix in ("sha256:", "sha256-")
-        and len(hex_digits) == 64
-        and all(char in "0123456789abcdefABCDEF" for char in hex_digits)
+    if kind != "gguf":
+        raise ProgressFailed(UNKNOWN_FILE_TYPE, 400)
+    if not files:
+        raise ProgressFailed(NO_FILES_PROVIDED, 400)
+    weights: tuple[str, Blob] | None = None
+    for path in sorted(files):
+        digest = files[path]
+        await out.send(progress("parsing GGUF"))
+        if not valid_digest(digest):
+            raise ProgressFailed(INVALID_DIGEST_FORMAT)
+        blob = state.blobs.get(digest)
+        if blob is None:
+            raise ProgressFailed(f"open {BLOBS_DIR}/{blob_key(digest)}: no such file or directory")
+        if not blob.head.startswith(GGUF_MAGIC):
+            raise ProgressFailed(ONLY_GGUF_SUPPORTED, 400)
+        weights = weights or (digest, blob)
+    assert weights is not None
+    digest, blob = weights
+    # What a bare GGUF gives: no license, template or parameters of a library model; the
+    # request's own template, system and parameters are applied after, as for `from`.
+    return ModelSpec(
+        name=name,
+        context_length=FILE_MODEL_CONTEXT_LENGTH,
+        size=blob.size,
+        quantization_level="F16",
+        capabilities=("completion",),
+        template="",
+        license=(),
+        parameters={},
+        weights=f"blob {digest}",
+        weights_digest=digest,
     )
+
+
+def _model_type(state: EmulatorState, files: Mapping[str, str]) -> str:
+    """Ollama's detectModelTypeFromFiles: by extension, else by sniffing the blob."""
+    for path, digest in files.items():
+        if path.endswith(".safetensors"):
+            return "safetensors"
+        if path.endswith(".gguf"):
+            return "gguf"
+        blob = state.blobs.get(digest) if valid_digest(digest) else None
+        if blob is not None and blob.head.startswith(GGUF_MAGIC):
+            return "gguf"
+    return ""

@@ -1,5 +1,5 @@
-"""The model-management endpoints: POST /api/pull, DELETE /api/delete, POST /api/copy and
-POST /api/create, validating in Ollama's order with its texts.
+"""The model-management endpoints: POST /api/pull, POST /api/push, DELETE /api/delete,
+POST /api/copy and POST /api/create, validating in Ollama's order with its texts.
 
 None of these is backend work on a model (Ollama serves them beside generations), so they are
 counted apart from `active`; a pull can still be held at the hold gate.
@@ -16,7 +16,9 @@ from corral_emulator.api_types import (
     parse_create_request,
     parse_delete_request,
     parse_pull_request,
+    parse_push_request,
 )
+from corral_emulator.blobs import INVALID_DIGEST_FORMAT
 from corral_emulator.creating import (
     FILE_PATH_NOT_RELATIVE,
     INVALID_MODEL_NAME,
@@ -26,6 +28,7 @@ from corral_emulator.creating import (
 from corral_emulator.model_names import parse_model_name
 from corral_emulator.progress import ProgressFailed, ProgressStream
 from corral_emulator.pulling import pull_model
+from corral_emulator.pushing import push_model
 from corral_emulator.state import STATE_KEY
 from corral_emulator.timestamps import now_local_rfc3339
 from corral_emulator.wire import (
@@ -51,6 +54,24 @@ async def pull(request: web.Request) -> web.StreamResponse:
         return error_response(400, INVALID_MODEL_NAME)
     out = ProgressStream(request, parsed.stream)
     return await _progress(out, lambda: pull_model(state, name.display_shortest, out))
+
+
+async def push(request: web.Request) -> web.StreamResponse:
+    state = request.app[STATE_KEY]
+    try:
+        body = decode_json_object(await request.read(), "PushRequest")
+        state.requests.record("push", body)
+        parsed = parse_push_request(body)
+    except ApiError as exc:
+        return error_response(exc.status, exc.message)
+    if not parsed.model:
+        return error_response(400, "model is required")
+    name = parse_model_name(parsed.model)
+    http = parsed.model.lower().startswith("http://")
+    out = ProgressStream(request, parsed.stream)
+    return await _progress(
+        out, lambda: push_model(state, name, out, insecure=parsed.insecure, http=http)
+    )
 
 
 async def delete(request: web.Request) -> web.Response:
@@ -101,8 +122,11 @@ async def create(request: web.Request) -> web.StreamResponse:
         parsed = parse_create_request(body)
     except ApiError as exc:
         return error_response(exc.status, exc.message)
-    if not all(valid_file_path(path) for path in parsed.files or {}):
-        return error_response(400, FILE_PATH_NOT_RELATIVE)
+    for path, digest in (parsed.files or {}).items():
+        if not valid_file_path(path):
+            return error_response(400, FILE_PATH_NOT_RELATIVE)
+        if not digest:
+            return error_response(400, INVALID_DIGEST_FORMAT)
     name = parse_model_name(parsed.model)
     if not name.is_valid:
         return error_response(400, INVALID_MODEL_NAME)

@@ -10,6 +10,7 @@ from enum import StrEnum
 from aiohttp import web
 
 from corral_emulator.activity import Activity, ChangeNotifier
+from corral_emulator.blobs import BlobStore
 from corral_emulator.config import EmulatorConfig
 from corral_emulator.durations import NANOS_PER_SECOND
 from corral_emulator.failures import FailureQueue
@@ -82,11 +83,19 @@ class EmulatorState:
         self.failures = FailureQueue()
         self.requests = RequestLog(config.record_limit)
         self.gate = HoldGate(self.changes)
+        self.blobs = BlobStore()
+        self.pushed: dict[str, ModelSpec] = {}
+        """Models pushed to the "registry" (by full name); pulls find them too."""
 
     @property
     def registry(self) -> ModelCatalogue:
-        """What pulls can fetch; read per pull, so `/_emulator/config` applies at once."""
-        return ModelCatalogue.of(self.config.registry)
+        """What pulls can fetch (the configured registry and what was pushed to it); read per
+        pull, so `/_emulator/config` applies at once."""
+        return ModelCatalogue.of((*self.config.registry, *self.pushed.values()))
+
+    def push_model(self, spec: ModelSpec) -> None:
+        self.pushed[spec.full_name] = spec
+        self.changes.notify()
 
     async def wait_for(self, predicate: Callable[[], bool]) -> None:
         """Wait until `predicate()` holds, re-checking on every recorded change."""
@@ -120,6 +129,8 @@ class EmulatorState:
         self.activity.reset()
         self.failures.clear()
         self.requests.clear()
+        self.blobs.clear()
+        self.pushed.clear()
         self.gate.release()
 
     def stats(self) -> dict[str, object]:
