@@ -687,7 +687,7 @@ def test_request_model_is_frozen() -> None:
     request = parse_chat(json.dumps(BASE).encode())
     assert isinstance(request, ChatCompletionRequest)
     with pytest.raises(ValueError, match="frozen"):
-        request.model = "other"
+        request.model = "other"  # type: ignore[misc]
 
 
 # --- TestCompletionsMiddleware ----------------------------------------------------------------
