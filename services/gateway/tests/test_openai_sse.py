@@ -94,6 +94,7 @@ def test_frames() -> None:
     assert sse.data_event({"a": 1}) == b'data: {"a":1}\n\n'
     assert sse.DONE == b"data: [DONE]\n\n"
     assert sse.queue_comment(2, 3000) == b": queue position=2 estimated_wait_ms=3000\n\n"
+    assert sse.queue_text(0, 0) == "queue position=0 estimated_wait_ms=0"
     assert sse.heartbeat() == b": heartbeat\n\n"
     assert sse.comment("two\nlines") == b": two lines\n\n"
 

@@ -31,10 +31,15 @@ def comment(text: str) -> bytes:
     return b": " + flat.encode() + b"\n\n"
 
 
+def queue_text(position: int, estimated_wait_ms: int) -> str:
+    """The queue feedback's text, for an encoder that frames comments itself."""
+    return f"queue position={position} estimated_wait_ms={estimated_wait_ms}"
+
+
 def queue_comment(position: int, estimated_wait_ms: int) -> bytes:
     """Where the request stands in the lane, while it waits: `: queue position=2
     estimated_wait_ms=3000`. Position 0 means it is running."""
-    return comment(f"queue position={position} estimated_wait_ms={estimated_wait_ms}")
+    return comment(queue_text(position, estimated_wait_ms))
 
 
 def heartbeat() -> bytes:
