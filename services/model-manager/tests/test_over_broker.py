@@ -5,6 +5,7 @@ jobs in the lane (observed on a queue of the test's own bound to the jobs exchan
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import os
 import time
 from collections import defaultdict
@@ -16,6 +17,19 @@ from aio_pika.abc import AbstractChannel, AbstractIncomingMessage
 from aiohttp import ClientSession, web
 from prometheus_client import REGISTRY
 
+from corral_common.blobs import (
+    BLOB_CHUNK_BYTES,
+    BLOB_HEAD,
+    BLOB_UPLOAD_ABORT,
+    BLOB_UPLOAD_BEGIN,
+    BLOB_UPLOAD_CHUNK,
+    BLOB_UPLOAD_FINISH,
+    PUSH,
+    BlobUploadBeginResult,
+    BlobUploadChunkResult,
+    BlobUploadFinishResult,
+    encode_chunk,
+)
 from corral_common.broker import Broker, encode
 from corral_common.errors import CorralError
 from corral_common.ids import new_id
@@ -506,3 +520,137 @@ async def test_delete_and_copy_pass_the_backends_answers_through(
     with pytest.raises(CorralError) as gone:
         await gateway.call("model_info", model="tiny-copy")
     assert gone.value.status == 404
+
+
+# -- blobs and push (the gateway's `HEAD/POST /api/blobs/:digest` and `POST /api/push`) ------
+
+
+GGUF = b"GGUF\x03\x00\x00\x00" + bytes(range(256)) * 4096  # 1 MiB and a bit: several chunks
+
+
+def sha256_digest(data: bytes) -> str:
+    return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+async def upload_blob(gateway: FakeGateway, data: bytes, digest: str) -> int:
+    """What the gateway's `POST /api/blobs/:digest` does: begin, chunks in order, finish."""
+    begun = BlobUploadBeginResult.model_validate(
+        await gateway.call(BLOB_UPLOAD_BEGIN, digest=digest)
+    )
+    if begun.upload_id is None:
+        assert begun.status is not None
+        return begun.status
+    for offset in range(0, len(data), BLOB_CHUNK_BYTES):
+        piece = data[offset : offset + BLOB_CHUNK_BYTES]
+        answer = await gateway.call(
+            BLOB_UPLOAD_CHUNK,
+            upload_id=begun.upload_id,
+            offset=offset,
+            data=encode_chunk(piece),
+        )
+        assert BlobUploadChunkResult.model_validate(answer).received == offset + len(piece)
+    finished = await gateway.call(BLOB_UPLOAD_FINISH, upload_id=begun.upload_id)
+    return BlobUploadFinishResult.model_validate(finished).status
+
+
+async def test_a_blob_upload_over_the_broker_then_a_create_from_it(
+    start_manager: StartManager, gateway: FakeGateway, backend: RunningEmulator
+) -> None:
+    await start_manager()
+    digest = sha256_digest(GGUF)
+    assert await gateway.call(BLOB_HEAD, digest=digest) == {"exists": False}
+    assert await upload_blob(gateway, GGUF, digest) == 201
+    assert await gateway.call(BLOB_HEAD, digest=digest) == {"exists": True}
+    blob = backend.state.blobs.get(digest)
+    assert blob is not None and blob.size == len(GGUF)
+    # Again: the backend has it, so nothing is sent.
+    assert await upload_blob(gateway, GGUF, digest) == 200
+
+    body = {"model": "imported", "files": {"model.gguf": digest}}
+    request_id, _ = await gateway.start_operation("create", body=body)
+    progress, failed = await gateway.outcome(request_id)
+    assert failed is None
+    assert progress[0].line == {"status": "parsing GGUF"}
+    assert progress[-1].line == {"status": "success"}
+    await gateway.list_with("imported:latest")
+
+
+async def test_blob_refusals_over_the_broker(
+    start_manager: StartManager, gateway: FakeGateway
+) -> None:
+    await start_manager()
+    claimed = sha256_digest(b"something else")
+    with pytest.raises(CorralError) as mismatch:
+        await upload_blob(gateway, GGUF, claimed)
+    assert (mismatch.value.status, mismatch.value.message) == (
+        400,
+        f'digest mismatch, expected "{claimed}", got "{sha256_digest(GGUF)}"',
+    )
+    for method in (BLOB_HEAD, BLOB_UPLOAD_BEGIN):
+        with pytest.raises(CorralError) as malformed:
+            await gateway.call(method, digest="sha256:nothex")
+        assert (malformed.value.status, malformed.value.message) == (400, "invalid digest format")
+    with pytest.raises(CorralError) as unknown:
+        await gateway.call(BLOB_UPLOAD_CHUNK, upload_id="nope", offset=0, data="")
+    assert unknown.value.status == 404
+    begun = await gateway.call(BLOB_UPLOAD_BEGIN, digest=sha256_digest(b"x"))
+    with pytest.raises(CorralError) as not_base64:
+        await gateway.call(BLOB_UPLOAD_CHUNK, upload_id=begun["upload_id"], offset=0, data="@@")
+    assert not_base64.value.status == 400
+    await gateway.call(BLOB_UPLOAD_ABORT, upload_id=begun["upload_id"])
+    with pytest.raises(CorralError) as missing_params:
+        await gateway.call(BLOB_UPLOAD_CHUNK, upload_id="x")
+    assert missing_params.value.status == 400
+
+
+async def test_a_push_streams_its_progress_and_a_second_push_joins(
+    start_manager: StartManager, gateway: FakeGateway, backend: RunningEmulator
+) -> None:
+    app = await start_manager()
+    pushed_before = sample("corral_model_pushes_total", outcome="success")
+    assert await gateway.call("copy", source="tiny", destination="me/tiny") == {}
+    request_id, started = await gateway.start_operation(PUSH, model="me/tiny")
+    assert started == {"model": "me/tiny", "joined": False}
+    progress, failed = await gateway.outcome(request_id)
+    assert failed is None
+    lines = [event.line for event in progress]
+    assert lines[0] == {"status": "retrieving manifest"}
+    assert lines[-2:] == [{"status": "pushing manifest"}, {"status": "success"}]
+    assert all(line["status"].startswith("pushing ") for line in lines[1:-1])
+    last_per_layer = {line["digest"]: line for line in lines if "digest" in line}
+    assert all(line["completed"] == line["total"] for line in last_per_layer.values())
+    assert backend.state.registry.find("me/tiny") is not None
+    # A push is no pull: /admin/pulls does not list it.
+    assert all(pull["model"] != "me/tiny" for pull in (await gateway.call("pulls"))["pulls"])
+    await app[OPERATIONS].settled()
+    assert sample("corral_model_pushes_total", outcome="success") == pushed_before + 1
+
+    # Two pushes of one model at once: the backend pushes it once.
+    pushes = len(backend.state.requests.bodies("push"))
+    first, _ = await gateway.start_operation(PUSH, model="me/tiny")
+    second, joined = await gateway.start_operation(PUSH, model="me/tiny")
+    first_outcome, second_outcome = await gateway.outcome(first), await gateway.outcome(second)
+    assert first_outcome[1] is None and second_outcome[1] is None
+    assert first_outcome[0][-1].line == second_outcome[0][-1].line == {"status": "success"}
+    assert len(backend.state.requests.bodies("push")) - pushes == (1 if joined["joined"] else 2)
+
+
+async def test_a_push_of_a_missing_model_fails_as_ollama_does(
+    start_manager: StartManager, gateway: FakeGateway
+) -> None:
+    await start_manager()
+    request_id, _ = await gateway.start_operation(PUSH, model="me/nothing")
+    progress, failed = await gateway.outcome(request_id)
+    assert [event.line for event in progress] == [
+        {"status": "retrieving manifest"},
+        {"status": "couldn't retrieve manifest"},
+    ]
+    assert failed is not None
+    assert (failed.status, failed.message) == (
+        500,
+        "open /root/.ollama/models/manifests/registry.ollama.ai/me/nothing/latest: "
+        "no such file or directory",
+    )
+    with pytest.raises(CorralError) as nameless:
+        await gateway.start_operation(PUSH, model="")
+    assert (nameless.value.status, nameless.value.message) == (400, "model is required")

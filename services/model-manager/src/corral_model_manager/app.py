@@ -20,6 +20,8 @@ from corral_common.status_board import StatusBoard
 from corral_common.supervision import Task, supervised
 from corral_common.topology import MODELS_ROUTING_KEY, STATUS_REQUEST_KEY
 from corral_model_manager.backend import Backend
+from corral_model_manager.blob_rpc import blob_methods
+from corral_model_manager.blob_uploads import BlobUploads
 from corral_model_manager.catalogue import ModelCatalogue
 from corral_model_manager.changes import ModelChanges
 from corral_model_manager.inbox import Inbox, open_inbox
@@ -52,6 +54,7 @@ BOARD = web.AppKey("board", StatusBoard)
 UNLOADER = web.AppKey("unloader", Unloader)
 CHANGES = web.AppKey("changes", ModelChanges)
 RPC = web.AppKey("rpc", RpcServer)
+UPLOADS = web.AppKey("uploads", BlobUploads)
 
 
 async def backend_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -69,7 +72,15 @@ async def backend_ctx(app: web.Application) -> AsyncIterator[None]:
             timeout_s=settings.backend_timeout_s,
             stall_timeout_s=settings.operation_stall_timeout_s,
         )
+        backend = app[BACKEND]
+        app[UPLOADS] = BlobUploads(
+            backend.head,
+            backend.upload,
+            idle_s=settings.blob_upload_idle_s,
+            max_uploads=settings.blob_uploads_max,
+        )
         yield
+        await app[UPLOADS].close()
 
 
 async def broker_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -100,7 +111,9 @@ async def models_ctx(app: web.Application) -> AsyncIterator[None]:
     changes = ModelChanges(catalogue, names, broadcaster)
 
     async def after_success(operation: ModelOperation) -> None:
-        await changes.changed(operation.model)
+        # A push changes the registry, not the models here.
+        if operation.kind != "push":
+            await changes.changed(operation.model)
 
     operations = ModelOperations(
         app[BACKEND],
@@ -164,13 +177,16 @@ async def rpc_ctx(app: web.Application) -> AsyncIterator[None]:
     server = RpcServer(
         app[BROKER],
         SERVICE,
-        model_manager_methods(
-            catalogue=app[CATALOGUE],
-            backend=app[BACKEND],
-            operations=app[OPERATIONS],
-            names=app[NAMES],
-            changes=app[CHANGES],
-        ),
+        {
+            **model_manager_methods(
+                catalogue=app[CATALOGUE],
+                backend=app[BACKEND],
+                operations=app[OPERATIONS],
+                names=app[NAMES],
+                changes=app[CHANGES],
+            ),
+            **blob_methods(app[UPLOADS]),
+        },
     )
     await server.start()
     app[RPC] = server

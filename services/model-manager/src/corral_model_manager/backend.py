@@ -7,7 +7,7 @@ silent is `corral_common.ollama.unreachable` (503 or 504).
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterable, AsyncIterator
 from typing import Any
 
 import aiohttp
@@ -65,5 +65,31 @@ class Backend:
                             ErrorType.BACKEND_ERROR, f"backend sent an unreadable line on {path}"
                         ) from exc
                     yield line if isinstance(line, dict) else {"status": str(line)}
+        except UNREACHABLE_ERRORS as exc:
+            raise unreachable(self.base_url, exc) from exc
+
+    async def head(self, path: str) -> int:
+        """A HEAD request's status (Ollama's blob check answers only with one)."""
+        try:
+            async with self._session.head(f"{self.base_url}{path}", timeout=self._timeout) as r:
+                return r.status
+        except UNREACHABLE_ERRORS as exc:
+            raise unreachable(self.base_url, exc) from exc
+
+    async def upload(self, path: str, body: AsyncIterable[bytes]) -> int:
+        """POST a body as it is produced (chunked), and return the backend's 2xx status; a
+        refusal (Ollama's 400 `digest mismatch`) is raised with its own status and text."""
+        try:
+            async with self._session.post(
+                f"{self.base_url}{path}",
+                data=body,
+                # What the Python client sends; Ollama reads the bytes whatever the type says.
+                headers={"Content-Type": "application/octet-stream"},
+                timeout=self._stream_timeout,
+            ) as response:
+                if response.status >= 300:
+                    raise await status_error(response)
+                await response.read()
+                return response.status
         except UNREACHABLE_ERRORS as exc:
             raise unreachable(self.base_url, exc) from exc

@@ -18,3 +18,12 @@ HOST_MEMORY = Gauge("corral_host_memory_percent", "Host memory in use, percent")
 PULLS = Counter(
     "corral_model_pulls_total", "Pulls finished, by outcome (success, error)", ["outcome"]
 )
+PUSHES = Counter(
+    "corral_model_pushes_total", "Pushes finished, by outcome (success, error)", ["outcome"]
+)
+BLOB_UPLOADS = Counter(
+    "corral_blob_uploads_total",
+    "Blob uploads relayed to the backend, by outcome (created, present, refused, failed)",
+    ["outcome"],
+)
+BLOB_BYTES = Counter("corral_blob_upload_bytes_total", "Blob bytes relayed to the backend")

@@ -1,8 +1,10 @@
-"""Pulls and creates: long backend operations that belong to the service, not to a request.
+"""Pulls, pushes and creates: long backend operations that belong to the service, not to a
+request.
 
-A pull runs as a background task of the model manager and keeps going when the client that
-asked for it leaves. Any number of requests watch it: a second pull of the same model joins the
-one under way (first getting its latest line) instead of asking the backend twice. Every
+A pull (or push) runs as a background task of the model manager and keeps going when the
+client that asked for it leaves. Any number of requests watch it: a second pull (push) of the
+same model joins the one under way (first getting its latest line) instead of asking the
+backend twice. Every
 backend line reaches every watcher as a `Progress` event, in order, thinned by the throttle;
 the end is the backend's `{"status": "success"}` (`final`) or one `Failed` event.
 """
@@ -46,7 +48,7 @@ class LineSource(Protocol):
     def stream(self, path: str, body: dict[str, Any]) -> AsyncIterator[dict[str, Any]]: ...
 
 
-OperationKind = Literal["pull", "create"]
+OperationKind = Literal["pull", "push", "create"]
 OperationState = Literal["running", "success", "error"]
 
 FINISHED_REMEMBERED = 20
@@ -336,23 +338,34 @@ class ModelOperations:
         self._interval_s = interval_s
         self._on_success = on_success
         self._clock = clock
-        self._pulls: dict[str, ModelOperation] = {}
+        # Pulls and pushes under way by kind and model: a second request for one joins it.
+        self._shared_ops: dict[str, ModelOperation] = {}
         self._running: dict[str, ModelOperation] = {}
         self._finished: deque[ModelOperation] = deque(maxlen=FINISHED_REMEMBERED)
         self._tasks: set[asyncio.Task[None]] = set()
 
     def pull(self, model: str, watcher: Watcher, *, insecure: bool = False) -> bool:
         """Start pulling `model`, or join the pull of it under way; True when joined."""
-        key = canonical_model_name(model)
-        running = self._pulls.get(key)
+        return self._shared("pull", model, watcher, insecure=insecure)
+
+    def push(self, model: str, watcher: Watcher, *, insecure: bool = False) -> bool:
+        """Start pushing `model`, or join the push of it under way; True when joined. Like a
+        pull, it belongs to the service: a client that leaves does not stop it."""
+        return self._shared("push", model, watcher, insecure=insecure)
+
+    def _shared(
+        self, kind: Literal["pull", "push"], model: str, watcher: Watcher, *, insecure: bool
+    ) -> bool:
+        key = f"{kind}:{canonical_model_name(model)}"
+        running = self._shared_ops.get(key)
         if running is not None and running.watch(watcher):
             return True
         body: dict[str, Any] = {"model": model}
         if insecure:
             body["insecure"] = True
-        operation = self._operation("pull", model, "/api/pull", body)
+        operation = self._operation(kind, model, f"/api/{kind}", body)
         operation.watch(watcher)
-        self._pulls[key] = operation
+        self._shared_ops[key] = operation
         self._start(operation)
         return False
 
@@ -414,10 +427,12 @@ class ModelOperations:
             outcome = operation.state
         finally:
             del self._running[operation_id]
-            key = canonical_model_name(operation.model)
-            if self._pulls.get(key) is operation:
-                del self._pulls[key]
+            key = f"{operation.kind}:{canonical_model_name(operation.model)}"
+            if self._shared_ops.get(key) is operation:
+                del self._shared_ops[key]
             self._finished.append(operation)
             if operation.kind == "pull":
                 metrics.PULLS.labels(outcome).inc()
+            elif operation.kind == "push":
+                metrics.PUSHES.labels(outcome).inc()
             log.info(f"{operation.kind} finished", model=operation.model, outcome=outcome)

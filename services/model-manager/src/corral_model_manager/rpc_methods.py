@@ -6,12 +6,14 @@
 | `tags`, `ps` | `{}` | the backend's `/api/tags`, `/api/ps` |
 | `show` | the client's `/api/show` body | the backend's answer |
 | `pull` | `{model, insecure?, request_id, gateway_id}` | `{model, joined}` at once; events follow |
+| `push` | `{model, insecure?, request_id, gateway_id}` | `{model, joined}` at once; events follow |
 | `create` | `{body, request_id, gateway_id}` | `{model}` at once; events follow |
 | `delete` | `{model}` | `{}` |
 | `copy` | `{source, destination}` | `{}` |
 | `pulls` | `{}` | `{pulls: [{model, state, status, digest, total, completed, percent,
   started_at, updated_at, error, watchers}]}` |
 | `model_names` | `{refresh?}` | `{models: [canonical names], updated_at}` |
+| `blob_head`, `blob_upload_*` | see `corral_common.blobs` (served by `blob_rpc`) | |
 
 Backend refusals raise the backend's own status and text (`model 'x' not found`, 404).
 """
@@ -20,6 +22,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from corral_common.blobs import PUSH
 from corral_common.errors import CorralError, ErrorType
 from corral_common.rpc import Handler
 from corral_model_manager.backend import Backend
@@ -83,6 +86,14 @@ def model_manager_methods(
         joined = operations.pull(model, _watcher(params), insecure=bool(params.get("insecure")))
         return {"model": model, "joined": joined}
 
+    async def push(params: dict[str, Any]) -> Any:
+        model = params.get("model")
+        if not isinstance(model, str) or not model.strip():
+            # PushHandler's own answer to a push without a name.
+            raise CorralError(ErrorType.INVALID_REQUEST, "model is required")
+        joined = operations.push(model, _watcher(params), insecure=bool(params.get("insecure")))
+        return {"model": model, "joined": joined}
+
     async def create(params: dict[str, Any]) -> Any:
         body = params.get("body")
         if not isinstance(body, dict):
@@ -117,6 +128,7 @@ def model_manager_methods(
         "ps": running,
         "show": show,
         "pull": pull,
+        PUSH: push,
         "create": create,
         "delete": delete,
         "copy": copy,

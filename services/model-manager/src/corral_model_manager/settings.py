@@ -40,5 +40,11 @@ class ModelManagerSettings(CorralSettings):
     # scheduler that died): activity is then unknown, and nothing is unloaded on a guess.
     status_stale_s: float = Field(default=10.0, gt=0)
 
+    # A blob upload (`POST /api/blobs/:digest`, relayed in chunks) whose gateway sends nothing
+    # for this long is cancelled, and the backend drops the partial blob.
+    blob_upload_idle_s: float = Field(default=60.0, gt=0)
+    # Blob uploads relayed at once; each holds one backend connection and up to two chunks.
+    blob_uploads_max: int = Field(default=4, ge=1)
+
     def preload_list(self) -> list[str]:
         return [name.strip() for name in self.preload_models.split(",") if name.strip()]
