@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import pathlib
 from collections.abc import AsyncIterator
 
 import ollama
@@ -271,3 +272,70 @@ async def test_control_client_waits_for_a_held_pull() -> None:
             assert "llama3.2:1b" not in listed
         finally:
             await api.close()  # type: ignore[no-untyped-call]
+
+
+async def test_tools_thinking_and_structured_output(client: ollama.AsyncClient) -> None:
+    def get_weather(city: str, days: int) -> str:
+        """The weather in a city.
+
+        Args:
+            city: The city
+            days: How many days ahead
+        """
+        return f"sunny in {city}"
+
+    # The client turns the function into a tool schema; the emulator calls it.
+    called = await client.chat(
+        model="llama3.2", messages=[{"role": "user", "content": "Paris"}], tools=[get_weather]
+    )
+    (call,) = called.message.tool_calls or []
+    assert call.function.name == "get_weather"
+    assert dict(call.function.arguments) == {"city": "Paris", "days": 1}
+    assert called.done_reason == "stop"
+
+    thought = await client.chat(
+        model="qwen3:0.6b", messages=[{"role": "user", "content": "why"}], think=True
+    )
+    assert thought.message.thinking == "Thinking about: why"
+    assert thought.message.content == expected_reply("why")
+    streamed = [
+        part async for part in await client.generate(model="qwen3:0.6b", prompt="hm", stream=True)
+    ]
+    assert "".join(part.thinking or "" for part in streamed) == "Thinking about: hm"
+    with pytest.raises(ollama.ResponseError) as refused:
+        await client.chat(model="llama3.2", messages=[{"role": "user", "content": "x"}], think=True)
+    assert (refused.value.status_code, refused.value.error) == (
+        400,
+        '"llama3.2" does not support thinking',
+    )
+
+    schema = {"type": "object", "properties": {"n": {"type": "integer"}}, "required": ["n"]}
+    shaped = await client.chat(
+        model="llama3.2", messages=[{"role": "user", "content": "a b"}], format=schema
+    )
+    assert shaped.message.content == '{"n":3}'
+    shown = await client.show("registry.ollama.ai/library/qwen3:0.6b")
+    assert shown.capabilities == ["completion", "tools", "thinking"]
+
+
+async def test_create_blob_create_from_files_and_push(
+    client: ollama.AsyncClient, tmp_path: pathlib.Path
+) -> None:
+    gguf = tmp_path / "model.gguf"
+    gguf.write_bytes(b"GGUF\x03\x00\x00\x00" + b"\x00" * 4096)
+    digest = await client.create_blob(gguf)
+    assert digest.startswith("sha256:")
+    created = await client.create(model="me/imported", files={"model.gguf": digest})
+    assert created.status == "success"
+    assert "me/imported:latest" in [model.model for model in (await client.list()).models]
+
+    parts = [part async for part in await client.push("me/imported", stream=True)]
+    assert parts[0].status == "retrieving manifest"
+    assert [part.status for part in parts[-2:]] == ["pushing manifest", "success"]
+    pushed = [part for part in parts if part.digest == digest]
+    assert pushed[-1].completed == pushed[-1].total == gguf.stat().st_size
+
+    with pytest.raises(ollama.ResponseError) as missing:
+        await client.push("me/nothing")
+    assert missing.value.status_code == 500
+    assert missing.value.error.endswith("me/nothing/latest: no such file or directory")
