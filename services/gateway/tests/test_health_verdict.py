@@ -8,7 +8,7 @@ import pytest
 
 from corral_common.messages import DatabaseStatus, StoreStatus
 from corral_common.status_board import StoreBoard
-from corral_gateway.meta import judge
+from corral_gateway.corral.health import judge
 
 FINE: dict[str, Any] = {
     "broker_ok": True,

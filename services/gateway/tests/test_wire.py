@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import re
 
+from corral_gateway.ollama.chunks import assemble, corral_fields, created_at, queue_chunk
 from corral_gateway.ordering import TokenOrder
-from corral_gateway.wire import assemble, corral_fields, created_at, queue_chunk
 
 
 def test_created_at_is_rfc3339_utc() -> None:

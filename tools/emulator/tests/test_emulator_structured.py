@@ -117,6 +117,9 @@ def test_schema_instance_honours_bounds_and_recursion() -> None:
     while isinstance(value, dict):
         value, depth = value["next"], depth + 1
     assert value is None and depth > 1
+    # Properties that all refer back to the root stay bounded (not 10**8 nodes).
+    wide = {"type": "object", "properties": {f"p{i}": {"$ref": "#"} for i in range(10)}}
+    assert isinstance(schema_instance(wide, "x"), dict)
 
 
 # --- tools ---

@@ -22,25 +22,16 @@ from corral_common.topology import (
     STORE_STATUS_ROUTING_KEY,
     gateway_queue_name,
 )
-from corral_gateway import (
-    admin,
-    embeddings,
-    generation,
-    meta,
-    models,
-    progress,
-    providers,
-    queue,
-    sessions,
-)
+from corral_gateway import admin, corral, ollama
+from corral_gateway.corral import health as health_report
 from corral_gateway.directory import ModelDirectory
 from corral_gateway.host_check import host_check_middleware
 from corral_gateway.hub import Hub
-from corral_gateway.middleware import ollama_edge
 from corral_gateway.origins import add_cors_headers, origin_middleware
 from corral_gateway.settings import GatewaySettings
 from corral_gateway.state import GATEWAY, SETTINGS, Gateway
 from corral_gateway.submit import Submitter
+from corral_gateway.surfaces import unknown_routes
 
 log = structlog.get_logger(__name__)
 
@@ -104,12 +95,13 @@ async def gateway_ctx(app: web.Application) -> AsyncIterator[None]:
 
 def edge_middlewares(settings: GatewaySettings) -> list[Middleware]:
     # Ollama's order: CORS first (a preflight is answered before the Host check), then the
-    # Host check, then the handlers' own edge behaviour.
+    # Host check, then gin's answers for unknown routes. Each surface renders its own errors
+    # (surfaces.py), inside these.
     middlewares = [origin_middleware(settings.origin_list())]
     host_check = host_check_middleware(settings.gateway_host, settings.allowed_host_list())
     if host_check is not None:
         middlewares.append(host_check)
-    return [*middlewares, ollama_edge]
+    return [*middlewares, unknown_routes]
 
 
 def create_app(settings: GatewaySettings | None = None) -> web.Application:
@@ -121,27 +113,19 @@ def create_app(settings: GatewaySettings | None = None) -> web.Application:
     app.on_response_prepare.append(add_cors_headers)
     app[SETTINGS] = settings
     app.cleanup_ctx.append(gateway_ctx)
-    # add_get also answers HEAD, as Ollama does for both.
-    app.router.add_get("/", meta.root)
-    app.router.add_get("/api/version", meta.version)
-    app.router.add_post("/api/chat", generation.chat)
-    app.router.add_post("/api/generate", generation.generate)
-    sessions.add_routes(app)
-    models.add_routes(app)
-    progress.add_routes(app)
-    embeddings.add_routes(app)
-    providers.add_routes(app)
-    admin.add_routes(app)
-    queue.add_routes(app)
+    # One route group per API surface, each rendering its own errors (surfaces.py).
+    ollama.add_routes(app.router)
+    corral.add_routes(app.router)
+    admin.add_routes(app.router)
 
     def ready() -> bool:
         # Not ready while it cannot serve: no broker, no scheduler, or a stuck lane.
-        return GATEWAY in app and meta.can_serve(app[GATEWAY])
+        return GATEWAY in app and health_report.can_serve(app[GATEWAY])
 
     async def health() -> dict[str, object]:
         if GATEWAY not in app:
             return {"status": "unhealthy"}
-        return await meta.health(app[GATEWAY])
+        return await health_report.health(app[GATEWAY])
 
     add_ops_routes(app, health, ready)
     return app

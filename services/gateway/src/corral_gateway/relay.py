@@ -1,22 +1,27 @@
-"""Turns one request's event stream into the HTTP answer its client expects.
+"""Turns one request's event stream into the HTTP answer its client expects: the state machine.
 
-Streaming clients get queue chunks while they wait, then the backend's own chunks, then the
-final chunk with Corral's fields. Non-streaming clients get one object, assembled as Ollama
-assembles it. Errors before anything was written keep their HTTP status; errors after the first
-byte end the stream with an `{"error": ...}` line, as Ollama does.
+Streaming clients get queue feedback while they wait, then the backend's chunks, then the final
+chunk with Corral's fields. Non-streaming clients get one object, assembled from the whole
+stream. Errors before anything was written are raised (`JobFailed`, a CorralError) for the
+surface to render with their status; errors after the first byte end the stream with an error
+frame, as Ollama does.
+
+What the pieces look like is not decided here: a surface passes a `ChunkShape` (Ollama's chunks
+in `ollama/chunks.py`; OpenAI's deltas) and a `StreamEncoder` (NDJSON, SSE: encoders.py). The
+relay reads its events from a `JobTicket` and settles it when the job is over, so leaving early
+(the client gone, the queue timeout) cancels the job.
 """
 
 from __future__ import annotations
 
-import asyncio
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import structlog
 from aiohttp import web
 
-from corral_common import jsonutil
+from corral_common.errors import CorralError, ErrorType
 from corral_common.messages import (
     CANCELED_STATUS,
     Cancelled,
@@ -30,12 +35,17 @@ from corral_common.messages import (
 )
 from corral_common.timeouts import within
 from corral_gateway import metrics
+from corral_gateway.encoders import Frame, StreamEncoder
 from corral_gateway.extensions import Extensions
 from corral_gateway.hub import BrokerLost, Delivery
 from corral_gateway.ordering import TokenOrder
-from corral_gateway.wire import NDJSON, assemble, corral_fields, json_response, queue_chunk
+from corral_gateway.responses import json_response
+from corral_gateway.ticket import BROKER_LOST_MESSAGE, JobTicket, failure_error
 
 log = structlog.get_logger(__name__)
+
+INTERRUPTED_MESSAGE = "generation was interrupted by a scheduler restart; please retry"
+LOST_IN_TRANSIT_MESSAGE = "lost part of the answer in transit; please retry"
 
 
 @dataclass(frozen=True)
@@ -45,39 +55,78 @@ class RelayTimings:
     stored_timeout_s: float
 
 
+class JobFailed(CorralError):
+    """A job's failure before anything was written, as the relay reports it. Ollama's clients
+    get its text alone (`{"error": "<text>"}`), whatever its type."""
+
+    def ollama_body(self) -> dict[str, Any]:
+        return {"error": self.message}
+
+
+class ChunkShape(Protocol):
+    """What one surface's answer is made of. Chunks are the backend's own (Ollama's native
+    chunks); `extras` are Corral's additions to the final answer (`request_id`, `queue_info`,
+    `context_info`, see `ollama.chunks.corral_fields`)."""
+
+    def queue(self, position: int, wait_ms: int) -> Frame:
+        """Queue feedback while the request waits (repeated as a heartbeat)."""
+        ...
+
+    def chunk(self, chunk: dict[str, Any]) -> list[Frame]:
+        """One backend chunk as the client's frames (possibly none)."""
+        ...
+
+    def final(self, done: Done, extras: dict[str, Any]) -> list[Frame]:
+        """The stream's last frames."""
+        ...
+
+    def failure(self, error: CorralError) -> list[Frame]:
+        """An error after the stream started: the stream's last frames."""
+        ...
+
+    def whole(self, chunks: list[dict[str, Any]], done: Done, extras: dict[str, Any]) -> Any:
+        """The non-streaming answer's body, from all chunks."""
+        ...
+
+
+class Extras(Protocol):
+    def __call__(self, done: Done, first_position: int) -> dict[str, Any]:
+        """Corral's additions to the final answer."""
+        ...
+
+
 class Relay:
     def __init__(
         self,
         request: web.Request,
         *,
+        ticket: JobTicket,
         kind: JobKind,
-        model: str,
         stream: bool,
         ext: Extensions,
-        events: asyncio.Queue[Delivery],
-        messages_used: int,
+        shape: ChunkShape,
+        encoder: StreamEncoder,
+        extras: Extras,
         timings: RelayTimings,
-        context_info: dict[str, Any] | None = None,
     ) -> None:
         self.request = request
+        self.ticket = ticket
+        self.events = ticket.events
         self.kind = kind
-        self.model = model
         self.stream = stream
         self.ext = ext
-        self.events = events
-        self.messages_used = messages_used
+        self.shape = shape
+        self.encoder = encoder
+        self.extras = extras
         self.timings = timings
-        self.context_info = context_info
         self.arrived = time.monotonic()
         self.response: web.StreamResponse | None = None
+        # The relay ran to an end: the answer (or the error) is written.
         self.finished = False
         self.first_position: int | None = None
         self.first_estimate_ms: int | None = None
         self.latest: tuple[int, int] | None = None
         self.started = False
-        # The queue timeout fired: the job must be cancelled even though the client has its
-        # answer (a 408).
-        self.timed_out = False
         self.deadline = ext.deadline()
         self.shown: tuple[int, int] | None = None
         self.wrote_tokens = False
@@ -104,10 +153,16 @@ class Relay:
             match await self._next(self._wait_s()):
                 case None:
                     if self._past_deadline():
-                        self.timed_out = True
                         waited_s = time.monotonic() - self.arrived
+                        # Not settled: the job is still queued and must be cancelled, even
+                        # though the client has its answer (a 408).
                         return await self._fail(
-                            408, f"request timed out in the queue after {waited_s:.1f} s"
+                            CorralError(
+                                ErrorType.QUEUE_TIMEOUT,
+                                f"request timed out in the queue after {waited_s:.1f} s",
+                                status=408,
+                            ),
+                            settle=False,
                         )
                     await self._heartbeat()
                 case Position(position=position, estimated_wait_ms=wait_ms):
@@ -123,8 +178,7 @@ class Relay:
                             # Part of an answer is already with the client: a second one
                             # would be spliced onto it.
                             return await self._fail(
-                                500,
-                                "generation was interrupted by a scheduler restart; please retry",
+                                CorralError(ErrorType.INTERRUPTED, INTERRUPTED_MESSAGE)
                             )
                         # Nothing was written yet: start over, transparently.
                         self._restart()
@@ -135,19 +189,27 @@ class Relay:
                     await self._take(tokens)
                 case Done() as done:
                     return await self._finish(done)
-                case Failed(status=status, message=message, details=details):
+                case Failed() as failed:
                     # A non-streaming request that failed mid-way gets the error alone, as
                     # from Ollama.
-                    retry = details.get("retry_after_s")
-                    extra = {"Retry-After": str(retry)} if isinstance(retry, int) else None
-                    return await self._fail(status, message, extra)
+                    retry = failed.details.get("retry_after_s")
+                    error = failure_error(failed)
+                    if isinstance(retry, int):
+                        error.headers = {"Retry-After": str(retry)}
+                    return await self._fail(error)
                 case Cancelled():
-                    return await self._fail(CANCELED_STATUS, "request canceled")
+                    return await self._fail(
+                        CorralError(
+                            ErrorType.INTERRUPTED, "request canceled", status=CANCELED_STATUS
+                        )
+                    )
                 case BrokerLost():
                     return await self._fail(
-                        503,
-                        "lost the connection to Corral's message broker; please retry",
-                        {"Retry-After": "5"},
+                        CorralError(
+                            ErrorType.BROKER_UNAVAILABLE,
+                            BROKER_LOST_MESSAGE,
+                            headers={"Retry-After": "5"},
+                        )
                     )
 
     def _restart(self) -> None:
@@ -185,47 +247,39 @@ class Relay:
         ):
             return
         self.shown = (position, wait_ms)
-        await self._write(queue_chunk(self.kind, self.model, position, wait_ms))
+        await self._write(self.shape.queue(position, wait_ms))
 
     async def _heartbeat(self) -> None:
         if self.shown is not None and not self.wrote_tokens and self.response is not None:
             position, wait_ms = self.shown
-            await self._write(queue_chunk(self.kind, self.model, position, wait_ms))
+            await self._write(self.shape.queue(position, wait_ms))
 
     async def _emit(self, chunk: dict[str, Any]) -> None:
         if not self.wrote_tokens:
             metrics.CLIENT_TTFT.labels(self.kind).observe(time.monotonic() - self.arrived)
         self.wrote_tokens = True
         if self.stream:
-            await self._write(chunk)
+            for frame in self.shape.chunk(chunk):
+                await self._write(frame)
         else:
             self.collected.append(chunk)
 
     async def _finish(self, done: Done) -> web.StreamResponse:
         complete = await self._drain(done.token_batches)
         if not complete and self.stream:
-            return await self._fail(500, "lost part of the answer in transit; please retry")
+            return await self._fail(CorralError(ErrorType.INTERNAL_ERROR, LOST_IN_TRANSIT_MESSAGE))
         if not self.wrote_tokens:
             metrics.CLIENT_TTFT.labels(self.kind).observe(time.monotonic() - self.arrived)
         if self.ext.session_id is not None:
             await self._await_stored()
-        extras = corral_fields(
-            request_id=self.ext.request_id,
-            session_id=self.ext.session_id,
-            waited_ms=done.waited_ms,
-            first_position=self.first_position or 0,
-            messages_used=self.messages_used,
-            final=done.final,
-            context_info=self.context_info,
-        )
+        extras = self.extras(done, self.first_position or 0)
         self.finished = True
+        self.ticket.settle()
         if self.stream:
-            await self._write({**done.final, **extras})
-            assert self.response is not None
-            await self.response.write_eof()
-            return self.response
-        body = {**assemble(self.kind, self.collected, done.final, done.text), **extras}
-        return json_response(body, 200, self.headers)
+            for frame in self.shape.final(done, extras):
+                await self._write(frame)
+            return await self._end(complete=True)
+        return json_response(self.shape.whole(self.collected, done, extras), 200, self.headers)
 
     async def _drain(self, batches: int) -> bool:
         """Wait for token batches still in transit; the final event may overtake them."""
@@ -248,20 +302,38 @@ class Relay:
                 return
         log.warning("session store did not confirm the turn in time")
 
-    async def _fail(
-        self, status: int, message: str, headers: dict[str, str] | None = None
-    ) -> web.StreamResponse:
+    async def _fail(self, error: CorralError, *, settle: bool = True) -> web.StreamResponse:
+        """End with `error`: raised for the surface to render when nothing was written yet,
+        else as the stream's last frame."""
         self.finished = True
+        if settle:
+            # The job is over (failed, cancelled, or its answer is broken and dropped).
+            self.ticket.settle()
         if self.response is None:
-            return json_response({"error": message}, status, {**self.headers, **(headers or {})})
-        await self._write({"error": message})
+            raise JobFailed(
+                error.error_type,
+                error.message,
+                status=error.status,
+                details=error.details,
+                headers={**self.headers, **error.headers},
+            )
+        for frame in self.shape.failure(error):
+            await self._write(frame)
+        return await self._end(complete=False)
+
+    async def _end(self, *, complete: bool) -> web.StreamResponse:
+        assert self.response is not None
+        if complete:
+            await self.response.write(self.encoder.end())
         await self.response.write_eof()
         return self.response
 
-    async def _write(self, obj: dict[str, Any]) -> None:
+    async def _write(self, frame: Frame) -> None:
         if self.response is None:
             response = web.StreamResponse(status=200, headers=self.headers)
-            response.content_type = NDJSON
+            response.content_type = self.encoder.content_type
             await response.prepare(self.request)
             self.response = response
-        await self.response.write(jsonutil.ndjson_line(obj))
+        data = self.encoder.encode(frame)
+        if data:
+            await self.response.write(data)

@@ -1,18 +1,129 @@
-"""Edge behaviour Ollama clients rely on: gin's plain-text 404/405, and no stack traces ever."""
+"""API surfaces: route groups, each with the one place that turns its errors into responses.
+
+The gateway serves several APIs on one port: Ollama's native API (`ollama/`), Corral's own
+endpoints (`corral/`), the operators' (`admin/`), and OpenAI's `/v1` next. Each answers errors in
+its own shape: Ollama `{"error": "<text>"}`, Corral `{"error": {"type", "message", "details"}}`.
+Handlers raise typed errors (`CorralError`, `OllamaRequestError`) and never build an error
+response; the surface renders them.
+
+Why route groups and not aiohttp sub-applications: a sub-application needs a path prefix of its
+own, but Ollama's paths (`/`, `/api/chat`, `/api/tags` ...) and Corral's (`/api/search`,
+`/api/providers/...`, `/sessions`, `/queue`, `/health`) share `/api/` and `/`. So a surface is a
+group of routes registered on the one router, each handler wrapped (as Home Assistant's
+`http/view.py` request-handler factory does) by its surface's error boundary: a middleware that
+runs for that surface's routes only. What matches no route at all (404, 405) is answered by the
+app-wide `unknown_routes` middleware as gin answers it, since Ollama's clients are the ones that
+probe unknown paths (`/api/...` of a newer Ollama); it also keeps stack traces out of every answer.
+
+A handler that knows its request id early calls `answer_with(request, {"X-Request-Id": ...})`:
+every error answer of that request then carries those headers too, before the error's own.
+"""
 
 from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
 
 import structlog
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
 from corral_common.clip import clip
+from corral_common.errors import CorralError, ErrorType
+from corral_gateway.responses import json_response
+from corral_gateway.validation import OllamaRequestError
 
 log = structlog.get_logger(__name__)
 
+# Headers every error answer of this request carries (its request id, once known).
+ERROR_HEADERS = web.RequestKey("error_headers", dict[str, str])
+
+# The typed errors Corral's handlers raise; a surface may catch more (its own error type).
+SURFACE_ERRORS: tuple[type[Exception], ...] = (CorralError, OllamaRequestError)
+
+# The response for a caught error, given the request's error headers (`answer_with`).
+ErrorRenderer = Callable[[Exception, dict[str, str]], web.StreamResponse]
+RouteHandler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def answer_with(request: web.Request, headers: dict[str, str]) -> None:
+    """Headers every error answer of this request carries from now on."""
+    request[ERROR_HEADERS] = {**request.get(ERROR_HEADERS, {}), **headers}
+
+
+def ollama_error(error: Exception, headers: dict[str, str]) -> web.StreamResponse:
+    """Ollama's shape: `{"error": "<text>"}` with Ollama's status (a model_not_found also lists
+    the models that exist, in fields Ollama's clients ignore: `CorralError.ollama_body`)."""
+    if isinstance(error, OllamaRequestError):
+        return json_response({"error": error.message}, error.status, headers)
+    if isinstance(error, CorralError):
+        return json_response(error.ollama_body(), error.status, {**headers, **error.headers})
+    raise error  # not a typed error of this surface: the edge answers a plain 500
+
+
+def corral_error(error: Exception, headers: dict[str, str]) -> web.StreamResponse:
+    """Corral's shape: `{"error": {"type", "message", "details"}}`. A request that Ollama's
+    decoder refused (a body too large, not JSON) is an `invalid_request` with that status."""
+    if isinstance(error, OllamaRequestError):
+        error = CorralError(ErrorType.INVALID_REQUEST, error.message, status=error.status)
+    if isinstance(error, CorralError):
+        return json_response(error.corral_body(), error.status, {**headers, **error.headers})
+    raise error  # not a typed error of this surface: the edge answers a plain 500
+
+
+class Surface:
+    """One API surface: a group of routes on the app's router sharing one error renderer.
+    `catches` are the error types its renderer turns into answers."""
+
+    def __init__(
+        self,
+        name: str,
+        render: ErrorRenderer,
+        catches: tuple[type[Exception], ...] = SURFACE_ERRORS,
+    ) -> None:
+        self.name = name
+        self.render = render
+        self.catches = catches
+
+    def guard(self, handler: RouteHandler) -> Handler:
+        """`handler` with this surface's error boundary around it."""
+
+        async def guarded(request: web.Request) -> web.StreamResponse:
+            try:
+                return await handler(request)
+            except self.catches as exc:
+                return self.render(exc, dict(request.get(ERROR_HEADERS, {})))
+
+        guarded.__name__ = getattr(handler, "__name__", "handler")
+        guarded.__qualname__ = getattr(handler, "__qualname__", "handler")
+        return guarded
+
+    def get(self, router: web.UrlDispatcher, path: str, handler: RouteHandler) -> None:
+        # add_get also answers HEAD, as Ollama does for both.
+        router.add_get(path, self.guard(handler))
+
+    def post(self, router: web.UrlDispatcher, path: str, handler: RouteHandler) -> None:
+        router.add_post(path, self.guard(handler))
+
+    def put(self, router: web.UrlDispatcher, path: str, handler: RouteHandler) -> None:
+        router.add_put(path, self.guard(handler))
+
+    def patch(self, router: web.UrlDispatcher, path: str, handler: RouteHandler) -> None:
+        router.add_patch(path, self.guard(handler))
+
+    def delete(self, router: web.UrlDispatcher, path: str, handler: RouteHandler) -> None:
+        router.add_delete(path, self.guard(handler))
+
+
+OLLAMA = Surface("ollama", ollama_error)
+CORRAL = Surface("corral", corral_error)
+# The operators' endpoints answer in Corral's shape.
+ADMIN = Surface("admin", corral_error)
+
 
 @web.middleware
-async def ollama_edge(request: web.Request, handler: Handler) -> web.StreamResponse:
+async def unknown_routes(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Edge behaviour Ollama clients rely on: gin's plain-text 404/405 for what no surface
+    serves, and no stack traces ever."""
     try:
         return await handler(request)
     except web.HTTPNotFound:

@@ -1,18 +1,32 @@
-"""Running a job whose answer comes back whole (embeddings, model loads and unloads): submit it,
-wait for its final event, and free its place in the lane if the caller leaves first."""
+"""One job's life at this gateway, for every surface and every job kind: the `JobTicket`.
+
+    async with JobTicket(gateway, request_id) as ticket:   # listening before anything is sent
+        await ticket.submit(job)                            # in the lane from here on
+        done = await ticket.outcome()                       # or: a Relay reads ticket.events
+    # leaving the block: unregistered; if the job may still be in the lane and did not end
+    # (the client left, the handler was cancelled, the queue timeout fired), it is cancelled.
+
+It is written once because its race is subtle: the job may be in the lane (even running) before
+the broker confirms the publish, so a client leaving during that wait must cancel it too; only a
+refusal from the broker says it never got there. A ticket with no `submit` (an operation the
+model manager runs, whose lines come back as events) only listens: there is nothing to cancel.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import math
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from types import TracebackType
+
+import structlog
 
 from corral_common.clip import clip
 from corral_common.errors import CorralError, ErrorType
 from corral_common.messages import CANCELED_STATUS, Cancelled, Done, Failed, Job
 from corral_gateway.hub import BrokerLost, Delivery
-from corral_gateway.state import Gateway
+from corral_gateway.state import Gateway, QueueView
+
+log = structlog.get_logger(__name__)
 
 BROKER_LOST_MESSAGE = "lost the connection to Corral's message broker; please retry"
 
@@ -25,55 +39,6 @@ def retry_after_s(gateway: Gateway) -> int:
     return math.ceil(depth / rate) if rate > 0 else 10
 
 
-@asynccontextmanager
-async def listening(gateway: Gateway, request_id: str) -> AsyncIterator[asyncio.Queue[Delivery]]:
-    """This request's events, registered before anything is published so none is missed."""
-    try:
-        events = gateway.hub.register(request_id)
-    except KeyError as exc:
-        raise CorralError(
-            ErrorType.INVALID_REQUEST, f"request_id {clip(request_id)!r} is already in flight"
-        ) from exc
-    try:
-        yield events
-    finally:
-        gateway.hub.unregister(request_id)
-
-
-async def run_job(gateway: Gateway, job: Job) -> Done:
-    """The job's Done; its failure as a CorralError with the status clients expect."""
-    async with listening(gateway, job.request_id) as events:
-        finished = False
-        try:
-            # The job may be in the lane before the publish is confirmed: leaving during the
-            # confirm must cancel it too. A refusal means it never got there.
-            try:
-                await gateway.submitter.submit(job, retry_after_s(gateway))
-            except CorralError:
-                finished = True
-                raise
-            while True:
-                event = await events.get()
-                if isinstance(event, Done | Failed | Cancelled | BrokerLost):
-                    finished = True
-                    break
-        finally:
-            if not finished:
-                # The caller left (or the handler was cancelled): free its place in the lane.
-                gateway.spawn(gateway.submitter.cancel(job.request_id, "client disconnected"))
-    match event:
-        case Done():
-            return event
-        case Failed():
-            raise failure_error(event)
-        case Cancelled():
-            raise CorralError(ErrorType.INTERRUPTED, "request canceled", status=CANCELED_STATUS)
-        case _:
-            raise CorralError(
-                ErrorType.BROKER_UNAVAILABLE, BROKER_LOST_MESSAGE, headers={"Retry-After": "5"}
-            )
-
-
 def failure_error(failed: Failed) -> CorralError:
     """A `Failed` event as the error it reports, status and type included."""
     try:
@@ -81,3 +46,107 @@ def failure_error(failed: Failed) -> CorralError:
     except ValueError:
         error_type = ErrorType.BACKEND_ERROR
     return CorralError(error_type, failed.message, status=failed.status, details=failed.details)
+
+
+def broker_lost_error() -> CorralError:
+    return CorralError(
+        ErrorType.BROKER_UNAVAILABLE, BROKER_LOST_MESSAGE, headers={"Retry-After": "5"}
+    )
+
+
+class JobTicket:
+    """Listen, submit, read the events, cancel if abandoned, clean up (see the module doc)."""
+
+    def __init__(self, gateway: Gateway, request_id: str) -> None:
+        self.gateway = gateway
+        self.request_id = request_id
+        self.events: asyncio.Queue[Delivery] = asyncio.Queue()
+        # The job may be in the lane: set before the publish starts, cleared on a refusal.
+        self.in_lane = False
+        # The job has ended (its final event came, or the answer said it is over): nothing to
+        # cancel. Whoever reads the events settles the ticket.
+        self.settled = False
+        self._view = False
+        self._open = False
+
+    def open(self) -> JobTicket:
+        """Start listening (entering the ticket does it too); a CorralError when a request of
+        this id is already in flight here."""
+        if self._open:
+            return self
+        # Registered before anything is published, so no event can arrive unclaimed.
+        try:
+            self.events = self.gateway.hub.register(self.request_id)
+        except KeyError as exc:
+            raise CorralError(
+                ErrorType.INVALID_REQUEST,
+                f"request_id {clip(self.request_id)!r} is already in flight",
+            ) from exc
+        self._open = True
+        return self
+
+    async def __aenter__(self) -> JobTicket:
+        return self.open()
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.gateway.hub.unregister(self.request_id)
+        if self._view:
+            self.gateway.relays.pop(self.request_id, None)
+        if self.in_lane and not self.settled:
+            # The client left (or the handler was cancelled, or it timed out in the queue):
+            # free its place in the lane. Spawned: this may run inside a cancellation.
+            log.info("cancelling the job of a request that ended early")
+            self.gateway.spawn(
+                self.gateway.submitter.cancel(self.request_id, "client disconnected")
+            )
+
+    def show(self, view: QueueView) -> None:
+        """Answer GET /queue/{request_id} from `view` while this ticket is open."""
+        self.gateway.relays[self.request_id] = view
+        self._view = True
+
+    async def submit(self, job: Job) -> None:
+        """Put the job in the lane; the broker's refusal as the CorralError clients expect."""
+        self.in_lane = True
+        try:
+            await self.gateway.submitter.submit(job, retry_after_s(self.gateway))
+        except CorralError:
+            self.in_lane = False
+            raise
+
+    def settle(self) -> None:
+        """The job is over: leaving now cancels nothing."""
+        self.settled = True
+
+    async def outcome(self) -> Done:
+        """For a job answered whole: its Done; its failure as a CorralError with the status
+        clients expect. Other events (accepted, position ...) are passed over."""
+        while True:
+            event = await self.events.get()
+            match event:
+                case Done():
+                    self.settle()
+                    return event
+                case Failed():
+                    self.settle()
+                    raise failure_error(event)
+                case Cancelled():
+                    self.settle()
+                    raise CorralError(
+                        ErrorType.INTERRUPTED, "request canceled", status=CANCELED_STATUS
+                    )
+                case BrokerLost():
+                    self.settle()
+                    raise broker_lost_error()
+
+
+async def run_job(gateway: Gateway, job: Job) -> Done:
+    """Submit a job answered whole (embeddings, loads, unloads) and wait for its answer."""
+    async with JobTicket(gateway, job.request_id) as ticket:
+        await ticket.submit(job)
+        return await ticket.outcome()

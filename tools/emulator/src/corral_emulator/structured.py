@@ -24,6 +24,8 @@ _ID_ALPHABET = "abcdefghijklmnopqrstuvwxyz0123456789"
 _MAX_DEPTH = 8
 """Recursive schemas ($ref to themselves) stop here, with null."""
 _MAX_ITEMS = 3
+_MAX_NODES = 1000
+"""A schema whose properties refer back to it would otherwise grow exponentially with depth."""
 
 _STRING_FORMATS: Mapping[str, str] = {
     "date-time": "2025-01-01T00:00:00Z",
@@ -104,9 +106,11 @@ class _Builder:
     def __init__(self, root: Mapping[str, Any], text: str) -> None:
         self._root = root
         self._text = text
+        self._nodes = 0
 
     def build(self, schema: object, depth: int) -> Any:
-        if not isinstance(schema, dict) or depth > _MAX_DEPTH:
+        self._nodes += 1
+        if not isinstance(schema, dict) or depth > _MAX_DEPTH or self._nodes > _MAX_NODES:
             return None
         if isinstance(schema.get("$ref"), str):
             return self.build(self._resolve(schema["$ref"]), depth + 1)

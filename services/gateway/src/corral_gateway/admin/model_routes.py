@@ -1,5 +1,6 @@
-"""Operator endpoints under `/admin`: warm a model up or unload it (through the serial lane, so
-never during a generation) and watch pulls. Corral-shaped answers and errors."""
+"""Operator endpoints under `/admin/models` and `/admin/pulls`: warm a model up or unload it
+(through the serial lane, so never during a generation) and watch pulls. Corral-shaped answers
+and errors."""
 
 from __future__ import annotations
 
@@ -12,18 +13,12 @@ from corral_common.errors import CorralError, ErrorType
 from corral_common.ids import InvalidId
 from corral_common.messages import Job, JobKind
 from corral_gateway.extensions import header_request_id, invalid_id_error
-from corral_gateway.jobs import run_job
-from corral_gateway.progress import MODEL_MANAGER
+from corral_gateway.operations import MODEL_MANAGER
+from corral_gateway.responses import json_response
 from corral_gateway.state import GATEWAY
+from corral_gateway.surfaces import answer_with
+from corral_gateway.ticket import run_job
 from corral_gateway.validation import OllamaRequestError, check_duration
-from corral_gateway.wire import json_response
-
-
-def add_routes(app: web.Application) -> None:
-    # Model names may hold `/` (`namespace/model:tag`), hence the regex.
-    app.router.add_post(r"/admin/models/{name:.+}/load", load)
-    app.router.add_post(r"/admin/models/{name:.+}/unload", unload)
-    app.router.add_get("/admin/pulls", pulls)
 
 
 async def load(request: web.Request) -> web.Response:
@@ -35,10 +30,7 @@ async def unload(request: web.Request) -> web.Response:
 
 
 async def pulls(request: web.Request) -> web.Response:
-    try:
-        answer = await request.app[GATEWAY].rpc.call(MODEL_MANAGER, "pulls")
-    except CorralError as exc:
-        return json_response(exc.corral_body(), exc.status, exc.headers)
+    answer = await request.app[GATEWAY].rpc.call(MODEL_MANAGER, "pulls")
     return json_response(answer, 200)
 
 
@@ -50,34 +42,31 @@ async def _operate(request: web.Request, kind: JobKind) -> web.Response:
         # could pass the broker's routing-key limit and take the scheduler's lane down with it.
         request_id = header_request_id(request)
     except InvalidId as exc:
-        error = invalid_id_error(exc)
-        return json_response(error.corral_body(), error.status)
+        raise invalid_id_error(exc) from exc
     headers = {"X-Request-Id": request_id}
+    answer_with(request, headers)
     payload: dict[str, object] = {"model": model}
     if kind == "unload":
         payload["keep_alive"] = 0
     elif "keep_alive" in request.query:
         payload["keep_alive"] = request.query["keep_alive"]
-    try:
-        if isinstance(payload.get("keep_alive"), str):
-            _duration(str(payload["keep_alive"]))
-        force = _flag(request.query.get("force", "false"))
-        await gateway.models.check(model)
-        done = await run_job(
-            gateway,
-            Job(
-                request_id=request_id,
-                gateway_id=gateway.settings.instance_id,
-                kind=kind,
-                model=model,
-                payload=payload,
-                queue_progress=False,
-                enqueued_at=time.time(),
-                force=force,
-            ),
-        )
-    except CorralError as exc:
-        return json_response(exc.corral_body(), exc.status, {**headers, **exc.headers})
+    if isinstance(payload.get("keep_alive"), str):
+        _duration(str(payload["keep_alive"]))
+    force = _flag(request.query.get("force", "false"))
+    await gateway.models.check(model)
+    done = await run_job(
+        gateway,
+        Job(
+            request_id=request_id,
+            gateway_id=gateway.settings.instance_id,
+            kind=kind,
+            model=model,
+            payload=payload,
+            queue_progress=False,
+            enqueued_at=time.time(),
+            force=force,
+        ),
+    )
     return json_response(
         {
             "model": model,

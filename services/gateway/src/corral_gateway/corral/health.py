@@ -1,30 +1,15 @@
-"""GET|HEAD / and /api/version (as Ollama answers them), the seed API's /health and what
-/ready answers (`can_serve`)."""
+"""The seed API's /health (`health`, with `judge` deciding the status) and what /ready answers
+(`can_serve`). Both are served by the ops routes (corral_common.ops), not a surface's router."""
 
 from __future__ import annotations
 
 import time
 from typing import Any
 
-from aiohttp import web
-
 from corral_common import __version__
 from corral_common.redaction import redact_url
 from corral_common.status_board import StoreState
-from corral_gateway.state import GATEWAY, Gateway
-
-# What Ollama's development builds report; used until a scheduler has told us the backend's.
-UNKNOWN_BACKEND_VERSION = "0.0.0"
-
-
-async def root(_: web.Request) -> web.Response:
-    return web.Response(text="Ollama is running")
-
-
-async def version(request: web.Request) -> web.Response:
-    statuses = request.app[GATEWAY].hub.status.fresh()
-    versions = [s.backend.version for s in statuses if s.backend.version]
-    return web.json_response({"version": versions[0] if versions else UNKNOWN_BACKEND_VERSION})
+from corral_gateway.state import Gateway
 
 
 def can_serve(gateway: Gateway) -> bool:

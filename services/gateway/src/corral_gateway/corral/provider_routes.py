@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+from contextlib import aclosing
 from typing import Any
 
 from aiohttp import web
@@ -15,33 +16,24 @@ from corral_common.ids import InvalidId
 from corral_common.timeouts import within
 from corral_gateway.body import model_field, read_body
 from corral_gateway.extensions import header_request_id, invalid_id_error
-from corral_gateway.progress import MODEL_MANAGER, operation_lines
+from corral_gateway.operations import MODEL_MANAGER, operation_lines
+from corral_gateway.responses import json_response
 from corral_gateway.state import GATEWAY
 from corral_gateway.validation import OllamaRequestError
-from corral_gateway.wire import json_response
 
 # A backend 4xx keeps its status; its type is the one Corral's table gives that status.
 _CLIENT_ERROR_TYPES = {status: kind for kind, status in reversed(STATUS_OF.items())}
 
 
-def add_routes(app: web.Application) -> None:
-    app.router.add_get("/api/providers/ollama/models", models)
-    app.router.add_post("/api/providers/ollama/pull", pull)
-
-
 async def models(request: web.Request) -> web.Response:
-    try:
-        tags = await request.app[GATEWAY].rpc.call(MODEL_MANAGER, "tags")
-    except CorralError as exc:
-        return json_response(exc.corral_body(), exc.status, exc.headers)
+    tags = await request.app[GATEWAY].rpc.call(MODEL_MANAGER, "tags")
     listed = tags.get("models") if isinstance(tags, dict) else None
     if not isinstance(listed, list):
-        error = CorralError(
+        raise CorralError(
             ErrorType.BACKEND_ERROR,
             "Invalid response format from Ollama: no model list",
             status=500,
         )
-        return json_response(error.corral_body(), error.status)
     return json_response({"models": listed, "total": len(listed)}, 200)
 
 
@@ -49,40 +41,38 @@ async def pull(request: web.Request) -> web.Response:
     gateway = request.app[GATEWAY]
     try:
         request_id = header_request_id(request)
-        model = _model_of(await read_body(request, gateway.settings.max_body_bytes))
     except InvalidId as exc:
-        error = invalid_id_error(exc)
-        return json_response(error.corral_body(), error.status)
-    except OllamaRequestError as exc:
-        error = CorralError(ErrorType.INVALID_REQUEST, exc.message, status=exc.status)
-        return json_response(error.corral_body(), error.status)
+        raise invalid_id_error(exc) from exc
+    # An OllamaRequestError (body too large, not JSON) is rendered as invalid_request.
+    model = _model_of(await read_body(request, gateway.settings.max_body_bytes))
     status_log: list[dict[str, Any]] = []
     timeout_s = gateway.settings.provider_pull_timeout_s
     shown = clip(model)
 
     async def follow() -> CorralError | None:
-        lines = operation_lines(gateway, "pull", {"model": model}, request_id)
-        async for item in lines:
-            if isinstance(item, CorralError):
-                return item
-            status_log.append(item.line)
+        # Closed on the way out, so the ticket stops listening when this request ends.
+        following = operation_lines(gateway, "pull", {"model": model}, request_id)
+        async with aclosing(following) as lines:
+            async for item in lines:
+                if isinstance(item, CorralError):
+                    return item
+                status_log.append(item.line)
         return None
 
     try:
         failure = await within(follow(), timeout_s)
     except TimeoutError:
-        error = CorralError(
+        raise CorralError(
             ErrorType.BACKEND_TIMEOUT,
             f"Timed out after {timeout_s:g} s waiting for the pull of '{shown}'; it continues "
             "in the background (see GET /admin/pulls)",
             details={"model": shown, "status_log": status_log},
-        )
-        return json_response(error.corral_body(), error.status)
+        ) from None
     except CorralError as exc:
         failure = exc
     if failure is not None:
         if failure.error_type in (ErrorType.OLLAMA_CONNECTION_ERROR, ErrorType.BACKEND_TIMEOUT):
-            return json_response(failure.corral_body(), failure.status, failure.headers)
+            raise failure
         details = {
             "model": shown,
             "backend_status": failure.status,
@@ -92,14 +82,13 @@ async def pull(request: web.Request) -> web.Response:
         if 400 <= failure.status < 500:
             # The backend refused the request itself (a bad name, an unknown model): the
             # client's error, with the backend's own status and text, not a server failure.
-            client_error = CorralError(
+            raise CorralError(
                 _CLIENT_ERROR_TYPES.get(failure.status, ErrorType.INVALID_REQUEST),
                 failure.message,
                 status=failure.status,
                 details=details,
             )
-            return json_response(client_error.corral_body(), client_error.status)
-        error = CorralError(
+        raise CorralError(
             ErrorType.BACKEND_ERROR,
             f"Pull failed: {failure.message}",
             status=500,
@@ -110,7 +99,6 @@ async def pull(request: web.Request) -> web.Response:
                 **failure.details,
             },
         )
-        return json_response(error.corral_body(), error.status)
     return json_response(
         {
             "success": True,

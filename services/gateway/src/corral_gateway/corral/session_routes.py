@@ -6,7 +6,6 @@ These are not Ollama paths, so errors use Corral's shape: `{"error": {"type", "m
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiohttp import web
@@ -16,37 +15,16 @@ from corral_common.errors import CorralError, ErrorType
 from corral_common.ids import InvalidId, check_client_id
 from corral_gateway.extensions import invalid_id_error
 from corral_gateway.query_params import OFFSET_MAX, SEARCH_MAX, SESSION_LIST_MAX, int_query
+from corral_gateway.responses import json_response
 from corral_gateway.state import GATEWAY
-from corral_gateway.wire import json_response
 
 SESSION_STORE = "session-store"
-Handler = Callable[[web.Request], Awaitable[web.Response]]
 
 
-def add_routes(app: web.Application) -> None:
-    app.router.add_get("/sessions", _answering(_list))
-    app.router.add_get("/sessions/{session_id}/history", _answering(_history))
-    app.router.add_get("/sessions/{session_id}/stats", _answering(_stats))
-    app.router.add_patch("/sessions/{session_id}", _answering(_rename))
-    app.router.add_put("/sessions/{session_id}", _answering(_rename))
-    app.router.add_delete("/sessions/{session_id}", _answering(_delete))
-    app.router.add_get("/api/search", _answering(_search))
-
-
-def _answering(handler: Callable[[web.Request], Awaitable[Any]]) -> Handler:
-    async def answer(request: web.Request) -> web.Response:
-        try:
-            result = await handler(request)
-        except CorralError as exc:
-            # Headers too: a search refused for load carries its Retry-After.
-            return json_response(exc.corral_body(), exc.status, exc.headers or None)
-        return json_response(result, 200)
-
-    return answer
-
-
-async def _call(request: web.Request, method: str, **params: Any) -> Any:
-    return await request.app[GATEWAY].rpc.call(SESSION_STORE, method, **params)
+async def _call(request: web.Request, method: str, **params: Any) -> web.Response:
+    """The store's answer, as JSON; its errors are raised for the Corral surface to render."""
+    result = await request.app[GATEWAY].rpc.call(SESSION_STORE, method, **params)
+    return json_response(result, 200)
 
 
 def _session_id(request: web.Request) -> str:
@@ -56,7 +34,7 @@ def _session_id(request: web.Request) -> str:
         raise invalid_id_error(exc) from exc
 
 
-async def _list(request: web.Request) -> Any:
+async def session_list(request: web.Request) -> web.Response:
     return await _call(
         request,
         "list",
@@ -65,17 +43,17 @@ async def _list(request: web.Request) -> Any:
     )
 
 
-async def _history(request: web.Request) -> Any:
+async def session_history(request: web.Request) -> web.Response:
     return await _call(
         request, "history", session_id=_session_id(request), model=request.query.get("model")
     )
 
 
-async def _stats(request: web.Request) -> Any:
+async def session_stats(request: web.Request) -> web.Response:
     return await _call(request, "stats", session_id=_session_id(request))
 
 
-async def _rename(request: web.Request) -> Any:
+async def session_rename(request: web.Request) -> web.Response:
     session_id = _session_id(request)
     try:
         body = jsonutil.loads_bounded(await request.read())
@@ -88,11 +66,11 @@ async def _rename(request: web.Request) -> Any:
     return await _call(request, "rename", session_id=session_id, title=body["title"])
 
 
-async def _delete(request: web.Request) -> Any:
+async def session_delete(request: web.Request) -> web.Response:
     return await _call(request, "delete", session_id=_session_id(request))
 
 
-async def _search(request: web.Request) -> Any:
+async def search(request: web.Request) -> web.Response:
     query = request.query.get("q", "")
     if not query.strip():
         raise _invalid("the query parameter q is required")

@@ -1,8 +1,7 @@
-"""POST /api/chat and POST /api/generate: validate, enqueue, relay."""
+"""POST /api/chat and POST /api/generate: validate, enqueue, relay (NDJSON, Ollama's chunks)."""
 
 from __future__ import annotations
 
-import asyncio
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -11,16 +10,17 @@ import structlog
 from aiohttp import web
 
 from corral_common.errors import CorralError
-from corral_common.messages import Job, JobKind
+from corral_common.messages import Done, Job, JobKind
 from corral_gateway import metrics
 from corral_gateway.body import read_request
+from corral_gateway.encoders import NdjsonEncoder
 from corral_gateway.extensions import Extensions, backend_payload, read_extensions
-from corral_gateway.hub import Delivery
-from corral_gateway.jobs import listening, retry_after_s
-from corral_gateway.relay import Relay, RelayTimings
+from corral_gateway.ollama.chunks import OllamaChunks, corral_fields
+from corral_gateway.relay import Extras, JobFailed, Relay, RelayTimings
 from corral_gateway.state import GATEWAY, Gateway
+from corral_gateway.surfaces import answer_with
+from corral_gateway.ticket import JobTicket
 from corral_gateway.validation import OllamaRequestError
-from corral_gateway.wire import json_response
 
 log = structlog.get_logger(__name__)
 
@@ -33,23 +33,29 @@ async def generate(request: web.Request) -> web.StreamResponse:
     return await _generation(request, "generate")
 
 
+class Outcome:
+    """The request's outcome label for the metrics, as far as it got."""
+
+    def __init__(self) -> None:
+        self.label = "error"
+
+
 async def _generation(request: web.Request, kind: JobKind) -> web.StreamResponse:
     gateway = request.app[GATEWAY]
     started = time.monotonic()
-    outcome = "error"
+    outcome = Outcome()
     metrics.IN_FLIGHT.inc()
     try:
-        response, outcome = await _serve(request, gateway, kind)
-        return response
+        return await _serve(request, gateway, kind, outcome)
     finally:
         metrics.IN_FLIGHT.dec()
-        metrics.REQUESTS.labels(kind, outcome).inc()
+        metrics.REQUESTS.labels(kind, outcome.label).inc()
         metrics.REQUEST_SECONDS.labels(kind).observe(time.monotonic() - started)
 
 
 async def _serve(
-    request: web.Request, gateway: Gateway, kind: JobKind
-) -> tuple[web.StreamResponse, str]:
+    request: web.Request, gateway: Gateway, kind: JobKind, outcome: Outcome
+) -> web.StreamResponse:
     try:
         body = await read_request(request, kind, gateway.settings.max_body_bytes)
         model = body.get("model") or ""
@@ -58,9 +64,11 @@ async def _serve(
                 raise OllamaRequestError(400, "model is required")
             raise OllamaRequestError(404, "model '' not found")
         ext = read_extensions(request, body, gateway.settings.queue_limits())
-    except OllamaRequestError as exc:
-        return json_response({"error": exc.message}, exc.status, {}), "invalid"
-
+    except OllamaRequestError:
+        outcome.label = "invalid"
+        raise
+    # From here on, every answer names the request.
+    answer_with(request, {"X-Request-Id": ext.request_id})
     with structlog.contextvars.bound_contextvars(
         request_id=ext.request_id, session_id=ext.session_id
     ):
@@ -68,9 +76,9 @@ async def _serve(
             await gateway.models.check(model)
             conversation = await _conversation(gateway, kind, model, body, ext)
         except CorralError as exc:
-            headers = {"X-Request-Id": ext.request_id, **exc.headers}
-            return json_response(exc.ollama_body(), exc.status, headers), str(exc.error_type)
-        return await _enqueue_and_relay(request, gateway, kind, model, conversation, ext)
+            outcome.label = str(exc.error_type)
+            raise
+        return await _enqueue_and_relay(request, gateway, kind, model, conversation, ext, outcome)
 
 
 @dataclass(frozen=True)
@@ -135,70 +143,66 @@ async def _enqueue_and_relay(
     model: str,
     conversation: Conversation,
     ext: Extensions,
-) -> tuple[web.StreamResponse, str]:
+    outcome: Outcome,
+) -> web.StreamResponse:
     try:
-        async with listening(gateway, ext.request_id) as events:
-            return await _relay(request, gateway, kind, model, conversation, ext, events)
-    except CorralError as exc:  # the request id is already in flight
-        headers = {"X-Request-Id": ext.request_id}
-        return json_response(exc.ollama_body(), exc.status, headers), "invalid"
-
-
-async def _relay(
-    request: web.Request,
-    gateway: Gateway,
-    kind: JobKind,
-    model: str,
-    conversation: Conversation,
-    ext: Extensions,
-    events: asyncio.Queue[Delivery],
-) -> tuple[web.StreamResponse, str]:
-    headers = {"X-Request-Id": ext.request_id}
-    relay = Relay(
-        request,
-        kind=kind,
-        model=model,
-        stream=conversation.stream,
-        ext=ext,
-        events=events,
-        messages_used=conversation.messages_used,
-        timings=RelayTimings(
-            heartbeat_s=gateway.settings.heartbeat_s,
-            straggler_timeout_s=gateway.settings.straggler_timeout_s,
-            stored_timeout_s=gateway.settings.stored_timeout_s,
-        ),
-        context_info=conversation.context_info,
-    )
-    # From the moment the publish starts the job may be in the lane: the scheduler can start
-    # it before our publisher confirm arrives, so a client leaving during that wait must
-    # still cancel it. Only a refusal from the broker says it never got there.
-    in_lane = False
-    gateway.relays[ext.request_id] = relay
-    try:
-        job = _job(gateway, kind, model, conversation, ext)
-        in_lane = True
-        try:
-            await gateway.submitter.submit(job, retry_after_s(gateway))
-        except CorralError:
-            in_lane = False
-            raise
-        response = await relay.run()
-        return response, "done" if relay.finished else "error"
-    except CorralError as exc:
-        log.info("request refused", error_type=str(exc.error_type))
-        return json_response(exc.ollama_body(), exc.status, {**headers, **exc.headers}), str(
-            exc.error_type
+        ticket = JobTicket(gateway, ext.request_id).open()
+    except CorralError:  # the request id is already in flight
+        outcome.label = "invalid"
+        raise
+    async with ticket:  # leaving unregisters it and cancels an abandoned job
+        relay = Relay(
+            request,
+            ticket=ticket,
+            kind=kind,
+            stream=conversation.stream,
+            ext=ext,
+            shape=OllamaChunks(kind, model),
+            encoder=NdjsonEncoder(),
+            extras=_extras(ext, conversation),
+            timings=RelayTimings(
+                heartbeat_s=gateway.settings.heartbeat_s,
+                straggler_timeout_s=gateway.settings.straggler_timeout_s,
+                stored_timeout_s=gateway.settings.stored_timeout_s,
+            ),
         )
-    except ConnectionResetError:
-        log.info("client went away mid-stream")
-        assert relay.response is not None
-        return relay.response, "client_gone"
-    finally:
-        gateway.relays.pop(ext.request_id, None)
-        if in_lane and (not relay.finished or relay.timed_out):
-            # The client left (or the handler was cancelled): free its place in the lane.
-            log.info("cancelling the job of a request that ended early")
-            gateway.spawn(gateway.submitter.cancel(ext.request_id, "client disconnected"))
+        ticket.show(relay)
+        try:
+            try:
+                await ticket.submit(_job(gateway, kind, model, conversation, ext))
+            except CorralError as exc:
+                log.info("request refused", error_type=str(exc.error_type))
+                outcome.label = str(exc.error_type)
+                raise
+            response = await relay.run()
+            outcome.label = "done" if relay.finished else "error"
+            return response
+        except JobFailed:
+            # Answered with its error (rendered by the surface): the relay ran to its end.
+            outcome.label = "done"
+            raise
+        except ConnectionResetError:
+            log.info("client went away mid-stream")
+            outcome.label = "client_gone"
+            assert relay.response is not None
+            return relay.response
+
+
+def _extras(ext: Extensions, conversation: Conversation) -> Extras:
+    """Corral's fields on the final answer (`ollama.chunks.corral_fields`)."""
+
+    def extras(done: Done, first_position: int) -> dict[str, Any]:
+        return corral_fields(
+            request_id=ext.request_id,
+            session_id=ext.session_id,
+            waited_ms=done.waited_ms,
+            first_position=first_position,
+            messages_used=conversation.messages_used,
+            final=done.final,
+            context_info=conversation.context_info,
+        )
+
+    return extras
 
 
 def _job(

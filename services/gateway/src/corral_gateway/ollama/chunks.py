@@ -1,16 +1,14 @@
-"""Shapes of what the gateway writes: queue chunks, Corral's additions, non-stream assembly."""
+"""Ollama's chunk shape: queue chunks, Corral's additions, non-stream assembly, and the
+`OllamaChunks` the relay writes native answers with (NDJSON)."""
 
 from __future__ import annotations
 
 from datetime import UTC, datetime
 from typing import Any
 
-from aiohttp import web
-
-from corral_common import jsonutil
-from corral_common.messages import JobKind
-
-NDJSON = "application/x-ndjson"
+from corral_common.errors import CorralError
+from corral_common.messages import Done, JobKind
+from corral_gateway.encoders import Data, Frame
 
 
 def created_at() -> str:
@@ -92,12 +90,25 @@ def assemble(
     return answer
 
 
-def json_response(body: Any, status: int, headers: dict[str, str] | None = None) -> web.Response:
-    """JSON as Ollama writes it (`application/json; charset=utf-8`), serialised with orjson."""
-    return web.Response(
-        body=jsonutil.dumps(body),
-        status=status,
-        headers=headers,
-        content_type="application/json",
-        charset="utf-8",
-    )
+class OllamaChunks:
+    """The relay's `ChunkShape` for Ollama's native streams: the backend's chunks unchanged,
+    queue feedback as empty deltas every client parses, errors as a last `{"error"}` line."""
+
+    def __init__(self, kind: JobKind, model: str) -> None:
+        self.kind = kind
+        self.model = model
+
+    def queue(self, position: int, wait_ms: int) -> Frame:
+        return Data(queue_chunk(self.kind, self.model, position, wait_ms))
+
+    def chunk(self, chunk: dict[str, Any]) -> list[Frame]:
+        return [Data(chunk)]
+
+    def final(self, done: Done, extras: dict[str, Any]) -> list[Frame]:
+        return [Data({**done.final, **extras})]
+
+    def failure(self, error: CorralError) -> list[Frame]:
+        return [Data({"error": error.message})]
+
+    def whole(self, chunks: list[dict[str, Any]], done: Done, extras: dict[str, Any]) -> Any:
+        return {**assemble(self.kind, chunks, done.final, done.text), **extras}

@@ -10,19 +10,14 @@ from typing import Any
 from aiohttp import web
 
 from corral_common.clip import clip
-from corral_common.errors import CorralError
 from corral_common.messages import Job, JobKind
 from corral_gateway.body import read_request
 from corral_gateway.extensions import backend_payload, read_extensions
-from corral_gateway.jobs import run_job
+from corral_gateway.responses import json_response
 from corral_gateway.state import GATEWAY
+from corral_gateway.surfaces import answer_with
+from corral_gateway.ticket import run_job
 from corral_gateway.validation import OllamaRequestError
-from corral_gateway.wire import json_response
-
-
-def add_routes(app: web.Application) -> None:
-    app.router.add_post("/api/embed", embed)
-    app.router.add_post("/api/embeddings", embeddings)
 
 
 async def embed(request: web.Request) -> web.Response:
@@ -35,39 +30,34 @@ async def embeddings(request: web.Request) -> web.Response:
 
 async def _serve(request: web.Request, kind: JobKind) -> web.Response:
     gateway = request.app[GATEWAY]
-    try:
-        body = await read_request(request, kind, gateway.settings.max_body_bytes)
-        model = body.get("model") or ""
-        if not model:
-            raise OllamaRequestError(400, "model is required")
-        texts = _texts(kind, body)
-        ext = read_extensions(request, body, gateway.settings.queue_limits())
-    except OllamaRequestError as exc:
-        return json_response({"error": exc.message}, exc.status)
+    body = await read_request(request, kind, gateway.settings.max_body_bytes)
+    model = body.get("model") or ""
+    if not model:
+        raise OllamaRequestError(400, "model is required")
+    texts = _texts(kind, body)
+    ext = read_extensions(request, body, gateway.settings.queue_limits())
     headers = {"X-Request-Id": ext.request_id}
-    try:
-        # Ollama words this 404 differently on its embedding path.
-        await gateway.models.check(
-            model, not_found=f'model "{clip(model)}" not found, try pulling it first'
-        )
-        done = await run_job(
-            gateway,
-            Job(
-                request_id=ext.request_id,
-                gateway_id=gateway.settings.instance_id,
-                kind=kind,
-                model=model,
-                payload=backend_payload(body),
-                client_key=ext.client_key,
-                queue_progress=False,
-                enqueued_at=time.time(),
-                prompt_chars=sum(len(text) for text in texts),
-                priority=ext.priority,
-                deadline=ext.deadline(),
-            ),
-        )
-    except CorralError as exc:
-        return json_response(exc.ollama_body(), exc.status, {**headers, **exc.headers})
+    answer_with(request, headers)
+    # Ollama words this 404 differently on its embedding path.
+    await gateway.models.check(
+        model, not_found=f'model "{clip(model)}" not found, try pulling it first'
+    )
+    done = await run_job(
+        gateway,
+        Job(
+            request_id=ext.request_id,
+            gateway_id=gateway.settings.instance_id,
+            kind=kind,
+            model=model,
+            payload=backend_payload(body),
+            client_key=ext.client_key,
+            queue_progress=False,
+            enqueued_at=time.time(),
+            prompt_chars=sum(len(text) for text in texts),
+            priority=ext.priority,
+            deadline=ext.deadline(),
+        ),
+    )
     return json_response(done.final, 200, headers)
 
 

@@ -9,88 +9,35 @@ client that leaves does not stop a pull, which can be watched at `GET /admin/pul
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from contextlib import aclosing
 from typing import Any
 
 from aiohttp import web
 
 from corral_common import jsonutil
-from corral_common.errors import CorralError, ErrorType
+from corral_common.errors import CorralError
 from corral_common.ids import InvalidId
-from corral_common.messages import Failed, Progress
 from corral_gateway.body import model_field, read_request
+from corral_gateway.encoders import NDJSON
 from corral_gateway.extensions import header_request_id
-from corral_gateway.hub import BrokerLost, Delivery
-from corral_gateway.jobs import BROKER_LOST_MESSAGE, failure_error, listening
-from corral_gateway.state import GATEWAY, Gateway
+from corral_gateway.operations import operation_lines
+from corral_gateway.responses import json_response
+from corral_gateway.state import GATEWAY
+from corral_gateway.surfaces import answer_with
 from corral_gateway.validation import OllamaRequestError
-from corral_gateway.wire import NDJSON, json_response
-
-MODEL_MANAGER = "model-manager"
-
-
-def add_routes(app: web.Application) -> None:
-    app.router.add_post("/api/pull", pull)
-    app.router.add_post("/api/create", create)
-
-
-@dataclass(frozen=True)
-class Outcome:
-    """How an operation ended: its last line on success, or the error."""
-
-    last: dict[str, Any] | None
-    error: CorralError | None
 
 
 async def pull(request: web.Request) -> web.StreamResponse:
-    try:
-        body = await read_request(request, "pull", request.app[GATEWAY].settings.max_body_bytes)
-    except OllamaRequestError as exc:
-        return json_response({"error": exc.message}, exc.status)
+    body = await read_request(request, "pull", request.app[GATEWAY].settings.max_body_bytes)
     params = {"model": model_field(body), "insecure": bool(body.get("insecure"))}
     return await _serve(request, "pull", params, stream=body.get("stream") is not False)
 
 
 async def create(request: web.Request) -> web.StreamResponse:
-    try:
-        body = await read_request(request, "create", request.app[GATEWAY].settings.max_body_bytes)
-    except OllamaRequestError as exc:
-        return json_response({"error": exc.message}, exc.status)
+    body = await read_request(request, "create", request.app[GATEWAY].settings.max_body_bytes)
     forwarded = {key: value for key, value in body.items() if key != "stream"}
     stream = body.get("stream") is not False
     return await _serve(request, "create", {"body": forwarded}, stream=stream)
-
-
-async def operation_lines(
-    gateway: Gateway, method: str, params: dict[str, Any], request_id: str
-) -> AsyncIterator[Progress | CorralError]:
-    """Start (or join) the operation and yield its status lines, then possibly one error."""
-    async with listening(gateway, request_id) as events:
-        await gateway.rpc.call(
-            MODEL_MANAGER,
-            method,
-            request_id=request_id,
-            gateway_id=gateway.settings.instance_id,
-            **params,
-        )
-        while True:
-            event: Delivery = await events.get()
-            match event:
-                case Progress():
-                    yield event
-                    if event.final:
-                        return
-                case Failed():
-                    yield failure_error(event)
-                    return
-                case BrokerLost():
-                    yield CorralError(
-                        ErrorType.BROKER_UNAVAILABLE,
-                        BROKER_LOST_MESSAGE,
-                        headers={"Retry-After": "5"},
-                    )
-                    return
 
 
 async def _serve(
@@ -100,15 +47,21 @@ async def _serve(
     try:
         request_id = header_request_id(request)
     except InvalidId as exc:
-        return json_response({"error": exc.message}, 400)
+        raise OllamaRequestError(400, exc.message) from exc
     headers = {"X-Request-Id": request_id}
+    answer_with(request, headers)
     response: web.StreamResponse | None = None
     last: dict[str, Any] | None = None
-    try:
-        async for item in operation_lines(gateway, method, params, request_id):
+    # A refusal of the RPC that starts it is raised from here, with its own headers.
+    # Closed on the way out, so the ticket stops listening when this request ends.
+    async with aclosing(operation_lines(gateway, method, params, request_id)) as lines:
+        async for item in lines:
             if isinstance(item, CorralError):
                 if response is None:
-                    return json_response(item.ollama_body(), item.status, headers)
+                    # The operation's own failure: its status and text (no headers of its own).
+                    raise CorralError(
+                        item.error_type, item.message, status=item.status, details=item.details
+                    )
                 await response.write(jsonutil.ndjson_line(item.ollama_body()))
                 break
             last = item.line
@@ -119,8 +72,6 @@ async def _serve(
                 response.content_type = NDJSON
                 await response.prepare(request)
             await response.write(jsonutil.ndjson_line(item.line))
-    except CorralError as exc:  # the RPC that starts it was refused
-        return json_response(exc.ollama_body(), exc.status, {**headers, **exc.headers})
     if response is None:
         return json_response(last or {}, 200, headers)
     await response.write_eof()

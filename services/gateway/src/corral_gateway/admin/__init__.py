@@ -1,0 +1,21 @@
+"""The operators' API under `/admin`: model loads and unloads, pulls, the lane (queue, cancel,
+pause / resume / drain, dead letters). Corral's error shape."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from corral_gateway.admin import lane_routes, model_routes
+from corral_gateway.surfaces import ADMIN
+
+
+def add_routes(router: web.UrlDispatcher) -> None:
+    surface = ADMIN
+    # Model names may hold `/` (`namespace/model:tag`), hence the regex.
+    surface.post(router, r"/admin/models/{name:.+}/load", model_routes.load)
+    surface.post(router, r"/admin/models/{name:.+}/unload", model_routes.unload)
+    surface.get(router, "/admin/pulls", model_routes.pulls)
+    surface.get(router, "/admin/queue", lane_routes.listing)
+    surface.delete(router, "/admin/queue/{request_id}", lane_routes.cancel)
+    surface.post(router, "/admin/lane/{action}", lane_routes.command)
+    surface.get(router, "/admin/dlq", lane_routes.dead_letters)

@@ -1,0 +1,505 @@
+"""The job lifecycle in process: the `JobTicket` (listen, submit, outcome, cancel when the
+client leaves) and the `Relay` state machine, fed from queues of fake scheduler events (no
+broker, no scheduler), with Ollama's chunks over NDJSON and a test shape over SSE."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Coroutine
+from typing import Any, cast
+
+import orjson
+import pytest
+from aiohttp import web
+from pytest_aiohttp import AiohttpClient
+
+from corral_common.errors import CorralError, ErrorType
+from corral_common.messages import (
+    Cancelled,
+    Done,
+    Failed,
+    Job,
+    JobKind,
+    Position,
+    Started,
+    Tokens,
+)
+from corral_common.status_board import StatusBoard
+from corral_gateway.encoders import Comment, Data, Frame, NdjsonEncoder, SseEncoder, StreamEncoder
+from corral_gateway.extensions import Extensions
+from corral_gateway.hub import BrokerLost, Delivery
+from corral_gateway.ollama.chunks import OllamaChunks
+from corral_gateway.relay import ChunkShape, Relay, RelayTimings
+from corral_gateway.state import Gateway
+from corral_gateway.surfaces import OLLAMA
+from corral_gateway.ticket import JobTicket, run_job
+
+RID = "req-1"
+
+
+class FakeHub:
+    def __init__(self) -> None:
+        self.status = StatusBoard(10.0)
+        self.queues: dict[str, asyncio.Queue[Delivery]] = {}
+        self.waiting: set[str] = set()
+
+    def feed(self, request_id: str, *events: Delivery) -> asyncio.Queue[Delivery]:
+        """Events the request will read, in order, as if the scheduler had sent them."""
+        queue = self.queues.setdefault(request_id, asyncio.Queue())
+        for event in events:
+            queue.put_nowait(event)
+        return queue
+
+    def register(self, request_id: str) -> asyncio.Queue[Delivery]:
+        if request_id in self.waiting:
+            raise KeyError(request_id)
+        self.waiting.add(request_id)
+        return self.feed(request_id)
+
+    def unregister(self, request_id: str) -> None:
+        self.waiting.discard(request_id)
+
+
+class FakeSubmitter:
+    def __init__(self) -> None:
+        self.submitted: list[Job] = []
+        self.cancels: list[str] = []
+        # Raised by submit (a broker refusal), if set.
+        self.refusal: CorralError | None = None
+        # Set to hold submit until released (a publish waiting for its confirm).
+        self.hold: asyncio.Event | None = None
+        self.submitting = asyncio.Event()
+        self.accepted = asyncio.Event()
+
+    async def submit(self, job: Job, retry_after_s: int) -> None:
+        self.submitting.set()
+        if self.hold is not None:
+            await self.hold.wait()
+        if self.refusal is not None:
+            raise self.refusal
+        self.submitted.append(job)
+        self.accepted.set()
+
+    async def cancel(self, request_id: str, reason: str) -> None:
+        self.cancels.append(request_id)
+
+
+class FakeGateway:
+    def __init__(self) -> None:
+        self.hub = FakeHub()
+        self.submitter = FakeSubmitter()
+        self.relays: dict[str, Any] = {}
+        self.background: list[asyncio.Task[None]] = []
+
+    def spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        self.background.append(asyncio.ensure_future(coro))
+
+    async def settle(self) -> None:
+        """Wait for whatever was spawned (the cancels)."""
+        if self.background:
+            await asyncio.gather(*self.background)
+
+    def as_gateway(self) -> Gateway:
+        return cast(Gateway, self)
+
+
+def job(request_id: str = RID, kind: JobKind = "chat") -> Job:
+    return Job(
+        request_id=request_id,
+        gateway_id="gw-test",
+        kind=kind,
+        model="m",
+        payload={"model": "m"},
+        enqueued_at=0.0,
+    )
+
+
+def chunk(text: str) -> dict[str, Any]:
+    return {"model": "m", "message": {"role": "assistant", "content": text}, "done": False}
+
+
+def done(batches: int, text: str = "", request_id: str = RID) -> Done:
+    final = {"model": "m", "message": {"role": "assistant", "content": ""}, "done": True}
+    final |= {"done_reason": "stop", "prompt_eval_count": 7}
+    return Done(
+        request_id=request_id, token_batches=batches, final=final, text=text, waited_ms=5, model="m"
+    )
+
+
+def failed(status: int = 404, message: str = "model 'm' not found") -> Failed:
+    return Failed(request_id=RID, status=status, error_type="model_not_found", message=message)
+
+
+# --- the ticket ----------------------------------------------------------------------------
+
+
+async def test_a_whole_answer_is_returned_and_nothing_is_cancelled() -> None:
+    gw = FakeGateway()
+    gw.hub.feed(RID, Position(request_id=RID, position=1, estimated_wait_ms=10), done(0))
+    answer = await run_job(gw.as_gateway(), job())
+    assert answer.final["done_reason"] == "stop"
+    assert [j.request_id for j in gw.submitter.submitted] == [RID]
+    await gw.settle()
+    assert gw.submitter.cancels == []
+    assert RID not in gw.hub.waiting
+
+
+@pytest.mark.parametrize(
+    ("event", "status", "error_type"),
+    [
+        (failed(), 404, ErrorType.MODEL_NOT_FOUND),
+        (Cancelled(request_id=RID, stage="queued"), 499, ErrorType.INTERRUPTED),
+        (BrokerLost(), 503, ErrorType.BROKER_UNAVAILABLE),
+    ],
+)
+async def test_a_failed_job_raises_its_error_and_is_not_cancelled(
+    event: Delivery, status: int, error_type: ErrorType
+) -> None:
+    gw = FakeGateway()
+    gw.hub.feed(RID, event)
+    with pytest.raises(CorralError) as caught:
+        await run_job(gw.as_gateway(), job())
+    assert (caught.value.status, caught.value.error_type) == (status, error_type)
+    if isinstance(event, BrokerLost):
+        assert caught.value.headers == {"Retry-After": "5"}
+    await gw.settle()
+    assert gw.submitter.cancels == []
+
+
+async def test_a_refused_publish_cancels_nothing() -> None:
+    gw = FakeGateway()
+    gw.submitter.refusal = CorralError(ErrorType.QUEUE_FULL, "busy")
+    with pytest.raises(CorralError):
+        await run_job(gw.as_gateway(), job())
+    await gw.settle()
+    assert gw.submitter.cancels == []
+    assert RID not in gw.hub.waiting
+
+
+async def test_a_client_leaving_while_queued_cancels_the_job_once() -> None:
+    gw = FakeGateway()
+    gw.hub.feed(RID, Position(request_id=RID, position=3, estimated_wait_ms=10))
+    waiting = asyncio.ensure_future(run_job(gw.as_gateway(), job()))
+    # The job is in the lane once it was submitted; the client leaves while it waits.
+    await gw.submitter.accepted.wait()
+    waiting.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await waiting
+    await gw.settle()
+    assert gw.submitter.cancels == [RID]
+    assert RID not in gw.hub.waiting
+
+
+async def test_a_client_leaving_before_the_publish_is_confirmed_still_cancels() -> None:
+    # The race both old copies had to fix: the scheduler may run the job before the confirm.
+    gw = FakeGateway()
+    gw.submitter.hold = asyncio.Event()
+    waiting = asyncio.ensure_future(run_job(gw.as_gateway(), job()))
+    await gw.submitter.submitting.wait()
+    waiting.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await waiting
+    await gw.settle()
+    assert gw.submitter.cancels == [RID]
+
+
+async def test_a_request_id_in_flight_is_refused() -> None:
+    gw = FakeGateway()
+    async with JobTicket(gw.as_gateway(), RID):
+        with pytest.raises(CorralError) as caught:
+            JobTicket(gw.as_gateway(), RID).open()
+    assert caught.value.error_type is ErrorType.INVALID_REQUEST
+    assert "already in flight" in caught.value.message
+
+
+async def test_a_listen_only_ticket_cancels_nothing() -> None:
+    gw = FakeGateway()
+    async with JobTicket(gw.as_gateway(), RID) as ticket:
+        assert not ticket.in_lane
+    await gw.settle()
+    assert gw.submitter.cancels == []
+
+
+# --- the relay, over HTTP in process --------------------------------------------------------
+
+TIMINGS = RelayTimings(heartbeat_s=60.0, straggler_timeout_s=60.0, stored_timeout_s=0.0)
+
+
+class SseShape:
+    """A minimal SSE shape as a `/v1` surface would choose one: queue feedback as comments."""
+
+    def queue(self, position: int, wait_ms: int) -> Frame:
+        return Comment(f"queue position={position} estimated_wait_ms={wait_ms}")
+
+    def chunk(self, chunk: dict[str, Any]) -> list[Frame]:
+        return [Data({"delta": chunk["message"]["content"]})]
+
+    def final(self, done: Done, extras: dict[str, Any]) -> list[Frame]:
+        return [Data({"finish_reason": done.final["done_reason"]})]
+
+    def failure(self, error: CorralError) -> list[Frame]:
+        return [Data({"error": {"message": error.message}})]
+
+    def whole(self, chunks: list[dict[str, Any]], done: Done, extras: dict[str, Any]) -> Any:
+        return {"content": done.text}
+
+
+def relay_app(
+    gw: FakeGateway,
+    *,
+    stream: bool = True,
+    progress: bool = True,
+    queue_timeout_s: float | None = None,
+    timings: RelayTimings = TIMINGS,
+    shape: ChunkShape | None = None,
+    encoder: StreamEncoder | None = None,
+) -> web.Application:
+    async def handler(request: web.Request) -> web.StreamResponse:
+        ext = Extensions(
+            request_id=RID,
+            session_id=None,
+            queue_progress=progress,
+            client_key=None,
+            queue_timeout_s=queue_timeout_s,
+        )
+        async with JobTicket(gw.as_gateway(), RID) as ticket:
+            relay = Relay(
+                request,
+                ticket=ticket,
+                kind="chat",
+                stream=stream,
+                ext=ext,
+                shape=shape or OllamaChunks("chat", "m"),
+                encoder=encoder or NdjsonEncoder(),
+                extras=lambda done, first_position: {
+                    "request_id": RID,
+                    "queue_info": {"position": first_position},
+                },
+                timings=timings,
+            )
+            ticket.show(relay)
+            await ticket.submit(job())
+            return await relay.run()
+
+    app = web.Application()
+    OLLAMA.post(app.router, "/chat", handler)
+    return app
+
+
+def lines(raw: bytes) -> list[dict[str, Any]]:
+    return [orjson.loads(line) for line in raw.splitlines()]
+
+
+async def test_queue_chunks_then_tokens_in_order_then_the_final_chunk(
+    aiohttp_client: AiohttpClient,
+) -> None:
+    gw = FakeGateway()
+    gw.hub.feed(
+        RID,
+        Position(request_id=RID, position=2, estimated_wait_ms=3000),
+        # Within a second of the estimate shown: not shown again.
+        Position(request_id=RID, position=2, estimated_wait_ms=3400),
+        Started(request_id=RID, waited_ms=5),
+        Tokens(request_id=RID, seq=1, chunks=[chunk("b")]),
+        Tokens(request_id=RID, seq=0, chunks=[chunk("a")]),
+        Tokens(request_id=RID, seq=0, chunks=[chunk("a")]),  # a duplicate batch
+        done(2, "ab"),
+    )
+    client = await aiohttp_client(relay_app(gw))
+    response = await client.post("/chat")
+    assert response.status == 200
+    assert response.headers["Content-Type"] == "application/x-ndjson"
+    assert response.headers["X-Queue-Position"] == "2"
+    assert response.headers["X-Estimated-Wait-Ms"] == "3000"
+    got = lines(await response.read())
+    assert [c.get("queue_info") for c in got[:2]] == [
+        {"position": 2, "estimated_wait_ms": 3000},
+        {"position": 0, "estimated_wait_ms": 0},
+    ]
+    assert [c["message"]["content"] for c in got[2:4]] == ["a", "b"]
+    assert got[4]["done"] is True and got[4]["request_id"] == RID
+    assert got[4]["queue_info"] == {"position": 2}
+    assert len(got) == 5
+    await gw.settle()
+    assert gw.submitter.cancels == []
+
+
+async def test_a_final_event_overtaking_its_tokens_waits_for_them(
+    aiohttp_client: AiohttpClient,
+) -> None:
+    gw = FakeGateway()
+    gw.hub.feed(
+        RID,
+        Started(request_id=RID, waited_ms=0),
+        done(2, "ab"),
+        Tokens(request_id=RID, seq=1, chunks=[chunk("b")]),
+        Tokens(request_id=RID, seq=0, chunks=[chunk("a")]),
+    )
+    client = await aiohttp_client(relay_app(gw, progress=False))
+    got = lines(await (await client.post("/chat")).read())
+    assert [c["message"]["content"] for c in got] == ["a", "b", ""]
+    assert got[-1]["done"] is True
+
+
+async def test_a_non_streaming_answer_is_one_object(aiohttp_client: AiohttpClient) -> None:
+    gw = FakeGateway()
+    gw.hub.feed(
+        RID,
+        Position(request_id=RID, position=1, estimated_wait_ms=100),
+        Started(request_id=RID, waited_ms=0),
+        Tokens(request_id=RID, seq=0, chunks=[chunk("a"), chunk("b")]),
+        done(1, "ab"),
+    )
+    client = await aiohttp_client(relay_app(gw, stream=False))
+    response = await client.post("/chat")
+    assert response.status == 200
+    assert response.headers["Content-Type"] == "application/json; charset=utf-8"
+    body = await response.json()
+    assert body["message"] == {"role": "assistant", "content": "ab"}
+    assert body["done"] is True and body["request_id"] == RID
+
+
+@pytest.mark.parametrize(
+    ("event", "status", "text", "retry_after"),
+    [
+        (failed(), 404, "model 'm' not found", None),
+        (Cancelled(request_id=RID, stage="queued"), 499, "request canceled", None),
+        (BrokerLost(), 503, "lost the connection to Corral's message broker; please retry", "5"),
+    ],
+)
+async def test_a_failure_before_the_first_byte_keeps_its_status(
+    aiohttp_client: AiohttpClient,
+    event: Delivery,
+    status: int,
+    text: str,
+    retry_after: str | None,
+) -> None:
+    gw = FakeGateway()
+    gw.hub.feed(RID, event)
+    client = await aiohttp_client(relay_app(gw))
+    response = await client.post("/chat")
+    assert response.status == status
+    # Ollama's shape, whatever the error's type (the surface renders it).
+    assert await response.json() == {"error": text}
+    assert response.headers["X-Request-Id"] == RID
+    assert response.headers.get("Retry-After") == retry_after
+    await gw.settle()
+    assert gw.submitter.cancels == []
+
+
+async def test_a_failure_after_the_first_byte_ends_the_stream_with_an_error_line(
+    aiohttp_client: AiohttpClient,
+) -> None:
+    gw = FakeGateway()
+    gw.hub.feed(
+        RID,
+        Started(request_id=RID, waited_ms=0),
+        Tokens(request_id=RID, seq=0, chunks=[chunk("a")]),
+        failed(500, "backend broke"),
+    )
+    client = await aiohttp_client(relay_app(gw, progress=False))
+    response = await client.post("/chat")
+    assert response.status == 200
+    got = lines(await response.read())
+    assert got[0]["message"]["content"] == "a"
+    assert got[-1] == {"error": "backend broke"}
+
+
+async def test_a_redelivered_job_after_tokens_is_not_spliced(
+    aiohttp_client: AiohttpClient,
+) -> None:
+    gw = FakeGateway()
+    gw.hub.feed(
+        RID,
+        Started(request_id=RID, waited_ms=0),
+        Tokens(request_id=RID, seq=0, chunks=[chunk("a")]),
+        Started(request_id=RID, waited_ms=0, redelivered=True),
+    )
+    client = await aiohttp_client(relay_app(gw, progress=False))
+    got = lines(await (await client.post("/chat")).read())
+    assert got[-1] == {"error": "generation was interrupted by a scheduler restart; please retry"}
+
+
+async def test_a_redelivered_job_not_streamed_starts_over(aiohttp_client: AiohttpClient) -> None:
+    gw = FakeGateway()
+    gw.hub.feed(
+        RID,
+        Started(request_id=RID, waited_ms=0),
+        Tokens(request_id=RID, seq=0, chunks=[chunk("half")]),
+        Started(request_id=RID, waited_ms=0, redelivered=True),
+        Tokens(request_id=RID, seq=0, chunks=[chunk("whole")]),
+        done(1, "whole"),
+    )
+    client = await aiohttp_client(relay_app(gw, stream=False))
+    body = await (await client.post("/chat")).json()
+    assert body["message"]["content"] == "whole"
+
+
+async def test_tokens_lost_in_transit_end_the_stream_with_an_error(
+    aiohttp_client: AiohttpClient,
+) -> None:
+    gw = FakeGateway()
+    gw.hub.feed(
+        RID,
+        Started(request_id=RID, waited_ms=0),
+        Tokens(request_id=RID, seq=0, chunks=[chunk("a")]),
+        done(2, "ab"),  # batch 1 never comes
+    )
+    timings = RelayTimings(heartbeat_s=60.0, straggler_timeout_s=0.01, stored_timeout_s=0.0)
+    client = await aiohttp_client(relay_app(gw, progress=False, timings=timings))
+    got = lines(await (await client.post("/chat")).read())
+    assert got[-1] == {"error": "lost part of the answer in transit; please retry"}
+
+
+async def test_the_queue_timeout_answers_408_and_cancels_the_job_once(
+    aiohttp_client: AiohttpClient,
+) -> None:
+    gw = FakeGateway()
+    gw.hub.feed(RID)  # the scheduler says nothing: the request waits past its deadline
+    client = await aiohttp_client(relay_app(gw, progress=False, queue_timeout_s=0.001))
+    response = await client.post("/chat")
+    assert response.status == 408
+    assert (await response.json())["error"].startswith("request timed out in the queue after")
+    await gw.settle()
+    assert gw.submitter.cancels == [RID]
+    assert gw.relays == {}
+
+
+async def test_an_sse_shape_gets_comments_data_and_done(aiohttp_client: AiohttpClient) -> None:
+    gw = FakeGateway()
+    gw.hub.feed(
+        RID,
+        Position(request_id=RID, position=2, estimated_wait_ms=3000),
+        Started(request_id=RID, waited_ms=0),
+        Tokens(request_id=RID, seq=0, chunks=[chunk("a")]),
+        done(1, "a"),
+    )
+    client = await aiohttp_client(relay_app(gw, shape=SseShape(), encoder=SseEncoder()))
+    response = await client.post("/chat")
+    assert response.headers["Content-Type"] == "text/event-stream"
+    assert await response.read() == (
+        b": queue position=2 estimated_wait_ms=3000\n\n"
+        b": queue position=0 estimated_wait_ms=0\n\n"
+        b'data: {"delta":"a"}\n\n'
+        b'data: {"finish_reason":"stop"}\n\n'
+        b"data: [DONE]\n\n"
+    )
+
+
+# --- the encoders ---------------------------------------------------------------------------
+
+
+def test_ndjson_is_one_line_per_object_and_has_no_comments() -> None:
+    encoder = NdjsonEncoder()
+    assert encoder.encode(Data({"a": 1, "b": "é"})) == '{"a":1,"b":"é"}\n'.encode()
+    assert encoder.encode(Comment("queue position=1")) == b""
+    assert encoder.end() == b""
+
+
+def test_sse_frames_comments_and_the_closing_done() -> None:
+    encoder = SseEncoder()
+    assert encoder.encode(Data({"a": 1})) == b'data: {"a":1}\n\n'
+    assert encoder.encode(Comment("queue position=1")) == b": queue position=1\n\n"
+    # A newline cannot end the comment and start a field.
+    assert encoder.encode(Comment("one\ntwo")) == b": one\n: two\n\n"
+    assert encoder.end() == b"data: [DONE]\n\n"
