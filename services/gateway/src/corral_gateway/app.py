@@ -22,7 +22,7 @@ from corral_common.topology import (
     STORE_STATUS_ROUTING_KEY,
     gateway_queue_name,
 )
-from corral_gateway import admin, corral, ollama
+from corral_gateway import admin, corral, ollama, openai
 from corral_gateway.corral import health as health_report
 from corral_gateway.directory import ModelDirectory
 from corral_gateway.host_check import host_check_middleware
@@ -117,6 +117,7 @@ def create_app(settings: GatewaySettings | None = None) -> web.Application:
     ollama.add_routes(app.router)
     corral.add_routes(app.router)
     admin.add_routes(app.router)
+    openai.add_routes(app.router)
 
     def ready() -> bool:
         # Not ready while it cannot serve: no broker, no scheduler, or a stuck lane.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -13,10 +14,10 @@ from corral_common.errors import CorralError
 from corral_common.messages import Done, Job, JobKind
 from corral_gateway import metrics
 from corral_gateway.body import read_request
-from corral_gateway.encoders import NdjsonEncoder
+from corral_gateway.encoders import NdjsonEncoder, StreamEncoder
 from corral_gateway.extensions import Extensions, backend_payload, read_extensions
 from corral_gateway.ollama.chunks import OllamaChunks, corral_fields
-from corral_gateway.relay import Extras, JobFailed, Relay, RelayTimings
+from corral_gateway.relay import ChunkShape, Extras, JobFailed, Relay, RelayTimings
 from corral_gateway.state import GATEWAY, Gateway
 from corral_gateway.surfaces import answer_with
 from corral_gateway.ticket import JobTicket
@@ -25,12 +26,31 @@ from corral_gateway.validation import OllamaRequestError
 log = structlog.get_logger(__name__)
 
 
+# How a surface shows a generation's answer: its chunk shape and encoder, given the model and
+# the request's extensions.
+Present = Callable[[str, Extensions], tuple[ChunkShape, StreamEncoder]]
+# A surface's decoding of a generation request: the native body to run, and how to show it.
+Decode = Callable[[web.Request, Gateway, JobKind], Awaitable[tuple[dict[str, Any], Present]]]
+
+
 async def chat(request: web.Request) -> web.StreamResponse:
-    return await _generation(request, "chat")
+    return await serve_generation(request, "chat")
 
 
 async def generate(request: web.Request) -> web.StreamResponse:
-    return await _generation(request, "generate")
+    return await serve_generation(request, "generate")
+
+
+async def decode_native(
+    request: web.Request, gateway: Gateway, kind: JobKind
+) -> tuple[dict[str, Any], Present]:
+    """Ollama's own request, shown as Ollama's NDJSON chunks."""
+    body = await read_request(request, kind, gateway.settings.max_body_bytes)
+
+    def present(model: str, ext: Extensions) -> tuple[ChunkShape, StreamEncoder]:
+        return OllamaChunks(kind, model), NdjsonEncoder()
+
+    return body, present
 
 
 class Outcome:
@@ -40,13 +60,17 @@ class Outcome:
         self.label = "error"
 
 
-async def _generation(request: web.Request, kind: JobKind) -> web.StreamResponse:
+async def serve_generation(
+    request: web.Request, kind: JobKind, decode: Decode = decode_native
+) -> web.StreamResponse:
+    """A chat or generate request of any surface: decoded by the surface into a native body,
+    then the same path for all (sessions, the lane, the relay), shown as the surface shows it."""
     gateway = request.app[GATEWAY]
     started = time.monotonic()
     outcome = Outcome()
     metrics.IN_FLIGHT.inc()
     try:
-        return await _serve(request, gateway, kind, outcome)
+        return await _serve(request, gateway, kind, outcome, decode)
     finally:
         metrics.IN_FLIGHT.dec()
         metrics.REQUESTS.labels(kind, outcome.label).inc()
@@ -54,17 +78,19 @@ async def _generation(request: web.Request, kind: JobKind) -> web.StreamResponse
 
 
 async def _serve(
-    request: web.Request, gateway: Gateway, kind: JobKind, outcome: Outcome
+    request: web.Request, gateway: Gateway, kind: JobKind, outcome: Outcome, decode: Decode
 ) -> web.StreamResponse:
     try:
-        body = await read_request(request, kind, gateway.settings.max_body_bytes)
+        body, present = await decode(request, gateway, kind)
         model = body.get("model") or ""
         if not model:
             if kind == "chat":
                 raise OllamaRequestError(400, "model is required")
             raise OllamaRequestError(404, "model '' not found")
         ext = read_extensions(request, body, gateway.settings.queue_limits())
-    except OllamaRequestError:
+    except Exception:
+        # Whatever refuses the request here (each surface decodes with its own error type)
+        # refuses it as invalid; the surface renders the error.
         outcome.label = "invalid"
         raise
     # From here on, every answer names the request.
@@ -78,7 +104,9 @@ async def _serve(
         except CorralError as exc:
             outcome.label = str(exc.error_type)
             raise
-        return await _enqueue_and_relay(request, gateway, kind, model, conversation, ext, outcome)
+        return await _enqueue_and_relay(
+            request, gateway, kind, model, conversation, ext, outcome, present
+        )
 
 
 @dataclass(frozen=True)
@@ -144,12 +172,14 @@ async def _enqueue_and_relay(
     conversation: Conversation,
     ext: Extensions,
     outcome: Outcome,
+    present: Present,
 ) -> web.StreamResponse:
     try:
         ticket = JobTicket(gateway, ext.request_id).open()
     except CorralError:  # the request id is already in flight
         outcome.label = "invalid"
         raise
+    shape, encoder = present(model, ext)
     async with ticket:  # leaving unregisters it and cancels an abandoned job
         relay = Relay(
             request,
@@ -157,8 +187,8 @@ async def _enqueue_and_relay(
             kind=kind,
             stream=conversation.stream,
             ext=ext,
-            shape=OllamaChunks(kind, model),
-            encoder=NdjsonEncoder(),
+            shape=shape,
+            encoder=encoder,
             extras=_extras(ext, conversation),
             timings=RelayTimings(
                 heartbeat_s=gateway.settings.heartbeat_s,

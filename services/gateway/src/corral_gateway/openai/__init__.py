@@ -1,8 +1,8 @@
 """The OpenAI-compatible surface (`/v1`), as Ollama serves it.
 
 The reference is Ollama's own compatibility layer (`openai/openai.go`, `middleware/openai.go` in
-ollama/ollama): the same request mapping onto the native API, the same answer shapes. The modules
-here are pure translation, with no I/O:
+ollama/ollama): the same request mapping onto the native API, the same answer shapes. The first
+four modules are pure translation, with no I/O:
 
 - `requests`: the OpenAI request bodies (pydantic), validated with Ollama's error texts, and their
   translation to native `/api/chat`, `/api/generate` and `/api/embed` bodies, Corral's extension
@@ -12,4 +12,47 @@ here are pure translation, with no I/O:
 - `errors`: Corral's failures in OpenAI's error shape, as a JSON answer or an SSE `error` event.
 - `sse`: Server-Sent Events framing: data events, `[DONE]`, and comment lines for queue feedback and
   heartbeats.
+- `chunk_shapes`: the relay's chunk shapes for `/v1` and its SSE encoder; `routes`: the handlers.
+
+`add_routes` registers the surface: every handler's typed errors rendered in OpenAI's shape.
 """
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from corral_common.errors import CorralError
+from corral_gateway.openai import routes
+from corral_gateway.openai.errors import OpenAIError, from_corral, from_failure
+from corral_gateway.responses import json_response
+from corral_gateway.surfaces import SURFACE_ERRORS, Surface
+from corral_gateway.validation import OllamaRequestError
+
+
+def openai_error(error: Exception, headers: dict[str, str]) -> web.StreamResponse:
+    """OpenAI's shape: `{"error": {"message", "type", "param", "code"}}` (errors.py)."""
+    if isinstance(error, OllamaRequestError):
+        # A refusal from the shared path (body too large, a bad X-Request-Id, model missing).
+        answer = from_failure(error.status, error.message, "invalid_request")
+        extra: dict[str, str] = {}
+    elif isinstance(error, CorralError):
+        answer = from_corral(error)
+        extra = error.headers
+    elif isinstance(error, OpenAIError):
+        answer, extra = error, {}
+    else:
+        raise error  # not a typed error of this surface: the edge answers a plain 500
+    return json_response(answer.body(), answer.status, {**headers, **extra, **answer.headers})
+
+
+OPENAI = Surface("openai", openai_error, (*SURFACE_ERRORS, OpenAIError))
+
+
+def add_routes(router: web.UrlDispatcher) -> None:
+    surface = OPENAI
+    surface.post(router, "/v1/chat/completions", routes.chat_completions)
+    surface.post(router, "/v1/completions", routes.completions)
+    surface.post(router, "/v1/embeddings", routes.embeddings)
+    surface.get(router, "/v1/models", routes.list_models)
+    # Ollama's route takes no `/` in the name; Corral takes any, so namespaced models resolve.
+    surface.get(router, "/v1/models/{model:.+}", routes.retrieve_model)

@@ -1,0 +1,90 @@
+"""The relay's `ChunkShape`s for `/v1` (OpenAI's chunks over SSE) and the SSE encoder that
+writes them, with a failure after the first byte as an SSE `error` event.
+
+The relay (relay.py) decides what a client is told and when; these only translate: queue
+feedback becomes a comment line, each native chunk goes through the stream's `ChatStream` or
+`CompletionStream` (responses.py), the final native chunk gives the finish and usage chunks, and
+a non-streaming answer is assembled as Ollama assembles it, then translated whole.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from corral_common.errors import CorralError
+from corral_common.messages import Done
+from corral_gateway.encoders import Comment, Data, Frame
+from corral_gateway.ollama.chunks import assemble
+from corral_gateway.openai import sse
+from corral_gateway.openai.errors import OpenAIError, from_corral, sse_error_event
+from corral_gateway.openai.responses import (
+    ChatStream,
+    CompletionStream,
+    chat_completion,
+    text_completion,
+)
+
+
+class OpenAISseEncoder:
+    """SSE as Ollama's `/v1` writes it: `data:` events and a closing `data: [DONE]`, plus comment
+    lines (queue feedback) and an `error` event for a failure after the stream began."""
+
+    content_type = sse.CONTENT_TYPE
+
+    def encode(self, frame: Frame) -> bytes:
+        if isinstance(frame, Comment):
+            return sse.comment(frame.text)
+        if isinstance(frame.obj, OpenAIError):
+            return sse_error_event(frame.obj)
+        return sse.data_event(frame.obj)
+
+    def end(self) -> bytes:
+        return sse.DONE
+
+
+class ChatChunks:
+    """`/v1/chat/completions`: `chat.completion.chunk`s, or one `chat.completion`."""
+
+    def __init__(self, stream: ChatStream) -> None:
+        self.stream = stream
+
+    def queue(self, position: int, wait_ms: int) -> Frame:
+        return Comment(sse.queue_text(position, wait_ms))
+
+    def chunk(self, chunk: dict[str, Any]) -> list[Frame]:
+        return [Data(item) for item in self.stream.feed(chunk)]
+
+    def final(self, done: Done, extras: dict[str, Any]) -> list[Frame]:
+        return [Data(item) for item in self.stream.feed(done.final, extras)]
+
+    def failure(self, error: CorralError) -> list[Frame]:
+        return [Data(from_corral(error))]
+
+    def whole(self, chunks: list[dict[str, Any]], done: Done, extras: dict[str, Any]) -> Any:
+        answer = assemble("chat", chunks, done.final, done.text)
+        answer.setdefault("model", self.stream.model)
+        return chat_completion(answer, completion_id=self.stream.completion_id, extras=extras)
+
+
+class CompletionChunks:
+    """`/v1/completions`: `text_completion` chunks, or one `text_completion`."""
+
+    def __init__(self, stream: CompletionStream) -> None:
+        self.stream = stream
+
+    def queue(self, position: int, wait_ms: int) -> Frame:
+        return Comment(sse.queue_text(position, wait_ms))
+
+    def chunk(self, chunk: dict[str, Any]) -> list[Frame]:
+        return [Data(item) for item in self.stream.feed(chunk)]
+
+    def final(self, done: Done, extras: dict[str, Any]) -> list[Frame]:
+        return [Data(item) for item in self.stream.feed(done.final, extras)]
+
+    def failure(self, error: CorralError) -> list[Frame]:
+        return [Data(from_corral(error))]
+
+    def whole(self, chunks: list[dict[str, Any]], done: Done, extras: dict[str, Any]) -> Any:
+        answer = assemble("generate", chunks, done.final, done.text)
+        answer.setdefault("model", self.stream.model)
+        return text_completion(answer, completion_id=self.stream.completion_id, extras=extras)

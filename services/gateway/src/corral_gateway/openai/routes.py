@@ -1,0 +1,134 @@
+"""The `/v1` handlers. Generations take the native path unchanged (sessions, the num_ctx guard,
+the serial lane, fairness, priorities, queue timeouts, cancellation), entered with a native body
+translated from the OpenAI one, and shown as OpenAI objects over SSE; embeddings wait their turn
+in the lane as `/api/embed` does; models are the model manager's `/api/tags` and `/api/show`.
+Handlers raise typed errors; the surface (`OPENAI`) renders them in OpenAI's shape.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from aiohttp import web
+
+from corral_common.clip import clip
+from corral_common.errors import CorralError, ErrorType
+from corral_common.messages import Job, JobKind
+from corral_gateway.body import read_body
+from corral_gateway.encoders import StreamEncoder
+from corral_gateway.extensions import Extensions, backend_payload, read_extensions
+from corral_gateway.ollama.chat_routes import Present, serve_generation
+from corral_gateway.openai.chunk_shapes import ChatChunks, CompletionChunks, OpenAISseEncoder
+from corral_gateway.openai.requests import parse_chat, parse_completion, parse_embedding
+from corral_gateway.openai.responses import (
+    ChatStream,
+    CompletionStream,
+    completion_id,
+    embedding_list,
+    model_list,
+    model_retrieved,
+)
+from corral_gateway.relay import ChunkShape
+from corral_gateway.responses import json_response
+from corral_gateway.state import GATEWAY, Gateway
+from corral_gateway.surfaces import answer_with
+from corral_gateway.ticket import run_job
+from corral_gateway.validation import OllamaRequestError
+
+MODEL_MANAGER = "model-manager"
+
+
+async def chat_completions(request: web.Request) -> web.StreamResponse:
+    return await serve_generation(request, "chat", _decode_chat)
+
+
+async def completions(request: web.Request) -> web.StreamResponse:
+    return await serve_generation(request, "generate", _decode_completion)
+
+
+async def _decode_chat(
+    request: web.Request, gateway: Gateway, kind: JobKind
+) -> tuple[dict[str, Any], Present]:
+    chat = parse_chat(await read_body(request, gateway.settings.max_body_bytes))
+    body = chat.to_ollama(request.headers.get("X-Session-Id"))
+    include_usage = chat.include_usage
+
+    def present(model: str, ext: Extensions) -> tuple[ChunkShape, StreamEncoder]:
+        stream = ChatStream(
+            completion_id=completion_id("chatcmpl", ext.request_id),
+            model=model,
+            include_usage=include_usage,
+        )
+        return ChatChunks(stream), OpenAISseEncoder()
+
+    return body, present
+
+
+async def _decode_completion(
+    request: web.Request, gateway: Gateway, kind: JobKind
+) -> tuple[dict[str, Any], Present]:
+    completion = parse_completion(await read_body(request, gateway.settings.max_body_bytes))
+    body = completion.to_ollama(request.headers.get("X-Session-Id"))
+    include_usage = completion.include_usage
+
+    def present(model: str, ext: Extensions) -> tuple[ChunkShape, StreamEncoder]:
+        stream = CompletionStream(
+            completion_id=completion_id("cmpl", ext.request_id),
+            model=model,
+            include_usage=include_usage,
+        )
+        return CompletionChunks(stream), OpenAISseEncoder()
+
+    return body, present
+
+
+async def embeddings(request: web.Request) -> web.Response:
+    gateway = request.app[GATEWAY]
+    embedding = parse_embedding(await read_body(request, gateway.settings.max_body_bytes))
+    body = embedding.to_ollama()
+    model = body["model"]
+    if not model:
+        raise OllamaRequestError(400, "model is required")
+    ext = read_extensions(request, body, gateway.settings.queue_limits())
+    headers = {"X-Request-Id": ext.request_id}
+    answer_with(request, headers)
+    await gateway.models.check(
+        model, not_found=f'model "{clip(model)}" not found, try pulling it first'
+    )
+    texts = [body["input"]] if isinstance(body["input"], str) else body["input"]
+    done = await run_job(
+        gateway,
+        Job(
+            request_id=ext.request_id,
+            gateway_id=gateway.settings.instance_id,
+            kind="embed",
+            model=model,
+            payload=backend_payload(body),
+            client_key=ext.client_key,
+            queue_progress=False,
+            enqueued_at=time.time(),
+            prompt_chars=sum(len(text) for text in texts),
+            priority=ext.priority,
+            deadline=ext.deadline(),
+        ),
+    )
+    answer = embedding_list(model, done.final, base64_encoded=embedding.base64)
+    return json_response(answer, 200, headers)
+
+
+async def list_models(request: web.Request) -> web.Response:
+    tags = await request.app[GATEWAY].rpc.call(MODEL_MANAGER, "tags")
+    return json_response(model_list(tags), 200)
+
+
+async def retrieve_model(request: web.Request) -> web.Response:
+    model = request.match_info["model"]
+    try:
+        show = await request.app[GATEWAY].rpc.call(MODEL_MANAGER, "show", model=model)
+    except CorralError as exc:
+        if exc.status == 404:
+            # The backend's own refusal, typed so the answer carries `model_not_found`.
+            raise CorralError(ErrorType.MODEL_NOT_FOUND, exc.message) from exc
+        raise
+    return json_response(model_retrieved(model, show), 200)
