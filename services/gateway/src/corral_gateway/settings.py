@@ -35,6 +35,10 @@ class GatewaySettings(CorralSettings):
     # How long POST /api/providers/ollama/pull waits before answering 504; the pull itself
     # carries on in the model manager.
     provider_pull_timeout_s: float = Field(default=600.0, gt=0)
+    # Whether OpenAI's `user` field names a session on /v1 when nothing more explicit does.
+    # Off for applications that set `user` for abuse tracking and send whole histories (the
+    # session store would add the history a second time).
+    openai_user_sessions: bool = True
 
     # The network edge (see host_check.py, origins.py, connections.py).
     # Extra Host names/addresses accepted while bound to loopback (comma-separated;

@@ -51,7 +51,10 @@ async def _decode_chat(
     request: web.Request, gateway: Gateway, kind: JobKind
 ) -> tuple[dict[str, Any], Present]:
     chat = parse_chat(await read_body(request, gateway.settings.max_body_bytes))
-    body = chat.to_ollama(request.headers.get("X-Session-Id"))
+    body = chat.to_ollama(
+        request.headers.get("X-Session-Id"),
+        user_is_session=gateway.settings.openai_user_sessions,
+    )
     include_usage = chat.include_usage
 
     def present(model: str, ext: Extensions) -> tuple[ChunkShape, StreamEncoder]:
@@ -69,7 +72,10 @@ async def _decode_completion(
     request: web.Request, gateway: Gateway, kind: JobKind
 ) -> tuple[dict[str, Any], Present]:
     completion = parse_completion(await read_body(request, gateway.settings.max_body_bytes))
-    body = completion.to_ollama(request.headers.get("X-Session-Id"))
+    body = completion.to_ollama(
+        request.headers.get("X-Session-Id"),
+        user_is_session=gateway.settings.openai_user_sessions,
+    )
     include_usage = completion.include_usage
 
     def present(model: str, ext: Extensions) -> tuple[ChunkShape, StreamEncoder]:
