@@ -13,7 +13,8 @@ from multidict import CIMultiDict
 
 from corral_devstack.cluster import Cluster
 from corral_devstack.ports import free_port
-from corral_emulator import EmulatorControl, expected_reply
+from corral_emulator import EmulatorControl, expected_reply, tokenize
+from corral_emulator.structured import formatted_reply
 from tests.conftest import start_cluster
 from tests.polling import eventually
 
@@ -136,7 +137,11 @@ async def test_generate_fields_pass_through(cluster: Cluster, emu: EmulatorContr
     }
     status, _, raw = await post(cluster, "/api/generate", {**body, "stream": False})
     assert status == 200
-    assert orjson.loads(raw)["response"] == expected_reply("def add(a, b):", 2)
+    # The emulator honours `format` as Ollama does: its answer is an instance of the schema
+    # (an object without properties, `{}`), cut to num_predict tokens.
+    formatted = formatted_reply("def add(a, b):", body["format"])
+    assert formatted is not None
+    assert orjson.loads(raw)["response"] == "".join(tokenize(formatted)[:2])
     sent = (await emu.requests("generate"))[-1]
     assert "session_id" not in sent
     for field in (
