@@ -5,6 +5,8 @@ unloads and embeddings through the serial lane (never overlapping a generation).
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import pathlib
 from collections.abc import Iterator
 from typing import Any
 
@@ -124,6 +126,58 @@ async def test_copy_create_and_delete(models_cluster: Cluster, emu: EmulatorCont
     assert (status, raw) == (200, b"")
     names = {m.model for m in (await client.list()).models}
     assert not {"tiny-copy:latest", "pirate:latest"} & names
+
+
+async def test_gguf_import_through_blobs_then_push(
+    models_cluster: Cluster, emu: EmulatorControl, tmp_path: pathlib.Path
+) -> None:
+    """`ollama create` from a GGUF: the blob crosses the broker in chunks to the backend."""
+    client = ollama.AsyncClient(host=models_cluster.gateway_url)
+    gguf = tmp_path / "model.gguf"
+    # More than two of the gateway's chunks, so the relay's ordering is exercised.
+    gguf.write_bytes(b"GGUF\x03\x00\x00\x00" + bytes(range(256)) * (10 * 1024 + 7))
+    digest = await client.create_blob(gguf)
+    assert digest == "sha256:" + hashlib.sha256(gguf.read_bytes()).hexdigest()
+    assert (await call(models_cluster, "HEAD", f"/api/blobs/{digest}"))[0] == 200
+    # Already there: 200 and nothing sent on; another digest's bytes: Ollama's mismatch.
+    assert await call(models_cluster, "POST", f"/api/blobs/{digest}", raw=b"x") == (200, b"")
+    other = "sha256:" + "0" * 64
+    assert (await call(models_cluster, "HEAD", f"/api/blobs/{other}"))[0] == 404
+    status, raw = await call(models_cluster, "POST", f"/api/blobs/{other}", raw=b"abc")
+    abc = "sha256:" + hashlib.sha256(b"abc").hexdigest()
+    assert (status, orjson.loads(raw)) == (
+        400,
+        {"error": f'digest mismatch, expected "{other}", got "{abc}"'},
+    )
+    status, raw = await call(models_cluster, "POST", "/api/blobs/sha256:nothex", raw=b"abc")
+    assert (status, orjson.loads(raw)) == (400, {"error": "invalid digest format"})
+    assert (await call(models_cluster, "GET", f"/api/blobs/{digest}"))[0] == 405
+
+    created = await client.create(model="me/imported", files={"model.gguf": digest})
+    assert created.status == "success"
+    assert "me/imported:latest" in {m.model for m in (await client.list()).models}
+    answer = await client.chat(model="me/imported", messages=HELLO)
+    assert answer.message.content
+
+    statuses = [part async for part in await client.push("me/imported", stream=True)]
+    assert statuses[0].status == "retrieving manifest"
+    assert [part.status for part in statuses[-2:]] == ["pushing manifest", "success"]
+    weights = [part for part in statuses if part.digest == digest]
+    assert weights[-1].completed == weights[-1].total == gguf.stat().st_size
+    assert (await client.push("me/imported")).status == "success"
+    with pytest.raises(ollama.ResponseError) as missing:
+        await client.push("me/nothing")
+    assert missing.value.status_code == 500
+    assert missing.value.error.endswith("me/nothing/latest: no such file or directory")
+    status, lines = await ndjson(models_cluster, "/api/push", {"name": "me/nothing"})
+    assert status == 200
+    assert lines[:2] == [
+        {"status": "retrieving manifest"},
+        {"status": "couldn't retrieve manifest"},
+    ]
+    assert "error" in lines[-1]
+    status, raw = await call(models_cluster, "POST", "/api/push", {})
+    assert (status, orjson.loads(raw)) == (400, {"error": "model is required"})
 
 
 async def test_model_errors_pass_through_with_ollamas_texts(

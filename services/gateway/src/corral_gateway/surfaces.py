@@ -101,6 +101,10 @@ class Surface:
         # add_get also answers HEAD, as Ollama does for both.
         router.add_get(path, self.guard(handler))
 
+    def head(self, router: web.UrlDispatcher, path: str, handler: RouteHandler) -> None:
+        # A HEAD of its own (Ollama's blob check), where no GET is served.
+        router.add_route("HEAD", path, self.guard(handler))
+
     def post(self, router: web.UrlDispatcher, path: str, handler: RouteHandler) -> None:
         router.add_post(path, self.guard(handler))
 

@@ -172,6 +172,15 @@ REQUEST_TYPES: dict[str, GoType] = {
         password=STRING,
         stream=BOOL,
     ),
+    "push": _struct(
+        "PushRequest",
+        model=STRING,
+        name=STRING,
+        insecure=BOOL,
+        username=STRING,
+        password=STRING,
+        stream=BOOL,
+    ),
     "delete": _struct("DeleteRequest", model=STRING, name=STRING),
     "copy": _struct("CopyRequest", source=STRING, destination=STRING),
     "create": _struct(

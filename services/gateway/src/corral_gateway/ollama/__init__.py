@@ -6,6 +6,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from corral_gateway.ollama import (
+    blob_routes,
     chat_routes,
     embed_routes,
     meta_routes,
@@ -30,3 +31,6 @@ def add_routes(router: web.UrlDispatcher) -> None:
     surface.post(router, "/api/copy", model_routes.copy)
     surface.post(router, "/api/pull", operation_routes.pull)
     surface.post(router, "/api/create", operation_routes.create)
+    surface.post(router, "/api/push", operation_routes.push)
+    surface.head(router, "/api/blobs/{digest}", blob_routes.head_blob)
+    surface.post(router, "/api/blobs/{digest}", blob_routes.create_blob)

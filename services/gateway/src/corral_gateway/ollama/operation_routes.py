@@ -1,5 +1,5 @@
-"""`POST /api/pull` and `POST /api/create`: operations the model manager runs, whose status
-lines come back as `progress` events and are written as Ollama writes them.
+"""`POST /api/pull`, `POST /api/push` and `POST /api/create`: operations the model manager
+runs, whose status lines come back as `progress` events and are written as Ollama writes them.
 
 Streaming is the default: NDJSON status lines ending in `{"status":"success"}`, or in an
 `{"error"}` line once something was written. `stream: false` answers only the last line (or the
@@ -15,6 +15,7 @@ from typing import Any
 from aiohttp import web
 
 from corral_common import jsonutil
+from corral_common.blobs import PUSH
 from corral_common.errors import CorralError
 from corral_common.ids import InvalidId
 from corral_gateway.body import model_field, read_request
@@ -31,6 +32,13 @@ async def pull(request: web.Request) -> web.StreamResponse:
     body = await read_request(request, "pull", request.app[GATEWAY].settings.max_body_bytes)
     params = {"model": model_field(body), "insecure": bool(body.get("insecure"))}
     return await _serve(request, "pull", params, stream=body.get("stream") is not False)
+
+
+async def push(request: web.Request) -> web.StreamResponse:
+    # The same operation shape as a pull (the model manager's `push`, progress events).
+    body = await read_request(request, "push", request.app[GATEWAY].settings.max_body_bytes)
+    params = {"model": model_field(body), "insecure": bool(body.get("insecure"))}
+    return await _serve(request, PUSH, params, stream=body.get("stream") is not False)
 
 
 async def create(request: web.Request) -> web.StreamResponse:
