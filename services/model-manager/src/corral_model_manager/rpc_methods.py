@@ -1,58 +1,53 @@
-"""The model manager's RPC methods (`corral.rpc`, service `model-manager`).
-
-| method | params | result |
-| --- | --- | --- |
-| `model_info` | `{model}` | `{model, context_length, details, capabilities}` (cached) |
-| `tags`, `ps` | `{}` | the backend's `/api/tags`, `/api/ps` |
-| `show` | the client's `/api/show` body | the backend's answer |
-| `pull` | `{model, insecure?, request_id, gateway_id}` | `{model, joined}` at once; events follow |
-| `push` | `{model, insecure?, request_id, gateway_id}` | `{model, joined}` at once; events follow |
-| `create` | `{body, request_id, gateway_id}` | `{model}` at once; events follow |
-| `delete` | `{model}` | `{}` |
-| `copy` | `{source, destination}` | `{}` |
-| `pulls` | `{}` | `{pulls: [{model, state, status, digest, total, completed, percent,
-  started_at, updated_at, error, watchers}]}` |
-| `model_names` | `{refresh?}` | `{models: [canonical names], updated_at}` |
-| `blob_head`, `blob_upload_*` | see `corral_common.blobs` (served by `blob_rpc`) | |
-
-Backend refusals raise the backend's own status and text (`model 'x' not found`, 404).
+"""The model manager's RPC methods (`corral.rpc`, service `model-manager`): the handlers of the
+methods `corral_common.contracts.model_manager` declares (the blob ones are in `blob_rpc`).
+Params arrive parsed; backend refusals raise the backend's own status and text
+(`model 'x' not found`, 404), and a missing name is refused in Ollama's own words.
 """
 
 from __future__ import annotations
 
-from typing import Any
-
-from corral_common.blobs import PUSH
+from corral_common.contracts import Empty
+from corral_common.contracts.model_manager import (
+    MODEL_MANAGER,
+    CopyParams,
+    Created,
+    CreateParams,
+    Document,
+    ModelInfo,
+    ModelInfoParams,
+    ModelListing,
+    ModelNames,
+    ModelNamesParams,
+    ModelParams,
+    NoParams,
+    OperationParams,
+    OperationStarted,
+    PullList,
+    ShowParams,
+)
 from corral_common.errors import CorralError, ErrorType
-from corral_common.rpc import Handler
+from corral_common.model_names import is_valid_model_name
+from corral_common.rpc import Handler, MethodTable
 from corral_model_manager.backend import Backend
 from corral_model_manager.catalogue import ModelCatalogue
 from corral_model_manager.changes import ModelChanges
-from corral_model_manager.model_list import ModelNames
+from corral_model_manager.model_list import ModelNames as NameList
 from corral_model_manager.operations import ModelOperations, Watcher
 
-# Ids travel in topic routing keys, where these characters have meanings of their own.
-_ROUTING_SPECIALS = frozenset(".*#")
+
+def _watcher(params: OperationParams | CreateParams) -> Watcher:
+    return Watcher(gateway_id=params.gateway_id, request_id=params.request_id)
 
 
-def _id_param(params: dict[str, Any], name: str) -> str:
-    value = params.get(name)
-    if not isinstance(value, str) or not value or _ROUTING_SPECIALS & set(value):
-        raise CorralError(ErrorType.INVALID_REQUEST, f"{name} is required (an id without dots)")
-    return value
-
-
-def _watcher(params: dict[str, Any]) -> Watcher:
-    return Watcher(
-        gateway_id=_id_param(params, "gateway_id"), request_id=_id_param(params, "request_id")
-    )
-
-
-def _name_param(params: dict[str, Any], name: str) -> str:
-    """A model name as the client gave it; an empty or missing one is for the backend to
-    refuse in its own words."""
-    value = params.get(name)
-    return value if isinstance(value, str) else ""
+def _listing(answer: object) -> ModelListing:
+    """The backend's `/api/tags` or `/api/ps`, which must hold a model list."""
+    if not isinstance(answer, dict) or not isinstance(answer.get("models"), list):
+        raise CorralError(
+            ErrorType.BACKEND_ERROR,
+            "Invalid response format from Ollama: no model list",
+            status=500,
+        )
+    return ModelListing.model_validate(answer)
 
 
 def model_manager_methods(
@@ -60,78 +55,75 @@ def model_manager_methods(
     catalogue: ModelCatalogue,
     backend: Backend,
     operations: ModelOperations,
-    names: ModelNames,
+    names: NameList,
     changes: ModelChanges,
 ) -> dict[str, Handler]:
-    async def model_info(params: dict[str, Any]) -> Any:
-        model = params.get("model")
-        if not isinstance(model, str) or not model:
+    table = MethodTable(MODEL_MANAGER.service)
+
+    @table.serves(MODEL_MANAGER.model_info)
+    async def model_info(p: ModelInfoParams) -> ModelInfo:
+        if not p.model:
             raise CorralError(ErrorType.INVALID_REQUEST, "model is required")
-        return await catalogue.model_info(model)
+        return ModelInfo.model_validate(await catalogue.model_info(p.model))
 
-    async def tags(_: dict[str, Any]) -> Any:
-        return await catalogue.tags()
+    @table.serves(MODEL_MANAGER.tags)
+    async def tags(_: NoParams) -> ModelListing:
+        return _listing(await catalogue.tags())
 
-    async def running(_: dict[str, Any]) -> Any:
-        return await catalogue.running()
+    @table.serves(MODEL_MANAGER.ps)
+    async def running(_: NoParams) -> ModelListing:
+        return _listing(await catalogue.running())
 
-    async def show(params: dict[str, Any]) -> Any:
-        return await catalogue.show(params)
+    @table.serves(MODEL_MANAGER.show)
+    async def show(p: ShowParams) -> Document:
+        return Document.model_validate(await catalogue.show(p.model_dump(exclude_unset=True)))
 
-    async def pull(params: dict[str, Any]) -> Any:
-        model = params.get("model")
-        if not isinstance(model, str) or not model.strip():
+    @table.serves(MODEL_MANAGER.pull)
+    async def pull(p: OperationParams) -> OperationStarted:
+        if not p.model.strip():
             # Ollama's own answer to a pull without a name (errtypes.InvalidModelNameErrMsg).
             raise CorralError(ErrorType.INVALID_REQUEST, "invalid model name")
-        joined = operations.pull(model, _watcher(params), insecure=bool(params.get("insecure")))
-        return {"model": model, "joined": joined}
+        joined = operations.pull(p.model, _watcher(p), insecure=p.insecure)
+        return OperationStarted(model=p.model, joined=joined)
 
-    async def push(params: dict[str, Any]) -> Any:
-        model = params.get("model")
-        if not isinstance(model, str) or not model.strip():
+    @table.serves(MODEL_MANAGER.push)
+    async def push(p: OperationParams) -> OperationStarted:
+        if not p.model.strip():
             # PushHandler's own answer to a push without a name.
             raise CorralError(ErrorType.INVALID_REQUEST, "model is required")
-        joined = operations.push(model, _watcher(params), insecure=bool(params.get("insecure")))
-        return {"model": model, "joined": joined}
+        if not is_valid_model_name(p.model):
+            # Ollama answers 500 `unqualified name: ...` once its push has begun; a name that
+            # cannot be pushed is the client's error, answered before anything starts.
+            raise CorralError(ErrorType.INVALID_REQUEST, "invalid model name")
+        joined = operations.push(p.model, _watcher(p), insecure=p.insecure)
+        return OperationStarted(model=p.model, joined=joined)
 
-    async def create(params: dict[str, Any]) -> Any:
-        body = params.get("body")
-        if not isinstance(body, dict):
-            raise CorralError(ErrorType.INVALID_REQUEST, "body is required")
-        body = {key: value for key, value in body.items() if key != "stream"}
-        operations.create(body, _watcher(params))
-        return {"model": body.get("model") or body.get("name") or ""}
+    @table.serves(MODEL_MANAGER.create)
+    async def create(p: CreateParams) -> Created:
+        body = {key: value for key, value in p.body.items() if key != "stream"}
+        operations.create(body, _watcher(p))
+        model = body.get("model") or body.get("name") or ""
+        return Created(model=model if isinstance(model, str) else str(model))
 
-    async def delete(params: dict[str, Any]) -> Any:
-        model = _name_param(params, "model")
-        await backend.call("DELETE", "/api/delete", {"model": model})
-        await changes.changed(model)
-        return {}
+    @table.serves(MODEL_MANAGER.delete)
+    async def delete(p: ModelParams) -> Empty:
+        await backend.call("DELETE", "/api/delete", {"model": p.model})
+        await changes.changed(p.model)
+        return Empty()
 
-    async def copy(params: dict[str, Any]) -> Any:
-        source = _name_param(params, "source")
-        destination = _name_param(params, "destination")
-        await backend.call("POST", "/api/copy", {"source": source, "destination": destination})
-        await changes.changed(destination)
-        return {}
+    @table.serves(MODEL_MANAGER.copy)
+    async def copy(p: CopyParams) -> Empty:
+        await backend.call("POST", "/api/copy", {"source": p.source, "destination": p.destination})
+        await changes.changed(p.destination)
+        return Empty()
 
-    async def pulls(_: dict[str, Any]) -> Any:
-        return {"pulls": operations.pulls()}
+    @table.serves(MODEL_MANAGER.pulls)
+    async def pulls(_: NoParams) -> PullList:
+        return PullList(pulls=operations.pulls())
 
-    async def model_names(params: dict[str, Any]) -> Any:
-        listed = await names.refresh() if params.get("refresh") else await names.current()
-        return {"models": listed, "updated_at": names.updated_at}
+    @table.serves(MODEL_MANAGER.model_names)
+    async def model_names(p: ModelNamesParams) -> ModelNames:
+        listed = await names.refresh() if p.refresh else await names.current()
+        return ModelNames(models=listed, updated_at=names.updated_at)
 
-    return {
-        "model_info": model_info,
-        "tags": tags,
-        "ps": running,
-        "show": show,
-        "pull": pull,
-        PUSH: push,
-        "create": create,
-        "delete": delete,
-        "copy": copy,
-        "pulls": pulls,
-        "model_names": model_names,
-    }
+    return table.handlers
