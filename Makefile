@@ -1,11 +1,13 @@
 # Corral: `make run` starts the whole cluster in the foreground; `make test` runs the suite.
-# Both install what they need (uv from PyPI, RabbitMQ from Debian) on a fresh machine.
+# Both install what they need (uv from PyPI, RabbitMQ and, for the browser tests, Chromium from
+# Debian) on a fresh machine.
 
 SHELL := /bin/bash
 UV ?= $(shell command -v uv 2>/dev/null || echo "$(HOME)/.local/bin/uv")
 export UV_LINK_MODE ?= copy
 
-.PHONY: run run-demo test lint typecheck check bench bench-estimates bench-fairness install rabbitmq
+.PHONY: run run-demo test lint typecheck check bench bench-estimates bench-fairness install rabbitmq \
+	chromium
 
 $(UV):
 	python3 -m pip install --quiet --user uv || python3 -m pip install --quiet uv
@@ -17,6 +19,14 @@ rabbitmq:
 	@test -x /usr/lib/rabbitmq/bin/rabbitmq-server || \
 		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq rabbitmq-server)
 
+## Headless Chromium for tests/e2e/test_browser_cors.py (about 20 s here). Where it cannot be
+## installed, those tests skip; under CI (CI set) a failed install fails the run.
+chromium:
+	@command -v chromium >/dev/null || \
+		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium \
+			>/dev/null) || \
+		{ [ -z "$$CI" ] && echo "chromium not installed: the browser tests will skip" >&2; }
+
 ## Start the cluster against CORRAL_OLLAMA_URL (default http://127.0.0.1:11434).
 run: install rabbitmq
 	$(UV) run python -m corral_devstack run
@@ -25,7 +35,7 @@ run: install rabbitmq
 run-demo: install rabbitmq
 	$(UV) run python -m corral_devstack run --emulator
 
-test: install rabbitmq
+test: install rabbitmq chromium
 	$(UV) run pytest
 
 lint: install
