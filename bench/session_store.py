@@ -34,6 +34,7 @@ from aiohttp.test_utils import TestServer
 from pymongo import AsyncMongoClient
 
 from corral_common.broker import Broker, encode
+from corral_common.contracts.session_store import SESSION_STORE, AssembleParams
 from corral_common.ids import new_id
 from corral_common.messages import Done
 from corral_common.rpc import RpcClient
@@ -168,14 +169,10 @@ async def bench(mongo_url: str, amqp_url: str, repeat: int, events: int) -> dict
                     )
 
                 async def remote(options: dict[str, Any] = options, size: int = size) -> Any:
-                    return await rpc.call(
-                        "session-store",
-                        "assemble",
-                        session_id=f"s{size}",
-                        model=MODEL,
-                        messages=message,
-                        options=options,
+                    params = AssembleParams(
+                        session_id=f"s{size}", model=MODEL, messages=message, options=options
                     )
+                    return await rpc.call(SESSION_STORE.assemble, params)
 
                 info = (await local())["context_info"]
                 row[label] = {

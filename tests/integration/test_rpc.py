@@ -9,8 +9,9 @@ from typing import Any
 import pytest
 
 from corral_common.broker import Broker
+from corral_common.contracts.session_store import SESSION_STORE, SearchParams, SearchResult
 from corral_common.errors import CorralError, ErrorType
-from corral_common.rpc import RpcClient, RpcServer
+from corral_common.rpc import MethodTable, RpcClient, RpcServer, rpc_route
 from corral_common.settings import CorralSettings
 
 
@@ -40,13 +41,13 @@ async def pair(fresh_broker: Callable[[], str]) -> AsyncIterator[tuple[RpcServer
 
 async def test_call_returns_the_result(pair: tuple[RpcServer, RpcClient]) -> None:
     _, client = pair
-    assert await client.call("things", "echo", a=1, b=["x"]) == {"echo": {"a": 1, "b": ["x"]}}
+    assert await client.call_raw("things", "echo", a=1, b=["x"]) == {"echo": {"a": 1, "b": ["x"]}}
 
 
 async def test_corral_errors_cross_the_wire_intact(pair: tuple[RpcServer, RpcClient]) -> None:
     _, client = pair
     with pytest.raises(CorralError) as info:
-        await client.call("things", "missing", session_id="s1")
+        await client.call_raw("things", "missing", session_id="s1")
     assert info.value.error_type is ErrorType.SESSION_NOT_FOUND
     assert info.value.status == 404
     assert info.value.details == {"session_id": "s1"}
@@ -55,11 +56,11 @@ async def test_corral_errors_cross_the_wire_intact(pair: tuple[RpcServer, RpcCli
 async def test_handler_bugs_are_internal_errors(pair: tuple[RpcServer, RpcClient]) -> None:
     _, client = pair
     with pytest.raises(CorralError) as info:
-        await client.call("things", "broken")
+        await client.call_raw("things", "broken")
     assert info.value.error_type is ErrorType.INTERNAL_ERROR
     assert "a bug" not in info.value.message  # no internals leak to callers
     with pytest.raises(CorralError):
-        await client.call("things", "nope")
+        await client.call_raw("things", "nope")
 
 
 async def test_a_service_nobody_serves_is_a_prompt_503(
@@ -67,7 +68,7 @@ async def test_a_service_nobody_serves_is_a_prompt_503(
 ) -> None:
     _, client = pair
     with pytest.raises(CorralError) as info:
-        await client.call("nobody", "echo")
+        await client.call_raw("nobody", "echo")
     assert info.value.status == 503
     assert "no instance" in info.value.message
 
@@ -100,15 +101,47 @@ async def test_a_lane_keeps_slow_methods_apart(fresh_broker: Callable[[], str]) 
     client = RpcClient(broker, timeout_s=10, lanes=lanes)
     await client.start()
     try:
-        slow_calls = [asyncio.create_task(client.call("things", "slow")) for _ in range(3)]
+        slow_calls = [asyncio.create_task(client.call_raw("things", "slow")) for _ in range(3)]
         # The main queue is not behind the lane's backlog (its window of one is taken).
-        assert await client.call("things", "fast") == "fast"
+        assert await client.call_raw("things", "fast") == "fast"
         assert started <= 1
         with pytest.raises(CorralError) as info:
-            await client.call("things", "busy")
+            await client.call_raw("things", "busy")
         assert (info.value.status, info.value.headers) == (503, {"Retry-After": "2"})
         release.set()
         assert await asyncio.gather(*slow_calls) == ["slow"] * 3
+    finally:
+        await client.close()
+        await server.close()
+        await broker.close()
+
+
+async def test_declared_methods_over_the_broker(fresh_broker: Callable[[], str]) -> None:
+    """A typed call and a server by declaration: the lane from the declaration, params parsed
+    on arrival, the result validated on return."""
+    broker = Broker(CorralSettings(amqp_url=fresh_broker()), "test")
+    await broker.start()
+    table = MethodTable(SESSION_STORE.service)
+
+    @table.serves(SESSION_STORE.search)
+    async def search(p: SearchParams) -> SearchResult:
+        return SearchResult(query=p.q, results=[{"hit": p.limit}], count=1, partial=False)
+
+    server = RpcServer(broker, SESSION_STORE.service, table.handlers)
+    await server.start()
+    client = RpcClient(broker, timeout_s=5)
+    await client.start()
+    try:
+        found = await client.call(SESSION_STORE.search, SearchParams(q=" two  words", limit=3))
+        assert found == SearchResult(
+            query="two words", results=[{"hit": 3}], count=1, partial=False
+        )
+        # The untyped path routes by RPC_LANES, the typed one by the declaration: one queue.
+        assert rpc_route(SESSION_STORE.service, "search") == SESSION_STORE.search.route
+        with pytest.raises(CorralError) as bad:
+            await client.call_raw(SESSION_STORE.service, "search", q="", limit=3)
+        assert (bad.value.error_type, bad.value.status) == (ErrorType.INVALID_REQUEST, 400)
+        assert bad.value.message == "invalid q: Value error, must not be empty"
     finally:
         await client.close()
         await server.close()

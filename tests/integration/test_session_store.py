@@ -17,6 +17,7 @@ from aiohttp.test_utils import TestServer
 from pymongo import AsyncMongoClient
 
 from corral_common.broker import Broker, encode
+from corral_common.contracts.model_manager import MODEL_MANAGER, ModelInfo
 from corral_common.errors import CorralError, ErrorType
 from corral_common.ids import new_id
 from corral_common.messages import Done
@@ -46,7 +47,7 @@ class Harness:
         )
 
     async def call(self, method: str, **params: Any) -> Any:
-        return await self.rpc.call(STORE, method, **params)
+        return await self.rpc.call_raw(STORE, method, **params)
 
     async def turns(self, session_id: str) -> list[Document]:
         return await self.db["turns"].find({"session_id": session_id}, sort=[("seq", 1)]).to_list()
@@ -412,7 +413,9 @@ async def test_context_length_comes_from_the_model_manager(
         message = [{"role": "user", "content": "hi"}]
         # Nobody serves model-manager yet: the default window, after a short wait.
         started = time.monotonic()
-        result = await rpc.call(STORE, "assemble", session_id="s", model="big", messages=message)
+        result = await rpc.call_raw(
+            STORE, "assemble", session_id="s", model="big", messages=message
+        )
         assert result["context_length"] == 4096
         assert time.monotonic() - started < 3
 
@@ -420,13 +423,16 @@ async def test_context_length_comes_from_the_model_manager(
 
         async def model_info(params: dict[str, Any]) -> Any:
             asked.append(params["model"])
-            return {"context_length": 512}
+            info = ModelInfo(context_length=512, details={}, capabilities=[], model="small")
+            return info.wire()
 
-        manager = RpcServer(broker, "model-manager", {"model_info": model_info})
+        manager = RpcServer(
+            broker, MODEL_MANAGER.service, {MODEL_MANAGER.model_info.name: model_info}
+        )
         await manager.start()
         try:
             for _ in range(3):
-                result = await rpc.call(
+                result = await rpc.call_raw(
                     STORE, "assemble", session_id="s", model="small", messages=message
                 )
                 assert result["context_length"] == 512

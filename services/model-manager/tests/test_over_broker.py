@@ -17,20 +17,14 @@ from aio_pika.abc import AbstractChannel, AbstractIncomingMessage
 from aiohttp import ClientSession, web
 from prometheus_client import REGISTRY
 
-from corral_common.blobs import (
-    BLOB_CHUNK_BYTES,
-    BLOB_HEAD,
-    BLOB_UPLOAD_ABORT,
-    BLOB_UPLOAD_BEGIN,
-    BLOB_UPLOAD_CHUNK,
-    BLOB_UPLOAD_FINISH,
-    PUSH,
+from corral_common.blobs import BLOB_CHUNK_BYTES, encode_chunk
+from corral_common.broker import Broker, encode
+from corral_common.contracts.model_manager import (
+    MODEL_MANAGER,
     BlobUploadBeginResult,
     BlobUploadChunkResult,
     BlobUploadFinishResult,
-    encode_chunk,
 )
-from corral_common.broker import Broker, encode
 from corral_common.errors import CorralError
 from corral_common.ids import new_id
 from corral_common.messages import (
@@ -130,7 +124,7 @@ class FakeGateway:
         self.jobs.put_nowait(Job.model_validate_json(message.body))
 
     async def call(self, method: str, **params: Any) -> Any:
-        return await self.rpc.call(SERVICE, method, **params)
+        return await self.rpc.call_raw(SERVICE, method, **params)
 
     async def next_event(self, request_id: str) -> Event:
         async with asyncio.timeout(WAIT_S):
@@ -535,7 +529,7 @@ def sha256_digest(data: bytes) -> str:
 async def upload_blob(gateway: FakeGateway, data: bytes, digest: str) -> int:
     """What the gateway's `POST /api/blobs/:digest` does: begin, chunks in order, finish."""
     begun = BlobUploadBeginResult.model_validate(
-        await gateway.call(BLOB_UPLOAD_BEGIN, digest=digest)
+        await gateway.call(MODEL_MANAGER.blob_upload_begin.name, digest=digest)
     )
     if begun.upload_id is None:
         assert begun.status is not None
@@ -543,13 +537,13 @@ async def upload_blob(gateway: FakeGateway, data: bytes, digest: str) -> int:
     for offset in range(0, len(data), BLOB_CHUNK_BYTES):
         piece = data[offset : offset + BLOB_CHUNK_BYTES]
         answer = await gateway.call(
-            BLOB_UPLOAD_CHUNK,
+            MODEL_MANAGER.blob_upload_chunk.name,
             upload_id=begun.upload_id,
             offset=offset,
             data=encode_chunk(piece),
         )
         assert BlobUploadChunkResult.model_validate(answer).received == offset + len(piece)
-    finished = await gateway.call(BLOB_UPLOAD_FINISH, upload_id=begun.upload_id)
+    finished = await gateway.call(MODEL_MANAGER.blob_upload_finish.name, upload_id=begun.upload_id)
     return BlobUploadFinishResult.model_validate(finished).status
 
 
@@ -558,9 +552,9 @@ async def test_a_blob_upload_over_the_broker_then_a_create_from_it(
 ) -> None:
     await start_manager()
     digest = sha256_digest(GGUF)
-    assert await gateway.call(BLOB_HEAD, digest=digest) == {"exists": False}
+    assert await gateway.call(MODEL_MANAGER.blob_head.name, digest=digest) == {"exists": False}
     assert await upload_blob(gateway, GGUF, digest) == 201
-    assert await gateway.call(BLOB_HEAD, digest=digest) == {"exists": True}
+    assert await gateway.call(MODEL_MANAGER.blob_head.name, digest=digest) == {"exists": True}
     blob = backend.state.blobs.get(digest)
     assert blob is not None and blob.size == len(GGUF)
     # Again: the backend has it, so nothing is sent.
@@ -586,20 +580,24 @@ async def test_blob_refusals_over_the_broker(
         400,
         f'digest mismatch, expected "{claimed}", got "{sha256_digest(GGUF)}"',
     )
-    for method in (BLOB_HEAD, BLOB_UPLOAD_BEGIN):
+    for method in (MODEL_MANAGER.blob_head.name, MODEL_MANAGER.blob_upload_begin.name):
         with pytest.raises(CorralError) as malformed:
             await gateway.call(method, digest="sha256:nothex")
         assert (malformed.value.status, malformed.value.message) == (400, "invalid digest format")
     with pytest.raises(CorralError) as unknown:
-        await gateway.call(BLOB_UPLOAD_CHUNK, upload_id="nope", offset=0, data="")
+        await gateway.call(
+            MODEL_MANAGER.blob_upload_chunk.name, upload_id="nope", offset=0, data=""
+        )
     assert unknown.value.status == 404
-    begun = await gateway.call(BLOB_UPLOAD_BEGIN, digest=sha256_digest(b"x"))
+    begun = await gateway.call(MODEL_MANAGER.blob_upload_begin.name, digest=sha256_digest(b"x"))
     with pytest.raises(CorralError) as not_base64:
-        await gateway.call(BLOB_UPLOAD_CHUNK, upload_id=begun["upload_id"], offset=0, data="@@")
+        await gateway.call(
+            MODEL_MANAGER.blob_upload_chunk.name, upload_id=begun["upload_id"], offset=0, data="@@"
+        )
     assert not_base64.value.status == 400
-    await gateway.call(BLOB_UPLOAD_ABORT, upload_id=begun["upload_id"])
+    await gateway.call(MODEL_MANAGER.blob_upload_abort.name, upload_id=begun["upload_id"])
     with pytest.raises(CorralError) as missing_params:
-        await gateway.call(BLOB_UPLOAD_CHUNK, upload_id="x")
+        await gateway.call(MODEL_MANAGER.blob_upload_chunk.name, upload_id="x")
     assert missing_params.value.status == 400
 
 
@@ -609,7 +607,7 @@ async def test_a_push_streams_its_progress_and_a_second_push_joins(
     app = await start_manager()
     pushed_before = sample("corral_model_pushes_total", outcome="success")
     assert await gateway.call("copy", source="tiny", destination="me/tiny") == {}
-    request_id, started = await gateway.start_operation(PUSH, model="me/tiny")
+    request_id, started = await gateway.start_operation(MODEL_MANAGER.push.name, model="me/tiny")
     assert started == {"model": "me/tiny", "joined": False}
     progress, failed = await gateway.outcome(request_id)
     assert failed is None
@@ -627,8 +625,8 @@ async def test_a_push_streams_its_progress_and_a_second_push_joins(
 
     # Two pushes of one model at once: the backend pushes it once.
     pushes = len(backend.state.requests.bodies("push"))
-    first, _ = await gateway.start_operation(PUSH, model="me/tiny")
-    second, joined = await gateway.start_operation(PUSH, model="me/tiny")
+    first, _ = await gateway.start_operation(MODEL_MANAGER.push.name, model="me/tiny")
+    second, joined = await gateway.start_operation(MODEL_MANAGER.push.name, model="me/tiny")
     first_outcome, second_outcome = await gateway.outcome(first), await gateway.outcome(second)
     assert first_outcome[1] is None and second_outcome[1] is None
     assert first_outcome[0][-1].line == second_outcome[0][-1].line == {"status": "success"}
@@ -639,7 +637,7 @@ async def test_a_push_of_a_missing_model_fails_as_ollama_does(
     start_manager: StartManager, gateway: FakeGateway
 ) -> None:
     await start_manager()
-    request_id, _ = await gateway.start_operation(PUSH, model="me/nothing")
+    request_id, _ = await gateway.start_operation(MODEL_MANAGER.push.name, model="me/nothing")
     progress, failed = await gateway.outcome(request_id)
     assert [event.line for event in progress] == [
         {"status": "retrieving manifest"},
@@ -652,5 +650,5 @@ async def test_a_push_of_a_missing_model_fails_as_ollama_does(
         "no such file or directory",
     )
     with pytest.raises(CorralError) as nameless:
-        await gateway.start_operation(PUSH, model="")
+        await gateway.start_operation(MODEL_MANAGER.push.name, model="")
     assert (nameless.value.status, nameless.value.message) == (400, "model is required")

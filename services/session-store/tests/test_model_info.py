@@ -26,7 +26,7 @@ async def test_answers_are_cached_and_shared() -> None:
         calls.append(model)
         fetching.set()
         await release.wait()
-        return {"context_length": 256}
+        return 256
 
     clock = Clock()
     lengths = CachedContextLengths(fetch, timeout_s=5, ttl_s=60, failure_ttl_s=5, clock=clock)
@@ -53,7 +53,7 @@ async def test_silence_and_errors_are_unknown_for_a_while() -> None:
             await asyncio.Event().wait()
         if model == "missing":
             raise CorralError(ErrorType.MODEL_NOT_FOUND, "no such model")
-        return {"context_length": "nonsense"}
+        return "nonsense"
 
     clock = Clock()
     lengths = CachedContextLengths(fetch, timeout_s=0.05, ttl_s=60, failure_ttl_s=5, clock=clock)

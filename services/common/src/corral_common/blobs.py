@@ -1,5 +1,6 @@
-"""The contract for blob uploads and pushes through the model manager (RPC service
-`model-manager`), declared once for the gateway (caller) and the model manager (server).
+"""How blobs are uploaded and models pushed through the model manager (RPC service
+`model-manager`); the methods are declared with the others in
+`corral_common.contracts.model_manager` (`MODEL_MANAGER.blob_head`, `.blob_upload_*`, `.push`).
 
 Why chunks over RPC: the gateway talks only to RabbitMQ (ARCHITECTURE.md section 1), and a
 blob (a GGUF of gigabytes) cannot be one message: RabbitMQ 4.x refuses messages over 16 MiB
@@ -33,15 +34,6 @@ import base64
 import binascii
 import re
 
-from pydantic import BaseModel, ConfigDict
-
-BLOB_HEAD = "blob_head"
-BLOB_UPLOAD_BEGIN = "blob_upload_begin"
-BLOB_UPLOAD_CHUNK = "blob_upload_chunk"
-BLOB_UPLOAD_FINISH = "blob_upload_finish"
-BLOB_UPLOAD_ABORT = "blob_upload_abort"
-PUSH = "push"
-
 BLOB_CHUNK_BYTES = 1 << 20
 """What the gateway sends per call: far under any broker's message limit once base64'd."""
 MAX_BLOB_CHUNK_BYTES = 8 << 20
@@ -66,59 +58,3 @@ def decode_chunk(text: str) -> bytes:
         return base64.b64decode(text, validate=True)
     except binascii.Error as exc:
         raise ValueError(str(exc)) from exc
-
-
-class _Contract(BaseModel):
-    model_config = ConfigDict(extra="ignore", frozen=True)
-
-
-class BlobHeadParams(_Contract):
-    digest: str
-
-
-class BlobHeadResult(_Contract):
-    exists: bool
-
-
-class BlobUploadBeginParams(_Contract):
-    digest: str
-
-
-class BlobUploadBeginResult(_Contract):
-    upload_id: str | None
-    """None when the backend already has the blob (`status` 200)."""
-    status: int | None = None
-
-
-class BlobUploadChunkParams(_Contract):
-    upload_id: str
-    offset: int
-    data: str
-    """base64 of the bytes."""
-
-
-class BlobUploadChunkResult(_Contract):
-    received: int
-
-
-class BlobUploadParams(_Contract):
-    """`blob_upload_finish` and `blob_upload_abort`."""
-
-    upload_id: str
-
-
-class BlobUploadFinishResult(_Contract):
-    status: int
-    """201 created, 200 already present: the backend's own answer."""
-
-
-class PushParams(_Contract):
-    model: str
-    insecure: bool = False
-    request_id: str
-    gateway_id: str
-
-
-class PushResult(_Contract):
-    model: str
-    joined: bool

@@ -6,11 +6,16 @@ Bodies are JSON: `{"method", "params"}` in, `{"ok": true, "result"}` or `{"ok": 
 {"type", "message", "status", "details", "headers"}}` out, so a CorralError raised by a handler
 reaches the caller as the same CorralError (a `Retry-After` included).
 
+Every method is declared once in `corral_common.contracts` (service, name, params and result
+models, lane): `RpcClient.call(method, params)` sends the params model and returns the result
+model, validated; a server registers its handlers by declaration (`MethodTable`), each handed
+its params parsed by `contracts.parse`, so every server refuses bad params alike.
+
 Lanes: a service's slow methods (the session store's search, stats, history and list) are
-declared in `RPC_LANES` and served from a queue of their own, `rpc.<service>.<lane>`, with its
+declared on a lane and served from a queue of their own, `rpc.<service>.<lane>`, with its
 own consumer and prefetch window, so a burst of them waits behind its own kind and never
-in front of the hot path (context assembly) on `rpc.<service>`. Clients route by the same
-table, so callers name only the service and the method.
+in front of the hot path (context assembly) on `rpc.<service>`. `RPC_LANES` is that table,
+read from the declarations; a typed call routes by its declaration.
 """
 
 from __future__ import annotations
@@ -18,15 +23,19 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Awaitable, Callable, Mapping
-from typing import Any
+from typing import Any, TypeVar, overload
 
 import aio_pika
 import aiormq
 import structlog
 from aio_pika.abc import AbstractChannel, AbstractExchange, AbstractIncomingMessage, AbstractQueue
+from pydantic import ValidationError
 
 from corral_common import jsonutil
 from corral_common.broker import Broker
+from corral_common.contracts import Method, Params, Result, lanes_of, parse
+from corral_common.contracts.model_manager import MODEL_MANAGER
+from corral_common.contracts.session_store import SESSION_STORE
 from corral_common.errors import CorralError, ErrorType
 from corral_common.ids import new_id
 from corral_common.telemetry import extract_context, inject_context, tracer
@@ -36,12 +45,45 @@ log = structlog.get_logger(__name__)
 
 RPC_EXCHANGE = "corral.rpc"
 Handler = Callable[[dict[str, Any]], Awaitable[Any]]
+P = TypeVar("P", bound=Params)
+R = TypeVar("R", bound=Result)
 
 
 # service -> method -> lane: methods that may be slow, served apart from the service's others.
-RPC_LANES: dict[str, dict[str, str]] = {
-    "session-store": {"search": "reads", "stats": "reads", "history": "reads", "list": "reads"},
-}
+RPC_LANES: dict[str, dict[str, str]] = lanes_of([SESSION_STORE, MODEL_MANAGER])
+
+
+class MethodTable:
+    """A server's methods, registered by declaration:
+
+        table = MethodTable(SESSION_STORE.service)
+
+        @table.serves(SESSION_STORE.history)
+        async def history(params: HistoryParams) -> HistoryResult: ...
+
+    Each handler gets its params parsed (`contracts.parse`: bad ones are refused with
+    `invalid_request` before it runs) and returns its declared result, which travels dumped.
+    `handlers` is what `RpcServer` serves."""
+
+    def __init__(self, service: str) -> None:
+        self.service = service
+        self.handlers: dict[str, Handler] = {}
+
+    def serves(
+        self, method: Method[P, R]
+    ) -> Callable[[Callable[[P], Awaitable[R]]], Callable[[P], Awaitable[R]]]:
+        if method.service != self.service:
+            raise ValueError(f"{method} is not a method of {self.service}")
+
+        def register(handler: Callable[[P], Awaitable[R]]) -> Callable[[P], Awaitable[R]]:
+            async def serve(params: dict[str, Any]) -> Any:
+                result = await handler(parse(method.params, params))
+                return result.wire()
+
+            self.handlers[method.name] = serve
+            return handler
+
+        return register
 
 
 def rpc_route(service: str, method: str, lanes: Mapping[str, Mapping[str, str]] = RPC_LANES) -> str:
@@ -182,7 +224,37 @@ class RpcClient:
             with contextlib.suppress(Exception):
                 await self._channel.close()
 
-    async def call(self, service: str, method: str, **params: Any) -> Any:
+    @overload
+    async def call(self, method: Method[P, R], params: P, /) -> R: ...
+
+    @overload
+    async def call(self, method: str, name: str, /, **params: Any) -> Any: ...
+
+    async def call(self, method: Method[P, R] | str, params: P | str, /, **kwargs: Any) -> Any:
+        """The method's result, validated into its declared model; or the CorralError the
+        handler raised. A result that does not match the declaration is an internal error.
+        (`call(service, name, **params)` is `call_raw`'s old spelling, until its last caller
+        is converted.)"""
+        if isinstance(method, str):
+            assert isinstance(params, str)
+            return await self.call_raw(method, params, **kwargs)
+        assert not isinstance(params, str)
+        answer = await self._request(method.service, method.name, params.wire(), method.route)
+        try:
+            return method.result.model_validate(answer)
+        except ValidationError as exc:
+            log.warning("RPC result off its contract", method=str(method), error=str(exc))
+            raise CorralError(
+                ErrorType.INTERNAL_ERROR,
+                f"the {method.service} service answered {method.name} off its contract",
+                details={"service": method.service, "method": method.name},
+            ) from None
+
+    async def call_raw(self, service: str, method: str, **params: Any) -> Any:
+        """An undeclared call (tests of the wire itself, tools): the result as it came."""
+        return await self._request(service, method, params, rpc_route(service, method, self.lanes))
+
+    async def _request(self, service: str, method: str, params: dict[str, Any], route: str) -> Any:
         """Returns the handler's result, or raises the CorralError it raised."""
         assert self._exchange is not None and self._replies is not None, "RPC client not started"
         if not self.broker.connected:
@@ -202,7 +274,7 @@ class RpcClient:
                     headers=headers,
                     expiration=self.timeout_s,
                 ),
-                routing_key=rpc_route(service, method, self.lanes),
+                routing_key=route,
             )
             reply = await within(future, self.timeout_s)
         except aiormq.exceptions.PublishError as exc:

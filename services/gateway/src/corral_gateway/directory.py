@@ -13,6 +13,7 @@ import time
 import structlog
 
 from corral_common.clip import clip
+from corral_common.contracts.model_manager import MODEL_MANAGER, ModelNamesParams
 from corral_common.errors import CorralError, ErrorType
 from corral_common.messages import ModelList
 from corral_common.model_names import canonical_model_name
@@ -22,8 +23,6 @@ log = structlog.get_logger(__name__)
 
 # Ollama's names: host up to 350 characters, namespace, model and tag up to 80 each.
 MODEL_NAME_MAX_CHARS = 1024
-
-MODEL_MANAGER = "model-manager"
 
 
 class ModelDirectory:
@@ -60,12 +59,12 @@ class ModelDirectory:
                 details={"requested_model": clip(model)},
             )
         try:
-            answer = await self._rpc.call(MODEL_MANAGER, "model_names", refresh=True)
+            answer = await self._rpc.call(MODEL_MANAGER.model_names, ModelNamesParams(refresh=True))
         except CorralError as exc:
             # No model manager, or the backend is down: let the backend have its say.
             log.debug("model list unavailable", error=exc.message)
             return
-        self._set([str(name) for name in answer.get("models") or []])
+        self._set(answer.models)
         if self.knows(model):
             return
         raise CorralError(

@@ -23,6 +23,7 @@ from pymongo import AsyncMongoClient
 from pymongo.errors import PyMongoError
 
 from corral_common.broker import Broker
+from corral_common.contracts.model_manager import MODEL_MANAGER, ModelInfoParams
 from corral_common.ops import add_ops_routes
 from corral_common.redaction import redact_secrets, redact_url
 from corral_common.rpc import RpcClient, RpcServer
@@ -34,7 +35,6 @@ from corral_session_store.health import (
     WriteProbe,
 )
 from corral_session_store.model_info import (
-    MODEL_MANAGER,
     CachedContextLengths,
     ContextLengths,
 )
@@ -143,8 +143,9 @@ async def rpc_ctx(app: web.Application) -> AsyncIterator[None]:
         await client.start()
         rpc = client
 
-        async def fetch(model: str) -> Any:
-            return await rpc.call(MODEL_MANAGER, "model_info", model=model)
+        async def fetch(model: str) -> int | None:
+            info = await rpc.call(MODEL_MANAGER.model_info, ModelInfoParams(model=model))
+            return info.context_length
 
         app[LENGTHS] = CachedContextLengths(
             fetch,

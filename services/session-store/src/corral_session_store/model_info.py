@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable, Mapping
-from typing import Any, Protocol
+from typing import Protocol
 
 import structlog
 
@@ -18,8 +18,6 @@ from corral_common.errors import CorralError
 from corral_common.timeouts import within
 
 log = structlog.get_logger(__name__)
-
-MODEL_MANAGER = "model-manager"
 
 
 class ContextLengths(Protocol):
@@ -38,11 +36,13 @@ class StaticContextLengths:
         return self.lengths.get(model)
 
 
-Fetch = Callable[[str], Awaitable[Any]]
+Fetch = Callable[[str], Awaitable[object]]
+"""A model's context length as the model manager gives it (anything but a positive int is
+taken for unknown)."""
 
 
 class CachedContextLengths:
-    """Answers from `fetch(model)` (which returns `{"context_length": n}`), cached for `ttl_s`;
+    """Answers from `fetch(model)` (the model's context length), cached for `ttl_s`;
     failures and timeouts cached as unknown for `failure_ttl_s`. Concurrent lookups of one
     model share one call."""
 
@@ -88,11 +88,10 @@ class CachedContextLengths:
 
     async def _lookup(self, model: str) -> int | None:
         try:
-            result = await within(self._fetch(model), self.timeout_s)
+            value = await within(self._fetch(model), self.timeout_s)
         except (TimeoutError, CorralError) as exc:
             log.info("model context length unknown", model=model, reason=str(exc) or "timeout")
             return None
-        value = result.get("context_length") if isinstance(result, dict) else None
         if isinstance(value, int) and not isinstance(value, bool) and value > 0:
             return value
         return None

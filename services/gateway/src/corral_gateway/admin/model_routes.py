@@ -9,11 +9,11 @@ import time
 from aiohttp import web
 
 from corral_common.clip import clip
+from corral_common.contracts.model_manager import MODEL_MANAGER, NoParams
 from corral_common.errors import CorralError, ErrorType
 from corral_common.ids import InvalidId
 from corral_common.messages import Job, JobKind
 from corral_gateway.extensions import header_request_id, invalid_id_error
-from corral_gateway.operations import MODEL_MANAGER
 from corral_gateway.responses import json_response
 from corral_gateway.state import GATEWAY
 from corral_gateway.surfaces import answer_with
@@ -30,8 +30,8 @@ async def unload(request: web.Request) -> web.Response:
 
 
 async def pulls(request: web.Request) -> web.Response:
-    answer = await request.app[GATEWAY].rpc.call(MODEL_MANAGER, "pulls")
-    return json_response(answer, 200)
+    answer = await request.app[GATEWAY].rpc.call(MODEL_MANAGER.pulls, NoParams())
+    return json_response(answer.wire(), 200)
 
 
 async def _operate(request: web.Request, kind: JobKind) -> web.Response:

@@ -11,12 +11,13 @@ from aiohttp import web
 
 from corral_common import jsonutil
 from corral_common.clip import clip
+from corral_common.contracts.model_manager import MODEL_MANAGER, NoParams
 from corral_common.errors import STATUS_OF, CorralError, ErrorType
 from corral_common.ids import InvalidId
 from corral_common.timeouts import within
 from corral_gateway.body import model_field, read_body
 from corral_gateway.extensions import header_request_id, invalid_id_error
-from corral_gateway.operations import MODEL_MANAGER, operation_lines
+from corral_gateway.operations import model_operation, operation_lines
 from corral_gateway.responses import json_response
 from corral_gateway.state import GATEWAY
 from corral_gateway.validation import OllamaRequestError
@@ -26,15 +27,10 @@ _CLIENT_ERROR_TYPES = {status: kind for kind, status in reversed(STATUS_OF.items
 
 
 async def models(request: web.Request) -> web.Response:
-    tags = await request.app[GATEWAY].rpc.call(MODEL_MANAGER, "tags")
-    listed = tags.get("models") if isinstance(tags, dict) else None
-    if not isinstance(listed, list):
-        raise CorralError(
-            ErrorType.BACKEND_ERROR,
-            "Invalid response format from Ollama: no model list",
-            status=500,
-        )
-    return json_response({"models": listed, "total": len(listed)}, 200)
+    # A backend answer without a model list is refused by the model manager (500
+    # backend_error "Invalid response format from Ollama: no model list").
+    tags = await request.app[GATEWAY].rpc.call(MODEL_MANAGER.tags, NoParams())
+    return json_response({"models": tags.models, "total": len(tags.models)}, 200)
 
 
 async def pull(request: web.Request) -> web.Response:
@@ -51,7 +47,8 @@ async def pull(request: web.Request) -> web.Response:
 
     async def follow() -> CorralError | None:
         # Closed on the way out, so the ticket stops listening when this request ends.
-        following = operation_lines(gateway, "pull", {"model": model}, request_id)
+        pulling = model_operation(MODEL_MANAGER.pull, model)
+        following = operation_lines(gateway, pulling, request_id)
         async with aclosing(following) as lines:
             async for item in lines:
                 if isinstance(item, CorralError):

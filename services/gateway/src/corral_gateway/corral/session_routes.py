@@ -6,11 +6,20 @@ These are not Ollama paths, so errors use Corral's shape: `{"error": {"type", "m
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TypeVar
 
 from aiohttp import web
 
 from corral_common import jsonutil
+from corral_common.contracts import Method, Params, Result
+from corral_common.contracts.session_store import (
+    SESSION_STORE,
+    HistoryParams,
+    ListParams,
+    RenameParams,
+    SearchParams,
+    SessionParams,
+)
 from corral_common.errors import CorralError, ErrorType
 from corral_common.ids import InvalidId, check_client_id
 from corral_gateway.extensions import invalid_id_error
@@ -18,13 +27,14 @@ from corral_gateway.query_params import OFFSET_MAX, SEARCH_MAX, SESSION_LIST_MAX
 from corral_gateway.responses import json_response
 from corral_gateway.state import GATEWAY
 
-SESSION_STORE = "session-store"
+P = TypeVar("P", bound=Params)
+R = TypeVar("R", bound=Result)
 
 
-async def _call(request: web.Request, method: str, **params: Any) -> web.Response:
+async def _call(request: web.Request, method: Method[P, R], params: P) -> web.Response:
     """The store's answer, as JSON; its errors are raised for the Corral surface to render."""
-    result = await request.app[GATEWAY].rpc.call(SESSION_STORE, method, **params)
-    return json_response(result, 200)
+    result = await request.app[GATEWAY].rpc.call(method, params)
+    return json_response(result.wire(), 200)
 
 
 def _session_id(request: web.Request) -> str:
@@ -35,22 +45,20 @@ def _session_id(request: web.Request) -> str:
 
 
 async def session_list(request: web.Request) -> web.Response:
-    return await _call(
-        request,
-        "list",
+    params = ListParams(
         limit=int_query(request, "limit", 20, minimum=1, maximum=SESSION_LIST_MAX),
         offset=int_query(request, "offset", 0, maximum=OFFSET_MAX),
     )
+    return await _call(request, SESSION_STORE.list, params)
 
 
 async def session_history(request: web.Request) -> web.Response:
-    return await _call(
-        request, "history", session_id=_session_id(request), model=request.query.get("model")
-    )
+    params = HistoryParams(session_id=_session_id(request), model=request.query.get("model"))
+    return await _call(request, SESSION_STORE.history, params)
 
 
 async def session_stats(request: web.Request) -> web.Response:
-    return await _call(request, "stats", session_id=_session_id(request))
+    return await _call(request, SESSION_STORE.stats, SessionParams(session_id=_session_id(request)))
 
 
 async def session_rename(request: web.Request) -> web.Response:
@@ -63,24 +71,26 @@ async def session_rename(request: web.Request) -> web.Response:
         raise _invalid('the body must be JSON, e.g. {"title": "..."}') from exc
     if not isinstance(body, dict) or not isinstance(body.get("title"), str):
         raise _invalid('the body must be {"title": "<text>"}')
-    return await _call(request, "rename", session_id=session_id, title=body["title"])
+    params = RenameParams(session_id=session_id, title=body["title"])
+    return await _call(request, SESSION_STORE.rename, params)
 
 
 async def session_delete(request: web.Request) -> web.Response:
-    return await _call(request, "delete", session_id=_session_id(request))
+    return await _call(
+        request, SESSION_STORE.delete, SessionParams(session_id=_session_id(request))
+    )
 
 
 async def search(request: web.Request) -> web.Response:
     query = request.query.get("q", "")
     if not query.strip():
         raise _invalid("the query parameter q is required")
-    return await _call(
-        request,
-        "search",
+    params = SearchParams(
         q=query,
         limit=int_query(request, "limit", 50, minimum=1, maximum=SEARCH_MAX),
         caller=_caller(request),
     )
+    return await _call(request, SESSION_STORE.search, params)
 
 
 def _caller(request: web.Request) -> str:

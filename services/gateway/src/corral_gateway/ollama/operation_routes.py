@@ -15,13 +15,13 @@ from typing import Any
 from aiohttp import web
 
 from corral_common import jsonutil
-from corral_common.blobs import PUSH
+from corral_common.contracts.model_manager import MODEL_MANAGER
 from corral_common.errors import CorralError
 from corral_common.ids import InvalidId
 from corral_gateway.body import model_field, read_request
 from corral_gateway.encoders import NDJSON
 from corral_gateway.extensions import header_request_id
-from corral_gateway.operations import operation_lines
+from corral_gateway.operations import Start, create_operation, model_operation, operation_lines
 from corral_gateway.responses import json_response
 from corral_gateway.state import GATEWAY
 from corral_gateway.surfaces import answer_with
@@ -30,27 +30,29 @@ from corral_gateway.validation import OllamaRequestError
 
 async def pull(request: web.Request) -> web.StreamResponse:
     body = await read_request(request, "pull", request.app[GATEWAY].settings.max_body_bytes)
-    params = {"model": model_field(body), "insecure": bool(body.get("insecure"))}
-    return await _serve(request, "pull", params, stream=body.get("stream") is not False)
+    pulling = model_operation(
+        MODEL_MANAGER.pull, model_field(body), insecure=bool(body.get("insecure"))
+    )
+    return await _serve(request, pulling, stream=body.get("stream") is not False)
 
 
 async def push(request: web.Request) -> web.StreamResponse:
     # The same operation shape as a pull (the model manager's `push`, progress events).
     body = await read_request(request, "push", request.app[GATEWAY].settings.max_body_bytes)
-    params = {"model": model_field(body), "insecure": bool(body.get("insecure"))}
-    return await _serve(request, PUSH, params, stream=body.get("stream") is not False)
+    pushing = model_operation(
+        MODEL_MANAGER.push, model_field(body), insecure=bool(body.get("insecure"))
+    )
+    return await _serve(request, pushing, stream=body.get("stream") is not False)
 
 
 async def create(request: web.Request) -> web.StreamResponse:
     body = await read_request(request, "create", request.app[GATEWAY].settings.max_body_bytes)
     forwarded = {key: value for key, value in body.items() if key != "stream"}
     stream = body.get("stream") is not False
-    return await _serve(request, "create", {"body": forwarded}, stream=stream)
+    return await _serve(request, create_operation(forwarded), stream=stream)
 
 
-async def _serve(
-    request: web.Request, method: str, params: dict[str, Any], *, stream: bool
-) -> web.StreamResponse:
+async def _serve(request: web.Request, start: Start, *, stream: bool) -> web.StreamResponse:
     gateway = request.app[GATEWAY]
     try:
         request_id = header_request_id(request)
@@ -62,7 +64,7 @@ async def _serve(
     last: dict[str, Any] | None = None
     # A refusal of the RPC that starts it is raised from here, with its own headers.
     # Closed on the way out, so the ticket stops listening when this request ends.
-    async with aclosing(operation_lines(gateway, method, params, request_id)) as lines:
+    async with aclosing(operation_lines(gateway, start, request_id)) as lines:
         async for item in lines:
             if isinstance(item, CorralError):
                 if response is None:

@@ -13,6 +13,7 @@ from typing import Any
 from aiohttp import web
 
 from corral_common.clip import clip
+from corral_common.contracts.model_manager import MODEL_MANAGER, NoParams, ShowParams
 from corral_common.errors import CorralError, ErrorType
 from corral_common.messages import Job, JobKind
 from corral_gateway.body import read_body
@@ -35,8 +36,6 @@ from corral_gateway.state import GATEWAY, Gateway
 from corral_gateway.surfaces import answer_with
 from corral_gateway.ticket import run_job
 from corral_gateway.validation import OllamaRequestError
-
-MODEL_MANAGER = "model-manager"
 
 
 async def chat_completions(request: web.Request) -> web.StreamResponse:
@@ -124,17 +123,17 @@ async def embeddings(request: web.Request) -> web.Response:
 
 
 async def list_models(request: web.Request) -> web.Response:
-    tags = await request.app[GATEWAY].rpc.call(MODEL_MANAGER, "tags")
-    return json_response(model_list(tags), 200)
+    tags = await request.app[GATEWAY].rpc.call(MODEL_MANAGER.tags, NoParams())
+    return json_response(model_list(tags.wire()), 200)
 
 
 async def retrieve_model(request: web.Request) -> web.Response:
     model = request.match_info["model"]
     try:
-        show = await request.app[GATEWAY].rpc.call(MODEL_MANAGER, "show", model=model)
+        show = await request.app[GATEWAY].rpc.call(MODEL_MANAGER.show, ShowParams(model=model))
     except CorralError as exc:
         if exc.status == 404:
             # The backend's own refusal, typed so the answer carries `model_not_found`.
             raise CorralError(ErrorType.MODEL_NOT_FOUND, exc.message) from exc
         raise
-    return json_response(model_retrieved(model, show), 200)
+    return json_response(model_retrieved(model, show.wire()), 200)
