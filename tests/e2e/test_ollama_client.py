@@ -8,6 +8,7 @@ import pytest
 
 from corral_devstack.cluster import Cluster
 from corral_emulator import EmulatorControl, expected_reply, tokenize
+from tests.conftest import Emulator
 
 pytestmark = pytest.mark.e2e
 
@@ -119,6 +120,33 @@ async def test_session_header_and_option_reach_corral_not_the_backend(
     sent = await emu.requests("chat")
     assert sent[-1]["options"] == {"temperature": 0.5}
     assert all("session_id" not in body for body in sent)
+
+
+async def test_load_and_unload_with_the_official_client(
+    cluster: Cluster, emu: EmulatorControl, emulator: Emulator
+) -> None:
+    """`generate(model=m)` / `chat(model=m, keep_alive=0)` load and unload, as with Ollama; a
+    streaming call gets the same one object, which the client reads as a one-chunk stream."""
+    client = ollama.AsyncClient(host=cluster.gateway_url)
+    backend = ollama.AsyncClient(host=emulator.url)
+
+    async def resident() -> list[str | None]:
+        return [m.model for m in (await backend.ps()).models]
+
+    loaded = await client.generate(model="tiny")
+    assert (loaded.done, loaded.done_reason, loaded.response) == (True, "load", "")
+    assert "tiny:latest" in await resident()
+    unloaded = await client.chat(model="tiny", keep_alive=0)
+    assert (unloaded.done, unloaded.done_reason) == (True, "unload")
+    assert unloaded.message.role == "assistant"
+    assert not unloaded.message.content
+    assert "tiny:latest" not in await resident()
+    chunks = [c async for c in await client.chat(model="tiny", stream=True)]
+    assert [(c.done, c.done_reason) for c in chunks] == [(True, "load")]
+    assert "tiny:latest" in await resident()
+    chunks = [c async for c in await client.generate(model="tiny", keep_alive=0, stream=True)]
+    assert [(c.done, c.done_reason) for c in chunks] == [(True, "unload")]
+    assert "tiny:latest" not in await resident()
 
 
 async def test_list_show_and_ps(cluster: Cluster, emu: EmulatorControl) -> None:

@@ -371,6 +371,86 @@ async def test_sessions_from_header_and_user(cluster: Cluster, emu: EmulatorCont
     assert (again.model_extra or {})["context_info"]["messages_used"] == 3
 
 
+async def sse_frames(response: aiohttp.ClientResponse) -> list[str]:
+    return [f for f in (await response.content.read()).decode().split("\n\n") if f]
+
+
+async def test_a_stream_that_never_waited_has_no_queue_comment(
+    cluster: Cluster, emu: EmulatorControl
+) -> None:
+    """Started at once: no `: queue position=0` comment, only the answer's events."""
+    body = {"model": "llama3.2", "messages": HELLO, "stream": True}
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(f"{cluster.gateway_url}/v1/chat/completions", json=body) as response,
+    ):
+        assert response.status == 200
+        assert response.headers["X-Queue-Position"] == "0"
+        frames = await sse_frames(response)
+    assert all(f.startswith("data: ") for f in frames), frames
+    assert frames[-1] == "data: [DONE]"
+    reasons = [
+        json.loads(f.removeprefix("data: "))["choices"][0]["finish_reason"] for f in frames[:-1]
+    ]
+    assert reasons[-1] == "stop" and set(reasons[:-1]) == {None}
+
+
+async def test_heartbeats_are_comments_until_the_first_token(
+    cluster: Cluster, emu: EmulatorControl
+) -> None:
+    """A request the backend is working on (held before its first token, as in a long prompt
+    evaluation) and one waiting with queue feedback off both get `: heartbeat` comment lines
+    every CORRAL_HEARTBEAT_S (1 s here), never a data frame, until their answers come."""
+    url = f"{cluster.gateway_url}/v1/chat/completions"
+    body = {"model": "llama3.2", "messages": HELLO, "stream": True}
+    await emu.hold()
+    async with aiohttp.ClientSession() as session, session.post(url, json=body) as running:
+        # The headers come with the first heartbeat, before any token.
+        assert await running.content.readline() == b": heartbeat\n"
+        assert await running.content.readline() == b"\n"
+        quiet_body = {**body, "messages": [{"role": "user", "content": "quiet"}]}
+        async with session.post(url, json=quiet_body, headers={"X-Queue-Progress": "0"}) as quiet:
+            assert await quiet.content.readline() == b": heartbeat\n"
+            assert await quiet.content.readline() == b"\n"
+            await emu.release()
+            running_frames = await sse_frames(running)
+            quiet_frames = await sse_frames(quiet)
+    for frames, question in ((running_frames, QUESTION), (quiet_frames, "quiet")):
+        comments = [f for f in frames if f.startswith(":")]
+        assert set(comments) <= {": heartbeat"}, comments
+        data = [f.removeprefix("data: ") for f in frames if not f.startswith(":")]
+        assert data[-1] == "[DONE]"
+        chunks = [json.loads(d) for d in data[:-1]]
+        text = "".join(c["choices"][0]["delta"].get("content", "") for c in chunks)
+        assert text == expected_reply(question)
+        # No comment after the first token.
+        first_data = frames.index(next(f for f in frames if f.startswith("data: ")))
+        assert not any(f.startswith(":") for f in frames[first_data:])
+
+
+async def test_a_request_id_in_flight_is_a_conflict_in_the_sdk(
+    cluster: Cluster, emu: EmulatorControl
+) -> None:
+    await emu.hold()
+    headers = {"X-Request-Id": "sdk-reused"}
+    async with async_client(cluster, default_headers=headers) as client:
+        first = asyncio.create_task(
+            client.chat.completions.create(model="llama3.2", messages=HELLO)
+        )
+        await emu.wait(held=1)
+        try:
+            with pytest.raises(openai.ConflictError) as conflict:
+                await client.chat.completions.create(model="llama3.2", messages=HELLO)
+        finally:
+            await emu.release()
+        assert (await first).choices[0].message.content == expected_reply(QUESTION)
+    assert conflict.value.status_code == 409
+    assert conflict.value.code == "request_in_flight"
+    assert error_text(conflict.value) == (
+        "request id 'sdk-reused' is already in flight; use a new X-Request-Id"
+    )
+
+
 async def test_queue_feedback_is_sse_comments(cluster: Cluster, emu: EmulatorControl) -> None:
     """A request waiting behind another sees `: queue ...` comments, never a chunk with
     finish_reason before its answer, and the SSE parser sees only the answer's events."""

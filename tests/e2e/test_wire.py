@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -15,7 +16,7 @@ from corral_devstack.cluster import Cluster
 from corral_devstack.ports import free_port
 from corral_emulator import EmulatorControl, expected_reply, tokenize
 from corral_emulator.structured import formatted_reply
-from tests.conftest import start_cluster
+from tests.conftest import Emulator, start_cluster
 from tests.polling import eventually
 
 pytestmark = pytest.mark.e2e
@@ -182,6 +183,121 @@ async def test_queue_chunks_while_waiting_and_opt_out(
     assert not any("queue_info" in c for c in quiet_chunks if not c["done"])
     # It was still told where it started, for the record in its final chunk.
     assert quiet_chunks[-1]["queue_info"]["position"] >= 1
+
+
+def masked(raw: bytes) -> list[bytes]:
+    """A stream's lines with the times blanked (they differ from one run to the next)."""
+    return [re.sub(rb'"created_at":"[^"]*"', b'"created_at":""', line) for line in raw.split(b"\n")]
+
+
+async def test_a_stream_that_never_waited_is_the_backends_own(
+    cluster: Cluster, emu: EmulatorControl, emulator: Emulator
+) -> None:
+    """Nothing was queued, so nothing is added: no queue chunk, not even "position 0"; every
+    chunk before the final one is the backend's, byte for byte."""
+    status, headers, raw = await post(cluster, "/api/chat", CHAT)
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(f"{emulator.url}/api/chat", data=orjson.dumps(CHAT)) as direct,
+    ):
+        backend = await direct.read()
+    assert status == 200
+    assert not any("queue_info" in c for c in lines(raw)[:-1]), raw.decode()
+    ours, theirs = masked(raw), masked(backend)
+    assert len(ours) == len(theirs)
+    assert ours[:-2] == theirs[:-2]
+    # The final chunk is the backend's with Corral's fields added.
+    final = orjson.loads(ours[-2])
+    assert {k: v for k, v in final.items() if k not in DURATIONS} == {
+        **{k: v for k, v in orjson.loads(theirs[-2]).items() if k not in DURATIONS},
+        "request_id": headers["X-Request-Id"],
+        "queue_info": {"wait_time_ms": final["queue_info"]["wait_time_ms"], "position": 0},
+        "context_info": final["context_info"],
+    }
+    # The headers say the same: it ran at once.
+    assert headers["X-Queue-Position"] == "0"
+    assert headers["X-Estimated-Wait-Ms"] == "0"
+
+
+DURATIONS = {"total_duration", "load_duration", "prompt_eval_duration", "eval_duration"}
+
+
+LOADS = [
+    # (path, body, done_reason): Ollama's idiom, no messages or prompt; keep_alive 0 unloads.
+    ("/api/chat", {"model": "llama3.2"}, "load"),
+    ("/api/chat", {"model": "llama3.2", "keep_alive": 0}, "unload"),
+    ("/api/generate", {"model": "llama3.2"}, "load"),
+    ("/api/generate", {"model": "llama3.2", "keep_alive": 0}, "unload"),
+    ("/api/chat", {"model": "llama3.2", "messages": [], "stream": True}, "load"),
+    ("/api/generate", {"model": "llama3.2", "prompt": "", "keep_alive": "0"}, "unload"),
+]
+
+
+@pytest.mark.parametrize(("path", "body", "reason"), LOADS)
+async def test_load_and_unload_answer_one_json_object(
+    cluster: Cluster, emu: EmulatorControl, path: str, body: dict[str, Any], reason: str
+) -> None:
+    """As Ollama's ChatHandler and GenerateHandler (`c.JSON`): one object, whatever `stream`
+    says (it defaults to true)."""
+    status, headers, raw = await post(cluster, path, body)
+    assert status == 200, raw
+    assert headers["Content-Type"] == "application/json; charset=utf-8"
+    answer = orjson.loads(raw)  # one JSON document, not NDJSON lines
+    assert isinstance(answer, dict)
+    assert answer["model"] == "llama3.2"
+    assert answer["created_at"].endswith("Z")
+    assert answer["done"] is True
+    assert answer["done_reason"] == reason
+    if path == "/api/chat":
+        assert answer["message"] == {"role": "assistant", "content": ""}
+    else:
+        assert answer["response"] == ""
+    assert answer["request_id"] == headers["X-Request-Id"]
+    assert answer["context_info"]["messages_used"] == 0
+    # It went to the backend as the idiom, through the lane.
+    assert (await emu.stats())["max_active"] <= 1
+
+
+async def test_a_request_id_still_in_flight_is_a_409(
+    cluster: Cluster, emu: EmulatorControl
+) -> None:
+    """Ollama ignores X-Request-Id, so a client retrying after its own timeout with the same one
+    must be told plainly what is wrong, in the shape of the API it called."""
+    await emu.hold()
+    reused = {"X-Request-Id": "reused-1"}
+    first = asyncio.create_task(post(cluster, "/api/chat", {**CHAT, "stream": False}, reused))
+    await emu.wait(held=1)
+    text = "request id 'reused-1' is already in flight; use a new X-Request-Id"
+    try:
+        status, headers, raw = await post(cluster, "/api/chat", CHAT, reused)
+        assert (status, orjson.loads(raw)) == (409, {"error": text})
+        assert headers["X-Request-Id"] == "reused-1"
+        status, _, raw = await post(cluster, "/api/generate", {"model": "llama3.2"}, reused)
+        assert (status, orjson.loads(raw)) == (409, {"error": text})
+        v1 = {"model": "llama3.2", "messages": CHAT["messages"]}
+        status, _, raw = await post(cluster, "/v1/chat/completions", v1, reused)
+        assert status == 409
+        assert orjson.loads(raw) == {
+            "error": {
+                "message": text,
+                "type": "api_error",
+                "param": None,
+                "code": "request_in_flight",
+            }
+        }
+        status, _, raw = await post(cluster, "/admin/models/llama3.2/load", b"", reused)
+        assert status == 409
+        assert orjson.loads(raw) == {
+            "error": {"type": "request_in_flight", "message": text, "details": {}}
+        }
+    finally:
+        await emu.release()
+    status, _, raw = await first
+    # The first request was never disturbed, and once it is answered the id is free again.
+    assert status == 200
+    assert orjson.loads(raw)["message"]["content"] == expected_reply("hello there")
+    status, _, _ = await post(cluster, "/api/chat", {**CHAT, "stream": False}, reused)
+    assert status == 200
 
 
 async def wait_until_queued(cluster: Cluster, count: int) -> None:

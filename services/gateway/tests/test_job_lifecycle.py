@@ -203,13 +203,20 @@ async def test_a_client_leaving_before_the_publish_is_confirmed_still_cancels() 
     assert gw.submitter.cancels == [RID]
 
 
-async def test_a_request_id_in_flight_is_refused() -> None:
+async def test_a_request_id_in_flight_is_a_conflict() -> None:
     gw = FakeGateway()
     async with JobTicket(gw.as_gateway(), RID):
         with pytest.raises(CorralError) as caught:
             JobTicket(gw.as_gateway(), RID).open()
-    assert caught.value.error_type is ErrorType.INVALID_REQUEST
-    assert "already in flight" in caught.value.message
+    # A 409 that says what to do, not a 400 that reads like a malformed request.
+    assert caught.value.error_type is ErrorType.REQUEST_IN_FLIGHT
+    assert caught.value.status == 409
+    assert caught.value.message == (
+        f"request id '{RID}' is already in flight; use a new X-Request-Id"
+    )
+    # Free again once the first has left.
+    async with JobTicket(gw.as_gateway(), RID):
+        pass
 
 
 async def test_a_listen_only_ticket_cancels_nothing() -> None:
@@ -484,6 +491,234 @@ async def test_an_sse_shape_gets_comments_data_and_done(aiohttp_client: AiohttpC
         b'data: {"finish_reason":"stop"}\n\n'
         b"data: [DONE]\n\n"
     )
+
+
+# --- queue feedback only for a request that waits, and heartbeats ---------------------------
+
+ANSWER = (
+    b'{"model":"m","message":{"role":"assistant","content":"a"},"done":false}\n'
+    b'{"model":"m","message":{"role":"assistant","content":""},"done":true,'
+    b'"done_reason":"stop","prompt_eval_count":7,"request_id":"req-1","queue_info":{"position":0}}\n'
+)
+
+
+@pytest.mark.parametrize(
+    "first",
+    [
+        Started(request_id=RID, waited_ms=0),
+        # A position of 0 says the same: running, not waiting.
+        Position(request_id=RID, position=0, estimated_wait_ms=0),
+    ],
+)
+async def test_a_request_that_never_waited_gets_no_queue_chunk(
+    aiohttp_client: AiohttpClient, first: Delivery
+) -> None:
+    gw = FakeGateway()
+    gw.hub.feed(
+        RID,
+        first,
+        Started(request_id=RID, waited_ms=0),
+        Tokens(request_id=RID, seq=0, chunks=[chunk("a")]),
+        done(1, "a"),
+    )
+    client = await aiohttp_client(relay_app(gw))
+    response = await client.post("/chat")
+    assert response.status == 200
+    # Byte for byte the backend's stream, plus Corral's fields on the final chunk only.
+    assert await response.read() == ANSWER
+    # The headers still say where it stood: running at once.
+    assert response.headers["X-Queue-Position"] == "0"
+    assert response.headers["X-Estimated-Wait-Ms"] == "0"
+
+
+async def test_a_final_event_overtaking_started_still_says_position_0(
+    aiohttp_client: AiohttpClient,
+) -> None:
+    """`done` is published on the confirmed channel and may overtake `started` and the tokens:
+    the headers, written with the first token, still say where the request stood."""
+    gw = FakeGateway()
+    gw.hub.feed(
+        RID,
+        done(1, "a"),
+        Started(request_id=RID, waited_ms=0),
+        Tokens(request_id=RID, seq=0, chunks=[chunk("a")]),
+    )
+    client = await aiohttp_client(relay_app(gw))
+    response = await client.post("/chat")
+    assert await response.read() == ANSWER
+    assert response.headers["X-Queue-Position"] == "0"
+    assert response.headers["X-Estimated-Wait-Ms"] == "0"
+
+
+async def test_a_request_that_never_waited_gets_no_queue_comment_over_sse(
+    aiohttp_client: AiohttpClient,
+) -> None:
+    gw = FakeGateway()
+    gw.hub.feed(
+        RID,
+        Started(request_id=RID, waited_ms=0),
+        Tokens(request_id=RID, seq=0, chunks=[chunk("a")]),
+        done(1, "a"),
+    )
+    client = await aiohttp_client(relay_app(gw, shape=SseShape(), encoder=SseEncoder()))
+    assert await (await client.post("/chat")).read() == (
+        b'data: {"delta":"a"}\n\ndata: {"finish_reason":"stop"}\n\ndata: [DONE]\n\n'
+    )
+
+
+async def test_a_request_that_waits_is_shown_its_place_then_running(
+    aiohttp_client: AiohttpClient,
+) -> None:
+    gw = FakeGateway()
+    gw.hub.feed(
+        RID,
+        Position(request_id=RID, position=1, estimated_wait_ms=700),
+        Started(request_id=RID, waited_ms=0),
+        Tokens(request_id=RID, seq=0, chunks=[chunk("a")]),
+        done(1, "a"),
+    )
+    client = await aiohttp_client(relay_app(gw))
+    response = await client.post("/chat")
+    got = lines(await response.read())
+    assert [c.get("queue_info") for c in got[:2]] == [
+        {"position": 1, "estimated_wait_ms": 700},
+        {"position": 0, "estimated_wait_ms": 0},
+    ]
+    assert got[2]["message"]["content"] == "a"
+    assert response.headers["X-Queue-Position"] == "1"
+    assert response.headers["X-Estimated-Wait-Ms"] == "700"
+
+
+class Beats:
+    """Counts an encoder's heartbeats, so a test waits for them instead of sleeping."""
+
+    def __init__(self, wanted: int) -> None:
+        self.count = 0
+        self.wanted = wanted
+        self.enough = asyncio.Event()
+
+    def beat(self) -> None:
+        self.count += 1
+        if self.count >= self.wanted:
+            self.enough.set()
+
+
+class BeatingNdjson(NdjsonEncoder):
+    def __init__(self, beats: Beats) -> None:
+        self.beats = beats
+
+    def heartbeat(self) -> bytes:
+        self.beats.beat()
+        return super().heartbeat()
+
+
+class BeatingSse(SseEncoder):
+    def __init__(self, beats: Beats) -> None:
+        self.beats = beats
+
+    def heartbeat(self) -> bytes:
+        self.beats.beat()
+        return super().heartbeat()
+
+
+QUICK_BEATS = RelayTimings(heartbeat_s=0.01, straggler_timeout_s=60.0, stored_timeout_s=0.0)
+
+
+async def answer_after_heartbeats(
+    gw: FakeGateway, client: Any, beats: Beats, first: Delivery
+) -> tuple[web.StreamResponse, bytes]:
+    """Post; once the relay has had `beats.wanted` quiet spells (after `first`), send the
+    answer's tokens and final event; the response and its body."""
+    gw.hub.feed(RID, first)
+    posting = asyncio.create_task(client.post("/chat"))
+    await beats.enough.wait()
+    gw.hub.feed(RID, Tokens(request_id=RID, seq=0, chunks=[chunk("a")]), done(1, "a"))
+    response = await posting
+    return response, await response.read()
+
+
+@pytest.mark.parametrize(
+    "first",
+    [
+        Started(request_id=RID, waited_ms=0),
+        Position(request_id=RID, position=0, estimated_wait_ms=0),
+    ],
+)
+async def test_ndjson_has_no_heartbeat_before_the_first_token_of_a_request_that_never_waited(
+    aiohttp_client: AiohttpClient, first: Delivery
+) -> None:
+    """Ollama's streams carry nothing but chunks: while the prompt is evaluated, nothing."""
+    gw = FakeGateway()
+    beats = Beats(2)
+    client = await aiohttp_client(relay_app(gw, encoder=BeatingNdjson(beats), timings=QUICK_BEATS))
+    response, raw = await answer_after_heartbeats(gw, client, beats, first)
+    assert response.status == 200
+    assert raw == ANSWER
+
+
+async def test_sse_heartbeats_are_comments_until_the_first_token(
+    aiohttp_client: AiohttpClient,
+) -> None:
+    gw = FakeGateway()
+    beats = Beats(2)
+    client = await aiohttp_client(
+        relay_app(gw, shape=SseShape(), encoder=BeatingSse(beats), timings=QUICK_BEATS)
+    )
+    _, raw = await answer_after_heartbeats(gw, client, beats, Started(request_id=RID, waited_ms=0))
+    frames = raw.split(b"\n\n")
+    assert frames[-1] == b""
+    heartbeats = frames[: frames.index(b'data: {"delta":"a"}')]
+    # Comment lines every SSE parser skips, never a data frame; no queue comment either.
+    assert len(heartbeats) >= 2
+    assert set(heartbeats) == {b": heartbeat"}
+    assert frames[len(heartbeats) :] == [
+        b'data: {"delta":"a"}',
+        b'data: {"finish_reason":"stop"}',
+        b"data: [DONE]",
+        b"",
+    ]
+
+
+async def test_sse_heartbeats_while_queued_without_queue_feedback(
+    aiohttp_client: AiohttpClient,
+) -> None:
+    """`X-Queue-Progress: 0` turns the queue comments off, not the keep-alive."""
+    gw = FakeGateway()
+    beats = Beats(2)
+    client = await aiohttp_client(
+        relay_app(
+            gw, progress=False, shape=SseShape(), encoder=BeatingSse(beats), timings=QUICK_BEATS
+        )
+    )
+    _, raw = await answer_after_heartbeats(
+        gw, client, beats, Position(request_id=RID, position=3, estimated_wait_ms=900)
+    )
+    comments = [f for f in raw.split(b"\n\n") if f.startswith(b":")]
+    assert len(comments) >= 2 and set(comments) == {b": heartbeat"}
+
+
+async def test_a_waiting_stream_repeats_its_queue_feedback_as_the_heartbeat(
+    aiohttp_client: AiohttpClient,
+) -> None:
+    gw = FakeGateway()
+    beats = Beats(1)
+
+    class Shape(SseShape):
+        def queue(self, position: int, wait_ms: int) -> Frame:
+            if position == 2:
+                beats.beat()  # the first shown, then each heartbeat
+            return super().queue(position, wait_ms)
+
+    beats.wanted = 3
+    client = await aiohttp_client(
+        relay_app(gw, shape=Shape(), encoder=SseEncoder(), timings=QUICK_BEATS)
+    )
+    _, raw = await answer_after_heartbeats(
+        gw, client, beats, Position(request_id=RID, position=2, estimated_wait_ms=3000)
+    )
+    comments = [f for f in raw.split(b"\n\n") if f.startswith(b":")]
+    assert comments[:3] == [b": queue position=2 estimated_wait_ms=3000"] * 3
+    assert b": heartbeat" not in comments
 
 
 # --- the encoders ---------------------------------------------------------------------------

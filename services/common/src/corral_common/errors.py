@@ -24,6 +24,7 @@ class ErrorType(StrEnum):
     BACKEND_ERROR = "backend_error"
     BACKEND_TIMEOUT = "backend_timeout"
     MODEL_BUSY = "model_busy"
+    REQUEST_IN_FLIGHT = "request_in_flight"
     INTERRUPTED = "interrupted"
     INTERNAL_ERROR = "internal_error"
 
@@ -42,6 +43,7 @@ STATUS_OF: dict[ErrorType, int] = {
     ErrorType.BACKEND_ERROR: 500,
     ErrorType.BACKEND_TIMEOUT: 504,
     ErrorType.MODEL_BUSY: 409,
+    ErrorType.REQUEST_IN_FLIGHT: 409,
     ErrorType.INTERRUPTED: 500,
     ErrorType.INTERNAL_ERROR: 500,
 }

@@ -6,6 +6,10 @@ one JSON object; a `Comment` is out-of-band text a client's parser skips (SSE co
 which OpenAI's SDKs ignore: Corral's queue feedback on `/v1`). NDJSON has no comments, so an
 Ollama shape never produces one (its queue feedback is an empty delta), and the NDJSON encoder
 drops any.
+
+A heartbeat keeps a quiet stream alive before its first token (proxies and clients time out
+idle connections): an SSE comment line; NDJSON has none, since every line is parsed and
+Ollama's own streams carry nothing but chunks.
 """
 
 from __future__ import annotations
@@ -49,6 +53,10 @@ class StreamEncoder(Protocol):
         """What closes a complete stream (possibly nothing)."""
         ...
 
+    def heartbeat(self) -> bytes:
+        """Bytes every client's parser skips, to keep a quiet stream alive (possibly none)."""
+        ...
+
 
 class NdjsonEncoder:
     """One JSON object per line, no blank lines: Ollama's streams."""
@@ -62,6 +70,9 @@ class NdjsonEncoder:
 
     def end(self) -> bytes:
         return b""
+
+    def heartbeat(self) -> bytes:
+        return b""  # nothing an NDJSON client would not parse
 
 
 class SseEncoder:
@@ -80,3 +91,6 @@ class SseEncoder:
 
     def end(self) -> bytes:
         return b"data: [DONE]\n\n"
+
+    def heartbeat(self) -> bytes:
+        return self.encode(Comment("heartbeat"))

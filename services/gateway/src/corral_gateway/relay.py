@@ -1,10 +1,15 @@
 """Turns one request's event stream into the HTTP answer its client expects: the state machine.
 
 Streaming clients get queue feedback while they wait, then the backend's chunks, then the final
-chunk with Corral's fields. Non-streaming clients get one object, assembled from the whole
-stream. Errors before anything was written are raised (`JobFailed`, a CorralError) for the
-surface to render with their status; errors after the first byte end the stream with an error
-frame, as Ollama does.
+chunk with Corral's fields. Queue feedback only when the request really waits: each event
+decides as it comes, holding nothing back (a `position` > 0 is shown at once; `started` shows
+"position 0" only to a client already shown where it waited), so a stream that never queued is
+byte for byte the backend's own. Until the first token, a quiet stream gets heartbeats: the
+queue feedback again while it is shown, else the encoder's keep-alive (an SSE comment; NDJSON
+has none, as Ollama's streams have none). Non-streaming clients get one object, assembled from
+the whole stream. Errors before anything was written are raised (`JobFailed`, a CorralError)
+for the surface to render with their status; errors after the first byte end the stream with
+an error frame, as Ollama does.
 
 What the pieces look like is not decided here: a surface passes a `ChunkShape` (Ollama's chunks
 in `ollama/chunks.py`; OpenAI's deltas) and a `StreamEncoder` (NDJSON, SSE: encoders.py). The
@@ -69,7 +74,8 @@ class ChunkShape(Protocol):
     `context_info`, see `ollama.chunks.corral_fields`)."""
 
     def queue(self, position: int, wait_ms: int) -> Frame:
-        """Queue feedback while the request waits (repeated as a heartbeat)."""
+        """Queue feedback while the request waits (repeated as a heartbeat). Position 0 (now
+        running) is asked for only after a position > 0 was shown."""
         ...
 
     def chunk(self, chunk: dict[str, Any]) -> list[Frame]:
@@ -240,6 +246,11 @@ class Relay:
     async def _show(self, position: int, wait_ms: int) -> None:
         if not (self.stream and self.ext.queue_progress) or self.wrote_tokens:
             return
+        if position == 0 and self.shown is None:
+            # Running without having waited: nothing to tell, and a queue chunk here would be
+            # the one byte that is not the backend's (Open WebUI's OpenAI conversion made it a
+            # premature `finish_reason: "stop"`). Decided now, on this event: nothing waits.
+            return
         if (
             self.shown is not None
             and self.shown[0] == position
@@ -250,9 +261,17 @@ class Relay:
         await self._write(self.shape.queue(position, wait_ms))
 
     async def _heartbeat(self) -> None:
-        if self.shown is not None and not self.wrote_tokens and self.response is not None:
+        """A quiet stream before its first token (waiting, loading, evaluating the prompt): the
+        queue feedback again while the client is shown it, else the encoder's keep-alive."""
+        if not self.stream or self.wrote_tokens:
+            return
+        if self.shown is not None:
             position, wait_ms = self.shown
             await self._write(self.shape.queue(position, wait_ms))
+            return
+        keepalive = self.encoder.heartbeat()
+        if keepalive:
+            await self._send(keepalive)
 
     async def _emit(self, chunk: dict[str, Any]) -> None:
         if not self.wrote_tokens:
@@ -265,6 +284,12 @@ class Relay:
             self.collected.append(chunk)
 
     async def _finish(self, done: Done) -> web.StreamResponse:
+        if self.first_position is None:
+            # The final event travels on another channel than `started` and the tokens, and
+            # may overtake them all: a job that is done ran, so its answer says position 0
+            # (its headers included, written with the first token below).
+            self.first_position = 0
+            self.first_estimate_ms = 0
         complete = await self._drain(done.token_batches)
         if not complete and self.stream:
             return await self._fail(CorralError(ErrorType.INTERNAL_ERROR, LOST_IN_TRANSIT_MESSAGE))
@@ -329,11 +354,14 @@ class Relay:
         return self.response
 
     async def _write(self, frame: Frame) -> None:
+        await self._send(self.encoder.encode(frame))
+
+    async def _send(self, data: bytes) -> None:
+        """Write `data`, starting the response (status 200, the headers known now) first."""
         if self.response is None:
             response = web.StreamResponse(status=200, headers=self.headers)
             response.content_type = self.encoder.content_type
             await response.prepare(self.request)
             self.response = response
-        data = self.encoder.encode(frame)
         if data:
             await self.response.write(data)

@@ -54,6 +54,17 @@ def broker_lost_error() -> CorralError:
     )
 
 
+def in_flight_error(request_id: str) -> CorralError:
+    """A second request with the id of one still in flight: a conflict, not a malformed request
+    (a client retrying after its own timeout with the same `X-Request-Id` gets this while its
+    first request is still being answered or cancelled). Ollama ignores the header, so the text
+    says what to do."""
+    return CorralError(
+        ErrorType.REQUEST_IN_FLIGHT,
+        f"request id '{clip(request_id)}' is already in flight; use a new X-Request-Id",
+    )
+
+
 class JobTicket:
     """Listen, submit, read the events, cancel if abandoned, clean up (see the module doc)."""
 
@@ -70,18 +81,15 @@ class JobTicket:
         self._open = False
 
     def open(self) -> JobTicket:
-        """Start listening (entering the ticket does it too); a CorralError when a request of
-        this id is already in flight here."""
+        """Start listening (entering the ticket does it too); a 409 `request_in_flight` when a
+        request of this id is already in flight here."""
         if self._open:
             return self
         # Registered before anything is published, so no event can arrive unclaimed.
         try:
             self.events = self.gateway.hub.register(self.request_id)
         except KeyError as exc:
-            raise CorralError(
-                ErrorType.INVALID_REQUEST,
-                f"request_id {clip(self.request_id)!r} is already in flight",
-            ) from exc
+            raise in_flight_error(self.request_id) from exc
         self._open = True
         return self
 

@@ -44,13 +44,22 @@ async def generate(request: web.Request) -> web.StreamResponse:
 async def decode_native(
     request: web.Request, gateway: Gateway, kind: JobKind
 ) -> tuple[dict[str, Any], Present]:
-    """Ollama's own request, shown as Ollama's NDJSON chunks."""
+    """Ollama's own request, shown as Ollama's NDJSON chunks. A load or unload (nothing to say)
+    is answered with one JSON object whatever `stream` says, as Ollama answers it (`c.JSON` in
+    its ChatHandler and GenerateHandler, `done_reason` "load" or "unload")."""
     body = await read_request(request, kind, gateway.settings.max_body_bytes)
+    if loads_model(kind, body):
+        body = {**body, "stream": False}
 
     def present(model: str, ext: Extensions) -> tuple[ChunkShape, StreamEncoder]:
         return OllamaChunks(kind, model), NdjsonEncoder()
 
     return body, present
+
+
+def loads_model(kind: JobKind, body: dict[str, Any]) -> bool:
+    """Ollama's load/unload idiom: a chat without messages, a generate without a prompt."""
+    return not body.get("messages") if kind == "chat" else not body.get("prompt")
 
 
 class Outcome:
@@ -176,8 +185,8 @@ async def _enqueue_and_relay(
 ) -> web.StreamResponse:
     try:
         ticket = JobTicket(gateway, ext.request_id).open()
-    except CorralError:  # the request id is already in flight
-        outcome.label = "invalid"
+    except CorralError as exc:  # the request id is already in flight: a 409
+        outcome.label = str(exc.error_type)
         raise
     shape, encoder = present(model, ext)
     async with ticket:  # leaving unregisters it and cancels an abandoned job
@@ -262,6 +271,8 @@ def _job(
 def _messages_used(kind: JobKind, body: dict[str, Any]) -> int:
     if kind == "chat":
         return len(body.get("messages") or [])
+    if not body.get("prompt"):
+        return 0  # a load or unload sends nothing to the model
     return 1 + (1 if body.get("system") else 0)
 
 

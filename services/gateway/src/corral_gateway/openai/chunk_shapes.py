@@ -27,7 +27,8 @@ from corral_gateway.openai.responses import (
 
 class OpenAISseEncoder:
     """SSE as Ollama's `/v1` writes it: `data:` events and a closing `data: [DONE]`, plus comment
-    lines (queue feedback) and an `error` event for a failure after the stream began."""
+    lines (queue feedback, heartbeats) and an `error` event for a failure after the stream
+    began."""
 
     content_type = sse.CONTENT_TYPE
 
@@ -40,6 +41,9 @@ class OpenAISseEncoder:
 
     def end(self) -> bytes:
         return sse.DONE
+
+    def heartbeat(self) -> bytes:
+        return sse.heartbeat()
 
 
 class ChatChunks:
