@@ -23,7 +23,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Awaitable, Callable, Mapping
-from typing import Any, TypeVar, overload
+from typing import Any, TypeVar
 
 import aio_pika
 import aiormq
@@ -224,21 +224,9 @@ class RpcClient:
             with contextlib.suppress(Exception):
                 await self._channel.close()
 
-    @overload
-    async def call(self, method: Method[P, R], params: P, /) -> R: ...
-
-    @overload
-    async def call(self, method: str, name: str, /, **params: Any) -> Any: ...
-
-    async def call(self, method: Method[P, R] | str, params: P | str, /, **kwargs: Any) -> Any:
+    async def call(self, method: Method[P, R], params: P) -> R:
         """The method's result, validated into its declared model; or the CorralError the
-        handler raised. A result that does not match the declaration is an internal error.
-        (`call(service, name, **params)` is `call_raw`'s old spelling, until its last caller
-        is converted.)"""
-        if isinstance(method, str):
-            assert isinstance(params, str)
-            return await self.call_raw(method, params, **kwargs)
-        assert not isinstance(params, str)
+        handler raised. A result that does not match the declaration is an internal error."""
         answer = await self._request(method.service, method.name, params.wire(), method.route)
         try:
             return method.result.model_validate(answer)

@@ -10,6 +10,7 @@ from typing import Any
 import structlog
 from aiohttp import web
 
+from corral_common.contracts.session_store import SESSION_STORE, AssembleParams
 from corral_common.errors import CorralError
 from corral_common.messages import Done, Job, JobKind
 from corral_gateway import metrics
@@ -140,9 +141,8 @@ async def _conversation(
     if ext.session_id is None or not new:
         # Load and unload requests (nothing to say) are not turns of a conversation.
         return Conversation(payload, stream, messages_used=_messages_used(kind, body))
-    assembled = await gateway.rpc.call(
-        "session-store",
-        "assemble",
+    # Messages the store would refuse are refused here, in the store's words.
+    params = AssembleParams(
         session_id=ext.session_id,
         model=model,
         kind=kind,
@@ -150,15 +150,15 @@ async def _conversation(
         options=body.get("options") if isinstance(body.get("options"), dict) else None,
         request_id=ext.request_id,
     )
-    context_info = dict(assembled.get("context_info") or {})
+    assembled = await gateway.rpc.call(SESSION_STORE.assemble, params)
     if kind == "chat":
-        payload["messages"] = assembled["messages"]
+        payload["messages"] = assembled.messages
     return Conversation(
         payload,
         stream,
         turn=new,
-        context_info=context_info,
-        messages_used=int(context_info.get("messages_used") or len(new)),
+        context_info=assembled.context_info.wire(),
+        messages_used=assembled.context_info.messages_used or len(new),
     )
 
 
