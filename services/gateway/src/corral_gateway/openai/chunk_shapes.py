@@ -9,10 +9,11 @@ a non-streaming answer is assembled as Ollama assembles it, then translated whol
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable
+from typing import Any, ClassVar
 
 from corral_common.errors import CorralError
-from corral_common.messages import Done
+from corral_common.messages import Done, JobKind
 from corral_gateway.encoders import Comment, Data, Frame
 from corral_gateway.ollama.chunks import assemble
 from corral_gateway.openai import sse
@@ -46,49 +47,43 @@ class OpenAISseEncoder:
         return sse.heartbeat()
 
 
-class ChatChunks:
+class _OpenAIChunks:
+    """What the two `/v1` generation shapes do alike; a subclass names the native kind its
+    whole answer is assembled as and the OpenAI object that answer becomes."""
+
+    native_kind: ClassVar[JobKind]
+    translate: ClassVar[Callable[..., dict[str, Any]]]
+
+    def __init__(self, stream: ChatStream | CompletionStream) -> None:
+        self.stream = stream
+
+    def queue(self, position: int, wait_ms: int) -> Frame:
+        return Comment(sse.queue_text(position, wait_ms))
+
+    def chunk(self, chunk: dict[str, Any]) -> list[Frame]:
+        return [Data(item) for item in self.stream.feed(chunk)]
+
+    def final(self, done: Done, extras: dict[str, Any]) -> list[Frame]:
+        return [Data(item) for item in self.stream.feed(done.final, extras)]
+
+    def failure(self, error: CorralError) -> list[Frame]:
+        return [Data(from_corral(error))]
+
+    def whole(self, chunks: list[dict[str, Any]], done: Done, extras: dict[str, Any]) -> Any:
+        answer = assemble(self.native_kind, chunks, done.final, done.text)
+        answer.setdefault("model", self.stream.model)
+        return self.translate(answer, completion_id=self.stream.completion_id, extras=extras)
+
+
+class ChatChunks(_OpenAIChunks):
     """`/v1/chat/completions`: `chat.completion.chunk`s, or one `chat.completion`."""
 
-    def __init__(self, stream: ChatStream) -> None:
-        self.stream = stream
-
-    def queue(self, position: int, wait_ms: int) -> Frame:
-        return Comment(sse.queue_text(position, wait_ms))
-
-    def chunk(self, chunk: dict[str, Any]) -> list[Frame]:
-        return [Data(item) for item in self.stream.feed(chunk)]
-
-    def final(self, done: Done, extras: dict[str, Any]) -> list[Frame]:
-        return [Data(item) for item in self.stream.feed(done.final, extras)]
-
-    def failure(self, error: CorralError) -> list[Frame]:
-        return [Data(from_corral(error))]
-
-    def whole(self, chunks: list[dict[str, Any]], done: Done, extras: dict[str, Any]) -> Any:
-        answer = assemble("chat", chunks, done.final, done.text)
-        answer.setdefault("model", self.stream.model)
-        return chat_completion(answer, completion_id=self.stream.completion_id, extras=extras)
+    native_kind = "chat"
+    translate = staticmethod(chat_completion)
 
 
-class CompletionChunks:
+class CompletionChunks(_OpenAIChunks):
     """`/v1/completions`: `text_completion` chunks, or one `text_completion`."""
 
-    def __init__(self, stream: CompletionStream) -> None:
-        self.stream = stream
-
-    def queue(self, position: int, wait_ms: int) -> Frame:
-        return Comment(sse.queue_text(position, wait_ms))
-
-    def chunk(self, chunk: dict[str, Any]) -> list[Frame]:
-        return [Data(item) for item in self.stream.feed(chunk)]
-
-    def final(self, done: Done, extras: dict[str, Any]) -> list[Frame]:
-        return [Data(item) for item in self.stream.feed(done.final, extras)]
-
-    def failure(self, error: CorralError) -> list[Frame]:
-        return [Data(from_corral(error))]
-
-    def whole(self, chunks: list[dict[str, Any]], done: Done, extras: dict[str, Any]) -> Any:
-        answer = assemble("generate", chunks, done.final, done.text)
-        answer.setdefault("model", self.stream.model)
-        return text_completion(answer, completion_id=self.stream.completion_id, extras=extras)
+    native_kind = "generate"
+    translate = staticmethod(text_completion)
