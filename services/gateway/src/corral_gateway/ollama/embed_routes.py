@@ -34,7 +34,17 @@ async def _serve(request: web.Request, kind: JobKind) -> web.Response:
     model = body.get("model") or ""
     if not model:
         raise OllamaRequestError(400, "model is required")
-    texts = _texts(kind, body)
+    final, headers = await run_embedding(request, kind, model, body, _texts(kind, body))
+    return json_response(final, 200, headers)
+
+
+async def run_embedding(
+    request: web.Request, kind: JobKind, model: str, body: dict[str, Any], texts: list[str]
+) -> tuple[dict[str, Any], dict[str, str]]:
+    """A checked native embedding `body` run through the lane (any surface's): the backend's
+    answer and the response's headers. `texts` are the inputs, counted for the lane's
+    accounting."""
+    gateway = request.app[GATEWAY]
     ext = read_extensions(request, body, gateway.settings.queue_limits())
     headers = {"X-Request-Id": ext.request_id}
     answer_with(request, headers)
@@ -58,7 +68,7 @@ async def _serve(request: web.Request, kind: JobKind) -> web.Response:
             deadline=ext.deadline(),
         ),
     )
-    return json_response(done.final, 200, headers)
+    return done.final, headers
 
 
 def _texts(kind: JobKind, body: dict[str, Any]) -> list[str]:

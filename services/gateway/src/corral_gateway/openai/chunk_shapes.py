@@ -10,7 +10,7 @@ a non-streaming answer is assembled as Ollama assembles it, then translated whol
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Self
 
 from corral_common.errors import CorralError
 from corral_common.messages import Done, JobKind
@@ -22,6 +22,7 @@ from corral_gateway.openai.responses import (
     ChatStream,
     CompletionStream,
     chat_completion,
+    completion_id,
     text_completion,
 )
 
@@ -53,9 +54,22 @@ class _OpenAIChunks:
 
     native_kind: ClassVar[JobKind]
     translate: ClassVar[Callable[..., dict[str, Any]]]
+    stream_type: ClassVar[type[ChatStream] | type[CompletionStream]]
+    # OpenAI's prefix for the completion's id: `chatcmpl-…` or `cmpl-…`.
+    id_prefix: ClassVar[str]
 
     def __init__(self, stream: ChatStream | CompletionStream) -> None:
         self.stream = stream
+
+    @classmethod
+    def for_request(cls, request_id: str, model: str, *, include_usage: bool) -> Self:
+        """The shape for one request, its completion id derived from the request id."""
+        stream = cls.stream_type(
+            completion_id=completion_id(cls.id_prefix, request_id),
+            model=model,
+            include_usage=include_usage,
+        )
+        return cls(stream)
 
     def queue(self, position: int, wait_ms: int) -> Frame:
         return Comment(sse.queue_text(position, wait_ms))
@@ -80,6 +94,8 @@ class ChatChunks(_OpenAIChunks):
 
     native_kind = "chat"
     translate = staticmethod(chat_completion)
+    stream_type = ChatStream
+    id_prefix = "chatcmpl"
 
 
 class CompletionChunks(_OpenAIChunks):
@@ -87,3 +103,5 @@ class CompletionChunks(_OpenAIChunks):
 
     native_kind = "generate"
     translate = staticmethod(text_completion)
+    stream_type = CompletionStream
+    id_prefix = "cmpl"

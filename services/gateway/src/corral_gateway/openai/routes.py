@@ -7,83 +7,52 @@ Handlers raise typed errors; the surface (`OPENAI`) renders them in OpenAI's sha
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 from aiohttp import web
 
-from corral_common.clip import clip
 from corral_common.contracts.model_manager import MODEL_MANAGER, NoParams, ShowParams
 from corral_common.errors import CorralError, ErrorType
-from corral_common.messages import Job, JobKind
+from corral_common.messages import JobKind
 from corral_gateway.body import read_body
 from corral_gateway.encoders import StreamEncoder
-from corral_gateway.extensions import Extensions, backend_payload, read_extensions
+from corral_gateway.extensions import Extensions
 from corral_gateway.ollama.chat_routes import Present, serve_generation
+from corral_gateway.ollama.embed_routes import run_embedding
 from corral_gateway.openai.chunk_shapes import ChatChunks, CompletionChunks, OpenAISseEncoder
 from corral_gateway.openai.requests import parse_chat, parse_completion, parse_embedding
-from corral_gateway.openai.responses import (
-    ChatStream,
-    CompletionStream,
-    completion_id,
-    embedding_list,
-    model_list,
-    model_retrieved,
-)
+from corral_gateway.openai.responses import embedding_list, model_list, model_retrieved
 from corral_gateway.relay import ChunkShape
 from corral_gateway.responses import json_response
 from corral_gateway.state import GATEWAY, Gateway
-from corral_gateway.surfaces import answer_with
-from corral_gateway.ticket import run_job
 from corral_gateway.validation import OllamaRequestError
 
 
 async def chat_completions(request: web.Request) -> web.StreamResponse:
-    return await serve_generation(request, "chat", _decode_chat)
+    return await serve_generation(request, "chat", _decode)
 
 
 async def completions(request: web.Request) -> web.StreamResponse:
-    return await serve_generation(request, "generate", _decode_completion)
+    return await serve_generation(request, "generate", _decode)
 
 
-async def _decode_chat(
+async def _decode(
     request: web.Request, gateway: Gateway, kind: JobKind
 ) -> tuple[dict[str, Any], Present]:
-    chat = parse_chat(await read_body(request, gateway.settings.max_body_bytes))
-    body = chat.to_ollama(
+    """A `/v1` chat or completion request as the native body of the same kind, shown as
+    OpenAI's chunks."""
+    raw = await read_body(request, gateway.settings.max_body_bytes)
+    parsed = parse_chat(raw) if kind == "chat" else parse_completion(raw)
+    body = parsed.to_ollama(
         request.headers.get("X-Session-Id"),
         user_is_session=gateway.settings.openai_user_sessions,
     )
-    include_usage = chat.include_usage
+    include_usage = parsed.include_usage
+    shape_type = ChatChunks if kind == "chat" else CompletionChunks
 
     def present(model: str, ext: Extensions) -> tuple[ChunkShape, StreamEncoder]:
-        stream = ChatStream(
-            completion_id=completion_id("chatcmpl", ext.request_id),
-            model=model,
-            include_usage=include_usage,
-        )
-        return ChatChunks(stream), OpenAISseEncoder()
-
-    return body, present
-
-
-async def _decode_completion(
-    request: web.Request, gateway: Gateway, kind: JobKind
-) -> tuple[dict[str, Any], Present]:
-    completion = parse_completion(await read_body(request, gateway.settings.max_body_bytes))
-    body = completion.to_ollama(
-        request.headers.get("X-Session-Id"),
-        user_is_session=gateway.settings.openai_user_sessions,
-    )
-    include_usage = completion.include_usage
-
-    def present(model: str, ext: Extensions) -> tuple[ChunkShape, StreamEncoder]:
-        stream = CompletionStream(
-            completion_id=completion_id("cmpl", ext.request_id),
-            model=model,
-            include_usage=include_usage,
-        )
-        return CompletionChunks(stream), OpenAISseEncoder()
+        shape = shape_type.for_request(ext.request_id, model, include_usage=include_usage)
+        return shape, OpenAISseEncoder()
 
     return body, present
 
@@ -95,30 +64,9 @@ async def embeddings(request: web.Request) -> web.Response:
     model = body["model"]
     if not model:
         raise OllamaRequestError(400, "model is required")
-    ext = read_extensions(request, body, gateway.settings.queue_limits())
-    headers = {"X-Request-Id": ext.request_id}
-    answer_with(request, headers)
-    await gateway.models.check(
-        model, not_found=f'model "{clip(model)}" not found, try pulling it first'
-    )
     texts = [body["input"]] if isinstance(body["input"], str) else body["input"]
-    done = await run_job(
-        gateway,
-        Job(
-            request_id=ext.request_id,
-            gateway_id=gateway.settings.instance_id,
-            kind="embed",
-            model=model,
-            payload=backend_payload(body),
-            client_key=ext.client_key,
-            queue_progress=False,
-            enqueued_at=time.time(),
-            prompt_chars=sum(len(text) for text in texts),
-            priority=ext.priority,
-            deadline=ext.deadline(),
-        ),
-    )
-    answer = embedding_list(model, done.final, base64_encoded=embedding.base64)
+    final, headers = await run_embedding(request, "embed", model, body, texts)
+    answer = embedding_list(model, final, base64_encoded=embedding.base64)
     return json_response(answer, 200, headers)
 
 
