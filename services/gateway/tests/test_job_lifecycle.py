@@ -130,12 +130,25 @@ def failed(status: int = 404, message: str = "model 'm' not found") -> Failed:
     return Failed(request_id=RID, status=status, error_type="model_not_found", message=message)
 
 
+def position(place: int, wait_ms: int) -> Position:
+    return Position(request_id=RID, position=place, estimated_wait_ms=wait_ms)
+
+
+def started(waited_ms: int = 0, *, redelivered: bool = False) -> Started:
+    return Started(request_id=RID, waited_ms=waited_ms, redelivered=redelivered)
+
+
+def tokens(seq: int, *texts: str) -> Tokens:
+    """One token batch of the request, a native chunk for each text."""
+    return Tokens(request_id=RID, seq=seq, chunks=[chunk(text) for text in texts])
+
+
 # --- the ticket ----------------------------------------------------------------------------
 
 
 async def test_a_whole_answer_is_returned_and_nothing_is_cancelled() -> None:
     gw = FakeGateway()
-    gw.hub.feed(RID, Position(request_id=RID, position=1, estimated_wait_ms=10), done(0))
+    gw.hub.feed(RID, position(1, 10), done(0))
     answer = await run_job(gw.as_gateway(), job())
     assert answer.final["done_reason"] == "stop"
     assert [j.request_id for j in gw.submitter.submitted] == [RID]
@@ -178,7 +191,7 @@ async def test_a_refused_publish_cancels_nothing() -> None:
 
 async def test_a_client_leaving_while_queued_cancels_the_job_once() -> None:
     gw = FakeGateway()
-    gw.hub.feed(RID, Position(request_id=RID, position=3, estimated_wait_ms=10))
+    gw.hub.feed(RID, position(3, 10))
     waiting = asyncio.ensure_future(run_job(gw.as_gateway(), job()))
     # The job is in the lane once it was submitted; the client leaves while it waits.
     await gw.submitter.accepted.wait()
@@ -303,13 +316,13 @@ async def test_queue_chunks_then_tokens_in_order_then_the_final_chunk(
     gw = FakeGateway()
     gw.hub.feed(
         RID,
-        Position(request_id=RID, position=2, estimated_wait_ms=3000),
+        position(2, 3000),
         # Within a second of the estimate shown: not shown again.
-        Position(request_id=RID, position=2, estimated_wait_ms=3400),
-        Started(request_id=RID, waited_ms=5),
-        Tokens(request_id=RID, seq=1, chunks=[chunk("b")]),
-        Tokens(request_id=RID, seq=0, chunks=[chunk("a")]),
-        Tokens(request_id=RID, seq=0, chunks=[chunk("a")]),  # a duplicate batch
+        position(2, 3400),
+        started(5),
+        tokens(1, "b"),
+        tokens(0, "a"),
+        tokens(0, "a"),  # a duplicate batch
         done(2, "ab"),
     )
     client = await aiohttp_client(relay_app(gw))
@@ -335,13 +348,7 @@ async def test_a_final_event_overtaking_its_tokens_waits_for_them(
     aiohttp_client: AiohttpClient,
 ) -> None:
     gw = FakeGateway()
-    gw.hub.feed(
-        RID,
-        Started(request_id=RID, waited_ms=0),
-        done(2, "ab"),
-        Tokens(request_id=RID, seq=1, chunks=[chunk("b")]),
-        Tokens(request_id=RID, seq=0, chunks=[chunk("a")]),
-    )
+    gw.hub.feed(RID, started(), done(2, "ab"), tokens(1, "b"), tokens(0, "a"))
     client = await aiohttp_client(relay_app(gw, progress=False))
     got = lines(await (await client.post("/chat")).read())
     assert [c["message"]["content"] for c in got] == ["a", "b", ""]
@@ -350,13 +357,7 @@ async def test_a_final_event_overtaking_its_tokens_waits_for_them(
 
 async def test_a_non_streaming_answer_is_one_object(aiohttp_client: AiohttpClient) -> None:
     gw = FakeGateway()
-    gw.hub.feed(
-        RID,
-        Position(request_id=RID, position=1, estimated_wait_ms=100),
-        Started(request_id=RID, waited_ms=0),
-        Tokens(request_id=RID, seq=0, chunks=[chunk("a"), chunk("b")]),
-        done(1, "ab"),
-    )
+    gw.hub.feed(RID, position(1, 100), started(), tokens(0, "a", "b"), done(1, "ab"))
     client = await aiohttp_client(relay_app(gw, stream=False))
     response = await client.post("/chat")
     assert response.status == 200
@@ -398,12 +399,7 @@ async def test_a_failure_after_the_first_byte_ends_the_stream_with_an_error_line
     aiohttp_client: AiohttpClient,
 ) -> None:
     gw = FakeGateway()
-    gw.hub.feed(
-        RID,
-        Started(request_id=RID, waited_ms=0),
-        Tokens(request_id=RID, seq=0, chunks=[chunk("a")]),
-        failed(500, "backend broke"),
-    )
+    gw.hub.feed(RID, started(), tokens(0, "a"), failed(500, "backend broke"))
     client = await aiohttp_client(relay_app(gw, progress=False))
     response = await client.post("/chat")
     assert response.status == 200
@@ -416,12 +412,7 @@ async def test_a_redelivered_job_after_tokens_is_not_spliced(
     aiohttp_client: AiohttpClient,
 ) -> None:
     gw = FakeGateway()
-    gw.hub.feed(
-        RID,
-        Started(request_id=RID, waited_ms=0),
-        Tokens(request_id=RID, seq=0, chunks=[chunk("a")]),
-        Started(request_id=RID, waited_ms=0, redelivered=True),
-    )
+    gw.hub.feed(RID, started(), tokens(0, "a"), started(redelivered=True))
     client = await aiohttp_client(relay_app(gw, progress=False))
     got = lines(await (await client.post("/chat")).read())
     assert got[-1] == {"error": "generation was interrupted by a scheduler restart; please retry"}
@@ -431,10 +422,10 @@ async def test_a_redelivered_job_not_streamed_starts_over(aiohttp_client: Aiohtt
     gw = FakeGateway()
     gw.hub.feed(
         RID,
-        Started(request_id=RID, waited_ms=0),
-        Tokens(request_id=RID, seq=0, chunks=[chunk("half")]),
-        Started(request_id=RID, waited_ms=0, redelivered=True),
-        Tokens(request_id=RID, seq=0, chunks=[chunk("whole")]),
+        started(),
+        tokens(0, "half"),
+        started(redelivered=True),
+        tokens(0, "whole"),
         done(1, "whole"),
     )
     client = await aiohttp_client(relay_app(gw, stream=False))
@@ -448,8 +439,8 @@ async def test_tokens_lost_in_transit_end_the_stream_with_an_error(
     gw = FakeGateway()
     gw.hub.feed(
         RID,
-        Started(request_id=RID, waited_ms=0),
-        Tokens(request_id=RID, seq=0, chunks=[chunk("a")]),
+        started(),
+        tokens(0, "a"),
         done(2, "ab"),  # batch 1 never comes
     )
     timings = RelayTimings(heartbeat_s=60.0, straggler_timeout_s=0.01, stored_timeout_s=0.0)
@@ -474,13 +465,7 @@ async def test_the_queue_timeout_answers_408_and_cancels_the_job_once(
 
 async def test_an_sse_shape_gets_comments_data_and_done(aiohttp_client: AiohttpClient) -> None:
     gw = FakeGateway()
-    gw.hub.feed(
-        RID,
-        Position(request_id=RID, position=2, estimated_wait_ms=3000),
-        Started(request_id=RID, waited_ms=0),
-        Tokens(request_id=RID, seq=0, chunks=[chunk("a")]),
-        done(1, "a"),
-    )
+    gw.hub.feed(RID, position(2, 3000), started(), tokens(0, "a"), done(1, "a"))
     client = await aiohttp_client(relay_app(gw, shape=SseShape(), encoder=SseEncoder()))
     response = await client.post("/chat")
     assert response.headers["Content-Type"] == "text/event-stream"
@@ -505,22 +490,16 @@ ANSWER = (
 @pytest.mark.parametrize(
     "first",
     [
-        Started(request_id=RID, waited_ms=0),
+        started(),
         # A position of 0 says the same: running, not waiting.
-        Position(request_id=RID, position=0, estimated_wait_ms=0),
+        position(0, 0),
     ],
 )
 async def test_a_request_that_never_waited_gets_no_queue_chunk(
     aiohttp_client: AiohttpClient, first: Delivery
 ) -> None:
     gw = FakeGateway()
-    gw.hub.feed(
-        RID,
-        first,
-        Started(request_id=RID, waited_ms=0),
-        Tokens(request_id=RID, seq=0, chunks=[chunk("a")]),
-        done(1, "a"),
-    )
+    gw.hub.feed(RID, first, started(), tokens(0, "a"), done(1, "a"))
     client = await aiohttp_client(relay_app(gw))
     response = await client.post("/chat")
     assert response.status == 200
@@ -537,12 +516,7 @@ async def test_a_final_event_overtaking_started_still_says_position_0(
     """`done` is published on the confirmed channel and may overtake `started` and the tokens:
     the headers, written with the first token, still say where the request stood."""
     gw = FakeGateway()
-    gw.hub.feed(
-        RID,
-        done(1, "a"),
-        Started(request_id=RID, waited_ms=0),
-        Tokens(request_id=RID, seq=0, chunks=[chunk("a")]),
-    )
+    gw.hub.feed(RID, done(1, "a"), started(), tokens(0, "a"))
     client = await aiohttp_client(relay_app(gw))
     response = await client.post("/chat")
     assert await response.read() == ANSWER
@@ -554,12 +528,7 @@ async def test_a_request_that_never_waited_gets_no_queue_comment_over_sse(
     aiohttp_client: AiohttpClient,
 ) -> None:
     gw = FakeGateway()
-    gw.hub.feed(
-        RID,
-        Started(request_id=RID, waited_ms=0),
-        Tokens(request_id=RID, seq=0, chunks=[chunk("a")]),
-        done(1, "a"),
-    )
+    gw.hub.feed(RID, started(), tokens(0, "a"), done(1, "a"))
     client = await aiohttp_client(relay_app(gw, shape=SseShape(), encoder=SseEncoder()))
     assert await (await client.post("/chat")).read() == (
         b'data: {"delta":"a"}\n\ndata: {"finish_reason":"stop"}\n\ndata: [DONE]\n\n'
@@ -570,13 +539,7 @@ async def test_a_request_that_waits_is_shown_its_place_then_running(
     aiohttp_client: AiohttpClient,
 ) -> None:
     gw = FakeGateway()
-    gw.hub.feed(
-        RID,
-        Position(request_id=RID, position=1, estimated_wait_ms=700),
-        Started(request_id=RID, waited_ms=0),
-        Tokens(request_id=RID, seq=0, chunks=[chunk("a")]),
-        done(1, "a"),
-    )
+    gw.hub.feed(RID, position(1, 700), started(), tokens(0, "a"), done(1, "a"))
     client = await aiohttp_client(relay_app(gw))
     response = await client.post("/chat")
     got = lines(await response.read())
@@ -632,7 +595,7 @@ async def answer_after_heartbeats(
     gw.hub.feed(RID, first)
     posting = asyncio.create_task(client.post("/chat"))
     await beats.enough.wait()
-    gw.hub.feed(RID, Tokens(request_id=RID, seq=0, chunks=[chunk("a")]), done(1, "a"))
+    gw.hub.feed(RID, tokens(0, "a"), done(1, "a"))
     response = await posting
     return response, await response.read()
 
@@ -640,8 +603,8 @@ async def answer_after_heartbeats(
 @pytest.mark.parametrize(
     "first",
     [
-        Started(request_id=RID, waited_ms=0),
-        Position(request_id=RID, position=0, estimated_wait_ms=0),
+        started(),
+        position(0, 0),
     ],
 )
 async def test_ndjson_has_no_heartbeat_before_the_first_token_of_a_request_that_never_waited(
@@ -664,7 +627,7 @@ async def test_sse_heartbeats_are_comments_until_the_first_token(
     client = await aiohttp_client(
         relay_app(gw, shape=SseShape(), encoder=BeatingSse(beats), timings=QUICK_BEATS)
     )
-    _, raw = await answer_after_heartbeats(gw, client, beats, Started(request_id=RID, waited_ms=0))
+    _, raw = await answer_after_heartbeats(gw, client, beats, started())
     frames = raw.split(b"\n\n")
     assert frames[-1] == b""
     heartbeats = frames[: frames.index(b'data: {"delta":"a"}')]
@@ -690,9 +653,7 @@ async def test_sse_heartbeats_while_queued_without_queue_feedback(
             gw, progress=False, shape=SseShape(), encoder=BeatingSse(beats), timings=QUICK_BEATS
         )
     )
-    _, raw = await answer_after_heartbeats(
-        gw, client, beats, Position(request_id=RID, position=3, estimated_wait_ms=900)
-    )
+    _, raw = await answer_after_heartbeats(gw, client, beats, position(3, 900))
     comments = [f for f in raw.split(b"\n\n") if f.startswith(b":")]
     assert len(comments) >= 2 and set(comments) == {b": heartbeat"}
 
@@ -713,9 +674,7 @@ async def test_a_waiting_stream_repeats_its_queue_feedback_as_the_heartbeat(
     client = await aiohttp_client(
         relay_app(gw, shape=Shape(), encoder=SseEncoder(), timings=QUICK_BEATS)
     )
-    _, raw = await answer_after_heartbeats(
-        gw, client, beats, Position(request_id=RID, position=2, estimated_wait_ms=3000)
-    )
+    _, raw = await answer_after_heartbeats(gw, client, beats, position(2, 3000))
     comments = [f for f in raw.split(b"\n\n") if f.startswith(b":")]
     assert comments[:3] == [b": queue position=2 estimated_wait_ms=3000"] * 3
     assert b": heartbeat" not in comments
