@@ -240,7 +240,29 @@ def _client_id(value: str, name: str) -> str:
         raise invalid_request(exc.message, param=name) from exc
 
 
-class ChatCompletionRequest(CorralFields):
+class GenerationFields(CorralFields):
+    """The fields Ollama's `ChatCompletionRequest` and `CompletionRequest` both have. Each
+    struct keeps its own GO_TYPES: the float widths differ (float64 and float32)."""
+
+    model: str | None = None
+    stream: bool | None = None
+    stream_options: StreamOptions | None = None
+    max_tokens: GoInt | None = None
+    seed: GoInt | None = None
+    # Go's `any`: a string or an array, each struct reading it its own way (`_stop_list`).
+    stop: Any = None
+    temperature: float | None = None
+    frequency_penalty: float | None = None
+    presence_penalty: float | None = None
+    top_p: float | None = None
+    debug_render_only: bool | None = Field(None, alias="_debug_render_only")
+
+    @property
+    def include_usage(self) -> bool:
+        return bool(self.stream_options and self.stream_options.include_usage)
+
+
+class ChatCompletionRequest(GenerationFields):
     GO_STRUCT = "ChatCompletionRequest"
     GO_TYPES = {
         **CorralFields.GO_TYPES,
@@ -263,32 +285,16 @@ class ChatCompletionRequest(CorralFields):
         "top_logprobs": "int",
         "_debug_render_only": "bool",
     }
-    model: str | None = None
     messages: list[Message] | None = None
-    stream: bool | None = None
-    stream_options: StreamOptions | None = None
-    max_tokens: GoInt | None = None
     # OpenAI's newer name for max_tokens (Ollama ignores it); max_tokens wins when both are set,
     # so a body that works against Ollama behaves the same here.
     max_completion_tokens: GoInt | None = None
-    seed: GoInt | None = None
-    # Go's `any`: a string or an array (non-strings in it are skipped).
-    stop: Any = None
-    temperature: float | None = None
-    frequency_penalty: float | None = None
-    presence_penalty: float | None = None
-    top_p: float | None = None
     response_format: ResponseFormat | None = None
     tools: list[Tool] | None = None
     reasoning: Reasoning | None = None
     reasoning_effort: str | None = None
     logprobs: bool | None = None
     top_logprobs: GoInt | None = None
-    debug_render_only: bool | None = Field(None, alias="_debug_render_only")
-
-    @property
-    def include_usage(self) -> bool:
-        return bool(self.stream_options and self.stream_options.include_usage)
 
     def to_ollama(
         self, session_header: str | None = None, *, user_is_session: bool = True
@@ -356,7 +362,7 @@ class ChatCompletionRequest(CorralFields):
         return self.reasoning_effort or ""
 
 
-class CompletionRequest(CorralFields):
+class CompletionRequest(GenerationFields):
     GO_STRUCT = "CompletionRequest"
     GO_TYPES = {
         **CorralFields.GO_TYPES,
@@ -374,25 +380,10 @@ class CompletionRequest(CorralFields):
         "logprobs": "int",
         "_debug_render_only": "bool",
     }
-    model: str | None = None
     # Only a string: Ollama does not take OpenAI's token arrays or prompt lists.
     prompt: str | None = None
-    frequency_penalty: float | None = None
-    max_tokens: GoInt | None = None
-    presence_penalty: float | None = None
-    seed: GoInt | None = None
-    stop: Any = None
-    stream: bool | None = None
-    stream_options: StreamOptions | None = None
-    temperature: float | None = None
-    top_p: float | None = None
     suffix: str | None = None
     logprobs: GoInt | None = None
-    debug_render_only: bool | None = Field(None, alias="_debug_render_only")
-
-    @property
-    def include_usage(self) -> bool:
-        return bool(self.stream_options and self.stream_options.include_usage)
 
     def to_ollama(
         self, session_header: str | None = None, *, user_is_session: bool = True
