@@ -125,6 +125,17 @@ def _struct(struct: str, /, **fields: GoType) -> GoType:
     return GoType(f"api.{struct}", frozenset({"object"}), struct=struct, fields=fields)
 
 
+# Ollama's PullRequest and PushRequest declare the same fields.
+TRANSFER_FIELDS = {
+    "model": STRING,
+    "name": STRING,
+    "insecure": BOOL,
+    "username": STRING,
+    "password": STRING,
+    "stream": BOOL,
+}
+
+
 REQUEST_TYPES: dict[str, GoType] = {
     "chat": GoType(
         "api.ChatRequest",
@@ -163,24 +174,8 @@ REQUEST_TYPES: dict[str, GoType] = {
     "embeddings": _struct(
         "EmbeddingRequest", model=STRING, prompt=STRING, keep_alive=DURATION, options=OBJECT
     ),
-    "pull": _struct(
-        "PullRequest",
-        model=STRING,
-        name=STRING,
-        insecure=BOOL,
-        username=STRING,
-        password=STRING,
-        stream=BOOL,
-    ),
-    "push": _struct(
-        "PushRequest",
-        model=STRING,
-        name=STRING,
-        insecure=BOOL,
-        username=STRING,
-        password=STRING,
-        stream=BOOL,
-    ),
+    "pull": _struct("PullRequest", **TRANSFER_FIELDS),
+    "push": _struct("PushRequest", **TRANSFER_FIELDS),
     "delete": _struct("DeleteRequest", model=STRING, name=STRING),
     "copy": _struct("CopyRequest", source=STRING, destination=STRING),
     "create": _struct(
