@@ -182,8 +182,22 @@ def test_chat_handler_with_tools_and_thinking_content() -> None:
     }
 
 
-def test_tool_response_with_call_id() -> None:
-    call = {**WEATHER_CALL, "id": "id_abc"}
+@pytest.mark.parametrize(
+    ("call", "reference", "expected"),
+    [
+        (
+            {**WEATHER_CALL, "id": "id_abc"},
+            {"tool_call_id": "id_abc"},
+            {"tool_name": "get_current_weather", "tool_call_id": "id_abc"},
+        ),
+        (WEATHER_CALL, {"name": "get_current_weather"}, {"tool_name": "get_current_weather"}),
+    ],
+    ids=["call id", "name"],
+)
+def test_tool_response(
+    call: dict[str, Any], reference: dict[str, Any], expected: dict[str, Any]
+) -> None:
+    """A tool message names its tool by the call's id (looked up) or by name."""
     body = {
         "model": "test-model",
         "messages": [
@@ -191,7 +205,7 @@ def test_tool_response_with_call_id() -> None:
             {"role": "assistant", "tool_calls": [call]},
             {
                 "role": "tool",
-                "tool_call_id": "id_abc",
+                **reference,
                 "content": "The weather in Paris is 20 degrees Celsius",
             },
         ],
@@ -199,28 +213,7 @@ def test_tool_response_with_call_id() -> None:
     assert chat(body)["messages"][2] == {
         "role": "tool",
         "content": "The weather in Paris is 20 degrees Celsius",
-        "tool_name": "get_current_weather",
-        "tool_call_id": "id_abc",
-    }
-
-
-def test_tool_response_with_name() -> None:
-    body = {
-        "model": "test-model",
-        "messages": [
-            QUESTION,
-            {"role": "assistant", "tool_calls": [WEATHER_CALL]},
-            {
-                "role": "tool",
-                "name": "get_current_weather",
-                "content": "The weather in Paris is 20 degrees Celsius",
-            },
-        ],
-    }
-    assert chat(body)["messages"][2] == {
-        "role": "tool",
-        "content": "The weather in Paris is 20 degrees Celsius",
-        "tool_name": "get_current_weather",
+        **expected,
     }
 
 
