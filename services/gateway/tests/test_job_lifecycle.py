@@ -488,38 +488,28 @@ ANSWER = (
 
 
 @pytest.mark.parametrize(
-    "first",
+    "events",
     [
-        started(),
+        (started(), started(), tokens(0, "a"), done(1, "a")),
         # A position of 0 says the same: running, not waiting.
-        position(0, 0),
+        (position(0, 0), started(), tokens(0, "a"), done(1, "a")),
+        # `done` is published on the confirmed channel and may overtake `started` and the
+        # tokens: the headers, written with the first token, still say where it stood.
+        (done(1, "a"), started(), tokens(0, "a")),
     ],
+    ids=["started", "position 0", "done overtaking started"],
 )
 async def test_a_request_that_never_waited_gets_no_queue_chunk(
-    aiohttp_client: AiohttpClient, first: Delivery
+    aiohttp_client: AiohttpClient, events: tuple[Delivery, ...]
 ) -> None:
     gw = FakeGateway()
-    gw.hub.feed(RID, first, started(), tokens(0, "a"), done(1, "a"))
+    gw.hub.feed(RID, *events)
     client = await aiohttp_client(relay_app(gw))
     response = await client.post("/chat")
     assert response.status == 200
     # Byte for byte the backend's stream, plus Corral's fields on the final chunk only.
     assert await response.read() == ANSWER
     # The headers still say where it stood: running at once.
-    assert response.headers["X-Queue-Position"] == "0"
-    assert response.headers["X-Estimated-Wait-Ms"] == "0"
-
-
-async def test_a_final_event_overtaking_started_still_says_position_0(
-    aiohttp_client: AiohttpClient,
-) -> None:
-    """`done` is published on the confirmed channel and may overtake `started` and the tokens:
-    the headers, written with the first token, still say where the request stood."""
-    gw = FakeGateway()
-    gw.hub.feed(RID, done(1, "a"), started(), tokens(0, "a"))
-    client = await aiohttp_client(relay_app(gw))
-    response = await client.post("/chat")
-    assert await response.read() == ANSWER
     assert response.headers["X-Queue-Position"] == "0"
     assert response.headers["X-Estimated-Wait-Ms"] == "0"
 
