@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -173,15 +173,20 @@ async def test_a_job_failing_after_its_client_can_be_told_gets_an_error_naming_i
     assert fake_broker.kinds("fine")[-1] == "done"
 
 
+def recording(graces: list[float]) -> Callable[[float], Awaitable[None]]:
+    """A sleep that only records how long the executor asked to wait."""
+
+    async def sleep(seconds: float) -> None:
+        graces.append(seconds)
+
+    return sleep
+
+
 async def test_the_takeover_grace_is_waited_once_per_takeover_not_per_job(
     fake_broker: FakeBroker,
 ) -> None:
     graces: list[float] = []
-
-    async def sleeper(seconds: float) -> None:
-        graces.append(seconds)
-
-    executor = make_executor(fake_broker, takeover_grace_s=1.0, sleep=sleeper)
+    executor = make_executor(fake_broker, takeover_grace_s=1.0, sleep=recording(graces))
     settled: asyncio.Queue[tuple[str, str]] = asyncio.Queue()
     for index in range(100):
         push(executor, settled, f"handed-over-{index}", redelivered=True)
@@ -200,11 +205,7 @@ async def test_the_takeover_grace_is_waited_once_per_takeover_not_per_job(
 
 async def test_fresh_jobs_never_wait_a_grace(fake_broker: FakeBroker) -> None:
     graces: list[float] = []
-
-    async def sleeper(seconds: float) -> None:
-        graces.append(seconds)
-
-    executor = make_executor(fake_broker, takeover_grace_s=1.0, sleep=sleeper)
+    executor = make_executor(fake_broker, takeover_grace_s=1.0, sleep=recording(graces))
     settled: asyncio.Queue[tuple[str, str]] = asyncio.Queue()
     for index in range(5):
         push(executor, settled, f"fresh-{index}")
