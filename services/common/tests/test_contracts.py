@@ -17,6 +17,7 @@ from corral_common.contracts import (
     declared,
     parse,
 )
+from corral_common.contracts.identity import IDENTITY
 from corral_common.contracts.model_manager import (
     MODEL_MANAGER,
     BlobUploadChunkParams,
@@ -54,7 +55,8 @@ def test_every_method_is_declared_once_with_its_models() -> None:
 
 def test_lanes_come_from_the_declarations() -> None:
     reads = {"search": "reads", "stats": "reads", "history": "reads", "list": "reads"}
-    assert {SESSION_STORE_SERVICE: reads} == RPC_LANES
+    identity = {m.name: "identity" for m in declared(IDENTITY)}
+    assert {SESSION_STORE_SERVICE: reads | identity} == RPC_LANES
     for method in (*declared(SESSION_STORE), *declared(MODEL_MANAGER)):
         assert method.route == rpc_route(method.service, method.name)
     assert SESSION_STORE.search.route == "session-store.reads"

@@ -25,6 +25,9 @@ class ErrorType(StrEnum):
     BACKEND_TIMEOUT = "backend_timeout"
     MODEL_BUSY = "model_busy"
     REQUEST_IN_FLIGHT = "request_in_flight"
+    UNAUTHORIZED = "unauthorized"
+    FORBIDDEN = "forbidden"
+    KEY_NOT_FOUND = "key_not_found"
     INTERRUPTED = "interrupted"
     INTERNAL_ERROR = "internal_error"
 
@@ -44,6 +47,9 @@ STATUS_OF: dict[ErrorType, int] = {
     ErrorType.BACKEND_TIMEOUT: 504,
     ErrorType.MODEL_BUSY: 409,
     ErrorType.REQUEST_IN_FLIGHT: 409,
+    ErrorType.UNAUTHORIZED: 401,
+    ErrorType.FORBIDDEN: 403,
+    ErrorType.KEY_NOT_FOUND: 404,
     ErrorType.INTERRUPTED: 500,
     ErrorType.INTERNAL_ERROR: 500,
 }

@@ -1,6 +1,8 @@
 from __future__ import annotations
 
-from pydantic import Field
+from typing import Literal
+
+from pydantic import Field, SecretStr
 
 from corral_common.settings import CorralSettings
 from corral_gateway.extensions import QueueLimits
@@ -57,6 +59,29 @@ class GatewaySettings(CorralSettings):
     # is also held below the process's open-file limit.
     max_connections_per_ip: int = Field(default=256, ge=0)
     max_connections: int = Field(default=10_000, ge=0)
+
+    # Identity (see identity/ and docs/security.md).
+    # `off`: no keys, today's behaviour; allowed only while the gateway binds loopback, unless
+    # `allow_open` says the operator knows (logged as a warning). `on`: every route but `/`,
+    # `/health` and `/ready` needs a key.
+    auth: Literal["off", "on"] = "off"
+    allow_open: bool = False
+    # An operator's admin key (any string of 32+ characters), taken as an admin key with id
+    # `operator`. `make run` generates one under the data dir when auth is on and none is set.
+    admin_key: SecretStr | None = None
+    # How long a resolved key is trusted without asking the store again; revocations also
+    # reach every gateway at once by broadcast (`keys.changed`), this bounds a lost one.
+    key_cache_s: float = Field(default=5.0, ge=0)
+    # Rate limits (0 = none). Keys: per key, overridable per key. Anonymous callers (auth off):
+    # per client address. Seed 000: 60 requests a minute per address, 120 per key.
+    rate_limit_per_minute: int = Field(default=120, ge=0)
+    anonymous_rate_limit_per_minute: int = Field(default=60, ge=0)
+    tokens_per_minute: int = Field(default=0, ge=0)
+    tokens_per_day: int = Field(default=0, ge=0)
+    # Failed authentications per client address per minute before it is refused outright.
+    auth_failures_per_minute: int = Field(default=20, ge=0)
+    # Proxies whose X-Forwarded-For is believed (comma-separated addresses or CIDR networks).
+    trusted_proxies: str = ""
 
     def allowed_host_list(self) -> list[str]:
         return [h.strip() for h in self.allowed_hosts.split(",") if h.strip()]

@@ -22,6 +22,7 @@ every error answer of that request then carries those headers too, before the er
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 
 import structlog
 from aiohttp import web
@@ -29,6 +30,7 @@ from aiohttp.typedefs import Handler
 
 from corral_common.clip import clip
 from corral_common.errors import CorralError, ErrorType
+from corral_gateway.identity.principal import Access
 from corral_gateway.responses import json_response
 from corral_gateway.validation import OllamaRequestError
 
@@ -84,8 +86,8 @@ class Surface:
         self.render = render
         self.catches = catches
 
-    def guard(self, handler: RouteHandler) -> Handler:
-        """`handler` with this surface's error boundary around it."""
+    def guard(self, handler: RouteHandler, access: Access = "user") -> Handler:
+        """`handler` with this surface's error boundary around it, for callers with `access`."""
 
         async def guarded(request: web.Request) -> web.StreamResponse:
             try:
@@ -95,27 +97,59 @@ class Surface:
 
         guarded.__name__ = getattr(handler, "__name__", "handler")
         guarded.__qualname__ = getattr(handler, "__qualname__", "handler")
+        setattr(guarded, ROUTE_META, RouteMeta(self.name, access, handler))
         return guarded
 
-    def get(self, router: web.UrlDispatcher, path: str, handler: RouteHandler) -> None:
+    def get(
+        self, router: web.UrlDispatcher, path: str, handler: RouteHandler, access: Access = "user"
+    ) -> None:
         # add_get also answers HEAD, as Ollama does for both.
-        router.add_get(path, self.guard(handler))
+        router.add_get(path, self.guard(handler, access))
 
-    def head(self, router: web.UrlDispatcher, path: str, handler: RouteHandler) -> None:
+    def head(
+        self, router: web.UrlDispatcher, path: str, handler: RouteHandler, access: Access = "user"
+    ) -> None:
         # A HEAD of its own (Ollama's blob check), where no GET is served.
-        router.add_route("HEAD", path, self.guard(handler))
+        router.add_route("HEAD", path, self.guard(handler, access))
 
-    def post(self, router: web.UrlDispatcher, path: str, handler: RouteHandler) -> None:
-        router.add_post(path, self.guard(handler))
+    def post(
+        self, router: web.UrlDispatcher, path: str, handler: RouteHandler, access: Access = "user"
+    ) -> None:
+        router.add_post(path, self.guard(handler, access))
 
-    def put(self, router: web.UrlDispatcher, path: str, handler: RouteHandler) -> None:
-        router.add_put(path, self.guard(handler))
+    def put(
+        self, router: web.UrlDispatcher, path: str, handler: RouteHandler, access: Access = "user"
+    ) -> None:
+        router.add_put(path, self.guard(handler, access))
 
-    def patch(self, router: web.UrlDispatcher, path: str, handler: RouteHandler) -> None:
-        router.add_patch(path, self.guard(handler))
+    def patch(
+        self, router: web.UrlDispatcher, path: str, handler: RouteHandler, access: Access = "user"
+    ) -> None:
+        router.add_patch(path, self.guard(handler, access))
 
-    def delete(self, router: web.UrlDispatcher, path: str, handler: RouteHandler) -> None:
-        router.add_delete(path, self.guard(handler))
+    def delete(
+        self, router: web.UrlDispatcher, path: str, handler: RouteHandler, access: Access = "user"
+    ) -> None:
+        router.add_delete(path, self.guard(handler, access))
+
+
+@dataclass(frozen=True)
+class RouteMeta:
+    """What a registered route is: its surface, what it asks of callers, and the handler
+    (whose docstring describes it in /openapi.json)."""
+
+    surface: str
+    access: Access
+    handler: RouteHandler
+
+
+ROUTE_META = "corral_route"
+
+
+def route_meta(handler: object) -> RouteMeta | None:
+    """The meta of a route's handler, if a surface registered it."""
+    meta = getattr(handler, ROUTE_META, None)
+    return meta if isinstance(meta, RouteMeta) else None
 
 
 OLLAMA = Surface("ollama", ollama_error)

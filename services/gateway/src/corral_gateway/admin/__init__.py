@@ -12,10 +12,10 @@ from corral_gateway.surfaces import ADMIN
 def add_routes(router: web.UrlDispatcher) -> None:
     surface = ADMIN
     # Model names may hold `/` (`namespace/model:tag`), hence the regex.
-    surface.post(router, r"/admin/models/{name:.+}/load", model_routes.load)
-    surface.post(router, r"/admin/models/{name:.+}/unload", model_routes.unload)
-    surface.get(router, "/admin/pulls", model_routes.pulls)
-    surface.get(router, "/admin/queue", lane_routes.listing)
-    surface.delete(router, "/admin/queue/{request_id}", lane_routes.cancel)
-    surface.post(router, "/admin/lane/{action}", lane_routes.command)
-    surface.get(router, "/admin/dlq", lane_routes.dead_letters)
+    surface.post(router, r"/admin/models/{name:.+}/load", model_routes.load, "admin")
+    surface.post(router, r"/admin/models/{name:.+}/unload", model_routes.unload, "admin")
+    surface.get(router, "/admin/pulls", model_routes.pulls, "admin")
+    surface.get(router, "/admin/queue", lane_routes.listing, "admin")
+    surface.delete(router, "/admin/queue/{request_id}", lane_routes.cancel, "admin")
+    surface.post(router, "/admin/lane/{action}", lane_routes.command, "admin")
+    surface.get(router, "/admin/dlq", lane_routes.dead_letters, "admin")

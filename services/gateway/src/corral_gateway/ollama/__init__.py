@@ -18,7 +18,7 @@ from corral_gateway.surfaces import OLLAMA
 
 def add_routes(router: web.UrlDispatcher) -> None:
     surface = OLLAMA
-    surface.get(router, "/", meta_routes.root)
+    surface.get(router, "/", meta_routes.root, "open")
     surface.get(router, "/api/version", meta_routes.version)
     surface.post(router, "/api/chat", chat_routes.chat)
     surface.post(router, "/api/generate", chat_routes.generate)
@@ -27,10 +27,10 @@ def add_routes(router: web.UrlDispatcher) -> None:
     surface.get(router, "/api/tags", model_routes.tags)
     surface.get(router, "/api/ps", model_routes.running)
     surface.post(router, "/api/show", model_routes.show)
-    surface.delete(router, "/api/delete", model_routes.delete)
-    surface.post(router, "/api/copy", model_routes.copy)
-    surface.post(router, "/api/pull", operation_routes.pull)
-    surface.post(router, "/api/create", operation_routes.create)
-    surface.post(router, "/api/push", operation_routes.push)
-    surface.head(router, "/api/blobs/{digest}", blob_routes.head_blob)
-    surface.post(router, "/api/blobs/{digest}", blob_routes.create_blob)
+    surface.delete(router, "/api/delete", model_routes.delete, "admin")
+    surface.post(router, "/api/copy", model_routes.copy, "admin")
+    surface.post(router, "/api/pull", operation_routes.pull, "admin")
+    surface.post(router, "/api/create", operation_routes.create, "admin")
+    surface.post(router, "/api/push", operation_routes.push, "admin")
+    surface.head(router, "/api/blobs/{digest}", blob_routes.head_blob, "admin")
+    surface.post(router, "/api/blobs/{digest}", blob_routes.create_blob, "admin")
