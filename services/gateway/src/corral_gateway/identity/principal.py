@@ -71,3 +71,16 @@ class Caller:
 
 
 CALLER = web.RequestKey("caller", Caller)
+
+
+def caller_of(request: web.Request) -> Caller:
+    """The request's caller, as the surface's guard resolved it; for a request no guard saw
+    (auth off, tests of a bare handler), an anonymous caller at the request's address."""
+    caller = request.get(CALLER)
+    if caller is None:
+        caller = Caller(
+            scope=None,
+            address=request.remote or "unknown",
+            client_id=request.headers.get("X-Client-Id") or None,
+        )
+    return caller
