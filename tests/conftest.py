@@ -86,13 +86,23 @@ def purge_jobs(amqp_url: str) -> None:
     asyncio.run(purge())
 
 
+NO_RATE_LIMITS = {
+    "CORRAL_RATE_LIMIT_PER_MINUTE": "0",
+    "CORRAL_ANONYMOUS_RATE_LIMIT_PER_MINUTE": "0",
+    "CORRAL_AUTH_FAILURES_PER_MINUTE": "0",
+}
+
+
 def start_cluster(
     amqp_url: str, ollama_url: str, workdir: Path, *, mongo_url: str | None = None, **env: str
 ) -> Cluster:
     """A scheduler and a gateway; with `mongo_url`, the whole cluster: a model manager and a
-    session store too (in a database of its own, so clusters never see each other's sessions)."""
+    session store too (in a database of its own, so clusters never see each other's sessions).
+
+    Rate limits are off unless `env` sets them: the suite sends hundreds of requests from
+    127.0.0.1, which the defaults would throttle (tests/e2e/test_identity.py tests them)."""
     purge_jobs(amqp_url)
-    cluster = Cluster(amqp_url, ollama_url, workdir, extra_env=env)
+    cluster = Cluster(amqp_url, ollama_url, workdir, extra_env={**NO_RATE_LIMITS, **env})
     cluster.start_scheduler()
     if mongo_url is not None:
         cluster.start_health_service("corral_model_manager", "model-manager")

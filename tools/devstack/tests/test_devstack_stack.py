@@ -331,3 +331,34 @@ def test_helpers() -> None:
         "corral_session_store",
         "corral_gateway",
     )
+
+
+def test_auth_on_generates_an_admin_key_for_the_gateway_once(
+    tmp_path: Path, launcher_env: dict[str, str], amqp_url: str
+) -> None:
+    launcher_env.update(CORRAL_AMQP_URL=amqp_url, CORRAL_AUTH="on", CORRAL_DEV_STANDBY="0")
+    data_dir = tmp_path / "data"
+    key_file = data_dir / "admin.key"
+    outputs = []
+    for _ in range(2):
+        launcher = Launcher(["--data-dir", str(data_dir)], launcher_env)
+        try:
+            launcher.wait_for("Corral is running")
+            gateway_env = _report(tmp_path, "gateway")["env"]
+            scheduler_env = _report(tmp_path, "scheduler")["env"]
+            assert isinstance(gateway_env, dict) and isinstance(scheduler_env, dict)
+            assert gateway_env["CORRAL_ADMIN_KEY"] == key_file.read_text().strip()
+            assert "CORRAL_ADMIN_KEY" not in scheduler_env, "only the gateway gets it"
+            launcher.proc.send_signal(signal.SIGINT)
+            code, output = launcher.finish()
+        finally:
+            launcher.close()
+        assert code == 0, output
+        outputs.append(output)
+    key = key_file.read_text().strip()
+    assert key_file.stat().st_mode & 0o777 == 0o600
+    first, second = outputs
+    assert first.count(key) == 1, "shown once, in the banner"
+    assert "/admin/keys" in first
+    assert key not in second
+    assert f"admin key      {key_file.resolve()}" in second

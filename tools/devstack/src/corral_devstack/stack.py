@@ -12,6 +12,8 @@ from pathlib import Path
 from typing import Final, TextIO
 
 from corral_common.redaction import redact_url as redact
+from corral_devstack import admin_key
+from corral_devstack.admin_key import AdminKey, AdminKeyError
 from corral_devstack.mongo import MongoError, SecantusNode, ping
 from corral_devstack.ports import free_port, port_is_free
 from corral_devstack.processes import ServiceError, ServiceProcess
@@ -117,6 +119,7 @@ class Stack:
         self.node: RabbitNode | None = None
         self.mongo: SecantusNode | None = None
         self.processes: list[ServiceProcess] = []
+        self.admin_key: AdminKey | None = None
         self._stop_order: list[Callable[[], object]] = []
 
     def process(self, name: str) -> ServiceProcess:
@@ -132,6 +135,8 @@ class Stack:
 
     def start(self) -> None:
         self.log_dir.mkdir(parents=True, exist_ok=True)
+        # Before anything starts: an unusable key file stops the run at once.
+        self.admin_key = admin_key.bootstrap(self.environ, self.data_dir)
         env = {**self.environ, "CORRAL_DATA_DIR": str(self.data_dir)}
         env["CORRAL_AMQP_URL"] = self._start_broker()
         env["CORRAL_MONGO_URL"] = self._start_mongo()
@@ -205,9 +210,16 @@ class Stack:
         if self.standby:
             # With a standby running, one scheduler alone is a lost standby: /health degraded.
             gateway_env.setdefault("CORRAL_EXPECTED_SCHEDULERS", "2")
+        if self.admin_key is not None:
+            # The gateway alone needs it.
+            gateway_env["CORRAL_ADMIN_KEY"] = self.admin_key.key
         url = f"http://{_url_host(host)}:{port}"
         self._launch(name, [sys.executable, "-m", GATEWAY_MODULE], gateway_env, f"{url}/ready")
         self._say(name, f"{url}  (log {self.log_dir / name}.log)")
+        if self.admin_key is not None:
+            admin_key.announce(self.admin_key, url, self.out)
+        elif admin_key.auth_on(self.environ):
+            self._say("admin key", "CORRAL_ADMIN_KEY (auth on)")
 
     def _start_service(self, module: str, env: dict[str, str], name: str | None = None) -> None:
         name = name or service_name(module)
@@ -284,7 +296,7 @@ def run(data_dir: Path | None = None, *, emulator: bool | None = None) -> int:
     except GaveUp as exc:
         print(f"error: {exc}\nStopping everything.", file=sys.stderr, flush=True)
         status = 1
-    except (StackError, ServiceError, RabbitMQError, MongoError) as exc:
+    except (StackError, ServiceError, RabbitMQError, MongoError, AdminKeyError) as exc:
         print(f"error: {exc}", file=sys.stderr, flush=True)
         status = 1
     except KeyboardInterrupt:
