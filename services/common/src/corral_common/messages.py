@@ -52,6 +52,9 @@ class Job(Wire):
     priority: Priority = "normal"
     # Epoch seconds after which the job must not start (the client's queue timeout).
     deadline: float | None = None
+    # How many jobs its `client_key` may have queued at once (the caller's key's own limit);
+    # None: the scheduler's default (`max_queued_per_key`), 0: no cap.
+    max_queued: int | None = Field(default=None, ge=0)
 
 
 class Accepted(Wire):
@@ -195,6 +198,8 @@ class LaneEntry(Wire):
     waited_ms: int
     priority: Priority = "normal"
     client_key: str | None = None
+    # Whose job it is (the caller's principal), for ops and to tell a caller's own requests.
+    owner: str | None = None
 
 
 class LaneHealth(Wire):

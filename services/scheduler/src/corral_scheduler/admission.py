@@ -190,7 +190,8 @@ class Admission:
 
     def _refusal(self, job: Job) -> Failed | None:
         """A job the lane will not take: already past its deadline, or one more than its
-        caller may have queued."""
+        caller may have queued (`Job.max_queued` when its key sets one, else
+        `max_queued_per_key`)."""
         if job.deadline is not None and time.time() >= job.deadline:
             return queue_timeout(job)
         if self.lane.draining:
@@ -201,7 +202,8 @@ class Admission:
                 message="Corral is draining its queue for maintenance; please retry shortly",
                 details={"retry_after_s": 30},
             )
-        cap = self.max_queued_per_key
+        # The caller's key may carry its own cap; else the scheduler's default. 0: no cap.
+        cap = self.max_queued_per_key if job.max_queued is None else job.max_queued
         if cap > 0 and job.client_key:
             queued = self.lane.count(lambda e: e.job.client_key == job.client_key)
             if queued >= cap:

@@ -110,6 +110,7 @@ class StatusReporter:
                 waited_ms=round((now - job.enqueued_at) * 1000),
                 priority=job.priority,
                 client_key=job.client_key,
+                owner=job.owner,
             )
             for job, position, wait_ms in listed
         ]
