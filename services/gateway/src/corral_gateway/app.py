@@ -10,6 +10,7 @@ from aiohttp import web
 from aiohttp.typedefs import Middleware
 
 from corral_common.broker import Broker
+from corral_common.contracts.identity import KEYS_CHANGED_KEY
 from corral_common.dead_letters import open_dead_letters
 from corral_common.ops import add_ops_routes
 from corral_common.rpc import RpcClient
@@ -27,11 +28,14 @@ from corral_gateway.corral import health as health_report
 from corral_gateway.directory import ModelDirectory
 from corral_gateway.host_check import host_check_middleware
 from corral_gateway.hub import Hub
+from corral_gateway.identity.directory import StoreKeyDirectory
+from corral_gateway.identity.exposure import check_exposure
+from corral_gateway.identity.gate import GATEKEEPER, Gatekeeper, add_rate_limit_headers
 from corral_gateway.origins import add_cors_headers, origin_middleware
 from corral_gateway.settings import GatewaySettings
 from corral_gateway.state import GATEWAY, SETTINGS, Gateway
 from corral_gateway.submit import Submitter
-from corral_gateway.surfaces import unknown_routes
+from corral_gateway.surfaces import admin_only, unknown_routes
 
 log = structlog.get_logger(__name__)
 
@@ -48,11 +52,13 @@ async def gateway_ctx(app: web.Application) -> AsyncIterator[None]:
         gateway.spawn(submitter.cancel(request_id, "no client is waiting for it"))
 
     directory = ModelDirectory(rpc)
+    gate = app[GATEKEEPER]
     hub = Hub(
         StatusBoard(settings.status_stale_s),
         cancel_stray,
         directory.update,
         StoreBoard(settings.status_stale_s),
+        on_key_changed=lambda changed: gate.key_changed(changed.key_hash),
     )
     broker.on_lost(hub.broker_lost)
     gateway = Gateway(
@@ -64,6 +70,7 @@ async def gateway_ctx(app: web.Application) -> AsyncIterator[None]:
         models=directory,
     )
     app[GATEWAY] = gateway
+    gate.attach(StoreKeyDirectory(rpc), gateway.spawn)
 
     # This replica's own event queue: exclusive, so it (and its bindings) vanish with us.
     channel = await broker.channel(prefetch=1000)
@@ -75,6 +82,7 @@ async def gateway_ctx(app: web.Application) -> AsyncIterator[None]:
     await queue.bind(events, STATUS_ROUTING_KEY)
     await queue.bind(events, MODELS_ROUTING_KEY)
     await queue.bind(events, STORE_STATUS_ROUTING_KEY)
+    await queue.bind(events, KEYS_CHANGED_KEY)
     await queue.consume(hub.on_message, no_ack=True)
     # Dead-lettered jobs of this replica fail their requests at once (common.dead_letters).
     await open_dead_letters(channel, settings.instance_id, hub.fail)
@@ -82,8 +90,13 @@ async def gateway_ctx(app: web.Application) -> AsyncIterator[None]:
     async def ask_for_status() -> None:
         await broker.publish_control(STATUS_REQUEST_KEY, b"{}")
 
+    async def after_reconnect() -> None:
+        # Key changes broadcast while this replica was away were lost with its queue.
+        gate.keys.clear()
+        await ask_for_status()
+
     await ask_for_status()
-    broker.on_restored(ask_for_status)
+    broker.on_restored(after_reconnect)
     log.info("gateway ready", gateway_id=settings.instance_id)
     yield
     if gateway.background:
@@ -91,6 +104,9 @@ async def gateway_ctx(app: web.Application) -> AsyncIterator[None]:
     await rpc.close()
     await channel.close()
     await broker.close()
+
+
+ADMIN_OPS_PATHS = frozenset({"/metrics"})
 
 
 def edge_middlewares(settings: GatewaySettings) -> list[Middleware]:
@@ -101,17 +117,28 @@ def edge_middlewares(settings: GatewaySettings) -> list[Middleware]:
     host_check = host_check_middleware(settings.gateway_host, settings.allowed_host_list())
     if host_check is not None:
         middlewares.append(host_check)
-    return [*middlewares, unknown_routes]
+    middlewares.append(unknown_routes)
+    if settings.auth == "on":
+        # The common ops routes are no surface's; with keys, /metrics needs an admin one.
+        middlewares.append(admin_only(ADMIN_OPS_PATHS))
+    return middlewares
 
 
 def create_app(settings: GatewaySettings | None = None) -> web.Application:
     settings = settings or GatewaySettings()
+    # Refuses settings that would expose the gateway (auth off beyond loopback, a short
+    # operator key); __main__ runs it first to exit with the message alone.
+    for warning in check_exposure(settings):
+        log.warning(warning)
     app = web.Application(
         client_max_size=settings.max_body_bytes,
         middlewares=edge_middlewares(settings),
     )
     app.on_response_prepare.append(add_cors_headers)
+    app.on_response_prepare.append(add_rate_limit_headers)
     app[SETTINGS] = settings
+    # Every surface route passes it (surfaces.py); the store is attached in gateway_ctx.
+    app[GATEKEEPER] = Gatekeeper(settings)
     app.cleanup_ctx.append(gateway_ctx)
     # One route group per API surface, each rendering its own errors (surfaces.py).
     ollama.add_routes(app.router)

@@ -17,6 +17,7 @@ import structlog
 from aio_pika.abc import AbstractIncomingMessage
 from pydantic import ValidationError
 
+from corral_common.contracts.identity import KEYS_CHANGED_KEY, KeyChanged
 from corral_common.messages import EVENT_ADAPTER, LIVE_KINDS, Event, Failed, ModelList
 from corral_common.status_board import StatusBoard, StoreBoard
 from corral_common.topology import (
@@ -47,12 +48,15 @@ class Hub:
         cancel_stray: Callable[[str], None],
         on_models: Callable[[ModelList], None] = lambda _: None,
         stores: StoreBoard | None = None,
+        on_key_changed: Callable[[KeyChanged], None] = lambda _: None,
     ) -> None:
         self._waiting: dict[str, asyncio.Queue[Delivery]] = {}
         self.status = status
         # The session stores' broadcasts, for /health (the store up or down, its last write).
         self.stores = stores or StoreBoard(stale_after_s=10.0)
         self._on_models = on_models
+        # A key created or revoked (the session store's broadcast): the gate forgets it.
+        self._on_key_changed = on_key_changed
         # A job whose request is not waiting here has no client (it left, or was failed when
         # the broker went away and the job came back after): it is cancelled, once.
         self._cancel_stray = cancel_stray
@@ -87,6 +91,12 @@ class Hub:
                 self._on_models(ModelList.model_validate_json(message.body))
             except ValidationError:
                 log.warning("unreadable model list dropped")
+            return
+        if message.routing_key == KEYS_CHANGED_KEY:
+            try:
+                self._on_key_changed(KeyChanged.model_validate_json(message.body))
+            except ValidationError:
+                log.warning("unreadable key change dropped")
             return
         try:
             event = EVENT_ADAPTER.validate_json(message.body)

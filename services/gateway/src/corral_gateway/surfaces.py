@@ -17,19 +17,30 @@ probe unknown paths (`/api/...` of a newer Ollama); it also keeps stack traces o
 
 A handler that knows its request id early calls `answer_with(request, {"X-Request-Id": ...})`:
 every error answer of that request then carries those headers too, before the error's own.
+
+Every route is registered with what it asks of its caller (`Access`: "open", "user", "admin").
+Before its handler runs, the guard passes the request through the app's gate
+(`identity.gate.Gatekeeper`): the caller is resolved and stored under `CALLER` (handlers read
+it with `caller_of`), the route's access is checked and the request counted against the
+caller's rate limit; a refusal (401, 403, 429, 503) is a typed error rendered in the surface's
+shape like any other, and the rate-limit headers go on every answer of the request. After an
+admin route that changes something (any method but GET and HEAD), the gate writes its audit
+record. An app without a gate (tests of a bare surface) lets everyone in, as auth off does.
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 import structlog
 from aiohttp import web
-from aiohttp.typedefs import Handler
+from aiohttp.typedefs import Handler, Middleware
 
 from corral_common.clip import clip
 from corral_common.errors import CorralError, ErrorType
+from corral_gateway.identity.gate import GATEKEEPER, Gatekeeper
 from corral_gateway.identity.principal import Access
 from corral_gateway.responses import json_response
 from corral_gateway.validation import OllamaRequestError
@@ -41,6 +52,9 @@ ERROR_HEADERS = web.RequestKey("error_headers", dict[str, str])
 
 # The typed errors Corral's handlers raise; a surface may catch more (its own error type).
 SURFACE_ERRORS: tuple[type[Exception], ...] = (CorralError, OllamaRequestError)
+
+# nginx's status for a request whose client left before the answer (audit records only).
+CLIENT_CLOSED = 499
 
 # The response for a caught error, given the request's error headers (`answer_with`).
 ErrorRenderer = Callable[[Exception, dict[str, str]], web.StreamResponse]
@@ -90,15 +104,46 @@ class Surface:
         """`handler` with this surface's error boundary around it, for callers with `access`."""
 
         async def guarded(request: web.Request) -> web.StreamResponse:
-            try:
-                return await handler(request)
-            except self.catches as exc:
-                return self.render(exc, dict(request.get(ERROR_HEADERS, {})))
+            return await self.serve(request, handler, access)
 
         guarded.__name__ = getattr(handler, "__name__", "handler")
         guarded.__qualname__ = getattr(handler, "__qualname__", "handler")
         setattr(guarded, ROUTE_META, RouteMeta(self.name, access, handler))
         return guarded
+
+    async def serve(
+        self, request: web.Request, handler: RouteHandler, access: Access
+    ) -> web.StreamResponse:
+        """One request: the gate (identity/gate.py: caller, access, rate limit), the handler,
+        this surface's answer for a typed error, and the audit record of an admin action."""
+        gate = request.app.get(GATEKEEPER)
+        if gate is None or not gate.audits(request, access):
+            return await self._answer(request, handler, access, gate)
+        status = 500
+        response: web.StreamResponse | None = None
+        try:
+            response = await self._answer(request, handler, access, gate)
+            status = response.status
+            return response
+        except web.HTTPException as exc:
+            status = exc.status
+            raise
+        except asyncio.CancelledError:
+            status = CLIENT_CLOSED
+            raise
+        finally:
+            request_id = response.headers.get("X-Request-Id") if response is not None else None
+            gate.audit(request, status, request_id or request.headers.get("X-Request-Id"))
+
+    async def _answer(
+        self, request: web.Request, handler: RouteHandler, access: Access, gate: Gatekeeper | None
+    ) -> web.StreamResponse:
+        try:
+            if gate is not None:
+                answer_with(request, await gate.admit(request, access))
+            return await handler(request)
+        except self.catches as exc:
+            return self.render(exc, dict(request.get(ERROR_HEADERS, {})))
 
     def get(
         self, router: web.UrlDispatcher, path: str, handler: RouteHandler, access: Access = "user"
@@ -156,6 +201,19 @@ OLLAMA = Surface("ollama", ollama_error)
 CORRAL = Surface("corral", corral_error)
 # The operators' endpoints answer in Corral's shape.
 ADMIN = Surface("admin", corral_error)
+
+
+def admin_only(paths: frozenset[str], surface: Surface = CORRAL) -> Middleware:
+    """Routes no surface registered (the common ops routes: `/metrics`) behind the admin
+    scope, through `surface`'s gate and error shape. Installed with auth on only."""
+
+    @web.middleware
+    async def ops_guard(request: web.Request, handler: Handler) -> web.StreamResponse:
+        if request.path not in paths:
+            return await handler(request)
+        return await surface.serve(request, handler, "admin")
+
+    return ops_guard
 
 
 @web.middleware

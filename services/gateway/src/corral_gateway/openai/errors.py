@@ -4,8 +4,9 @@
 `not_found_error` for 404, `api_error` for anything else, so a client that handles Ollama's `/v1`
 handles Corral's. Ollama leaves `code` null; Corral fills it with the reason, because the OpenAI
 SDKs surface `code` and OpenAI's own API uses it for exactly these cases: OpenAI's name where
-OpenAI has one (`model_not_found`, `context_length_exceeded`, `rate_limit_exceeded`), Corral's
-error type otherwise, and null for a plain request validation error (as Ollama).
+OpenAI has one (`model_not_found`, `context_length_exceeded`, `rate_limit_exceeded`,
+`invalid_api_key` for a 401), Corral's error type otherwise, and null for a plain request
+validation error (as Ollama).
 
 Statuses are the native surface's, except a context that does not fit, which OpenAI (and so every
 OpenAI client) reports as 400 `context_length_exceeded` where Corral's native surface says 413.
@@ -24,6 +25,7 @@ _OPENAI_CODES: dict[ErrorType, str] = {
     ErrorType.MODEL_NOT_FOUND: "model_not_found",
     ErrorType.CONTEXT_LIMIT_EXCEEDED: "context_length_exceeded",
     ErrorType.RATE_LIMIT_EXCEEDED: "rate_limit_exceeded",
+    ErrorType.UNAUTHORIZED: "invalid_api_key",
 }
 # Plain validation errors carry no code, as in Ollama's answers.
 _NO_CODE = frozenset({ErrorType.INVALID_REQUEST})
