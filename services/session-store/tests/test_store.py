@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -10,6 +11,9 @@ import pytest
 
 from corral_common.errors import CorralError, ErrorType
 from corral_common.ids import new_id
+from corral_session_store.model_info import StaticContextLengths
+from corral_session_store.sessions import SessionService
+from corral_session_store.settings import SessionStoreSettings
 from corral_session_store.store import SessionStore, TurnRecord, WriteOutcome
 from corral_session_store.tokens import TokenEstimator
 
@@ -228,20 +232,112 @@ async def test_stats(store: SessionStore) -> None:
     assert [(m["model"], m["turns"]) for m in stats["by_model"]] == [("llama3.2", 1), ("other", 1)]
 
 
-async def test_owners(store: SessionStore) -> None:
-    assert await store.write_turn(record("mine", 1, owner="alice")) is WriteOutcome.STORED
-    assert await store.write_turn(record("mine", 2, owner="bob")) is WriteOutcome.REJECTED
-    assert await store.turns.count_documents({"session_id": "mine"}) == 1
-    await store.write_turn(record("open", 1))
-    await store.write_turn(record("bobs", 1, owner="bob"))
-    with pytest.raises(CorralError):
-        await store.history("mine", owner="bob")
-    assert (await store.history("mine", owner="alice"))["message_count"] == 2
-    assert (await store.history("open", owner="bob"))["message_count"] == 2
-    assert (await store.list_sessions(10, 0, owner="bob"))["total"] == 1
-    assert (await store.search("question", 10, owner="alice"))["count"] == 1
-    with pytest.raises(CorralError):
-        await store.delete("mine", owner="bob")
+# -- ownership: strict with an owner, everything without one ----------------------------
+
+
+Call = Callable[[SessionStore, str, str | None], Awaitable[Any]]
+
+
+async def assemble(store: SessionStore, session_id: str, owner: str | None) -> Any:
+    service = SessionService(store, StaticContextLengths(), SessionStoreSettings())
+    return await service.assemble(
+        session_id=session_id,
+        model="llama3.2",
+        kind="chat",
+        messages=[{"role": "user", "content": "and now?"}],
+        options={},
+        owner=owner,
+    )
+
+
+CALLS: dict[str, Call] = {
+    "history": lambda store, sid, owner: store.history(sid, owner=owner),
+    "history of a model": lambda store, sid, owner: store.history(sid, "llama3.2", owner),
+    "stats": lambda store, sid, owner: store.stats(sid, owner),
+    "rename": lambda store, sid, owner: store.rename(sid, "taken over", owner),
+    "delete": lambda store, sid, owner: store.delete(sid, owner),
+    "assemble": assemble,
+}
+
+
+@pytest.fixture
+async def sessions(store: SessionStore) -> SessionStore:
+    """`alices` (owned by alice) and `open` (owned by nobody), one turn each."""
+    for turn in (
+        record("alices", 1, owner="alice", user="secret plan"),
+        record("open", 1, user="secret recipe"),
+    ):
+        assert await store.write_turn(turn) is WriteOutcome.STORED
+    return store
+
+
+@pytest.mark.parametrize("call", CALLS.values(), ids=CALLS.keys())
+@pytest.mark.parametrize(("session_id", "owner"), [("alices", "bob"), ("open", "alice")])
+async def test_a_session_not_the_callers_is_a_missing_one(
+    sessions: SessionStore, call: Call, session_id: str, owner: str
+) -> None:
+    with pytest.raises(CorralError) as refused:
+        await call(sessions, session_id, owner)
+    with pytest.raises(CorralError) as missing:
+        await sessions.history("never-used", owner=owner)
+    for error in (refused.value, missing.value):
+        assert error.error_type is ErrorType.SESSION_NOT_FOUND and error.status == 404
+    # The same words but for the id: nothing tells "someone else's" from "no such session".
+    assert str(refused.value).replace(session_id, "ID") == str(missing.value).replace(
+        "never-used", "ID"
+    )
+    assert refused.value.details == {"session_id": session_id}
+    # Nothing changed.
+    session = await sessions.sessions.find_one({"_id": session_id})
+    assert session is not None and session["title"] != "taken over"
+    assert await sessions.turns.count_documents({"session_id": session_id}) == 1
+
+
+@pytest.mark.parametrize("call", CALLS.values(), ids=CALLS.keys())
+@pytest.mark.parametrize(
+    ("session_id", "owner"), [("alices", "alice"), ("alices", None), ("open", None)]
+)
+async def test_the_owner_and_the_unscoped_view_reach_the_session(
+    sessions: SessionStore, call: Call, session_id: str, owner: str | None
+) -> None:
+    await call(sessions, session_id, owner)
+
+
+async def test_a_chat_with_a_new_id_is_a_new_session(sessions: SessionStore) -> None:
+    assembled = await assemble(sessions, "fresh", "bob")
+    assert assembled["messages"] == [{"role": "user", "content": "and now?"}]
+    assert await sessions.write_turn(record("fresh", 1, owner="bob")) is WriteOutcome.STORED
+    assert (await sessions.history("fresh", owner="bob"))["message_count"] == 2
+
+
+async def test_lists_and_searches_hold_only_the_callers_sessions(
+    sessions: SessionStore,
+) -> None:
+    await sessions.write_turn(record("bobs", 1, owner="bob", user="secret lair"))
+    listed = await sessions.list_sessions(10, 0, owner="bob")
+    assert [s["session_id"] for s in listed["sessions"]] == ["bobs"] and listed["total"] == 1
+    found = await sessions.search("secret", 10, owner="bob")
+    assert [r["session_id"] for r in found["results"]] == ["bobs"]
+    assert (await sessions.list_sessions(10, 0, owner="carol"))["total"] == 0
+    assert (await sessions.search("secret", 10, owner="carol"))["count"] == 0
+    # Unscoped: everyone's, the unowned session included.
+    assert (await sessions.list_sessions(10, 0))["total"] == 3
+    assert (await sessions.search("secret", 10))["count"] == 3
+
+
+async def test_turns_land_only_in_their_owners_sessions(sessions: SessionStore) -> None:
+    # Another owner's turn, an owned turn into an unowned session, an unowned turn into an
+    # owned one: none is written, and no sequence number is taken.
+    assert await sessions.write_turn(record("alices", 2, owner="bob")) is WriteOutcome.REJECTED
+    assert await sessions.write_turn(record("open", 2, owner="bob")) is WriteOutcome.REJECTED
+    assert await sessions.write_turn(record("alices", 3)) is WriteOutcome.REJECTED
+    for session_id, owner in (("alices", "alice"), ("open", None)):
+        session = await sessions.sessions.find_one({"_id": session_id})
+        assert session is not None
+        assert session.get("owner") == owner and session["turn_seq"] == 1
+        assert await sessions.turns.count_documents({"session_id": session_id}) == 1
+    assert await sessions.write_turn(record("alices", 4, owner="alice")) is WriteOutcome.STORED
+    assert await sessions.write_turn(record("open", 4)) is WriteOutcome.STORED
 
 
 async def test_calibration_round_trip(store: SessionStore) -> None:

@@ -4,11 +4,13 @@ Start-up order: MongoDB (indexes, calibration), the broker, the health write pro
 broadcast, the RPC server (with the model-manager lookup), then the turns consumer; shutdown
 in reverse, so the consumer stops taking events before anything it writes with goes away.
 
-The RPC server serves two queues, each with its own consumer and prefetch window: the hot
-path (`assemble`, `rename`, `delete`) on `rpc.session-store`, and the heavy reads (`search`,
-`stats`, `history`, `list`) on `rpc.session-store.reads` (see corral_common.rpc.RPC_LANES),
-so a burst of searches never delays a chat's context assembly in the queue; searches are also
-bounded in time, results and concurrency (search_gate, `CORRAL_SEARCH_*`).
+The RPC server serves three queues, each with its own consumer and prefetch window: the hot
+path (`assemble`, `rename`, `delete`) on `rpc.session-store`, the heavy reads (`search`,
+`stats`, `history`, `list`) on `rpc.session-store.reads`, and the gateways' identity calls
+(API keys, rate-limit counters, audit) on `rpc.session-store.identity` (see
+corral_common.rpc.RPC_LANES), so a burst of searches never delays a chat's context assembly or
+a key lookup in the queue; searches are also bounded in time, results and concurrency
+(search_gate, `CORRAL_SEARCH_*`).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from pymongo import AsyncMongoClient
 from pymongo.errors import PyMongoError
 
 from corral_common.broker import Broker
+from corral_common.contracts.identity import IDENTITY_LANE
 from corral_common.contracts.model_manager import MODEL_MANAGER, ModelInfoParams
 from corral_common.ops import add_ops_routes
 from corral_common.redaction import redact_secrets, redact_url
@@ -34,6 +37,7 @@ from corral_session_store.health import (
     StatusBroadcaster,
     WriteProbe,
 )
+from corral_session_store.identity_rpc import IdentityStore, KeyAnnouncer, identity_methods
 from corral_session_store.model_info import (
     CachedContextLengths,
     ContextLengths,
@@ -53,6 +57,7 @@ SETTINGS = web.AppKey("settings", SessionStoreSettings)
 MONGO = web.AppKey("mongo", AsyncMongoClient)
 MONGO_STATE = web.AppKey("mongo_state", MongoState)
 STORE = web.AppKey("store", SessionStore)
+IDENTITY_STORE = web.AppKey("identity_store", IdentityStore)
 BROKER = web.AppKey("broker", Broker)
 SERVICE_CORE = web.AppKey("service", SessionService)
 LENGTHS = web.AppKey("context_lengths", ContextLengths)
@@ -88,10 +93,12 @@ async def mongo_ctx(app: web.Application) -> AsyncIterator[None]:
     )
     state = app[MONGO_STATE]
     store = SessionStore(client[settings.mongo_database])
+    identity = IdentityStore(client[settings.mongo_database])
     # Like the broker: the store may come up after us, so wait for it rather than crash.
     while True:
         try:
             await store.ensure_indexes()
+            await identity.ensure_indexes()
             await _describe_server(client, state)
             break
         except PyMongoError as exc:
@@ -109,6 +116,7 @@ async def mongo_ctx(app: web.Application) -> AsyncIterator[None]:
     )
     app[MONGO] = client
     app[STORE] = store
+    app[IDENTITY_STORE] = identity
     probe = WriteProbe(
         client[settings.mongo_database][HEALTH_COLLECTION],
         state,
@@ -116,7 +124,14 @@ async def mongo_ctx(app: web.Application) -> AsyncIterator[None]:
         interval_s=settings.health_interval_s,
         timeout_s=settings.health_write_timeout_s,
     )
-    async with supervised(Task("mongo-write-probe", probe.run_forever)):
+
+    async def purge_counters() -> None:
+        await identity.counters.purge_forever(settings.counter_purge_interval_s)
+
+    async with supervised(
+        Task("mongo-write-probe", probe.run_forever),
+        Task("rate-counter-purge", purge_counters),
+    ):
         yield
     await client.close()
 
@@ -158,9 +173,17 @@ async def rpc_ctx(app: web.Application) -> AsyncIterator[None]:
         store, app[LENGTHS], settings, calibrations=await store.load_calibrations()
     )
     app[SERVICE_CORE] = service
-    server = RpcServer(broker, SERVICE, methods(service))
+    table = {
+        **methods(service),
+        **identity_methods(app[IDENTITY_STORE], KeyAnnouncer(broker)),
+    }
+    server = RpcServer(broker, SERVICE, table)
     await server.start(
-        prefetch=settings.rpc_prefetch, lane_prefetch={"reads": settings.reads_prefetch}
+        prefetch=settings.rpc_prefetch,
+        lane_prefetch={
+            "reads": settings.reads_prefetch,
+            IDENTITY_LANE: settings.identity_prefetch,
+        },
     )
     app[RPC_SERVER] = server
     yield

@@ -28,3 +28,7 @@ CONTEXT_LIMIT_EXCEEDED = Counter(
 CALIBRATION_FACTOR = Gauge(
     "corral_token_estimate_factor", "Per-model calibration of the token estimator", ["model"]
 )
+KEY_BROADCAST_FAILURES = Counter(
+    "corral_key_broadcast_failures_total",
+    "Key creations and revocations whose KeyChanged broadcast could not be published",
+)

@@ -1,5 +1,6 @@
-"""The RPC methods served on `rpc.session-store` (see corral_common.rpc): the handlers of the
-methods `corral_common.contracts.session_store` declares, with their params and results.
+"""The session RPC methods served on `rpc.session-store` and its `reads` lane (see
+corral_common.rpc): the handlers of the methods `corral_common.contracts.session_store`
+declares, with their params and results (the identity methods are in `identity_rpc`).
 Params arrive parsed (bad ones are refused with `invalid_request` naming the field, as every
 RPC server refuses them); a database that is down is a 503 the caller can retry."""
 
@@ -38,7 +39,7 @@ log = structlog.get_logger(__name__)
 SERVICE = SESSION_STORE_SERVICE
 
 
-def _database_errors(handler: Handler) -> Handler:
+def database_errors(handler: Handler) -> Handler:
     """A database that is down is a 503 the caller can retry, not a bug."""
 
     @functools.wraps(handler)
@@ -117,4 +118,4 @@ def methods(service: SessionService, search_gate: SearchGate | None = None) -> d
     async def stats(p: SessionParams) -> StatsResult:
         return StatsResult.model_validate(await store.stats(p.session_id, p.owner))
 
-    return {name: _database_errors(handler) for name, handler in table.handlers.items()}
+    return {name: database_errors(handler) for name, handler in table.handlers.items()}

@@ -27,6 +27,7 @@ from corral_session_store.store import (
     WriteOutcome,
     clean_message,
     not_found,
+    owned_by,
     utcnow,
 )
 from corral_session_store.tokens import Calibration, TokenEstimator, raw_prompt_tokens
@@ -74,8 +75,10 @@ class SessionService:
     ) -> dict[str, Any]:
         started = time.perf_counter()
         session = await self.store.find_session(session_id)
-        if session is not None and owner is not None and session.get("owner") not in (None, owner):
-            # Someone else's session looks exactly like no session at all.
+        if session is not None and not owned_by(session, owner):
+            # Someone else's session (or nobody's, to an owner) looks exactly like no session
+            # at all; its id cannot be taken over either. An id nobody has used is a new
+            # session, created when its first turn is stored.
             raise not_found(session_id)
         estimator = self.estimator(model)
         context_length = await self.lengths.context_length(model)

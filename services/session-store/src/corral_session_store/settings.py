@@ -7,7 +7,8 @@ from corral_common.settings import CorralSettings
 
 class SessionStoreSettings(CorralSettings):
     health_port: int = 8102
-    # The MongoDB database holding `sessions`, `turns` and `calibration`.
+    # The MongoDB database holding `sessions`, `turns`, `calibration` and the identity
+    # collections (`api_keys`, `rate_counters`, `audit_log`).
     mongo_database: str = Field(default="corral", min_length=1, max_length=63)
     # How long a MongoDB operation may wait for a usable server before it fails.
     mongo_timeout_ms: int = Field(default=5_000, ge=100)
@@ -52,6 +53,11 @@ class SessionStoreSettings(CorralSettings):
     # `rpc.session-store.reads`, each consumed apart so reads never queue in front of chats.
     rpc_prefetch: int = Field(default=32, ge=1)
     reads_prefetch: int = Field(default=8, ge=1)
+    # The identity methods (key lookups, rate-limit counters, audit) on
+    # `rpc.session-store.identity`: small, and asked by the gateways on nearly every request.
+    identity_prefetch: int = Field(default=64, ge=1)
+    # Rate-limit counters are kept one window past their end, then deleted by a sweep this often.
+    counter_purge_interval_s: float = Field(default=60.0, gt=0)
 
     # Health: a small upsert into the `health` collection every `health_interval_s`, bounded
     # by `health_write_timeout_s`; the store is "up" only while these writes succeed. The

@@ -96,7 +96,8 @@ class WriteOutcome(StrEnum):
     STORED = "stored"
     DUPLICATE = "duplicate"
     REJECTED = "rejected"
-    """The session belongs to another owner: the turn is not written."""
+    """The session belongs to another owner (or, for an owned turn, to none): the turn is not
+    written."""
 
 
 @dataclass(frozen=True)
@@ -171,9 +172,15 @@ def _system_for(session: Document, model: str) -> Document | None:
 
 
 def _owner_filter(owner: str | None) -> Document:
-    """Sessions a caller may touch: its own, and those nobody owns. `owner=None` is the
-    unscoped (operator) view."""
-    return {} if owner is None else {"owner": {"$in": [owner, None]}}
+    """Sessions a caller may touch: only its own. A session of another owner, or of nobody
+    (written while auth was off), is to it exactly like one that does not exist. `owner=None`
+    is the unscoped view (auth off, admins)."""
+    return {} if owner is None else {"owner": owner}
+
+
+def owned_by(session: Document, owner: str | None) -> bool:
+    """Whether a caller asking as `owner` may touch `session` (see `_owner_filter`)."""
+    return owner is None or session.get("owner") == owner
 
 
 class SessionStore:
@@ -245,12 +252,13 @@ class SessionStore:
         raise SequenceContention(f"no free turn number in session {turn.session_id!r}")
 
     async def _next_seq(self, turn: TurnRecord) -> int | None:
-        """Upsert the session and take the next sequence number; None if the session belongs
-        to another owner."""
+        """Upsert the session and take the next sequence number; None if the session is not the
+        turn's owner's: an owned turn goes only into its owner's session, an unowned one only
+        into an unowned session."""
         for _ in range(SEQ_ATTEMPTS):
             try:
                 session = await self.sessions.find_one_and_update(
-                    {"_id": turn.session_id, "owner": {"$in": [turn.owner, None]}},
+                    {"_id": turn.session_id, "owner": turn.owner},
                     {
                         "$inc": {"turn_seq": 1},
                         "$min": {"created_at": turn.asked_at},
@@ -270,7 +278,7 @@ class SessionStore:
             if session is not None:
                 return int(session["turn_seq"])
             existing = await self.sessions.find_one({"_id": turn.session_id}, {"owner": 1})
-            if existing is not None and existing.get("owner") not in (None, turn.owner):
+            if existing is not None and existing.get("owner") != turn.owner:
                 return None
         raise SequenceContention(f"could not take a turn number in session {turn.session_id!r}")
 

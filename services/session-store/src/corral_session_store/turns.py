@@ -203,7 +203,7 @@ class TurnConsumer:
             self._database(True)
             metrics.TURNS_WRITTEN.labels(str(outcome)).inc()
             if outcome is WriteOutcome.REJECTED:
-                log.warning("turn for a session of another owner dropped")
+                log.warning("turn for a session of another owner (or of none) dropped")
             else:
                 log.debug("turn handled", outcome=str(outcome), model=done.model)
             await _settle(message, ack=True)
