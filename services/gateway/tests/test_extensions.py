@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import pytest
+from aiohttp import web
 from aiohttp.test_utils import make_mocked_request
 
-from corral_gateway.extensions import backend_payload, read_extensions
+from corral_common.contracts.identity import KeyLimits
+from corral_common.messages import Priority
+from corral_gateway.extensions import backend_payload, clamp_priority, read_extensions
+from corral_gateway.identity.principal import CALLER, Caller
 from corral_gateway.validation import OllamaRequestError
 
 
@@ -65,3 +69,60 @@ def test_payload_strips_extensions_and_stream() -> None:
         "options": {"temperature": 0.1},
         "messages": [],
     }
+
+
+# --- who asks: the caller's fair-share key, owner, queue cap and maximum priority -----------
+
+
+def keyed(
+    max_priority: Priority | None = None,
+    max_queued: int | None = None,
+    headers: dict[str, str] | None = None,
+) -> web.Request:
+    """A request whose guard resolved a user key of principal `alice`."""
+    req: web.Request = request(**(headers or {}))
+    req[CALLER] = Caller(
+        scope="user",
+        address="10.0.0.7",
+        key_id="key_a1",
+        principal="alice",
+        max_priority=max_priority,
+        limits=KeyLimits(max_queued=max_queued),
+    )
+    return req
+
+
+@pytest.mark.parametrize(
+    ("asked", "maximum", "runs_as"),
+    [
+        ("interactive", None, "interactive"),
+        ("interactive", "normal", "normal"),
+        ("interactive", "batch", "batch"),
+        ("normal", "batch", "batch"),
+        ("normal", "interactive", "normal"),
+        ("batch", "normal", "batch"),
+        ("batch", "batch", "batch"),
+    ],
+)
+def test_priority_is_clamped_to_the_keys_maximum(
+    asked: Priority, maximum: Priority | None, runs_as: Priority
+) -> None:
+    assert clamp_priority(asked, maximum) == runs_as
+    ext = read_extensions(keyed(maximum, headers={"X-Priority": asked}), {})
+    assert ext.priority == runs_as
+
+
+def test_a_key_caller_is_its_principal_in_the_queue() -> None:
+    # X-Client-Id is for auth-off setups only: a key's principal takes turns in the queue.
+    ext = read_extensions(keyed(max_queued=3, headers={"X-Client-Id": "someone-else"}), {})
+    assert (ext.owner, ext.client_key, ext.max_queued) == ("alice", "alice", 3)
+    assert ext.priority == "normal"
+
+
+def test_anonymous_callers_are_as_today() -> None:
+    ext = read_extensions(request(**{"X-Client-Id": "team-a", "X-Priority": "interactive"}), {})
+    assert (ext.owner, ext.client_key, ext.max_queued) == (None, "team-a", None)
+    assert ext.priority == "interactive"
+    assert read_extensions(request(), {}).client_key is None
+    with pytest.raises(OllamaRequestError):
+        read_extensions(request(**{"X-Client-Id": "has.dot"}), {})

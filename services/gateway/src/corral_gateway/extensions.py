@@ -17,6 +17,7 @@ from corral_common.clip import clip
 from corral_common.errors import CorralError, ErrorType
 from corral_common.ids import InvalidId, check_client_id, new_id
 from corral_common.messages import PRIORITIES, Priority
+from corral_gateway.identity.principal import caller_of
 from corral_gateway.validation import OllamaRequestError
 
 # Fields that only Corral understands; never forwarded to the backend.
@@ -32,8 +33,13 @@ class Extensions:
     request_id: str
     session_id: str | None
     queue_progress: bool
+    # The queue's fair-share key: the caller's principal (auth on), else `X-Client-Id`.
     client_key: str | None
     priority: Priority = "normal"
+    # Whose request it is (the caller's principal; None with auth off).
+    owner: str | None = None
+    # The caller's key's cap on its queued requests (None: the scheduler's default).
+    max_queued: int | None = None
     # Longest wait in the queue before the request is answered 408 (None: no limit).
     queue_timeout_s: float | None = None
     arrived_at: float = field(default_factory=time.time)
@@ -56,19 +62,24 @@ class QueueLimits:
 def read_extensions(
     request: web.Request, body: dict[str, Any], limits: QueueLimits | None = None
 ) -> Extensions:
+    """Corral's fields of a job request, and who asks: the caller's principal owns the job,
+    its fair-share key takes turns in the queue, its key's `max_queued` caps what it may have
+    queued, and the priority asked for is clamped to its key's `max_priority`
+    (`clamp_priority`: asking above the maximum gets the maximum, not an error)."""
+    caller = caller_of(request)
     raw_options = body.get("options")
     options: dict[str, Any] = raw_options if isinstance(raw_options, dict) else {}
     session_id = _first(
         body.get("session_id"), request.headers.get("X-Session-Id"), options.get("session_id")
     )
     request_id = _first(body.get("request_id"), request.headers.get("X-Request-Id"))
-    client_key = request.headers.get("X-Client-Id")
-    # The caller's key travels in every job and lane snapshot: the same rule bounds it.
-    for name, value in (
-        ("session_id", session_id),
-        ("request_id", request_id),
-        ("X-Client-Id", client_key),
-    ):
+    client_key = caller.fair_share_key
+    checked = [("session_id", session_id), ("request_id", request_id)]
+    if caller.key_id is None:
+        # `X-Client-Id` travels in every job and lane snapshot: the same rule bounds it (a
+        # key's principal is bounded by the key store).
+        checked.append(("X-Client-Id", client_key))
+    for name, value in checked:
         if value is not None:
             try:
                 check_client_id(value, name)
@@ -86,11 +97,21 @@ def read_extensions(
         session_id=session_id,
         queue_progress=request.headers.get("X-Queue-Progress", "1").strip() != "0",
         client_key=client_key,
-        priority=priority or "normal",
+        priority=clamp_priority(priority or "normal", caller.max_priority),
+        owner=caller.principal,
+        max_queued=caller.limits.max_queued,
         queue_timeout_s=_queue_timeout(
             request.headers.get("X-Queue-Timeout"), options.get("queue_timeout"), limits
         ),
     )
+
+
+def clamp_priority(asked: Priority, maximum: Priority | None) -> Priority:
+    """`asked`, or `maximum` when `asked` ranks above it (interactive > normal > batch): a key
+    limited to "normal" asking for "interactive" runs at "normal". No maximum: as asked."""
+    if maximum is not None and PRIORITIES.index(asked) < PRIORITIES.index(maximum):
+        return maximum
+    return asked
 
 
 def _queue_timeout(header: str | None, option: Any, limits: QueueLimits | None) -> float | None:

@@ -32,6 +32,7 @@ from corral_common.messages import (
     Cancelled,
     Done,
     Failed,
+    Job,
     JobKind,
     Position,
     Started,
@@ -153,6 +154,11 @@ class Relay:
     def where(self) -> tuple[int, int] | None:
         """(position, estimated wait ms) as last heard; (0, 0) once running."""
         return (0, 0) if self.started else self.latest
+
+    @property
+    def job(self) -> Job | None:
+        """The job as submitted (whose it is, its model and priority); None before."""
+        return self.ticket.job
 
     async def run(self) -> web.StreamResponse:
         while True:
@@ -284,6 +290,9 @@ class Relay:
             self.collected.append(chunk)
 
     async def _finish(self, done: Done) -> web.StreamResponse:
+        # The job is over (and its tokens are charged to the caller's quota), whatever
+        # becomes of its answer from here.
+        self.ticket.settle(done)
         if self.first_position is None:
             # The final event travels on another channel than `started` and the tokens, and
             # may overtake them all: a job that is done ran, so its answer says position 0
@@ -299,7 +308,6 @@ class Relay:
             await self._await_stored()
         extras = self.extras(done, self.first_position or 0)
         self.finished = True
-        self.ticket.settle()
         if self.stream:
             for frame in self.shape.final(done, extras):
                 await self._write(frame)

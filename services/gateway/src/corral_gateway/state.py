@@ -11,6 +11,7 @@ from typing import Any, Protocol
 from aiohttp import web
 
 from corral_common.broker import Broker
+from corral_common.messages import Job
 from corral_common.rpc import RpcClient
 from corral_common.supervision import spawn
 from corral_gateway.directory import ModelDirectory
@@ -23,6 +24,10 @@ class QueueView(Protocol):
     @property
     def where(self) -> tuple[int, int] | None:
         """(position, estimated wait ms) as last heard; None before the first position."""
+
+    @property
+    def job(self) -> Job | None:
+        """The job as submitted (whose it is, its model and priority); None before."""
 
 
 @dataclass

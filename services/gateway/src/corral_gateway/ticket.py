@@ -10,6 +10,9 @@ It is written once because its race is subtle: the job may be in the lane (even 
 the broker confirms the publish, so a client leaving during that wait must cancel it too; only a
 refusal from the broker says it never got there. A ticket with no `submit` (an operation the
 model manager runs, whose lines come back as events) only listens: there is nothing to cancel.
+
+A ticket given its caller's token quota (`identity.quotas`) checks it before a generation is
+submitted and charges the generation's `eval_count` when it is done, in the background.
 """
 
 from __future__ import annotations
@@ -22,8 +25,9 @@ import structlog
 
 from corral_common.clip import clip
 from corral_common.errors import CorralError, ErrorType
-from corral_common.messages import CANCELED_STATUS, Cancelled, Done, Failed, Job
+from corral_common.messages import CANCELED_STATUS, STREAMED_KINDS, Cancelled, Done, Failed, Job
 from corral_gateway.hub import BrokerLost, Delivery
+from corral_gateway.identity.quotas import TokenQuota
 from corral_gateway.state import Gateway, QueueView
 
 log = structlog.get_logger(__name__)
@@ -68,9 +72,12 @@ def in_flight_error(request_id: str) -> CorralError:
 class JobTicket:
     """Listen, submit, read the events, cancel if abandoned, clean up (see the module doc)."""
 
-    def __init__(self, gateway: Gateway, request_id: str) -> None:
+    def __init__(self, gateway: Gateway, request_id: str, quota: TokenQuota | None = None) -> None:
         self.gateway = gateway
         self.request_id = request_id
+        self.quota = quota
+        # The job as submitted (whose it is, for the queue view); None before.
+        self.job: Job | None = None
         self.events: asyncio.Queue[Delivery] = asyncio.Queue()
         # The job may be in the lane: set before the publish starts, cleared on a refusal.
         self.in_lane = False
@@ -119,16 +126,26 @@ class JobTicket:
         self._view = True
 
     async def submit(self, job: Job) -> None:
-        """Put the job in the lane; the broker's refusal as the CorralError clients expect."""
+        """Put the job in the lane; the broker's refusal as the CorralError clients expect. A
+        generation of a caller over its token quota is refused first (429)."""
+        if self.quota is not None and job.kind in STREAMED_KINDS:
+            await self.quota.check()
+        self.job = job
         self.in_lane = True
         try:
             await self.gateway.submitter.submit(job, retry_after_s(self.gateway))
         except CorralError:
             self.in_lane = False
+            self.job = None
             raise
 
-    def settle(self) -> None:
-        """The job is over: leaving now cancels nothing."""
+    def settle(self, done: Done | None = None) -> None:
+        """The job is over: leaving now cancels nothing. Given its `done`, the tokens it
+        generated are charged to the caller's quota (once, in the background)."""
+        if done is not None and not self.settled and self.quota is not None:
+            tokens = done.final.get("eval_count")
+            if isinstance(tokens, int) and not isinstance(tokens, bool) and tokens > 0:
+                self.gateway.spawn(self.quota.charge(tokens))
         self.settled = True
 
     async def outcome(self) -> Done:
@@ -138,7 +155,7 @@ class JobTicket:
             event = await self.events.get()
             match event:
                 case Done():
-                    self.settle()
+                    self.settle(event)
                     return event
                 case Failed():
                     self.settle()

@@ -1,5 +1,7 @@
 """The lane under `/admin`: the whole queue, cancelling a request, pausing / resuming / draining
-the lane and inspecting the dead-letter queue. Corral-shaped answers and errors."""
+the lane and inspecting the dead-letter queue. Corral-shaped answers and errors. Each job is
+shown with its `owner` (the principal whose request it is) and `client_key` (its fair-share
+key)."""
 
 from __future__ import annotations
 
@@ -162,6 +164,7 @@ def _dead_job(message: aio_pika.abc.AbstractIncomingMessage) -> dict[str, Any]:
         "request_id": job.request_id,
         "kind": job.kind,
         "model": job.model,
+        "owner": job.owner,
         "client_key": job.client_key,
         "enqueued_at": job.enqueued_at,
     }

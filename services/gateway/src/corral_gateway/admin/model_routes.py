@@ -14,6 +14,7 @@ from corral_common.errors import CorralError, ErrorType
 from corral_common.ids import InvalidId
 from corral_common.messages import Job, JobKind
 from corral_gateway.extensions import header_request_id, invalid_id_error
+from corral_gateway.identity.principal import caller_of
 from corral_gateway.responses import json_response
 from corral_gateway.state import GATEWAY
 from corral_gateway.surfaces import answer_with
@@ -62,6 +63,7 @@ async def _operate(request: web.Request, kind: JobKind) -> web.Response:
             kind=kind,
             model=model,
             payload=payload,
+            owner=caller_of(request).principal,
             queue_progress=False,
             enqueued_at=time.time(),
             force=force,

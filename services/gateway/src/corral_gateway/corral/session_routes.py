@@ -2,6 +2,9 @@
 
 These are not Ollama paths, so errors use Corral's shape: `{"error": {"type", "message",
 "details"}}` with the documented status (404 `session_not_found`, 400 `invalid_request`).
+
+Each passes the caller's `owner`: a user key reads, lists, searches and changes its own sessions
+only (another owner's is answered exactly like a missing one); admins and auth off, everything.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from corral_common.contracts.session_store import (
 from corral_common.errors import CorralError, ErrorType
 from corral_common.ids import InvalidId, check_client_id
 from corral_gateway.extensions import invalid_id_error
+from corral_gateway.identity.principal import caller_of
 from corral_gateway.query_params import OFFSET_MAX, SEARCH_MAX, SESSION_LIST_MAX, int_query
 from corral_gateway.responses import json_response
 from corral_gateway.state import GATEWAY
@@ -48,17 +52,21 @@ async def session_list(request: web.Request) -> web.Response:
     params = ListParams(
         limit=int_query(request, "limit", 20, minimum=1, maximum=SESSION_LIST_MAX),
         offset=int_query(request, "offset", 0, maximum=OFFSET_MAX),
+        owner=_owner(request),
     )
     return await _call(request, SESSION_STORE.list, params)
 
 
 async def session_history(request: web.Request) -> web.Response:
-    params = HistoryParams(session_id=_session_id(request), model=request.query.get("model"))
+    params = HistoryParams(
+        session_id=_session_id(request), model=request.query.get("model"), owner=_owner(request)
+    )
     return await _call(request, SESSION_STORE.history, params)
 
 
 async def session_stats(request: web.Request) -> web.Response:
-    return await _call(request, SESSION_STORE.stats, SessionParams(session_id=_session_id(request)))
+    params = SessionParams(session_id=_session_id(request), owner=_owner(request))
+    return await _call(request, SESSION_STORE.stats, params)
 
 
 async def session_rename(request: web.Request) -> web.Response:
@@ -71,14 +79,13 @@ async def session_rename(request: web.Request) -> web.Response:
         raise _invalid('the body must be JSON, e.g. {"title": "..."}') from exc
     if not isinstance(body, dict) or not isinstance(body.get("title"), str):
         raise _invalid('the body must be {"title": "<text>"}')
-    params = RenameParams(session_id=session_id, title=body["title"])
+    params = RenameParams(session_id=session_id, title=body["title"], owner=_owner(request))
     return await _call(request, SESSION_STORE.rename, params)
 
 
 async def session_delete(request: web.Request) -> web.Response:
-    return await _call(
-        request, SESSION_STORE.delete, SessionParams(session_id=_session_id(request))
-    )
+    params = SessionParams(session_id=_session_id(request), owner=_owner(request))
+    return await _call(request, SESSION_STORE.delete, params)
 
 
 async def search(request: web.Request) -> web.Response:
@@ -88,16 +95,25 @@ async def search(request: web.Request) -> web.Response:
     params = SearchParams(
         q=query,
         limit=int_query(request, "limit", 50, minimum=1, maximum=SEARCH_MAX),
+        owner=_owner(request),
         caller=_caller(request),
     )
     return await _call(request, SESSION_STORE.search, params)
 
 
+def _owner(request: web.Request) -> str | None:
+    return caller_of(request).owner
+
+
 def _caller(request: web.Request) -> str:
-    """Who is searching, for the store's per-caller bound: the caller's key (X-Client-Id, as
-    in the queue's fair share), else its address."""
-    key = request.headers.get("X-Client-Id", "").strip()
-    return (key or request.remote or "anonymous")[:256]
+    """Who is searching, for the store's per-caller bound: a key's subject (`key:<principal>`);
+    for anonymous callers (auth off) their X-Client-Id, as in the queue's fair share, else
+    their address."""
+    caller = caller_of(request)
+    if caller.key_id is not None:
+        return caller.subject[:256]
+    key = (caller.client_id or "").strip()
+    return (key or caller.address or "anonymous")[:256]
 
 
 def _invalid(message: str) -> CorralError:

@@ -17,6 +17,8 @@ from corral_gateway import metrics
 from corral_gateway.body import read_request
 from corral_gateway.encoders import NdjsonEncoder, StreamEncoder
 from corral_gateway.extensions import Extensions, backend_payload, read_extensions
+from corral_gateway.identity.principal import caller_of
+from corral_gateway.identity.quotas import quota_of
 from corral_gateway.ollama.chunks import OllamaChunks, corral_fields
 from corral_gateway.relay import ChunkShape, Extras, JobFailed, Relay, RelayTimings
 from corral_gateway.state import GATEWAY, Gateway
@@ -134,7 +136,8 @@ async def _conversation(
     gateway: Gateway, kind: JobKind, model: str, body: dict[str, Any], ext: Extensions
 ) -> Conversation:
     """Without a session, the request goes as the client sent it, exactly as to Ollama. With one,
-    the session store assembles the history for this model around the new messages."""
+    the session store assembles the history for this model around the new messages: the
+    caller's own session only (another owner's is 404 `session_not_found`, as a missing one)."""
     payload = backend_payload(body)
     stream = body.get("stream") is not False  # Ollama streams unless told not to
     new = _new_messages(kind, body)
@@ -148,6 +151,7 @@ async def _conversation(
         kind=kind,
         messages=new if kind == "chat" else [],
         options=body.get("options") if isinstance(body.get("options"), dict) else None,
+        owner=ext.owner,
         request_id=ext.request_id,
     )
     assembled = await gateway.rpc.call(SESSION_STORE.assemble, params)
@@ -184,7 +188,8 @@ async def _enqueue_and_relay(
     present: Present,
 ) -> web.StreamResponse:
     try:
-        ticket = JobTicket(gateway, ext.request_id).open()
+        quota = quota_of(gateway, caller_of(request))
+        ticket = JobTicket(gateway, ext.request_id, quota).open()
     except CorralError as exc:  # the request id is already in flight: a 409
         outcome.label = str(exc.error_type)
         raise
@@ -258,7 +263,9 @@ def _job(
         payload=body,
         session_id=ext.session_id,
         turn=conversation.turn,
+        owner=ext.owner,
         client_key=ext.client_key,
+        max_queued=ext.max_queued,
         queue_progress=ext.queue_progress,
         enqueued_at=time.time(),
         priority=ext.priority,
