@@ -1,10 +1,10 @@
 """The session store's RPC methods (service `session-store`), served by
 `corral_session_store.rpc_api`, called by the gateway.
 
-Every method takes an optional `owner` (the API key's identity once keys exist): with it, a
-session owned by someone else is answered exactly like a missing one, and `list`/`search` only
-see the owner's sessions; without it (operators, and everyone until keys exist) nothing is
-scoped.
+Every method takes an optional `owner` (the principal of the caller's API key): with it, a
+session owned by someone else, or by no one (written while auth was off), is answered exactly
+like a missing one (404 `session_not_found`, a chat into it too), and `list`/`search` only see
+the owner's sessions; without it (admins, and everyone with auth off) nothing is scoped.
 
     assemble  AssembleParams -> AssembleResult: the history for this model around the new
               messages, cut to the model's window.
