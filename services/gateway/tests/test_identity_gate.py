@@ -264,3 +264,161 @@ async def test_a_key_change_broadcast_evicts_it_at_once(
     assert (await client.get("/api/tags", headers=bearer(key))).status == 200
     app[GATEKEEPER].key_changed(hashed)
     assert (await client.get("/api/tags", headers=bearer(key))).status == 401
+
+
+# --- rate limits -------------------------------------------------------------------------
+
+
+async def test_requests_count_down_on_every_answer_then_429_in_each_shape(
+    serve: AppFactory, directory: Any, clock: Any
+) -> None:
+    key = generate_key()
+    directory.add_key(key_hash(key), limits={"requests_per_minute": 3})
+    client = await serve(auth="on")
+    reset = str(int(clock() // 60) * 60 + 60)
+    seen = []
+    for method, path in (("GET", "/api/tags"), ("POST", "/api/chat"), ("GET", "/sessions")):
+        response = await client.request(method, path, headers=bearer(key))
+        assert response.status == 200
+        await response.read()
+        seen.append(
+            (
+                response.headers["X-RateLimit-Limit"],
+                response.headers["X-RateLimit-Remaining"],
+                response.headers["X-RateLimit-Reset"],
+            )
+        )
+    assert seen == [("3", "2", reset), ("3", "1", reset), ("3", "0", reset)]
+    retry_after = str(int(reset) - int(clock()))
+    for path in ("/api/tags", "/sessions", "/v1/models"):
+        response = await client.get(path, headers=bearer(key))
+        assert response.status == 429, path
+        assert response.headers["Retry-After"] == retry_after
+        assert response.headers["X-RateLimit-Remaining"] == "0"
+        assert response.headers["X-RateLimit-Reset"] == reset
+        body = await response.json()
+        if path == "/api/tags":
+            assert "rate limit of 3 requests per minute" in body["error"]
+        elif path == "/sessions":
+            assert body["error"]["type"] == "rate_limit_exceeded"
+        else:
+            assert body["error"]["code"] == "rate_limit_exceeded"
+    # The next window starts over.
+    clock.advance(int(retry_after))
+    response = await client.get("/api/tags", headers=bearer(key))
+    assert (response.status, response.headers["X-RateLimit-Remaining"]) == (200, "2")
+
+
+async def test_a_stream_counts_once_and_carries_the_headers(
+    serve: AppFactory, directory: Any
+) -> None:
+    client = await serve(auth="off", anonymous_rate_limit_per_minute=10)
+    response = await client.post("/api/chat")
+    assert await response.read() == b'{"done":true}\n'
+    assert response.headers["X-RateLimit-Remaining"] == "9"
+    assert list(directory.counters.values()) == [1]
+
+
+async def test_keys_share_their_owners_limit_and_anonymous_callers_their_address(
+    serve: AppFactory, directory: Any
+) -> None:
+    first, second = generate_key(), generate_key()
+    directory.add_key(key_hash(first), owner="team")
+    directory.add_key(key_hash(second), owner="team")
+    client = await serve(auth="on", rate_limit_per_minute=100)
+    await client.get("/api/tags", headers=bearer(first))
+    response = await client.get("/api/tags", headers=bearer(second))
+    assert response.headers["X-RateLimit-Remaining"] == "98"
+    assert {subject for subject, *_ in directory.counters} == {"key:team"}
+
+
+async def test_no_limit_costs_no_call_and_open_routes_are_never_counted(
+    serve: AppFactory, directory: Any
+) -> None:
+    client = await serve(auth="off", anonymous_rate_limit_per_minute=0)
+    response = await client.get("/api/tags")
+    assert response.status == 200
+    assert "X-RateLimit-Limit" not in response.headers
+    client = await serve(auth="off", anonymous_rate_limit_per_minute=5)
+    response = await client.get("/")
+    assert "X-RateLimit-Limit" not in response.headers
+    assert directory.calls == []
+
+
+async def test_limits_fail_open_while_the_store_is_unreachable(
+    serve: AppFactory, directory: Any
+) -> None:
+    directory.down = True
+    client = await serve(auth="off", anonymous_rate_limit_per_minute=1)
+    for _ in range(3):
+        response = await client.get("/api/tags")
+        assert response.status == 200
+        assert "X-RateLimit-Limit" not in response.headers
+    # After one failure the gate stops asking for a while.
+    assert directory.calls == ["count"]
+
+
+async def test_anonymous_limits_follow_the_client_behind_a_trusted_proxy(
+    serve: AppFactory, directory: Any
+) -> None:
+    client = await serve(
+        auth="off", anonymous_rate_limit_per_minute=5, trusted_proxies="127.0.0.0/8"
+    )
+    body = await (
+        await client.get("/api/tags", headers={"X-Forwarded-For": "6.6.6.6, 203.0.113.9"})
+    ).json()
+    assert body["address"] == "203.0.113.9"
+    assert {subject for subject, *_ in directory.counters} == {"ip:203.0.113.9"}
+
+
+# --- failed authentications --------------------------------------------------------------
+
+
+async def test_an_address_that_keeps_failing_is_refused_until_its_window_ends(
+    serve: AppFactory, directory: Any, clock: Any
+) -> None:
+    good = generate_key()
+    directory.add_key(key_hash(good))
+    client = await serve(auth="on", auth_failures_per_minute=3, rate_limit_per_minute=0)
+    assert (await client.get("/api/tags", headers=bearer(good))).status == 200
+    # A request without a key is no guess: not counted.
+    assert (await client.get("/api/tags")).status == 401
+    statuses = [
+        (await client.get("/v1/models", headers=bearer(generate_key()))).status for _ in range(4)
+    ]
+    assert statuses == [401, 401, 401, 429]
+    looked_up = directory.calls.count("resolve_key")
+    response = await client.get("/sessions", headers=bearer(generate_key()))
+    assert response.status == 429
+    assert int(response.headers["Retry-After"]) >= 1
+    assert (await response.json())["error"]["type"] == "rate_limit_exceeded"
+    assert directory.calls.count("resolve_key") == looked_up, "no lookup while refused"
+    # A key this gateway knows to be good still works; the operator's too.
+    assert (await client.get("/api/tags", headers=bearer(good))).status == 200
+    assert (await client.get("/api/tags", headers=bearer(OPERATOR_KEY))).status == 200
+    clock.advance(60)
+    assert (await client.get("/api/tags", headers=bearer(generate_key()))).status == 401
+
+
+# --- audit -------------------------------------------------------------------------------
+
+
+async def test_admin_changes_are_audited_with_auth_off_as_anonymous(
+    aiohttp_client: AiohttpClient, directory: Any, clock: Any
+) -> None:
+    spawned: list[Any] = []
+    client = await aiohttp_client(
+        gate_app(directory, clock, spawned, auth="off", anonymous_rate_limit_per_minute=0)
+    )
+    await client.post("/admin/lane/pause", headers={"X-Request-Id": "r-1"})
+    await client.get("/admin/queue")
+    for coro in spawned:
+        await coro
+    [entry] = directory.audits
+    assert (entry.actor, entry.action, entry.target, entry.status, entry.request_id) == (
+        "anonymous",
+        "POST /admin/lane/{action}",
+        "pause",
+        200,
+        "r-1",
+    )
