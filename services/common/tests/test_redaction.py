@@ -6,6 +6,7 @@ import io
 import logging
 from collections.abc import Callable
 
+import pytest
 import structlog
 
 from corral_common.ollama import unreachable
@@ -59,3 +60,49 @@ def test_log_lines_are_masked_whatever_logged_them(
     written = out.getvalue().decode()
     assert written.count("***@") >= 5, written
     assert ":pw@" not in written
+
+
+KEY = "crl_AbCd1234" + "x" * 32 + "Zz9Yy8"  # the format's length; the checksum does not matter
+
+
+def test_corral_keys_keep_only_their_display_prefix() -> None:
+    masked = redact_secrets(f"resolved {KEY} for 10.0.0.1; and again: '{KEY}'")
+    assert KEY not in masked
+    assert masked == "resolved crl_AbCd1234*** for 10.0.0.1; and again: 'crl_AbCd1234***'"
+    # What clipping left of a key is masked too; a display prefix alone is no secret.
+    assert redact_secrets(KEY[:20] + "…") == "crl_AbCd1234***…"
+    assert redact_secrets("prefix crl_AbCd1234 shown") == "prefix crl_AbCd1234 shown"
+    assert redact_secrets(redact_secrets(KEY)) == "crl_AbCd1234***"
+
+
+@pytest.mark.parametrize(
+    ("text", "masked"),
+    [
+        (f"Authorization: Bearer {KEY}", "Authorization: Bearer ***"),
+        ("authorization: bearer operator-key-of-any-shape", "authorization: bearer ***"),
+        (
+            "{'Authorization': 'Bearer s3cr3t', 'Accept': '*/*'}",
+            "{'Authorization': 'Bearer ***', 'Accept': '*/*'}",
+        ),
+        ("X-API-Key: s3cr3t", "X-API-Key: ***"),
+        ('{"x-api-key": "s3cr3t"}', '{"x-api-key": "***"}'),
+        ("Bearer ***", "Bearer ***"),
+    ],
+)
+def test_bearer_tokens_and_api_key_headers_are_masked(text: str, masked: str) -> None:
+    assert redact_secrets(text) == masked
+
+
+def test_no_key_reaches_a_log_line(logs_to_buffer: Callable[..., io.BytesIO]) -> None:
+    out = logs_to_buffer("debug")
+    structlog.get_logger("t").info("request", headers={"Authorization": f"Bearer {KEY}"})
+    structlog.get_logger("t").warning("lookup failed", key=KEY, keys=[KEY])
+    logging.getLogger("aiohttp.server").error("bad header X-API-Key: %s", "operator-secret")
+    try:
+        raise RuntimeError(f"refused {KEY}")
+    except RuntimeError:
+        structlog.get_logger("t").exception("boom")
+    written = out.getvalue().decode()
+    assert KEY not in written and "operator-secret" not in written
+    assert "Bearer crl_" not in written
+    assert written.count("crl_AbCd1234***") >= 3, written

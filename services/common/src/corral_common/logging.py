@@ -1,7 +1,8 @@
 """structlog JSON logs: one event per line with `service`, bound ids and the current trace id.
 
 Request ids and session ids are bound with `structlog.contextvars.bound_contextvars`; prompts
-and keys are never passed to a logger. Credentials in URLs (`user:password@`) are masked in
+and keys are never passed to a logger. Credentials in URLs (`user:password@`), Corral API keys
+(`crl_...`, down to their display prefix), `Bearer` tokens and `X-API-Key` values are masked in
 every string an event carries, tracebacks included (`redact_event`), whatever logged it.
 """
 
@@ -44,7 +45,7 @@ def _redacted(value: Any) -> Any:
 
 
 def redact_event(_: Any, __: str, event: MutableMapping[str, Any]) -> dict[str, Any]:
-    """Mask URL credentials in every value of the event (see corral_common.redaction)."""
+    """Mask credentials in every value of the event (see corral_common.redaction)."""
     return {
         key: value if key in ("exc_info", "_record", "_from_structlog") else _redacted(value)
         for key, value in event.items()

@@ -1,10 +1,15 @@
-"""Credentials in URLs are never shown: not in /health, not in error texts, not in logs.
+"""Credentials are never shown: not in /health, not in error texts, not in logs.
 
 Any URL setting may carry `user:password@` (`CORRAL_OLLAMA_URL` behind a proxy with basic
 auth, `CORRAL_AMQP_URL`, `CORRAL_MONGO_URL`). `redact_url` masks the password of one URL for
 display at the source; `redact_secrets` masks every `scheme://user:password@` inside any text
 (an exception's message, a library's log line), which the log processor applies to every
 string it writes, so a URL that slips through at the source is still masked.
+
+The same pass masks API keys: a Corral key (`crl_` + 46 characters, corral_common.api_keys)
+keeps only its display prefix (`crl_AbCd1234***`), and the token of a `Bearer <token>` or an
+`X-API-Key: <value>` (a header written out whole) is masked entirely, whatever it is (the
+operator's `CORRAL_ADMIN_KEY` can be any string).
 """
 
 from __future__ import annotations
@@ -42,8 +47,30 @@ def _mask(match: re.Match[str]) -> str:
     return f"{match.group('scheme')}{match.group('user')}:{MASK}@"
 
 
+# A Corral key, or what is left of one after clipping: its display part (`crl_` + 8) is kept.
+_CORRAL_KEY = re.compile(r"(?P<shown>crl_[0-9A-Za-z]{8})[0-9A-Za-z]+")
+# `Bearer <token>` (the Authorization scheme is case-insensitive) and `X-API-Key: <value>` or
+# `"x-api-key": "<value>"` as a header dump writes it.
+_BEARER = re.compile(r"(?P<lead>\bbearer\s+)(?P<token>[^\s,;'\"<>]+)", re.IGNORECASE)
+_API_KEY_HEADER = re.compile(
+    r"(?P<lead>x-api-key['\"]?\s*[:=]\s*['\"]?)(?P<token>[^\s,;'\"<>]+)", re.IGNORECASE
+)
+
+
+def _shown_part(match: re.Match[str]) -> str:
+    return f"{match.group('shown')}{MASK}"
+
+
+def _mask_token(match: re.Match[str]) -> str:
+    return f"{match.group('lead')}{MASK}"
+
+
 def redact_secrets(text: str) -> str:
-    """`text` with the password of every URL in it masked."""
-    if "@" not in text:
-        return text
-    return _USERINFO.sub(_mask, text)
+    """`text` with the password of every URL, every Corral key and every bearer token or
+    `X-API-Key` value in it masked."""
+    if "@" in text:
+        text = _USERINFO.sub(_mask, text)
+    if "crl_" in text:
+        text = _CORRAL_KEY.sub(_shown_part, text)
+    text = _BEARER.sub(_mask_token, text)
+    return _API_KEY_HEADER.sub(_mask_token, text)
