@@ -208,6 +208,9 @@ async def test_an_allowed_origin_gets_cors_headers(aiohttp_client: AiohttpClient
     assert response.status == 200
     assert response.headers["Access-Control-Allow-Origin"] == origin
     assert "Origin" in response.headers.getall("Vary")
+    # A page may read the limits and when to retry (issue 11).
+    exposed = response.headers["Access-Control-Expose-Headers"].split(",")
+    assert {"X-RateLimit-Remaining", "Retry-After", "X-Session-Id"} <= set(exposed)
     streamed = await client.post("/api/stream", data="{}", headers={"Origin": origin})
     assert streamed.headers["Access-Control-Allow-Origin"] == origin
     # A 404 from the router still tells the page what happened.
@@ -234,7 +237,7 @@ async def test_a_preflight_is_answered_on_every_route(aiohttp_client: AiohttpCli
             "GET,POST,PUT,PATCH,DELETE,HEAD,OPTIONS"
         )
         assert response.headers["Access-Control-Allow-Headers"] == ALLOW_HEADERS
-        assert "X-Stainless-Os" in ALLOW_HEADERS.split(",")
+        assert {"X-Stainless-Os", "X-Api-Key", "X-Session-Id"} <= set(ALLOW_HEADERS.split(","))
         assert response.headers["Access-Control-Max-Age"] == "43200"
     assert client.app is not None and client.app[ACTED] == []
 

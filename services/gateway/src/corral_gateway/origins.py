@@ -55,6 +55,28 @@ ALLOW_HEADERS = ",".join(
         "X-Stainless-Runtime",
         "X-Stainless-Runtime-Version",
         "X-Stainless-Timeout",
+        # Corral's own: the API key header, and the extension headers a browser client sends.
+        "X-Api-Key",
+        "X-Session-Id",
+        "X-Request-Id",
+        "X-Client-Id",
+        "X-Priority",
+        "X-Queue-Progress",
+        "X-Queue-Timeout",
+    ]
+)
+# What a browser page may read of an answer beyond the CORS-safelisted headers: the limits,
+# when to retry, and Corral's request, session and queue headers.
+EXPOSE_HEADERS = ",".join(
+    [
+        "X-RateLimit-Limit",
+        "X-RateLimit-Remaining",
+        "X-RateLimit-Reset",
+        "Retry-After",
+        "X-Request-Id",
+        "X-Session-Id",
+        "X-Queue-Position",
+        "X-Estimated-Wait-Ms",
     ]
 )
 
@@ -124,7 +146,9 @@ class OriginPolicy:
             headers.add(hdrs.VARY, "Access-Control-Request-Headers")
 
     def normal_headers(self, origin: str) -> CIMultiDict[str]:
-        headers: CIMultiDict[str] = CIMultiDict()
+        headers: CIMultiDict[str] = CIMultiDict(
+            {hdrs.ACCESS_CONTROL_EXPOSE_HEADERS: EXPOSE_HEADERS}
+        )
         self._add_origin(headers, origin, preflight=False)
         return headers
 
