@@ -41,6 +41,7 @@ def setup_tracing(service: str, *, http_server: bool = False, http_client: bool 
     trace.set_tracer_provider(provider)
     # Probes and scrapes would drown the traces that matter.
     os.environ.setdefault("OTEL_PYTHON_AIOHTTP_SERVER_EXCLUDED_URLS", "/health,/ready,/metrics")
+    _never_capture_credentials()
     if http_server:
         from opentelemetry.instrumentation.aiohttp_server import AioHttpServerInstrumentor
 
@@ -49,6 +50,19 @@ def setup_tracing(service: str, *, http_server: bool = False, http_client: bool 
         from opentelemetry.instrumentation.aiohttp_client import AioHttpClientInstrumentor
 
         AioHttpClientInstrumentor().instrument()
+
+
+# Header values OpenTelemetry must mask if an operator turns on header capture
+# (OTEL_INSTRUMENTATION_HTTP_CAPTURE_HEADERS_*): API keys and cookies never reach a trace.
+CREDENTIAL_HEADERS = ("authorization", "x-api-key", "proxy-authorization", "cookie", "set-cookie")
+SANITIZE_ENV = "OTEL_INSTRUMENTATION_HTTP_CAPTURE_HEADERS_SANITIZE_FIELDS"
+
+
+def _never_capture_credentials() -> None:
+    """Add the credential headers to the sanitize list, keeping what the operator set."""
+    configured = [f.strip() for f in os.environ.get(SANITIZE_ENV, "").split(",") if f.strip()]
+    missing = [h for h in CREDENTIAL_HEADERS if h not in {f.lower() for f in configured}]
+    os.environ[SANITIZE_ENV] = ",".join([*configured, *missing])
 
 
 def _exporter_from_env() -> SpanExporter | None:
