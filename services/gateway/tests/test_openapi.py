@@ -24,16 +24,7 @@ from corral_gateway.validation import OllamaRequestError, decode_body
 METHODS = ("get", "head", "post", "put", "patch", "delete")
 
 
-def gateway_router() -> web.UrlDispatcher:
-    """The gateway's own router, with the document's route whether or not the app factory
-    registers it yet."""
-    router = create_app(GatewaySettings()).router
-    if not any(route_template(route) == OPENAPI_PATH for route in router.routes()):
-        openapi.add_routes(router)
-    return router
-
-
-ROUTER = gateway_router()
+ROUTER = create_app(GatewaySettings()).router
 DOCUMENT = build_document(ROUTER)
 
 

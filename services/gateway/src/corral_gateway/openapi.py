@@ -33,7 +33,7 @@ from aiohttp import web
 from pydantic import BaseModel
 from pydantic.json_schema import JsonSchemaMode, models_json_schema
 
-from corral_common.contracts.identity import MAX_LABEL, SCOPES
+from corral_common.contracts.identity import MAX_LABEL, MAX_LIST, SCOPES
 from corral_common.ids import CLIENT_ID_MAX_CHARS
 from corral_common.messages import PRIORITIES
 from corral_gateway.openai.requests import (
@@ -288,17 +288,22 @@ DETAILS: dict[tuple[str, str], Detail] = {
         status=201,
     ),
     ("GET", "/admin/keys"): Detail(
-        "The API keys (never the secrets).",
+        "The API keys, newest first (never the secrets).",
         query=(
             Param("include_revoked", {"type": "boolean"}, "Also revoked keys."),
-            LIMIT_LIST,
+            Param("limit", _int(1, MAX_LIST), "How many to list."),
             OFFSET,
         ),
     ),
     ("GET", "/admin/keys/{key_id}"): Detail("One API key (never the secret).", errors={404}),
     ("DELETE", "/admin/keys/{key_id}"): Detail("Revoke an API key.", errors={404}),
     ("GET", "/admin/audit"): Detail(
-        "The audit log of admin actions, newest first.", query=(LIMIT_LIST, OFFSET)
+        "The audit log of admin actions, newest first.",
+        query=(
+            Param("limit", _int(1, MAX_LIST), "How many entries."),
+            OFFSET,
+            Param("actor", {"type": "string", "maxLength": 256}, "Only this key id's actions."),
+        ),
     ),
     ("POST", "/v1/chat/completions"): Detail(
         "OpenAI chat completions.",
@@ -459,6 +464,7 @@ def key_schemas() -> dict[str, Any]:
             "type": "object",
             "description": "Per-key overrides of the gateway's limits: null = the default, "
             "0 = no limit.",
+            "additionalProperties": False,
             "properties": {
                 name: limit
                 for name in (
@@ -472,6 +478,7 @@ def key_schemas() -> dict[str, Any]:
         "KeyCreateRequest": {
             "type": "object",
             "required": ["scope"],
+            "additionalProperties": False,
             "properties": {
                 "scope": {"type": "string", "enum": list(SCOPES)},
                 "label": {"anyOf": [{"type": "string", "maxLength": MAX_LABEL}, {"type": "null"}]},
@@ -481,7 +488,8 @@ def key_schemas() -> dict[str, Any]:
                         {"type": "number"},
                         {"type": "null"},
                     ],
-                    "description": "When the key stops working: RFC 3339, or epoch seconds.",
+                    "description": "When the key stops working, in the future: RFC 3339 with "
+                    "an offset, or epoch seconds.",
                 },
                 "owner": {
                     "anyOf": [
