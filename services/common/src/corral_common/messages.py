@@ -39,6 +39,9 @@ class Job(Wire):
     # the `done` event so the session store can persist the turn without asking anyone.
     turn: list[dict[str, Any]] | None = None
     owner: str | None = None
+    # The request's free-form `metadata` (a JSON object, size-capped at the edge), kept with
+    # the turn in the session; never sent to the backend.
+    metadata: dict[str, Any] | None = None
     client_key: str | None = None
     # False when the client turned queue chunks off (X-Queue-Progress: 0): it is then sent only
     # its first position (for queue_info), not every move of the lane.
@@ -107,6 +110,7 @@ class Done(Wire):
     session_id: str | None = None
     turn: list[dict[str, Any]] | None = None
     owner: str | None = None
+    metadata: dict[str, Any] | None = None
 
 
 class Failed(Wire):

@@ -350,6 +350,7 @@ class Executor:
             session_id=job.session_id,
             turn=job.turn,
             owner=job.owner,
+            metadata=job.metadata,
         )
 
     async def _settle_after_takeover(self, entry: Entry) -> None:
