@@ -53,8 +53,17 @@ class Job(Wire):
     # An unload normally yields to queued work for its model; `force` (admin) unloads anyway.
     force: bool = False
     priority: Priority = "normal"
-    # Epoch seconds after which the job must not start (the client's queue timeout).
+    # Epoch seconds after which the job must not start (the client's queue timeout, or its
+    # total deadline if that comes first).
     deadline: float | None = None
+    # Epoch seconds by which the request must be answered, queue and generation together (its
+    # `timeout_ms`, `options.timeout` or `X-Request-Timeout`): past it while running, the lane
+    # stops the generation and answers 504 `backend_timeout`. None: no limit.
+    finish_by: float | None = None
+    # The request's own terms for retrying a backend that is not ready (seed 002's
+    # `max_retries` and `retry_backoff`); None: the scheduler's settings.
+    max_retries: int | None = Field(default=None, ge=0)
+    retry_backoff_s: float | None = Field(default=None, ge=0)
     # How many jobs its `client_key` may have queued at once (the caller's key's own limit);
     # None: the scheduler's default (`max_queued_per_key`), 0: no cap.
     max_queued: int | None = Field(default=None, ge=0)
