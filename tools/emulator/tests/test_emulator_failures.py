@@ -122,3 +122,32 @@ async def test_bad_failure_plans_are_rejected(client: Client, plan: dict[str, ob
     response = await client.post("/_emulator/fail", json=plan)
     assert response.status == 400
     assert "error" in await response.json()
+
+
+async def test_failures_handed_out_are_counted_by_mode(
+    client: Client, state: EmulatorState
+) -> None:
+    """A client retrying refused connections: each failed attempt is counted, so a test can
+    tell how many requests it made (the scheduler's backoff, issue 12)."""
+    await fail(client, mode="refuse", count=2)
+    await fail(client, mode="500", status=503, count=1)
+    for _ in range(2):
+        with pytest.raises(aiohttp.ServerDisconnectedError):
+            await client.post("/api/chat", json=chat_body())
+    busy = await client.post("/api/chat", json=chat_body())
+    assert busy.status == 503
+    ok = await client.post("/api/chat", json=chat_body(stream=False))
+    assert ok.status == 200
+    stats = await (await client.get("/_emulator/stats")).json()
+    assert stats["failures_injected"] == 3
+    assert stats["failures_injected_by_mode"]["refuse"] == 2
+    assert stats["failures_injected_by_mode"]["500"] == 1
+    assert (stats["generations"], stats["completed"]) == (1, 1)
+    # The server-side wait can count them too.
+    waited = await client.get("/_emulator/wait", params={"failures_injected": "eq:3"})
+    assert waited.status == 200
+    # Dropping pending plans keeps the counts; a reset zeroes them.
+    await client.delete("/_emulator/fail")
+    assert state.stats()["failures_injected"] == 3
+    await client.post("/_emulator/reset")
+    assert state.stats()["failures_injected"] == 0

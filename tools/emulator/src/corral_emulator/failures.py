@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import StrEnum
@@ -80,10 +81,13 @@ class FailurePlan:
 
 
 class FailureQueue:
-    """Plans are consumed in the order they were added."""
+    """Plans are consumed in the order they were added. Every failure handed out is counted
+    by mode, so a test can see how many attempts a client made against them (a client that
+    retries a refused connection twice and then succeeds made 3 requests, 2 of them failed)."""
 
     def __init__(self) -> None:
         self._plans: list[FailurePlan] = []
+        self.injected: Counter[FailureMode] = Counter()
 
     def add(self, plan: FailurePlan) -> None:
         if plan.remaining != 0:
@@ -92,6 +96,7 @@ class FailureQueue:
     def take(self, endpoint: str, model: str) -> FailurePlan | None:
         for plan in self._plans:
             if plan.matches(endpoint, model):
+                self.injected[plan.mode] += 1
                 if plan.remaining > 0:
                     plan.remaining -= 1
                 if plan.remaining == 0:
@@ -102,8 +107,20 @@ class FailureQueue:
     def pending(self) -> list[dict[str, object]]:
         return [plan.to_mapping() for plan in self._plans]
 
+    def counts(self) -> dict[str, object]:
+        """`failures_injected` (all modes) and `failures_injected_by_mode`, for the stats."""
+        return {
+            "failures_injected": sum(self.injected.values()),
+            "failures_injected_by_mode": {mode.value: self.injected[mode] for mode in FailureMode},
+        }
+
     def clear(self) -> None:
+        """Drop the pending plans (the counts stay until `reset`)."""
         self._plans.clear()
+
+    def reset(self) -> None:
+        self._plans.clear()
+        self.injected.clear()
 
 
 def _int(data: Mapping[str, object], key: str, default: int) -> int:

@@ -127,7 +127,7 @@ class EmulatorState:
         self.runners.clear()
         self.models_changed()
         self.activity.reset()
-        self.failures.clear()
+        self.failures.reset()
         self.requests.clear()
         self.blobs.clear()
         self.pushed.clear()
@@ -145,6 +145,7 @@ class EmulatorState:
             "pulls_held": self.gate.waiting_for(GatePurpose.PULL),
             "holding": self.gate.held,
             "pending_failures": self.failures.pending(),
+            **self.failures.counts(),
         }
 
 
