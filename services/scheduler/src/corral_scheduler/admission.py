@@ -33,7 +33,7 @@ from corral_common.topology import LANE_COMMAND_KEY, STATUS_REQUEST_KEY, event_k
 from corral_scheduler import metrics
 from corral_scheduler.eta import SpeedBook
 from corral_scheduler.events import EventSink
-from corral_scheduler.executor import Executor, queue_timeout
+from corral_scheduler.executor import Executor, queue_timeout, start_by
 from corral_scheduler.lane import Entry, Lane
 
 log = structlog.get_logger(__name__)
@@ -192,7 +192,8 @@ class Admission:
         """A job the lane will not take: already past its deadline, or one more than its
         caller may have queued (`Job.max_queued` when its key sets one, else
         `max_queued_per_key`)."""
-        if job.deadline is not None and time.time() >= job.deadline:
+        deadline = start_by(job)
+        if deadline is not None and time.time() >= deadline:
             return queue_timeout(job)
         if self.lane.draining:
             return Failed(

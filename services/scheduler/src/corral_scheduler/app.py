@@ -29,6 +29,7 @@ from corral_scheduler.lane import Lane
 from corral_scheduler.load_guard import GuardPolicy, LoadGuard
 from corral_scheduler.ordering import Ordering, OrderingPolicy
 from corral_scheduler.positions import PositionBroadcaster
+from corral_scheduler.retries import RetryLimits
 from corral_scheduler.settings import SchedulerSettings
 from corral_scheduler.status import StatusReporter
 from corral_scheduler.watchdog import Watchdog
@@ -108,7 +109,15 @@ async def lane_ctx(app: web.Application) -> AsyncIterator[None]:
             keep_alive_max_s=settings.keep_alive_max_s,
         )
     )
-    executor = Executor(lane, app[BACKEND], sink, speeds, guard, settings.takeover_grace_s)
+    retry = RetryLimits(
+        max_retries=settings.max_retries,
+        max_retries_limit=settings.max_retries_limit,
+        backoff_s=settings.retry_backoff_s,
+        backoff_max_s=settings.retry_backoff_max_s,
+    )
+    executor = Executor(
+        lane, app[BACKEND], sink, speeds, guard, settings.takeover_grace_s, retry=retry
+    )
     admission = Admission(scheduler_id, lane, executor, sink, speeds, settings.max_queued_per_key)
     # The executor's supervised task, for the handover to cancel.
     lane_tasks: list[asyncio.Task[None]] = []

@@ -8,11 +8,13 @@ what makes the backend see at most one generation at a time.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import random
 import time
 from collections import Counter, deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import structlog
 from opentelemetry import trace
@@ -39,10 +41,15 @@ from corral_scheduler.eta import SpeedBook
 from corral_scheduler.events import EventSink, TokenBatcher
 from corral_scheduler.lane import Entry, Lane
 from corral_scheduler.load_guard import GuardPolicy, LoadGuard
+from corral_scheduler.retries import RetryLimits, retry_reason
 
 log = structlog.get_logger(__name__)
 
 RATE_WINDOW_S = 60.0
+# The cancel reason of a job stopped at its request's total deadline (`Job.finish_by`).
+DEADLINE_PASSED = "request deadline passed"
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -65,10 +72,15 @@ class Executor:
         guard: LoadGuard | None = None,
         takeover_grace_s: float = 0.0,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        retry: RetryLimits | None = None,
+        jitter: Callable[[], float] = random.random,
     ) -> None:
         self.takeover_grace_s = takeover_grace_s
-        # Injectable so tests can count the takeover graces without waiting them out.
+        # Injectable so tests can count the takeover graces and the retries' backoff waits
+        # without waiting them out, and draw the backoff's jitter themselves.
         self._sleep = sleep
+        self._jitter = jitter
+        self.retry = retry or RetryLimits()
         # The broker connection generation whose takeover grace has been waited (see
         # _settle_after_takeover); None until the first.
         self._settled_generation: int | None = None
@@ -114,13 +126,14 @@ class Executor:
         if entry.generation < self.generation:
             # Its delivery died with the old connection; the broker hands it out again.
             return
-        deadline = entry.job.deadline
+        deadline = start_by(entry.job)
         if deadline is not None and time.time() >= deadline:
             await self._expire(entry)
             return
         _score_estimate(entry)
         task = asyncio.create_task(self._run(entry), name=f"job-{clip(entry.request_id)}")
         self.running = Running(entry, task, time.monotonic())
+        timer = self._arm_deadline(entry)
         self.progressed()
         metrics.QUEUE_RUNNING.set(1)
         self.lane_moved.set()
@@ -138,6 +151,8 @@ class Executor:
                     await asyncio.gather(task, return_exceptions=True)
                 raise
         finally:
+            if timer is not None:
+                timer.cancel()
             self.running = None
             self.progressed()
             metrics.QUEUE_RUNNING.set(0)
@@ -172,6 +187,20 @@ class Executor:
         self.progressed()  # a job finished, if without running: the lane moves
         self.lane_moved.set()
         await self._ack(entry)
+
+    def _arm_deadline(self, entry: Entry) -> asyncio.TimerHandle | None:
+        """Stop the job when its request's total deadline (`Job.finish_by`) passes while it
+        runs: cancelled like a client that left (closing the backend response, which frees the
+        lane at once), but answered 504 `backend_timeout` (`request_timeout`)."""
+        finish_by = entry.job.finish_by
+        if finish_by is None:
+            return None
+        return asyncio.get_running_loop().call_later(
+            max(0.0, finish_by - time.time()),
+            self.cancel_running,
+            entry.request_id,
+            DEADLINE_PASSED,
+        )
 
     def cancel_running(self, request_id: str, reason: str) -> bool:
         running = self.running
@@ -248,6 +277,11 @@ class Executor:
                 # Shutdown, not a cancel: the unacked job returns to the queue for a standby.
                 raise
             stage = running.stage
+            if running.cancel_reason == DEADLINE_PASSED:
+                metrics.REQUEST_TIMEOUTS.labels(stage).inc()
+                log.info("job stopped at its deadline", stage=stage, chunks=running.tokens)
+                await self.sink.send_quietly(job, request_timeout(job, stage, running.tokens))
+                return "timeout"
             metrics.CANCELLATIONS.labels(stage).inc()
             log.info("job cancelled", stage=stage, reason=running.cancel_reason)
             await self.sink.send_quietly(job, Cancelled(request_id=job.request_id, stage=stage))
@@ -303,7 +337,13 @@ class Executor:
         text: list[str] = []
         thinking: list[str] = []
         tool_calls: list[dict[str, Any]] = []
-        async with self.backend.generation(job.kind, self.guard.payload(job)) as chunks:
+        payload = self.guard.payload(job)
+        async with contextlib.AsyncExitStack() as stack:
+            # Opened (retried while the backend is not ready), then read to its end; leaving
+            # the block closes the upstream response, however it is left.
+            chunks = await self._open(
+                entry, lambda: stack.enter_async_context(self.backend.generation(job.kind, payload))
+            )
             await self.sink.send(
                 job,
                 Started(
@@ -391,7 +431,8 @@ class Executor:
         if job.kind in MODEL_OPERATION_KINDS:
             log.info("model operation", operation=job.kind, model=job.model)
         await self._settle_after_takeover(entry)
-        answer = await self.backend.call(job.kind, self.guard.payload(job))
+        payload = self.guard.payload(job)
+        answer = await self._open(entry, lambda: self.backend.call(job.kind, payload))
         if job.kind == "unload":
             if self.loaded_model is not None and same_model(self.loaded_model, job.model):
                 self.loaded_model = None
@@ -415,6 +456,52 @@ class Executor:
             model=job.model,
             job_kind=job.kind,
         )
+
+    async def _open(self, entry: Entry, attempt: Callable[[], Awaitable[T]]) -> T:
+        """`attempt()` (opening the job's backend request), retried while the backend is not
+        ready (retries.py: refused, reset before any response, a connect timeout, 502/503),
+        with full-jitter exponential backoff, up to the job's retries and never past its
+        deadline. The job keeps the lane meanwhile: its client sees only a longer wait (no
+        `started` before the backend takes it), the jobs behind it keep their places. Once a
+        response has begun, nothing is retried."""
+        job = entry.job
+        policy = self.retry.for_job(job)
+        retries = 0
+        while True:
+            try:
+                result = await attempt()
+            except CorralError as exc:
+                reason = retry_reason(exc)
+                if reason is None:
+                    if retries:
+                        metrics.BACKEND_RETRY_OUTCOMES.labels("failed").inc()
+                    raise
+                if retries >= policy.max_retries:
+                    metrics.BACKEND_RETRY_OUTCOMES.labels("exhausted").inc()
+                    log.info("backend not ready; out of retries", reason=reason, retries=retries)
+                    raise
+                delay = policy.delay_s(retries, self._jitter)
+                if job.finish_by is not None and time.time() + delay >= job.finish_by:
+                    metrics.BACKEND_RETRY_OUTCOMES.labels("deadline").inc()
+                    log.info("backend not ready; no time left to retry", reason=reason)
+                    raise
+                retries += 1
+                metrics.BACKEND_RETRIES.labels(reason).inc()
+                log.info(
+                    "backend not ready; retrying",
+                    reason=reason,
+                    retry=retries,
+                    max_retries=policy.max_retries,
+                    delay_s=round(delay, 3),
+                )
+                # A lane retrying its backend is moving, not stuck (watchdog.py).
+                self.progressed()
+                await self._sleep(delay)
+                continue
+            if retries:
+                metrics.BACKEND_RETRY_OUTCOMES.labels("recovered").inc()
+                log.info("backend ready after retries", retries=retries)
+            return result
 
     def _finished_with(self, job: Job) -> None:
         key = canonical_model_name(job.model)
@@ -480,6 +567,36 @@ def _score_estimate(entry: Entry) -> None:
     actual_ms = (time.monotonic() - told_at) * 1000
     metrics.ESTIMATE_ERROR.observe(abs(actual_ms - estimate_ms) / 1000)
     metrics.ESTIMATE_BIAS.observe((estimate_ms - actual_ms) / 1000)
+
+
+def start_by(job: Job) -> float | None:
+    """When the job must have started: its queue deadline, or its total deadline if sooner."""
+    deadlines = [d for d in (job.deadline, job.finish_by) if d is not None]
+    return min(deadlines) if deadlines else None
+
+
+def request_timeout(job: Job, stage: CancelStage, chunks: int) -> Failed:
+    """The job ran past its request's total deadline and was stopped: 504 `backend_timeout`.
+    What it had generated is not kept (no `done`, so no turn is stored); a streaming client
+    has the tokens it was sent, then this error as its last line (docs/request-path.md)."""
+    elapsed_s = max(0.0, time.time() - job.enqueued_at)
+    return Failed(
+        request_id=job.request_id,
+        status=504,
+        error_type=str(ErrorType.BACKEND_TIMEOUT),
+        message=f"request timed out after {elapsed_s:.1f} s (its deadline) while "
+        f"{_STAGE_WORDS[stage]}; the generation was stopped and its partial answer is not kept",
+        details={"stage": stage, "elapsed_ms": round(elapsed_s * 1000), "chunks": chunks},
+    )
+
+
+_STAGE_WORDS: dict[str, str] = {
+    "admission": "being admitted",
+    "queued": "queued",
+    "loading": "loading the model",
+    "prompt": "evaluating the prompt",
+    "generating": "generating",
+}
 
 
 def queue_timeout(job: Job) -> Failed:

@@ -65,3 +65,19 @@ LANE_STUCK = Gauge(
 JOBS_DEAD_LETTERED = Counter(
     "corral_jobs_dead_lettered_total", "Jobs the scheduler dead-lettered, by reason", ["reason"]
 )
+BACKEND_RETRIES = Counter(
+    "corral_backend_retries_total",
+    "Backend requests retried before their response started, by what failed",
+    ["reason"],
+)
+BACKEND_RETRY_OUTCOMES = Counter(
+    "corral_backend_retry_outcomes_total",
+    "Jobs that retried the backend, by how it ended: recovered, exhausted (out of retries), "
+    "deadline (the next retry would start past the request's deadline)",
+    ["outcome"],
+)
+REQUEST_TIMEOUTS = Counter(
+    "corral_request_timeouts_total",
+    "Jobs stopped at their request's total deadline while running, by stage",
+    ["stage"],
+)

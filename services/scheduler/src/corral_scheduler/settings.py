@@ -52,3 +52,12 @@ class SchedulerSettings(CorralSettings):
     group_bound: int = Field(default=2, ge=0)
     # Queued jobs one caller may hold in the lane; more are refused with 429 (0: no cap).
     max_queued_per_key: int = Field(default=64, ge=0)
+    # Retrying a backend that is not ready, before its response starts (retries.py): connection
+    # refused or reset, a connect timeout, 502/503. Retries per request unless it names its own
+    # (`max_retries`, capped by max_retries_limit); 0 turns retrying off.
+    max_retries: int = Field(default=3, ge=0)
+    max_retries_limit: int = Field(default=10, ge=0)
+    # The backoff's base (a request's `retry_backoff` overrides it) and the cap on one wait:
+    # retry n waits a random time up to min(cap, base * 2**n) ("full jitter").
+    retry_backoff_s: float = Field(default=1.0, ge=0)
+    retry_backoff_max_s: float = Field(default=10.0, ge=0)
