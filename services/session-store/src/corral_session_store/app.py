@@ -31,6 +31,7 @@ from corral_common.ops import add_ops_routes
 from corral_common.redaction import redact_secrets, redact_url
 from corral_common.rpc import RpcClient, RpcServer
 from corral_common.supervision import Task, supervised
+from corral_session_store.conversation_rpc import conversation_methods
 from corral_session_store.health import (
     HEALTH_COLLECTION,
     MongoState,
@@ -175,6 +176,7 @@ async def rpc_ctx(app: web.Application) -> AsyncIterator[None]:
     app[SERVICE_CORE] = service
     table = {
         **methods(service),
+        **conversation_methods(service),
         **identity_methods(app[IDENTITY_STORE], KeyAnnouncer(broker)),
     }
     server = RpcServer(broker, SERVICE, table)
