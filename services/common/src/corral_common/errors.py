@@ -1,11 +1,14 @@
 """Corral's error types (the seed API's table) and the two body shapes clients expect.
 
 Native Ollama paths answer `{"error": "<text>"}` so Ollama clients parse them; Corral-only
-endpoints answer `{"error": {"type", "message", "details"}}`.
+endpoints answer `{"error": {"type", "message", "details"}}`, plus `retry_after` (whole seconds)
+whenever the client is told when to come back (a `Retry-After` header, or `retry_after_s` in the
+details): the header and the body always say the same.
 """
 
 from __future__ import annotations
 
+import math
 from enum import StrEnum
 from typing import Any
 
@@ -81,14 +84,47 @@ class CorralError(Exception):
             return {"error": self.message, "type": str(self.error_type), "details": self.details}
         return {"error": self.message}
 
+    @property
+    def retry_after_s(self) -> int | None:
+        """When the client should retry, in whole seconds: the `Retry-After` header's value when
+        one is set, else the details' `retry_after_s`; None when this error says nothing."""
+        return retry_after_seconds(
+            self.headers.get("Retry-After", self.details.get("retry_after_s"))
+        )
+
+    def response_headers(self) -> dict[str, str]:
+        """The headers to answer with: this error's own, with `Retry-After` whenever the body
+        carries `retry_after`."""
+        retry_after = self.retry_after_s
+        if retry_after is None or "Retry-After" in self.headers:
+            return dict(self.headers)
+        return {**self.headers, "Retry-After": str(retry_after)}
+
     def corral_body(self) -> dict[str, Any]:
-        return {
-            "error": {
-                "type": str(self.error_type),
-                "message": self.message,
-                "details": self.details,
-            }
+        error: dict[str, Any] = {
+            "type": str(self.error_type),
+            "message": self.message,
+            "details": self.details,
         }
+        retry_after = self.retry_after_s
+        if retry_after is not None:
+            error["retry_after"] = retry_after
+        return {"error": error}
+
+
+def retry_after_seconds(value: Any) -> int | None:
+    """A Retry-After value (delay seconds, as a number or its text) in whole seconds, rounded
+    up; None for anything else (an HTTP date is not a delay a body can carry as a number)."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, str):
+        try:
+            value = float(value.strip())
+        except ValueError:
+            return None
+    if not isinstance(value, int | float) or not math.isfinite(value) or value < 0:
+        return None
+    return math.ceil(value)
 
 
 def backend_unreachable_message(ollama_url: str) -> str:

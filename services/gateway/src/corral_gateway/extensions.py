@@ -18,12 +18,13 @@ from corral_common.errors import CorralError, ErrorType
 from corral_common.ids import InvalidId, check_client_id, new_id
 from corral_common.messages import PRIORITIES, Priority
 from corral_gateway.identity.principal import caller_of
+from corral_gateway.request_terms import BODY_TERMS, OPTION_TERMS, RequestTerms, read_terms
 from corral_gateway.validation import OllamaRequestError
 
 # Fields that only Corral understands; never forwarded to the backend.
-BODY_EXTENSIONS = ("session_id", "request_id", "priority")
+BODY_EXTENSIONS = ("session_id", "request_id", "priority", *BODY_TERMS)
 # The same, where the official client can carry them (inside `options`).
-OPTION_EXTENSIONS = ("session_id", "queue_timeout", "priority")
+OPTION_EXTENSIONS = ("session_id", "queue_timeout", "priority", *OPTION_TERMS)
 # `stream` is decided by the scheduler (always streams from the backend).
 NOT_FORWARDED = (*BODY_EXTENSIONS, "stream")
 
@@ -43,12 +44,20 @@ class Extensions:
     # Longest wait in the queue before the request is answered 408 (None: no limit).
     queue_timeout_s: float | None = None
     arrived_at: float = field(default_factory=time.time)
+    # Its own total deadline and retry terms (request_terms.py).
+    terms: RequestTerms = field(default_factory=RequestTerms)
 
     def deadline(self) -> float | None:
-        """Epoch seconds after which the request must not start."""
-        if self.queue_timeout_s is None:
-            return None
-        return self.arrived_at + self.queue_timeout_s
+        """Epoch seconds after which the request must not start: its queue timeout, or its
+        total deadline if that comes first."""
+        deadlines = [self.finish_by()]
+        if self.queue_timeout_s is not None:
+            deadlines.append(self.arrived_at + self.queue_timeout_s)
+        return min((d for d in deadlines if d is not None), default=None)
+
+    def finish_by(self) -> float | None:
+        """Epoch seconds by which the request must be answered (None: no limit)."""
+        return self.terms.finish_by
 
 
 @dataclass(frozen=True)
@@ -103,6 +112,7 @@ def read_extensions(
         queue_timeout_s=_queue_timeout(
             request.headers.get("X-Queue-Timeout"), options.get("queue_timeout"), limits
         ),
+        terms=read_terms(request, body, options),
     )
 
 

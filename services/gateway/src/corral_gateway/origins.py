@@ -63,6 +63,7 @@ ALLOW_HEADERS = ",".join(
         "X-Priority",
         "X-Queue-Progress",
         "X-Queue-Timeout",
+        "X-Request-Timeout",
     ]
 )
 # What a browser page may read of an answer beyond the CORS-safelisted headers: the limits,

@@ -15,6 +15,13 @@ What the pieces look like is not decided here: a surface passes a `ChunkShape` (
 in `ollama/chunks.py`; OpenAI's deltas) and a `StreamEncoder` (NDJSON, SSE: encoders.py). The
 relay reads its events from a `JobTicket` and settles it when the job is over, so leaving early
 (the client gone, the queue timeout) cancels the job.
+
+A request's total deadline (`timeout_ms`, `options.timeout`, `X-Request-Timeout`:
+request_terms.py) travels with its job, and the lane enforces it: past it while queued, 408
+`queue_timeout` (the relay answers that itself, as for a queue timeout); past it while running,
+the lane stops the generation and sends 504 `backend_timeout`. Should that not come (the
+scheduler gone), the relay answers the 504 itself `FINISH_GRACE_S` later and leaves, which
+cancels the job.
 """
 
 from __future__ import annotations
@@ -52,6 +59,9 @@ log = structlog.get_logger(__name__)
 
 INTERRUPTED_MESSAGE = "generation was interrupted by a scheduler restart; please retry"
 LOST_IN_TRANSIT_MESSAGE = "lost part of the answer in transit; please retry"
+# How long past a request's total deadline the relay waits for the lane's own 504 (which says
+# how far the generation got) before answering it itself.
+FINISH_GRACE_S = 2.0
 
 
 @dataclass(frozen=True)
@@ -135,6 +145,9 @@ class Relay:
         self.latest: tuple[int, int] | None = None
         self.started = False
         self.deadline = ext.deadline()
+        self.finish_by = ext.finish_by()
+        # The job carries the request's deadline and retry terms to the lane.
+        ticket.terms = ext.terms
         self.shown: tuple[int, int] | None = None
         self.wrote_tokens = False
         self.order = TokenOrder()
@@ -162,20 +175,14 @@ class Relay:
 
     async def run(self) -> web.StreamResponse:
         while True:
+            if (expired := self._expired()) is not None:
+                # Not settled: the job is still queued or running and must be cancelled, even
+                # though the client has its answer (a 408, or the 504 the lane did not send).
+                return await self._fail(expired, settle=False)
             match await self._next(self._wait_s()):
                 case None:
-                    if self._past_deadline():
-                        waited_s = time.monotonic() - self.arrived
-                        # Not settled: the job is still queued and must be cancelled, even
-                        # though the client has its answer (a 408).
-                        return await self._fail(
-                            CorralError(
-                                ErrorType.QUEUE_TIMEOUT,
-                                f"request timed out in the queue after {waited_s:.1f} s",
-                                status=408,
-                            ),
-                            settle=False,
-                        )
+                    if (expired := self._expired()) is not None:
+                        return await self._fail(expired, settle=False)
                     await self._heartbeat()
                 case Position(position=position, estimated_wait_ms=wait_ms):
                     if self.first_position is None:
@@ -231,13 +238,36 @@ class Relay:
         self.order = TokenOrder()
 
     def _wait_s(self) -> float:
-        """Until the next heartbeat, or the queue deadline if that comes first."""
-        if self.deadline is None or self.started:
-            return self.timings.heartbeat_s
-        return max(0.0, min(self.timings.heartbeat_s, self.deadline - time.time()))
+        """Until the next heartbeat, or a deadline if one comes first."""
+        now = time.time()
+        waits = [self.timings.heartbeat_s]
+        if self.deadline is not None and not self.started:
+            waits.append(self.deadline - now)
+        if self.finish_by is not None:
+            waits.append(self.finish_by + FINISH_GRACE_S - now)
+        return max(0.0, min(waits))
 
-    def _past_deadline(self) -> bool:
-        return self.deadline is not None and not self.started and time.time() >= self.deadline
+    def _expired(self) -> CorralError | None:
+        """The answer for a request past its deadline: 408 while it waits in the queue (its
+        queue timeout, or its total deadline if sooner); 504 once it runs, when the lane has
+        not said so itself within `FINISH_GRACE_S`. None while in time."""
+        now = time.time()
+        if self.deadline is not None and not self.started and now >= self.deadline:
+            waited_s = time.monotonic() - self.arrived
+            return CorralError(
+                ErrorType.QUEUE_TIMEOUT,
+                f"request timed out in the queue after {waited_s:.1f} s",
+                status=408,
+            )
+        if self.finish_by is not None and now >= self.finish_by + FINISH_GRACE_S:
+            elapsed_s = time.monotonic() - self.arrived
+            return CorralError(
+                ErrorType.BACKEND_TIMEOUT,
+                f"request timed out after {elapsed_s:.1f} s (its deadline); the generation "
+                "was stopped and its partial answer is not kept",
+                status=504,
+            )
+        return None
 
     async def _next(self, wait_s: float) -> Delivery | None:
         try:

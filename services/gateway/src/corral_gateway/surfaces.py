@@ -39,7 +39,7 @@ from aiohttp import web
 from aiohttp.typedefs import Handler, Middleware
 
 from corral_common.clip import clip
-from corral_common.errors import CorralError, ErrorType
+from corral_common.errors import CorralError, ErrorType, retry_after_seconds
 from corral_gateway.identity.gate import GATEKEEPER, Gatekeeper
 from corral_gateway.identity.principal import Access
 from corral_gateway.responses import json_response
@@ -77,12 +77,20 @@ def ollama_error(error: Exception, headers: dict[str, str]) -> web.StreamRespons
 
 
 def corral_error(error: Exception, headers: dict[str, str]) -> web.StreamResponse:
-    """Corral's shape: `{"error": {"type", "message", "details"}}`. A request that Ollama's
-    decoder refused (a body too large, not JSON) is an `invalid_request` with that status."""
+    """Corral's shape: `{"error": {"type", "message", "details"}}`, with `retry_after` (seconds)
+    beside them and the `Retry-After` header saying the same whenever the error says when to
+    come back (`CorralError.corral_body`). A request that Ollama's decoder refused (a body too
+    large, not JSON) is an `invalid_request` with that status."""
     if isinstance(error, OllamaRequestError):
         error = CorralError(ErrorType.INVALID_REQUEST, error.message, status=error.status)
     if isinstance(error, CorralError):
-        return json_response(error.corral_body(), error.status, {**headers, **error.headers})
+        answer_headers = {**headers, **error.response_headers()}
+        body = error.corral_body()
+        # A Retry-After the request carried from elsewhere is said in the body too.
+        retry_after = retry_after_seconds(answer_headers.get("Retry-After"))
+        if retry_after is not None:
+            body["error"]["retry_after"] = retry_after
+        return json_response(body, error.status, answer_headers)
     raise error  # not a typed error of this surface: the edge answers a plain 500
 
 

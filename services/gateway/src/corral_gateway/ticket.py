@@ -12,7 +12,9 @@ refusal from the broker says it never got there. A ticket with no `submit` (an o
 model manager runs, whose lines come back as events) only listens: there is nothing to cancel.
 
 A ticket given its caller's token quota (`identity.quotas`) checks it before a generation is
-submitted and charges the generation's `eval_count` when it is done, in the background.
+submitted and charges the generation's `eval_count` when it is done, in the background. A ticket
+given the request's own terms (`request_terms.RequestTerms`: its total deadline, its retries)
+puts them on the job it submits, so the lane keeps them too.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from corral_common.errors import CorralError, ErrorType
 from corral_common.messages import CANCELED_STATUS, STREAMED_KINDS, Cancelled, Done, Failed, Job
 from corral_gateway.hub import BrokerLost, Delivery
 from corral_gateway.identity.quotas import TokenQuota
+from corral_gateway.request_terms import RequestTerms
 from corral_gateway.state import Gateway, QueueView
 
 log = structlog.get_logger(__name__)
@@ -76,6 +79,9 @@ class JobTicket:
         self.gateway = gateway
         self.request_id = request_id
         self.quota = quota
+        # The request's deadline and retry terms, stamped on the job at `submit` (the relay,
+        # which holds the request to the same deadline, hands them over); None: none.
+        self.terms: RequestTerms | None = None
         # The job as submitted (whose it is, for the queue view); None before.
         self.job: Job | None = None
         self.events: asyncio.Queue[Delivery] = asyncio.Queue()
@@ -130,6 +136,8 @@ class JobTicket:
         generation of a caller over its token quota is refused first (429)."""
         if self.quota is not None and job.kind in STREAMED_KINDS:
             await self.quota.check()
+        if self.terms is not None:
+            job = self.terms.stamp(job)
         self.job = job
         self.in_lane = True
         try:
@@ -170,8 +178,10 @@ class JobTicket:
                     raise broker_lost_error()
 
 
-async def run_job(gateway: Gateway, job: Job) -> Done:
-    """Submit a job answered whole (embeddings, loads, unloads) and wait for its answer."""
+async def run_job(gateway: Gateway, job: Job, terms: RequestTerms | None = None) -> Done:
+    """Submit a job answered whole (embeddings, loads, unloads) and wait for its answer; given
+    the request's `terms`, the job carries its deadline and retries."""
     async with JobTicket(gateway, job.request_id) as ticket:
+        ticket.terms = terms
         await ticket.submit(job)
         return await ticket.outcome()

@@ -69,6 +69,7 @@ async def run_embedding(
             priority=ext.priority,
             deadline=ext.deadline(),
         ),
+        ext.terms,
     )
     return done.final, headers
 
