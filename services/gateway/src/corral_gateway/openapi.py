@@ -142,6 +142,12 @@ QUEUE_HEADERS = (
         "Seconds the request may wait in the queue before it is answered 408.",
     ),
     Param(
+        "X-Request-Timeout",
+        {"type": "string", "pattern": r"^[0-9]+(\.[0-9]+)?$"},
+        "Seconds within which the request must be answered, queue and generation together: "
+        "408 past it in the queue, 504 past it while generating (as `timeout_ms`).",
+    ),
+    Param(
         "X-Queue-Progress",
         {"type": "string", "enum": ["0", "1"]},
         "0: no queue position chunks in the stream.",
@@ -520,7 +526,13 @@ def error_schemas() -> dict[str, Any]:
                 "error": {
                     "type": "object",
                     "required": ["type", "message"],
-                    "properties": {"type": text, "message": text, "details": {"type": "object"}},
+                    "properties": {
+                        "type": text,
+                        "message": text,
+                        "details": {"type": "object"},
+                        # Whenever the answer carries Retry-After, the same seconds.
+                        "retry_after": {"type": "integer", "minimum": 0},
+                    },
                 }
             },
         },
