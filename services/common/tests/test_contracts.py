@@ -43,7 +43,8 @@ from corral_common.rpc import RPC_LANES, MethodTable, RpcClient, rpc_route
 def test_every_method_is_declared_once_with_its_models() -> None:
     store, manager = declared(SESSION_STORE), declared(MODEL_MANAGER)
     assert [m.name for m in store] == [
-        "assemble", "history", "list", "rename", "delete", "search", "stats"
+        "assemble", "history", "list", "rename", "delete", "search", "stats",
+        "create", "export", "import", "clear",
     ]  # fmt: skip
     assert len(manager) == 16
     for api, service in ((store, SESSION_STORE_SERVICE), (manager, MODEL_MANAGER_SERVICE)):
@@ -55,6 +56,7 @@ def test_every_method_is_declared_once_with_its_models() -> None:
 
 def test_lanes_come_from_the_declarations() -> None:
     reads = {"search": "reads", "stats": "reads", "history": "reads", "list": "reads"}
+    reads |= {"export": "reads", "import": "reads"}
     identity = {m.name: "identity" for m in declared(IDENTITY)}
     assert {SESSION_STORE_SERVICE: reads | identity} == RPC_LANES
     for method in (*declared(SESSION_STORE), *declared(MODEL_MANAGER)):

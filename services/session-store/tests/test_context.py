@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 
 from corral_common.errors import CorralError, ErrorType
-from corral_session_store.context import Budget, assemble, compute_budget, passthrough
+from corral_session_store.context import Budget, Fallback, assemble, compute_budget, passthrough
 from corral_session_store.tokens import TokenEstimator
 
 EST = TokenEstimator()
@@ -191,3 +191,75 @@ def test_generate_passes_the_prompt_through() -> None:
         "tokens_used": EST.prompt_overhead + EST.messages(prompt),
         "turns_dropped": 0,
     }
+
+
+# -- the new messages themselves too long; the message cap; fallback system prompts ---------
+
+
+def test_new_messages_that_do_not_fit_lose_their_oldest_not_the_last_or_system() -> None:
+    system = msg("system", "rules")
+    new = [
+        system,
+        *[msg("user" if i % 2 else "assistant", f"m{i}".ljust(40, ".")) for i in range(9)],
+    ]
+    per_message = EST.message(new[1])
+    room = EST.prompt_overhead + EST.messages([system]) + 3 * per_message
+    result = assemble([turn(1)], new, budget(room), EST)
+    assert result.messages == [system, *new[-3:]]
+    assert result.info.truncated
+    assert result.info.turns_dropped == 1
+    assert result.info.messages_dropped == 2 + 6
+    assert result.info.limited_by == "tokens"
+    assert result.info.tokens_used <= room
+
+
+def test_413_only_when_the_system_prompt_and_the_last_message_cannot_fit() -> None:
+    new = [msg("user", "x" * 4000), msg("assistant", "ok"), msg("user", "short")]
+    fits = assemble([], new, Budget(256, 64, "model"), EST)
+    assert fits.messages == new[1:]
+    with pytest.raises(CorralError) as info:
+        assemble([], [*new, msg("user", "y" * 4000)], Budget(256, 64, "model"), EST)
+    assert info.value.status == 413
+
+
+def test_the_message_cap_drops_whole_turns_and_says_so() -> None:
+    history = [turn(i) for i in range(5)]
+    result = assemble(history, [msg("user", "now")], budget(10_000), EST, max_history_length=4)
+    assert result.messages == [*turn(3), *turn(4), msg("user", "now")]
+    assert result.info.as_dict() == {
+        "truncated": True,
+        "messages_used": 5,
+        "tokens_used": result.info.tokens_used,
+        "turns_dropped": 3,
+        "messages_dropped": 6,
+        "limited_by": "max_history_length",
+        "max_history_length": 4,
+    }
+    # A cap that is not reached changes nothing, and says nothing.
+    wide = assemble(history, [msg("user", "now")], budget(10_000), EST, max_history_length=10)
+    assert set(wide.info.as_dict()) == {
+        "truncated",
+        "messages_used",
+        "tokens_used",
+        "turns_dropped",
+    }
+    # System prompts do not count against it.
+    with_system = [[msg("system", "s"), *turn(0)], turn(1)]
+    kept = assemble(with_system, [msg("user", "now")], budget(10_000), EST, max_history_length=4)
+    assert kept.info.turns_dropped == 0
+
+
+def test_the_fallback_system_prompt_only_when_there_is_none() -> None:
+    fallback = Fallback(msg("system", "default"), "default")
+    fresh = assemble([], [msg("user", "hi")], budget(1000), EST, fallback=fallback)
+    assert fresh.messages[0] == msg("system", "default")
+    assert fresh.info.as_dict()["system_prompt"] == "default"
+    stored = assemble(
+        [[msg("system", "mine"), *turn(1)]],
+        [msg("user", "hi")],
+        budget(1000),
+        EST,
+        fallback=fallback,
+    )
+    assert stored.messages[0] == msg("system", "mine")
+    assert "system_prompt" not in stored.info.as_dict()

@@ -39,6 +39,7 @@ from corral_session_store.health import (
     WriteProbe,
 )
 from corral_session_store.identity_rpc import IdentityStore, KeyAnnouncer, identity_methods
+from corral_session_store.lifecycle import LifecycleJob
 from corral_session_store.model_info import (
     CachedContextLengths,
     ContextLengths,
@@ -129,9 +130,16 @@ async def mongo_ctx(app: web.Application) -> AsyncIterator[None]:
     async def purge_counters() -> None:
         await identity.counters.purge_forever(settings.counter_purge_interval_s)
 
+    lifecycle = LifecycleJob(
+        store,
+        archive_after_s=settings.session_archive_after_s,
+        retention_s=settings.session_retention_s,
+        interval_s=settings.session_sweep_interval_s,
+    )
     async with supervised(
         Task("mongo-write-probe", probe.run_forever),
         Task("rate-counter-purge", purge_counters),
+        Task("session-lifecycle", lifecycle.run_forever),
     ):
         yield
     await client.close()

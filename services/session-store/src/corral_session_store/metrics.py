@@ -32,3 +32,13 @@ KEY_BROADCAST_FAILURES = Counter(
     "corral_key_broadcast_failures_total",
     "Key creations and revocations whose KeyChanged broadcast could not be published",
 )
+SESSIONS_ARCHIVED = Counter(
+    "corral_sessions_archived_total", "Sessions archived by the lifecycle job after idling"
+)
+SESSIONS_RESUMED = Counter(
+    "corral_sessions_resumed_total", "Archived sessions made active again by a chat"
+)
+SESSIONS_PURGED = Counter(
+    "corral_sessions_purged_total",
+    "Archived sessions deleted, with their turns, once their retention was over",
+)

@@ -17,9 +17,15 @@ from corral_common.contracts.session_store import (
     SESSION_STORE,
     AssembleParams,
     AssembleResult,
+    Cleared,
+    ClearParams,
+    CreateParams,
     Deleted,
+    ExportResult,
     HistoryParams,
     HistoryResult,
+    ImportParams,
+    ImportResult,
     ListParams,
     RenameParams,
     SearchParams,
@@ -84,6 +90,7 @@ def methods(service: SessionService, search_gate: SearchGate | None = None) -> d
             options=p.options,
             owner=p.owner,
             request_id=p.request_id,
+            max_history_length=p.max_history_length,
         )
         return AssembleResult.model_validate(assembled)
 
@@ -93,7 +100,9 @@ def methods(service: SessionService, search_gate: SearchGate | None = None) -> d
 
     @table.serves(SESSION_STORE.list)
     async def list_(p: ListParams) -> SessionList:
-        return SessionList.model_validate(await store.list_sessions(p.limit, p.offset, p.owner))
+        return SessionList.model_validate(
+            await store.list_sessions(p.limit, p.offset, p.owner, archived=p.archived)
+        )
 
     @table.serves(SESSION_STORE.rename)
     async def rename(p: RenameParams) -> SessionSummary:
@@ -117,5 +126,24 @@ def methods(service: SessionService, search_gate: SearchGate | None = None) -> d
     @table.serves(SESSION_STORE.stats)
     async def stats(p: SessionParams) -> StatsResult:
         return StatsResult.model_validate(await store.stats(p.session_id, p.owner))
+
+    @table.serves(SESSION_STORE.create)
+    async def create(p: CreateParams) -> SessionSummary:
+        created = await store.create_session(p.owner, title=p.title, system_prompt=p.system_prompt)
+        return SessionSummary.model_validate(created)
+
+    @table.serves(SESSION_STORE.export)
+    async def export(p: SessionParams) -> ExportResult:
+        return ExportResult.model_validate(await store.export(p.session_id, p.owner))
+
+    @table.serves(SESSION_STORE.import_)
+    async def import_(p: ImportParams) -> ImportResult:
+        return ImportResult.model_validate(await store.import_session(p, p.owner))
+
+    @table.serves(SESSION_STORE.clear)
+    async def clear(p: ClearParams) -> Cleared:
+        cleared = await store.clear_all()
+        log.warning("every session deleted", **cleared)
+        return Cleared.model_validate(cleared)
 
     return {name: database_errors(handler) for name, handler in table.handlers.items()}

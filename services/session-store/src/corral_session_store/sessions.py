@@ -16,8 +16,15 @@ import structlog
 
 from corral_common.errors import CorralError, ErrorType
 from corral_common.messages import Done
+from corral_common.model_names import canonical_model_name
 from corral_session_store import metrics
-from corral_session_store.context import Assembled, assemble, compute_budget, passthrough
+from corral_session_store.context import (
+    Assembled,
+    Fallback,
+    assemble,
+    compute_budget,
+    passthrough,
+)
 from corral_session_store.model_info import ContextLengths
 from corral_session_store.settings import SessionStoreSettings
 from corral_session_store.store import (
@@ -26,6 +33,7 @@ from corral_session_store.store import (
     TurnRecord,
     WriteOutcome,
     clean_message,
+    is_archived,
     not_found,
     owned_by,
     utcnow,
@@ -55,6 +63,11 @@ class SessionService:
         for model, calibration in self.calibrations.items():
             metrics.CALIBRATION_FACTOR.labels(model).set(calibration.factor)
         self._pending: OrderedDict[str, tuple[float, str, float]] = OrderedDict()
+        self._model_prompts = {
+            canonical_model_name(name): prompt
+            for name, prompt in settings.system_prompts.items()
+            if prompt
+        }
 
     def estimator(self, model: str) -> TokenEstimator:
         calibration = self.calibrations.get(model)
@@ -72,6 +85,7 @@ class SessionService:
         options: Mapping[str, Any] | None,
         owner: str | None,
         request_id: str | None = None,
+        max_history_length: int | None = None,
     ) -> dict[str, Any]:
         started = time.perf_counter()
         session = await self.store.find_session(session_id)
@@ -80,6 +94,14 @@ class SessionService:
             # at all; its id cannot be taken over either. An id nobody has used is a new
             # session, created when its first turn is stored.
             raise not_found(session_id)
+        resumed = False
+        if session is not None and is_archived(session) and kind == "chat":
+            # A chat naming an archived session resumes it, history and all.
+            resumed = await self.store.resume(session_id)
+            if resumed:
+                metrics.SESSIONS_RESUMED.inc()
+        cap = self.settings.max_history_length if max_history_length is None else max_history_length
+        fallback = self.fallback_system(model, session)
         estimator = self.estimator(model)
         context_length = await self.lengths.context_length(model)
         budget = compute_budget(
@@ -94,10 +116,18 @@ class SessionService:
             if kind == "generate":
                 result = passthrough(messages, estimator)
             elif session is None:
-                result = assemble([], messages, budget, estimator, stored_system=None)
+                result = assemble(
+                    [],
+                    messages,
+                    budget,
+                    estimator,
+                    stored_system=None,
+                    max_history_length=cap,
+                    fallback=fallback,
+                )
             else:
                 window = await self.store.history_window(
-                    session_id, model, budget.prompt_tokens, estimator, session
+                    session_id, model, budget.prompt_tokens, estimator, session, max_messages=cap
                 )
                 result = assemble(
                     window.turns,
@@ -106,6 +136,10 @@ class SessionService:
                     estimator,
                     stored_system=window.system,
                     older_turns=window.older_turns,
+                    older_messages=window.older_messages,
+                    older_limited_by=window.older_limited_by,
+                    max_history_length=cap,
+                    fallback=fallback,
                 )
         except CorralError as exc:
             if exc.error_type is ErrorType.CONTEXT_LIMIT_EXCEEDED:
@@ -123,11 +157,27 @@ class SessionService:
             budget_source=budget.source,
             **result.info.as_dict(),
         )
+        info = result.info.as_dict()
+        if resumed:
+            info["resumed"] = True
         return {
             "messages": [dict(m) for m in result.messages],
-            "context_info": result.info.as_dict(),
+            "context_info": info,
             "context_length": budget.context_length,
         }
+
+    def fallback_system(self, model: str, session: Mapping[str, Any] | None) -> Fallback | None:
+        """The system prompt a chat gets when it has none of its own: the session's, else the
+        server's default for the model, else the server's default (none when all are empty)."""
+        own = session.get("system_prompt") if session is not None else None
+        if isinstance(own, str) and own:
+            return Fallback({"role": "system", "content": own}, "session")
+        per_model = self._model_prompts.get(canonical_model_name(model))
+        if per_model:
+            return Fallback({"role": "system", "content": per_model}, "model_default")
+        if self.settings.system_prompt:
+            return Fallback({"role": "system", "content": self.settings.system_prompt}, "default")
+        return None
 
     def _remember(self, request_id: str, model: str, raw_tokens: float) -> None:
         now = time.monotonic()
@@ -222,4 +272,5 @@ def turn_record(done: Done, now: datetime, raw_estimate: float | None = None) ->
         owner=done.owner,
         stats=stats,
         estimate={"raw_tokens": round(raw_estimate, 1)} if raw_estimate is not None else None,
+        metadata=done.metadata or None,
     )

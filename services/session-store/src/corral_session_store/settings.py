@@ -2,6 +2,7 @@ from __future__ import annotations
 
 from pydantic import Field
 
+from corral_common.contracts.session_store import MAX_HISTORY_LENGTH, MAX_SYSTEM_PROMPT
 from corral_common.settings import CorralSettings
 
 
@@ -21,6 +22,28 @@ class SessionStoreSettings(CorralSettings):
     # most `answer_reserve_fraction` of the window, so tiny contexts keep room for history.
     answer_reserve: int = Field(default=512, ge=0)
     answer_reserve_fraction: float = Field(default=0.25, ge=0, lt=1)
+
+    # Sessions' lifecycle (docs/session-store.md, "Lifecycle").
+    # The system prompt of a session's chat that has none of its own (none in the request, none
+    # stored, none given when the session was created): the model's entry in `system_prompts`
+    # (CORRAL_SYSTEM_PROMPTS, JSON `{"<model>": "<prompt>"}`, names matched as Ollama matches
+    # them: `llama3.2` is `llama3.2:latest`), else `system_prompt` (CORRAL_SYSTEM_PROMPT); empty
+    # or unset: none, and the model's own Modelfile SYSTEM applies, as with Ollama.
+    system_prompt: str = Field(default="", max_length=MAX_SYSTEM_PROMPT)
+    system_prompts: dict[str, str] = Field(default_factory=dict)
+    # At most this many stored history messages (system prompts not counted) go with a chat's
+    # new messages, unless the request says otherwise (`max_history_length`); the token budget
+    # applies too, whichever is tighter. 0: no history is sent (it is still stored).
+    max_history_length: int = Field(default=50, ge=0, le=MAX_HISTORY_LENGTH)
+    # A session nobody has used (no turn, no import, no resume) for this long is archived: no
+    # longer listed unless `?archived=true` is asked for; a chat naming it resumes it, with its
+    # history. 0: never archived.
+    session_archive_after_s: float = Field(default=86_400.0, ge=0)
+    # An archived session is deleted, with its turns, this long after it was archived.
+    # 0: archived sessions are kept.
+    session_retention_s: float = Field(default=0.0, ge=0)
+    # How often the lifecycle job (archive, then purge) runs in each store replica.
+    session_sweep_interval_s: float = Field(default=60.0, gt=0)
 
     # The model-manager's `model_info` lookup: its timeout, and how long answers (and the
     # absence of an answer) are remembered.

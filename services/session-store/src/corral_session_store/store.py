@@ -6,7 +6,10 @@ Schema (database `CORRAL_MONGO_DATABASE`, default `corral`):
 
     {_id: <session id>, title, owner, created_at, last_activity,
      turn_seq: <last sequence number handed out>, models: [<model>, ...],
-     systems: [{model, message: <the model's first stored system message>}, ...]}
+     systems: [{model, message: <the model's first stored system message>}, ...],
+     system_prompt: <the session's own fallback system prompt, set when it was created>,
+     touched_at: <when it was last used: a turn, its creation, an import, a resume>,
+     archived_at: <when it was archived; absent while it is active>}
 
 `turns`, one document per finished turn (one request/answer exchange)::
 
@@ -16,7 +19,8 @@ Schema (database `CORRAL_MONGO_DATABASE`, default `corral`):
      owner, asked_at, answered_at, stored_at,
      stats: {prompt_eval_count, eval_count, total_duration, load_duration,
              prompt_eval_duration, eval_duration, done_reason, waited_ms},
-     estimate: {raw_tokens} (when the store assembled the prompt itself)}
+     estimate: {raw_tokens} (when the store assembled the prompt itself),
+     metadata: <the request's free-form metadata, when it sent some>}
 
 `calibration`: `{_id: <model>, factor, samples, updated_at}`, the token estimator's per-model
 factor, so it survives restarts and is shared by replicas.
@@ -53,16 +57,18 @@ import contextlib
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from enum import StrEnum
-from typing import Any
+from typing import Any, Literal
 
 from pymongo import ASCENDING, DESCENDING, IndexModel, ReturnDocument
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import DuplicateKeyError, ExecutionTimeout, PyMongoError
 
+from corral_common.contracts.session_store import ImportParams
 from corral_common.errors import CorralError, ErrorType
+from corral_common.ids import new_id
 from corral_session_store.tokens import Calibration, TokenEstimator
 
 Document = dict[str, Any]
@@ -83,6 +89,9 @@ AUTO_TITLE_CHARS = 80
 # Assembly reads a session's turns newest first, in ranges of this many sequence numbers (then
 # twice as many, and so on), and stops once the turns read cannot fit anyway.
 HISTORY_BATCH = 64
+# Sessions deleted per retention sweep at most (the next sweep takes the rest).
+PURGE_BATCH = 500
+EXPORT_FORMAT = "corral.session.v1"
 
 
 SEQ_ATTEMPTS = 5
@@ -114,16 +123,20 @@ class TurnRecord:
     owner: str | None = None
     stats: Document = field(default_factory=dict)
     estimate: Document | None = None
+    metadata: Document | None = None
 
 
 @dataclass(frozen=True)
 class HistoryWindow:
     """What assembly needs of a (session, model) history: its newest turns (oldest first),
-    how many older ones were not even read, and the conversation's stored system prompt."""
+    how many older ones were not even read (and their messages, and which limit left them),
+    and the conversation's stored system prompt."""
 
     turns: list[list[Document]]
     older_turns: int
     system: Document | None
+    older_messages: int = 0
+    older_limited_by: Literal["tokens", "max_history_length"] = "tokens"
 
 
 def utcnow() -> datetime:
@@ -142,6 +155,19 @@ def iso(value: datetime | None) -> str | None:
 
 def clean_message(message: Mapping[str, Any], keys: Sequence[str] = MESSAGE_KEYS) -> Document:
     return {key: message[key] for key in keys if message.get(key) is not None}
+
+
+def clean_stats(stats: Mapping[str, Any]) -> Document:
+    """A turn's backend figures as stored: the counts and durations (whole numbers), the
+    `done_reason` and the wait; anything else an import carries is not kept."""
+    kept: Document = {
+        key: stats[key]
+        for key in (*STAT_KEYS, "waited_ms")
+        if isinstance(stats.get(key), int) and not isinstance(stats.get(key), bool)
+    }
+    if isinstance(stats.get("done_reason"), str):
+        kept["done_reason"] = stats["done_reason"][:64]
+    return kept
 
 
 def auto_title(messages: Iterable[Mapping[str, Any]]) -> str | None:
@@ -178,6 +204,22 @@ def _owner_filter(owner: str | None) -> Document:
     return {} if owner is None else {"owner": owner}
 
 
+def is_archived(session: Document) -> bool:
+    return session.get("archived_at") is not None
+
+
+def _lifecycle(session: Document) -> Document:
+    """What a summary says of an archived session (nothing of an active one, so the shapes
+    clients already read do not change)."""
+    if not is_archived(session):
+        return {}
+    return {"archived": True, "archived_at": iso(session.get("archived_at"))}
+
+
+ACTIVE: Document = {"archived_at": None}
+ARCHIVED: Document = {"archived_at": {"$ne": None}}
+
+
 def owned_by(session: Document, owner: str | None) -> bool:
     """Whether a caller asking as `owner` may touch `session` (see `_owner_filter`)."""
     return owner is None or session.get("owner") == owner
@@ -203,6 +245,8 @@ class SessionStore:
             [
                 IndexModel([("last_activity", DESCENDING)]),
                 IndexModel([("owner", ASCENDING), ("last_activity", DESCENDING)]),
+                IndexModel([("touched_at", ASCENDING)]),
+                IndexModel([("archived_at", ASCENDING)]),
             ]
         )
 
@@ -230,6 +274,8 @@ class SessionStore:
             doc["system"] = system = clean_message(system, BACKEND_KEYS)
         if turn.estimate is not None:
             doc["estimate"] = turn.estimate
+        if turn.metadata:
+            doc["metadata"] = turn.metadata
         for _ in range(SEQ_ATTEMPTS):
             seq = await self._next_seq(turn)
             if seq is None:
@@ -254,7 +300,9 @@ class SessionStore:
     async def _next_seq(self, turn: TurnRecord) -> int | None:
         """Upsert the session and take the next sequence number; None if the session is not the
         turn's owner's: an owned turn goes only into its owner's session, an unowned one only
-        into an unowned session."""
+        into an unowned session. A turn is a use of its session: an archived one is active
+        again (resumed), and its idle time starts over."""
+        title = auto_title(turn.messages)
         for _ in range(SEQ_ATTEMPTS):
             try:
                 session = await self.sessions.find_one_and_update(
@@ -262,13 +310,14 @@ class SessionStore:
                     {
                         "$inc": {"turn_seq": 1},
                         "$min": {"created_at": turn.asked_at},
-                        "$max": {"last_activity": turn.answered_at},
+                        "$max": {"last_activity": turn.answered_at, "touched_at": utcnow()},
                         "$addToSet": {"models": turn.model},
-                        "$setOnInsert": {"title": auto_title(turn.messages), "owner": turn.owner},
+                        "$unset": {"archived_at": ""},
+                        "$setOnInsert": {"owner": turn.owner},
                     },
                     upsert=True,
                     return_document=ReturnDocument.AFTER,
-                    projection={"turn_seq": 1},
+                    projection={"turn_seq": 1, "title": 1},
                 )
             except DuplicateKeyError:
                 # Either two first turns raced to create the session (MongoDB retries that
@@ -276,6 +325,12 @@ class SessionStore:
                 # session, whose _id the upsert then hit.
                 session = None
             if session is not None:
+                if session.get("title") is None and title is not None:
+                    # A new session (or one created empty by POST /sessions) is named after
+                    # its first question; a title set meanwhile is kept.
+                    await self.sessions.update_one(
+                        {"_id": turn.session_id, "title": None}, {"$set": {"title": title}}
+                    )
                 return int(session["turn_seq"])
             existing = await self.sessions.find_one({"_id": turn.session_id}, {"owner": 1})
             if existing is not None and existing.get("owner") != turn.owner:
@@ -300,10 +355,11 @@ class SessionStore:
         prompt_budget: int,
         estimator: TokenEstimator,
         session: Document | None = None,
+        max_messages: int | None = None,
     ) -> HistoryWindow:
-        """The newest turns of (session, model) that could fit in `prompt_budget`, and one
-        more (so assembly sees where it had to stop); never the whole history when only its
-        tail can be used.
+        """The newest turns of (session, model) that could fit in `prompt_budget` and in
+        `max_messages` messages (system prompts not counted), and one more (so assembly sees
+        where it had to stop); never the whole history when only its tail can be used.
 
         Turns are read backwards in `seq` ranges of growing width (64, 128, ... sequence
         numbers below the session's last one): a bounded index range is cheap on every
@@ -316,7 +372,9 @@ class SessionStore:
         selector = {"session_id": session_id, "model": model}
         newest: list[list[Document]] = []
         cost = 0
+        count = 0
         stopped_at: int | None = None
+        stopped_by: Literal["tokens", "max_history_length"] = "tokens"
         high = int(session.get("turn_seq") or 0)
         span = HISTORY_BATCH
         while high > 0 and stopped_at is None:
@@ -329,15 +387,30 @@ class SessionStore:
                 messages = [clean_message(m, BACKEND_KEYS) for m in doc.get("messages") or []]
                 newest.append(messages)
                 cost += estimator.messages(messages)
-                if cost > prompt_budget:
+                count += sum(1 for m in messages if m.get("role") != "system")
+                if cost > prompt_budget or (max_messages is not None and count > max_messages):
                     stopped_at = int(doc["seq"])
+                    stopped_by = "tokens" if cost > prompt_budget else "max_history_length"
                     break
             high, span = low, span * 2
-        older = 0
+        older = older_messages = 0
         if stopped_at is not None:
-            older = await self.turns.count_documents({**selector, "seq": {"$lt": stopped_at}})
+            cursor = await self.turns.aggregate(
+                [
+                    {"$match": {**selector, "seq": {"$lt": stopped_at}}},
+                    {
+                        "$group": {
+                            "_id": None,
+                            "turns": {"$sum": 1},
+                            "messages": {"$sum": "$message_count"},
+                        }
+                    },
+                ]
+            )
+            async for row in cursor:
+                older, older_messages = int(row["turns"]), int(row["messages"])
         newest.reverse()
-        return HistoryWindow(newest, older, _system_for(session, model))
+        return HistoryWindow(newest, older, _system_for(session, model), older_messages, stopped_by)
 
     async def history(
         self, session_id: str, model: str | None = None, owner: str | None = None
@@ -362,6 +435,9 @@ class SessionStore:
                         item[extra] = message[extra]
                 if model is None:
                     item["model"] = turn.get("model")
+                if turn.get("metadata"):
+                    # The request's metadata, on each message it sent and on its answer.
+                    item["metadata"] = turn["metadata"]
                 messages.append(item)
         return {
             "session_id": session_id,
@@ -369,6 +445,7 @@ class SessionStore:
             "last_activity": iso(session.get("last_activity")),
             "message_count": len(messages),
             "messages": messages,
+            **_lifecycle(session),
         }
 
     async def _message_counts(self, session_ids: list[str]) -> dict[str, int]:
@@ -390,10 +467,14 @@ class SessionStore:
             "last_activity": iso(session.get("last_activity")),
             "message_count": message_count,
             "models": list(session.get("models") or []),
+            **_lifecycle(session),
         }
 
-    async def list_sessions(self, limit: int, offset: int, owner: str | None = None) -> Document:
-        selector = {} if owner is None else {"owner": owner}
+    async def list_sessions(
+        self, limit: int, offset: int, owner: str | None = None, *, archived: bool = False
+    ) -> Document:
+        """Active sessions, or (`archived`) the archived ones, newest first."""
+        selector = {**_owner_filter(owner), **(ARCHIVED if archived else ACTIVE)}
         total = await self.sessions.count_documents(selector)
         page = await self.sessions.find(
             selector,
@@ -430,6 +511,212 @@ class SessionStore:
         turns = await self.turns.delete_many({"session_id": session_id})
         await self.sessions.delete_one({"_id": session_id})
         return {"session_id": session_id, "deleted": True, "turns_deleted": turns.deleted_count}
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    async def create_session(
+        self,
+        owner: str | None,
+        *,
+        title: str | None = None,
+        system_prompt: str | None = None,
+    ) -> Document:
+        """A new, empty session with a new id (POST /sessions), owned by `owner`."""
+        now = utcnow()
+        doc: Document = {
+            "_id": new_id(),
+            "title": title,
+            "owner": owner,
+            "created_at": now,
+            "last_activity": now,
+            "touched_at": now,
+            "turn_seq": 0,
+            "models": [],
+            "systems": [],
+        }
+        if system_prompt:
+            doc["system_prompt"] = system_prompt
+        await self.sessions.insert_one(doc)
+        return self._described(doc, 0)
+
+    def _described(self, session: Document, message_count: int) -> Document:
+        """A summary with the session's own system prompt, when it has one."""
+        summary = self._summary(session, message_count)
+        if session.get("system_prompt"):
+            summary["system_prompt"] = session["system_prompt"]
+        return summary
+
+    async def resume(self, session_id: str) -> bool:
+        """Make an archived session active again (a chat naming it does); whether it was
+        archived."""
+        result = await self.sessions.update_one(
+            {"_id": session_id, **ARCHIVED},
+            {"$unset": {"archived_at": ""}, "$max": {"touched_at": utcnow()}},
+        )
+        return result.modified_count > 0
+
+    async def archive_idle(self, now: datetime, idle_s: float) -> int:
+        """Archive the active sessions nobody has used for `idle_s` seconds; how many."""
+        cutoff = now - timedelta(seconds=idle_s)
+        result = await self.sessions.update_many(
+            {
+                **ACTIVE,
+                "$or": [
+                    {"touched_at": {"$lt": cutoff}},
+                    # Sessions written before `touched_at` existed.
+                    {"touched_at": None, "last_activity": {"$lt": cutoff}},
+                ],
+            },
+            {"$set": {"archived_at": now}},
+        )
+        return result.modified_count
+
+    async def purge_archived(
+        self, now: datetime, retention_s: float, *, batch: int = PURGE_BATCH
+    ) -> tuple[int, int]:
+        """Delete (with their turns) the sessions archived `retention_s` seconds ago or
+        longer, at most `batch` of them; how many sessions and turns went.
+
+        Turns first, as `delete` does: an interrupted purge leaves a session the next sweep
+        deletes, never turns nobody can reach. The session itself goes only if it is still
+        expired, so one resumed meanwhile stays (the race is a chat arriving in the instant
+        its session is purged)."""
+        expired = {"archived_at": {"$ne": None, "$lte": now - timedelta(seconds=retention_s)}}
+        found = await self.sessions.find(expired, {"_id": 1}, limit=batch).to_list()
+        sessions = turns = 0
+        for doc in found:
+            gone = await self.turns.delete_many({"session_id": doc["_id"]})
+            turns += gone.deleted_count
+            deleted = await self.sessions.delete_one({"_id": doc["_id"], **expired})
+            sessions += deleted.deleted_count
+        return sessions, turns
+
+    async def clear_all(self) -> Document:
+        """Every session and turn gone (the operators' DELETE /admin/sessions)."""
+        turns = await self.turns.delete_many({})
+        sessions = await self.sessions.delete_many({})
+        return {
+            "deleted": True,
+            "sessions_deleted": sessions.deleted_count,
+            "turns_deleted": turns.deleted_count,
+        }
+
+    # -- export and import -----------------------------------------------------------------
+
+    async def export(self, session_id: str, owner: str | None = None) -> Document:
+        """The session and every turn, with its metadata, in the form `import_session`
+        restores (`EXPORT_FORMAT`)."""
+        session = await self.require_session(session_id, owner)
+        turns: list[Document] = []
+        async for turn in self.turns.find({"session_id": session_id}, sort=[("seq", ASCENDING)]):
+            item: Document = {
+                "id": turn["_id"],
+                "seq": turn.get("seq"),
+                "model": turn.get("model"),
+                "kind": turn.get("kind", "chat"),
+                "messages": list(turn.get("messages") or []),
+                "asked_at": iso(turn.get("asked_at")),
+                "answered_at": iso(turn.get("answered_at")),
+                "stats": dict(turn.get("stats") or {}),
+            }
+            if turn.get("metadata"):
+                item["metadata"] = turn["metadata"]
+            turns.append(item)
+        described: Document = {
+            "session_id": session_id,
+            "title": session.get("title"),
+            "created_at": iso(session.get("created_at")),
+            "last_activity": iso(session.get("last_activity")),
+            "models": list(session.get("models") or []),
+            "systems": [entry for entry in session.get("systems") or [] if isinstance(entry, dict)],
+        }
+        if session.get("system_prompt"):
+            described["system_prompt"] = session["system_prompt"]
+        if is_archived(session):
+            described["archived_at"] = iso(session.get("archived_at"))
+        return {
+            "format": EXPORT_FORMAT,
+            "exported_at": iso(utcnow()),
+            "session": described,
+            "turn_count": len(turns),
+            "message_count": sum(len(turn["messages"]) for turn in turns),
+            "turns": turns,
+        }
+
+    async def import_session(self, imported: ImportParams, owner: str | None) -> Document:
+        """Restore an export under its session id, owned by `owner`. Idempotent by turn id:
+        turns already stored are skipped, the others written in their exported order (after
+        any the session already has). A session of another owner is a missing one (404), as
+        for a chat into it. Importing is a use: the session is active afterwards."""
+        about = imported.session
+        session_id = about.session_id
+        now = utcnow()
+        existing = await self.sessions.find_one({"_id": session_id})
+        created = False
+        if existing is None:
+            doc: Document = {
+                "_id": session_id,
+                "title": about.title,
+                "owner": owner,
+                "created_at": about.created_at or now,
+                "last_activity": about.last_activity or about.created_at or now,
+                "touched_at": now,
+                "turn_seq": 0,
+                "models": [],
+                "systems": [],
+            }
+            if about.system_prompt:
+                doc["system_prompt"] = about.system_prompt
+            try:
+                await self.sessions.insert_one(doc)
+                created = True
+            except DuplicateKeyError:
+                existing = await self.sessions.find_one({"_id": session_id})
+        if existing is not None:
+            if existing.get("owner") != owner:
+                raise not_found(session_id)
+            fill = {
+                key: value
+                for key, value in (
+                    ("title", about.title),
+                    ("system_prompt", about.system_prompt),
+                )
+                if value and not existing.get(key)
+            }
+            change: Document = {"$max": {"touched_at": now}, "$unset": {"archived_at": ""}}
+            if fill:
+                change["$set"] = fill
+            await self.sessions.update_one({"_id": session_id}, change)
+        written = skipped = 0
+        for turn in imported.turns:
+            outcome = await self.write_turn(
+                TurnRecord(
+                    request_id=turn.id,
+                    session_id=session_id,
+                    model=turn.model,
+                    kind=turn.kind,
+                    messages=[m.model_dump(exclude_none=True) for m in turn.messages],
+                    asked_at=turn.asked_at,
+                    answered_at=turn.answered_at,
+                    owner=owner,
+                    stats=clean_stats(turn.stats),
+                    metadata=turn.metadata,
+                )
+            )
+            if outcome is WriteOutcome.REJECTED:
+                raise not_found(session_id)
+            if outcome is WriteOutcome.STORED:
+                written += 1
+            else:
+                skipped += 1
+        session = await self.require_session(session_id)
+        counts = await self._message_counts([session_id])
+        return {
+            **self._described(session, counts.get(session_id, 0)),
+            "created": created,
+            "turns_imported": written,
+            "turns_skipped": skipped,
+        }
 
     # -- search and stats ------------------------------------------------------------------
 

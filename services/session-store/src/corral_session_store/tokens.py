@@ -15,15 +15,25 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from corral_common import jsonutil
+from corral_common.token_estimate import (
+    CHARS_PER_TOKEN,
+    IMAGE_TOKENS,
+    MESSAGE_OVERHEAD,
+    PROMPT_OVERHEAD,
+    raw_message_tokens,
+    raw_prompt_tokens,
+)
 
-CHARS_PER_TOKEN = 4.0
-MESSAGE_OVERHEAD = 4
-"""Role markers and separators a chat template wraps around each message."""
-PROMPT_OVERHEAD = 3
-"""The template's start of the answer (`<|assistant|>` and the like)."""
-IMAGE_TOKENS = 768
-"""What one image costs a vision model, roughly (llava: 576; others more)."""
+__all__ = [
+    "CHARS_PER_TOKEN",
+    "IMAGE_TOKENS",
+    "MESSAGE_OVERHEAD",
+    "PROMPT_OVERHEAD",
+    "Calibration",
+    "TokenEstimator",
+    "raw_message_tokens",
+    "raw_prompt_tokens",
+]
 
 MIN_FACTOR = 0.25
 MAX_FACTOR = 4.0
@@ -31,21 +41,6 @@ MAX_FACTOR = 4.0
 SMOOTHING = 0.2
 # A ratio outside this range says the sample is not a plain, fully evaluated prompt.
 _PLAUSIBLE = (0.2, 5.0)
-
-
-def raw_message_tokens(message: Mapping[str, Any]) -> float:
-    """The unscaled estimate of one message: its text and its template overhead."""
-    chars = len(str(message.get("content") or ""))
-    tool_calls = message.get("tool_calls")
-    if tool_calls:
-        chars += len(jsonutil.dumps(tool_calls))
-    images = message.get("images")
-    image_tokens = IMAGE_TOKENS * len(images) if isinstance(images, list) else 0
-    return MESSAGE_OVERHEAD + chars / CHARS_PER_TOKEN + image_tokens
-
-
-def raw_prompt_tokens(messages: Iterable[Mapping[str, Any]]) -> float:
-    return PROMPT_OVERHEAD + sum(raw_message_tokens(m) for m in messages)
 
 
 @dataclass(frozen=True)

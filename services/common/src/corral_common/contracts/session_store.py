@@ -17,6 +17,17 @@ the owner's sessions; without it (admins, and everyone with auth off) nothing is
               over the concurrency bounds, overall or per `caller`, else per `owner`, is refused
               at once with 429 / 503 `rate_limit_exceeded` and Retry-After).
     stats     SessionParams -> StatsResult         (lane `reads`)
+    create    CreateParams -> SessionSummary: a new, empty session with a new id (POST /sessions),
+              owned by `owner`; its `system_prompt` is the fallback for its chats.
+    export    SessionParams -> ExportResult        (lane `reads`): the session and every turn
+              with its metadata (`format` "corral.session.v1").
+    import_   ImportParams -> ImportResult         (lane `reads`, method name `import`): an
+              export restored under its session id, owned by `owner`; idempotent by turn id.
+    clear     ClearParams -> Cleared: every session and turn deleted (operators only).
+
+Lifecycle (docs/session-store.md): sessions idle for the store's `session_archive_after_s` are
+archived by a periodic job in the store (`list` shows them with `archived`, a chat into one
+resumes it), and deleted `session_retention_s` after that when a retention is set.
 
 history, list, rename, delete, search and stats answer the documents the gateway serves as
 they are (`GET /api/sessions...`, `/api/search`): their top-level fields are declared here,
@@ -26,8 +37,10 @@ their items are the store's JSON objects.
 from __future__ import annotations
 
 import unicodedata
+from datetime import UTC, datetime
 from typing import Annotated, Any, Final, Literal
 
+import orjson
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 from pydantic_core import PydanticCustomError
 
@@ -41,6 +54,14 @@ MAX_MESSAGES = 10_000
 MAX_LIST = 500
 MAX_SEARCH = 200
 MAX_OFFSET = 1_000_000
+MAX_HISTORY_LENGTH = 100_000
+MAX_METADATA_BYTES = 4096
+"""A request's `metadata`, as compact JSON, at most this many bytes."""
+MAX_SYSTEM_PROMPT = 100_000
+MAX_IMPORT_TURNS = 10_000
+EXPORT_FORMAT = "corral.session.v1"
+CLEAR_CONFIRMATION = "delete-all-sessions"
+"""What `DELETE /admin/sessions?confirm=` must say, and what `clear` must be sent."""
 READS = "reads"
 """The lane of the slow reads, so a burst of them never waits in front of context assembly."""
 
@@ -89,7 +110,33 @@ def _check_unicode(value: str) -> str:
     return value
 
 
+def _check_metadata(value: dict[str, Any]) -> dict[str, Any]:
+    try:
+        size = len(orjson.dumps(value))
+    except (TypeError, orjson.JSONEncodeError) as exc:
+        raise ValueError("must be a JSON object") from exc
+    if size > MAX_METADATA_BYTES:
+        raise PydanticCustomError(
+            "too_large",
+            "at most {limit} bytes of JSON (this is {size})",
+            {"limit": MAX_METADATA_BYTES, "size": size},
+        )
+    return value
+
+
+def _utc(value: datetime) -> datetime:
+    """A time as the store keeps it: in UTC (naive times taken as UTC), to the millisecond."""
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=UTC)
+    value = value.astimezone(UTC)
+    return value.replace(microsecond=value.microsecond // 1000 * 1000)
+
+
 SessionId = Annotated[str, AfterValidator(_check_id)]
+Metadata = Annotated[dict[str, Any], AfterValidator(_check_metadata)]
+"""A request's free-form metadata: a JSON object of at most MAX_METADATA_BYTES."""
+Moment = Annotated[datetime, AfterValidator(_utc)]
+SystemPrompt = Annotated[str, Field(min_length=1, max_length=MAX_SYSTEM_PROMPT)]
 ModelName = Annotated[str, Field(max_length=MAX_MODEL_NAME), AfterValidator(_check_model)]
 Owner = Annotated[str, Field(min_length=1, max_length=256)]
 Text = Annotated[str, AfterValidator(_check_unicode)]
@@ -123,6 +170,9 @@ class AssembleParams(Params):
     options: dict[str, Any] | None = None
     owner: Owner | None = None
     request_id: SessionId | None = None
+    # At most this many stored history messages go with the new ones (None: the store's
+    # default, `max_history_length`); the token budget applies too, whichever is tighter.
+    max_history_length: Annotated[int, Field(ge=0, le=MAX_HISTORY_LENGTH)] | None = None
 
 
 class ContextInfo(Result):
@@ -130,6 +180,20 @@ class ContextInfo(Result):
     messages_used: int
     tokens_used: int
     turns_dropped: int
+    # Only when they say something (the wire leaves them out otherwise):
+    messages_dropped: int | None = None
+    """Stored and new messages not sent (with `truncated`)."""
+    limited_by: Literal["tokens", "max_history_length"] | None = None
+    """Which limit cut the history (with `truncated`)."""
+    max_history_length: int | None = None
+    """The message cap that applied (with `truncated`)."""
+    system_prompt: Literal["session", "model_default", "default"] | None = None
+    """Whose system prompt was used when the conversation had none of its own."""
+    resumed: bool | None = None
+    """True when this chat made an archived session active again."""
+
+    def wire(self) -> dict[str, Any]:
+        return self.model_dump(exclude_none=True)
 
 
 class AssembleResult(Result):
@@ -138,6 +202,9 @@ class AssembleResult(Result):
     context_info: ContextInfo
     context_length: int | None
     """The model's window in tokens, when the model manager knows it."""
+
+    def wire(self) -> dict[str, Any]:
+        return {**self.model_dump(), "context_info": self.context_info.wire()}
 
 
 class HistoryParams(Params):
@@ -160,9 +227,14 @@ class ListParams(Params):
     limit: Annotated[int, Field(ge=1, le=MAX_LIST)] = 20
     offset: Annotated[int, Field(ge=0, le=MAX_OFFSET)] = 0
     owner: Owner | None = None
+    # The archived sessions instead of the active ones.
+    archived: bool = False
 
 
 class SessionSummary(Result):
+    """(`archived: true` and `archived_at` on archived sessions; `system_prompt` when the
+    session has its own.)"""
+
     session_id: str
     title: str | None
     created_at: str | None
@@ -225,6 +297,76 @@ class StatsResult(Result):
     by_model: list[dict[str, Any]]
 
 
+class CreateParams(Params):
+    owner: Owner | None = None
+    title: Title | None = None
+    system_prompt: SystemPrompt | None = None
+
+
+class ExportResult(Result):
+    format: str
+    exported_at: str | None
+    session: dict[str, Any]
+    """`{session_id, title, created_at, last_activity, models, systems, (system_prompt),
+    (archived_at)}`."""
+    turn_count: int
+    message_count: int
+    turns: list[dict[str, Any]]
+    """`{id, seq, model, kind, messages, asked_at, answered_at, stats, (metadata)}`."""
+
+
+class SessionIn(BaseModel):
+    """An export's session, as `import` reads it (other fields are ignored)."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    session_id: SessionId
+    title: Title | None = None
+    created_at: Moment | None = None
+    last_activity: Moment | None = None
+    system_prompt: SystemPrompt | None = None
+
+
+class TurnIn(BaseModel):
+    """An export's turn, as `import` reads it (other fields are ignored)."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    id: SessionId
+    model: ModelName
+    kind: Literal["chat", "generate"] = "chat"
+    messages: Annotated[list[MessageIn], Field(min_length=1, max_length=MAX_MESSAGES)]
+    asked_at: Moment
+    answered_at: Moment
+    stats: dict[str, Any] = Field(default_factory=dict)
+    metadata: Metadata | None = None
+
+
+class ImportParams(Params):
+    format: Literal["corral.session.v1"] = "corral.session.v1"
+    session: SessionIn
+    turns: Annotated[list[TurnIn], Field(max_length=MAX_IMPORT_TURNS)] = Field(default_factory=list)
+    owner: Owner | None = None
+
+
+class ImportResult(SessionSummary):
+    created: bool
+    """The session did not exist before."""
+    turns_imported: int
+    turns_skipped: int
+    """Already stored (an import is idempotent by turn id)."""
+
+
+class ClearParams(Params):
+    confirm: Literal["delete-all-sessions"]
+
+
+class Cleared(Result):
+    deleted: bool
+    sessions_deleted: int
+    turns_deleted: int
+
+
 class SessionStoreApi:
     """The declarations, one attribute per method."""
 
@@ -236,6 +378,10 @@ class SessionStoreApi:
     delete: Final = Method(SESSION_STORE_SERVICE, "delete", SessionParams, Deleted)
     search: Final = Method(SESSION_STORE_SERVICE, "search", SearchParams, SearchResult, READS)
     stats: Final = Method(SESSION_STORE_SERVICE, "stats", SessionParams, StatsResult, READS)
+    create: Final = Method(SESSION_STORE_SERVICE, "create", CreateParams, SessionSummary)
+    export: Final = Method(SESSION_STORE_SERVICE, "export", SessionParams, ExportResult, READS)
+    import_: Final = Method(SESSION_STORE_SERVICE, "import", ImportParams, ImportResult, READS)
+    clear: Final = Method(SESSION_STORE_SERVICE, "clear", ClearParams, Cleared)
 
 
 SESSION_STORE = SessionStoreApi()
