@@ -40,6 +40,7 @@ OPEN_ROUTES = {("GET", "/"), ("GET", "/health"), ("GET", "/ready"), ("GET", "/op
 # that names a real object (a key, a running request) or a lane action an admin could mean.
 PATH_VALUES = {
     "session_id": "no-such-session",
+    "conversation_id": "no-such-conversation",
     "request_id": "no-such-request",
     "name": "llama3.2",
     "model": "llama3.2",

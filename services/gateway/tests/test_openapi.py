@@ -93,6 +93,7 @@ def test_operation_ids_are_unique_and_errors_in_the_surface_shape() -> None:
     assert len(ids) == len(set(ids))
     shapes = {"ollama": "OllamaError", "corral": "CorralError", "admin": "CorralError"}
     shapes["openai"] = "OpenAIError"
+    shapes["conversations"] = "ConversationError"
     for (method, path), operation in operations(DOCUMENT).items():
         surface = operation["tags"][0]
         for status, answer in operation["responses"].items():

@@ -23,7 +23,7 @@ from corral_common.topology import (
     STORE_STATUS_ROUTING_KEY,
     gateway_queue_name,
 )
-from corral_gateway import admin, corral, ollama, openai, openapi
+from corral_gateway import admin, conversations, corral, ollama, openai, openapi
 from corral_gateway.corral import health as health_report
 from corral_gateway.directory import ModelDirectory
 from corral_gateway.host_check import host_check_middleware
@@ -145,6 +145,7 @@ def create_app(settings: GatewaySettings | None = None) -> web.Application:
     corral.add_routes(app.router)
     admin.add_routes(app.router)
     openai.add_routes(app.router)
+    conversations.add_routes(app.router)
     openapi.add_routes(app.router)
 
     def ready() -> bool:

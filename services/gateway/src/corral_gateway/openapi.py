@@ -65,6 +65,7 @@ ERROR_SCHEMAS = {
     "corral": "CorralError",
     "admin": "CorralError",
     "openai": "OpenAIError",
+    "conversations": "ConversationError",
 }
 ERROR_DESCRIPTIONS = {
     400: "The request is malformed (body, query, path or header).",
@@ -166,10 +167,11 @@ DETAILS: dict[tuple[str, str], Detail] = {
     ("GET", "/"): Detail("Ollama's liveness answer: `Ollama is running`.", media=(TEXT,)),
     ("GET", "/api/version"): Detail("The model server's version."),
     ("POST", "/api/chat"): Detail(
-        "Chat with a model, optionally in a session Corral keeps.",
-        "OllamaChatRequest",
+        "Chat with a model, optionally in a session Corral keeps; or send a message to a "
+        "conversation (seed 004: a body with `conversation_id` and no `messages`).",
+        "ChatRequest",
         headers=QUEUE_HEADERS,
-        media=(NDJSON, JSON),
+        media=(NDJSON, JSON, SSE),
         errors=GENERATION_ERRORS,
     ),
     ("POST", "/api/generate"): Detail(
@@ -247,7 +249,7 @@ DETAILS: dict[tuple[str, str], Detail] = {
     ("PUT", "/sessions/{session_id}"): Detail("Rename a session.", "SessionRename", errors={404}),
     ("DELETE", "/sessions/{session_id}"): Detail("Delete a session and its turns.", errors={404}),
     ("GET", "/api/search"): Detail(
-        "Search the caller's sessions' messages.",
+        "Search the caller's sessions' messages (Corral's and seed 004's fields in one answer).",
         query=(
             Param("q", {"type": "string", "minLength": 1}, "The words to find.", required=True),
             Param("limit", _int(1, SEARCH_MAX), "How many hits."),
@@ -334,6 +336,28 @@ DETAILS: dict[tuple[str, str], Detail] = {
     ("GET", "/v1/models"): Detail("OpenAI's model list."),
     ("GET", "/v1/models/{model}"): Detail("One model, as OpenAI describes it.", errors={404}),
     ("GET", OPENAPI_PATH): Detail("This document."),
+    # Seed 004's conversation API (conversations/).
+    ("GET", "/api/models"): Detail("The backend's model names, their count, its address."),
+    ("GET", "/api/config"): Detail("The server's effective, non-secret settings."),
+    ("GET", "/api/conversations"): Detail(
+        "The caller's conversations, most recently updated first.",
+        query=(Param("limit", _int(1, SESSION_LIST_MAX), "How many to list."), OFFSET),
+    ),
+    ("POST", "/api/conversations"): Detail(
+        "Create a conversation.", "ConversationCreate", status=201, errors={404}
+    ),
+    ("GET", "/api/conversations/{conversation_id}"): Detail(
+        "A conversation with its messages and statistics.", errors={404}
+    ),
+    ("PUT", "/api/conversations/{conversation_id}"): Detail(
+        "Rename a conversation.", "ConversationRename", errors={404}
+    ),
+    ("DELETE", "/api/conversations/{conversation_id}"): Detail(
+        "Delete a conversation and its messages.", errors={404}
+    ),
+    ("GET", "/api/stats/{conversation_id}"): Detail(
+        "A conversation's statistics, overall and by role.", errors={404}
+    ),
 }
 # Keyed by the path alone: H2's key routes may name the id `id` or `key_id`.
 DETAILS[("GET", "/admin/keys/{id}")] = DETAILS[("GET", "/admin/keys/{key_id}")]
@@ -348,6 +372,10 @@ PATH_PARAMETERS: dict[str, dict[str, Any]] = {
     "action": {"type": "string", "enum": ["pause", "resume", "drain"]},
     "key_id": KEY_ID,
     "id": KEY_ID,
+    "conversation_id": {
+        **CLIENT_ID,
+        "description": "A conversation's number (or the id of a session, which is one too).",
+    },
 }
 
 
@@ -371,6 +399,10 @@ TAGS = [
     {"name": "corral", "description": "Corral's own API: sessions, search, the queue."},
     {"name": "admin", "description": "The operators' API: models, the lane, keys, audit."},
     {"name": "openai", "description": "The OpenAI-compatible API, as Ollama serves it."},
+    {
+        "name": "conversations",
+        "description": "Seed 004's conversation API (llama-chat): conversations are sessions.",
+    },
     {"name": "ops", "description": "Health, readiness and metrics, as every service serves."},
 ]
 
@@ -511,9 +543,70 @@ def key_schemas() -> dict[str, Any]:
     }
 
 
+def conversation_schemas() -> dict[str, Any]:
+    """Seed 004's bodies (conversations/): the shared `/api/chat` takes Ollama's chat or a
+    conversation message."""
+    title = {"type": "string", "minLength": 1, "description": "At most 200 characters."}
+    conversation_id = {
+        "anyOf": [
+            _int(0, 2**63 - 1),
+            {**CLIENT_ID, "description": "A session id, as a string."},
+        ]
+    }
+    return {
+        "ConversationCreate": {
+            "type": "object",
+            "required": ["title", "model"],
+            "properties": {"title": title, "model": MODEL_NAME},
+        },
+        "ConversationRename": {
+            "type": "object",
+            "required": ["title"],
+            "properties": {"title": title},
+        },
+        "ConversationMessage": {
+            "type": "object",
+            "description": "A message to a conversation; `model` defaults to the "
+            "conversation's own, `stream` to false.",
+            "required": ["conversation_id", "message"],
+            "properties": {
+                "conversation_id": conversation_id,
+                "message": {"type": "string", "minLength": 1, "pattern": r"\S"},
+                "model": {"anyOf": [MODEL_NAME, {"type": "null"}]},
+                "stream": {"type": ["boolean", "null"]},
+                "options": {"type": ["object", "null"]},
+                "request_id": CLIENT_ID,
+                "priority": PRIORITY,
+            },
+        },
+        "ChatRequest": {
+            "anyOf": [
+                {"$ref": "#/components/schemas/OllamaChatRequest"},
+                {"$ref": "#/components/schemas/ConversationMessage"},
+            ]
+        },
+    }
+
+
 def error_schemas() -> dict[str, Any]:
     text = {"type": "string"}
     return {
+        "ConversationError": {
+            "type": "object",
+            "required": ["error"],
+            "description": "Seed 004's error: `code` VALIDATION_ERROR (with `field`), "
+            "NOT_FOUND (with `resource` and `id`), BACKEND_ERROR, or Corral's error type in "
+            "capitals; `retry_after` in seconds when the client should come back later.",
+            "properties": {
+                "success": {"type": "boolean"},
+                "error": text,
+                "code": text,
+                "details": {"type": "object"},
+                "field": text,
+                "resource": text,
+                "retry_after": {"type": "integer"},
+            },
+        },
         "OllamaError": {
             "type": "object",
             "required": ["error"],
@@ -571,6 +664,7 @@ def component_schemas() -> dict[str, Any]:
     }
     schemas.update(openai_bodies())
     schemas.update(key_schemas())
+    schemas.update(conversation_schemas())
     schemas.update(error_schemas())
     return schemas
 

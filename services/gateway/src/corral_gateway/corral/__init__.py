@@ -18,7 +18,6 @@ def add_routes(router: web.UrlDispatcher) -> None:
     surface.patch(router, "/sessions/{session_id}", session_routes.session_rename)
     surface.put(router, "/sessions/{session_id}", session_routes.session_rename)
     surface.delete(router, "/sessions/{session_id}", session_routes.session_delete)
-    surface.get(router, "/api/search", session_routes.search)
     surface.get(router, "/api/providers/ollama/models", provider_routes.models)
     surface.post(router, "/api/providers/ollama/pull", provider_routes.pull, "admin")
     surface.get(router, "/queue/{request_id}", queue_views.where)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
+from corral_gateway.conversations import dispatch
 from corral_gateway.ollama import (
     blob_routes,
     chat_routes,
@@ -20,7 +21,8 @@ def add_routes(router: web.UrlDispatcher) -> None:
     surface = OLLAMA
     surface.get(router, "/", meta_routes.root, "open")
     surface.get(router, "/api/version", meta_routes.version)
-    surface.post(router, "/api/chat", chat_routes.chat)
+    # Also seed 004's conversation messages, told apart by the body (conversations/dispatch.py).
+    surface.post(router, "/api/chat", dispatch.chat_dispatch(chat_routes.chat))
     surface.post(router, "/api/generate", chat_routes.generate)
     surface.post(router, "/api/embed", embed_routes.embed)
     surface.post(router, "/api/embeddings", embed_routes.embeddings)

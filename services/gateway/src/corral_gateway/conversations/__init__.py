@@ -1,0 +1,41 @@
+"""Seed 004's conversation API (llama-chat), base `/api`: models, config, conversations,
+statistics, search, and conversation messages on `POST /api/chat`.
+
+A conversation is a session (conversation N is session "N"), so both APIs address the same
+history; errors are the seed's `{"success": false, "error", "code", "details"}` (errors.py).
+The modules:
+
+- `conversation_routes`: list, create, read, rename, delete, stats, and `/api/search`;
+- `chat_routes`: a message to a conversation, through the native path (the lane, sessions);
+- `dispatch`: `POST /api/chat`, told apart from Ollama's own chat by the body's shape (the
+  Ollama surface registers the route with this dispatcher, `ollama/__init__.py`);
+- `meta_routes`: `/api/models` and `/api/config`;
+- `errors`: the seed's error shape.
+
+`/api/search` was Corral's before the seed: it stays on the Corral surface (its errors in
+Corral's shape, which its clients parse), and its answer carries both shapes' fields.
+"""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from corral_gateway.conversations import conversation_routes, meta_routes
+from corral_gateway.conversations.errors import conversation_error
+from corral_gateway.surfaces import CORRAL, Surface
+
+CONVERSATIONS = Surface("conversations", conversation_error)
+
+
+def add_routes(router: web.UrlDispatcher) -> None:
+    surface = CONVERSATIONS
+    surface.get(router, "/api/models", meta_routes.models)
+    surface.get(router, "/api/config", meta_routes.config)
+    surface.get(router, "/api/conversations", conversation_routes.conversation_list)
+    surface.post(router, "/api/conversations", conversation_routes.conversation_create)
+    path = "/api/conversations/{conversation_id}"
+    surface.get(router, path, conversation_routes.conversation_detail)
+    surface.put(router, path, conversation_routes.conversation_rename)
+    surface.delete(router, path, conversation_routes.conversation_delete)
+    surface.get(router, "/api/stats/{conversation_id}", conversation_routes.conversation_stats)
+    CORRAL.get(router, "/api/search", conversation_routes.search)
