@@ -19,12 +19,19 @@ from corral_common.ids import InvalidId, check_client_id, new_id
 from corral_common.messages import PRIORITIES, Priority
 from corral_gateway.identity.principal import caller_of
 from corral_gateway.request_terms import BODY_TERMS, OPTION_TERMS, RequestTerms, read_terms
+from corral_gateway.session_fields import (
+    BODY_FIELDS,
+    OPTION_FIELDS,
+    SessionFields,
+    read_session_fields,
+    resolve_session_id,
+)
 from corral_gateway.validation import OllamaRequestError
 
 # Fields that only Corral understands; never forwarded to the backend.
-BODY_EXTENSIONS = ("session_id", "request_id", "priority", *BODY_TERMS)
+BODY_EXTENSIONS = ("session_id", "request_id", "priority", *BODY_TERMS, *BODY_FIELDS)
 # The same, where the official client can carry them (inside `options`).
-OPTION_EXTENSIONS = ("session_id", "queue_timeout", "priority", *OPTION_TERMS)
+OPTION_EXTENSIONS = ("session_id", "queue_timeout", "priority", *OPTION_TERMS, *OPTION_FIELDS)
 # `stream` is decided by the scheduler (always streams from the backend).
 NOT_FORWARDED = (*BODY_EXTENSIONS, "stream")
 
@@ -46,6 +53,10 @@ class Extensions:
     arrived_at: float = field(default_factory=time.time)
     # Its own total deadline and retry terms (request_terms.py).
     terms: RequestTerms = field(default_factory=RequestTerms)
+    # Its session's history cap and the metadata kept with its turn (session_fields.py); and
+    # whether Corral made up `session_id` (the client asked for "new").
+    session: SessionFields = field(default_factory=SessionFields)
+    session_created: bool = False
 
     def deadline(self) -> float | None:
         """Epoch seconds after which the request must not start: its queue timeout, or its
@@ -94,6 +105,7 @@ def read_extensions(
                 check_client_id(value, name)
             except InvalidId as exc:
                 raise OllamaRequestError(400, exc.message) from exc
+    session_id, session_created = resolve_session_id(session_id)
     priority = _first(
         body.get("priority"), request.headers.get("X-Priority"), options.get("priority")
     )
@@ -113,6 +125,8 @@ def read_extensions(
             request.headers.get("X-Queue-Timeout"), options.get("queue_timeout"), limits
         ),
         terms=read_terms(request, body, options),
+        session=read_session_fields(body, options),
+        session_created=session_created,
     )
 
 

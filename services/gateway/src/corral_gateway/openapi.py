@@ -34,6 +34,13 @@ from pydantic import BaseModel
 from pydantic.json_schema import JsonSchemaMode, models_json_schema
 
 from corral_common.contracts.identity import MAX_LABEL, MAX_LIST, SCOPES
+from corral_common.contracts.session_store import (
+    CLEAR_CONFIRMATION,
+    EXPORT_FORMAT,
+    MAX_HISTORY_LENGTH,
+    MAX_IMPORT_TURNS,
+    MAX_METADATA_BYTES,
+)
 from corral_common.ids import CLIENT_ID_MAX_CHARS
 from corral_common.messages import PRIORITIES
 from corral_gateway.openai.requests import (
@@ -135,7 +142,11 @@ OFFSET = Param("offset", _int(0, OFFSET_MAX), "How many to skip.")
 REQUEST_ID_HEADER = Param("X-Request-Id", CLIENT_ID, "The request's id (default: a new one).")
 QUEUE_HEADERS = (
     REQUEST_ID_HEADER,
-    Param("X-Session-Id", CLIENT_ID, "The session to keep this conversation in."),
+    Param(
+        "X-Session-Id",
+        CLIENT_ID,
+        "The session to keep this conversation in (`new`: a new one, answered in X-Session-Id).",
+    ),
     Param("X-Priority", PRIORITY, "The request's priority, at most the key's."),
     Param(
         "X-Queue-Timeout",
@@ -154,6 +165,7 @@ QUEUE_HEADERS = (
         "0: no queue position chunks in the stream.",
     ),
 )
+FLAG = {"type": "string", "enum": ["true", "false", "1", "0", "yes", "no"]}
 FORCE = Param(
     "force",
     {"type": "string", "enum": ["true", "false", "1", "0", "yes", "no"]},
@@ -235,7 +247,29 @@ DETAILS: dict[tuple[str, str], Detail] = {
         errors={500},
     ),
     ("GET", "/sessions"): Detail(
-        "The caller's sessions, newest first.", query=(LIMIT_LIST, OFFSET)
+        "The caller's sessions, newest first (the active ones, or the archived ones).",
+        query=(
+            LIMIT_LIST,
+            OFFSET,
+            Param("archived", FLAG, "The archived sessions instead of the active ones."),
+        ),
+    ),
+    ("POST", "/sessions"): Detail(
+        "Create an empty session with a new id (answered in X-Session-Id too).",
+        "SessionCreate",
+        body_required=False,
+        status=201,
+    ),
+    ("POST", "/sessions/import"): Detail(
+        "Restore a session from its export, owned by the caller (idempotent by turn id; 201 "
+        "when it made the session).",
+        "SessionImport",
+        status=201,
+        also=(200,),
+        errors={404},
+    ),
+    ("GET", "/sessions/{session_id}/export"): Detail(
+        "A session with every turn, its times, stats and metadata.", errors={404}
     ),
     ("GET", "/sessions/{session_id}/history"): Detail(
         "A session's turns.",
@@ -305,6 +339,17 @@ DETAILS: dict[tuple[str, str], Detail] = {
     ),
     ("GET", "/admin/keys/{key_id}"): Detail("One API key (never the secret).", errors={404}),
     ("DELETE", "/admin/keys/{key_id}"): Detail("Revoke an API key.", errors={404}),
+    ("DELETE", "/admin/sessions"): Detail(
+        "Delete every session and turn.",
+        query=(
+            Param(
+                "confirm",
+                {"type": "string", "enum": [CLEAR_CONFIRMATION]},
+                f"Must be `{CLEAR_CONFIRMATION}`.",
+                required=True,
+            ),
+        ),
+    ),
     ("GET", "/admin/audit"): Detail(
         "The audit log of admin actions, newest first.",
         query=(
@@ -458,6 +503,17 @@ EXTENSION_FIELDS = {
     "request_id": CLIENT_ID,
     "priority": PRIORITY,
 }
+# The session fields (session_fields.py); null is "not given", as Go's zero value.
+EXTENSION_FIELDS |= {
+    "max_history_length": {
+        "anyOf": [_int(0, MAX_HISTORY_LENGTH), {"type": "null"}],
+        "description": "At most this many stored history messages go with the new ones.",
+    },
+    "metadata": {
+        "anyOf": [{"type": "object"}, {"type": "null"}],
+        "description": f"Kept with the turn (at most {MAX_METADATA_BYTES} bytes of JSON).",
+    },
+}
 EXTENDED = ("chat", "generate", "embed", "embeddings")
 OPENAI_BODIES: dict[str, tuple[type[BaseModel], tuple[str, ...]]] = {
     "ChatCompletionRequest": (ChatCompletionRequest, ("model", "messages")),
@@ -588,6 +644,58 @@ def conversation_schemas() -> dict[str, Any]:
     }
 
 
+def session_schemas() -> dict[str, Any]:
+    """POST /sessions and POST /sessions/import (corral/session_routes.py). The import says no
+    more than the store checks: an export's other fields are ignored, times are whatever
+    pydantic reads as one."""
+    nullable_text = {"type": ["string", "null"]}
+    message = {
+        "type": "object",
+        "required": ["role"],
+        "properties": {
+            "role": {"type": "string", "enum": ["system", "user", "assistant", "tool"]},
+            "content": {"type": "string"},
+        },
+    }
+    turn = {
+        "type": "object",
+        "required": ["id", "model", "messages", "asked_at", "answered_at"],
+        "properties": {
+            "id": CLIENT_ID,
+            "model": {"type": "string"},
+            "kind": {"type": "string", "enum": ["chat", "generate"]},
+            "messages": {"type": "array", "minItems": 1, "items": message},
+            "stats": {"type": "object"},
+            "metadata": {"type": ["object", "null"]},
+        },
+    }
+    return {
+        "SessionCreate": {
+            "type": "object",
+            "additionalProperties": False,
+            "properties": {"title": nullable_text, "system_prompt": nullable_text},
+        },
+        "SessionImport": {
+            "type": "object",
+            "description": "What GET /sessions/{session_id}/export answers.",
+            "required": ["session"],
+            "properties": {
+                "format": {"type": "string", "enum": [EXPORT_FORMAT]},
+                "session": {
+                    "type": "object",
+                    "required": ["session_id"],
+                    "properties": {
+                        "session_id": CLIENT_ID,
+                        "title": nullable_text,
+                        "system_prompt": nullable_text,
+                    },
+                },
+                "turns": {"type": "array", "maxItems": MAX_IMPORT_TURNS, "items": turn},
+            },
+        },
+    }
+
+
 def error_schemas() -> dict[str, Any]:
     text = {"type": "string"}
     return {
@@ -662,6 +770,7 @@ def component_schemas() -> dict[str, Any]:
         "required": ["title"],
         "properties": {"title": {"type": "string"}},
     }
+    schemas.update(session_schemas())
     schemas.update(openai_bodies())
     schemas.update(key_schemas())
     schemas.update(conversation_schemas())

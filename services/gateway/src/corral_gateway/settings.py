@@ -37,6 +37,13 @@ class GatewaySettings(CorralSettings):
     # How long POST /api/providers/ollama/pull waits before answering 504; the pull itself
     # carries on in the model manager.
     provider_pull_timeout_s: float = Field(default=600.0, gt=0)
+    # The context window the backend runs with when the request sets no `num_ctx` (a model's
+    # larger context is capped at it); the session store's setting of the same name, which
+    # both must share. Stateless prompts are sized against it (context_check.py): one that
+    # cannot fit is a 413, one whose older messages the backend will drop says so in
+    # `context_info`; `stateless_context_check=false` sends them as they are, as to Ollama.
+    default_num_ctx: int = Field(default=4096, ge=64)
+    stateless_context_check: bool = True
     # Whether OpenAI's `user` field names a session on /v1 when nothing more explicit does.
     # Off for applications that set `user` for abuse tracking and send whole histories (the
     # session store would add the history a second time).

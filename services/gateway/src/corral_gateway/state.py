@@ -11,6 +11,7 @@ from typing import Any, Protocol
 from aiohttp import web
 
 from corral_common.broker import Broker
+from corral_common.context_lengths import CachedContextLengths
 from corral_common.messages import Job
 from corral_common.rpc import RpcClient
 from corral_common.supervision import spawn
@@ -45,6 +46,8 @@ class Gateway:
     relays: dict[str, QueueView] = field(default_factory=dict)
     # Cancels published after a client left; kept so shutdown can wait for them.
     background: set[asyncio.Task[None]] = field(default_factory=set)
+    # Models' context lengths, for stateless prompts (context_check.py); made on first use.
+    context_lengths: CachedContextLengths | None = None
 
     def spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         # Named after the coroutine (`Submitter.cancel`), for the failure log.

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from corral_gateway.admin import key_routes, lane_routes, model_routes
+from corral_gateway.admin import key_routes, lane_routes, model_routes, session_routes
 from corral_gateway.surfaces import ADMIN
 
 
@@ -25,3 +25,4 @@ def add_routes(router: web.UrlDispatcher) -> None:
     surface.get(router, "/admin/keys/{key_id}", key_routes.show_key, "admin")
     surface.delete(router, "/admin/keys/{key_id}", key_routes.revoke_key, "admin")
     surface.get(router, "/admin/audit", key_routes.audit_log, "admin")
+    surface.delete(router, "/admin/sessions", session_routes.clear_sessions, "admin")

@@ -13,6 +13,9 @@ from corral_gateway.surfaces import CORRAL
 def add_routes(router: web.UrlDispatcher) -> None:
     surface = CORRAL
     surface.get(router, "/sessions", session_routes.session_list)
+    surface.post(router, "/sessions", session_routes.session_create)
+    surface.post(router, "/sessions/import", session_routes.session_import)
+    surface.get(router, "/sessions/{session_id}/export", session_routes.session_export)
     surface.get(router, "/sessions/{session_id}/history", session_routes.session_history)
     surface.get(router, "/sessions/{session_id}/stats", session_routes.session_stats)
     surface.patch(router, "/sessions/{session_id}", session_routes.session_rename)

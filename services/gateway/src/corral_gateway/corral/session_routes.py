@@ -5,19 +5,28 @@ These are not Ollama paths, so errors use Corral's shape: `{"error": {"type", "m
 
 Each passes the caller's `owner`: a user key reads, lists, searches and changes its own sessions
 only (another owner's is answered exactly like a missing one); admins and auth off, everything.
+What a caller creates or imports is owned by its principal (admins' too), as a chat's turns are.
+
+The lifecycle (docs/session-store.md): `POST /sessions` makes an empty session with a new id
+(201); `GET /sessions?archived=true` lists the archived ones; `GET /sessions/{id}/export` is
+the session with every turn and its metadata, which `POST /sessions/import` restores
+(idempotent by turn id; 201 when it made the session, else 200).
 """
 
 from __future__ import annotations
 
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from aiohttp import web
 
 from corral_common import jsonutil
+from corral_common.clip import clip
 from corral_common.contracts import Method, Params, Result
 from corral_common.contracts.session_store import (
     SESSION_STORE,
+    CreateParams,
     HistoryParams,
+    ImportParams,
     ListParams,
     RenameParams,
     SearchParams,
@@ -25,11 +34,16 @@ from corral_common.contracts.session_store import (
 )
 from corral_common.errors import CorralError, ErrorType
 from corral_common.ids import InvalidId, check_client_id
+from corral_gateway.body import read_body
 from corral_gateway.extensions import invalid_id_error
 from corral_gateway.identity.principal import caller_of
 from corral_gateway.query_params import OFFSET_MAX, SEARCH_MAX, SESSION_LIST_MAX, int_query
 from corral_gateway.responses import json_response
 from corral_gateway.state import GATEWAY
+
+CREATE_FIELDS = ("title", "system_prompt")
+# What an import reads of an export (`GET /sessions/{id}/export`); the rest is ignored.
+IMPORT_FIELDS = ("format", "session", "turns")
 
 P = TypeVar("P", bound=Params)
 R = TypeVar("R", bound=Result)
@@ -53,8 +67,54 @@ async def session_list(request: web.Request) -> web.Response:
         limit=int_query(request, "limit", 20, minimum=1, maximum=SESSION_LIST_MAX),
         offset=int_query(request, "offset", 0, maximum=OFFSET_MAX),
         owner=_owner(request),
+        archived=_flag(request, "archived"),
     )
     return await _call(request, SESSION_STORE.list, params)
+
+
+async def session_create(request: web.Request) -> web.Response:
+    """Create an empty session with a new id (optionally its title and its own system prompt,
+    used by its chats that send none); 201 with the session and `X-Session-Id`."""
+    body = await _json_object(request, allow_empty=True)
+    unknown = sorted(set(body) - set(CREATE_FIELDS))
+    if unknown:
+        raise _invalid(
+            f"unknown field {clip(unknown[0])!r}: use {', '.join(CREATE_FIELDS)}",
+            field=unknown[0],
+        )
+    for name in CREATE_FIELDS:
+        if body.get(name) is not None and not isinstance(body[name], str):
+            raise _invalid(f"{name} must be a string", field=name)
+    params = CreateParams(
+        owner=caller_of(request).principal,
+        title=body.get("title"),
+        system_prompt=body.get("system_prompt") or None,
+    )
+    created = await request.app[GATEWAY].rpc.call(SESSION_STORE.create, params)
+    session_id = created.session_id
+    headers = {"X-Session-Id": session_id, "Location": f"/sessions/{session_id}/history"}
+    return json_response(created.wire(), 201, headers)
+
+
+async def session_export(request: web.Request) -> web.Response:
+    """The session and every turn (ids, times, stats, metadata), for `POST /sessions/import`."""
+    session_id = _session_id(request)
+    params = SessionParams(session_id=session_id, owner=_owner(request))
+    exported = await request.app[GATEWAY].rpc.call(SESSION_STORE.export, params)
+    disposition = f'attachment; filename="session-{session_id}.json"'
+    return json_response(exported.wire(), 200, {"Content-Disposition": disposition})
+
+
+async def session_import(request: web.Request) -> web.Response:
+    """Restore an export under its session id, owned by the caller; idempotent by turn id."""
+    body = await _json_object(request)
+    params = ImportParams(
+        **{key: body[key] for key in IMPORT_FIELDS if key in body},
+        owner=caller_of(request).principal,
+    )
+    imported = await request.app[GATEWAY].rpc.call(SESSION_STORE.import_, params)
+    status = 201 if imported.created else 200
+    return json_response(imported.wire(), status, {"X-Session-Id": imported.session_id})
 
 
 async def session_history(request: web.Request) -> web.Response:
@@ -116,5 +176,38 @@ def _caller(request: web.Request) -> str:
     return (key or caller.address or "anonymous")[:256]
 
 
-def _invalid(message: str) -> CorralError:
-    return CorralError(ErrorType.INVALID_REQUEST, message)
+def _invalid(message: str, *, field: str | None = None) -> CorralError:
+    details = {"field": field} if field is not None else None
+    return CorralError(ErrorType.INVALID_REQUEST, message, details=details)
+
+
+FLAGS = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}
+
+
+def _flag(request: web.Request, name: str) -> bool:
+    raw = request.query.get(name)
+    if raw is None:
+        return False
+    if raw not in FLAGS:
+        raise CorralError(
+            ErrorType.INVALID_REQUEST,
+            f"{name} must be true or false, not {clip(raw)!r}",
+            details={"parameter": name},
+        )
+    return FLAGS[raw]
+
+
+async def _json_object(request: web.Request, *, allow_empty: bool = False) -> dict[str, Any]:
+    """The body as a JSON object (an empty body is `{}` when `allow_empty`)."""
+    raw = await read_body(request, request.app[GATEWAY].settings.max_body_bytes)
+    if allow_empty and not raw.strip():
+        return {}
+    try:
+        body = jsonutil.loads_bounded(raw)
+    except jsonutil.TooDeep as exc:
+        raise _invalid(str(exc)) from exc
+    except jsonutil.JSONDecodeError as exc:
+        raise _invalid("the body must be a JSON object") from exc
+    if not isinstance(body, dict):
+        raise _invalid("the body must be a JSON object")
+    return body

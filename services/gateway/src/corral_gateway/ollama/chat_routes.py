@@ -15,6 +15,12 @@ from corral_common.errors import CorralError
 from corral_common.messages import Done, Job, JobKind
 from corral_gateway import metrics
 from corral_gateway.body import read_request
+from corral_gateway.context_check import (
+    asked_num_ctx,
+    check_stateless,
+    context_windows,
+    window_of,
+)
 from corral_gateway.encoders import NdjsonEncoder, StreamEncoder
 from corral_gateway.extensions import Extensions, backend_payload, read_extensions
 from corral_gateway.identity.principal import caller_of
@@ -105,8 +111,10 @@ async def _serve(
         # refuses it as invalid; the surface renders the error.
         outcome.label = "invalid"
         raise
-    # From here on, every answer names the request.
+    # From here on, every answer names the request (and its session, which may be new).
     answer_with(request, {"X-Request-Id": ext.request_id})
+    if ext.session_id is not None:
+        answer_with(request, {"X-Session-Id": ext.session_id})
     with structlog.contextvars.bound_contextvars(
         request_id=ext.request_id, session_id=ext.session_id
     ):
@@ -143,7 +151,13 @@ async def _conversation(
     new = _new_messages(kind, body)
     if ext.session_id is None or not new:
         # Load and unload requests (nothing to say) are not turns of a conversation.
-        return Conversation(payload, stream, messages_used=_messages_used(kind, body))
+        context_info = await _stateless_context(gateway, kind, model, payload) if new else None
+        return Conversation(
+            payload,
+            stream,
+            context_info=context_info,
+            messages_used=_messages_used(kind, body),
+        )
     # Messages the store would refuse are refused here, in the store's words.
     params = AssembleParams(
         session_id=ext.session_id,
@@ -153,6 +167,7 @@ async def _conversation(
         options=body.get("options") if isinstance(body.get("options"), dict) else None,
         owner=ext.owner,
         request_id=ext.request_id,
+        max_history_length=ext.session.max_history_length,
     )
     assembled = await gateway.rpc.call(SESSION_STORE.assemble, params)
     if kind == "chat":
@@ -164,6 +179,26 @@ async def _conversation(
         context_info=assembled.context_info.wire(),
         messages_used=assembled.context_info.messages_used or len(new),
     )
+
+
+async def _stateless_context(
+    gateway: Gateway, kind: JobKind, model: str, payload: dict[str, Any]
+) -> dict[str, Any] | None:
+    """What the backend will make of a prompt without a session (context_check.py): None
+    when it fits its window, the truncation it will do otherwise; a 413 when the message to
+    answer cannot fit."""
+    settings = gateway.settings
+    if not settings.stateless_context_check:
+        return None
+    lengths = getattr(gateway, "context_lengths", None)
+    if lengths is None:
+        lengths = gateway.context_lengths = context_windows(gateway.rpc)
+    options = payload.get("options")
+    options = options if isinstance(options, dict) else None
+    length = None
+    if asked_num_ctx(options) is None:
+        length = await lengths.context_length(model)
+    return check_stateless(kind, payload, window_of(options, length, settings.default_num_ctx))
 
 
 def _new_messages(kind: JobKind, body: dict[str, Any]) -> list[dict[str, Any]]:
@@ -264,6 +299,7 @@ def _job(
         session_id=ext.session_id,
         turn=conversation.turn,
         owner=ext.owner,
+        metadata=ext.session.metadata if ext.session_id is not None else None,
         client_key=ext.client_key,
         max_queued=ext.max_queued,
         queue_progress=ext.queue_progress,
