@@ -286,3 +286,24 @@ async def test_lists_and_searches_cover_the_owners_own(
     # What a conversation's creator writes into it through either API stays its own.
     await turn(store, session_id_of(mine), "more", "ok", request_id="r-more", owner="alice")
     assert len((await conversations.detail(session_id_of(mine), "alice"))["messages"]) == 4
+
+
+async def test_archived_conversations_are_listed_apart(
+    store: SessionStore, conversations: ConversationStore
+) -> None:
+    active = await conversations.create("active", MODEL, None)
+    idle = await conversations.create("idle", MODEL, None)
+    created = await store.find_session(session_id_of(idle))
+    assert created is not None and created["touched_at"] == created["created_at"]
+    # The sessions' lifecycle job archives a session by setting `archived_at`.
+    await store.sessions.update_one(
+        {"_id": session_id_of(idle)}, {"$set": {"archived_at": utcnow()}}
+    )
+    listing = await conversations.list(500, 0, None)
+    assert [c["id"] for c in listing["conversations"]] == [active]
+    assert set(listing["conversations"][0]) == {"id", "title", "model", "created_at", "updated_at"}
+    archived = (await conversations.list(500, 0, None, archived=True))["conversations"]
+    assert [c["id"] for c in archived] == [idle]
+    assert archived[0]["archived"] is True and archived[0]["archived_at"].endswith("Z")
+    # Still readable, as an archived session is.
+    assert (await conversations.describe(session_id_of(idle), None))["archived"] is True

@@ -386,7 +386,11 @@ DETAILS: dict[tuple[str, str], Detail] = {
     ("GET", "/api/config"): Detail("The server's effective, non-secret settings."),
     ("GET", "/api/conversations"): Detail(
         "The caller's conversations, most recently updated first.",
-        query=(Param("limit", _int(1, SESSION_LIST_MAX), "How many to list."), OFFSET),
+        query=(
+            Param("limit", _int(1, SESSION_LIST_MAX), "How many to list."),
+            OFFSET,
+            Param("archived", FLAG, "The archived conversations instead of the active ones."),
+        ),
     ),
     ("POST", "/api/conversations"): Detail(
         "Create a conversation.", "ConversationCreate", status=201, errors={404}

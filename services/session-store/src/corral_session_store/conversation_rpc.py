@@ -55,7 +55,7 @@ def conversation_methods(
 
     @table.serves(CONVERSATIONS.list)
     async def list_(p: ListParams) -> ConversationList:
-        found = await conversations.list(p.limit, p.offset, p.owner)
+        found = await conversations.list(p.limit, p.offset, p.owner, archived=p.archived)
         return ConversationList.model_validate(found)
 
     @table.serves(CONVERSATIONS.stats)

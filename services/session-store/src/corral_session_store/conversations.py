@@ -32,7 +32,7 @@ from pymongo.errors import DuplicateKeyError
 from corral_common.contracts.conversations import conversation_id_of
 from corral_common.errors import CorralError, ErrorType
 from corral_session_store.sessions import SessionService
-from corral_session_store.store import Document, iso, utcnow
+from corral_session_store.store import ACTIVE, ARCHIVED, Document, is_archived, iso, utcnow
 from corral_session_store.tokens import CHARS_PER_TOKEN
 
 SEQUENCES = "sequences"
@@ -77,14 +77,19 @@ def conversation_model(session: Mapping[str, Any]) -> str | None:
     return str(models[-1]) if models else None
 
 
-def conversation(session: Mapping[str, Any]) -> Document:
-    return {
+def conversation(session: Document) -> Document:
+    """The seed's conversation object; an archived one (the sessions' lifecycle) also says so,
+    `archived` and `archived_at`, as the session lists do (an active one: the seed's fields)."""
+    found: Document = {
         "id": conversation_id_of(str(session["_id"])),
         "title": session.get("title"),
         "model": conversation_model(session),
         "created_at": iso(session.get("created_at")),
         "updated_at": iso(session.get("last_activity")),
     }
+    if is_archived(session):
+        found |= {"archived": True, "archived_at": iso(session.get("archived_at"))}
+    return found
 
 
 @dataclass
@@ -153,8 +158,10 @@ class ConversationStore:
                         "owner": owner,
                         "created_at": now,
                         "last_activity": now,
+                        "touched_at": now,
                         "turn_seq": 0,
                         "models": [],
+                        "systems": [],
                     }
                 )
             except DuplicateKeyError:
@@ -239,11 +246,25 @@ class ConversationStore:
         summary, by_role = summarise(await self.messages(session_id))
         return {"summary": summary, "by_role": by_role}
 
-    async def list(self, limit: int, offset: int, owner: str | None) -> Document:
-        selector = {} if owner is None else {"owner": owner}
+    async def list(
+        self, limit: int, offset: int, owner: str | None, *, archived: bool = False
+    ) -> Document:
+        """The active conversations (or, `archived`, the archived ones), as the session lists
+        are: newest first."""
+        selector = {
+            **({} if owner is None else {"owner": owner}),
+            **(ARCHIVED if archived else ACTIVE),
+        }
         page = await self.store.sessions.find(
             selector,
-            {"title": 1, "model": 1, "models": 1, "created_at": 1, "last_activity": 1},
+            {
+                "title": 1,
+                "model": 1,
+                "models": 1,
+                "created_at": 1,
+                "last_activity": 1,
+                "archived_at": 1,
+            },
             sort=[("last_activity", DESCENDING), ("_id", ASCENDING)],
             skip=offset,
             limit=limit,

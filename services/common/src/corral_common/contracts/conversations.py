@@ -98,6 +98,7 @@ class Conversation(Result):
     """The model it was created with; for a session the Ollama API started, its newest."""
     created_at: str | None
     updated_at: str | None
+    # An archived conversation also has `archived: true` and `archived_at` (extra fields).
 
 
 class ConversationDetail(Result):
@@ -113,6 +114,8 @@ class ListParams(Params):
     limit: Annotated[int, Field(ge=1, le=MAX_LIST)] = MAX_LIST
     offset: Annotated[int, Field(ge=0, le=MAX_OFFSET)] = 0
     owner: Owner | None = None
+    archived: bool = False
+    """The archived conversations (the sessions' lifecycle) instead of the active ones."""
 
 
 class ConversationList(Result):

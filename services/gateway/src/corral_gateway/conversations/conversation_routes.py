@@ -76,12 +76,26 @@ def _text(body: dict[str, Any], field: str) -> str:
     return value
 
 
+FLAGS = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}
+
+
+def _flag(request: web.Request, name: str) -> bool:
+    raw = request.query.get(name)
+    if raw is None:
+        return False
+    if raw not in FLAGS:
+        raise validation_error(name, f"{name} must be true or false")
+    return FLAGS[raw]
+
+
 async def conversation_list(request: web.Request) -> web.Response:
-    """The caller's conversations, most recently updated first."""
+    """The caller's conversations, most recently updated first: the active ones, or with
+    `?archived=true` the archived ones (the sessions' lifecycle archives idle sessions)."""
     params = ListParams(
         limit=int_query(request, "limit", SESSION_LIST_MAX, minimum=1, maximum=SESSION_LIST_MAX),
         offset=int_query(request, "offset", 0, maximum=OFFSET_MAX),
         owner=_owner(request),
+        archived=_flag(request, "archived"),
     )
     found = await request.app[GATEWAY].rpc.call(CONVERSATIONS.list, params)
     return json_response(found.wire(), 200)
