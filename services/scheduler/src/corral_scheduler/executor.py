@@ -60,6 +60,8 @@ class Running:
     stage: CancelStage = "loading"
     tokens: int = 0
     cancel_reason: str | None = None
+    # Stops the job at its request's total deadline (`Executor._arm_deadline`).
+    deadline_timer: asyncio.TimerHandle | None = None
 
 
 class Executor:
@@ -133,7 +135,7 @@ class Executor:
         _score_estimate(entry)
         task = asyncio.create_task(self._run(entry), name=f"job-{clip(entry.request_id)}")
         self.running = Running(entry, task, time.monotonic())
-        timer = self._arm_deadline(entry)
+        self.running.deadline_timer = timer = self._arm_deadline(entry)
         self.progressed()
         metrics.QUEUE_RUNNING.set(1)
         self.lane_moved.set()
@@ -269,6 +271,10 @@ class Executor:
                 # No tokens on this path: stop the pump ("Task was destroyed but it is
                 # pending" after every embedding, load and unload).
                 await batcher.abort()
+            if running is not None and running.deadline_timer is not None:
+                # The backend's part is over: its answer goes out whole, not cut by a
+                # deadline passing while it is being published.
+                running.deadline_timer.cancel()
             await self.sink.send(job, done)
             return "done"
         except asyncio.CancelledError:
