@@ -17,6 +17,7 @@ from corral_common.contracts import (
     declared,
     parse,
 )
+from corral_common.contracts.conversations import CONVERSATIONS
 from corral_common.contracts.identity import IDENTITY
 from corral_common.contracts.model_manager import (
     MODEL_MANAGER,
@@ -58,8 +59,11 @@ def test_lanes_come_from_the_declarations() -> None:
     reads = {"search": "reads", "stats": "reads", "history": "reads", "list": "reads"}
     reads |= {"export": "reads", "import": "reads"}
     identity = {m.name: "identity" for m in declared(IDENTITY)}
-    assert {SESSION_STORE_SERVICE: reads | identity} == RPC_LANES
-    for method in (*declared(SESSION_STORE), *declared(MODEL_MANAGER)):
+    conversations = {
+        f"conversation_{name}": "reads" for name in ("detail", "list", "stats", "search")
+    }
+    assert {SESSION_STORE_SERVICE: reads | identity | conversations} == RPC_LANES
+    for method in (*declared(SESSION_STORE), *declared(CONVERSATIONS), *declared(MODEL_MANAGER)):
         assert method.route == rpc_route(method.service, method.name)
     assert SESSION_STORE.search.route == "session-store.reads"
     assert SESSION_STORE.assemble.route == "session-store"

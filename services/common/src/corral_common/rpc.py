@@ -34,6 +34,7 @@ from pydantic import ValidationError
 from corral_common import jsonutil
 from corral_common.broker import Broker
 from corral_common.contracts import Method, Params, Result, lanes_of, parse
+from corral_common.contracts.conversations import CONVERSATIONS
 from corral_common.contracts.identity import IDENTITY
 from corral_common.contracts.model_manager import MODEL_MANAGER
 from corral_common.contracts.session_store import SESSION_STORE
@@ -51,7 +52,9 @@ R = TypeVar("R", bound=Result)
 
 
 # service -> method -> lane: methods that may be slow, served apart from the service's others.
-RPC_LANES: dict[str, dict[str, str]] = lanes_of([SESSION_STORE, IDENTITY, MODEL_MANAGER])
+RPC_LANES: dict[str, dict[str, str]] = lanes_of(
+    [SESSION_STORE, IDENTITY, CONVERSATIONS, MODEL_MANAGER]
+)
 
 
 class MethodTable:
