@@ -170,7 +170,7 @@ async def search(request: web.Request) -> web.Response:
 
 def search_caller(request: web.Request) -> str:
     """Who is searching, for the store's per-caller bound: a key's subject; for anonymous
-    callers (auth off) their X-Client-Id, else their address (as the session routes)."""
+    callers (auth off) their X-Client-Id, as in the queue's fair share, else their address."""
     caller = caller_of(request)
     if caller.key_id is not None:
         return caller.subject[:256]

@@ -3,7 +3,7 @@
 These are not Ollama paths, so errors use Corral's shape: `{"error": {"type", "message",
 "details"}}` with the documented status (404 `session_not_found`, 400 `invalid_request`).
 
-Each passes the caller's `owner`: a user key reads, lists, searches and changes its own sessions
+Each passes the caller's `owner`: a user key reads, lists and changes its own sessions
 only (another owner's is answered exactly like a missing one); admins and auth off, everything.
 What a caller creates or imports is owned by its principal (admins' too), as a chat's turns are.
 
@@ -29,7 +29,6 @@ from corral_common.contracts.session_store import (
     ImportParams,
     ListParams,
     RenameParams,
-    SearchParams,
     SessionParams,
 )
 from corral_common.errors import CorralError, ErrorType
@@ -37,7 +36,7 @@ from corral_common.ids import InvalidId, check_client_id
 from corral_gateway.body import read_body
 from corral_gateway.extensions import invalid_id_error
 from corral_gateway.identity.principal import caller_of
-from corral_gateway.query_params import OFFSET_MAX, SEARCH_MAX, SESSION_LIST_MAX, int_query
+from corral_gateway.query_params import OFFSET_MAX, SESSION_LIST_MAX, int_query
 from corral_gateway.responses import json_response
 from corral_gateway.state import GATEWAY
 
@@ -148,32 +147,8 @@ async def session_delete(request: web.Request) -> web.Response:
     return await _call(request, SESSION_STORE.delete, params)
 
 
-async def search(request: web.Request) -> web.Response:
-    query = request.query.get("q", "")
-    if not query.strip():
-        raise _invalid("the query parameter q is required")
-    params = SearchParams(
-        q=query,
-        limit=int_query(request, "limit", 50, minimum=1, maximum=SEARCH_MAX),
-        owner=_owner(request),
-        caller=_caller(request),
-    )
-    return await _call(request, SESSION_STORE.search, params)
-
-
 def _owner(request: web.Request) -> str | None:
     return caller_of(request).owner
-
-
-def _caller(request: web.Request) -> str:
-    """Who is searching, for the store's per-caller bound: a key's subject (`key:<principal>`);
-    for anonymous callers (auth off) their X-Client-Id, as in the queue's fair share, else
-    their address."""
-    caller = caller_of(request)
-    if caller.key_id is not None:
-        return caller.subject[:256]
-    key = (caller.client_id or "").strip()
-    return (key or caller.address or "anonymous")[:256]
 
 
 def _invalid(message: str, *, field: str | None = None) -> CorralError:
