@@ -45,6 +45,7 @@ from corral_session_store.model_info import (
     ContextLengths,
 )
 from corral_session_store.rpc_api import SERVICE, methods
+from corral_session_store.search_gate import BoundedSearches
 from corral_session_store.sessions import SessionService
 from corral_session_store.settings import SessionStoreSettings
 from corral_session_store.store import Document, SessionStore
@@ -182,9 +183,11 @@ async def rpc_ctx(app: web.Application) -> AsyncIterator[None]:
         store, app[LENGTHS], settings, calibrations=await store.load_calibrations()
     )
     app[SERVICE_CORE] = service
+    # One set of search bounds for both APIs' searches: they scan the same database.
+    searches = BoundedSearches(settings)
     table = {
-        **methods(service),
-        **conversation_methods(service),
+        **methods(service, searches),
+        **conversation_methods(service, searches),
         **identity_methods(app[IDENTITY_STORE], KeyAnnouncer(broker)),
     }
     server = RpcServer(broker, SERVICE, table)

@@ -1,7 +1,7 @@
 """The conversation RPC methods (corral_common.contracts.conversations): seed 004's llama-chat
 API over the session store's sessions, served beside the session methods (`rpc_api`), on the
-main queue and the `reads` lane as declared. Searches are bounded like the session store's own
-(`CORRAL_SEARCH_*`: results, time, and a concurrency gate of their own)."""
+main queue and the `reads` lane as declared. Searches run within the session searches' bounds
+(`CORRAL_SEARCH_*`: results, time, and the same concurrency gate)."""
 
 from __future__ import annotations
 
@@ -23,20 +23,13 @@ from corral_common.contracts.session_store import SearchParams
 from corral_common.rpc import Handler, MethodTable
 from corral_session_store.conversations import ConversationStore
 from corral_session_store.rpc_api import SERVICE, database_errors
-from corral_session_store.search_gate import SearchGate
+from corral_session_store.search_gate import BoundedSearches
 from corral_session_store.sessions import SessionService
 
 
-def conversation_methods(
-    service: SessionService, search_gate: SearchGate | None = None
-) -> dict[str, Handler]:
+def conversation_methods(service: SessionService, searches: BoundedSearches) -> dict[str, Handler]:
     conversations = ConversationStore(service)
     settings = service.settings
-    gate = search_gate or SearchGate(
-        settings.search_concurrency,
-        settings.search_concurrency_per_caller,
-        settings.search_retry_after_s,
-    )
     table = MethodTable(SERVICE)
 
     @table.serves(CONVERSATIONS.create)
@@ -65,14 +58,7 @@ def conversation_methods(
 
     @table.serves(CONVERSATIONS.search)
     async def search(p: SearchParams) -> ConversationSearch:
-        with gate.admit(p.caller or p.owner or "anonymous"):
-            found = await conversations.search(
-                p.q,
-                min(p.limit, settings.search_max_results),
-                p.owner,
-                time_limit_ms=settings.search_timeout_ms,
-            )
-        return ConversationSearch.model_validate(found)
+        return ConversationSearch.model_validate(await searches.run(p, conversations.search))
 
     @table.serves(CONVERSATIONS.settings)
     async def settings_(p: NoSettingsParams) -> StoreSettings:

@@ -37,7 +37,7 @@ from corral_common.contracts.session_store import (
 )
 from corral_common.errors import CorralError, ErrorType
 from corral_common.rpc import Handler, MethodTable
-from corral_session_store.search_gate import SearchGate
+from corral_session_store.search_gate import BoundedSearches
 from corral_session_store.sessions import SessionService
 
 log = structlog.get_logger(__name__)
@@ -69,14 +69,8 @@ def database_errors(handler: Handler) -> Handler:
     return wrapped
 
 
-def methods(service: SessionService, search_gate: SearchGate | None = None) -> dict[str, Handler]:
+def methods(service: SessionService, searches: BoundedSearches) -> dict[str, Handler]:
     store = service.store
-    settings = service.settings
-    gate = search_gate or SearchGate(
-        settings.search_concurrency,
-        settings.search_concurrency_per_caller,
-        settings.search_retry_after_s,
-    )
     table = MethodTable(SERVICE)
 
     @table.serves(SESSION_STORE.assemble)
@@ -114,14 +108,7 @@ def methods(service: SessionService, search_gate: SearchGate | None = None) -> d
 
     @table.serves(SESSION_STORE.search)
     async def search(p: SearchParams) -> SearchResult:
-        with gate.admit(p.caller or p.owner or "anonymous"):
-            found = await store.search(
-                p.q,
-                min(p.limit, settings.search_max_results),
-                p.owner,
-                time_limit_ms=settings.search_timeout_ms,
-            )
-        return SearchResult.model_validate(found)
+        return SearchResult.model_validate(await searches.run(p, store.search))
 
     @table.serves(SESSION_STORE.stats)
     async def stats(p: SessionParams) -> StatsResult:

@@ -6,15 +6,23 @@ timeout failed them. So searches are admitted up to a bound, and one over the bo
 at once (429 for a caller over its own share, 503 when the store as a whole is busy, both with
 `Retry-After`) instead of queueing: a queue of searches would only move the wait to the
 client, and a refusal tells it what to do.
+
+`BoundedSearches` runs a search under every bound at once (the gate, the result cap and the
+time limit); the session and conversation searches share one, so the store's bound is one bound
+whichever API the searches come through.
 """
 
 from __future__ import annotations
 
 import contextlib
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Awaitable, Iterator
+from typing import Protocol
 
+from corral_common.contracts.session_store import SearchParams
 from corral_common.errors import CorralError, ErrorType
+from corral_session_store.settings import SessionStoreSettings
+from corral_session_store.store import Document
 
 
 class SearchGate:
@@ -64,3 +72,34 @@ class SearchGate:
             details=details,
             headers={"Retry-After": str(self.retry_after_s)},
         )
+
+
+class Search(Protocol):
+    """`SessionStore.search` or `ConversationStore.search`: a scan of the turns."""
+
+    def __call__(
+        self, query: str, limit: int, owner: str | None, *, time_limit_ms: int | None
+    ) -> Awaitable[Document]: ...
+
+
+class BoundedSearches:
+    """Runs searches within `CORRAL_SEARCH_*`: admitted by the gate, `limit` capped at
+    `search_max_results`, the scan stopped after `search_timeout_ms`."""
+
+    def __init__(self, settings: SessionStoreSettings) -> None:
+        self.gate = SearchGate(
+            settings.search_concurrency,
+            settings.search_concurrency_per_caller,
+            settings.search_retry_after_s,
+        )
+        self.max_results = settings.search_max_results
+        self.timeout_ms = settings.search_timeout_ms
+
+    async def run(self, params: SearchParams, search: Search) -> Document:
+        with self.gate.admit(params.caller or params.owner or "anonymous"):
+            return await search(
+                params.q,
+                min(params.limit, self.max_results),
+                params.owner,
+                time_limit_ms=self.timeout_ms,
+            )
