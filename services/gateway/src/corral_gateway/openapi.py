@@ -48,7 +48,7 @@ from corral_gateway.openai.requests import (
     CompletionRequest,
     EmbeddingRequest,
 )
-from corral_gateway.query_params import OFFSET_MAX, SEARCH_MAX, SESSION_LIST_MAX
+from corral_gateway.query_params import FLAGS, OFFSET_MAX, SEARCH_MAX, SESSION_LIST_MAX
 from corral_gateway.surfaces import CORRAL, route_meta
 from corral_gateway.validation import (
     DURATION,
@@ -165,12 +165,8 @@ QUEUE_HEADERS = (
         "0: no queue position chunks in the stream.",
     ),
 )
-FLAG = {"type": "string", "enum": ["true", "false", "1", "0", "yes", "no"]}
-FORCE = Param(
-    "force",
-    {"type": "string", "enum": ["true", "false", "1", "0", "yes", "no"]},
-    "Also when the lane is paused or draining.",
-)
+FLAG = {"type": "string", "enum": list(FLAGS)}
+FORCE = Param("force", FLAG, "Also when the lane is paused or draining.")
 # What a generation may answer beyond a plain request's errors.
 GENERATION_ERRORS = frozenset({404, 408, 409, 413, 500, 504})
 MODEL_OPERATION_ERRORS = frozenset({404, 409, 500, 504})

@@ -31,7 +31,13 @@ from corral_common.ids import is_valid_client_id
 from corral_gateway.body import read_body
 from corral_gateway.conversations.errors import missing_field, validation_error
 from corral_gateway.identity.principal import caller_of
-from corral_gateway.query_params import OFFSET_MAX, SEARCH_MAX, SESSION_LIST_MAX, int_query
+from corral_gateway.query_params import (
+    OFFSET_MAX,
+    SEARCH_MAX,
+    SESSION_LIST_MAX,
+    flag_query,
+    int_query,
+)
 from corral_gateway.responses import json_response
 from corral_gateway.state import GATEWAY
 
@@ -76,18 +82,6 @@ def _text(body: dict[str, Any], field: str) -> str:
     return value
 
 
-FLAGS = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}
-
-
-def _flag(request: web.Request, name: str) -> bool:
-    raw = request.query.get(name)
-    if raw is None:
-        return False
-    if raw not in FLAGS:
-        raise validation_error(name, f"{name} must be true or false")
-    return FLAGS[raw]
-
-
 async def conversation_list(request: web.Request) -> web.Response:
     """The caller's conversations, most recently updated first: the active ones, or with
     `?archived=true` the archived ones (the sessions' lifecycle archives idle sessions)."""
@@ -95,7 +89,7 @@ async def conversation_list(request: web.Request) -> web.Response:
         limit=int_query(request, "limit", SESSION_LIST_MAX, minimum=1, maximum=SESSION_LIST_MAX),
         offset=int_query(request, "offset", 0, maximum=OFFSET_MAX),
         owner=_owner(request),
-        archived=_flag(request, "archived"),
+        archived=flag_query(request, "archived"),
     )
     found = await request.app[GATEWAY].rpc.call(CONVERSATIONS.list, params)
     return json_response(found.wire(), 200)

@@ -36,7 +36,7 @@ from corral_common.ids import InvalidId, check_client_id
 from corral_gateway.body import read_body
 from corral_gateway.extensions import invalid_id_error
 from corral_gateway.identity.principal import caller_of
-from corral_gateway.query_params import OFFSET_MAX, SESSION_LIST_MAX, int_query
+from corral_gateway.query_params import OFFSET_MAX, SESSION_LIST_MAX, flag_query, int_query
 from corral_gateway.responses import json_response
 from corral_gateway.state import GATEWAY
 
@@ -66,7 +66,7 @@ async def session_list(request: web.Request) -> web.Response:
         limit=int_query(request, "limit", 20, minimum=1, maximum=SESSION_LIST_MAX),
         offset=int_query(request, "offset", 0, maximum=OFFSET_MAX),
         owner=_owner(request),
-        archived=_flag(request, "archived"),
+        archived=flag_query(request, "archived"),
     )
     return await _call(request, SESSION_STORE.list, params)
 
@@ -154,22 +154,6 @@ def _owner(request: web.Request) -> str | None:
 def _invalid(message: str, *, field: str | None = None) -> CorralError:
     details = {"field": field} if field is not None else None
     return CorralError(ErrorType.INVALID_REQUEST, message, details=details)
-
-
-FLAGS = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}
-
-
-def _flag(request: web.Request, name: str) -> bool:
-    raw = request.query.get(name)
-    if raw is None:
-        return False
-    if raw not in FLAGS:
-        raise CorralError(
-            ErrorType.INVALID_REQUEST,
-            f"{name} must be true or false, not {clip(raw)!r}",
-            details={"parameter": name},
-        )
-    return FLAGS[raw]
 
 
 async def _json_object(request: web.Request, *, allow_empty: bool = False) -> dict[str, Any]:
