@@ -32,7 +32,15 @@ from pymongo.errors import DuplicateKeyError
 from corral_common.contracts.conversations import conversation_id_of
 from corral_common.errors import CorralError, ErrorType
 from corral_session_store.sessions import SessionService
-from corral_session_store.store import ACTIVE, ARCHIVED, Document, is_archived, iso, utcnow
+from corral_session_store.store import (
+    ACTIVE,
+    ARCHIVED,
+    Document,
+    empty_session,
+    is_archived,
+    iso,
+    utcnow,
+)
 from corral_session_store.tokens import CHARS_PER_TOKEN
 
 SEQUENCES = "sequences"
@@ -148,22 +156,11 @@ class ConversationStore:
         """A new, empty conversation under the next free number; that number."""
         for _ in range(CREATE_ATTEMPTS):
             number = await self._next_number()
-            now = utcnow()
+            # The model it was created with (`conversation_model`), which a session started
+            # through the Ollama API does not have.
+            doc = empty_session(str(number), owner, title, utcnow()) | {"model": model}
             try:
-                await self.store.sessions.insert_one(
-                    {
-                        "_id": str(number),
-                        "title": title,
-                        "model": model,
-                        "owner": owner,
-                        "created_at": now,
-                        "last_activity": now,
-                        "touched_at": now,
-                        "turn_seq": 0,
-                        "models": [],
-                        "systems": [],
-                    }
-                )
+                await self.store.sessions.insert_one(doc)
             except DuplicateKeyError:
                 await self._skip_used(number)
                 continue

@@ -220,6 +220,36 @@ ACTIVE: Document = {"archived_at": None}
 ARCHIVED: Document = {"archived_at": {"$ne": None}}
 
 
+def empty_session(
+    session_id: str,
+    owner: str | None,
+    title: str | None,
+    now: datetime,
+    *,
+    created_at: datetime | None = None,
+    last_activity: datetime | None = None,
+    system_prompt: str | None = None,
+) -> Document:
+    """A session document with no turns yet (POST /sessions, an import, a new conversation),
+    ready for `insert_one`: used `now` (so its idle time starts now), its turn sequence at 0.
+    `created_at` and `last_activity` are an import's own; otherwise `now`."""
+    created_at = created_at or now
+    doc: Document = {
+        "_id": session_id,
+        "title": title,
+        "owner": owner,
+        "created_at": created_at,
+        "last_activity": last_activity or created_at,
+        "touched_at": now,
+        "turn_seq": 0,
+        "models": [],
+        "systems": [],
+    }
+    if system_prompt:
+        doc["system_prompt"] = system_prompt
+    return doc
+
+
 def owned_by(session: Document, owner: str | None) -> bool:
     """Whether a caller asking as `owner` may touch `session` (see `_owner_filter`)."""
     return owner is None or session.get("owner") == owner
@@ -522,20 +552,7 @@ class SessionStore:
         system_prompt: str | None = None,
     ) -> Document:
         """A new, empty session with a new id (POST /sessions), owned by `owner`."""
-        now = utcnow()
-        doc: Document = {
-            "_id": new_id(),
-            "title": title,
-            "owner": owner,
-            "created_at": now,
-            "last_activity": now,
-            "touched_at": now,
-            "turn_seq": 0,
-            "models": [],
-            "systems": [],
-        }
-        if system_prompt:
-            doc["system_prompt"] = system_prompt
+        doc = empty_session(new_id(), owner, title, utcnow(), system_prompt=system_prompt)
         await self.sessions.insert_one(doc)
         return self._described(doc, 0)
 
@@ -654,19 +671,15 @@ class SessionStore:
         existing = await self.sessions.find_one({"_id": session_id})
         created = False
         if existing is None:
-            doc: Document = {
-                "_id": session_id,
-                "title": about.title,
-                "owner": owner,
-                "created_at": about.created_at or now,
-                "last_activity": about.last_activity or about.created_at or now,
-                "touched_at": now,
-                "turn_seq": 0,
-                "models": [],
-                "systems": [],
-            }
-            if about.system_prompt:
-                doc["system_prompt"] = about.system_prompt
+            doc = empty_session(
+                session_id,
+                owner,
+                about.title,
+                now,
+                created_at=about.created_at,
+                last_activity=about.last_activity,
+                system_prompt=about.system_prompt,
+            )
             try:
                 await self.sessions.insert_one(doc)
                 created = True
