@@ -12,10 +12,11 @@ import asyncio
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
 import structlog
 from aio_pika.abc import AbstractIncomingMessage
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from corral_common.contracts.identity import KEYS_CHANGED_KEY, KeyChanged
 from corral_common.messages import EVENT_ADAPTER, LIVE_KINDS, Event, Failed, ModelList
@@ -39,6 +40,22 @@ class BrokerLost:
 
 
 Delivery = Event | BrokerLost
+M = TypeVar("M", bound=BaseModel)
+
+
+def _reading(model: type[M], what: str, handle: Callable[[M], None]) -> Callable[[bytes], None]:
+    """`handle`, fed a broadcast's body read as `model`; an unreadable body is dropped, as the
+    status boards drop theirs."""
+
+    def take(body: bytes) -> None:
+        try:
+            decoded = model.model_validate_json(body)
+        except ValidationError:
+            log.warning(f"unreadable {what} dropped")
+            return
+        handle(decoded)
+
+    return take
 
 
 class Hub:
@@ -54,9 +71,14 @@ class Hub:
         self.status = status
         # The session stores' broadcasts, for /health (the store up or down, its last write).
         self.stores = stores or StoreBoard(stale_after_s=10.0)
-        self._on_models = on_models
-        # A key created or revoked (the session store's broadcast): the gate forgets it.
-        self._on_key_changed = on_key_changed
+        # The broadcasts that share this queue with job events, by routing key. A key created
+        # or revoked (the session store's `KeyChanged`) goes to the gate, which forgets it.
+        self._broadcasts: dict[str | None, Callable[[bytes], None]] = {
+            STATUS_ROUTING_KEY: status.take,
+            STORE_STATUS_ROUTING_KEY: self.stores.take,
+            MODELS_ROUTING_KEY: _reading(ModelList, "model list", on_models),
+            KEYS_CHANGED_KEY: _reading(KeyChanged, "key change", on_key_changed),
+        }
         # A job whose request is not waiting here has no client (it left, or was failed when
         # the broker went away and the job came back after): it is cancelled, once.
         self._cancel_stray = cancel_stray
@@ -72,31 +94,14 @@ class Hub:
     def unregister(self, request_id: str) -> None:
         self._waiting.pop(request_id, None)
 
-    def is_waiting(self, request_id: str) -> bool:
-        return request_id in self._waiting
-
     @property
     def in_flight(self) -> int:
         return len(self._waiting)
 
     async def on_message(self, message: AbstractIncomingMessage) -> None:
-        if message.routing_key == STATUS_ROUTING_KEY:
-            self.status.take(message.body)
-            return
-        if message.routing_key == STORE_STATUS_ROUTING_KEY:
-            self.stores.take(message.body)
-            return
-        if message.routing_key == MODELS_ROUTING_KEY:
-            try:
-                self._on_models(ModelList.model_validate_json(message.body))
-            except ValidationError:
-                log.warning("unreadable model list dropped")
-            return
-        if message.routing_key == KEYS_CHANGED_KEY:
-            try:
-                self._on_key_changed(KeyChanged.model_validate_json(message.body))
-            except ValidationError:
-                log.warning("unreadable key change dropped")
+        take = self._broadcasts.get(message.routing_key)
+        if take is not None:
+            take(message.body)
             return
         try:
             event = EVENT_ADAPTER.validate_json(message.body)
