@@ -36,6 +36,7 @@ from corral_session_store.store import (
     ACTIVE,
     ARCHIVED,
     Document,
+    average,
     empty_session,
     is_archived,
     iso,
@@ -69,10 +70,6 @@ def response_ms(stats: Mapping[str, Any]) -> int | None:
 
 def _int(value: Any) -> int | None:
     return value if isinstance(value, int) and not isinstance(value, bool) else None
-
-
-def _mean(values: list[int]) -> float | None:
-    return round(sum(values) / len(values), 1) if values else None
 
 
 def conversation_model(session: Mapping[str, Any]) -> str | None:
@@ -122,7 +119,7 @@ def summarise(messages: list[Document]) -> tuple[Document, list[Document]]:
     summary = {
         "total_messages": len(messages),
         "assistant_messages": roles["assistant"].count if "assistant" in roles else 0,
-        "avg_response_time": _mean(answers),
+        "avg_response_time": average(answers),
         "total_tokens": sum(t.tokens for t in roles.values()),
     }
     order = [r for r in ROLE_ORDER if r in roles] + sorted(set(roles) - set(ROLE_ORDER))
@@ -132,7 +129,7 @@ def summarise(messages: list[Document]) -> tuple[Document, list[Document]]:
             "count": roles[role].count,
             "avg_length": round(roles[role].length / roles[role].count, 1),
             "total_tokens": roles[role].tokens,
-            "avg_response_time": _mean(roles[role].response_ms or []),
+            "avg_response_time": average(roles[role].response_ms or []),
         }
         for role in order
     ]

@@ -850,11 +850,11 @@ class SessionStore:
                 "prompt_tokens": totals["prompt"],
                 "completion_tokens": totals["completion"],
                 "total_tokens": totals["prompt"] + totals["completion"],
-                "avg_response_time_ms": _mean(response_ms),
-                "avg_wait_ms": _mean(wait_ms),
+                "avg_response_time_ms": average(response_ms),
+                "avg_wait_ms": average(wait_ms),
             },
             "by_role": [
-                {"role": role, "count": len(lengths), "avg_length": _mean(lengths)}
+                {"role": role, "count": len(lengths), "avg_length": average(lengths)}
                 for role, lengths in sorted(roles.items())
             ],
             "by_model": [
@@ -864,7 +864,7 @@ class SessionStore:
                     "messages": data["messages"],
                     "prompt_tokens": data["prompt"],
                     "completion_tokens": data["completion"],
-                    "avg_response_time_ms": _mean(data["response_ms"]),
+                    "avg_response_time_ms": average(data["response_ms"]),
                 }
                 for model, data in sorted(models.items())
             ],
@@ -898,5 +898,6 @@ def _int(value: Any) -> int:
     return value if isinstance(value, int) and not isinstance(value, bool) else 0
 
 
-def _mean(values: Sequence[float] | Sequence[int]) -> float | None:
+def average(values: Sequence[float] | Sequence[int]) -> float | None:
+    """A mean as the stats answers give it: to one decimal; None when there is nothing."""
     return round(sum(values) / len(values), 1) if values else None
