@@ -22,6 +22,9 @@ connection closes, unacked jobs go back to the queue); `run_service` then exits 
 recorded status. In-process tests inject their own `on_exit` instead.
 
 Cancellation (shutdown) is not a failure: a cancelled task is never restarted or reported.
+
+A periodic task (a sweep, a purge) runs its round under `every`: an error of a dependency that
+is away for now only skips the round, and anything else fails the task for its supervisor.
 """
 
 from __future__ import annotations
@@ -35,6 +38,8 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 import structlog
+
+from corral_common.redaction import redact_secrets
 
 log = structlog.get_logger(__name__)
 
@@ -152,6 +157,26 @@ async def stop(tasks: list[asyncio.Task[None]]) -> None:
                 task=task.get_name(),
                 exc_info=result,
             )
+
+
+async def every(
+    interval_s: float,
+    work: Callable[[], Awaitable[object]],
+    *,
+    skip_on: tuple[type[Exception], ...],
+    skipped: str,
+    sleep: Sleeper = asyncio.sleep,
+) -> None:
+    """Run `work` now and then every `interval_s`, forever: the body of a periodic task. An
+    exception of `skip_on` (a database or backend that is away for now) is logged, as `skipped`,
+    and only skips that round; any other fails the task, which its supervisor handles."""
+    while True:
+        try:
+            await work()
+        except skip_on as exc:
+            # Driver errors can carry a connection URL with its password.
+            log.warning(skipped, error=redact_secrets(str(exc)))
+        await sleep(interval_s)
 
 
 def spawn(

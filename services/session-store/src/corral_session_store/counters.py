@@ -38,7 +38,7 @@ from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import DuplicateKeyError, PyMongoError
 
 from corral_common.contracts.identity import CounterSpec, CounterValue
-from corral_common.redaction import redact_secrets
+from corral_common.supervision import every
 from corral_session_store.timestamps import to_date
 
 log = structlog.get_logger(__name__)
@@ -129,11 +129,15 @@ class Counters:
     ) -> None:
         """`purge` now and every `interval_s`; a database that is away is tried again next
         time."""
-        while True:
-            try:
-                purged = await self.purge()
-                if purged:
-                    log.debug("expired rate counters purged", count=purged)
-            except PyMongoError as exc:
-                log.warning("rate counters not purged", error=redact_secrets(str(exc)))
-            await sleep(interval_s)
+        await every(
+            interval_s,
+            self._purge_logged,
+            skip_on=(PyMongoError,),
+            skipped="rate counters not purged",
+            sleep=sleep,
+        )
+
+    async def _purge_logged(self) -> None:
+        purged = await self.purge()
+        if purged:
+            log.debug("expired rate counters purged", count=purged)

@@ -19,7 +19,6 @@ An archived session stays readable (history, stats, export, search) and is liste
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
@@ -27,6 +26,7 @@ from datetime import datetime
 import structlog
 from pymongo.errors import PyMongoError
 
+from corral_common.supervision import every
 from corral_session_store import metrics
 from corral_session_store.store import SessionStore, utcnow
 
@@ -79,9 +79,9 @@ class LifecycleJob:
     async def run_forever(self) -> None:
         """Sweep every `interval_s` (first at once). A database that is away only skips a
         sweep; anything else fails the task, which its supervisor restarts."""
-        while True:
-            try:
-                await self.sweep()
-            except PyMongoError as exc:
-                log.warning("session lifecycle sweep failed; next one later", error=str(exc))
-            await asyncio.sleep(self.interval_s)
+        await every(
+            self.interval_s,
+            self.sweep,
+            skip_on=(PyMongoError,),
+            skipped="session lifecycle sweep failed; next one later",
+        )
