@@ -5,8 +5,6 @@ ticket, the lane's events, the relay) with fake scheduler events and a fake sess
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, cast
 
 import orjson
@@ -14,10 +12,8 @@ import pytest
 from aiohttp import web
 from pytest_aiohttp import AiohttpClient
 
-from corral_common.contracts import Method
 from corral_common.errors import CorralError, ErrorType
-from corral_common.messages import Done, Job, Position, Started, Stored, Tokens
-from corral_common.status_board import StatusBoard
+from corral_common.messages import Done, Position, Started, Stored, Tokens
 from corral_gateway import conversations, ollama
 from corral_gateway.conversations import chat_routes, dispatch
 from corral_gateway.conversations.chat_routes import (
@@ -32,6 +28,7 @@ from corral_gateway.hub import Delivery
 from corral_gateway.settings import GatewaySettings
 from corral_gateway.state import GATEWAY, SETTINGS, Gateway
 from corral_gateway.validation import OllamaRequestError
+from services.gateway.tests.fakes import FakeGateway
 
 RID = "req-conv-1"
 MODEL = "llama3.2"
@@ -320,35 +317,6 @@ def test_the_stream_as_the_relay_feeds_it() -> None:
 # -- through the native path, in process -----------------------------------------------------
 
 
-class FakeHub:
-    def __init__(self) -> None:
-        self.status = StatusBoard(10.0)
-        self.queues: dict[str, asyncio.Queue[Delivery]] = {}
-
-    def feed(self, request_id: str, *events: Delivery) -> None:
-        queue = self.queues.setdefault(request_id, asyncio.Queue())
-        for event in events:
-            queue.put_nowait(event)
-
-    def register(self, request_id: str) -> asyncio.Queue[Delivery]:
-        return self.queues.setdefault(request_id, asyncio.Queue())
-
-    def unregister(self, request_id: str) -> None:
-        pass
-
-
-class FakeSubmitter:
-    def __init__(self) -> None:
-        self.submitted: list[Job] = []
-        self.cancels: list[str] = []
-
-    async def submit(self, job: Job, retry_after_s: int) -> None:
-        self.submitted.append(job)
-
-    async def cancel(self, request_id: str, reason: str) -> None:
-        self.cancels.append(request_id)
-
-
 class FakeModels:
     names = [MODEL]
 
@@ -361,33 +329,12 @@ class FakeModels:
             )
 
 
-Answer = Callable[[Any], Awaitable[dict[str, Any]]]
-
-
-class FakeRpc:
-    """The session store's answers, by method name."""
+class ConversationGateway(FakeGateway):
+    """The fake gateway, with the backend's models and a stored event waited for 1 s."""
 
     def __init__(self) -> None:
-        self.answers: dict[str, Answer] = {}
-        self.calls: list[tuple[str, Any]] = []
-
-    async def call(self, method: Method[Any, Any], params: Any) -> Any:
-        self.calls.append((method.name, params))
-        return method.result.model_validate(await self.answers[method.name](params))
-
-
-class FakeGateway:
-    def __init__(self) -> None:
-        self.settings = GatewaySettings(heartbeat_s=5, stored_timeout_s=1)
-        self.hub = FakeHub()
-        self.submitter = FakeSubmitter()
-        self.rpc = FakeRpc()
+        super().__init__(GatewaySettings(heartbeat_s=5, stored_timeout_s=1))
         self.models = FakeModels()
-        self.relays: dict[str, Any] = {}
-        self.background: list[asyncio.Task[None]] = []
-
-    def spawn(self, coro: Coroutine[Any, Any, None]) -> None:
-        self.background.append(asyncio.ensure_future(coro))
 
 
 async def describe_seven(params: Any) -> dict[str, Any]:
@@ -416,8 +363,8 @@ async def assemble(params: Any) -> dict[str, Any]:
 
 
 @pytest.fixture
-async def fake(aiohttp_client: AiohttpClient) -> tuple[Any, FakeGateway]:
-    gateway = FakeGateway()
+async def fake(aiohttp_client: AiohttpClient) -> tuple[Any, ConversationGateway]:
+    gateway = ConversationGateway()
     gateway.rpc.answers = {"conversation_describe": describe_seven, "assemble": assemble}
     app = web.Application()
     app[SETTINGS] = gateway.settings
@@ -439,7 +386,7 @@ def lane_events(*texts: str) -> list[Delivery]:
 
 
 async def test_a_message_goes_through_the_lane_into_the_conversations_session(
-    fake: tuple[Any, FakeGateway],
+    fake: tuple[Any, ConversationGateway],
 ) -> None:
     client, gateway = fake
     gateway.hub.feed(RID, *lane_events("Echo:", " hi"))
@@ -467,7 +414,7 @@ async def test_a_message_goes_through_the_lane_into_the_conversations_session(
 
 
 async def test_a_streamed_message_shows_its_place_in_the_queue(
-    fake: tuple[Any, FakeGateway],
+    fake: tuple[Any, ConversationGateway],
 ) -> None:
     client, gateway = fake
     gateway.hub.feed(RID, *lane_events("Echo:", " hi"))
@@ -484,7 +431,7 @@ async def test_a_streamed_message_shows_its_place_in_the_queue(
 
 
 async def test_another_users_or_a_missing_conversation_is_a_404_before_the_lane(
-    fake: tuple[Any, FakeGateway],
+    fake: tuple[Any, ConversationGateway],
 ) -> None:
     client, gateway = fake
     response = await client.post("/api/chat", json={"conversation_id": 8, "message": "hi"})
@@ -502,7 +449,7 @@ async def test_another_users_or_a_missing_conversation_is_a_404_before_the_lane(
 
 
 async def test_a_model_the_backend_lacks_is_the_seeds_not_found(
-    fake: tuple[Any, FakeGateway],
+    fake: tuple[Any, ConversationGateway],
 ) -> None:
     client, gateway = fake
     body = {"conversation_id": 7, "message": "hi", "model": "nope"}
@@ -513,7 +460,7 @@ async def test_a_model_the_backend_lacks_is_the_seeds_not_found(
     assert gateway.submitter.submitted == []
 
 
-async def test_ollamas_chat_is_answered_as_before(fake: tuple[Any, FakeGateway]) -> None:
+async def test_ollamas_chat_is_answered_as_before(fake: tuple[Any, ConversationGateway]) -> None:
     client, gateway = fake
     gateway.hub.feed(RID, *lane_events("Echo:", " hi")[1:4])
     body = {
@@ -537,7 +484,7 @@ async def test_ollamas_chat_is_answered_as_before(fake: tuple[Any, FakeGateway])
     assert (response.status, await response.json()) == (400, {"error": "model is required"})
 
 
-async def test_ollamas_load_idiom_is_untouched(fake: tuple[Any, FakeGateway]) -> None:
+async def test_ollamas_load_idiom_is_untouched(fake: tuple[Any, ConversationGateway]) -> None:
     client, gateway = fake
     gateway.hub.feed(RID, Started(request_id=RID, waited_ms=0), done_event("", batches=0))
     body = {"model": MODEL, "messages": [], "conversation_id": 7}
@@ -549,7 +496,7 @@ async def test_ollamas_load_idiom_is_untouched(fake: tuple[Any, FakeGateway]) ->
 
 
 async def test_a_conversation_body_without_a_message_is_refused_not_loaded(
-    fake: tuple[Any, FakeGateway],
+    fake: tuple[Any, ConversationGateway],
 ) -> None:
     client, gateway = fake
     response = await client.post("/api/chat", json={"conversation_id": 7, "model": MODEL})
@@ -560,7 +507,7 @@ async def test_a_conversation_body_without_a_message_is_refused_not_loaded(
 
 
 async def test_the_dispatcher_reads_the_body_once_for_both(
-    fake: tuple[Any, FakeGateway], monkeypatch: pytest.MonkeyPatch
+    fake: tuple[Any, ConversationGateway], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     client, _ = fake
     seen: list[bytes] = []

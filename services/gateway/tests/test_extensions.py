@@ -9,8 +9,9 @@ from aiohttp.test_utils import make_mocked_request
 from corral_common.contracts.identity import KeyLimits
 from corral_common.messages import Priority
 from corral_gateway.extensions import backend_payload, clamp_priority, read_extensions
-from corral_gateway.identity.principal import CALLER, Caller
+from corral_gateway.identity.principal import CALLER
 from corral_gateway.validation import OllamaRequestError
+from services.gateway.tests.fakes import alice
 
 
 def request(**headers: str):  # type: ignore[no-untyped-def]
@@ -81,14 +82,7 @@ def keyed(
 ) -> web.Request:
     """A request whose guard resolved a user key of principal `alice`."""
     req: web.Request = request(**(headers or {}))
-    req[CALLER] = Caller(
-        scope="user",
-        address="10.0.0.7",
-        key_id="key_a1",
-        principal="alice",
-        max_priority=max_priority,
-        limits=KeyLimits(max_queued=max_queued),
-    )
+    req[CALLER] = alice(max_priority=max_priority, limits=KeyLimits(max_queued=max_queued))
     return req
 
 

@@ -5,8 +5,7 @@ broker, no scheduler), with Ollama's chunks over NDJSON and a test shape over SS
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Coroutine
-from typing import Any, cast
+from typing import Any
 
 import orjson
 import pytest
@@ -18,104 +17,19 @@ from corral_common.messages import (
     Cancelled,
     Done,
     Failed,
-    Job,
-    JobKind,
     Position,
     Started,
     Tokens,
 )
-from corral_common.status_board import StatusBoard
 from corral_gateway.encoders import Comment, Data, Frame, NdjsonEncoder, SseEncoder, StreamEncoder
 from corral_gateway.extensions import Extensions
 from corral_gateway.hub import BrokerLost, Delivery
-from corral_gateway.ollama.chunks import OllamaChunks
-from corral_gateway.relay import ChunkShape, Relay, RelayTimings
-from corral_gateway.state import Gateway
-from corral_gateway.surfaces import OLLAMA
+from corral_gateway.relay import ChunkShape, RelayTimings
 from corral_gateway.ticket import JobTicket, run_job
+from services.gateway.tests import fakes
+from services.gateway.tests.fakes import FakeGateway, chunk, job
 
 RID = "req-1"
-
-
-class FakeHub:
-    def __init__(self) -> None:
-        self.status = StatusBoard(10.0)
-        self.queues: dict[str, asyncio.Queue[Delivery]] = {}
-        self.waiting: set[str] = set()
-
-    def feed(self, request_id: str, *events: Delivery) -> asyncio.Queue[Delivery]:
-        """Events the request will read, in order, as if the scheduler had sent them."""
-        queue = self.queues.setdefault(request_id, asyncio.Queue())
-        for event in events:
-            queue.put_nowait(event)
-        return queue
-
-    def register(self, request_id: str) -> asyncio.Queue[Delivery]:
-        if request_id in self.waiting:
-            raise KeyError(request_id)
-        self.waiting.add(request_id)
-        return self.feed(request_id)
-
-    def unregister(self, request_id: str) -> None:
-        self.waiting.discard(request_id)
-
-
-class FakeSubmitter:
-    def __init__(self) -> None:
-        self.submitted: list[Job] = []
-        self.cancels: list[str] = []
-        # Raised by submit (a broker refusal), if set.
-        self.refusal: CorralError | None = None
-        # Set to hold submit until released (a publish waiting for its confirm).
-        self.hold: asyncio.Event | None = None
-        self.submitting = asyncio.Event()
-        self.accepted = asyncio.Event()
-
-    async def submit(self, job: Job, retry_after_s: int) -> None:
-        self.submitting.set()
-        if self.hold is not None:
-            await self.hold.wait()
-        if self.refusal is not None:
-            raise self.refusal
-        self.submitted.append(job)
-        self.accepted.set()
-
-    async def cancel(self, request_id: str, reason: str) -> None:
-        self.cancels.append(request_id)
-
-
-class FakeGateway:
-    def __init__(self) -> None:
-        self.hub = FakeHub()
-        self.submitter = FakeSubmitter()
-        self.relays: dict[str, Any] = {}
-        self.background: list[asyncio.Task[None]] = []
-
-    def spawn(self, coro: Coroutine[Any, Any, None]) -> None:
-        self.background.append(asyncio.ensure_future(coro))
-
-    async def settle(self) -> None:
-        """Wait for whatever was spawned (the cancels)."""
-        if self.background:
-            await asyncio.gather(*self.background)
-
-    def as_gateway(self) -> Gateway:
-        return cast(Gateway, self)
-
-
-def job(request_id: str = RID, kind: JobKind = "chat") -> Job:
-    return Job(
-        request_id=request_id,
-        gateway_id="gw-test",
-        kind=kind,
-        model="m",
-        payload={"model": "m"},
-        enqueued_at=0.0,
-    )
-
-
-def chunk(text: str) -> dict[str, Any]:
-    return {"model": "m", "message": {"role": "assistant", "content": text}, "done": False}
 
 
 def done(batches: int, text: str = "", request_id: str = RID) -> Done:
@@ -149,7 +63,7 @@ def tokens(seq: int, *texts: str) -> Tokens:
 async def test_a_whole_answer_is_returned_and_nothing_is_cancelled() -> None:
     gw = FakeGateway()
     gw.hub.feed(RID, position(1, 10), done(0))
-    answer = await run_job(gw.as_gateway(), job())
+    answer = await run_job(gw.as_gateway(), job(RID))
     assert answer.final["done_reason"] == "stop"
     assert [j.request_id for j in gw.submitter.submitted] == [RID]
     await gw.settle()
@@ -171,7 +85,7 @@ async def test_a_failed_job_raises_its_error_and_is_not_cancelled(
     gw = FakeGateway()
     gw.hub.feed(RID, event)
     with pytest.raises(CorralError) as caught:
-        await run_job(gw.as_gateway(), job())
+        await run_job(gw.as_gateway(), job(RID))
     assert (caught.value.status, caught.value.error_type) == (status, error_type)
     if isinstance(event, BrokerLost):
         assert caught.value.headers == {"Retry-After": "5"}
@@ -183,7 +97,7 @@ async def test_a_refused_publish_cancels_nothing() -> None:
     gw = FakeGateway()
     gw.submitter.refusal = CorralError(ErrorType.QUEUE_FULL, "busy")
     with pytest.raises(CorralError):
-        await run_job(gw.as_gateway(), job())
+        await run_job(gw.as_gateway(), job(RID))
     await gw.settle()
     assert gw.submitter.cancels == []
     assert RID not in gw.hub.waiting
@@ -192,7 +106,7 @@ async def test_a_refused_publish_cancels_nothing() -> None:
 async def test_a_client_leaving_while_queued_cancels_the_job_once() -> None:
     gw = FakeGateway()
     gw.hub.feed(RID, position(3, 10))
-    waiting = asyncio.ensure_future(run_job(gw.as_gateway(), job()))
+    waiting = asyncio.ensure_future(run_job(gw.as_gateway(), job(RID)))
     # The job is in the lane once it was submitted; the client leaves while it waits.
     await gw.submitter.accepted.wait()
     waiting.cancel()
@@ -207,7 +121,7 @@ async def test_a_client_leaving_before_the_publish_is_confirmed_still_cancels() 
     # The race both old copies had to fix: the scheduler may run the job before the confirm.
     gw = FakeGateway()
     gw.submitter.hold = asyncio.Event()
-    waiting = asyncio.ensure_future(run_job(gw.as_gateway(), job()))
+    waiting = asyncio.ensure_future(run_job(gw.as_gateway(), job(RID)))
     await gw.submitter.submitting.wait()
     waiting.cancel()
     with pytest.raises(asyncio.CancelledError):
@@ -274,36 +188,26 @@ def relay_app(
     shape: ChunkShape | None = None,
     encoder: StreamEncoder | None = None,
 ) -> web.Application:
-    async def handler(request: web.Request) -> web.StreamResponse:
-        ext = Extensions(
-            request_id=RID,
-            session_id=None,
-            queue_progress=progress,
-            client_key=None,
-            queue_timeout_s=queue_timeout_s,
-        )
-        async with JobTicket(gw.as_gateway(), RID) as ticket:
-            relay = Relay(
-                request,
-                ticket=ticket,
-                kind="chat",
-                stream=stream,
-                ext=ext,
-                shape=shape or OllamaChunks("chat", "m"),
-                encoder=encoder or NdjsonEncoder(),
-                extras=lambda done, first_position: {
-                    "request_id": RID,
-                    "queue_info": {"position": first_position},
-                },
-                timings=timings,
-            )
-            ticket.show(relay)
-            await ticket.submit(job())
-            return await relay.run()
-
-    app = web.Application()
-    OLLAMA.post(app.router, "/chat", handler)
-    return app
+    ext = Extensions(
+        request_id=RID,
+        session_id=None,
+        queue_progress=progress,
+        client_key=None,
+        queue_timeout_s=queue_timeout_s,
+    )
+    return fakes.relay_app(
+        gw,
+        ext,
+        job(RID),
+        timings=timings,
+        stream=stream,
+        shape=shape,
+        encoder=encoder,
+        extras=lambda done, first_position: {
+            "request_id": RID,
+            "queue_info": {"position": first_position},
+        },
+    )
 
 
 def lines(raw: bytes) -> list[dict[str, Any]]:

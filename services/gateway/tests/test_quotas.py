@@ -4,29 +4,25 @@ charges its `eval_count` when it is done."""
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import math
-from collections.abc import Coroutine
-from typing import Any, cast
+from typing import Any
 
 import pytest
 from aiohttp.test_utils import make_mocked_request
 
 from corral_common.contracts.identity import CounterValue, CountParams, Counts, KeyLimits
 from corral_common.errors import CorralError, ErrorType
-from corral_common.messages import Done, Job, JobKind
-from corral_common.status_board import StatusBoard
+from corral_common.messages import Done
 from corral_gateway.encoders import NdjsonEncoder
 from corral_gateway.extensions import Extensions
-from corral_gateway.hub import Delivery
 from corral_gateway.identity.principal import Caller
 from corral_gateway.identity.quotas import TokenQuota, token_quota
 from corral_gateway.ollama.chunks import OllamaChunks
 from corral_gateway.relay import Relay, RelayTimings
 from corral_gateway.settings import GatewaySettings
-from corral_gateway.state import Gateway
 from corral_gateway.ticket import JobTicket, run_job
+from services.gateway.tests.fakes import FakeGateway, alice, job
 
 START = 19_676 * 86_400.0  # a day's start (so a minute's too), in November 2023
 
@@ -65,13 +61,7 @@ class Clock:
 
 
 def user(**limits: int) -> Caller:
-    return Caller(
-        scope="user",
-        address="10.0.0.7",
-        key_id="key_a1",
-        principal="alice",
-        limits=KeyLimits(**limits),
-    )
+    return alice(limits=KeyLimits(**limits))
 
 
 def quota(
@@ -199,52 +189,6 @@ async def test_unreachable_counters_let_requests_through() -> None:
 # --- the ticket -----------------------------------------------------------------------------
 
 
-class Submitter:
-    def __init__(self) -> None:
-        self.submitted: list[Job] = []
-
-    async def submit(self, job: Job, retry_after_s: int) -> None:
-        self.submitted.append(job)
-
-    async def cancel(self, request_id: str, reason: str) -> None:
-        raise AssertionError("nothing is cancelled here")
-
-
-class Hub:
-    def __init__(self) -> None:
-        self.status = StatusBoard(10.0)
-        self.queues: dict[str, asyncio.Queue[Delivery]] = {}
-
-    def register(self, request_id: str) -> asyncio.Queue[Delivery]:
-        return self.queues.setdefault(request_id, asyncio.Queue())
-
-    def unregister(self, request_id: str) -> None:
-        pass
-
-
-class FakeGateway:
-    def __init__(self) -> None:
-        self.hub = Hub()
-        self.submitter = Submitter()
-        self.relays: dict[str, Any] = {}
-        self.background: list[asyncio.Task[None]] = []
-
-    def spawn(self, coro: Coroutine[Any, Any, None]) -> None:
-        self.background.append(asyncio.ensure_future(coro))
-
-    async def settle(self) -> None:
-        await asyncio.gather(*self.background)
-
-    def as_gateway(self) -> Gateway:
-        return cast(Gateway, self)
-
-
-def job(request_id: str, kind: JobKind = "chat") -> Job:
-    return Job(
-        request_id=request_id, gateway_id="gw", kind=kind, model="m", payload={}, enqueued_at=0.0
-    )
-
-
 def done(request_id: str, **final: Any) -> Done:
     return Done(
         request_id=request_id,
@@ -267,9 +211,10 @@ async def test_a_generation_over_its_quota_is_never_submitted() -> None:
         assert not ticket.in_lane and ticket.job is None
     assert gw.submitter.submitted == []
     # Embeddings generate no tokens: not held back by the quota.
-    gw.hub.register("e1").put_nowait(done("e1"))
+    gw.hub.feed("e1", done("e1"))
     await run_job(gw.as_gateway(), job("e1", "embed"))
     assert [j.request_id for j in gw.submitter.submitted] == ["e1"]
+    assert gw.submitter.cancels == []
 
 
 async def test_a_finished_generation_is_charged_once_in_the_background() -> None:
@@ -290,6 +235,7 @@ async def test_a_finished_generation_is_charged_once_in_the_background() -> None
     ]
     await q.charge(58)
     assert (await refusal(q)).details["used"] == 100
+    assert gw.submitter.cancels == []
 
 
 @pytest.mark.parametrize("final", [{}, {"eval_count": 0}, {"eval_count": True}])
@@ -300,7 +246,7 @@ async def test_an_answer_without_generated_tokens_costs_nothing(final: dict[str,
         await ticket.submit(job("r1"))
         ticket.settle(done("r1", **final))
     await gw.settle()
-    assert gw.background == []
+    assert gw.background == [] and gw.submitter.cancels == []
     assert all(spec.add == 0 for call in windows.calls for spec in call.counters)
 
 
@@ -326,3 +272,4 @@ async def test_a_relayed_generation_is_charged_when_it_is_done() -> None:
         assert response.status == 200
     await gw.settle()
     assert [(spec.name, spec.add) for spec in windows.calls[-1].counters] == [("tokens_day", 7)]
+    assert gw.submitter.cancels == []

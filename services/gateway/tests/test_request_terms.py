@@ -4,9 +4,7 @@ past the deadline; and `retry_after` in Corral's error bodies wherever Retry-Aft
 
 from __future__ import annotations
 
-import asyncio
 import time
-from collections.abc import Coroutine
 from typing import Any, cast
 
 import orjson
@@ -16,19 +14,16 @@ from aiohttp.test_utils import make_mocked_request
 from pytest_aiohttp import AiohttpClient
 
 from corral_common.errors import CorralError, ErrorType
-from corral_common.messages import Failed, Job, Started, Tokens
-from corral_common.status_board import StatusBoard
+from corral_common.messages import Failed, Started, Tokens
 from corral_gateway import relay as relay_module
-from corral_gateway.encoders import NdjsonEncoder
 from corral_gateway.extensions import Extensions, backend_payload, read_extensions
-from corral_gateway.hub import Delivery
-from corral_gateway.ollama.chunks import OllamaChunks
-from corral_gateway.relay import Relay, RelayTimings
+from corral_gateway.relay import RelayTimings
 from corral_gateway.request_terms import RequestTerms, read_terms
-from corral_gateway.state import Gateway
 from corral_gateway.surfaces import CORRAL, OLLAMA, answer_with, corral_error
-from corral_gateway.ticket import JobTicket, run_job
+from corral_gateway.ticket import run_job
 from corral_gateway.validation import OllamaRequestError
+from services.gateway.tests import fakes
+from services.gateway.tests.fakes import FakeGateway, chunk, job
 
 RID = "req-terms"
 NOW = 1_000_000.0
@@ -126,68 +121,13 @@ def test_the_queue_deadline_is_the_total_deadline_when_that_comes_first() -> Non
 # --- the job carries them ---------------------------------------------------------------------
 
 
-class FakeHub:
-    def __init__(self) -> None:
-        self.status = StatusBoard(10.0)
-        self.queues: dict[str, asyncio.Queue[Delivery]] = {}
-
-    def feed(self, request_id: str, *events: Delivery) -> asyncio.Queue[Delivery]:
-        queue = self.queues.setdefault(request_id, asyncio.Queue())
-        for event in events:
-            queue.put_nowait(event)
-        return queue
-
-    def register(self, request_id: str) -> asyncio.Queue[Delivery]:
-        return self.feed(request_id)
-
-    def unregister(self, request_id: str) -> None:
-        pass
-
-
-class FakeGateway:
-    def __init__(self) -> None:
-        self.hub = FakeHub()
-        self.submitted: list[Job] = []
-        self.cancels: list[str] = []
-        self.relays: dict[str, Any] = {}
-        self.background: list[asyncio.Future[None]] = []
-        self.submitter = self
-
-    async def submit(self, job: Job, retry_after_s: int) -> None:
-        self.submitted.append(job)
-
-    async def cancel(self, request_id: str, reason: str) -> None:
-        self.cancels.append(request_id)
-
-    def spawn(self, coro: Coroutine[Any, Any, None]) -> None:
-        self.background.append(asyncio.ensure_future(coro))
-
-    async def settle(self) -> None:
-        await asyncio.gather(*self.background)
-
-    def as_gateway(self) -> Gateway:
-        return cast(Gateway, self)
-
-
-def job(deadline: float | None = None) -> Job:
-    return Job(
-        request_id=RID,
-        gateway_id="gw",
-        kind="chat",
-        model="m",
-        payload={"model": "m"},
-        enqueued_at=NOW,
-        deadline=deadline,
-    )
-
-
 async def test_the_job_submitted_carries_the_requests_terms() -> None:
     gw = FakeGateway()
     gw.hub.feed(RID, Failed(request_id=RID, status=404, error_type="x", message="x"))
     own = RequestTerms(finish_by=NOW + 10, max_retries=1, retry_backoff_s=0.25)
     with pytest.raises(CorralError):
-        await run_job(gw.as_gateway(), job(deadline=NOW + 600), own)
-    [sent] = gw.submitted
+        await run_job(gw.as_gateway(), job(RID, enqueued_at=NOW, deadline=NOW + 600), own)
+    [sent] = gw.submitter.submitted
     assert (sent.finish_by, sent.max_retries, sent.retry_backoff_s) == (NOW + 10, 1, 0.25)
     # It must not start when it could no longer finish: its queue deadline is the sooner.
     assert sent.deadline == NOW + 10
@@ -195,33 +135,17 @@ async def test_the_job_submitted_carries_the_requests_terms() -> None:
     gw = FakeGateway()
     gw.hub.feed(RID, Failed(request_id=RID, status=404, error_type="x", message="x"))
     with pytest.raises(CorralError):
-        await run_job(gw.as_gateway(), job(deadline=NOW + 600))
-    assert (gw.submitted[0].finish_by, gw.submitted[0].deadline) == (None, NOW + 600)
+        await run_job(gw.as_gateway(), job(RID, enqueued_at=NOW, deadline=NOW + 600))
+    [sent] = gw.submitter.submitted
+    assert (sent.finish_by, sent.deadline) == (None, NOW + 600)
 
 
 # --- the relay past the deadline --------------------------------------------------------------
 
 
 def relay_app(gw: FakeGateway, ext: Extensions, *, stream: bool) -> web.Application:
-    async def handler(request: web.Request) -> web.StreamResponse:
-        async with JobTicket(gw.as_gateway(), RID) as ticket:
-            relay = Relay(
-                request,
-                ticket=ticket,
-                kind="chat",
-                stream=stream,
-                ext=ext,
-                shape=OllamaChunks("chat", "m"),
-                encoder=NdjsonEncoder(),
-                extras=lambda done, first_position: {},
-                timings=RelayTimings(heartbeat_s=60, straggler_timeout_s=1, stored_timeout_s=0),
-            )
-            await ticket.submit(job())
-            return await relay.run()
-
-    app = web.Application()
-    OLLAMA.post(app.router, "/chat", handler)
-    return app
+    timings = RelayTimings(heartbeat_s=60, straggler_timeout_s=1, stored_timeout_s=0)
+    return fakes.relay_app(gw, ext, job(RID, enqueued_at=NOW), timings=timings, stream=stream)
 
 
 def extensions(timeout_s: float) -> Extensions:
@@ -232,10 +156,6 @@ def extensions(timeout_s: float) -> Extensions:
         client_key=None,
         terms=RequestTerms(finish_by=time.time() + timeout_s, max_retries=2),
     )
-
-
-def chunk(text: str) -> dict[str, Any]:
-    return {"model": "m", "message": {"role": "assistant", "content": text}, "done": False}
 
 
 def lanes_timeout() -> Failed:
@@ -259,7 +179,8 @@ async def test_the_lanes_timeout_is_a_504_or_the_streams_last_line(
     assert response.status == 504
     assert (await response.json())["error"].startswith("request timed out after 1.0 s")
     # The job carried the terms the relay holds the request to.
-    assert gw.submitted[0].max_retries == 2 and gw.submitted[0].finish_by is not None
+    [sent] = gw.submitter.submitted
+    assert sent.max_retries == 2 and sent.finish_by is not None
 
     gw = FakeGateway()
     gw.hub.feed(
@@ -291,7 +212,7 @@ async def test_when_the_lane_says_nothing_the_relay_answers_504_and_cancels(
     assert response.status == 504
     assert "its deadline" in (await response.json())["error"]
     await gw.settle()
-    assert gw.cancels == [RID]
+    assert gw.submitter.cancels == [RID]
 
 
 async def test_past_the_deadline_while_queued_is_a_408(aiohttp_client: AiohttpClient) -> None:
@@ -303,7 +224,7 @@ async def test_past_the_deadline_while_queued_is_a_408(aiohttp_client: AiohttpCl
     response = await client.post("/chat")
     assert response.status == 408
     await gw.settle()
-    assert gw.cancels == [RID]
+    assert gw.submitter.cancels == [RID]
 
 
 # --- retry_after in Corral's bodies -----------------------------------------------------------

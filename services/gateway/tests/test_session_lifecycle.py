@@ -5,7 +5,6 @@ fake session store, with the caller's principal owning what is created."""
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
 from typing import Any, cast
 
 import pytest
@@ -14,17 +13,17 @@ from aiohttp.test_utils import make_mocked_request
 from aiohttp.typedefs import Handler
 from pytest_aiohttp import AiohttpClient
 
-from corral_common.contracts import Method
 from corral_common.contracts.session_store import MAX_METADATA_BYTES
 from corral_common.errors import CorralError, ErrorType
 from corral_gateway import admin, corral
 from corral_gateway.app import edge_middlewares
 from corral_gateway.context_check import check_stateless, fit_chat, generate_tokens, window_of
 from corral_gateway.extensions import backend_payload, read_extensions
-from corral_gateway.identity.principal import CALLER, Caller
+from corral_gateway.identity.principal import CALLER
 from corral_gateway.settings import GatewaySettings
 from corral_gateway.state import GATEWAY, Gateway
 from corral_gateway.validation import OllamaRequestError
+from services.gateway.tests.fakes import FakeGateway, alice
 
 
 def request(**headers: str) -> web.Request:
@@ -143,33 +142,12 @@ def test_a_generate_prompt_too_large_is_413_and_counts_its_context_and_images() 
 
 # -- the routes ------------------------------------------------------------------------------
 
-Answer = Callable[[Any], Awaitable[dict[str, Any]]]
-
-
-class FakeRpc:
-    def __init__(self) -> None:
-        self.answers: dict[str, Answer] = {}
-        self.calls: list[tuple[str, Any]] = []
-
-    async def call(self, method: Method[Any, Any], params: Any) -> Any:
-        self.calls.append((method.name, params))
-        return method.result.model_validate(await self.answers[method.name](params))
-
-
-class FakeGateway:
-    def __init__(self) -> None:
-        self.settings = GatewaySettings()
-        self.rpc = FakeRpc()
-
-
-CALLER_OF_TEST = Caller(scope="user", address="127.0.0.1", key_id="key_1", principal="alice")
-
 
 @pytest.fixture
 async def fake(aiohttp_client: AiohttpClient) -> tuple[Any, FakeGateway]:
     @web.middleware
     async def as_alice(request: web.Request, handler: Handler) -> web.StreamResponse:
-        request[CALLER] = CALLER_OF_TEST
+        request[CALLER] = alice()
         return await handler(request)
 
     settings = GatewaySettings()
