@@ -27,7 +27,7 @@ from corral_gateway.ollama.chunks import OllamaChunks
 from corral_gateway.relay import ChunkShape, Extras, Relay, RelayTimings
 from corral_gateway.settings import GatewaySettings
 from corral_gateway.state import Gateway
-from corral_gateway.surfaces import OLLAMA
+from corral_gateway.surfaces import OLLAMA, Route
 from corral_gateway.ticket import JobTicket
 
 
@@ -176,5 +176,5 @@ def relay_app(
             return await relay.run()
 
     app = web.Application()
-    OLLAMA.post(app.router, "/chat", handler)
+    OLLAMA.add(app.router, Route("POST", "/chat", handler))
     return app

@@ -18,7 +18,7 @@ from corral_gateway.identity.gate import GATEKEEPER, Gatekeeper, add_rate_limit_
 from corral_gateway.identity.principal import caller_of
 from corral_gateway.openai import OPENAI
 from corral_gateway.settings import GatewaySettings
-from corral_gateway.surfaces import ADMIN, CORRAL, OLLAMA
+from corral_gateway.surfaces import ADMIN, CORRAL, OLLAMA, Route
 
 OPERATOR_KEY = "o" * 40
 REALM = 'Bearer realm="corral"'
@@ -62,14 +62,14 @@ def gate_app(
         settings, directory, wall=clock, spawn=spawn if spawned is not None else None
     )
     router = app.router
-    OLLAMA.get(router, "/", whoami, "open")
-    OLLAMA.get(router, "/api/tags", whoami)
-    OLLAMA.post(router, "/api/chat", streamed)
-    OLLAMA.post(router, "/api/pull", whoami, "admin")
-    CORRAL.get(router, "/sessions", whoami)
-    OPENAI.get(router, "/v1/models", whoami)
-    ADMIN.post(router, "/admin/lane/{action}", whoami, "admin")
-    ADMIN.get(router, "/admin/queue", whoami, "admin")
+    OLLAMA.add(router, Route("GET", "/", whoami, "open"))
+    OLLAMA.add(router, Route("GET", "/api/tags", whoami))
+    OLLAMA.add(router, Route("POST", "/api/chat", streamed))
+    OLLAMA.add(router, Route("POST", "/api/pull", whoami, "admin"))
+    CORRAL.add(router, Route("GET", "/sessions", whoami))
+    OPENAI.add(router, Route("GET", "/v1/models", whoami))
+    ADMIN.add(router, Route("POST", "/admin/lane/{action}", whoami, "admin"))
+    ADMIN.add(router, Route("GET", "/admin/queue", whoami, "admin"))
     router.add_get("/metrics", whoami)
     router.add_get("/health", whoami)
     return app

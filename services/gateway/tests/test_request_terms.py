@@ -19,7 +19,7 @@ from corral_gateway import relay as relay_module
 from corral_gateway.extensions import Extensions, backend_payload, read_extensions
 from corral_gateway.relay import RelayTimings
 from corral_gateway.request_terms import RequestTerms, read_terms
-from corral_gateway.surfaces import CORRAL, OLLAMA, answer_with, corral_error
+from corral_gateway.surfaces import CORRAL, OLLAMA, Route, answer_with, corral_error
 from corral_gateway.ticket import run_job
 from corral_gateway.validation import OllamaRequestError
 from services.gateway.tests import fakes
@@ -274,8 +274,8 @@ async def test_each_surface_keeps_its_shape(aiohttp_client: AiohttpClient) -> No
         raise CorralError(ErrorType.QUEUE_FULL, "queue full", details={"retry_after_s": 4})
 
     app = web.Application()
-    CORRAL.get(app.router, "/corral", full)
-    OLLAMA.get(app.router, "/ollama", full)
+    CORRAL.add(app.router, Route("GET", "/corral", full))
+    OLLAMA.add(app.router, Route("GET", "/ollama", full))
     client = await aiohttp_client(app)
     corral = await client.get("/corral")
     assert (corral.status, corral.headers["Retry-After"]) == (503, "4")

@@ -1,8 +1,10 @@
 """API surfaces: route groups, each with the one place that turns its errors into responses.
 
 The gateway serves several APIs on one port: Ollama's native API (`ollama/`), Corral's own
-endpoints (`corral/`), the operators' (`admin/`), and OpenAI's `/v1` next. Each answers errors in
-its own shape: Ollama `{"error": "<text>"}`, Corral `{"error": {"type", "message", "details"}}`.
+endpoints (`corral/`), the operators' (`admin/`), OpenAI's `/v1` (`openai/`) and seed 004's
+conversation API (`conversations/`). Each answers errors in its own shape: Ollama `{"error":
+"<text>"}`, Corral `{"error": {"type", "message", "details"}}` (the operators' too), the other two
+as their `errors` modules say.
 Handlers raise typed errors (`CorralError`, `OllamaRequestError`) and never build an error
 response; the surface renders them.
 
@@ -17,6 +19,9 @@ probe unknown paths (`/api/...` of a newer Ollama); it also keeps stack traces o
 
 A handler that knows its request id early calls `answer_with(request, {"X-Request-Id": ...})`:
 every error answer of that request then carries those headers too, before the error's own.
+
+A surface package declares its routes in one table (`Route`: method, path, handler, access)
+and registers it with `Surface.add`.
 
 Every route is registered with what it asks of its caller (`Access`: "open", "user", "admin").
 Before its handler runs, the guard passes the request through the app's gate
@@ -66,6 +71,18 @@ def answer_with(request: web.Request, headers: dict[str, str]) -> None:
     request[ERROR_HEADERS] = {**request.get(ERROR_HEADERS, {}), **headers}
 
 
+def as_corral_error(error: Exception) -> CorralError:
+    """A refusal from the shared path (Ollama's decoder: a body too large, not JSON, a bad id)
+    as the `invalid_request` it is, with its status; a CorralError as it is. Anything else is
+    not a typed error of a surface: raised again, for the edge to answer a plain 500."""
+    if isinstance(error, OllamaRequestError):
+        error_type = ErrorType.INVALID_REQUEST if error.status < 500 else ErrorType.INTERNAL_ERROR
+        return CorralError(error_type, error.message, status=error.status)
+    if isinstance(error, CorralError):
+        return error
+    raise error
+
+
 def ollama_error(error: Exception, headers: dict[str, str]) -> web.StreamResponse:
     """Ollama's shape: `{"error": "<text>"}` with Ollama's status (a model_not_found also lists
     the models that exist, in fields Ollama's clients ignore: `CorralError.ollama_body`)."""
@@ -80,18 +97,15 @@ def corral_error(error: Exception, headers: dict[str, str]) -> web.StreamRespons
     """Corral's shape: `{"error": {"type", "message", "details"}}`, with `retry_after` (seconds)
     beside them and the `Retry-After` header saying the same whenever the error says when to
     come back (`CorralError.corral_body`). A request that Ollama's decoder refused (a body too
-    large, not JSON) is an `invalid_request` with that status."""
-    if isinstance(error, OllamaRequestError):
-        error = CorralError(ErrorType.INVALID_REQUEST, error.message, status=error.status)
-    if isinstance(error, CorralError):
-        answer_headers = {**headers, **error.response_headers()}
-        body = error.corral_body()
-        # A Retry-After the request carried from elsewhere is said in the body too.
-        retry_after = retry_after_seconds(answer_headers.get("Retry-After"))
-        if retry_after is not None:
-            body["error"]["retry_after"] = retry_after
-        return json_response(body, error.status, answer_headers)
-    raise error  # not a typed error of this surface: the edge answers a plain 500
+    large, not JSON) is an `invalid_request` with that status (`as_corral_error`)."""
+    typed = as_corral_error(error)
+    answer_headers = {**headers, **typed.response_headers()}
+    body = typed.corral_body()
+    # A Retry-After the request carried from elsewhere is said in the body too.
+    retry_after = retry_after_seconds(answer_headers.get("Retry-After"))
+    if retry_after is not None:
+        body["error"]["retry_after"] = retry_after
+    return json_response(body, typed.status, answer_headers)
 
 
 class Surface:
@@ -153,37 +167,27 @@ class Surface:
         except self.catches as exc:
             return self.render(exc, dict(request.get(ERROR_HEADERS, {})))
 
-    def get(
-        self, router: web.UrlDispatcher, path: str, handler: RouteHandler, access: Access = "user"
-    ) -> None:
-        # add_get also answers HEAD, as Ollama does for both.
-        router.add_get(path, self.guard(handler, access))
+    def add(self, router: web.UrlDispatcher, *routes: Route) -> None:
+        """Register `routes` on `router`, each behind this surface's error boundary."""
+        for route in routes:
+            guarded = self.guard(route.handler, route.access)
+            if route.method == "GET":
+                # add_get also answers HEAD, as Ollama does for both.
+                router.add_get(route.path, guarded)
+            else:
+                router.add_route(route.method, route.path, guarded)
 
-    def head(
-        self, router: web.UrlDispatcher, path: str, handler: RouteHandler, access: Access = "user"
-    ) -> None:
-        # A HEAD of its own (Ollama's blob check), where no GET is served.
-        router.add_route("HEAD", path, self.guard(handler, access))
 
-    def post(
-        self, router: web.UrlDispatcher, path: str, handler: RouteHandler, access: Access = "user"
-    ) -> None:
-        router.add_post(path, self.guard(handler, access))
+@dataclass(frozen=True)
+class Route:
+    """One route of a surface's table: method, path (aiohttp's syntax, `{name:regex}` allowed),
+    handler, and what it asks of callers. A HEAD of its own (Ollama's blob check) is declared
+    where no GET is served; a GET answers HEAD too."""
 
-    def put(
-        self, router: web.UrlDispatcher, path: str, handler: RouteHandler, access: Access = "user"
-    ) -> None:
-        router.add_put(path, self.guard(handler, access))
-
-    def patch(
-        self, router: web.UrlDispatcher, path: str, handler: RouteHandler, access: Access = "user"
-    ) -> None:
-        router.add_patch(path, self.guard(handler, access))
-
-    def delete(
-        self, router: web.UrlDispatcher, path: str, handler: RouteHandler, access: Access = "user"
-    ) -> None:
-        router.add_delete(path, self.guard(handler, access))
+    method: str
+    path: str
+    handler: RouteHandler
+    access: Access = "user"
 
 
 @dataclass(frozen=True)

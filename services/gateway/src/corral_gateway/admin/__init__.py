@@ -7,22 +7,25 @@ from __future__ import annotations
 from aiohttp import web
 
 from corral_gateway.admin import key_routes, lane_routes, model_routes, session_routes
-from corral_gateway.surfaces import ADMIN
+from corral_gateway.surfaces import ADMIN, Route
+
+ROUTES = (
+    # Model names may hold `/` (`namespace/model:tag`), hence the regex.
+    Route("POST", r"/admin/models/{name:.+}/load", model_routes.load, "admin"),
+    Route("POST", r"/admin/models/{name:.+}/unload", model_routes.unload, "admin"),
+    Route("GET", "/admin/pulls", model_routes.pulls, "admin"),
+    Route("GET", "/admin/queue", lane_routes.listing, "admin"),
+    Route("DELETE", "/admin/queue/{request_id}", lane_routes.cancel, "admin"),
+    Route("POST", "/admin/lane/{action}", lane_routes.command, "admin"),
+    Route("GET", "/admin/dlq", lane_routes.dead_letters, "admin"),
+    Route("POST", "/admin/keys", key_routes.create_key, "admin"),
+    Route("GET", "/admin/keys", key_routes.list_keys, "admin"),
+    Route("GET", "/admin/keys/{key_id}", key_routes.show_key, "admin"),
+    Route("DELETE", "/admin/keys/{key_id}", key_routes.revoke_key, "admin"),
+    Route("GET", "/admin/audit", key_routes.audit_log, "admin"),
+    Route("DELETE", "/admin/sessions", session_routes.clear_sessions, "admin"),
+)
 
 
 def add_routes(router: web.UrlDispatcher) -> None:
-    surface = ADMIN
-    # Model names may hold `/` (`namespace/model:tag`), hence the regex.
-    surface.post(router, r"/admin/models/{name:.+}/load", model_routes.load, "admin")
-    surface.post(router, r"/admin/models/{name:.+}/unload", model_routes.unload, "admin")
-    surface.get(router, "/admin/pulls", model_routes.pulls, "admin")
-    surface.get(router, "/admin/queue", lane_routes.listing, "admin")
-    surface.delete(router, "/admin/queue/{request_id}", lane_routes.cancel, "admin")
-    surface.post(router, "/admin/lane/{action}", lane_routes.command, "admin")
-    surface.get(router, "/admin/dlq", lane_routes.dead_letters, "admin")
-    surface.post(router, "/admin/keys", key_routes.create_key, "admin")
-    surface.get(router, "/admin/keys", key_routes.list_keys, "admin")
-    surface.get(router, "/admin/keys/{key_id}", key_routes.show_key, "admin")
-    surface.delete(router, "/admin/keys/{key_id}", key_routes.revoke_key, "admin")
-    surface.get(router, "/admin/audit", key_routes.audit_log, "admin")
-    surface.delete(router, "/admin/sessions", session_routes.clear_sessions, "admin")
+    ADMIN.add(router, *ROUTES)

@@ -21,7 +21,7 @@ from aiohttp import web
 from corral_common.contracts.conversations import conversation_id_of
 from corral_common.errors import CorralError, ErrorType
 from corral_gateway.responses import json_response
-from corral_gateway.validation import OllamaRequestError
+from corral_gateway.surfaces import as_corral_error
 
 _CODES: dict[ErrorType, str] = {
     ErrorType.INVALID_REQUEST: "VALIDATION_ERROR",
@@ -116,17 +116,6 @@ def error_body(error: CorralError, headers: dict[str, str] | None = None) -> dic
     if seconds is not None:
         body["retry_after"] = seconds
     return body
-
-
-def as_corral_error(error: Exception) -> CorralError:
-    """A refusal from the shared path (body too large, not JSON, a bad id) as the CorralError
-    it is; typed errors as they are."""
-    if isinstance(error, OllamaRequestError):
-        error_type = ErrorType.INVALID_REQUEST if error.status < 500 else ErrorType.INTERNAL_ERROR
-        return CorralError(error_type, error.message, status=error.status)
-    if isinstance(error, CorralError):
-        return error
-    raise error  # not a typed error of this surface: the edge answers a plain 500
 
 
 def conversation_error(error: Exception, headers: dict[str, str]) -> web.StreamResponse:

@@ -14,25 +14,28 @@ from corral_gateway.ollama import (
     model_routes,
     operation_routes,
 )
-from corral_gateway.surfaces import OLLAMA
+from corral_gateway.surfaces import OLLAMA, Route
+
+ROUTES = (
+    Route("GET", "/", meta_routes.root, "open"),
+    Route("GET", "/api/version", meta_routes.version),
+    # Also seed 004's conversation messages, told apart by the body (conversations/dispatch.py).
+    Route("POST", "/api/chat", dispatch.chat_dispatch(chat_routes.chat)),
+    Route("POST", "/api/generate", chat_routes.generate),
+    Route("POST", "/api/embed", embed_routes.embed),
+    Route("POST", "/api/embeddings", embed_routes.embeddings),
+    Route("GET", "/api/tags", model_routes.tags),
+    Route("GET", "/api/ps", model_routes.running),
+    Route("POST", "/api/show", model_routes.show),
+    Route("DELETE", "/api/delete", model_routes.delete, "admin"),
+    Route("POST", "/api/copy", model_routes.copy, "admin"),
+    Route("POST", "/api/pull", operation_routes.pull, "admin"),
+    Route("POST", "/api/create", operation_routes.create, "admin"),
+    Route("POST", "/api/push", operation_routes.push, "admin"),
+    Route("HEAD", "/api/blobs/{digest}", blob_routes.head_blob, "admin"),
+    Route("POST", "/api/blobs/{digest}", blob_routes.create_blob, "admin"),
+)
 
 
 def add_routes(router: web.UrlDispatcher) -> None:
-    surface = OLLAMA
-    surface.get(router, "/", meta_routes.root, "open")
-    surface.get(router, "/api/version", meta_routes.version)
-    # Also seed 004's conversation messages, told apart by the body (conversations/dispatch.py).
-    surface.post(router, "/api/chat", dispatch.chat_dispatch(chat_routes.chat))
-    surface.post(router, "/api/generate", chat_routes.generate)
-    surface.post(router, "/api/embed", embed_routes.embed)
-    surface.post(router, "/api/embeddings", embed_routes.embeddings)
-    surface.get(router, "/api/tags", model_routes.tags)
-    surface.get(router, "/api/ps", model_routes.running)
-    surface.post(router, "/api/show", model_routes.show)
-    surface.delete(router, "/api/delete", model_routes.delete, "admin")
-    surface.post(router, "/api/copy", model_routes.copy, "admin")
-    surface.post(router, "/api/pull", operation_routes.pull, "admin")
-    surface.post(router, "/api/create", operation_routes.create, "admin")
-    surface.post(router, "/api/push", operation_routes.push, "admin")
-    surface.head(router, "/api/blobs/{digest}", blob_routes.head_blob, "admin")
-    surface.post(router, "/api/blobs/{digest}", blob_routes.create_blob, "admin")
+    OLLAMA.add(router, *ROUTES)

@@ -21,38 +21,36 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from corral_common.errors import CorralError
 from corral_gateway.openai import routes
-from corral_gateway.openai.errors import OpenAIError, from_corral, from_failure
+from corral_gateway.openai.errors import OpenAIError, from_corral
 from corral_gateway.responses import json_response
-from corral_gateway.surfaces import SURFACE_ERRORS, Surface
-from corral_gateway.validation import OllamaRequestError
+from corral_gateway.surfaces import SURFACE_ERRORS, Route, Surface, as_corral_error
 
 
 def openai_error(error: Exception, headers: dict[str, str]) -> web.StreamResponse:
-    """OpenAI's shape: `{"error": {"message", "type", "param", "code"}}` (errors.py)."""
-    if isinstance(error, OllamaRequestError):
-        # A refusal from the shared path (body too large, a bad X-Request-Id, model missing).
-        answer = from_failure(error.status, error.message, "invalid_request")
-        extra: dict[str, str] = {}
-    elif isinstance(error, CorralError):
-        answer = from_corral(error)
-        extra = error.headers
-    elif isinstance(error, OpenAIError):
+    """OpenAI's shape: `{"error": {"message", "type", "param", "code"}}` (errors.py); a refusal
+    from the shared path (body too large, a bad X-Request-Id, model missing) as the
+    `invalid_request` it is (`surfaces.as_corral_error`)."""
+    if isinstance(error, OpenAIError):
         answer, extra = error, {}
     else:
-        raise error  # not a typed error of this surface: the edge answers a plain 500
+        typed = as_corral_error(error)
+        answer, extra = from_corral(typed), typed.headers
     return json_response(answer.body(), answer.status, {**headers, **extra, **answer.headers})
 
 
 OPENAI = Surface("openai", openai_error, (*SURFACE_ERRORS, OpenAIError))
 
 
-def add_routes(router: web.UrlDispatcher) -> None:
-    surface = OPENAI
-    surface.post(router, "/v1/chat/completions", routes.chat_completions)
-    surface.post(router, "/v1/completions", routes.completions)
-    surface.post(router, "/v1/embeddings", routes.embeddings)
-    surface.get(router, "/v1/models", routes.list_models)
+ROUTES = (
+    Route("POST", "/v1/chat/completions", routes.chat_completions),
+    Route("POST", "/v1/completions", routes.completions),
+    Route("POST", "/v1/embeddings", routes.embeddings),
+    Route("GET", "/v1/models", routes.list_models),
     # Ollama's route takes no `/` in the name; Corral takes any, so namespaced models resolve.
-    surface.get(router, "/v1/models/{model:.+}", routes.retrieve_model)
+    Route("GET", "/v1/models/{model:.+}", routes.retrieve_model),
+)
+
+
+def add_routes(router: web.UrlDispatcher) -> None:
+    OPENAI.add(router, *ROUTES)

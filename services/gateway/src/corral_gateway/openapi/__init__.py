@@ -27,7 +27,7 @@ from aiohttp import web
 from corral_gateway.openapi.document import build_document, route_template
 from corral_gateway.openapi.route_details import OPENAPI_PATH
 from corral_gateway.openapi.schema_parts import JSON
-from corral_gateway.surfaces import CORRAL
+from corral_gateway.surfaces import CORRAL, Route
 
 __all__ = ["OPENAPI_PATH", "add_routes", "build_document", "route_template"]
 
@@ -44,4 +44,4 @@ def add_routes(router: web.UrlDispatcher) -> None:
             built.append(orjson.dumps(build_document(router)))
         return web.Response(body=built[0], content_type=JSON)
 
-    CORRAL.get(router, OPENAPI_PATH, openapi_document, "open")
+    CORRAL.add(router, Route("GET", OPENAPI_PATH, openapi_document, "open"))
