@@ -4,32 +4,12 @@ to a fake broker. The scheduler's `max_queued_per_key` is the default; a job's o
 
 from __future__ import annotations
 
-import time
-from typing import Any
-
-import orjson
 import pytest
 
 from corral_common.messages import Job
 from corral_scheduler.admission import Admission
-from corral_scheduler.eta import SpeedBook
-from corral_scheduler.events import EventSink
-from corral_scheduler.executor import Executor
-from corral_scheduler.lane import Lane
-
-
-class FakeBroker:
-    def __init__(self) -> None:
-        self.events: list[tuple[str, dict[str, Any]]] = []
-
-    async def publish_event(self, routing_key: str, body: bytes, *, durable: bool) -> None:
-        _, _, request_id, _ = routing_key.split(".")
-        self.events.append((request_id, orjson.loads(body)))
-
-    def refusal(self, request_id: str) -> dict[str, Any] | None:
-        return next(
-            (e for rid, e in self.events if rid == request_id and e["kind"] == "error"), None
-        )
+from services.scheduler.tests import fakes
+from services.scheduler.tests.fakes import FakeBroker, make_executor
 
 
 class Message:
@@ -48,23 +28,14 @@ class Message:
 
 
 def admission(broker: FakeBroker, max_queued_per_key: int) -> Admission:
-    sink = EventSink(broker)  # type: ignore[arg-type]
-    speeds = SpeedBook(prompt_tokens_per_s=400, eval_tokens_per_s=15, load_ms=0, eval_count=10)
-    executor = Executor(Lane(), object(), sink, speeds)  # type: ignore[arg-type]
-    return Admission("sched-1", executor.lane, executor, sink, speeds, max_queued_per_key)
+    executor = make_executor(broker, object())
+    return Admission(
+        "sched-1", executor.lane, executor, executor.sink, executor.speeds, max_queued_per_key
+    )
 
 
 def job(request_id: str, client_key: str, max_queued: int | None) -> Job:
-    return Job(
-        request_id=request_id,
-        gateway_id="gw",
-        kind="chat",
-        model="llama3.2",
-        payload={"model": "llama3.2"},
-        client_key=client_key,
-        max_queued=max_queued,
-        enqueued_at=time.time(),
-    )
+    return fakes.job(request_id, client_key=client_key, max_queued=max_queued)
 
 
 async def admit(lane: Admission, jobs: list[Job]) -> None:

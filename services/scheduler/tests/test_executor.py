@@ -5,57 +5,24 @@ and the watchdog's verdict."""
 from __future__ import annotations
 
 import asyncio
-import itertools
-import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
-import orjson
 import pytest
 
-from corral_common.messages import Job
-from corral_scheduler.eta import SpeedBook
-from corral_scheduler.events import EventSink
 from corral_scheduler.executor import Executor
-from corral_scheduler.lane import Entry, Lane
 from corral_scheduler.watchdog import Watchdog
-
-ARRIVALS = itertools.count()
-
-
-class Delivery:
-    """An AMQP delivery as the executor sees it: acked or rejected once."""
-
-    def __init__(self, settled: asyncio.Queue[tuple[str, str]], rid: str, redelivered: bool):
-        self.settled = settled
-        self.rid = rid
-        self.redelivered = redelivered
-        self.headers: dict[str, Any] = {}
-
-    async def ack(self) -> None:
-        self.settled.put_nowait((self.rid, "ack"))
-
-    async def reject(self, requeue: bool = False) -> None:
-        self.settled.put_nowait((self.rid, "requeue" if requeue else "dead-letter"))
-
-
-class FakeBroker:
-    """Records events; publishing for a request id in `broken` raises what aiormq raised for a
-    routing key over 255 bytes (a ValueError, not a broker error)."""
-
-    def __init__(self) -> None:
-        self.events: list[tuple[str, dict[str, Any]]] = []
-        self.broken: set[str] = set()
-
-    async def publish_event(self, routing_key: str, body: bytes, *, durable: bool) -> None:
-        _, _, request_id, _ = routing_key.split(".")
-        if request_id in self.broken:
-            raise ValueError("Routing key too long (max 255 bytes)")
-        self.events.append((request_id, orjson.loads(body)))
-
-    def kinds(self, request_id: str) -> list[str]:
-        return [e["kind"] for rid, e in self.events if rid == request_id]
+from services.scheduler.tests.fakes import (
+    Delivery,
+    FakeBroker,
+    Settled,
+    entry,
+    job,
+    make_executor,
+    recording,
+    settle,
+)
 
 
 class FakeBackend:
@@ -75,41 +42,16 @@ class FakeBackend:
         return {"done": True}
 
 
-def make_executor(broker: FakeBroker, **kwargs: Any) -> Executor:
-    sink = EventSink(broker)  # type: ignore[arg-type]
-    speeds = SpeedBook(prompt_tokens_per_s=400, eval_tokens_per_s=15, load_ms=0, eval_count=10)
-    return Executor(Lane(), FakeBackend(), sink, speeds, **kwargs)  # type: ignore[arg-type]
-
-
 def push(
     executor: Executor,
-    settled: asyncio.Queue[tuple[str, str]],
+    settled: Settled,
     rid: str,
     *,
     redelivered: bool = False,
     kind: str = "chat",
 ) -> None:
-    job = Job(
-        request_id=rid,
-        gateway_id="gw",
-        kind=kind,
-        model="llama3.2",
-        payload={"model": "llama3.2"},
-        enqueued_at=time.time(),
-    )
-    executor.lane.push(
-        Entry(
-            job=job,
-            delivery=Delivery(settled, rid, redelivered),
-            generation=executor.generation,
-            admitted_at=time.monotonic(),
-            arrival=next(ARRIVALS),
-        )
-    )
-
-
-async def settle(settled: asyncio.Queue[tuple[str, str]], count: int) -> dict[str, str]:
-    return dict([await settled.get() for _ in range(count)])
+    delivery = Delivery(settled, rid, redelivered)
+    executor.lane.push(entry(job(rid, kind=kind), delivery, executor.generation))
 
 
 @pytest.fixture
@@ -136,7 +78,7 @@ async def test_a_job_whose_events_cannot_be_published_fails_alone(
 ) -> None:
     """The issue's reproduction in process: every publish for one job raises. That job is
     dead-lettered (its gateway learns it from there); the jobs around it run."""
-    executor = make_executor(fake_broker)
+    executor = make_executor(fake_broker, FakeBackend())
     settled: asyncio.Queue[tuple[str, str]] = asyncio.Queue()
     fake_broker.broken.add("bad")
     for rid in ("before", "bad", "after"):
@@ -156,7 +98,7 @@ async def test_a_job_failing_after_its_client_can_be_told_gets_an_error_naming_i
 ) -> None:
     """A bug inside the job (here the backend call raises something unexpected): the client gets
     a 500 naming its request, the delivery is acked, the next job runs."""
-    executor = make_executor(fake_broker)
+    executor = make_executor(fake_broker, FakeBackend())
 
     async def broken_call(kind: str, payload: dict[str, Any]) -> dict[str, Any]:
         raise KeyError("surprise")
@@ -173,20 +115,13 @@ async def test_a_job_failing_after_its_client_can_be_told_gets_an_error_naming_i
     assert fake_broker.kinds("fine")[-1] == "done"
 
 
-def recording(graces: list[float]) -> Callable[[float], Awaitable[None]]:
-    """A sleep that only records how long the executor asked to wait."""
-
-    async def sleep(seconds: float) -> None:
-        graces.append(seconds)
-
-    return sleep
-
-
 async def test_the_takeover_grace_is_waited_once_per_takeover_not_per_job(
     fake_broker: FakeBroker,
 ) -> None:
     graces: list[float] = []
-    executor = make_executor(fake_broker, takeover_grace_s=1.0, sleep=recording(graces))
+    executor = make_executor(
+        fake_broker, FakeBackend(), takeover_grace_s=1.0, sleep=recording(graces)
+    )
     settled: asyncio.Queue[tuple[str, str]] = asyncio.Queue()
     for index in range(100):
         push(executor, settled, f"handed-over-{index}", redelivered=True)
@@ -205,7 +140,9 @@ async def test_the_takeover_grace_is_waited_once_per_takeover_not_per_job(
 
 async def test_fresh_jobs_never_wait_a_grace(fake_broker: FakeBroker) -> None:
     graces: list[float] = []
-    executor = make_executor(fake_broker, takeover_grace_s=1.0, sleep=recording(graces))
+    executor = make_executor(
+        fake_broker, FakeBackend(), takeover_grace_s=1.0, sleep=recording(graces)
+    )
     settled: asyncio.Queue[tuple[str, str]] = asyncio.Queue()
     for index in range(5):
         push(executor, settled, f"fresh-{index}")
@@ -227,7 +164,7 @@ async def never(_: object) -> None:
 
 
 def test_watchdog_an_idle_lane_is_never_stuck(fake_broker: FakeBroker) -> None:
-    executor = make_executor(fake_broker)
+    executor = make_executor(fake_broker, FakeBackend())
     clock = Clock()
     dog = Watchdog(executor, stall_s=10, on_stuck=never, clock=clock)
     executor.progress_at = clock.now
@@ -242,7 +179,7 @@ def test_watchdog_an_idle_lane_is_never_stuck(fake_broker: FakeBroker) -> None:
 
 
 def test_watchdog_waiting_work_without_progress_is_stuck(fake_broker: FakeBroker) -> None:
-    executor = make_executor(fake_broker)
+    executor = make_executor(fake_broker, FakeBackend())
     clock = Clock()
     dog = Watchdog(executor, stall_s=10, on_stuck=never, clock=clock)
     executor.progress_at = clock.now
@@ -256,7 +193,7 @@ def test_watchdog_waiting_work_without_progress_is_stuck(fake_broker: FakeBroker
 
 
 def test_watchdog_a_paused_lane_with_nothing_running_is_idle(fake_broker: FakeBroker) -> None:
-    executor = make_executor(fake_broker)
+    executor = make_executor(fake_broker, FakeBackend())
     clock = Clock()
     dog = Watchdog(executor, stall_s=10, on_stuck=never, clock=clock)
     executor.progress_at = clock.now
@@ -270,7 +207,7 @@ def test_watchdog_a_paused_lane_with_nothing_running_is_idle(fake_broker: FakeBr
 
 def test_watchdog_progress_resets_the_stall(fake_broker: FakeBroker) -> None:
     """Tokens streaming from a long generation count: it is not stuck."""
-    executor = make_executor(fake_broker)
+    executor = make_executor(fake_broker, FakeBackend())
     clock = Clock()
     dog = Watchdog(executor, stall_s=10, on_stuck=never, clock=clock)
     executor.progress_at = clock.now

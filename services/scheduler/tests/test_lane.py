@@ -3,31 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-import itertools
-import time
 
-from corral_common.messages import Job
 from corral_scheduler.lane import Entry, Lane
-
-ARRIVALS = itertools.count()
+from services.scheduler.tests import fakes
 
 
 def entry(request_id: str, generation: int = 0) -> Entry:
-    job = Job(
-        request_id=request_id,
-        gateway_id="gw",
-        kind="chat",
-        model="llama3.2",
-        payload={},
-        enqueued_at=time.time(),
-    )
-    return Entry(
-        job=job,
-        delivery=None,
-        generation=generation,
-        admitted_at=time.monotonic(),
-        arrival=next(ARRIVALS),
-    )
+    return fakes.entry(fakes.job(request_id), generation=generation)
 
 
 async def test_pop_is_fifo() -> None:

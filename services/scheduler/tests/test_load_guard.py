@@ -2,23 +2,19 @@
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 import pytest
 
 from corral_common.messages import Job, JobKind
 from corral_scheduler.load_guard import GuardPolicy, LoadGuard, keep_alive_seconds, unloads_now
+from services.scheduler.tests import fakes
 
 
 def job(payload: dict[str, Any], kind: JobKind = "chat", model: str = "llama3.2") -> Job:
-    return Job(
-        request_id="r",
-        gateway_id="g",
-        kind=kind,
-        model=model,
-        payload={"model": model, "messages": [{"role": "user", "content": "hi"}], **payload},
-        enqueued_at=time.time(),
+    messages = [{"role": "user", "content": "hi"}]
+    return fakes.job(
+        "r", kind=kind, model=model, payload={"model": model, "messages": messages, **payload}
     )
 
 

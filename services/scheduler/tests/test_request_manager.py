@@ -7,126 +7,59 @@ request's total deadline stops its generation and frees the lane for the next jo
 from __future__ import annotations
 
 import asyncio
-import itertools
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
 import aiohttp
-import orjson
 import pytest
 from prometheus_client import REGISTRY
 
-from corral_common.messages import Job
 from corral_devstack.ports import free_port
 from corral_emulator import RunningEmulator, expected_reply, running_emulator
 from corral_emulator.failures import FailurePlan
 from corral_emulator.testing import wait_for_state
 from corral_scheduler.backend import OllamaBackend
-from corral_scheduler.eta import SpeedBook
-from corral_scheduler.events import EventSink
 from corral_scheduler.executor import Executor
-from corral_scheduler.lane import Entry, Lane
 from corral_scheduler.retries import RetryLimits
+from services.scheduler.tests import fakes
 
-ARRIVALS = itertools.count()
 LIMITS = RetryLimits(max_retries=3, max_retries_limit=5, backoff_s=0.5, backoff_max_s=4.0)
-
-
-class Delivery:
-    def __init__(self, settled: asyncio.Queue[tuple[str, str]], rid: str) -> None:
-        self.settled = settled
-        self.rid = rid
-        self.redelivered = False
-        self.headers: dict[str, Any] = {}
-
-    async def ack(self) -> None:
-        self.settled.put_nowait((self.rid, "ack"))
-
-    async def reject(self, requeue: bool = False) -> None:
-        self.settled.put_nowait((self.rid, "reject"))
-
-
-class Broker:
-    """Records every event published, by request id."""
-
-    def __init__(self) -> None:
-        self.events: list[tuple[str, dict[str, Any]]] = []
-
-    async def publish_event(self, routing_key: str, body: bytes, *, durable: bool) -> None:
-        _, _, request_id, _ = routing_key.split(".")
-        self.events.append((request_id, orjson.loads(body)))
-
-    def of(self, request_id: str) -> list[dict[str, Any]]:
-        return [event for rid, event in self.events if rid == request_id]
-
-    def kinds(self, request_id: str) -> list[str]:
-        return [event["kind"] for event in self.of(request_id)]
-
-    def final(self, request_id: str) -> dict[str, Any]:
-        return self.of(request_id)[-1]
 
 
 class Harness:
     """An executor, its broker and its settled deliveries, over one backend URL."""
 
-    def __init__(self, executor: Executor, broker: Broker, waits: list[float]) -> None:
+    def __init__(self, executor: Executor, broker: fakes.FakeBroker, waits: list[float]) -> None:
         self.executor = executor
         self.broker = broker
         self.waits = waits
-        self.settled: asyncio.Queue[tuple[str, str]] = asyncio.Queue()
+        self.settled: fakes.Settled = asyncio.Queue()
 
     def push(self, rid: str, content: str = "hello there", **terms: Any) -> None:
-        job = Job(
-            request_id=rid,
-            gateway_id="gw",
-            kind="chat",
-            model="llama3.2",
-            payload={"model": "llama3.2", "messages": [{"role": "user", "content": content}]},
-            enqueued_at=time.time(),
-            **terms,
-        )
+        payload = {"model": "llama3.2", "messages": [{"role": "user", "content": content}]}
+        delivery = fakes.Delivery(self.settled, rid)
         self.executor.lane.push(
-            Entry(
-                job=job,
-                delivery=Delivery(self.settled, rid),
-                generation=self.executor.generation,
-                admitted_at=time.monotonic(),
-                arrival=next(ARRIVALS),
+            fakes.entry(
+                fakes.job(rid, payload=payload, **terms), delivery, self.executor.generation
             )
         )
 
     async def settle(self, count: int) -> dict[str, str]:
-        return dict([await self.settled.get() for _ in range(count)])
-
-
-def recording(waits: list[float]) -> Callable[[float], Awaitable[None]]:
-    """The executor's sleep: records each backoff wait asked for, without waiting it out."""
-
-    async def sleep(seconds: float) -> None:
-        waits.append(seconds)
-
-    return sleep
+        return await fakes.settle(self.settled, count)
 
 
 @asynccontextmanager
 async def lane_over(
     url: str, jitter: float = 0.5, limits: RetryLimits = LIMITS
 ) -> AsyncIterator[Harness]:
-    broker = Broker()
+    broker = fakes.FakeBroker()
     waits: list[float] = []
     async with aiohttp.ClientSession() as session:
         backend = OllamaBackend(session, url, connect_timeout_s=2.0, read_timeout_s=30.0)
-        speeds = SpeedBook(prompt_tokens_per_s=400, eval_tokens_per_s=15, load_ms=0, eval_count=10)
-        executor = Executor(
-            Lane(),
-            backend,
-            EventSink(broker),  # type: ignore[arg-type]
-            speeds,
-            sleep=recording(waits),
-            retry=limits,
-            jitter=lambda: jitter,
+        executor = fakes.make_executor(
+            broker, backend, sleep=fakes.recording(waits), retry=limits, jitter=lambda: jitter
         )
         task = asyncio.create_task(executor.run_forever())
         try:

@@ -3,7 +3,6 @@ source, how a request's own terms are bounded, and which backend failures may be
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 import aiohttp
@@ -16,20 +15,13 @@ from corral_common.ollama import unreachable
 from corral_devstack.ports import free_port
 from corral_scheduler.backend import BackendStreamError
 from corral_scheduler.retries import RetryLimits, RetryPolicy, retry_reason
+from services.scheduler.tests import fakes
 
 URL = "http://backend:11434"
 
 
 def job(**terms: Any) -> Job:
-    return Job(
-        request_id="r",
-        gateway_id="gw",
-        kind="chat",
-        model="llama3.2",
-        payload={},
-        enqueued_at=time.time(),
-        **terms,
-    )
+    return fakes.job("r", **terms)
 
 
 def test_the_ceilings_double_from_the_base_as_seed_002_shows() -> None:
