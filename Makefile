@@ -7,7 +7,7 @@ UV ?= $(shell command -v uv 2>/dev/null || echo "$(HOME)/.local/bin/uv")
 export UV_LINK_MODE ?= copy
 
 .PHONY: run run-demo test lint typecheck check bench bench-estimates bench-fairness install rabbitmq \
-	chromium
+	chromium embedded-model test-embedded-model
 
 $(UV):
 	python3 -m pip install --quiet --user uv || python3 -m pip install --quiet uv
@@ -27,15 +27,29 @@ chromium:
 			>/dev/null) || \
 		{ [ -z "$$CI" ] && echo "chromium not installed: the browser tests will skip" >&2; }
 
-## Start the cluster against CORRAL_OLLAMA_URL (default http://127.0.0.1:11434).
+## The embedded model server `make run` falls back to (llama-cpp-python serving SmolLM2-135M), in a
+## venv of its own under ~/.cache/corral, outside the uv workspace. The first time builds
+## llama-cpp-python from source (several minutes; the wheel is kept), later runs take seconds.
+embedded-model: install
+	$(UV) run python -m corral_devstack embedded-model
+
+## For `make test`: where it cannot be built (no compiler), tests/e2e/test_real_model.py skips;
+## under CI (CI set) a failed install fails the run.
+test-embedded-model: install
+	@$(UV) run python -m corral_devstack embedded-model || \
+		{ [ -z "$$CI" ] && echo "embedded model not installed: the real-model tests will skip" >&2; }
+
+## Start the cluster against CORRAL_OLLAMA_URL (default http://127.0.0.1:11434); when nothing
+## answers there (and no CORRAL_BACKEND_KIND is set), in front of the embedded model instead
+## (CORRAL_DEV_EMBEDDED_MODEL=0 turns that off).
 run: install rabbitmq
-	$(UV) run python -m corral_devstack run
+	CORRAL_DEV_EMBEDDED_MODEL=$${CORRAL_DEV_EMBEDDED_MODEL:-auto} $(UV) run python -m corral_devstack run
 
 ## Start the cluster with the bundled Ollama emulator as the backend (no Ollama needed).
 run-demo: install rabbitmq
 	$(UV) run python -m corral_devstack run --emulator
 
-test: install rabbitmq chromium
+test: install rabbitmq chromium test-embedded-model
 	$(UV) run pytest
 
 lint: install

@@ -1,4 +1,5 @@
-"""`python -m corral_devstack run [--emulator] [--data-dir DIR]`."""
+"""`python -m corral_devstack run [--emulator] [--data-dir DIR]`; `python -m corral_devstack
+embedded-model` installs the embedded model server (if needed) and says where it is."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from corral_devstack import stack
+from corral_devstack import embedded_model, stack
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -31,9 +32,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="where logs, the local RabbitMQ node and the embedded store live "
         "(default: $CORRAL_DATA_DIR or ./.corral)",
     )
+    commands.add_parser(
+        "embedded-model",
+        help="install the embedded model server make run falls back to (llama-cpp-python and "
+        "SmolLM2-135M, cached under ~/.cache/corral; minutes the first time, then seconds)",
+    )
     args = parser.parse_args(argv)
     if args.command == "run":
         return stack.run(args.data_dir, emulator=args.emulator)
+    if args.command == "embedded-model":
+        return embedded_model.main()
     parser.error(f"unknown command {args.command}")
     return 2
 

@@ -2,18 +2,23 @@
 
 from __future__ import annotations
 
+import contextlib
+import http.client
 import os
 import signal
 import sys
 import threading
+import urllib.request
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from enum import Enum
 from pathlib import Path
 from typing import Final, TextIO
 
 from corral_common.redaction import redact_url as redact
-from corral_devstack import admin_key
+from corral_devstack import admin_key, embedded_model
 from corral_devstack.admin_key import AdminKey, AdminKeyError
+from corral_devstack.embedded_model import EmbeddedModelError, Installation
 from corral_devstack.mongo import MongoError, SecantusNode, ping
 from corral_devstack.ports import free_port, port_is_free
 from corral_devstack.processes import ServiceError, ServiceProcess
@@ -40,9 +45,15 @@ SCHEDULER_MODULE: Final = "corral_scheduler"
 # dies, the standby takes over its queued jobs at once, and the restarted one becomes the standby.
 STANDBY_NAME: Final = "scheduler-standby"
 EMULATOR_MODULE: Final = "corral_emulator"
+EMBEDDED_MODEL_NAME: Final = "embedded-model"
 DEFAULT_AMQP_URL: Final = "amqp://guest:guest@127.0.0.1:5672/"
+DEFAULT_OLLAMA_URL: Final = "http://127.0.0.1:11434"
 LOOPBACK: Final = "127.0.0.1"
 _TRUTHY: Final = frozenset({"1", "true", "yes", "on"})
+
+
+# Loopback probes must never go through an HTTP proxy taken from the environment.
+_opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 
 class StackError(RuntimeError):
@@ -60,6 +71,62 @@ def default_data_dir(environ: Mapping[str, str]) -> Path:
 
 def emulator_requested(environ: Mapping[str, str]) -> bool:
     return environ.get("CORRAL_DEV_EMULATOR", "").strip().lower() in _TRUTHY
+
+
+def model_fallback_requested(environ: Mapping[str, str]) -> bool:
+    """`CORRAL_DEV_EMBEDDED_MODEL` (`make run` sets it to `auto` unless given): serve the
+    embedded model when no backend answers. Off for `python -m corral_devstack run` alone."""
+    raw = environ.get("CORRAL_DEV_EMBEDDED_MODEL", "").strip().lower()
+    return raw == "auto" or raw in _TRUTHY
+
+
+class Backend(Enum):
+    EMULATOR = "emulator"
+    CONFIGURED = "configured"
+    """`CORRAL_BACKEND_KIND` or `CORRAL_BACKENDS` set: used as configured, never replaced."""
+    OLLAMA = "ollama"
+    """Something answers at `CORRAL_OLLAMA_URL`."""
+    EMBEDDED = "embedded"
+    UNCHECKED = "unchecked"
+    """No fallback asked for: the cluster fronts `CORRAL_OLLAMA_URL`, whatever is there."""
+
+
+@dataclass(frozen=True)
+class BackendChoice:
+    backend: Backend
+    ollama_url: str
+
+
+def ollama_answers(url: str) -> bool:
+    """An Ollama (or anything serving its `/api/version`) answers at `url` right now."""
+    with (
+        contextlib.suppress(OSError, http.client.HTTPException, ValueError),
+        _opener.open(f"{url.rstrip('/')}/api/version", timeout=2) as response,
+    ):
+        return bool(response.status == 200)
+    return False
+
+
+def choose_backend(
+    environ: Mapping[str, str],
+    *,
+    emulator: bool,
+    fallback: bool,
+    answers: Callable[[str], bool] = ollama_answers,
+) -> BackendChoice:
+    """What the cluster talks to: the emulator when asked; a configured backend as configured;
+    else the Ollama at `CORRAL_OLLAMA_URL` when it answers, and the embedded model when it does
+    not (if the fallback is on: `make run`)."""
+    url = environ.get("CORRAL_OLLAMA_URL", "").strip() or DEFAULT_OLLAMA_URL
+    if emulator:
+        return BackendChoice(Backend.EMULATOR, url)
+    if environ.get("CORRAL_BACKEND_KIND", "").strip() or environ.get("CORRAL_BACKENDS", "").strip():
+        return BackendChoice(Backend.CONFIGURED, url)
+    if not fallback:
+        return BackendChoice(Backend.UNCHECKED, url)
+    if answers(url):
+        return BackendChoice(Backend.OLLAMA, url)
+    return BackendChoice(Backend.EMBEDDED, url)
 
 
 @dataclass(frozen=True)
@@ -98,6 +165,7 @@ class Stack:
         data_dir: Path,
         *,
         emulator: bool = False,
+        model_fallback: bool = False,
         environ: Mapping[str, str] | None = None,
         modules: Sequence[str] = SERVICE_MODULES,
         out: TextIO | None = None,
@@ -107,6 +175,7 @@ class Stack:
     ) -> None:
         self.data_dir = data_dir.resolve()
         self.emulator = emulator
+        self.model_fallback = model_fallback
         self.environ = dict(os.environ if environ is None else environ)
         self.modules = tuple(modules)
         self.out = out if out is not None else sys.stdout
@@ -120,6 +189,8 @@ class Stack:
         self.mongo: SecantusNode | None = None
         self.processes: list[ServiceProcess] = []
         self.admin_key: AdminKey | None = None
+        self.backend: BackendChoice | None = None
+        self.gateway_url: str | None = None
         self._stop_order: list[Callable[[], object]] = []
 
     def process(self, name: str) -> ServiceProcess:
@@ -137,6 +208,13 @@ class Stack:
         self.log_dir.mkdir(parents=True, exist_ok=True)
         # Before anything starts: an unusable key file stops the run at once.
         self.admin_key = admin_key.bootstrap(self.environ, self.data_dir)
+        self.backend = choose_backend(
+            self.environ, emulator=self.emulator, fallback=self.model_fallback
+        )
+        # Installed (minutes the first time) before anything starts: nothing to undo if it fails.
+        model = None
+        if self.backend.backend is Backend.EMBEDDED:
+            model = self._install_embedded_model(self.backend.ollama_url)
         env = {**self.environ, "CORRAL_DATA_DIR": str(self.data_dir)}
         env["CORRAL_AMQP_URL"] = self._start_broker()
         env["CORRAL_MONGO_URL"] = self._start_mongo()
@@ -145,6 +223,11 @@ class Stack:
             env.setdefault("CORRAL_EXPECTED_SCHEDULERS", "2")
         if self.emulator:
             env["CORRAL_OLLAMA_URL"] = self._start_emulator()
+        elif model is not None:
+            env["CORRAL_BACKEND_KIND"] = "openai"
+            env["CORRAL_OLLAMA_URL"] = self._start_embedded_model(model)
+        elif self.backend.backend is Backend.OLLAMA:
+            self._say("ollama", f"{redact(self.backend.ollama_url)}  (answers; not managed)")
         for module in self.modules:
             if module == GATEWAY_MODULE:
                 self._start_gateway(env)
@@ -152,6 +235,35 @@ class Stack:
                 self._start_service(module, env)
             if module == SCHEDULER_MODULE and self.standby:
                 self._start_service(module, env, STANDBY_NAME)
+        if model is not None and self.gateway_url is not None:
+            print(
+                embedded_model_banner(self.backend.ollama_url, self.gateway_url),
+                file=self.out,
+                flush=True,
+            )
+
+    def _install_embedded_model(self, ollama_url: str) -> Installation:
+        try:
+            return embedded_model.install(embedded_model.layout(self.environ), self.out)
+        except EmbeddedModelError as exc:
+            raise StackError(
+                f"nothing answers at CORRAL_OLLAMA_URL={redact(ollama_url)} and the "
+                f"embedded model could not be set up: {exc}\n"
+                "Point CORRAL_OLLAMA_URL at a running Ollama, use `make run-demo` for the "
+                "emulator, or CORRAL_DEV_EMBEDDED_MODEL=0 to start without a backend."
+            ) from exc
+
+    def _start_embedded_model(self, model: Installation) -> str:
+        port = free_port(LOOPBACK)
+        url = f"http://{LOOPBACK}:{port}"
+        log = self.log_dir / f"{EMBEDDED_MODEL_NAME}.log"
+        argv = model.server_argv(LOOPBACK, port)
+        self._launch(EMBEDDED_MODEL_NAME, argv, self.environ, f"{url}/v1/models")
+        self._say(
+            EMBEDDED_MODEL_NAME,
+            f"{url}  (llama.cpp serving {embedded_model.MODEL_ALIAS}, log {log})",
+        )
+        return url
 
     def _start_broker(self) -> str:
         choice = choose_broker(self.environ)
@@ -215,6 +327,7 @@ class Stack:
             gateway_env["CORRAL_ADMIN_KEY"] = self.admin_key.key
         url = f"http://{_url_host(host)}:{port}"
         self._launch(name, [sys.executable, "-m", GATEWAY_MODULE], gateway_env, f"{url}/ready")
+        self.gateway_url = url
         self._say(name, f"{url}  (log {self.log_dir / name}.log)")
         if self.admin_key is not None:
             admin_key.announce(self.admin_key, url, self.out)
@@ -258,6 +371,28 @@ class Stack:
         print(f"{name:<14} {text}", file=self.out, flush=True)
 
 
+def embedded_model_banner(ollama_url: str, gateway_url: str) -> str:
+    rule = "=" * 78
+    alias = embedded_model.MODEL_ALIAS
+    body = f'{{"model": "{alias}", "messages": [{{"role": "user", "content": "Hello!"}}]}}'
+    return f"""\
+{rule}
+Nothing answers at CORRAL_OLLAMA_URL={redact(ollama_url)}, so Corral is serving a
+small embedded model: {embedded_model.MODEL_TITLE} (llama.cpp, one CPU thread), as
+model "{alias}". It is tiny and fast: right for trying Corral out, not for real work.
+
+  curl {gateway_url}/api/chat -d '{body}'
+
+To use a real Ollama instead, start it (`ollama serve`) and run `make run` again,
+or point Corral at one elsewhere:
+
+  CORRAL_OLLAMA_URL=http://my-ollama-host:11434 make run
+
+(`CORRAL_DEV_EMBEDDED_MODEL=0 make run` starts without any model; `make run-demo`
+uses the Ollama emulator.)
+{rule}"""
+
+
 def _url_host(host: str) -> str:
     # A wildcard bind is reachable on loopback; IPv6 literals need brackets in URLs.
     if host in ("0.0.0.0", ""):
@@ -271,13 +406,21 @@ def _raise_exit(signum: int, frame: object) -> None:
     raise SystemExit(128 + signum)
 
 
-def run(data_dir: Path | None = None, *, emulator: bool | None = None) -> int:
+def run(
+    data_dir: Path | None = None,
+    *,
+    emulator: bool | None = None,
+    model_fallback: bool | None = None,
+) -> int:
     """Start the stack and keep it running (crashed parts are restarted) until Ctrl-C/SIGTERM,
     or until a part keeps crashing and the supervisor gives up; then stop it all."""
     environ = dict(os.environ)
     stack = Stack(
         data_dir if data_dir is not None else default_data_dir(environ),
         emulator=emulator_requested(environ) if emulator is None else emulator,
+        model_fallback=(
+            model_fallback_requested(environ) if model_fallback is None else model_fallback
+        ),
         environ=environ,
     )
     in_main = threading.current_thread() is threading.main_thread()
