@@ -11,6 +11,7 @@ import sys
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypedDict
 
 import aio_pika
 import pytest
@@ -117,6 +118,15 @@ def start_cluster(
 
 
 ClusterFactory = Callable[..., Cluster]
+
+
+class TakeoverEnv(TypedDict):
+    """The settings of a cluster with standby schedulers, typed so that they can be passed to
+    `Cluster.start_scheduler` as keywords: how often each says its status, and how long a new
+    holder of the lane waits before taking it over."""
+
+    CORRAL_STATUS_INTERVAL_S: str
+    CORRAL_TAKEOVER_GRACE_S: str
 
 
 @pytest.fixture(scope="session")

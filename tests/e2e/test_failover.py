@@ -17,7 +17,7 @@ import pytest
 
 from corral_devstack.cluster import Cluster
 from corral_emulator import EmulatorControl, expected_reply
-from tests.conftest import ClusterFactory
+from tests.conftest import ClusterFactory, TakeoverEnv
 from tests.polling import eventually
 
 pytestmark = pytest.mark.e2e
@@ -29,7 +29,7 @@ LONG = "interrupted " + " ".join(f"word{i}" for i in range(80))
 
 @pytest.fixture(scope="module")
 def pair(new_cluster: ClusterFactory) -> Iterator[Cluster]:
-    env = {"CORRAL_STATUS_INTERVAL_S": "0.2", "CORRAL_TAKEOVER_GRACE_S": "0.5"}
+    env = TakeoverEnv(CORRAL_STATUS_INTERVAL_S="0.2", CORRAL_TAKEOVER_GRACE_S="0.5")
     with new_cluster("pair", **env) as cluster:
         cluster.start_scheduler("scheduler-2", **env)
         yield cluster

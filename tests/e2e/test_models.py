@@ -393,7 +393,7 @@ def unloading_cluster(new_cluster: ClusterFactory) -> Iterator[Cluster]:
         yield cluster
 
 
-async def loaded(emu: EmulatorControl, cluster: Cluster) -> set[str]:
+async def loaded(emu: EmulatorControl, cluster: Cluster) -> set[str | None]:
     client = ollama.AsyncClient(host=cluster.gateway_url)
     return {m.model for m in (await client.ps()).models}
 

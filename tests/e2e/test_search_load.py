@@ -61,7 +61,7 @@ async def fill_store(mongo_url: str, database: str) -> list[str]:
                 for n, sid in enumerate(session_ids)
             ]
         )
-        turns = [
+        turns: list[dict[str, Any]] = [
             {
                 "_id": new_id(),
                 "session_id": sid,

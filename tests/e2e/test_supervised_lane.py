@@ -20,7 +20,7 @@ from corral_common.supervision import FAILED_EXIT_CODE
 from corral_common.topology import JOBS_EXCHANGE, JOBS_ROUTING_KEY
 from corral_devstack.cluster import Cluster
 from corral_emulator import EmulatorControl, expected_reply
-from tests.conftest import ClusterFactory
+from tests.conftest import ClusterFactory, TakeoverEnv
 from tests.polling import eventually
 from tests.service_metrics import metric_value, wait_for_value
 
@@ -133,7 +133,8 @@ async def test_a_dead_lettered_job_ends_its_request_at_once(
         )
 
         async def victim_queued() -> bool:
-            return (await scheduler_health(lane))["queue"]["waiting"] >= 1
+            waiting: int = (await scheduler_health(lane))["queue"]["waiting"]
+            return waiting >= 1
 
         await eventually(victim_queued, what="the victim queued")
         connection = await aio_pika.connect(lane.amqp_url)
@@ -162,7 +163,7 @@ async def test_a_dead_lettered_job_ends_its_request_at_once(
         await a_chat_completes(session, url, "after the dead letter")
 
 
-STUCK_ENV = {"CORRAL_STATUS_INTERVAL_S": "0.2", "CORRAL_TAKEOVER_GRACE_S": "0.5"}
+STUCK_ENV = TakeoverEnv(CORRAL_STATUS_INTERVAL_S="0.2", CORRAL_TAKEOVER_GRACE_S="0.5")
 
 
 @pytest.fixture
@@ -208,7 +209,7 @@ HANDED_OVER = 100
 @pytest.fixture
 def pair(new_cluster: ClusterFactory) -> Iterator[Cluster]:
     # The default grace (1 s): waited once per takeover, it costs one second, not a hundred.
-    env = {"CORRAL_STATUS_INTERVAL_S": "0.2", "CORRAL_TAKEOVER_GRACE_S": "1.0"}
+    env = TakeoverEnv(CORRAL_STATUS_INTERVAL_S="0.2", CORRAL_TAKEOVER_GRACE_S="1.0")
     with new_cluster("handover", **env) as cluster:
         cluster.start_scheduler("scheduler-2", **env)
         yield cluster

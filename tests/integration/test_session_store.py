@@ -15,6 +15,7 @@ import aiohttp
 import pytest
 from aiohttp.test_utils import TestServer
 from pymongo import AsyncMongoClient
+from pymongo.asynchronous.database import AsyncDatabase
 
 from corral_common.broker import Broker, encode
 from corral_common.contracts.model_manager import MODEL_MANAGER, ModelInfo
@@ -39,7 +40,7 @@ class Harness:
     server: TestServer
     broker: Broker
     rpc: RpcClient
-    db: Any
+    db: AsyncDatabase[Document]
 
     async def publish_done(self, done: Done, gateway: str = "gw1") -> None:
         await self.broker.publish_event(
@@ -305,18 +306,19 @@ async def test_session_methods_over_rpc(store: Harness) -> None:
         "turns_deleted": 1,
     }
 
-    for method, params in [
+    missing_calls: list[tuple[str, dict[str, Any]]] = [
         ("history", {"session_id": "two"}),
         ("stats", {"session_id": "missing"}),
         ("rename", {"session_id": "missing", "title": "x"}),
         ("delete", {"session_id": "missing"}),
-    ]:
+    ]
+    for method, params in missing_calls:
         with pytest.raises(CorralError) as missing:
             await store.call(method, **params)
         assert missing.value.error_type is ErrorType.SESSION_NOT_FOUND, method
         assert missing.value.status == 404
 
-    for method, params, field in [
+    invalid_calls: list[tuple[str, dict[str, Any], str]] = [
         ("history", {"session_id": "bad.id"}, "session_id"),
         ("history", {"session_id": "x" * 200}, "session_id"),
         ("list", {"limit": 0}, "limit"),
@@ -326,7 +328,8 @@ async def test_session_methods_over_rpc(store: Harness) -> None:
         ("search", {"q": ""}, "q"),
         ("assemble", {"session_id": "s", "model": "m", "messages": [{"role": "x"}]}, "messages"),
         ("assemble", {"session_id": "s", "model": "", "messages": []}, "model"),
-    ]:
+    ]
+    for method, params, field in invalid_calls:
         with pytest.raises(CorralError) as invalid:
             await store.call(method, **params)
         assert invalid.value.error_type is ErrorType.INVALID_REQUEST, (method, params)
@@ -353,6 +356,7 @@ async def test_calibration_learns_from_done_events(store: Harness) -> None:
 
     await eventually(calibrated, what="a calibration sample")
     sample = await store.db["calibration"].find_one({"_id": "llama3.2"})
+    assert sample is not None
     assert sample["samples"] == 1
     assert 1.8 < sample["factor"] < 2.2
     turn = (await store.turns("cal"))[0]

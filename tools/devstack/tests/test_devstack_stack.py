@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 from pymongo import MongoClient
 
+from corral_common.redaction import redact_url
 from corral_devstack.mongo import SecantusNode, ping
 from corral_devstack.ports import free_port
 from corral_devstack.stack import (
@@ -20,7 +21,6 @@ from corral_devstack.stack import (
     SERVICE_MODULES,
     StackError,
     choose_broker,
-    redact,
     service_name,
 )
 
@@ -322,8 +322,8 @@ def test_choose_broker() -> None:
 
 
 def test_helpers() -> None:
-    assert redact("amqp://guest:guest@h:5672/") == "amqp://guest:***@h:5672/"
-    assert redact("amqp://h/") == "amqp://h/"
+    assert redact_url("amqp://guest:guest@h:5672/") == "amqp://guest:***@h:5672/"
+    assert redact_url("amqp://h/") == "amqp://h/"
     assert service_name("corral_session_store") == "session-store"
     assert SERVICE_MODULES == (
         "corral_scheduler",
