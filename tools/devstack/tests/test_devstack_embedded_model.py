@@ -305,6 +305,8 @@ def test_make_run_falls_back_to_the_embedded_model_only_when_nothing_answers() -
     assert choose(remote, up=True) is Backend.OLLAMA
     assert choose(remote, up=False) is Backend.EMBEDDED
     assert asked[-1] == "http://gpu:11434"
+    assert choose({**remote, "CORRAL_BACKEND_URL": "http://b:11434"}, up=False) is Backend.EMBEDDED
+    assert asked[-1] == "http://b:11434"
     asked.clear()
     # Another backend configured: used as configured, never probed nor replaced.
     assert choose({"CORRAL_BACKEND_KIND": "openai"}, up=False) is Backend.CONFIGURED

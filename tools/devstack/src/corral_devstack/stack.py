@@ -115,9 +115,13 @@ def choose_backend(
     answers: Callable[[str], bool] = ollama_answers,
 ) -> BackendChoice:
     """What the cluster talks to: the emulator when asked; a configured backend as configured;
-    else the Ollama at `CORRAL_OLLAMA_URL` when it answers, and the embedded model when it does
-    not (if the fallback is on: `make run`)."""
-    url = environ.get("CORRAL_OLLAMA_URL", "").strip() or DEFAULT_OLLAMA_URL
+    else the Ollama at `CORRAL_BACKEND_URL` (or `CORRAL_OLLAMA_URL`) when it answers, and the
+    embedded model when it does not (if the fallback is on: `make run`)."""
+    url = (
+        environ.get("CORRAL_BACKEND_URL", "").strip()
+        or environ.get("CORRAL_OLLAMA_URL", "").strip()
+        or DEFAULT_OLLAMA_URL
+    )
     if emulator:
         return BackendChoice(Backend.EMULATOR, url)
     if environ.get("CORRAL_BACKEND_KIND", "").strip() or environ.get("CORRAL_BACKENDS", "").strip():
@@ -224,8 +228,10 @@ class Stack:
         if self.emulator:
             env["CORRAL_OLLAMA_URL"] = self._start_emulator()
         elif model is not None:
-            env["CORRAL_BACKEND_KIND"] = "openai"
-            env["CORRAL_OLLAMA_URL"] = self._start_embedded_model(model)
+            url = self._start_embedded_model(model)
+            # An OpenAI-compatible server (`CORRAL_BACKEND_URL` falls back to the Ollama URL;
+            # both are set so that nothing still reading the latter looks elsewhere).
+            env.update(CORRAL_BACKEND_KIND="openai", CORRAL_BACKEND_URL=url, CORRAL_OLLAMA_URL=url)
         elif self.backend.backend is Backend.OLLAMA:
             self._say("ollama", f"{redact(self.backend.ollama_url)}  (answers; not managed)")
         for module in self.modules:
