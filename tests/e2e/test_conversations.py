@@ -9,7 +9,6 @@ on, another user's conversation is a 404 on every route and outside their list a
 from __future__ import annotations
 
 import asyncio
-import secrets
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -20,7 +19,9 @@ import pytest
 
 from corral_devstack.cluster import Cluster
 from corral_emulator import EmulatorControl, expected_reply
+from tests import gateway_http
 from tests.conftest import ClusterFactory
+from tests.gateway_http import keyed_cluster
 from tests.polling import eventually
 
 pytestmark = pytest.mark.e2e
@@ -66,18 +67,11 @@ NOT_FOUND = {"success", "error", "code", "details", "resource", "id"}
 async def call(
     url: str, method: str, path: str, body: Any = None, key: str | None = None
 ) -> tuple[int, Any]:
-    headers = {"Authorization": f"Bearer {key}"} if key else {}
-    async with (
-        aiohttp.ClientSession() as session,
-        session.request(
-            method,
-            f"{url}{path}",
-            data=None if body is None else orjson.dumps(body),
-            headers={**headers, "Content-Type": "application/json"},
-        ) as response,
-    ):
-        raw = await response.read()
-        return response.status, orjson.loads(raw) if raw else None
+    """Status and body of one request, sent as the seed's client sends it (JSON)."""
+    status, _, answer = await gateway_http.call(
+        method, f"{url}{path}", key=key, body=body, headers={"Content-Type": "application/json"}
+    )
+    return status, answer
 
 
 def model_of(models: list[str]) -> str:
@@ -433,11 +427,8 @@ class Keys:
 
 @pytest.fixture(scope="module")
 def keyed(new_cluster: ClusterFactory) -> Iterator[tuple[Cluster, str]]:
-    admin = "operator-" + secrets.token_urlsafe(32)
-    with new_cluster(
-        "conversations-auth", whole=True, CORRAL_AUTH="on", CORRAL_ADMIN_KEY=admin
-    ) as c:
-        yield c, admin
+    with keyed_cluster(new_cluster, "conversations-auth") as keyed:
+        yield keyed
 
 
 @pytest.fixture

@@ -14,7 +14,6 @@ import asyncio
 import re
 import secrets
 import time
-import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -30,6 +29,7 @@ from corral_common.ids import new_id
 from corral_devstack.cluster import Cluster
 from corral_emulator import EmulatorControl, expected_reply
 from tests.conftest import ClusterFactory
+from tests.gateway_http import bearer, call, create_user_key, keyed_cluster
 from tests.polling import eventually
 
 pytestmark = pytest.mark.e2e
@@ -63,8 +63,6 @@ KNOWN_ROUTES = {
     ("GET", "/metrics", "admin"),
 }
 
-_urlopen = urllib.request.build_opener(urllib.request.ProxyHandler({})).open
-
 
 @dataclass
 class IdentityCluster:
@@ -81,62 +79,15 @@ class IdentityCluster:
         return self.gateways[0]
 
 
-def bearer(key: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {key}"}
-
-
-def admin_request(url: str, admin: str, method: str, path: str, body: Any = None) -> Any:
-    """One call to an admin route before the event loop exists (module setup)."""
-    request = urllib.request.Request(
-        f"{url}{path}",
-        method=method,
-        data=None if body is None else orjson.dumps(body),
-        headers={**bearer(admin), "Content-Type": "application/json"},
-    )
-    with _urlopen(request, timeout=10) as response:
-        return orjson.loads(response.read())
-
-
 @pytest.fixture(scope="module")
 def ident(new_cluster: ClusterFactory) -> Iterator[IdentityCluster]:
-    admin = "operator-" + secrets.token_urlsafe(32)
-    with new_cluster(
-        "identity",
-        whole=True,
-        CORRAL_AUTH="on",
-        CORRAL_ADMIN_KEY=admin,
-        CORRAL_STATUS_INTERVAL_S="0.5",
-    ) as cluster:
+    with keyed_cluster(new_cluster, "identity", CORRAL_STATUS_INTERVAL_S="0.5") as keyed:
+        cluster, admin = keyed
         first = cluster.gateway_url
         cluster.start_gateway("gateway2")
         second = cluster.gateway_url
-        a = admin_request(first, admin, "POST", "/admin/keys", {"scope": "user", "label": "A"})
-        b = admin_request(first, admin, "POST", "/admin/keys", {"scope": "user", "label": "B"})
+        a, b = create_user_key(first, admin, "A"), create_user_key(first, admin, "B")
         yield IdentityCluster(cluster, (first, second), admin, a, b, [admin, a["key"], b["key"]])
-
-
-async def call(
-    method: str,
-    url: str,
-    *,
-    key: str | None = None,
-    headers: dict[str, str] | None = None,
-    body: Any = None,
-) -> tuple[int, dict[str, str], Any]:
-    """Status, headers and body (JSON when it is JSON, else text) of one request."""
-    sent = {**(bearer(key) if key else {}), **(headers or {})}
-    async with (
-        aiohttp.ClientSession() as session,
-        session.request(
-            method, url, headers=sent, data=None if body is None else orjson.dumps(body)
-        ) as response,
-    ):
-        raw = await response.read()
-        try:
-            parsed: Any = orjson.loads(raw) if raw else None
-        except orjson.JSONDecodeError:
-            parsed = raw.decode(errors="replace")
-        return response.status, dict(response.headers), parsed
 
 
 async def routes(ident: IdentityCluster) -> list[tuple[str, str, str]]:

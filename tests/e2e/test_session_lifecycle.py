@@ -10,8 +10,6 @@ after 1 s and deleted 5 s later, for the lifecycle job and the operators' clear-
 
 from __future__ import annotations
 
-import secrets
-import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -24,13 +22,13 @@ import pytest
 from corral_devstack.cluster import Cluster
 from corral_emulator import EmulatorControl, expected_reply
 from tests.conftest import ClusterFactory
+from tests.gateway_http import bearer, call, create_user_key, keyed_cluster
 from tests.polling import eventually
 
 pytestmark = pytest.mark.e2e
 
 DEFAULT_PROMPT = "You are Corral's assistant."
 QWEN_PROMPT = "You are Qwen, briefly."
-_urlopen = urllib.request.build_opener(urllib.request.ProxyHandler({})).open
 
 
 @dataclass
@@ -45,35 +43,17 @@ class Life:
         return self.cluster.gateway_url
 
 
-def bearer(key: str | None) -> dict[str, str]:
-    return {"Authorization": f"Bearer {key}"} if key else {}
-
-
-def create_key(url: str, admin: str, label: str) -> str:
-    request = urllib.request.Request(
-        f"{url}/admin/keys",
-        method="POST",
-        data=orjson.dumps({"scope": "user", "label": label}),
-        headers={**bearer(admin), "Content-Type": "application/json"},
-    )
-    with _urlopen(request, timeout=10) as response:
-        key: str = orjson.loads(response.read())["key"]
-        return key
-
-
 @pytest.fixture(scope="module")
 def life(new_cluster: ClusterFactory) -> Iterator[Life]:
-    admin = "operator-" + secrets.token_urlsafe(32)
-    with new_cluster(
+    with keyed_cluster(
+        new_cluster,
         "lifecycle",
-        whole=True,
-        CORRAL_AUTH="on",
-        CORRAL_ADMIN_KEY=admin,
         CORRAL_SYSTEM_PROMPT=DEFAULT_PROMPT,
         CORRAL_SYSTEM_PROMPTS=orjson.dumps({"qwen2.5:0.5b": QWEN_PROMPT}).decode(),
-    ) as cluster:
+    ) as (cluster, admin):
         url = cluster.gateway_url
-        yield Life(cluster, admin, create_key(url, admin, "A"), create_key(url, admin, "B"))
+        a, b = create_user_key(url, admin, "A"), create_user_key(url, admin, "B")
+        yield Life(cluster, admin, a["key"], b["key"])
 
 
 @pytest.fixture(scope="module")
@@ -86,27 +66,6 @@ def short(new_cluster: ClusterFactory) -> Iterator[Cluster]:
         CORRAL_SESSION_SWEEP_INTERVAL_S="0.2",
     ) as cluster:
         yield cluster
-
-
-async def call(
-    method: str,
-    url: str,
-    *,
-    key: str | None = None,
-    body: Any = None,
-    headers: dict[str, str] | None = None,
-) -> tuple[int, dict[str, str], Any]:
-    async with (
-        aiohttp.ClientSession() as session,
-        session.request(
-            method,
-            url,
-            headers={**bearer(key), **(headers or {})},
-            data=None if body is None else orjson.dumps(body),
-        ) as response,
-    ):
-        raw = await response.read()
-        return response.status, dict(response.headers), orjson.loads(raw) if raw else None
 
 
 async def chat(
