@@ -7,10 +7,15 @@ from __future__ import annotations
 import io
 import json
 import os
+import queue
+import signal
 import stat
+import subprocess
 import sys
+import threading
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -31,6 +36,8 @@ from corral_devstack.embedded_model import (
     progress_step,
     read_cpu_flags,
 )
+from corral_devstack.ports import free_port
+from corral_devstack.processes import ServiceProcess
 from corral_devstack.stack import (
     DEFAULT_OLLAMA_URL,
     Backend,
@@ -334,3 +341,154 @@ def test_the_banner_names_the_model_and_how_to_use_a_real_ollama() -> None:
     assert "curl http://127.0.0.1:8000/api/chat" in text
     assert "secret" not in text
     assert os.linesep in text
+
+
+# The installed server's interpreter, faked: `-m llama_cpp.server ... --port P` answers
+# /v1/models on P and reports its argv, as the real one would be started.
+FAKE_SERVER = """\
+#!{python}
+import json, os, sys
+from http.server import BaseHTTPRequestHandler, HTTPServer
+
+class Handler(BaseHTTPRequestHandler):
+    def do_GET(self):
+        status = 200 if self.path == "/v1/models" else 404
+        body = json.dumps({{"data": [{{"id": sys.argv[sys.argv.index("--model_alias") + 1]}}]}})
+        self.send_response(status)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body.encode())
+
+with open(os.path.join(os.environ["FAKE_REPORT_DIR"], "model-server.json"), "w") as report:
+    json.dump({{"pid": os.getpid(), "argv": sys.argv}}, report)
+port = int(sys.argv[sys.argv.index("--port") + 1])
+HTTPServer((sys.argv[sys.argv.index("--host") + 1], port), Handler).serve_forever()
+"""
+
+
+@pytest.fixture
+def run_env(tmp_path: Path, fake_services: Path, mongo_url: str, amqp_url: str) -> dict[str, str]:
+    """`make run`'s environment with fake services, nothing at CORRAL_OLLAMA_URL and a fake
+    embedded model server installed in a cache of the test's own."""
+    (tmp_path / "reports").mkdir()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CORRAL_")}
+    env.update(
+        PYTHONPATH=str(fake_services),
+        FAKE_REPORT_DIR=str(tmp_path / "reports"),
+        CORRAL_GATEWAY_PORT=str(free_port()),
+        CORRAL_MONGO_URL=mongo_url,
+        CORRAL_AMQP_URL=amqp_url,
+        CORRAL_DEV_STANDBY="0",
+        CORRAL_DEV_EMBEDDED_MODEL="auto",
+        CORRAL_OLLAMA_URL=f"http://127.0.0.1:{free_port()}",
+        CORRAL_CACHE_DIR=str(tmp_path / "cache"),
+    )
+    here = embedded_model.layout(env)
+    fake = make_venv(here.venv, here.spec)
+    fake.python.write_text(FAKE_SERVER.format(python=sys.executable))
+    fake.python.chmod(0o755)
+    return env
+
+
+class Run:
+    """`python -m corral_devstack run` in a child process, its output read line by line."""
+
+    def __init__(self, tmp_path: Path, env: dict[str, str]) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "corral_devstack", "run", "--data-dir", str(tmp_path / "data")],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        self.lines: queue.Queue[str | None] = queue.Queue()
+        self.seen: list[str] = []
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self.lines.put(line.rstrip("\n"))
+        self.lines.put(None)
+
+    def wait_for(self, text: str, timeout: float = 60) -> None:
+        while (line := self.lines.get(timeout=timeout)) is not None:
+            self.seen.append(line)
+            if text in line:
+                return
+        pytest.fail(f"run ended before {text!r}:\n" + "\n".join(self.seen))
+
+    def stop(self) -> str:
+        """SIGTERM, as Ctrl-C would; everything it said."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        assert self.proc.wait(timeout=60) == 0
+        while (line := self.lines.get(timeout=60)) is not None:
+            self.seen.append(line)
+        return "\n".join(self.seen)
+
+
+def report(tmp_path: Path, role: str) -> dict[str, Any]:
+    data: dict[str, Any] = json.loads((tmp_path / "reports" / f"{role}.json").read_text())
+    return data
+
+
+def test_make_run_without_a_backend_serves_the_embedded_model(
+    tmp_path: Path, run_env: dict[str, str]
+) -> None:
+    run = Run(tmp_path, run_env)
+    try:
+        run.wait_for("Corral is running")
+        server = report(tmp_path, "model-server")
+        argv = server["argv"]
+        url = f"http://127.0.0.1:{argv[argv.index('--port') + 1]}"
+        assert argv[argv.index("--model_alias") + 1] == MODEL_ALIAS
+        assert argv[argv.index("--n_threads") + 1] == "1"
+        assert argv[argv.index("--model") + 1].endswith(".gguf")
+        for role in ("scheduler", "session_store", "gateway"):
+            env = report(tmp_path, role)["env"]
+            assert env["CORRAL_BACKEND_KIND"] == "openai"
+            assert env["CORRAL_BACKEND_URL"] == url
+            assert env["CORRAL_OLLAMA_URL"] == url
+    finally:
+        said = run.stop()
+    assert f"embedded-model {url}  (llama.cpp serving {MODEL_ALIAS}" in said
+    assert "so Corral is serving a" in said
+    assert "CORRAL_OLLAMA_URL=http://my-ollama-host:11434 make run" in said
+    # Supervised and stopped like the other services.
+    assert (tmp_path / "data" / "logs" / "embedded-model.log").exists()
+    assert not Path(f"/proc/{server['pid']}").exists() or _zombie(server["pid"])
+
+
+def _zombie(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_bytes().rsplit(b")", 1)[1].split()[0] == b"Z"
+    except OSError:
+        return True
+
+
+def test_make_run_fronts_an_ollama_that_answers(tmp_path: Path, run_env: dict[str, str]) -> None:
+    ollama = ServiceProcess(
+        "ollama",
+        [sys.executable, "-m", "corral_emulator", "--port", str(free_port())],
+        {"PYTHONPATH": run_env["PYTHONPATH"], "FAKE_REPORT_DIR": run_env["FAKE_REPORT_DIR"]},
+        None,
+        tmp_path / "ollama.log",
+    )
+    ollama.start()
+    port = ollama.argv[-1]
+    run_env["CORRAL_OLLAMA_URL"] = f"http://127.0.0.1:{port}"
+    try:
+        run = Run(tmp_path, run_env)
+        try:
+            run.wait_for("Corral is running")
+            env = report(tmp_path, "scheduler")["env"]
+            assert env["CORRAL_OLLAMA_URL"] == f"http://127.0.0.1:{port}"
+            assert "CORRAL_BACKEND_KIND" not in env
+            assert not (tmp_path / "reports" / "model-server.json").exists()
+        finally:
+            said = run.stop()
+    finally:
+        ollama.stop()
+    assert f"ollama         http://127.0.0.1:{port}  (answers; not managed)" in said
+    assert "embedded" not in said
