@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 from pymongo import AsyncMongoClient
+from pymongo.asynchronous.database import AsyncDatabase
 
 from corral_common.ids import new_id
 from corral_session_store.store import Document, SessionStore
@@ -23,9 +24,15 @@ async def mongo(mongo_url: str) -> AsyncIterator[AsyncMongoClient[Document]]:
 
 
 @pytest.fixture
-async def store(mongo: AsyncMongoClient[Document]) -> AsyncIterator[SessionStore]:
+async def database(mongo: AsyncMongoClient[Document]) -> AsyncIterator[AsyncDatabase[Document]]:
+    """A database of the test's own, dropped afterwards."""
     name = f"corral_test_{new_id()[:12]}"
-    store = SessionStore(mongo[name])
-    await store.ensure_indexes()
-    yield store
+    yield mongo[name]
     await mongo.drop_database(name)
+
+
+@pytest.fixture
+async def store(database: AsyncDatabase[Document]) -> SessionStore:
+    store = SessionStore(database)
+    await store.ensure_indexes()
+    return store

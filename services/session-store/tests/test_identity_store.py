@@ -4,12 +4,12 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
 from bson import json_util
 from pymongo import AsyncMongoClient
+from pymongo.asynchronous.database import AsyncDatabase
 
 from corral_common.api_keys import display_prefix, generate_key, key_hash
 from corral_common.contracts.identity import (
@@ -22,7 +22,6 @@ from corral_common.contracts.identity import (
     KeyRef,
 )
 from corral_common.errors import CorralError, ErrorType
-from corral_common.ids import new_id
 from corral_session_store.identity_rpc import IdentityStore
 from corral_session_store.store import Document
 
@@ -33,12 +32,10 @@ T = 1_754_400_000.0 + 5
 
 
 @pytest.fixture
-async def identity(mongo: AsyncMongoClient[Document]) -> AsyncIterator[IdentityStore]:
-    name = f"corral_test_{new_id()[:12]}"
-    identity = IdentityStore(mongo[name])
+async def identity(database: AsyncDatabase[Document]) -> IdentityStore:
+    identity = IdentityStore(database)
     await identity.ensure_indexes()
-    yield identity
-    await mongo.drop_database(name)
+    return identity
 
 
 def new_key(**fields: Any) -> tuple[str, KeyCreate]:
