@@ -1,6 +1,9 @@
-"""Where Corral's extension fields come from, and that none reaches the backend."""
+"""Where Corral's extension fields come from, and that none of Corral's fields (extensions,
+request terms, session fields) reaches the backend."""
 
 from __future__ import annotations
+
+from typing import Any
 
 import pytest
 from aiohttp import web
@@ -56,19 +59,42 @@ def test_queue_progress_header() -> None:
     assert read_extensions(request(**{"X-Queue-Progress": "0"}), {}).queue_progress is False
 
 
-def test_payload_strips_extensions_and_stream() -> None:
+@pytest.mark.parametrize(
+    ("fields", "options"),
+    [
+        pytest.param(
+            {"stream": True, "session_id": "s", "request_id": "r"},
+            {"session_id": "s"},
+            id="extensions-and-stream",
+        ),
+        pytest.param(
+            {"timeout_ms": 1000, "max_retries": 2, "retry_backoff": 1.0},
+            {"timeout": 5, "max_retries": 1, "retry_backoff": 0.5},
+            id="request-terms",
+        ),
+        pytest.param(
+            {"metadata": {"a": 1}, "max_history_length": 3},
+            {"metadata": {"b": 2}, "max_history_length": 1},
+            id="session-fields",
+        ),
+    ],
+)
+def test_corrals_fields_never_reach_the_backend(
+    fields: dict[str, Any], options: dict[str, Any]
+) -> None:
+    """Corral's fields, in the body or in `options`, are stripped; Ollama's own stay."""
     body = {
         "model": "m",
-        "stream": True,
-        "session_id": "s",
-        "request_id": "r",
-        "options": {"session_id": "s", "temperature": 0.1},
         "messages": [],
+        "keep_alive": "5m",
+        **fields,
+        "options": {**options, "temperature": 0.2},
     }
     assert backend_payload(body) == {
         "model": "m",
-        "options": {"temperature": 0.1},
         "messages": [],
+        "keep_alive": "5m",
+        "options": {"temperature": 0.2},
     }
 
 

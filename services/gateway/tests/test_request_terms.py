@@ -1,6 +1,7 @@
 """Seed 002's request terms at the edge: the total deadline and retry terms read from a request
-(body, header, options), stripped before the backend, carried by the job; the relay's answers
-past the deadline; and `retry_after` in Corral's error bodies wherever Retry-After is said."""
+(body, header, options) and carried by the job (test_extensions.py shows them stripped before
+the backend); the relay's answers past the deadline; and `retry_after` in Corral's error bodies
+wherever Retry-After is said."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from pytest_aiohttp import AiohttpClient
 from corral_common.errors import CorralError, ErrorType
 from corral_common.messages import Failed, Started, Tokens
 from corral_gateway import relay as relay_module
-from corral_gateway.extensions import Extensions, backend_payload, read_extensions
+from corral_gateway.extensions import Extensions, read_extensions
 from corral_gateway.relay import RelayTimings
 from corral_gateway.request_terms import RequestTerms, read_terms
 from corral_gateway.surfaces import CORRAL, OLLAMA, Route, answer_with, corral_error
@@ -82,24 +83,6 @@ def test_values_that_cannot_be_terms_are_refused_naming_the_field(
         terms(body, **headers)
     assert refused.value.status == 400
     assert names in refused.value.message
-
-
-def test_the_terms_never_reach_the_backend() -> None:
-    body = {
-        "model": "m",
-        "messages": [],
-        "timeout_ms": 1000,
-        "max_retries": 2,
-        "retry_backoff": 1.0,
-        "keep_alive": "5m",
-        "options": {"timeout": 5, "max_retries": 1, "retry_backoff": 0.5, "temperature": 0.2},
-    }
-    assert backend_payload(body) == {
-        "model": "m",
-        "messages": [],
-        "keep_alive": "5m",
-        "options": {"temperature": 0.2},
-    }
 
 
 def test_the_queue_deadline_is_the_total_deadline_when_that_comes_first() -> None:

@@ -1,7 +1,8 @@
 """The session lifecycle at the edge, in process: `session_id: "new"`, `max_history_length` and
-`metadata` read and stripped; stateless prompts sized against the window (context_check.py);
-`POST /sessions`, the archived listing, export and import, and the operators' clear-all over a
-fake session store, with the caller's principal owning what is created."""
+`metadata` read (test_extensions.py shows them stripped); stateless prompts sized against the
+window (context_check.py); `POST /sessions`, the archived listing, export and import, and the
+operators' clear-all over a fake session store, with the caller's principal owning what is
+created."""
 
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ from corral_common.errors import CorralError, ErrorType
 from corral_gateway import admin, corral
 from corral_gateway.app import edge_middlewares
 from corral_gateway.context_check import check_stateless, fit_chat, generate_tokens, window_of
-from corral_gateway.extensions import backend_payload, read_extensions
+from corral_gateway.extensions import read_extensions
 from corral_gateway.identity.principal import CALLER
 from corral_gateway.settings import GatewaySettings
 from corral_gateway.state import GATEWAY, Gateway
@@ -75,17 +76,6 @@ def test_bad_session_fields_are_a_clear_400(body: dict[str, Any], words: str) ->
         read_extensions(request(), body)
     assert info.value.status == 400
     assert words in info.value.message
-
-
-def test_the_session_fields_never_reach_the_backend() -> None:
-    body = {
-        "model": "m",
-        "messages": [],
-        "metadata": {"a": 1},
-        "max_history_length": 3,
-        "options": {"metadata": {"b": 2}, "max_history_length": 1, "temperature": 0.2},
-    }
-    assert backend_payload(body) == {"model": "m", "messages": [], "options": {"temperature": 0.2}}
 
 
 # -- stateless prompts against the window ----------------------------------------------------
