@@ -272,10 +272,13 @@ def test_an_interrupted_or_failed_install_leaves_nothing_to_trust(
     # A run killed mid-install (no `finally`) leaves a staging venv behind: the next one clears it.
     stale = here.venv.with_name(f"{here.venv.name}.tmp-999999")
     (stale / "bin").mkdir(parents=True)
+    stale_build = here.wheels / ".build-999999"
+    stale_build.mkdir(parents=True)
     monkeypatch.setenv("FAKE_FAIL", "install")
     with pytest.raises(EmbeddedModelError, match="could not install llama-cpp-python"):
         install(here, io.StringIO(), python=str(fake_python))
     assert not stale.exists()
+    assert not stale_build.exists()
     # The wheel was built before the install failed: kept for the next try.
     assert here.find_wheel() is not None
 

@@ -285,8 +285,10 @@ def _build_wheel(where: Layout, python: str, out: TextIO) -> Path:
             "(on Debian: apt-get install build-essential)"
         )
     where.wheels.mkdir(parents=True, exist_ok=True)
+    # Under the install lock: any build directory here is a killed run's.
+    for stale in where.wheels.glob(".build-*"):
+        shutil.rmtree(stale, ignore_errors=True)
     staging = where.wheels / f".build-{os.getpid()}"
-    shutil.rmtree(staging, ignore_errors=True)
     _say(
         out,
         f"building llama-cpp-python {LLAMA_CPP_VERSION} from source ({where.variant.name} "
