@@ -109,12 +109,12 @@ def job(request_id: str, **fields: Any) -> Job:
     return Job(**{**built, **fields})
 
 
-def entry(job: Job, delivery: Delivery | None = None, generation: int = 0) -> Entry:
+def entry(job: Job, delivery: Delivery | None = None, connection_epoch: int = 0) -> Entry:
     """The job as admission puts it in the lane: admitted now, after every earlier entry."""
     return Entry(
         job=job,
         delivery=delivery,
-        generation=generation,
+        connection_epoch=connection_epoch,
         admitted_at=time.monotonic(),
         arrival=next(ARRIVALS),
     )

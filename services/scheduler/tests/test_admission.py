@@ -29,9 +29,7 @@ class Message:
 
 def admission(broker: FakeBroker, max_queued_per_key: int) -> Admission:
     executor = make_executor(broker, object())
-    return Admission(
-        "sched-1", executor.lane, executor, executor.sink, executor.speeds, max_queued_per_key
-    )
+    return Admission("sched-1", executor.lane, executor.sink, executor.speeds, max_queued_per_key)
 
 
 def job(request_id: str, client_key: str, max_queued: int | None) -> Job:

@@ -14,7 +14,8 @@ from aiohttp.test_utils import TestServer
 
 from corral_emulator import EmulatorConfig
 from corral_emulator import create_app as create_emulator
-from corral_scheduler.backend import BackendStreamError, OllamaBackend, ndjson_lines
+from corral_scheduler.backends.base import BackendStreamError
+from corral_scheduler.backends.ollama import OllamaBackend, ndjson_lines
 
 CONTEXT_TOKENS = 100_000
 
@@ -27,7 +28,7 @@ async def backend_for(app: web.Application) -> AsyncIterator[OllamaBackend]:
 
 
 async def collect(backend: OllamaBackend, payload: dict[str, object]) -> list[dict[str, object]]:
-    async with backend.generation("generate", payload) as chunks:
+    async with backend.stream("generate", payload) as chunks:
         return [chunk async for chunk in chunks]
 
 

@@ -26,10 +26,13 @@ from services.scheduler.tests.fakes import (
 
 
 class FakeBackend:
+    """The part of `backends.base.Backend` the executor calls."""
+
+    kind = "ollama"
     base_url = "http://backend"
 
     @asynccontextmanager
-    async def generation(
+    async def stream(
         self, kind: str, payload: dict[str, Any]
     ) -> AsyncIterator[AsyncIterator[dict[str, Any]]]:
         async def chunks() -> AsyncIterator[dict[str, Any]]:
@@ -38,7 +41,13 @@ class FakeBackend:
 
         yield chunks()
 
-    async def call(self, kind: str, payload: dict[str, Any]) -> dict[str, Any]:
+    async def embed(self, kind: str, payload: dict[str, Any]) -> dict[str, Any]:
+        return {"embeddings": []}
+
+    async def load(self, payload: dict[str, Any]) -> dict[str, Any]:
+        return {"done": True}
+
+    async def unload(self, payload: dict[str, Any]) -> dict[str, Any]:
         return {"done": True}
 
 
@@ -51,7 +60,7 @@ def push(
     kind: str = "chat",
 ) -> None:
     delivery = Delivery(settled, rid, redelivered)
-    executor.lane.push(entry(job(rid, kind=kind), delivery, executor.generation))
+    executor.lane.push(entry(job(rid, kind=kind), delivery, executor.lane.connection_epoch))
 
 
 @pytest.fixture
@@ -100,10 +109,10 @@ async def test_a_job_failing_after_its_client_can_be_told_gets_an_error_naming_i
     a 500 naming its request, the delivery is acked, the next job runs."""
     executor = make_executor(fake_broker, FakeBackend())
 
-    async def broken_call(kind: str, payload: dict[str, Any]) -> dict[str, Any]:
+    async def broken_load(payload: dict[str, Any]) -> dict[str, Any]:
         raise KeyError("surprise")
 
-    executor.backend.call = broken_call  # type: ignore[method-assign]
+    executor.backend.load = broken_load  # type: ignore[method-assign]
     settled: asyncio.Queue[tuple[str, str]] = asyncio.Queue()
     push(executor, settled, "oops", kind="load")
     push(executor, settled, "fine")
@@ -131,7 +140,7 @@ async def test_the_takeover_grace_is_waited_once_per_takeover_not_per_job(
         assert graces == [1.0]
         # A later takeover (after a broker reconnect: another scheduler may have held the
         # lane meanwhile) waits once again.
-        executor.generation += 1
+        executor.lane.connection_epoch += 1
         for index in range(3):
             push(executor, settled, f"second-{index}", redelivered=True)
         await settle(settled, 3)
@@ -166,8 +175,8 @@ async def never(_: object) -> None:
 def test_watchdog_an_idle_lane_is_never_stuck(fake_broker: FakeBroker) -> None:
     executor = make_executor(fake_broker, FakeBackend())
     clock = Clock()
-    dog = Watchdog(executor, stall_s=10, on_stuck=never, clock=clock)
-    executor.progress_at = clock.now
+    dog = Watchdog(executor.lane, stall_s=10, on_stuck=never, clock=clock)
+    executor.lane.progress_at = clock.now
     clock.now += 3600  # an idle hour
     assert dog.assess().stuck is False
     settled: asyncio.Queue[tuple[str, str]] = asyncio.Queue()
@@ -181,8 +190,8 @@ def test_watchdog_an_idle_lane_is_never_stuck(fake_broker: FakeBroker) -> None:
 def test_watchdog_waiting_work_without_progress_is_stuck(fake_broker: FakeBroker) -> None:
     executor = make_executor(fake_broker, FakeBackend())
     clock = Clock()
-    dog = Watchdog(executor, stall_s=10, on_stuck=never, clock=clock)
-    executor.progress_at = clock.now
+    dog = Watchdog(executor.lane, stall_s=10, on_stuck=never, clock=clock)
+    executor.lane.progress_at = clock.now
     settled: asyncio.Queue[tuple[str, str]] = asyncio.Queue()
     push(executor, settled, "waiting")
     dog.assess()
@@ -195,8 +204,8 @@ def test_watchdog_waiting_work_without_progress_is_stuck(fake_broker: FakeBroker
 def test_watchdog_a_paused_lane_with_nothing_running_is_idle(fake_broker: FakeBroker) -> None:
     executor = make_executor(fake_broker, FakeBackend())
     clock = Clock()
-    dog = Watchdog(executor, stall_s=10, on_stuck=never, clock=clock)
-    executor.progress_at = clock.now
+    dog = Watchdog(executor.lane, stall_s=10, on_stuck=never, clock=clock)
+    executor.lane.progress_at = clock.now
     settled: asyncio.Queue[tuple[str, str]] = asyncio.Queue()
     push(executor, settled, "held")
     executor.lane.pause()
@@ -209,12 +218,12 @@ def test_watchdog_progress_resets_the_stall(fake_broker: FakeBroker) -> None:
     """Tokens streaming from a long generation count: it is not stuck."""
     executor = make_executor(fake_broker, FakeBackend())
     clock = Clock()
-    dog = Watchdog(executor, stall_s=10, on_stuck=never, clock=clock)
-    executor.progress_at = clock.now
+    dog = Watchdog(executor.lane, stall_s=10, on_stuck=never, clock=clock)
+    executor.lane.progress_at = clock.now
     settled: asyncio.Queue[tuple[str, str]] = asyncio.Queue()
     push(executor, settled, "long")
     dog.assess()
     for _ in range(10):
         clock.now += 8
-        executor.progress_at = clock.now - 1  # a chunk a second ago
+        executor.lane.progress_at = clock.now - 1  # a chunk a second ago
         assert dog.assess().stuck is False

@@ -8,8 +8,8 @@ from corral_scheduler.lane import Entry, Lane
 from services.scheduler.tests import fakes
 
 
-def entry(request_id: str, generation: int = 0) -> Entry:
-    return fakes.entry(fakes.job(request_id), generation=generation)
+def entry(request_id: str, connection_epoch: int = 0) -> Entry:
+    return fakes.entry(fakes.job(request_id), connection_epoch=connection_epoch)
 
 
 async def test_pop_is_fifo() -> None:
@@ -75,11 +75,11 @@ def test_positions_never_increase_as_the_lane_drains() -> None:
         assert history == sorted(history, reverse=True)
 
 
-def test_stale_generation_entries_are_dropped() -> None:
+def test_entries_of_an_old_connection_epoch_are_dropped() -> None:
     lane = Lane()
-    lane.push(entry("old", generation=0))
-    lane.push(entry("new", generation=1))
-    dropped = lane.drop_generation_before(1)
+    lane.push(entry("old", connection_epoch=0))
+    lane.push(entry("new", connection_epoch=1))
+    dropped = lane.drop_epoch_before(1)
     assert [e.request_id for e in dropped] == ["old"]
     assert "new" in lane and "old" not in lane
 

@@ -20,7 +20,7 @@ from corral_devstack.ports import free_port
 from corral_emulator import RunningEmulator, expected_reply, running_emulator
 from corral_emulator.failures import FailurePlan
 from corral_emulator.testing import wait_for_state
-from corral_scheduler.backend import OllamaBackend
+from corral_scheduler.backends.ollama import OllamaBackend
 from corral_scheduler.executor import Executor
 from corral_scheduler.retries import RetryLimits
 from services.scheduler.tests import fakes
@@ -42,7 +42,9 @@ class Harness:
         delivery = fakes.Delivery(self.settled, rid)
         self.executor.lane.push(
             fakes.entry(
-                fakes.job(rid, payload=payload, **terms), delivery, self.executor.generation
+                fakes.job(rid, payload=payload, **terms),
+                delivery,
+                self.executor.lane.connection_epoch,
             )
         )
 

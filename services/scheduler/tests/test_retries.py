@@ -13,7 +13,7 @@ from corral_common.errors import CorralError, ErrorType
 from corral_common.messages import Job
 from corral_common.ollama import unreachable
 from corral_devstack.ports import free_port
-from corral_scheduler.backend import BackendStreamError
+from corral_scheduler.backends.base import BackendStreamError
 from corral_scheduler.retries import RetryLimits, RetryPolicy, retry_reason
 from services.scheduler.tests import fakes
 

@@ -33,7 +33,7 @@ from corral_common.topology import LANE_COMMAND_KEY, STATUS_REQUEST_KEY, event_k
 from corral_scheduler import metrics
 from corral_scheduler.eta import SpeedBook
 from corral_scheduler.events import EventSink
-from corral_scheduler.executor import Executor, queue_timeout, start_by
+from corral_scheduler.executor import queue_timeout, start_by
 from corral_scheduler.lane import Entry, Lane
 
 log = structlog.get_logger(__name__)
@@ -76,7 +76,6 @@ class Admission:
         self,
         scheduler_id: str,
         lane: Lane,
-        executor: Executor,
         sink: EventSink,
         speeds: SpeedBook,
         max_queued_per_key: int = 0,
@@ -84,7 +83,6 @@ class Admission:
         self.scheduler_id = scheduler_id
         self.max_queued_per_key = max_queued_per_key
         self.lane = lane
-        self.executor = executor
         self.sink = sink
         self.speeds = speeds
         self.cancels = RecentCancels()
@@ -147,14 +145,14 @@ class Admission:
         entry = Entry(
             job=job,
             delivery=message,
-            generation=self.executor.generation,
+            connection_epoch=self.lane.connection_epoch,
             admitted_at=time.monotonic(),
             arrival=arrival,
             estimate_ms=self.speeds.estimate_ms(
                 job.model,
                 job.prompt_chars,
                 job.num_predict,
-                self.executor.loaded_model,
+                self.lane.loaded_model(),
                 kind=job.kind,
             ),
         )
@@ -166,7 +164,7 @@ class Admission:
         except Exception:
             # The job is in the lane and will run; only its client's news was lost.
             log.exception("announcing an admitted job failed", request_id=clip(job.request_id))
-        self.executor.lane_moved.set()
+        self.lane.moved.set()
 
     async def _announce(self, entry: Entry, accepted: Accepted, redelivered: bool) -> None:
         job = entry.job
@@ -177,11 +175,9 @@ class Admission:
         # starts soon must still have been told where it stood before its `started`.
         # Computed after the `accepted` publish: the lane may have moved meanwhile (jobs behind
         # this one admitted, the broadcaster already telling it), so from where it is now.
-        ahead = self.lane.ahead_of(entry.request_id)
-        busy = self.executor.running is not None or self.lane.paused
-        position = -1 if ahead is None else len(ahead) + busy
-        if position > 0 and entry.last_sent is None:
-            wait_ms = self.executor.remaining_ms() + sum(e.estimate_ms for e in ahead or [])
+        placed = self.lane.placement(entry.request_id)
+        if placed is not None and placed.position > 0 and entry.last_sent is None:
+            position, wait_ms = placed.position, placed.wait_ms
             entry.told(position, wait_ms, time.monotonic())
             await self.sink.send_quietly(
                 job,
@@ -224,17 +220,20 @@ class Admission:
 
     def _retry_after_s(self, key: str) -> int:
         """When the caller's first queued job should have finished, freeing a place."""
-        ahead_ms = self.executor.remaining_ms()
-        for entry in self.lane:
-            ahead_ms += entry.estimate_ms
-            if entry.job.client_key == key:
-                break
+        placed = self.lane.snapshot()
+        first = next((p for p in placed if p.entry.job.client_key == key), None)
+        if first is not None:
+            ahead_ms = first.wait_ms + first.entry.estimate_ms
+        elif placed:
+            ahead_ms = placed[-1].wait_ms + placed[-1].entry.estimate_ms
+        else:
+            ahead_ms = self.lane.remaining_ms()
         return max(1, math.ceil(ahead_ms / 1000))
 
     async def on_control(self, message: AbstractIncomingMessage) -> None:
         async with message.process(ignore_processed=True):
             if message.routing_key == STATUS_REQUEST_KEY:
-                self.executor.status_requested.set()
+                self.lane.status_requested.set()
                 return
             if message.routing_key == LANE_COMMAND_KEY:
                 self._command(message.body)
@@ -262,7 +261,7 @@ class Admission:
             self.lane.resume()
         metrics.LANE_STATE.labels("paused").set(int(self.lane.paused))
         metrics.LANE_STATE.labels("draining").set(int(self.lane.draining))
-        self.executor.status_requested.set()
+        self.lane.status_requested.set()
 
     async def cancel(self, request_id: str, reason: str) -> str:
         """Returns the stage the job was cancelled at, or "unknown" when it is not held here."""
@@ -274,11 +273,11 @@ class Admission:
             await self.sink.send_quietly(
                 entry.job, Cancelled(request_id=request_id, stage="queued")
             )
-            if entry.generation == self.executor.generation:
+            if not self.lane.is_stale(entry):
                 await entry.delivery.ack()
-            self.executor.lane_moved.set()
+            self.lane.moved.set()
             return "queued"
-        if self.executor.cancel_running(request_id, reason):
+        if self.lane.cancel_running(request_id, reason):
             return "running"
         log.info("cancel for a job not held here; remembered", request_id=request_id)
         self.cancels.add(request_id)
@@ -287,11 +286,8 @@ class Admission:
     def connection_lost(self) -> None:
         """Unacked deliveries return to the queue when the connection drops: forget them here,
         and stop the running job, whose events and ack can no longer be delivered."""
-        self.executor.generation += 1
-        dropped = self.lane.drop_generation_before(self.executor.generation)
+        running = self.lane.running
+        dropped = self.lane.new_connection_epoch()
         metrics.QUEUE_DEPTH.set(len(self.lane))
-        running = self.executor.running
-        if running is not None:
-            self.executor.cancel_running(running.entry.request_id, "broker connection lost")
         if dropped or running is not None:
             log.warning("dropped admitted jobs after broker loss", jobs=len(dropped))

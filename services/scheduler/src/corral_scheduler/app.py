@@ -21,7 +21,8 @@ from corral_common.supervision import FAILED_EXIT_CODE, Task, request_exit, stop
 from corral_common.timeouts import within
 from corral_common.topology import CONTROL_EXCHANGE, JOBS_QUEUE, STATUS_REQUEST_KEY
 from corral_scheduler.admission import Admission
-from corral_scheduler.backend import OllamaBackend
+from corral_scheduler.backends.base import Backend
+from corral_scheduler.backends.ollama import OllamaBackend
 from corral_scheduler.eta import SpeedBook
 from corral_scheduler.events import EventSink
 from corral_scheduler.executor import Executor
@@ -53,7 +54,7 @@ HARD_EXIT_AFTER_S = 30.0
 
 SETTINGS = web.AppKey("settings", SchedulerSettings)
 BROKER = web.AppKey("broker", Broker)
-BACKEND = web.AppKey("backend", OllamaBackend)
+BACKEND: web.AppKey[Backend] = web.AppKey("backend")
 CORE = web.AppKey("core", Core)
 CONSUMING = web.AppKey("consuming", asyncio.Event)
 
@@ -118,7 +119,7 @@ async def lane_ctx(app: web.Application) -> AsyncIterator[None]:
     executor = Executor(
         lane, app[BACKEND], sink, speeds, guard, settings.takeover_grace_s, retry=retry
     )
-    admission = Admission(scheduler_id, lane, executor, sink, speeds, settings.max_queued_per_key)
+    admission = Admission(scheduler_id, lane, sink, speeds, settings.max_queued_per_key)
     # The executor's supervised task, for the handover to cancel.
     lane_tasks: list[asyncio.Task[None]] = []
 
@@ -126,7 +127,7 @@ async def lane_ctx(app: web.Application) -> AsyncIterator[None]:
         """The watchdog found the lane stuck (watchdog.py): give up the single-active-consumer
         slot, so a standby takes the lane, then exit to be restarted as a fresh standby."""
         app[CONSUMING].clear()
-        executor.status_requested.set()  # gateways hear "stuck" at once
+        lane.status_requested.set()  # gateways hear "stuck" at once
         # Should the graceful stop wedge too, the process still goes.
         asyncio.get_running_loop().call_later(HARD_EXIT_AFTER_S, os._exit, FAILED_EXIT_CODE)
         with contextlib.suppress(Exception):
@@ -139,18 +140,18 @@ async def lane_ctx(app: web.Application) -> AsyncIterator[None]:
             await within(jobs_channel.close(), HANDOVER_STEP_S)
         request_exit(FAILED_EXIT_CODE, f"lane stuck for {verdict.stalled_for_s:.0f} s")
 
-    watchdog = Watchdog(executor, settings.lane_stall_s, hand_over)
+    watchdog = Watchdog(lane, settings.lane_stall_s, hand_over)
     status = StatusReporter(
         scheduler_id,
         broker,
         app[BACKEND],
-        executor,
+        lane,
         settings.status_interval_s,
         health=lambda: watchdog.verdict,
     )
     app[CORE] = Core(executor, admission, status, watchdog)
     broker.on_lost(admission.connection_lost)
-    positions = PositionBroadcaster(executor, sink, settings.position_interval_s)
+    positions = PositionBroadcaster(lane, sink, settings.position_interval_s)
 
     jobs_channel = await broker.channel(prefetch=settings.admission_window)
     jobs_queue = await jobs_channel.get_queue(JOBS_QUEUE)

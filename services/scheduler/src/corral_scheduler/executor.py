@@ -1,8 +1,10 @@
-"""The single executor: takes jobs from the lane head and runs them one at a time.
+"""The single executor: takes the next job from the lane, runs it through the backend, acks it.
 
-This is the only code that sends generations to the backend, and it awaits each one to its
-end (including closing the upstream response when cancelled) before taking the next, which is
-what makes the backend see at most one generation at a time.
+This is the only code that sends work to the backend, and it awaits each job to its end
+(including closing the upstream response when cancelled) before taking the next, which is
+what makes the backend see at most one generation at a time. The lane's state (the running
+job, the loaded model, the connection epoch) is the lane's (lane.py); the backend is whatever
+implements `backends.base.Backend`.
 """
 
 from __future__ import annotations
@@ -11,10 +13,8 @@ import asyncio
 import contextlib
 import random
 import time
-from collections import Counter, deque
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
-from typing import Any, TypeVar
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, TypeVar, cast
 
 import structlog
 from opentelemetry import trace
@@ -29,14 +29,20 @@ from corral_common.messages import (
     Done,
     Failed,
     Job,
-    ModelActivity,
     Started,
     Tokens,
 )
-from corral_common.model_names import canonical_model_name, same_model
+from corral_common.model_names import same_model
 from corral_common.telemetry import extract_context, tracer
 from corral_scheduler import metrics
-from corral_scheduler.backend import BackendStreamError, OllamaBackend
+from corral_scheduler.backends.base import (
+    Answer,
+    Backend,
+    BackendStreamError,
+    Chunk,
+    EmbedKind,
+    StreamKind,
+)
 from corral_scheduler.eta import SpeedBook
 from corral_scheduler.events import EventSink, TokenBatcher
 from corral_scheduler.lane import Entry, Lane
@@ -45,30 +51,17 @@ from corral_scheduler.retries import RetryLimits, retry_reason
 
 log = structlog.get_logger(__name__)
 
-RATE_WINDOW_S = 60.0
 # The cancel reason of a job stopped at its request's total deadline (`Job.finish_by`).
 DEADLINE_PASSED = "request deadline passed"
 
 T = TypeVar("T")
 
 
-@dataclass
-class Running:
-    entry: Entry
-    task: asyncio.Task[None]
-    started_at: float
-    stage: CancelStage = "loading"
-    tokens: int = 0
-    cancel_reason: str | None = None
-    # Stops the job at its request's total deadline (`Executor._arm_deadline`).
-    deadline_timer: asyncio.TimerHandle | None = None
-
-
 class Executor:
     def __init__(
         self,
         lane: Lane,
-        backend: OllamaBackend,
+        backend: Backend,
         sink: EventSink,
         speeds: SpeedBook,
         guard: LoadGuard | None = None,
@@ -83,36 +76,18 @@ class Executor:
         self._sleep = sleep
         self._jitter = jitter
         self.retry = retry or RetryLimits()
-        # The broker connection generation whose takeover grace has been waited (see
+        # The broker connection epoch whose takeover grace has been waited (see
         # _settle_after_takeover); None until the first.
-        self._settled_generation: int | None = None
+        self._settled_epoch: int | None = None
         self.lane = lane
         self.guard = guard or LoadGuard(GuardPolicy())
         self.backend = backend
         self.sink = sink
         self.speeds = speeds
-        self.running: Running | None = None
-        self.loaded_model: str | None = None
-        # When each model's last job ended (epoch s), for the model manager's idle unloading.
-        self.last_used: dict[str, float] = {}
-        # Bumped on every broker connection loss; see Entry.generation.
-        self.generation = 0
-        self.lane_moved = asyncio.Event()
-        self.status_requested = asyncio.Event()
-        # Finish times over the last minute, for the processing rate.
-        self.finished_at: deque[float] = deque()
-        # The last sign of the lane moving (a job started or finished, a chunk from the
-        # backend), monotonic and epoch seconds, for the watchdog (watchdog.py).
-        self.progress_at = time.monotonic()
-        self.progress_wall: float | None = None
-
-    def progressed(self) -> None:
-        self.progress_at = time.monotonic()
-        self.progress_wall = time.time()
 
     async def run_forever(self) -> None:
         while True:
-            entry = await self.lane.pop(lambda: self.loaded_model)
+            entry = await self.lane.pop()
             try:
                 await self._take(entry)
             except asyncio.CancelledError:
@@ -125,7 +100,7 @@ class Executor:
                 await self._fail(entry, exc)
 
     async def _take(self, entry: Entry) -> None:
-        if entry.generation < self.generation:
+        if self.lane.is_stale(entry):
             # Its delivery died with the old connection; the broker hands it out again.
             return
         deadline = start_by(entry.job)
@@ -134,11 +109,9 @@ class Executor:
             return
         _score_estimate(entry)
         task = asyncio.create_task(self._run(entry), name=f"job-{clip(entry.request_id)}")
-        self.running = Running(entry, task, time.monotonic())
-        self.running.deadline_timer = timer = self._arm_deadline(entry)
-        self.progressed()
+        running = self.lane.start(entry, task)
+        running.deadline_timer = timer = self._arm_deadline(entry)
         metrics.QUEUE_RUNNING.set(1)
-        self.lane_moved.set()
         try:
             await asyncio.shield(task)
         except asyncio.CancelledError:
@@ -155,14 +128,8 @@ class Executor:
         finally:
             if timer is not None:
                 timer.cancel()
-            self.running = None
-            self.progressed()
+            self.lane.finish()
             metrics.QUEUE_RUNNING.set(0)
-            now = time.monotonic()
-            self.finished_at.append(now)
-            while self.finished_at[0] < now - RATE_WINDOW_S:
-                self.finished_at.popleft()
-            self.lane_moved.set()
 
     async def _fail(self, entry: Entry, exc: BaseException) -> None:
         """Fail one job that broke unexpectedly: its client is told, naming the request, and
@@ -186,8 +153,8 @@ class Executor:
         """The job waited past its deadline: it never starts; its client gets a 408."""
         metrics.JOBS.labels("queue_timeout").inc()
         await self.sink.send_quietly(entry.job, queue_timeout(entry.job))
-        self.progressed()  # a job finished, if without running: the lane moves
-        self.lane_moved.set()
+        self.lane.progressed()  # a job finished, if without running: the lane moves
+        self.lane.moved.set()
         await self._ack(entry)
 
     def _arm_deadline(self, entry: Entry) -> asyncio.TimerHandle | None:
@@ -199,25 +166,10 @@ class Executor:
             return None
         return asyncio.get_running_loop().call_later(
             max(0.0, finish_by - time.time()),
-            self.cancel_running,
+            self.lane.cancel_running,
             entry.request_id,
             DEADLINE_PASSED,
         )
-
-    def cancel_running(self, request_id: str, reason: str) -> bool:
-        running = self.running
-        if running is None or running.entry.request_id != request_id:
-            return False
-        running.cancel_reason = reason
-        running.task.cancel()
-        return True
-
-    def remaining_ms(self) -> int:
-        running = self.running
-        if running is None:
-            return 0
-        elapsed = (time.monotonic() - running.started_at) * 1000
-        return max(0, round(running.entry.estimate_ms - elapsed))
 
     async def _run(self, entry: Entry) -> None:
         """Run one job to its final event and ack it. Raises only CancelledError (shutdown:
@@ -243,8 +195,8 @@ class Executor:
         waited_ms = round((time.time() - job.enqueued_at) * 1000)
         metrics.QUEUE_WAIT.labels(job.model).observe(waited_ms / 1000)
         parent = extract_context(getattr(entry.delivery, "headers", None))
-        span_attrs = {
-            "gen_ai.system": "ollama",
+        span_attrs: dict[str, str | int] = {
+            "gen_ai.system": self.backend.kind,
             "gen_ai.operation.name": job.kind,
             "gen_ai.request.model": job.model,
             "corral.request_id": job.request_id,
@@ -257,7 +209,7 @@ class Executor:
 
     async def _generate(self, entry: Entry, waited_ms: int, span: trace.Span) -> str:
         job = entry.job
-        running = self.running
+        running = self.lane.running
         batcher = TokenBatcher(
             lambda seq, chunks: self.sink.send(
                 job, Tokens(request_id=job.request_id, seq=seq, chunks=chunks)
@@ -327,17 +279,16 @@ class Executor:
             await batcher.abort()
             raise
         finally:
-            self._finished_with(job)
+            self.lane.used(job)
 
     async def _stream(
         self, entry: Entry, waited_ms: int, batcher: TokenBatcher, span: trace.Span
     ) -> Done:
         """A chat or generate: the backend's chunks go out as token batches as they come."""
         job = entry.job
-        running = self.running
+        running = self.lane.running
         started = time.monotonic()
-        if self.loaded_model is not None and not same_model(self.loaded_model, job.model):
-            metrics.MODEL_SWAPS.inc()
+        self._count_swap(job.model)
         await self._settle_after_takeover(entry)
         final: dict[str, Any] = {}
         text: list[str] = []
@@ -347,9 +298,12 @@ class Executor:
         async with contextlib.AsyncExitStack() as stack:
             # Opened (retried while the backend is not ready), then read to its end; leaving
             # the block closes the upstream response, however it is left.
-            chunks = await self._open(
-                entry, lambda: stack.enter_async_context(self.backend.generation(job.kind, payload))
-            )
+            kind = cast(StreamKind, job.kind)
+
+            def opening() -> Awaitable[AsyncIterator[Chunk]]:
+                return stack.enter_async_context(self.backend.stream(kind, payload))
+
+            chunks = await self._open(entry, opening)
             await self.sink.send(
                 job,
                 Started(
@@ -362,7 +316,7 @@ class Executor:
                 running.stage = "prompt"
             async for chunk in chunks:
                 # A long generation streaming tokens is a lane that moves, not a stuck one.
-                self.progressed()
+                self.lane.progressed()
                 if running is not None and running.tokens == 0:
                     running.stage = "generating"
                     metrics.TIME_TO_FIRST_TOKEN.labels(job.model).observe(
@@ -379,7 +333,7 @@ class Executor:
                 thinking.append(str(part.get("thinking") or ""))
                 tool_calls.extend(part.get("tool_calls") or [])
         batches = await batcher.close()
-        self.loaded_model = None if final.get("done_reason") == "unload" else job.model
+        self.lane.set_loaded(None if final.get("done_reason") == "unload" else job.model)
         self._observe(job, final, time.monotonic() - started, span)
         return Done(
             request_id=job.request_id,
@@ -408,14 +362,14 @@ class Executor:
         dead scheduler, and once the grace has passed its request is gone, so the jobs handed
         over behind it run at once (100 handed-over jobs used to wait 100 graces). A takeover
         happens on a broker connection (this scheduler's consumer becoming the active one), so
-        the grace is waited once per connection generation: after a reconnect, another
-        scheduler may have been running the lane meanwhile, and the next takeover waits again.
+        the grace is waited once per connection epoch: after a reconnect, another scheduler
+        may have been running the lane meanwhile, and the next takeover waits again.
         """
         if self.takeover_grace_s <= 0 or not getattr(entry.delivery, "redelivered", False):
             return
-        if self._settled_generation == self.generation:
+        if self._settled_epoch == self.lane.connection_epoch:
             return
-        self._settled_generation = self.generation
+        self._settled_epoch = self.lane.connection_epoch
         log.info("took over the lane; letting the backend drop the old request first")
         metrics.TAKEOVER_GRACES.inc()
         await self._sleep(self.takeover_grace_s)
@@ -438,14 +392,14 @@ class Executor:
             log.info("model operation", operation=job.kind, model=job.model)
         await self._settle_after_takeover(entry)
         payload = self.guard.payload(job)
-        answer = await self._open(entry, lambda: self.backend.call(job.kind, payload))
+        answer = await self._open(entry, lambda: self._call_backend(job, payload))
+        loaded = self.lane.loaded_model()
         if job.kind == "unload":
-            if self.loaded_model is not None and same_model(self.loaded_model, job.model):
-                self.loaded_model = None
+            if loaded is not None and same_model(loaded, job.model):
+                self.lane.set_loaded(None)
         else:
-            if self.loaded_model is not None and not same_model(self.loaded_model, job.model):
-                metrics.MODEL_SWAPS.inc()
-            self.loaded_model = job.model
+            self._count_swap(job.model)
+            self.lane.set_loaded(job.model)
         if job.kind in MODEL_OPERATION_KINDS:
             metrics.MODEL_OPERATIONS.labels(job.kind, "done").inc()
         load_ns = answer.get("load_duration")
@@ -462,6 +416,18 @@ class Executor:
             model=job.model,
             job_kind=job.kind,
         )
+
+    def _call_backend(self, job: Job, payload: dict[str, Any]) -> Awaitable[Answer]:
+        if job.kind == "load":
+            return self.backend.load(payload)
+        if job.kind == "unload":
+            return self.backend.unload(payload)
+        return self.backend.embed(cast(EmbedKind, job.kind), payload)
+
+    def _count_swap(self, model: str) -> None:
+        loaded = self.lane.loaded_model()
+        if loaded is not None and not same_model(loaded, model):
+            metrics.MODEL_SWAPS.inc()
 
     async def _open(self, entry: Entry, attempt: Callable[[], Awaitable[T]]) -> T:
         """`attempt()` (opening the job's backend request), retried while the backend is not
@@ -501,36 +467,13 @@ class Executor:
                     delay_s=round(delay, 3),
                 )
                 # A lane retrying its backend is moving, not stuck (watchdog.py).
-                self.progressed()
+                self.lane.progressed()
                 await self._sleep(delay)
                 continue
             if retries:
                 metrics.BACKEND_RETRY_OUTCOMES.labels("recovered").inc()
                 log.info("backend ready after retries", retries=retries)
             return result
-
-    def _finished_with(self, job: Job) -> None:
-        key = canonical_model_name(job.model)
-        if job.kind == "unload":
-            self.last_used.pop(key, None)
-        else:
-            self.last_used[key] = time.time()
-
-    def model_activity(self) -> list[ModelActivity]:
-        """Queued and running work per model, and when each was last used."""
-        queued: Counter[str] = Counter(canonical_model_name(e.job.model) for e in self.lane)
-        running = self.running
-        running_key = canonical_model_name(running.entry.job.model) if running else None
-        names = set(queued) | set(self.last_used) | ({running_key} if running_key else set())
-        return [
-            ModelActivity(
-                model=name,
-                queued=queued[name],
-                running=1 if name == running_key else 0,
-                last_used_at=self.last_used.get(name),
-            )
-            for name in sorted(names)
-        ]
 
     def _observe(self, job: Job, final: dict[str, Any], seconds: float, span: trace.Span) -> None:
         self.speeds.observe(job.model, final)
@@ -547,7 +490,7 @@ class Executor:
         record_phase_spans(job, final, span)
 
     async def _ack(self, entry: Entry) -> None:
-        if entry.generation < self.generation:
+        if self.lane.is_stale(entry):
             return
         try:
             await entry.delivery.ack()
@@ -556,7 +499,7 @@ class Executor:
 
     async def _dead_letter(self, entry: Entry) -> None:
         """To `corral.dlx`: kept for ops, and the job's gateway fails its request from there."""
-        if entry.generation < self.generation:
+        if self.lane.is_stale(entry):
             return
         metrics.JOBS_DEAD_LETTERED.labels("failure_unpublished").inc()
         try:

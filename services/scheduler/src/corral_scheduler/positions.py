@@ -10,9 +10,8 @@ import asyncio
 import time
 
 from corral_common.messages import Position
-from corral_scheduler.eta import cumulative_waits
 from corral_scheduler.events import EventSink
-from corral_scheduler.executor import Executor
+from corral_scheduler.lane import Lane
 
 # An estimate that moved less than this (and less than the relative threshold) is not news.
 MIN_ESTIMATE_CHANGE_MS = 1000
@@ -20,13 +19,13 @@ MIN_ESTIMATE_CHANGE_RATIO = 0.2
 
 
 class PositionBroadcaster:
-    def __init__(self, executor: Executor, sink: EventSink, interval_s: float) -> None:
-        self.executor = executor
+    def __init__(self, lane: Lane, sink: EventSink, interval_s: float) -> None:
+        self.lane = lane
         self.sink = sink
         self.interval_s = interval_s
 
     async def run_forever(self) -> None:
-        moved = self.executor.lane_moved
+        moved = self.lane.moved
         while True:
             await moved.wait()
             moved.clear()
@@ -35,12 +34,10 @@ class PositionBroadcaster:
             await asyncio.sleep(self.interval_s)
 
     async def broadcast(self) -> None:
-        executor = self.executor
-        placed = executor.lane.positions(running=executor.running is not None)
-        waits = cumulative_waits(executor.remaining_ms(), [e.estimate_ms for e, _ in placed])
         now = time.monotonic()
         sends = []
-        for (entry, position), wait_ms in zip(placed, waits, strict=True):
+        for placed in self.lane.snapshot():
+            entry, position, wait_ms = placed.entry, placed.position, placed.wait_ms
             # Position 0 is announced by `started`, once the backend has accepted the job: a
             # head-of-lane job about to start must not make the gateway commit a 200 early.
             if (

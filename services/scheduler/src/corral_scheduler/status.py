@@ -23,9 +23,8 @@ from corral_common.messages import (
 from corral_common.redaction import redact_url
 from corral_common.timeouts import within
 from corral_common.topology import JOBS_QUEUE, STATUS_ROUTING_KEY
-from corral_scheduler.backend import OllamaBackend
-from corral_scheduler.eta import cumulative_waits
-from corral_scheduler.executor import RATE_WINDOW_S, Executor
+from corral_scheduler.backends.base import Backend
+from corral_scheduler.lane import Lane, Placed
 
 log = structlog.get_logger(__name__)
 
@@ -39,8 +38,8 @@ class StatusReporter:
         self,
         scheduler_id: str,
         broker: Broker,
-        backend: OllamaBackend,
-        executor: Executor,
+        backend: Backend,
+        lane: Lane,
         interval_s: float,
         health: Callable[[], LaneHealth] = LaneHealth,
     ) -> None:
@@ -49,7 +48,7 @@ class StatusReporter:
         self.health = health
         self.broker = broker
         self.backend = backend
-        self.executor = executor
+        self.lane = lane
         self.interval_s = interval_s
         self.last: SchedulerStatus | None = None
         self._probe_channel: AbstractChannel | None = None
@@ -61,45 +60,43 @@ class StatusReporter:
                 await self.broker.publish_event(
                     STATUS_ROUTING_KEY, encode(self.last), durable=False
                 )
-            requested = self.executor.status_requested
+            requested = self.lane.status_requested
             with contextlib.suppress(TimeoutError):
                 await within(requested.wait(), self.interval_s)
             requested.clear()
 
     async def snapshot(self) -> SchedulerStatus:
         backend = await self._probe_backend()
-        executor = self.executor
-        recent = [t for t in executor.finished_at if t > time.monotonic() - RATE_WINDOW_S]
-        waits = cumulative_waits(executor.remaining_ms(), [e.estimate_ms for e in executor.lane])
+        lane = self.lane
+        placed = lane.snapshot()
+        waits = [p.wait_ms for p in placed]
         return SchedulerStatus(
             scheduler_id=self.scheduler_id,
             sent_at=time.time(),
             backend=backend,
             queue=QueueStatus(
-                waiting=len(executor.lane) + await self._backlog(),
-                running=1 if executor.running is not None else 0,
+                waiting=len(lane) + await self._backlog(),
+                running=1 if lane.running is not None else 0,
                 average_wait_ms=round(sum(waits) / len(waits)) if waits else 0,
-                processing_rate=round(len(recent) / RATE_WINDOW_S, 3),
+                processing_rate=round(lane.processing_rate(), 3),
             ),
-            models=executor.model_activity(),
-            lane=self._lane(waits),
-            paused=executor.lane.paused,
-            draining=executor.lane.draining,
+            models=lane.model_activity(),
+            lane=self._lane(placed),
+            paused=lane.paused,
+            draining=lane.draining,
             health=self.health(),
         )
 
-    def _lane(self, waits: list[int]) -> list[LaneEntry]:
-        executor = self.executor
+    def _lane(self, placed: list[Placed]) -> list[LaneEntry]:
+        running = self.lane.running
         now = time.time()
         listed: list[tuple[Job, int, int]] = []
-        if executor.running is not None:
-            listed.append((executor.running.entry.job, 0, 0))
-        for (entry, position), wait_ms in zip(
-            executor.lane.positions(executor.running is not None), waits, strict=False
-        ):
+        if running is not None:
+            listed.append((running.entry.job, 0, 0))
+        for one in placed:
             if len(listed) >= LANE_LISTED:
                 break
-            listed.append((entry.job, position, wait_ms))
+            listed.append((one.entry.job, one.position, one.wait_ms))
         return [
             LaneEntry(
                 request_id=job.request_id,
@@ -123,7 +120,7 @@ class StatusReporter:
         except CorralError as exc:
             return BackendStatus(url=url, connected=False, error=str(exc.details.get("error")))
         return BackendStatus(
-            url=url, connected=True, version=version, loaded_model=self.executor.loaded_model
+            url=url, connected=True, version=version, loaded_model=self.lane.loaded_model()
         )
 
     async def _backlog(self) -> int:

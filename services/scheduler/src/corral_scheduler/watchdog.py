@@ -36,7 +36,7 @@ import structlog
 
 from corral_common.messages import LaneHealth
 from corral_scheduler import metrics
-from corral_scheduler.executor import Executor
+from corral_scheduler.lane import Lane
 
 log = structlog.get_logger(__name__)
 
@@ -47,12 +47,12 @@ CHECK_INTERVAL_S = 1.0
 class Watchdog:
     def __init__(
         self,
-        executor: Executor,
+        lane: Lane,
         stall_s: float,
         on_stuck: Callable[[LaneHealth], Awaitable[None]],
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        self.executor = executor
+        self.lane = lane
         self.stall_s = stall_s
         self._on_stuck = on_stuck
         self._clock = clock
@@ -64,27 +64,23 @@ class Watchdog:
     def stuck(self) -> bool:
         return self.verdict.stuck
 
-    def holds_work(self) -> bool:
-        executor = self.executor
-        return executor.running is not None or (len(executor.lane) > 0 and not executor.lane.paused)
-
     def assess(self) -> LaneHealth:
         """The lane's health now (pure bookkeeping: no I/O)."""
         now = self._clock()
-        executor = self.executor
-        if not self.holds_work():
+        lane = self.lane
+        if not lane.holds_work():
             self._held_since = None
             stalled = 0.0
         else:
             if self._held_since is None:
                 self._held_since = now
-            stalled = max(0.0, now - max(self._held_since, executor.progress_at))
+            stalled = max(0.0, now - max(self._held_since, lane.progress_at))
         # Once stuck, stays stuck: the handover is under way and must not be undone by a
         # job that shows up meanwhile.
         stuck = self.verdict.stuck or stalled >= self.stall_s
         self.verdict = LaneHealth(
             stuck=stuck,
-            last_progress_at=executor.progress_wall,
+            last_progress_at=lane.progress_wall,
             stalled_for_s=round(stalled, 1),
         )
         return self.verdict
@@ -108,8 +104,8 @@ class Watchdog:
                     "lane stuck; handing it to a standby",
                     stalled_for_s=verdict.stalled_for_s,
                     limit_s=self.stall_s,
-                    running=self.executor.running is not None,
-                    waiting=len(self.executor.lane),
+                    running=self.lane.running is not None,
+                    waiting=len(self.lane),
                 )
                 await self._on_stuck(verdict)
                 # The handover ends in this process exiting; nothing more to watch.

@@ -1,4 +1,4 @@
-"""The one client of the Ollama backend: streamed chat/generate and cheap status probes.
+"""The Ollama backend: Ollama's own API, passed through (base.Backend's shapes are Ollama's).
 
 Generations are always requested with `stream: true`, whatever the client asked for, so tokens
 can be forwarded as they come and a failure mid-way is seen as such; the gateway assembles
@@ -14,19 +14,19 @@ from typing import Any
 import aiohttp
 import orjson
 
-from corral_common.messages import JobKind
 from corral_common.ollama import UNREACHABLE_ERRORS, call_json, status_error, unreachable
+from corral_scheduler.backends.base import (
+    Answer,
+    BackendKind,
+    BackendStreamError,
+    Chunk,
+    EmbedKind,
+    StreamKind,
+)
 
-# Where each job kind goes. Loads and unloads are Ollama's own idiom: an empty generate
-# request (with `keep_alive: 0` to unload).
-KIND_PATHS: dict[str, str] = {
-    "chat": "/api/chat",
-    "generate": "/api/generate",
-    "embed": "/api/embed",
-    "embeddings": "/api/embeddings",
-    "load": "/api/generate",
-    "unload": "/api/generate",
-}
+# Loads and unloads are Ollama's own idiom: an empty generate request (with `keep_alive: 0`
+# to unload).
+LOAD_PATH = "/api/generate"
 
 
 # Far above any real chunk (a 1M-token `context` is about 7 MB), low enough that a broken
@@ -34,11 +34,9 @@ KIND_PATHS: dict[str, str] = {
 MAX_LINE_BYTES = 64 << 20
 
 
-class BackendStreamError(Exception):
-    """The backend sent an `{"error": ...}` line after the response had started."""
-
-
 class OllamaBackend:
+    kind: BackendKind = "ollama"
+
     def __init__(
         self,
         session: aiohttp.ClientSession,
@@ -52,17 +50,19 @@ class OllamaBackend:
         self._timeout = aiohttp.ClientTimeout(
             total=None, sock_connect=connect_timeout_s, sock_read=read_timeout_s
         )
+        # Status probes (version, model lists) are cheap: a backend slower than this is down.
+        self._probe_s = 2.0
 
     @asynccontextmanager
-    async def generation(
-        self, kind: JobKind, payload: dict[str, Any]
-    ) -> AsyncIterator[AsyncIterator[dict[str, Any]]]:
+    async def stream(
+        self, kind: StreamKind, payload: dict[str, Any]
+    ) -> AsyncIterator[AsyncIterator[Chunk]]:
         """Open a generation; yields its chunks. Leaving the block closes the upstream response,
         which is what aborts a generation on the backend."""
         body = orjson.dumps({**payload, "stream": True})
         try:
             response = await self._session.post(
-                f"{self.base_url}{KIND_PATHS[kind]}",
+                f"{self.base_url}/api/{kind}",
                 data=body,
                 headers={"Content-Type": "application/json"},
                 timeout=self._timeout,
@@ -76,27 +76,35 @@ class OllamaBackend:
         finally:
             response.close()
 
-    async def call(self, kind: JobKind, payload: dict[str, Any]) -> dict[str, Any]:
-        """One request, one JSON answer (embeddings, loads, unloads). Cancelling the caller
-        closes the upstream connection, as for a generation."""
-        body = {**payload, "stream": False} if kind in ("load", "unload") else payload
-        answer = await call_json(
-            self._session,
-            self.base_url,
-            "POST",
-            KIND_PATHS[kind],
-            body,
-            client_timeout=self._timeout,
-        )
-        return answer if isinstance(answer, dict) else {"value": answer}
+    async def embed(self, kind: EmbedKind, payload: dict[str, Any]) -> Answer:
+        return await self._call(f"/api/{kind}", payload)
+
+    async def load(self, payload: dict[str, Any]) -> Answer:
+        return await self._call(LOAD_PATH, {**payload, "stream": False})
+
+    async def unload(self, payload: dict[str, Any]) -> Answer:
+        return await self._call(LOAD_PATH, {**payload, "stream": False})
+
+    async def list_models(self) -> list[dict[str, Any]]:
+        return _models(await self._get_json("/api/tags", timeout_s=self._probe_s))
+
+    async def running(self) -> list[dict[str, Any]]:
+        return _models(await self._get_json("/api/ps", timeout_s=self._probe_s))
+
+    async def show(self, model: str) -> Answer:
+        return await self._call("/api/show", {"model": model})
 
     async def version(self) -> str:
-        data = await self._get_json("/api/version", timeout_s=2.0)
+        data = await self._get_json("/api/version", timeout_s=self._probe_s)
         return str(data.get("version", "unknown"))
 
-    async def loaded_models(self) -> list[str]:
-        data = await self._get_json("/api/ps", timeout_s=2.0)
-        return [str(m.get("model") or m.get("name")) for m in data.get("models") or []]
+    async def _call(self, path: str, body: dict[str, Any]) -> Answer:
+        """One request, one JSON answer. Cancelling the caller closes the upstream
+        connection, as for a generation."""
+        answer = await call_json(
+            self._session, self.base_url, "POST", path, body, client_timeout=self._timeout
+        )
+        return answer if isinstance(answer, dict) else {"value": answer}
 
     async def _get_json(self, path: str, timeout_s: float) -> dict[str, Any]:
         try:
@@ -110,7 +118,12 @@ class OllamaBackend:
         return data if isinstance(data, dict) else {}
 
 
-async def _chunks(response: aiohttp.ClientResponse) -> AsyncIterator[dict[str, Any]]:
+def _models(data: dict[str, Any]) -> list[dict[str, Any]]:
+    models = data.get("models")
+    return [m for m in models if isinstance(m, dict)] if isinstance(models, list) else []
+
+
+async def _chunks(response: aiohttp.ClientResponse) -> AsyncIterator[Chunk]:
     try:
         async for line in ndjson_lines(response.content):
             if not line.strip():

@@ -1,0 +1,1 @@
+"""The backends the lane drives, behind one interface (`base.Backend`)."""

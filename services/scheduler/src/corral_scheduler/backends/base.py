@@ -1,0 +1,75 @@
+"""The one interface between the lane and a model server.
+
+Everything above this module (the executor, the status reporter, the app) talks to a `Backend`
+and never knows which server it is: Ollama (`ollama.py`) speaks its own API; an
+OpenAI-compatible server would be translated to the same shapes. What crosses the interface is
+Ollama-shaped, because that is what Corral's gateway relays and its clients expect: a
+generation's chunks are Ollama's `/api/chat` or `/api/generate` chunks (the last one `done`,
+with its counts and durations), an embedding answer is `/api/embed`'s or `/api/embeddings`'s,
+a load or unload answer is Ollama's bare `done` object.
+
+The failures a backend raises are the ones the lane already tells apart (retries.py decides
+which may be retried, the executor what each client is told):
+- `CorralError` with an aiohttp error as its `__cause__` (`corral_common.ollama.unreachable`):
+  the backend could not be reached or went silent. 503 `ollama_connection_error` when nothing
+  was started (refused, reset before any response, a connect timeout: retryable), 504
+  `backend_timeout` when it stopped answering (never retried: it may be working).
+- `CorralError` without a cause (`corral_common.ollama.status_error`): the backend answered
+  with an error status, passed through with its own status and text (404 `model_not_found`;
+  502/503 are retryable, nothing ran).
+- `BackendStreamError`: the response had begun and then failed (an error line, a cut): never
+  retried, the client is told what it had.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import AbstractAsyncContextManager
+from typing import Any, Literal, Protocol
+
+# An Ollama-shaped chunk or answer (see the module's docstring).
+Chunk = dict[str, Any]
+Answer = dict[str, Any]
+__all__ = ["Answer", "Backend", "BackendKind", "BackendStreamError", "Chunk", "EmbedKind"]
+
+BackendKind = Literal["ollama", "openai"]
+StreamKind = Literal["chat", "generate"]
+EmbedKind = Literal["embed", "embeddings"]
+
+
+class BackendStreamError(Exception):
+    """The backend failed after its response had started (an `{"error": ...}` line, a cut)."""
+
+
+class Backend(Protocol):
+    # Which kind of server this is, and where (for /health: never shown with credentials).
+    kind: BackendKind
+    base_url: str
+
+    def stream(
+        self, kind: StreamKind, payload: dict[str, Any]
+    ) -> AbstractAsyncContextManager[AsyncIterator[Chunk]]:
+        """Open a chat or generate; the context yields its chunks. Leaving the block closes
+        the upstream response, which is what stops a generation on the server."""
+
+    async def embed(self, kind: EmbedKind, payload: dict[str, Any]) -> Answer:
+        """One embedding request (`/api/embed` or the legacy `/api/embeddings` shape)."""
+
+    async def load(self, payload: dict[str, Any]) -> Answer:
+        """Load the payload's model; answered like Ollama's empty generate (`done_reason`
+        `load`)."""
+
+    async def unload(self, payload: dict[str, Any]) -> Answer:
+        """Unload the payload's model (Ollama's `keep_alive: 0` idiom)."""
+
+    async def list_models(self) -> list[dict[str, Any]]:
+        """The models the server has, as `/api/tags` entries."""
+
+    async def running(self) -> list[dict[str, Any]]:
+        """The models the server holds in memory, as `/api/ps` entries."""
+
+    async def show(self, model: str) -> Answer:
+        """One model's details, as `/api/show` answers them."""
+
+    async def version(self) -> str:
+        """The server's version (a cheap probe: it answers, or it is down)."""
