@@ -14,6 +14,7 @@ from corral_emulator import (
 )
 from corral_emulator.config import EmulatorConfig
 from corral_emulator.control_routes import add_control_routes
+from corral_emulator.openai_routes import add_openai_routes
 from corral_emulator.state import CONFIG_KEY, STATE_KEY, EmulatorState
 from corral_emulator.wire import gin_plain_text
 
@@ -39,6 +40,10 @@ def create_app(config: EmulatorConfig | None = None) -> web.Application:
     app[STATE_KEY] = EmulatorState(config)
 
     router = app.router
+    add_openai_routes(app)
+    add_control_routes(app)
+    if config.openai_only:
+        return app
     # add_get also answers HEAD, which Ollama registers for exactly these three paths.
     router.add_get("/", info_routes.root)
     router.add_get("/api/version", info_routes.version)
@@ -56,5 +61,4 @@ def create_app(config: EmulatorConfig | None = None) -> web.Application:
     router.add_delete("/api/delete", model_routes.delete)
     router.add_post("/api/copy", model_routes.copy)
     router.add_post("/api/create", model_routes.create)
-    add_control_routes(app)
     return app

@@ -46,6 +46,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--record-limit", type=int, default=50, help="request bodies kept per endpoint"
     )
+    parser.add_argument(
+        "--openai-only",
+        action="store_true",
+        help="serve only the OpenAI-compatible /v1 API (like llama-cpp-python's server)",
+    )
     return parser
 
 
@@ -59,6 +64,7 @@ def config_from_args(argv: Sequence[str] | None = None) -> EmulatorConfig:
         prompt_ms_per_token=args.prompt_ms_per_token,
         pull_step_ms=args.pull_step_ms,
         record_limit=args.record_limit,
+        openai_only=args.openai_only,
     )
     if args.models is not None:
         config.models = _specs_file(args.models)

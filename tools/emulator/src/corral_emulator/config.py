@@ -43,6 +43,9 @@ class EmulatorConfig:
     """How many request bodies to keep per endpoint."""
     default_keep_alive_s: float = DEFAULT_KEEP_ALIVE_SECONDS
     version: str = OLLAMA_VERSION
+    openai_only: bool = False
+    """Serve only the OpenAI-compatible `/v1` API (as llama-cpp-python's server does), not
+    Ollama's `/api`; `/v1` is served beside `/api` otherwise, as Ollama does."""
 
     def apply(self, changes: Mapping[str, object]) -> None:
         """Apply a `/_emulator/config` body; validates everything before changing anything."""
@@ -83,6 +86,7 @@ class EmulatorConfig:
             "default_keep_alive_s": self.default_keep_alive_s,
             "record_limit": self.record_limit,
             "version": self.version,
+            "openai_only": self.openai_only,
             "models": [model_spec_to_mapping(spec) for spec in self.models],
             "registry": [model_spec_to_mapping(spec) for spec in self.registry],
         }

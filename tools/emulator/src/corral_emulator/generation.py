@@ -17,7 +17,7 @@ from corral_emulator.model_loading import load_model, unload_model
 from corral_emulator.models import ModelSpec
 from corral_emulator.reply_plan import Piece, ReplyPlan
 from corral_emulator.state import EmulatorState
-from corral_emulator.wire import NdjsonWriter, error_response, json_response
+from corral_emulator.wire import NdjsonWriter, SseWriter, error_response, json_response
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,6 +32,8 @@ class GenerationJob:
     failure: FailurePlan | None
     started_ns: int
     """`time.perf_counter_ns()` when the request arrived; total_duration counts from here."""
+    sse: bool = False
+    """Streamed as server-sent events (the OpenAI-compatible routes) instead of NDJSON."""
 
 
 async def run_generation(
@@ -46,7 +48,7 @@ async def run_generation(
         return error_response(404, f"model '{job.model}' not found")
 
     ticket = state.activity.start(job.spec.full_name, OperationKind.GENERATION)
-    writer = NdjsonWriter(request)
+    writer = SseWriter(request) if job.sse else NdjsonWriter(request)
     try:
         return await _generate(state, job, ticket, writer)
     except asyncio.CancelledError:

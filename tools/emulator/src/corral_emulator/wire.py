@@ -197,3 +197,22 @@ def _replace_surrogates(value: Any) -> Any:
     if isinstance(value, dict):
         return {_replace_surrogates(k): _replace_surrogates(v) for k, v in value.items()}
     return value
+
+
+class SseWriter(NdjsonWriter):
+    """An OpenAI stream: each chunk a server-sent event (`data: <json>` and a blank line), the
+    stream ended by `data: [DONE]`, as OpenAI-compatible servers send it."""
+
+    async def send(self, chunk: object) -> None:
+        if self.response is None:
+            response = web.StreamResponse()
+            response.content_type = "text/event-stream"
+            self.response = response
+            await response.prepare(self._request)
+        await self.response.write(b"data: " + dumps(chunk) + b"\n\n")
+
+    async def close(self) -> web.StreamResponse:
+        assert self.response is not None
+        await self.response.write(b"data: [DONE]\n\n")
+        await self.response.write_eof()
+        return self.response
