@@ -8,6 +8,7 @@ from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from corral_common.ids import INSTANCE_ID_RULE, is_valid_instance_id, new_id
+from corral_common.openai_models import BackendKind
 
 
 class CorralSettings(BaseSettings):
@@ -17,6 +18,14 @@ class CorralSettings(BaseSettings):
 
     amqp_url: str = "amqp://guest:guest@127.0.0.1:5672/"
     ollama_url: str = "http://127.0.0.1:11434"
+    # Which API the model server speaks: "ollama" (its own), or "openai" for any server with
+    # an OpenAI-compatible /v1 API (llama.cpp's llama-server, llama-cpp-python's server, vLLM,
+    # LM Studio), which the scheduler translates to and from (docs/backends.md).
+    backend_kind: BackendKind = "ollama"
+    # Where that server is; unset means `ollama_url`. With an OpenAI-compatible server, its
+    # root (`http://host:8080`; a trailing `/v1` is accepted), and its API key if it wants one.
+    backend_url: str | None = None
+    backend_api_key: str | None = None
     mongo_url: str | None = None
     data_dir: Path = Path(".corral")
     log_level: str = "info"
@@ -47,6 +56,10 @@ class CorralSettings(BaseSettings):
         if not is_valid_instance_id(value):
             raise ValueError(f"CORRAL_INSTANCE_ID must be {INSTANCE_ID_RULE}")
         return value
+
+    def model_server_url(self) -> str:
+        """The model server's base URL (`backend_url`, else `ollama_url`)."""
+        return self.backend_url or self.ollama_url
 
     def listen_address(self) -> tuple[str, int]:
         """Where this service's HTTP app listens: the ops endpoints, unless overridden."""

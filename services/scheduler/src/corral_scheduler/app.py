@@ -21,8 +21,8 @@ from corral_common.supervision import FAILED_EXIT_CODE, Task, request_exit, stop
 from corral_common.timeouts import within
 from corral_common.topology import CONTROL_EXCHANGE, JOBS_QUEUE, STATUS_REQUEST_KEY
 from corral_scheduler.admission import Admission
+from corral_scheduler.backends import open_backend
 from corral_scheduler.backends.base import Backend
-from corral_scheduler.backends.ollama import OllamaBackend
 from corral_scheduler.eta import SpeedBook
 from corral_scheduler.events import EventSink
 from corral_scheduler.executor import Executor
@@ -72,12 +72,7 @@ async def backend_ctx(app: web.Application) -> AsyncIterator[None]:
     # One connection is all a serial lane ever needs; the limit makes that a fact.
     connector = aiohttp.TCPConnector(limit=4)
     async with aiohttp.ClientSession(connector=connector) as session:
-        app[BACKEND] = OllamaBackend(
-            session,
-            settings.ollama_url,
-            connect_timeout_s=settings.backend_connect_timeout_s,
-            read_timeout_s=settings.backend_read_timeout_s,
-        )
+        app[BACKEND] = open_backend(settings, session)
         yield
 
 

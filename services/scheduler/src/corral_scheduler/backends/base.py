@@ -27,12 +27,13 @@ from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager
 from typing import Any, Literal, Protocol
 
+from corral_common.openai_models import BackendKind
+
 # An Ollama-shaped chunk or answer (see the module's docstring).
 Chunk = dict[str, Any]
 Answer = dict[str, Any]
 __all__ = ["Answer", "Backend", "BackendKind", "BackendStreamError", "Chunk", "EmbedKind"]
 
-BackendKind = Literal["ollama", "openai"]
 StreamKind = Literal["chat", "generate"]
 EmbedKind = Literal["embed", "embeddings"]
 
