@@ -58,6 +58,7 @@ async def call_json(
     body: Any = None,
     *,
     client_timeout: aiohttp.ClientTimeout,
+    headers: dict[str, str] | None = None,
 ) -> Any:
     """One request to the backend, one JSON answer (`{}` for Ollama's empty 200s). Its refusals
     come back as its own status and text; a backend down or silent is `unreachable`."""
@@ -66,7 +67,7 @@ async def call_json(
             method,
             f"{base_url}{path}",
             data=orjson.dumps(body) if body is not None else None,
-            headers={"Content-Type": "application/json"},
+            headers={"Content-Type": "application/json", **(headers or {})},
             timeout=client_timeout,
         ) as response:
             if response.status != 200:

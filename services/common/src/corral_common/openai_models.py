@@ -28,6 +28,18 @@ ARCHITECTURE = "openai"
 FOREVER = "2318-08-31T23:59:59Z"
 
 
+def server_root(url: str) -> str:
+    """An OpenAI-compatible server's root: its URL without a trailing `/v1` (both spellings
+    are accepted in `CORRAL_BACKEND_URL`)."""
+    base = url.rstrip("/")
+    return base[: -len("/v1")] if base.endswith("/v1") else base
+
+
+def auth_headers(api_key: str | None) -> dict[str, str]:
+    """What authenticates Corral to a server that wants an API key (vLLM, LM Studio)."""
+    return {"Authorization": f"Bearer {api_key}"} if api_key else {}
+
+
 def model_ids(answer: Any) -> list[dict[str, Any]]:
     """The `data` entries of a `/v1/models` answer that have an id."""
     data = answer.get("data") if isinstance(answer, dict) else None

@@ -14,6 +14,7 @@ from aiohttp import web
 from corral_common.broker import Broker
 from corral_common.dead_letters import open_dead_letters, publish_job
 from corral_common.messages import Job
+from corral_common.openai_models import auth_headers, server_root
 from corral_common.ops import add_ops_routes
 from corral_common.rpc import RpcServer
 from corral_common.status_board import StatusBoard
@@ -59,16 +60,20 @@ UPLOADS = web.AppKey("uploads", BlobUploads)
 
 async def backend_ctx(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
+    kind = settings.backend_kind
+    url = settings.model_server_url()
     async with aiohttp.ClientSession() as session:
         app[CATALOGUE] = ModelCatalogue(
             session,
-            settings.ollama_url,
+            server_root(url) if kind == "openai" else url,
             ttl_s=settings.model_info_ttl_s,
             timeout_s=settings.backend_timeout_s,
+            kind=kind,
+            headers=auth_headers(settings.backend_api_key) if kind == "openai" else None,
         )
         app[BACKEND] = Backend(
             session,
-            settings.ollama_url,
+            url,
             timeout_s=settings.backend_timeout_s,
             stall_timeout_s=settings.operation_stall_timeout_s,
         )
@@ -184,8 +189,9 @@ async def rpc_ctx(app: web.Application) -> AsyncIterator[None]:
                 operations=app[OPERATIONS],
                 names=app[NAMES],
                 changes=app[CHANGES],
+                backend_kind=app[SETTINGS].backend_kind,
             ),
-            **blob_methods(app[UPLOADS]),
+            **blob_methods(app[UPLOADS], backend_kind=app[SETTINGS].backend_kind),
         },
     )
     await server.start()

@@ -25,9 +25,12 @@ class Backend:
         *,
         timeout_s: float,
         stall_timeout_s: float | None = None,
+        headers: dict[str, str] | None = None,
     ) -> None:
         self._session = session
         self.base_url = base_url.rstrip("/")
+        # Sent with every call (an OpenAI-compatible server's API key).
+        self._headers = headers or {}
         self._timeout = aiohttp.ClientTimeout(total=timeout_s)
         # Streams have no total bound (a pull takes as long as the download); only silence
         # between two lines, and a slow connect, fail them.
@@ -40,7 +43,13 @@ class Backend:
     async def call(self, method: str, path: str, body: Any = None) -> Any:
         """One request, one JSON answer (`{}` for Ollama's empty 200s)."""
         return await call_json(
-            self._session, self.base_url, method, path, body, client_timeout=self._timeout
+            self._session,
+            self.base_url,
+            method,
+            path,
+            body,
+            client_timeout=self._timeout,
+            headers=self._headers,
         )
 
     async def stream(self, path: str, body: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:

@@ -1,7 +1,9 @@
 """Model metadata from the backend's read-only `/api/show`, cached per model.
 
 Read-only calls may go to the backend directly (ARCHITECTURE.md section 1); nothing here changes
-what the backend is doing, so nothing here needs the scheduler's serial lane.
+what the backend is doing, so nothing here needs the scheduler's serial lane. An
+OpenAI-compatible backend (`CORRAL_BACKEND_KIND=openai`) has none of Ollama's read-only
+endpoints: its `/v1/models` answers all three, in Ollama's shapes (corral_common.openai_models).
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from typing import Any
 import aiohttp
 
 from corral_common.model_names import canonical_model_name
+from corral_common.openai_models import BackendKind, ps_entries, show_answer, tags_entries
 from corral_model_manager.backend import Backend
 
 
@@ -41,9 +44,12 @@ class ModelCatalogue:
         ttl_s: float,
         timeout_s: float,
         clock: Callable[[], float] = time.monotonic,
+        kind: BackendKind = "ollama",
+        headers: dict[str, str] | None = None,
     ) -> None:
-        self._backend = Backend(session, base_url, timeout_s=timeout_s)
+        self._backend = Backend(session, base_url, timeout_s=timeout_s, headers=headers)
         self.base_url = self._backend.base_url
+        self.kind = kind
         self._ttl_s = ttl_s
         self._clock = clock
         self._cache: dict[str, tuple[float, dict[str, Any]]] = {}
@@ -71,14 +77,21 @@ class ModelCatalogue:
 
     async def tags(self) -> Any:
         """The backend's `/api/tags`, as it answers it."""
+        if self.kind == "openai":
+            return {"models": tags_entries(await self.backend("GET", "/v1/models"))}
         return await self.backend("GET", "/api/tags")
 
     async def running(self) -> Any:
         """The backend's `/api/ps`, as it answers it."""
+        if self.kind == "openai":
+            return {"models": ps_entries(await self.backend("GET", "/v1/models"))}
         return await self.backend("GET", "/api/ps")
 
     async def show(self, request: dict[str, Any]) -> Any:
         """The backend's `/api/show` for a client's request, as it answers it."""
+        if self.kind == "openai":
+            model = request.get("model") or request.get("name") or ""
+            return show_answer(await self.backend("GET", "/v1/models"), str(model))
         return await self.backend("POST", "/api/show", request)
 
     async def backend(self, method: str, path: str, body: Any = None) -> Any:

@@ -27,6 +27,7 @@ from corral_common.contracts.model_manager import (
 )
 from corral_common.errors import CorralError, ErrorType
 from corral_common.model_names import is_valid_model_name
+from corral_common.openai_models import BackendKind, not_supported
 from corral_common.rpc import Handler, MethodTable
 from corral_model_manager.backend import Backend
 from corral_model_manager.catalogue import ModelCatalogue
@@ -57,8 +58,14 @@ def model_manager_methods(
     operations: ModelOperations,
     names: NameList,
     changes: ModelChanges,
+    backend_kind: BackendKind = "ollama",
 ) -> dict[str, Handler]:
     table = MethodTable(MODEL_MANAGER.service)
+
+    def managed(operation: str) -> None:
+        """Only Ollama manages its models; other backends answer 501 naming their kind."""
+        if backend_kind != "ollama":
+            raise not_supported(backend_kind, operation)
 
     @table.serves(MODEL_MANAGER.model_info)
     async def model_info(p: ModelInfoParams) -> ModelInfo:
@@ -80,6 +87,7 @@ def model_manager_methods(
 
     @table.serves(MODEL_MANAGER.pull)
     async def pull(p: OperationParams) -> OperationStarted:
+        managed("pull")
         if not p.model.strip():
             # Ollama's own answer to a pull without a name (errtypes.InvalidModelNameErrMsg).
             raise CorralError(ErrorType.INVALID_REQUEST, "invalid model name")
@@ -88,6 +96,7 @@ def model_manager_methods(
 
     @table.serves(MODEL_MANAGER.push)
     async def push(p: OperationParams) -> OperationStarted:
+        managed("push")
         if not p.model.strip():
             # PushHandler's own answer to a push without a name.
             raise CorralError(ErrorType.INVALID_REQUEST, "model is required")
@@ -100,6 +109,7 @@ def model_manager_methods(
 
     @table.serves(MODEL_MANAGER.create)
     async def create(p: CreateParams) -> Created:
+        managed("create")
         body = {key: value for key, value in p.body.items() if key != "stream"}
         operations.create(body, _watcher(p))
         model = body.get("model") or body.get("name") or ""
@@ -107,12 +117,14 @@ def model_manager_methods(
 
     @table.serves(MODEL_MANAGER.delete)
     async def delete(p: ModelParams) -> Empty:
+        managed("delete")
         await backend.call("DELETE", "/api/delete", {"model": p.model})
         await changes.changed(p.model)
         return Empty()
 
     @table.serves(MODEL_MANAGER.copy)
     async def copy(p: CopyParams) -> Empty:
+        managed("copy")
         await backend.call("POST", "/api/copy", {"source": p.source, "destination": p.destination})
         await changes.changed(p.destination)
         return Empty()

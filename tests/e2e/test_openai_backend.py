@@ -1,0 +1,169 @@
+"""The whole cluster in front of an OpenAI-compatible server (`CORRAL_BACKEND_KIND=openai`): the
+project's emulator serving only its `/v1` API, as llama-cpp-python's server does. Clients keep
+speaking Ollama's API to Corral and get Ollama's answers; the server only ever sees `/v1`
+requests; what it cannot do is a 501 naming the backend kind."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import AsyncIterator, Callable, Iterator
+from typing import Any
+
+import aiohttp
+import orjson
+import pytest
+
+from corral_common.ids import new_id
+from corral_devstack.cluster import Cluster
+from corral_devstack.ports import free_port
+from corral_devstack.processes import ServiceProcess
+from corral_emulator import EmulatorControl, expected_reply
+from tests.conftest import start_cluster
+
+pytestmark = pytest.mark.e2e
+
+
+@pytest.fixture(scope="module")
+def openai_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    process = ServiceProcess(
+        "openai-emulator",
+        [
+            sys.executable,
+            "-m",
+            "corral_emulator",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--openai-only",
+        ],
+        {},
+        f"{url}/v1/models",
+        tmp_path_factory.mktemp("openai-emulator") / "emulator.log",
+    )
+    process.start()
+    process.wait_ready(30)
+    yield url
+    process.stop()
+
+
+@pytest.fixture(scope="module")
+def openai_cluster(
+    fresh_broker: Callable[[], str],
+    openai_server: str,
+    mongo_url: str,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[Cluster]:
+    with start_cluster(
+        fresh_broker(),
+        openai_server,
+        tmp_path_factory.mktemp("openai-cluster"),
+        mongo_url=mongo_url,
+        CORRAL_BACKEND_KIND="openai",
+        CORRAL_STATUS_INTERVAL_S="0.5",
+    ) as cluster:
+        yield cluster
+
+
+@pytest.fixture
+async def server(openai_server: str) -> AsyncIterator[EmulatorControl]:
+    async with EmulatorControl(openai_server) as control:
+        await control.reset()
+        yield control
+        await control.release()
+
+
+async def post(
+    cluster: Cluster, path: str, body: dict[str, Any], headers: dict[str, str] | None = None
+) -> tuple[int, list[dict[str, Any]]]:
+    """Status and the JSON lines of the answer (one line when it is not streamed)."""
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(f"{cluster.gateway_url}{path}", json=body, headers=headers) as response,
+    ):
+        raw = await response.read()
+    return response.status, [orjson.loads(line) for line in raw.splitlines() if line.strip()]
+
+
+def chat(content: str, **extra: Any) -> dict[str, Any]:
+    return {"model": "llama3.2", "messages": [{"role": "user", "content": content}], **extra}
+
+
+async def test_a_streamed_chat_is_translated_both_ways(
+    openai_cluster: Cluster, server: EmulatorControl
+) -> None:
+    prompt = "tell me about the serial lane please"
+    status, lines = await post(
+        openai_cluster, "/api/chat", chat(prompt, options={"num_predict": 3})
+    )
+    assert status == 200
+    tokens = [line for line in lines if not line["done"] and "message" in line]
+    assert "".join(t["message"]["content"] for t in tokens) == expected_reply(prompt, 3)
+    final = lines[-1]
+    assert final["done"] is True and final["done_reason"] == "length"
+    # Counts from the server's usage; durations measured by Corral (the server sends none).
+    assert final["eval_count"] == 3 and final["prompt_eval_count"] > 0
+    assert final["total_duration"] > 0 and final["eval_duration"] > 0
+    sent = (await server.requests("v1_chat"))[-1]
+    assert sent["max_tokens"] == 3 and sent["stream"] is True
+    assert sent["messages"][-1] == {"role": "user", "content": prompt}
+    assert (await server.stats())["max_active"] == 1
+
+
+async def test_a_chat_without_streaming_and_a_generate(
+    openai_cluster: Cluster, server: EmulatorControl
+) -> None:
+    status, [answer] = await post(openai_cluster, "/api/chat", chat("hello there", stream=False))
+    assert status == 200
+    assert answer["message"]["content"] == expected_reply("hello there")
+    assert answer["done"] is True and answer["eval_count"] > 0
+    body = {"model": "llama3.2", "prompt": "why is the sky blue", "stream": False}
+    status, [generated] = await post(openai_cluster, "/api/generate", body)
+    assert status == 200
+    assert generated["response"] == expected_reply("why is the sky blue")
+    assert generated["done_reason"] == "stop"
+
+
+async def test_embeddings_go_to_v1_embeddings(
+    openai_cluster: Cluster, server: EmulatorControl
+) -> None:
+    body = {"model": "llama3.2", "input": ["first", "second"]}
+    status, [answer] = await post(openai_cluster, "/api/embed", body)
+    assert status == 200
+    assert len(answer["embeddings"]) == 2 and answer["prompt_eval_count"] > 0
+    assert (await server.requests("v1_embeddings"))[-1]["input"] == ["first", "second"]
+
+
+async def test_a_sessions_second_turn_sends_the_first(
+    openai_cluster: Cluster, server: EmulatorControl
+) -> None:
+    headers = {"X-Session-Id": new_id()}
+    status, _ = await post(openai_cluster, "/api/chat", chat("My name is Alice"), headers)
+    assert status == 200
+    status, lines = await post(openai_cluster, "/api/chat", chat("What is my name?"), headers)
+    assert status == 200
+    text = "".join(line.get("message", {}).get("content", "") for line in lines)
+    assert text == expected_reply("What is my name?")
+    sent = (await server.requests("v1_chat"))[-1]["messages"]
+    assert [m["content"] for m in sent] == [
+        "My name is Alice",
+        expected_reply("My name is Alice"),
+        "What is my name?",
+    ]
+
+
+async def test_the_model_list_comes_from_v1_models_and_a_pull_is_501(
+    openai_cluster: Cluster, server: EmulatorControl
+) -> None:
+    async with (
+        aiohttp.ClientSession() as session,
+        session.get(f"{openai_cluster.gateway_url}/api/tags") as response,
+    ):
+        assert response.status == 200
+        tags = await response.json()
+    assert "llama3.2:latest" in [m["name"] for m in tags["models"]]
+    status, [refusal] = await post(openai_cluster, "/api/pull", {"model": "all-minilm"})
+    assert status == 501
+    assert "openai" in refusal["error"] and "pull" in refusal["error"]
