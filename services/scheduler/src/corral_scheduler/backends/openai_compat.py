@@ -56,7 +56,13 @@ import orjson
 
 from corral_common.errors import CorralError, ErrorType
 from corral_common.ollama import UNREACHABLE_ERRORS, unreachable
-from corral_common.openai_models import ps_entries, show_answer, tags_entries
+from corral_common.openai_models import (
+    auth_headers,
+    ps_entries,
+    server_root,
+    show_answer,
+    tags_entries,
+)
 from corral_scheduler.backends.base import (
     Answer,
     BackendKind,
@@ -469,11 +475,8 @@ class OpenAIBackend:
         api_key: str | None = None,
     ) -> None:
         self._session = session
-        base = base_url.rstrip("/")
-        self.base_url = base[: -len("/v1")] if base.endswith("/v1") else base
-        self._headers = {"Content-Type": "application/json"}
-        if api_key:
-            self._headers["Authorization"] = f"Bearer {api_key}"
+        self.base_url = server_root(base_url)
+        self._headers = {"Content-Type": "application/json", **auth_headers(api_key)}
         self._timeout = aiohttp.ClientTimeout(
             total=None, sock_connect=connect_timeout_s, sock_read=read_timeout_s
         )
