@@ -167,3 +167,25 @@ async def test_the_model_list_comes_from_v1_models_and_a_pull_is_501(
     status, [refusal] = await post(openai_cluster, "/api/pull", {"model": "all-minilm"})
     assert status == 501
     assert "openai" in refusal["error"] and "pull" in refusal["error"]
+
+
+async def test_a_server_not_ready_is_retried_and_a_midstream_failure_reported(
+    openai_cluster: Cluster, server: EmulatorControl
+) -> None:
+    """Retries as for Ollama: connections dropped before any answer are retried (counted on the
+    server, never timed); a stream that breaks after it began is not, and ends with an error."""
+    await server.fail("refuse", count=2)
+    terms = {"max_retries": 3, "retry_backoff": 0.01}
+    status, [answer] = await post(
+        openai_cluster, "/api/chat", chat("are you there", stream=False, options=terms)
+    )
+    assert status == 200
+    assert answer["message"]["content"] == expected_reply("are you there")
+    stats = await server.stats()
+    assert stats["failures_injected"] == 2 and stats["completed"] == 1
+    await server.fail("midstream", after_tokens=2, message="the model crashed")
+    status, lines = await post(openai_cluster, "/api/chat", chat("one two three four"))
+    assert status == 200
+    assert "the model crashed" in lines[-1]["error"]
+    assert not any(line.get("done") for line in lines)
+    assert (await server.stats())["max_active"] == 1
