@@ -109,6 +109,12 @@ def test_generate_is_a_chat_unless_raw() -> None:
     ]
     path, body = completion_request({"model": "m", "prompt": "hi", "raw": True})
     assert path == "/v1/completions" and body["prompt"] == "hi"
+    # Not the completions endpoint's default of 16 tokens: Ollama's generate runs until done.
+    assert body["max_tokens"] is None
+    _, body = completion_request(
+        {"model": "m", "prompt": "hi", "raw": True, "options": {"num_predict": 5}}
+    )
+    assert body["max_tokens"] == 5
 
 
 def test_image_types_are_told_by_their_bytes() -> None:

@@ -15,7 +15,8 @@ Requests (`chat_request`, `completion_request`):
   `template` have no OpenAI equivalent and are not sent (no `context` comes back).
 - options → sampling parameters, only where the meaning is the same (`OPTION_PARAMETERS`):
   temperature, top_p, seed, stop, frequency_penalty and presence_penalty are OpenAI's own;
-  num_predict → max_tokens (a positive one; -1/-2, "until done", sends none); top_k, min_p,
+  num_predict → max_tokens (a positive one; -1/-2, "until done", sends none, and `null` to
+  /v1/completions, whose default is 16 tokens); top_k, min_p,
   typical_p and repeat_penalty go under their own names, which llama.cpp's server,
   llama-cpp-python and vLLM (`top_k`, `min_p`; `repeat_penalty` is llama.cpp's) accept as
   extensions. repeat_penalty is NOT sent as frequency_penalty: one divides a repeated token's
@@ -218,6 +219,9 @@ def completion_request(payload: dict[str, Any]) -> tuple[str, dict[str, Any]]:
         return "/v1/completions", {
             "model": payload.get("model"),
             "prompt": prompt,
+            # OpenAI's /v1/completions (and llama-cpp-python's) stop at 16 tokens unless told
+            # otherwise; Ollama's generate runs until done: null says "no limit".
+            "max_tokens": None,
             **sampling(payload),
             "stream": True,
             "stream_options": {"include_usage": True},
