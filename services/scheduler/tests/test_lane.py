@@ -92,3 +92,56 @@ async def test_order_follows_arrival_not_push_order() -> None:
     for pushed in (first, third, second):
         lane.push(pushed)
     assert [(await lane.pop()).request_id for _ in range(3)] == ["a", "b", "c"]
+
+
+async def forever() -> None:
+    await asyncio.Event().wait()
+
+
+async def test_positions_and_waits_come_from_one_snapshot() -> None:
+    """Every reader (the broadcaster, admission's first answer and retry hint, the status)
+    takes positions and waits from `Lane.snapshot`: the running job ahead of everyone, each
+    job's wait what is left of it plus the estimates ahead."""
+    lane = Lane()
+    for rid, estimate in (("a", 100), ("b", 200), ("c", 50)):
+        one = entry(rid)
+        one.estimate_ms = estimate
+        lane.push(one)
+    assert [(p.entry.request_id, p.position, p.wait_ms) for p in lane.snapshot()] == [
+        ("a", 0, 0),
+        ("b", 1, 100),
+        ("c", 2, 300),
+    ]
+    head = await lane.pop()
+    head.estimate_ms = 10**9  # far from done, whatever the clock says
+    task = asyncio.create_task(forever())
+    try:
+        lane.start(head, task)
+        placed = lane.snapshot()
+        assert [(p.entry.request_id, p.position) for p in placed] == [("b", 1), ("c", 2)]
+        assert placed[1].wait_ms - placed[0].wait_ms == 200
+        assert placed[0].wait_ms > 0  # what is left of the running job
+        c = lane.placement("c")
+        assert c is not None and c.position == 2
+        assert lane.placement("a") is None  # running, not waiting
+        assert lane.cancel_running("a", "client left") and lane.running is not None
+        assert lane.running.cancel_reason == "client left"
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+    lane.finish()
+    assert lane.running is None and lane.processing_rate() > 0
+
+
+async def test_a_new_connection_epoch_drops_the_waiting_and_stops_the_running() -> None:
+    lane = Lane()
+    lane.push(entry("waiting"))
+    running = entry("running")
+    task = asyncio.create_task(forever())
+    lane.start(running, task)
+    dropped = lane.new_connection_epoch()
+    assert [e.request_id for e in dropped] == ["waiting"]
+    assert lane.is_stale(running) and lane.connection_epoch == 1
+    await asyncio.gather(task, return_exceptions=True)
+    assert task.cancelled()
+    assert lane.running is not None and lane.running.cancel_reason == "broker connection lost"
