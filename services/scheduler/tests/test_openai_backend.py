@@ -10,6 +10,7 @@ import aiohttp
 import pytest
 
 from corral_common.errors import CorralError
+from corral_devstack.ports import free_port
 from corral_emulator import EmulatorConfig, expected_reply, running_emulator
 from corral_scheduler.backends.base import BackendStreamError
 from corral_scheduler.backends.openai_compat import (
@@ -20,6 +21,7 @@ from corral_scheduler.backends.openai_compat import (
     embed_answer,
     image_url,
 )
+from corral_scheduler.retries import retry_reason
 
 PNG = "iVBORw0KGgoAAAANSUhEUg"
 
@@ -247,3 +249,15 @@ async def test_against_the_emulator_models_loads_and_refusals(backend: OpenAIBac
     with pytest.raises(CorralError) as refused:
         await collect(backend, "chat", {"model": "nope", "messages": [{"role": "user"}]})
     assert refused.value.status == 404 and "nope" in refused.value.message
+
+
+async def test_a_server_that_is_not_there_is_named_by_its_kind() -> None:
+    async with aiohttp.ClientSession() as session:
+        backend = OpenAIBackend(
+            session, f"http://127.0.0.1:{free_port()}", connect_timeout_s=2.0, read_timeout_s=5.0
+        )
+        with pytest.raises(CorralError) as down:
+            await collect(backend, "chat", {"model": "m", "messages": [{"role": "user"}]})
+    assert down.value.status == 503
+    assert down.value.message.startswith("Cannot connect to OpenAI-compatible server.")
+    assert retry_reason(down.value) == "refused"

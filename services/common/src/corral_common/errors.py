@@ -127,5 +127,7 @@ def retry_after_seconds(value: Any) -> int | None:
     return math.ceil(value)
 
 
-def backend_unreachable_message(ollama_url: str) -> str:
-    return f"Cannot connect to Ollama server. Please ensure Ollama is running on {ollama_url}"
+def backend_unreachable_message(ollama_url: str, server: str = "Ollama") -> str:
+    """Ollama's own words for a server that is not there (clients match on them); `server`
+    names another kind of server (an OpenAI-compatible one) in the same words."""
+    return f"Cannot connect to {server} server. Please ensure {server} is running on {ollama_url}"

@@ -19,7 +19,7 @@ UNREACHABLE_ERRORS: tuple[type[BaseException], ...] = (
 )
 
 
-def unreachable(base_url: str, exc: BaseException) -> CorralError:
+def unreachable(base_url: str, exc: BaseException, server: str = "Ollama") -> CorralError:
     """503 `ollama_connection_error` for a backend that is not there; 504 `backend_timeout`
     for one that is there but silent, so an operator can tell a dead server from a hung one.
     The URL's credentials are masked: this text reaches clients and logs."""
@@ -29,12 +29,14 @@ def unreachable(base_url: str, exc: BaseException) -> CorralError:
     # aiohttp's own timeouts (ServerTimeoutError and its subclasses) are TimeoutErrors too.
     if isinstance(exc, TimeoutError):
         if isinstance(exc, aiohttp.ConnectionTimeoutError):
-            message = f"Timeout connecting to Ollama server at {base_url}"
+            message = f"Timeout connecting to {server} server at {base_url}"
         else:
-            message = f"Timeout waiting for the Ollama server at {base_url}"
+            message = f"Timeout waiting for the {server} server at {base_url}"
         return CorralError(ErrorType.BACKEND_TIMEOUT, message, details=details)
     return CorralError(
-        ErrorType.OLLAMA_CONNECTION_ERROR, backend_unreachable_message(base_url), details=details
+        ErrorType.OLLAMA_CONNECTION_ERROR,
+        backend_unreachable_message(base_url, server),
+        details=details,
     )
 
 
@@ -59,6 +61,7 @@ async def call_json(
     *,
     client_timeout: aiohttp.ClientTimeout,
     headers: dict[str, str] | None = None,
+    server: str = "Ollama",
 ) -> Any:
     """One request to the backend, one JSON answer (`{}` for Ollama's empty 200s). Its refusals
     come back as its own status and text; a backend down or silent is `unreachable`."""
@@ -74,7 +77,7 @@ async def call_json(
                 raise await status_error(response)
             raw = await response.read()
     except UNREACHABLE_ERRORS as exc:
-        raise unreachable(base_url, exc) from exc
+        raise unreachable(base_url, exc, server) from exc
     if not raw.strip():
         return {}
     try:

@@ -26,11 +26,14 @@ class Backend:
         timeout_s: float,
         stall_timeout_s: float | None = None,
         headers: dict[str, str] | None = None,
+        server: str = "Ollama",
     ) -> None:
         self._session = session
         self.base_url = base_url.rstrip("/")
         # Sent with every call (an OpenAI-compatible server's API key).
         self._headers = headers or {}
+        # How errors name the server (`corral_common.ollama.unreachable`).
+        self._server = server
         self._timeout = aiohttp.ClientTimeout(total=timeout_s)
         # Streams have no total bound (a pull takes as long as the download); only silence
         # between two lines, and a slow connect, fail them.
@@ -50,6 +53,7 @@ class Backend:
             body,
             client_timeout=self._timeout,
             headers=self._headers,
+            server=self._server,
         )
 
     async def stream(self, path: str, body: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:

@@ -47,7 +47,10 @@ class ModelCatalogue:
         kind: BackendKind = "ollama",
         headers: dict[str, str] | None = None,
     ) -> None:
-        self._backend = Backend(session, base_url, timeout_s=timeout_s, headers=headers)
+        server = "OpenAI-compatible" if kind == "openai" else "Ollama"
+        self._backend = Backend(
+            session, base_url, timeout_s=timeout_s, headers=headers, server=server
+        )
         self.base_url = self._backend.base_url
         self.kind = kind
         self._ttl_s = ttl_s

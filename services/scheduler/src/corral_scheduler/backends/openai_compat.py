@@ -93,6 +93,8 @@ OPTION_PARAMETERS: dict[str, str] = {
 # Ollama clients parse /api/version as a semantic version (Ollama's development builds say this).
 VERSION = "0.0.0"
 NS_PER_MS = 1_000_000
+# How errors name the server ("Cannot connect to OpenAI-compatible server. ...").
+SERVER = "OpenAI-compatible"
 
 _IMAGE_TYPES = {
     "iVBOR": "image/png",
@@ -547,7 +549,7 @@ class OpenAIBackend:
                     raise await openai_status_error(response)
                 return await response.json(content_type=None)
         except UNREACHABLE_ERRORS as exc:
-            raise unreachable(self.base_url, exc) from exc
+            raise unreachable(self.base_url, exc, SERVER) from exc
 
     async def _post(self, path: str, body: dict[str, Any]) -> aiohttp.ClientResponse:
         try:
@@ -558,7 +560,7 @@ class OpenAIBackend:
                 timeout=self._timeout,
             )
         except UNREACHABLE_ERRORS as exc:
-            raise unreachable(self.base_url, exc) from exc
+            raise unreachable(self.base_url, exc, SERVER) from exc
 
     async def _json(self, path: str, body: dict[str, Any]) -> Any:
         response = await self._post(path, body)
@@ -567,7 +569,7 @@ class OpenAIBackend:
                 raise await openai_status_error(response)
             return orjson.loads(await response.read())
         except UNREACHABLE_ERRORS as exc:
-            raise unreachable(self.base_url, exc) from exc
+            raise unreachable(self.base_url, exc, SERVER) from exc
         except orjson.JSONDecodeError as exc:
             raise CorralError(
                 ErrorType.BACKEND_ERROR, f"backend answered {path} with invalid JSON"
