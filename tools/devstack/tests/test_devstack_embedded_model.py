@@ -156,7 +156,8 @@ def test_the_server_serves_the_model_as_smollm2_on_one_thread(tmp_path: Path) ->
     argv = Installation(Path("/v/bin/python"), Path("/v/m.gguf")).server_argv("127.0.0.1", 8123)
     assert argv == [
         "/v/bin/python", "-m", "llama_cpp.server", "--model", "/v/m.gguf",
-        "--model_alias", MODEL_ALIAS, "--n_threads", "1", "--host", "127.0.0.1", "--port", "8123",
+        "--model_alias", MODEL_ALIAS, "--n_threads", "1", "--interrupt_requests", "false",
+        "--host", "127.0.0.1", "--port", "8123",
     ]  # fmt: skip
     assert MODEL_ALIAS == "smollm2:135m"
 

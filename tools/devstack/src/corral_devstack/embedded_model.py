@@ -191,6 +191,9 @@ class Installation:
             "--model", str(self.model),
             "--model_alias", MODEL_ALIAS,
             "--n_threads", str(SERVER_THREADS),
+            # By default a request arriving mid-generation (even GET /v1/models, which Corral
+            # polls) ends the running stream early with [DONE]: an empty answer, "stop".
+            "--interrupt_requests", "false",
             "--host", host,
             "--port", str(port),
         ]  # fmt: skip
