@@ -156,7 +156,8 @@ def test_the_server_serves_the_model_as_smollm2_on_one_thread(tmp_path: Path) ->
     argv = Installation(Path("/v/bin/python"), Path("/v/m.gguf")).server_argv("127.0.0.1", 8123)
     assert argv == [
         "/v/bin/python", "-m", "llama_cpp.server", "--model", "/v/m.gguf",
-        "--model_alias", MODEL_ALIAS, "--n_threads", "1", "--interrupt_requests", "false",
+        "--model_alias", MODEL_ALIAS, "--n_threads", "1", "--n_ctx", "4096",
+        "--interrupt_requests", "false",
         "--host", "127.0.0.1", "--port", "8123",
     ]  # fmt: skip
     assert MODEL_ALIAS == "smollm2:135m"
@@ -440,6 +441,7 @@ def report(tmp_path: Path, role: str) -> dict[str, Any]:
 def test_make_run_without_a_backend_serves_the_embedded_model(
     tmp_path: Path, run_env: dict[str, str]
 ) -> None:
+    run_env["CORRAL_DEFAULT_NUM_CTX"] = "2048"
     run = Run(tmp_path, run_env)
     try:
         run.wait_for("Corral is running")
@@ -448,6 +450,8 @@ def test_make_run_without_a_backend_serves_the_embedded_model(
         url = f"http://127.0.0.1:{argv[argv.index('--port') + 1]}"
         assert argv[argv.index("--model_alias") + 1] == MODEL_ALIAS
         assert argv[argv.index("--n_threads") + 1] == "1"
+        # The window Corral fits conversations into.
+        assert argv[argv.index("--n_ctx") + 1] == "2048"
         assert argv[argv.index("--model") + 1].endswith(".gguf")
         for role in ("scheduler", "session_store", "gateway"):
             env = report(tmp_path, role)["env"]

@@ -49,6 +49,8 @@ MANIFEST: Final = "corral-embedded-model.json"
 CONSTRAINTS: Final = Path(__file__).with_name("embedded_model_constraints.txt")
 # One thread: with two on a busy two-core machine it fell from 26-44 to 6-10 tokens/s.
 SERVER_THREADS: Final = 1
+# Corral's CORRAL_DEFAULT_NUM_CTX default.
+DEFAULT_NUM_CTX: Final = 4096
 # The default on these machines' CPUs: verified to build and generate (real-model.md).
 VERIFIED_VARIANT: Final = "avx512"
 
@@ -185,12 +187,15 @@ class Installation:
     python: Path
     model: Path
 
-    def server_argv(self, host: str, port: int) -> list[str]:
+    def server_argv(self, host: str, port: int, n_ctx: int = DEFAULT_NUM_CTX) -> list[str]:
         return [
             str(self.python), "-m", SERVER_MODULE,
             "--model", str(self.model),
             "--model_alias", MODEL_ALIAS,
             "--n_threads", str(SERVER_THREADS),
+            # The window Corral fits conversations into (the server cannot say; its own default
+            # is 2048, the model was trained on 8192).
+            "--n_ctx", str(n_ctx),
             # By default a request arriving mid-generation (even GET /v1/models, which Corral
             # polls) ends the running stream early with [DONE]: an empty answer, "stop".
             "--interrupt_requests", "false",

@@ -263,7 +263,8 @@ class Stack:
         port = free_port(LOOPBACK)
         url = f"http://{LOOPBACK}:{port}"
         log = self.log_dir / f"{EMBEDDED_MODEL_NAME}.log"
-        argv = model.server_argv(LOOPBACK, port)
+        n_ctx = int(self.environ.get("CORRAL_DEFAULT_NUM_CTX") or embedded_model.DEFAULT_NUM_CTX)
+        argv = model.server_argv(LOOPBACK, port, n_ctx)
         self._launch(EMBEDDED_MODEL_NAME, argv, self.environ, f"{url}/v1/models")
         self._say(
             EMBEDDED_MODEL_NAME,
