@@ -230,11 +230,24 @@ def test_the_openai_client_gets_a_real_answer(stack: RunningStack) -> None:
     assert 0 < completion.usage.completion_tokens <= SHORT["num_predict"]
 
 
-async def test_the_model_is_listed(stack: RunningStack) -> None:
+async def test_the_model_is_listed_even_while_it_generates(stack: RunningStack) -> None:
+    body = {
+        "model": MODEL,
+        "messages": [{"role": "user", "content": "Tell me a story."}],
+        "options": {"num_predict": 64},
+    }
     async with (
         aiohttp.ClientSession() as session,
-        session.get(f"{stack.url}/api/tags") as response,
+        session.post(f"{stack.url}/api/chat", json=body) as generating,
     ):
-        assert response.status == 200
-        names = [m["name"] for m in (await response.json())["models"]]
+        assert generating.status == 200
+        # Its first words have come: the server is generating (llama-cpp-python's own
+        # /v1/models would wait for the lock until it is done).
+        while not orjson.loads(await generating.content.readline())["message"]["content"]:
+            pass
+        async with session.get(f"{stack.url}/api/tags") as response:
+            assert response.status == 200
+            names = [m["name"] for m in (await response.json())["models"]]
+        lines = [orjson.loads(line) async for line in generating.content if line.strip()]
+        assert lines[-1]["done"] is True
     assert MODEL in names

@@ -155,7 +155,7 @@ def test_only_a_complete_and_current_installation_counts(tmp_path: Path) -> None
 def test_the_server_serves_the_model_as_smollm2_on_one_thread(tmp_path: Path) -> None:
     argv = Installation(Path("/v/bin/python"), Path("/v/m.gguf")).server_argv("127.0.0.1", 8123)
     assert argv == [
-        "/v/bin/python", "-m", "llama_cpp.server", "--model", "/v/m.gguf",
+        "/v/bin/python", str(embedded_model.SERVER_SCRIPT), "--model", "/v/m.gguf",
         "--model_alias", MODEL_ALIAS, "--n_threads", "1", "--n_ctx", "4096",
         "--interrupt_requests", "false",
         "--host", "127.0.0.1", "--port", "8123",
@@ -348,7 +348,7 @@ def test_the_banner_names_the_model_and_how_to_use_a_real_ollama() -> None:
     assert os.linesep in text
 
 
-# The installed server's interpreter, faked: `-m llama_cpp.server ... --port P` answers
+# The installed server's interpreter, faked: `embedded_server.py ... --port P` answers
 # /v1/models on P and reports its argv, as the real one would be started.
 FAKE_SERVER = """\
 #!{python}

