@@ -24,3 +24,13 @@ async def eventually(
             raise AssertionError(f"{what} did not happen within {within_s}s")
         await asyncio.sleep(POLL_INTERVAL_S)
     return time.monotonic() - started
+
+
+def until(probe: Callable[[], bool], within_s: float = 10.0, what: str = "the condition") -> float:
+    """`eventually` for synchronous probes (a fixture reading another process's log)."""
+    started = time.monotonic()
+    while not probe():
+        if time.monotonic() - started > within_s:
+            raise AssertionError(f"{what} did not happen within {within_s}s")
+        time.sleep(POLL_INTERVAL_S)
+    return time.monotonic() - started

@@ -11,9 +11,9 @@ their shape (non-empty, a done reason, token counts within `num_predict`), never
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
-import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -31,7 +31,7 @@ from corral_devstack import embedded_model
 from corral_devstack.ports import free_port
 from corral_devstack.processes import ServiceProcess
 from tests.conftest import NO_RATE_LIMITS
-from tests.polling import eventually
+from tests.polling import eventually, until
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
 
@@ -62,11 +62,13 @@ class RunningStack:
     process: ServiceProcess
 
     def wait_for_output(self, text: str, timeout: float = 30) -> None:
-        deadline = time.monotonic() + timeout
-        while text not in self.process.log_path.read_text():
-            if not self.process.running or time.monotonic() > deadline:
-                pytest.fail(f"make run never said {text!r}:\n{self.process.log_tail(40)}")
-            time.sleep(0.05)
+        def said_or_stopped() -> bool:
+            return text in self.process.log_path.read_text() or not self.process.running
+
+        with contextlib.suppress(AssertionError):  # reported below, with the log's tail
+            until(said_or_stopped, timeout, f"make run saying {text!r}")
+        if text not in self.process.log_path.read_text():
+            pytest.fail(f"make run never said {text!r}:\n{self.process.log_tail(40)}")
 
 
 @pytest.fixture(scope="module")

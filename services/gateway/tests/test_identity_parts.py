@@ -130,10 +130,13 @@ class Resolver:
         self.asked: list[str] = []
         self.gate = asyncio.Event()
         self.gate.set()
+        # Set once a lookup has reached the store (and waits at the gate).
+        self.reached = asyncio.Event()
         self.error: Exception | None = None
 
     async def __call__(self, key_hash: str) -> KeyInfo | None:
         self.asked.append(key_hash)
+        self.reached.set()
         await self.gate.wait()
         if self.error is not None:
             raise self.error
@@ -164,7 +167,7 @@ async def test_concurrent_lookups_of_one_key_are_one_and_survive_a_leaving_clien
     cache = KeyCache(resolver, ttl_s=5.0, clock=Ticks())
     first = asyncio.create_task(cache.get("h1"))
     others = [asyncio.create_task(cache.get("h1")) for _ in range(3)]
-    await asyncio.sleep(0)
+    await resolver.reached.wait()
     first.cancel()
     resolver.gate.set()
     assert await asyncio.gather(*others) == [key_info()] * 3
@@ -178,7 +181,7 @@ async def test_a_failed_lookup_reaches_every_waiter_and_is_not_remembered() -> N
     resolver.gate.clear()
     cache = KeyCache(resolver, ttl_s=5.0, clock=Ticks())
     waiters = [asyncio.create_task(cache.get("h1")) for _ in range(2)]
-    await asyncio.sleep(0)
+    await resolver.reached.wait()
     resolver.gate.set()
     results = await asyncio.gather(*waiters, return_exceptions=True)
     assert all(isinstance(r, ConnectionError) for r in results)
@@ -195,8 +198,9 @@ async def test_an_evicted_key_is_looked_up_again_and_a_stale_lookup_is_not_kept(
     assert cache.cached("h1") == (False, None)
     # Evicted while a lookup is under way: its waiter gets the answer, nobody keeps it.
     resolver.gate.clear()
+    resolver.reached.clear()
     under_way = asyncio.create_task(cache.get("h1"))
-    await asyncio.sleep(0)
+    await resolver.reached.wait()
     cache.evict("h1")
     resolver.answers["h1"] = None
     resolver.gate.set()
