@@ -7,12 +7,8 @@ from __future__ import annotations
 import io
 import json
 import os
-import queue
-import signal
 import stat
-import subprocess
 import sys
-import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -45,6 +41,7 @@ from corral_devstack.stack import (
     embedded_model_banner,
     model_fallback_requested,
 )
+from tools.devstack.tests.launcher import Launcher
 
 AVX2 = frozenset({"sse4_2", "avx", "avx2", "fma", "f16c"})
 AVX512 = AVX2 | {"avx512f", "avx512cd", "avx512vl", "avx512dq", "avx512bw"}
@@ -395,44 +392,6 @@ def run_env(tmp_path: Path, fake_services: Path, mongo_url: str, amqp_url: str) 
     return env
 
 
-class Run:
-    """`python -m corral_devstack run` in a child process, its output read line by line."""
-
-    def __init__(self, tmp_path: Path, env: dict[str, str]) -> None:
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "corral_devstack", "run", "--data-dir", str(tmp_path / "data")],
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
-        self.lines: queue.Queue[str | None] = queue.Queue()
-        self.seen: list[str] = []
-        threading.Thread(target=self._read, daemon=True).start()
-
-    def _read(self) -> None:
-        assert self.proc.stdout is not None
-        for line in self.proc.stdout:
-            self.lines.put(line.rstrip("\n"))
-        self.lines.put(None)
-
-    def wait_for(self, text: str, timeout: float = 60) -> None:
-        while (line := self.lines.get(timeout=timeout)) is not None:
-            self.seen.append(line)
-            if text in line:
-                return
-        pytest.fail(f"run ended before {text!r}:\n" + "\n".join(self.seen))
-
-    def stop(self) -> str:
-        """SIGTERM, as Ctrl-C would; everything it said."""
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-        assert self.proc.wait(timeout=60) == 0
-        while (line := self.lines.get(timeout=60)) is not None:
-            self.seen.append(line)
-        return "\n".join(self.seen)
-
-
 def report(tmp_path: Path, role: str) -> dict[str, Any]:
     data: dict[str, Any] = json.loads((tmp_path / "reports" / f"{role}.json").read_text())
     return data
@@ -442,7 +401,7 @@ def test_make_run_without_a_backend_serves_the_embedded_model(
     tmp_path: Path, run_env: dict[str, str]
 ) -> None:
     run_env["CORRAL_DEFAULT_NUM_CTX"] = "2048"
-    run = Run(tmp_path, run_env)
+    run = Launcher(["--data-dir", str(tmp_path / "data")], run_env)
     try:
         run.wait_for("Corral is running")
         server = report(tmp_path, "model-server")
@@ -487,7 +446,7 @@ def test_make_run_fronts_an_ollama_that_answers(tmp_path: Path, run_env: dict[st
     port = ollama.argv[-1]
     run_env["CORRAL_OLLAMA_URL"] = f"http://127.0.0.1:{port}"
     try:
-        run = Run(tmp_path, run_env)
+        run = Launcher(["--data-dir", str(tmp_path / "data")], run_env)
         try:
             run.wait_for("Corral is running")
             env = report(tmp_path, "scheduler")["env"]
