@@ -26,6 +26,7 @@ from corral_emulator.embedding_routes import _run as run_embedding
 from corral_emulator.generation import GenerationJob, run_generation
 from corral_emulator.models import ModelSpec
 from corral_emulator.reply_plan import (
+    ReplyPlan,
     context_length_for,
     model_options,
     plan_chat_reply,
@@ -219,18 +220,9 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
         shape = OpenAIChunks(str(body.get("model")), stream, usage)
     except ApiError as exc:
         return openai_error(exc.status, exc.message)
-    job = GenerationJob(
-        model=parsed.model,
-        spec=spec,
-        plan=plan,
-        keep_alive=None,
-        stream=stream,
-        shape=shape,
-        failure=state.failures.take("chat", parsed.model),
-        started_ns=started_ns,
-        sse=True,
+    return await run_generation(
+        request, state, _sse_job(state, "chat", parsed.model, spec, plan, shape, started_ns)
     )
-    return await run_generation(request, state, job)
 
 
 async def completions(request: web.Request) -> web.StreamResponse:
@@ -255,18 +247,32 @@ async def completions(request: web.Request) -> web.StreamResponse:
         shape = OpenAIChunks(str(body.get("model")), stream, usage, text_completion=True)
     except ApiError as exc:
         return openai_error(exc.status, exc.message)
-    job = GenerationJob(
-        model=parsed.model,
+    return await run_generation(
+        request, state, _sse_job(state, "generate", parsed.model, spec, plan, shape, started_ns)
+    )
+
+
+def _sse_job(
+    state: EmulatorState,
+    kind: str,
+    model: str,
+    spec: ModelSpec,
+    plan: ReplyPlan,
+    shape: OpenAIChunks,
+    started_ns: int,
+) -> GenerationJob:
+    """A /v1 generation as the native runner takes it: streamed as SSE, no keep_alive."""
+    return GenerationJob(
+        model=model,
         spec=spec,
         plan=plan,
         keep_alive=None,
-        stream=stream,
+        stream=shape.stream,
         shape=shape,
-        failure=state.failures.take("generate", parsed.model),
+        failure=state.failures.take(kind, model),
         started_ns=started_ns,
         sse=True,
     )
-    return await run_generation(request, state, job)
 
 
 async def models(request: web.Request) -> web.Response:
