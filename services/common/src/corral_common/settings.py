@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Annotated, Any
 
 from pydantic import Field, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from corral_common.backend_servers import BackendServer, default_name, parse_backends
 from corral_common.ids import INSTANCE_ID_RULE, is_valid_instance_id, new_id
 from corral_common.openai_models import BackendKind
 
@@ -26,6 +28,9 @@ class CorralSettings(BaseSettings):
     # root (`http://host:8080`; a trailing `/v1` is accepted), and its API key if it wants one.
     backend_url: str | None = None
     backend_api_key: str | None = None
+    # A pool of model servers instead of the one above (backend_servers.py has the format);
+    # each runs at most one generation at a time.
+    backends: Annotated[list[BackendServer], NoDecode] = Field(default_factory=list)
     mongo_url: str | None = None
     data_dir: Path = Path(".corral")
     log_level: str = "info"
@@ -56,6 +61,25 @@ class CorralSettings(BaseSettings):
         if not is_valid_instance_id(value):
             raise ValueError(f"CORRAL_INSTANCE_ID must be {INSTANCE_ID_RULE}")
         return value
+
+    @field_validator("backends", mode="before")
+    @classmethod
+    def _parse_backends(cls, value: Any) -> list[BackendServer]:
+        return parse_backends(value)
+
+    def backend_servers(self) -> list[BackendServer]:
+        """Every model server Corral drives: the pool, else the one server."""
+        if self.backends:
+            return list(self.backends)
+        url = self.model_server_url().rstrip("/")
+        return [
+            BackendServer(
+                name=default_name(url),
+                kind=self.backend_kind,
+                url=url,
+                api_key=self.backend_api_key,
+            )
+        ]
 
     def model_server_url(self) -> str:
         """The model server's base URL (`backend_url`, else `ollama_url`)."""
