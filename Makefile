@@ -7,7 +7,7 @@ UV ?= $(shell command -v uv 2>/dev/null || echo "$(HOME)/.local/bin/uv")
 export UV_LINK_MODE ?= copy
 
 .PHONY: run run-demo test lint typecheck check bench bench-estimates bench-fairness install rabbitmq \
-	chromium embedded-model test-embedded-model
+	chromium deploy-tools embedded-model test-embedded-model
 
 $(UV):
 	python3 -m pip install --quiet --user uv || python3 -m pip install --quiet uv
@@ -22,10 +22,20 @@ rabbitmq:
 ## Headless Chromium for tests/e2e/test_browser_cors.py (about 20 s here). Where it cannot be
 ## installed, those tests skip; under CI (CI set) a failed install fails the run.
 chromium:
-	@command -v chromium >/dev/null || \
+	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || \
 		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium \
-			>/dev/null) || \
+			chromium-driver >/dev/null) || \
 		{ [ -z "$$CI" ] && echo "chromium not installed: the browser tests will skip" >&2; }
+
+## What the deploy checks (tests/deploy) run: Prometheus and promtool, Podman with buildah and
+## runc, debootstrap for a locally made base image. Where they cannot be installed those tests
+## skip; under CI (CI set) a failed install fails the run.
+deploy-tools:
+	@command -v promtool >/dev/null && command -v podman >/dev/null && \
+		command -v debootstrap >/dev/null || \
+		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prometheus \
+			podman buildah runc debootstrap libpython3.11 >/dev/null) || \
+		{ [ -z "$$CI" ] && echo "deploy tools not installed: the deploy checks will skip" >&2; }
 
 ## The embedded model server `make run` falls back to (llama-cpp-python serving SmolLM2-135M), in a
 ## venv of its own under ~/.cache/corral, outside the uv workspace. The first time builds
@@ -49,7 +59,7 @@ run: install rabbitmq
 run-demo: install rabbitmq
 	$(UV) run python -m corral_devstack run --emulator
 
-test: install rabbitmq chromium test-embedded-model
+test: install rabbitmq chromium deploy-tools test-embedded-model
 	$(UV) run pytest
 
 lint: install
