@@ -67,6 +67,10 @@ class Job(Wire):
     # How many jobs its `client_key` may have queued at once (the caller's key's own limit);
     # None: the scheduler's default (`max_queued_per_key`), 0: no cap.
     max_queued: int | None = Field(default=None, ge=0)
+    # Run only on this server of the pool (`BackendServer.name`): a model operation aimed at
+    # one server, such as an unload under that server's memory pressure. None: wherever the
+    # lane's ordering sends it.
+    server: str | None = None
 
 
 class Accepted(Wire):
@@ -182,6 +186,20 @@ class BackendStatus(Wire):
     loaded_model: str | None = None
 
 
+class ServerStatus(BackendStatus):
+    """One server of the pool, as its scheduler sees it (`SchedulerStatus.servers`)."""
+
+    name: str
+    kind: str = "ollama"
+    # False while the server is out of rotation (it failed; it is probed until it answers).
+    in_rotation: bool = True
+    # The request it is running (its lane's position 0), if any.
+    running: str | None = None
+    # Jobs it has finished, and model swaps it has made, since the scheduler started.
+    jobs_done: int = 0
+    swaps: int = 0
+
+
 class QueueStatus(Wire):
     waiting: int
     running: int
@@ -213,6 +231,8 @@ class LaneEntry(Wire):
     client_key: str | None = None
     # Whose job it is (the caller's principal), for ops and to tell a caller's own requests.
     owner: str | None = None
+    # The pool server running it (running jobs only).
+    server: str | None = None
 
 
 class LaneHealth(Wire):
@@ -232,7 +252,10 @@ class SchedulerStatus(Wire):
     kind: Literal["status"] = "status"
     scheduler_id: str
     sent_at: float
+    # The backend as one: with a pool, connected when any server is (and the first server's
+    # URL and version); `servers` has each.
     backend: BackendStatus
+    servers: list[ServerStatus] = Field(default_factory=list)
     queue: QueueStatus
     models: list[ModelActivity] = Field(default_factory=list)
     # The running job (position 0) and the first waiting ones, in the order they will run.
