@@ -1,0 +1,5 @@
+import sys
+
+from corralctl.cli import main
+
+sys.exit(main())
