@@ -19,6 +19,7 @@ from corral_common.messages import (
 )
 from corral_common.status_board import StatusBoard
 from corral_model_manager.jobs import JobSubmitter
+from corral_model_manager.servers import ServerModels
 from corral_model_manager.unloader import (
     Unload,
     Unloader,
@@ -75,9 +76,10 @@ class Harness:
         async def publish(job: Job) -> None:
             self.jobs.append(job)
 
-        async def running_models() -> Any:
+        async def running_models() -> list[ServerModels]:
             self.ps_calls += 1
-            return {"models": [{"name": name, "model": name} for name in self.loaded]}
+            models = [{"name": name, "model": name} for name in self.loaded]
+            return [ServerModels("backend", target=None, local=True, models=models)]
 
         self.submitter = JobSubmitter(MANAGER_ID, publish, answer_timeout_s=300, clock=self.clock)
         self.unloader = Unloader(

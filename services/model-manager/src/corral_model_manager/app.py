@@ -14,22 +14,20 @@ from aiohttp import web
 from corral_common.broker import Broker
 from corral_common.dead_letters import open_dead_letters, publish_job
 from corral_common.messages import Job
-from corral_common.openai_models import auth_headers, server_root
 from corral_common.ops import add_ops_routes
 from corral_common.rpc import RpcServer
 from corral_common.status_board import StatusBoard
 from corral_common.supervision import Task, supervised
 from corral_common.topology import MODELS_ROUTING_KEY, STATUS_REQUEST_KEY
-from corral_model_manager.backend import Backend
 from corral_model_manager.blob_rpc import blob_methods
 from corral_model_manager.blob_uploads import BlobUploads
-from corral_model_manager.catalogue import ModelCatalogue
 from corral_model_manager.changes import ModelChanges
 from corral_model_manager.inbox import Inbox, open_inbox
 from corral_model_manager.jobs import JobSubmitter
 from corral_model_manager.model_list import ModelListBroadcaster, ModelNames
 from corral_model_manager.operations import ModelOperation, ModelOperations
 from corral_model_manager.rpc_methods import model_manager_methods
+from corral_model_manager.servers import ModelServers, open_servers
 from corral_model_manager.settings import ModelManagerSettings
 from corral_model_manager.unloader import (
     MemoryProbe,
@@ -44,8 +42,7 @@ SERVICE = "model-manager"
 
 SETTINGS = web.AppKey("settings", ModelManagerSettings)
 MEMORY_PROBE: web.AppKey[MemoryProbe] = web.AppKey("memory_probe")
-BACKEND = web.AppKey("backend", Backend)
-CATALOGUE = web.AppKey("catalogue", ModelCatalogue)
+SERVERS = web.AppKey("servers", ModelServers)
 BROKER = web.AppKey("broker", Broker)
 NAMES = web.AppKey("names", ModelNames)
 BROADCASTER = web.AppKey("broadcaster", ModelListBroadcaster)
@@ -60,27 +57,18 @@ UPLOADS = web.AppKey("uploads", BlobUploads)
 
 async def backend_ctx(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
-    kind = settings.backend_kind
-    url = settings.model_server_url()
     async with aiohttp.ClientSession() as session:
-        app[CATALOGUE] = ModelCatalogue(
+        servers = open_servers(
             session,
-            server_root(url) if kind == "openai" else url,
+            settings.backend_servers(),
             ttl_s=settings.model_info_ttl_s,
-            timeout_s=settings.backend_timeout_s,
-            kind=kind,
-            headers=auth_headers(settings.backend_api_key) if kind == "openai" else None,
-        )
-        app[BACKEND] = Backend(
-            session,
-            url,
             timeout_s=settings.backend_timeout_s,
             stall_timeout_s=settings.operation_stall_timeout_s,
         )
-        backend = app[BACKEND]
+        app[SERVERS] = servers
         app[UPLOADS] = BlobUploads(
-            backend.head,
-            backend.upload,
+            servers.head,
+            servers.upload,
             idle_s=settings.blob_upload_idle_s,
             max_uploads=settings.blob_uploads_max,
         )
@@ -98,7 +86,7 @@ async def broker_ctx(app: web.Application) -> AsyncIterator[None]:
 
 async def models_ctx(app: web.Application) -> AsyncIterator[None]:
     """The model list, its broadcast, and pulls/creates (which change it)."""
-    settings, broker, catalogue = app[SETTINGS], app[BROKER], app[CATALOGUE]
+    settings, broker, servers = app[SETTINGS], app[BROKER], app[SERVERS]
     broadcaster: ModelListBroadcaster | None = None
 
     def list_changed() -> None:
@@ -111,9 +99,9 @@ async def models_ctx(app: web.Application) -> AsyncIterator[None]:
     async def publish_event(routing_key: str, body: bytes) -> None:
         await broker.publish_event(routing_key, body, durable=True)
 
-    names = ModelNames(catalogue.tags, on_change=list_changed)
+    names = ModelNames(servers.tags, on_change=list_changed)
     broadcaster = ModelListBroadcaster(names, publish_list, interval_s=settings.models_broadcast_s)
-    changes = ModelChanges(catalogue, names, broadcaster)
+    changes = ModelChanges(servers, names, broadcaster)
 
     async def after_success(operation: ModelOperation) -> None:
         # A push changes the registry, not the models here.
@@ -121,7 +109,7 @@ async def models_ctx(app: web.Application) -> AsyncIterator[None]:
             await changes.changed(operation.model)
 
     operations = ModelOperations(
-        app[BACKEND],
+        servers,
         publish_event,
         interval_s=settings.pull_progress_interval_s,
         on_success=after_success,
@@ -144,13 +132,16 @@ async def lane_ctx(app: web.Application) -> AsyncIterator[None]:
         settings.instance_id, publish, answer_timeout_s=settings.unload_answer_timeout_s
     )
     board = StatusBoard(settings.status_stale_s)
+    budgets, default_budget = settings.memory_budgets()
     unloader = Unloader(
         policy=UnloadPolicy(
             idle_unload_s=settings.idle_unload_s,
             memory_pressure_percent=settings.memory_pressure_percent,
+            budgets=budgets,
+            default_budget=default_budget,
         ),
         board=board,
-        running_models=app[CATALOGUE].running,
+        running_models=app[SERVERS].loaded,
         submitter=submitter,
         interval_s=settings.unload_check_interval_s,
         memory_probe=app[MEMORY_PROBE],
@@ -184,14 +175,12 @@ async def rpc_ctx(app: web.Application) -> AsyncIterator[None]:
         SERVICE,
         {
             **model_manager_methods(
-                catalogue=app[CATALOGUE],
-                backend=app[BACKEND],
+                servers=app[SERVERS],
                 operations=app[OPERATIONS],
                 names=app[NAMES],
                 changes=app[CHANGES],
-                backend_kind=app[SETTINGS].backend_kind,
             ),
-            **blob_methods(app[UPLOADS], backend_kind=app[SETTINGS].backend_kind),
+            **blob_methods(app[UPLOADS], app[SERVERS]),
         },
     )
     await server.start()

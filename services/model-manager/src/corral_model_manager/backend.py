@@ -7,7 +7,7 @@ silent is `corral_common.ollama.unreachable` (503 or 504).
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterable, AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterable
 from typing import Any
 
 import aiohttp
@@ -56,7 +56,7 @@ class Backend:
             server=self._server,
         )
 
-    async def stream(self, path: str, body: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
+    async def stream(self, path: str, body: dict[str, Any]) -> AsyncGenerator[dict[str, Any]]:
         """POST with `stream: true` and yield each NDJSON line as the backend wrote it,
         `{"error": ...}` lines included (what they mean is the caller's business)."""
         try:

@@ -18,18 +18,17 @@ from corral_common.contracts.model_manager import (
     BlobUploadParams,
 )
 from corral_common.errors import CorralError, ErrorType
-from corral_common.openai_models import BackendKind, not_supported
 from corral_common.rpc import Handler, MethodTable
 from corral_model_manager.blob_uploads import BlobUploads
+from corral_model_manager.servers import ModelServers
 
 
-def blob_methods(uploads: BlobUploads, backend_kind: BackendKind = "ollama") -> dict[str, Handler]:
+def blob_methods(uploads: BlobUploads, servers: ModelServers) -> dict[str, Handler]:
     table = MethodTable(MODEL_MANAGER.service)
 
     def managed() -> None:
-        """Blobs are for Ollama's create; other backends answer 501 naming their kind."""
-        if backend_kind != "ollama":
-            raise not_supported(backend_kind, "blob upload")
+        """Blobs are for Ollama's create; a backend of no other kind answers 501 naming it."""
+        servers.managed("blob upload")
 
     @table.serves(MODEL_MANAGER.blob_head)
     async def head(p: BlobHeadParams) -> BlobHeadResult:

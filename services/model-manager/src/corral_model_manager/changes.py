@@ -9,8 +9,8 @@ from collections.abc import Callable
 import structlog
 
 from corral_common.errors import CorralError
-from corral_model_manager.catalogue import ModelCatalogue
 from corral_model_manager.model_list import ModelListBroadcaster, ModelNames
+from corral_model_manager.servers import ModelServers
 
 log = structlog.get_logger(__name__)
 
@@ -18,7 +18,7 @@ log = structlog.get_logger(__name__)
 class ModelChanges:
     def __init__(
         self,
-        catalogue: ModelCatalogue,
+        catalogue: ModelServers,
         names: ModelNames,
         broadcaster: ModelListBroadcaster,
         clock: Callable[[], float] = time.monotonic,

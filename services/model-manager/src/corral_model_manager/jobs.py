@@ -53,9 +53,16 @@ class JobSubmitter:
         self._pending: dict[str, PendingJob] = {}
 
     async def submit(
-        self, kind: JobKind, model: str, payload: dict[str, Any], *, reason: str
+        self,
+        kind: JobKind,
+        model: str,
+        payload: dict[str, Any],
+        *,
+        reason: str,
+        server: str | None = None,
     ) -> PendingJob:
-        """Publish a job; raises the broker's refusal (QueueFull, BrokerUnavailable)."""
+        """Publish a job (to run on pool server `server`, if set); raises the broker's refusal
+        (QueueFull, BrokerUnavailable)."""
         job = Job(
             kind=kind,
             model=model,
@@ -65,6 +72,7 @@ class JobSubmitter:
             enqueued_at=self._clock(),
             # Nobody watches these: the first position is all the scheduler need send.
             queue_progress=False,
+            server=server,
         )
         pending = PendingJob(job=job, reason=reason, submitted_at=self._clock())
         # Registered before publishing: the answer may arrive before the confirm does.
@@ -83,9 +91,12 @@ class JobSubmitter:
             return None
         return self._pending.pop(event.request_id, None)
 
-    def pending(self, kind: JobKind) -> set[str]:
-        """Canonical names of the models with a job of `kind` still unanswered."""
-        return {p.key for p in self._pending.values() if p.job.kind == kind}
+    def pending(self, kind: JobKind, *, server: str | None = None) -> set[str]:
+        """Canonical names of the models with a job of `kind` for `server` (None: the one
+        server) still unanswered."""
+        return {
+            p.key for p in self._pending.values() if p.job.kind == kind and p.job.server == server
+        }
 
     def expire(self) -> list[PendingJob]:
         """Forget jobs unanswered for too long (their answer was lost, say in a failover)."""

@@ -15,6 +15,17 @@ UNLOADS_SKIPPED = Counter(
     ["reason"],
 )
 HOST_MEMORY = Gauge("corral_host_memory_percent", "Host memory in use, percent")
+SERVER_MEMORY = Gauge(
+    "corral_backend_memory_percent",
+    "A model server's memory in use, percent: its loaded models' size of its budget, or the "
+    "host's for a local server without one (docs/models.md)",
+    ["server"],
+)
+SERVER_LOADED_BYTES = Gauge(
+    "corral_backend_loaded_bytes",
+    "The size of a model server's loaded models, by its own /api/ps",
+    ["server"],
+)
 PULLS = Counter(
     "corral_model_pulls_total", "Pulls finished, by outcome (success, error)", ["outcome"]
 )

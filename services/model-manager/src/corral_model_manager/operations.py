@@ -128,6 +128,8 @@ class ModelOperation:
 
         self.state: OperationState = "running"
         self.status: str | None = None
+        # The pool server the latest line came from (a pool's pull runs on each in turn).
+        self.server: str | None = None
         self.digest: str | None = None
         self.total: int | None = None
         self.completed: int | None = None
@@ -157,7 +159,9 @@ class ModelOperation:
         percent = None
         if self.total and self.completed is not None:
             percent = round(min(self.completed / self.total, 1.0) * 100, 1)
+        where = {"server": self.server} if self.server is not None else {}
         return {
+            **where,
             "model": self.model,
             "state": self.state,
             "status": self.status,
@@ -248,6 +252,8 @@ class ModelOperation:
         self.updated_at = self._clock()
         if isinstance(line.get("status"), str):
             self.status = line["status"]
+        if isinstance(line.get("server"), str):
+            self.server = line["server"]
         if "total" in line or "completed" in line:
             self.digest = line.get("digest") if isinstance(line.get("digest"), str) else None
             self.total = _int_or_none(line.get("total"))

@@ -27,13 +27,11 @@ from corral_common.contracts.model_manager import (
 )
 from corral_common.errors import CorralError, ErrorType
 from corral_common.model_names import is_valid_model_name
-from corral_common.openai_models import BackendKind, not_supported
 from corral_common.rpc import Handler, MethodTable
-from corral_model_manager.backend import Backend
-from corral_model_manager.catalogue import ModelCatalogue
 from corral_model_manager.changes import ModelChanges
 from corral_model_manager.model_list import ModelNames as NameList
 from corral_model_manager.operations import ModelOperations, Watcher
+from corral_model_manager.servers import ModelServers
 
 
 def _watcher(params: OperationParams | CreateParams) -> Watcher:
@@ -53,37 +51,35 @@ def _listing(answer: object) -> ModelListing:
 
 def model_manager_methods(
     *,
-    catalogue: ModelCatalogue,
-    backend: Backend,
+    servers: ModelServers,
     operations: ModelOperations,
     names: NameList,
     changes: ModelChanges,
-    backend_kind: BackendKind = "ollama",
 ) -> dict[str, Handler]:
     table = MethodTable(MODEL_MANAGER.service)
 
     def managed(operation: str) -> None:
-        """Only Ollama manages its models; other backends answer 501 naming their kind."""
-        if backend_kind != "ollama":
-            raise not_supported(backend_kind, operation)
+        """Only Ollama manages its models; a backend of no other kind answers 501 naming it
+        (in a mixed pool, the Ollama servers do it)."""
+        servers.managed(operation)
 
     @table.serves(MODEL_MANAGER.model_info)
     async def model_info(p: ModelInfoParams) -> ModelInfo:
         if not p.model:
             raise CorralError(ErrorType.INVALID_REQUEST, "model is required")
-        return ModelInfo.model_validate(await catalogue.model_info(p.model))
+        return ModelInfo.model_validate(await servers.model_info(p.model))
 
     @table.serves(MODEL_MANAGER.tags)
     async def tags(_: NoParams) -> ModelListing:
-        return _listing(await catalogue.tags())
+        return _listing(await servers.tags())
 
     @table.serves(MODEL_MANAGER.ps)
     async def running(_: NoParams) -> ModelListing:
-        return _listing(await catalogue.running())
+        return _listing(await servers.running())
 
     @table.serves(MODEL_MANAGER.show)
     async def show(p: ShowParams) -> Document:
-        return Document.model_validate(await catalogue.show(p.model_dump(exclude_unset=True)))
+        return Document.model_validate(await servers.show(p.model_dump(exclude_unset=True)))
 
     @table.serves(MODEL_MANAGER.pull)
     async def pull(p: OperationParams) -> OperationStarted:
@@ -117,15 +113,14 @@ def model_manager_methods(
 
     @table.serves(MODEL_MANAGER.delete)
     async def delete(p: ModelParams) -> Empty:
-        managed("delete")
-        await backend.call("DELETE", "/api/delete", {"model": p.model})
+        await servers.call("delete", "DELETE", "/api/delete", {"model": p.model})
         await changes.changed(p.model)
         return Empty()
 
     @table.serves(MODEL_MANAGER.copy)
     async def copy(p: CopyParams) -> Empty:
-        managed("copy")
-        await backend.call("POST", "/api/copy", {"source": p.source, "destination": p.destination})
+        body = {"source": p.source, "destination": p.destination}
+        await servers.call("copy", "POST", "/api/copy", body)
         await changes.changed(p.destination)
         return Empty()
 

@@ -26,6 +26,13 @@ class Step:
     def status(self) -> Any:
         return self.line.get("status")
 
+    @property
+    def key(self) -> tuple[Any, Any]:
+        """What a line's progress is of: its status on its pool server (a pool's pull runs
+        the same statuses on each server in turn, and each server's layers must be seen
+        complete)."""
+        return self.line.get("server"), self.status
+
 
 def is_byte_progress(line: dict[str, Any]) -> bool:
     return "completed" in line or "total" in line
@@ -46,7 +53,7 @@ class ProgressThrottle:
     def offer(self, step: Step) -> list[Step]:
         """The steps to send now, in order (possibly none: `step` is held back)."""
         out: list[Step] = []
-        if self._held is not None and self._held.status != step.status:
+        if self._held is not None and self._held.key != step.key:
             out.append(self._held)
             self._held = None
         if self._throttled(step):
@@ -81,11 +88,11 @@ class ProgressThrottle:
     def _throttled(self, step: Step) -> bool:
         return (
             is_byte_progress(step.line)
-            and step.status == self._last_status
+            and step.key == self._last_status
             and self._last_sent_at is not None
             and self._clock() - self._last_sent_at < self._interval_s
         )
 
     def _sent(self, step: Step) -> None:
-        self._last_status = step.status
+        self._last_status = step.key
         self._last_sent_at = self._clock()

@@ -1,19 +1,26 @@
-"""Idle and memory-pressure unloading.
+"""Idle and memory-pressure unloading, per model server.
 
-Every check reads which models the backend holds (`/api/ps`) and what the schedulers' lanes
-hold for each (their status broadcasts). A model with work queued or running is never unloaded.
-Otherwise a model idle for `idle_unload_s` is unloaded, and under memory pressure the least
-recently used one is, one per check. Without a fresh scheduler status nothing is unloaded: the
-lane's activity is then unknown, and an unload on a guess could land between a client's request
-and its generation.
+Every check reads which models each server holds (its `/api/ps`) and what the schedulers' lanes
+hold for each model (their status broadcasts). A model with work queued or running is never
+unloaded. Otherwise a model idle for `idle_unload_s` on a server is unloaded there, and a server
+under memory pressure has its least recently used idle model unloaded, one per check. Without
+a fresh scheduler status nothing is unloaded: the lane's activity is then unknown, and an
+unload on a guess could land between a client's request and its generation.
 
-An unload is a job in the scheduler's lane (`kind: "unload"`), which re-checks for queued work
-when its turn comes and refuses (`409 model_busy`) if some arrived meanwhile.
+Memory is measured where the models live (`server_memory_percent`): a server with a memory
+budget (`CORRAL_MODEL_MEMORY_BUDGET_BYTES`) is as full as its loaded models' `size` (from its
+own `/api/ps`) is of that budget; one without a budget on this host (a loopback URL) is as full
+as this host's memory; a remote one without a budget is never judged under pressure.
+
+An unload is a job in the scheduler's lane (`kind: "unload"`, with `server` set to the pool
+server it is for), which re-checks for queued work when its turn comes and refuses
+(`409 model_busy`) if some arrived meanwhile.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import math
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
@@ -29,6 +36,7 @@ from corral_common.model_names import canonical_model_name
 from corral_common.status_board import StatusBoard
 from corral_model_manager import metrics
 from corral_model_manager.jobs import JobSubmitter, PendingJob
+from corral_model_manager.servers import ServerModels
 
 log = structlog.get_logger(__name__)
 
@@ -44,6 +52,13 @@ def host_memory_percent() -> float:
 class UnloadPolicy:
     idle_unload_s: float
     memory_pressure_percent: float
+    # Bytes each server's loaded models may take, by server name (0: no budget).
+    budgets: Mapping[str, int] = field(default_factory=dict)
+    # The budget of a server not named in `budgets`.
+    default_budget: int = 0
+
+    def budget(self, server: str) -> int:
+        return self.budgets.get(server, self.default_budget)
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,6 +66,31 @@ class Unload:
     model: str
     """As the backend names it in `/api/ps`."""
     reason: UnloadReason
+    server: str | None = None
+    """The pool server it is unloaded from (`Job.server`); None with one server."""
+
+
+def loaded_bytes(models: Iterable[dict[str, Any]]) -> int:
+    """The memory a server's loaded models take by its own report: each `/api/ps` entry's
+    `size` (Ollama's whole footprint, VRAM and RAM), else its `size_vram`."""
+    total = 0
+    for entry in models:
+        size = entry.get("size")
+        if isinstance(size, bool) or not isinstance(size, int):
+            size = entry.get("size_vram")
+        if isinstance(size, int) and not isinstance(size, bool) and size > 0:
+            total += size
+    return total
+
+
+def server_memory_percent(
+    server: ServerModels, budget: int, host_percent: float | None
+) -> float | None:
+    """How full a server's memory is: its loaded models' size against its budget; without a
+    budget, this host's memory if the server runs here; else unknown (None: no pressure)."""
+    if budget > 0:
+        return 100.0 * loaded_bytes(server.models) / budget
+    return host_percent if server.local else None
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,7 +182,8 @@ class Unloader:
         *,
         policy: UnloadPolicy,
         board: StatusBoard,
-        running_models: Callable[[], Awaitable[Any]],
+        # What each server holds loaded (`ModelServers.loaded`).
+        running_models: Callable[[], Awaitable[list[ServerModels]]],
         submitter: JobSubmitter,
         interval_s: float,
         memory_probe: MemoryProbe = host_memory_percent,
@@ -155,9 +196,10 @@ class Unloader:
         self._interval_s = interval_s
         self._memory_probe = memory_probe
         self._clock = clock
-        # When each loaded model was first seen loaded: a model whose use no scheduler
-        # reports counts as used then, never as idle since forever.
-        self._first_seen: dict[str, float] = {}
+        # When each loaded model was first seen loaded, per server (keyed as its unloads'
+        # `Job.server`): a model whose use no scheduler reports counts as used then, never as
+        # idle since forever.
+        self._first_seen: dict[str | None, dict[str, float]] = {}
         # Answers handled so far, so a caller can wait for one on the broker's schedule.
         self.answers_handled = 0
         self._answer_handled = asyncio.Event()
@@ -185,30 +227,56 @@ class Unloader:
             log.debug("no fresh scheduler status; lane activity unknown, nothing unloaded")
             return None
         try:
-            loaded = loaded_names(await self._running_models())
+            servers = await self._running_models()
         except CorralError as exc:
             log.info("loaded models unknown", error=exc.message)
             return None
+        for server in servers:
+            if server.error is not None:
+                log.info("loaded models unknown", server=server.server, error=server.error.message)
+        answered = [server for server in servers if server.error is None]
+        if not answered:
+            return None
         now = self._clock()
+        unloads: list[Unload] = []
+        skipped: list[str] = []
+        for server in answered:
+            plan = self._plan(server, statuses, now, memory)
+            unloads += [dataclasses.replace(u, server=server.target) for u in plan.unloads]
+            skipped += plan.skipped
+        for reason in skipped:
+            metrics.UNLOADS_SKIPPED.labels(reason).inc()
+        for unload in unloads:
+            await self._submit(unload)
+        return Plan(unloads, skipped)
+
+    def _plan(
+        self,
+        server: ServerModels,
+        statuses: list[SchedulerStatus],
+        now: float,
+        host_percent: float | None,
+    ) -> Plan:
+        loaded = loaded_names({"models": server.models})
+        first_seen = self._first_seen.setdefault(server.target, {})
         keys = {canonical_model_name(name) for name in loaded}
-        for key in set(self._first_seen) - keys:
-            del self._first_seen[key]  # unloaded: a reload starts its idle time afresh
+        for key in set(first_seen) - keys:
+            del first_seen[key]  # unloaded: a reload starts its idle time afresh
         for key in keys:
-            self._first_seen.setdefault(key, now)
-        plan = plan_unloads(
+            first_seen.setdefault(key, now)
+        percent = server_memory_percent(server, self.policy.budget(server.server), host_percent)
+        metrics.SERVER_LOADED_BYTES.labels(server.server).set(loaded_bytes(server.models))
+        if percent is not None:
+            metrics.SERVER_MEMORY.labels(server.server).set(percent)
+        return plan_unloads(
             loaded,
             statuses,
-            self._first_seen,
+            first_seen,
             now=now,
-            memory_percent=memory,
+            memory_percent=percent,
             policy=self.policy,
-            pending=self._submitter.pending("unload"),
+            pending=self._submitter.pending("unload", server=server.target),
         )
-        for reason in plan.skipped:
-            metrics.UNLOADS_SKIPPED.labels(reason).inc()
-        for unload in plan.unloads:
-            await self._submit(unload)
-        return plan
 
     def answered(self, pending: PendingJob, event: Event) -> None:
         """The scheduler's answer to one of our jobs."""
@@ -227,8 +295,8 @@ class Unloader:
             return
         if event.kind == "done":
             metrics.UNLOADS.labels(pending.reason).inc()
-            self._first_seen.pop(pending.key, None)
-            log.info("model unloaded", model=job.model, reason=pending.reason)
+            self._first_seen.get(job.server, {}).pop(pending.key, None)
+            log.info("model unloaded", model=job.model, server=job.server, reason=pending.reason)
             return
         error_type = getattr(event, "error_type", None)
         skipped = "model_busy" if error_type == "model_busy" else event.kind
@@ -247,7 +315,11 @@ class Unloader:
     async def _submit(self, unload: Unload) -> None:
         payload = {"model": unload.model, "keep_alive": 0}
         try:
-            await self._submitter.submit("unload", unload.model, payload, reason=unload.reason)
+            await self._submitter.submit(
+                "unload", unload.model, payload, reason=unload.reason, server=unload.server
+            )
         except Exception as exc:
             metrics.UNLOADS_SKIPPED.labels("submit_failed").inc()
-            log.warning("unload not submitted", model=unload.model, error=str(exc))
+            log.warning(
+                "unload not submitted", model=unload.model, server=unload.server, error=str(exc)
+            )
