@@ -21,6 +21,7 @@ from aio_pika.abc import (
     AbstractRobustConnection,
     DeliveryMode,
 )
+from prometheus_client import Counter
 
 from corral_common import jsonutil
 from corral_common.settings import CorralSettings
@@ -41,6 +42,15 @@ BROKER_DOWN_ERRORS: tuple[type[BaseException], ...] = (
     asyncio.TimeoutError,
 )
 CONNECT_ERRORS: tuple[type[BaseException], ...] = (*BROKER_DOWN_ERRORS, OSError)
+
+# Durable publishes by how the broker answered: confirmed (acked), queue_full (nacked: the
+# queue's length limit), unroutable (returned), unavailable (no broker or no confirm in time).
+PUBLISHES = Counter(
+    "corral_broker_publishes_total",
+    "Confirmed (durable) publishes, by the broker's answer "
+    "(confirmed, queue_full, unroutable, unavailable)",
+    ["outcome"],
+)
 
 
 class BrokerUnavailable(Exception):
@@ -172,19 +182,27 @@ class Broker:
         expiration: float | None = None,
     ) -> None:
         """Persistent, confirmed, mandatory. Raises QueueFull or BrokerUnavailable."""
-        await self._usable()
+        try:
+            await self._usable()
+        except BrokerUnavailable:
+            PUBLISHES.labels("unavailable").inc()
+            raise
         message = _message(body, headers, DeliveryMode.PERSISTENT, expiration)
         try:
             await exchange.publish(
                 message, routing_key, mandatory=True, timeout=self.settings.publish_timeout_s
             )
         except aiormq.exceptions.PublishError as exc:
+            PUBLISHES.labels("unroutable").inc()
             raise Unroutable(f"message was unroutable: {exc}") from exc
         except aiormq.exceptions.DeliveryError as exc:
             # A nack: with `x-overflow: reject-publish` this is the queue's length limit.
+            PUBLISHES.labels("queue_full").inc()
             raise QueueFull(str(exc)) from exc
         except BROKER_DOWN_ERRORS as exc:
+            PUBLISHES.labels("unavailable").inc()
             raise BrokerUnavailable(f"message broker is not reachable: {exc}") from exc
+        PUBLISHES.labels("confirmed").inc()
 
     async def publish_event(self, routing_key: str, body: bytes, *, durable: bool) -> None:
         """Publish to `corral.events`: final events durably, the rest on the fast channel."""

@@ -19,6 +19,7 @@ from typing import Any
 
 import structlog
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage
+from prometheus_client import Counter
 
 from corral_common.broker import Broker, encode
 from corral_common.clip import clip
@@ -30,6 +31,13 @@ log = structlog.get_logger(__name__)
 
 GATEWAY_ID_HEADER = "x-corral-gateway-id"
 REQUEST_ID_HEADER = "x-corral-request-id"
+
+DEAD_LETTERS = Counter(
+    "corral_dead_letters_total",
+    "This submitter's own jobs that came back dead-lettered, by RabbitMQ's reason "
+    "(delivery_limit, expired, maxlen, rejected)",
+    ["reason"],
+)
 
 
 def job_headers(job: Job) -> dict[str, Any]:
@@ -118,6 +126,7 @@ class DeadLetters:
         if request_id is None:
             return
         reason, deliveries = death(headers)
+        DEAD_LETTERS.labels(reason).inc()
         failed = failure_for(request_id, reason, deliveries)
         if self.deliver(failed):
             log.warning(

@@ -1,0 +1,67 @@
+"""Prometheus alert rules (deploy/prometheus/alerts.yml) and scrape config, checked by promtool:
+the rules parse, their unit tests (alerts_test.yml) pass, and every alert has a unit test.
+
+promtool comes with Debian's `prometheus` package (`make deploy-tools`); without it these tests
+skip, except under CI, where they must run.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+PROMETHEUS_DIR = Path(__file__).resolve().parents[2] / "deploy" / "prometheus"
+PROMTOOL = shutil.which("promtool")
+
+if PROMTOOL is None and os.environ.get("CI"):
+    pytest.fail("CI must check the alert rules: promtool is missing", pytrace=False)
+pytestmark = pytest.mark.skipif(
+    PROMTOOL is None, reason="promtool is not installed (apt-get install prometheus)"
+)
+
+
+def promtool(*args: str) -> str:
+    assert PROMTOOL is not None
+    done = subprocess.run(
+        [PROMTOOL, *args], cwd=PROMETHEUS_DIR, capture_output=True, text=True, timeout=60
+    )
+    output = done.stdout + done.stderr
+    assert done.returncode == 0, f"promtool {' '.join(args)} failed:\n{output}"
+    return output
+
+
+def test_alert_rules_parse() -> None:
+    assert "SUCCESS" in promtool("check", "rules", "alerts.yml")
+
+
+def test_scrape_config_parses_with_its_rules() -> None:
+    assert "SUCCESS" in promtool("check", "config", "prometheus.yml")
+
+
+def test_alert_rules_unit_tests_pass() -> None:
+    assert "SUCCESS" in promtool("test", "rules", "alerts_test.yml")
+
+
+def test_every_alert_is_unit_tested_both_ways() -> None:
+    """Each alert has a test case where it fires and one where it does not."""
+    rules = yaml.safe_load((PROMETHEUS_DIR / "alerts.yml").read_text())
+    alerts = {rule["alert"] for group in rules["groups"] for rule in group["rules"]}
+    required = {
+        "CorralBackendDown",
+        "CorralLaneStuck",
+        "CorralDeadLettersWaiting",
+        "CorralQueueWaitHigh",
+        "CorralSchedulerStandbyMissing",
+    }
+    assert required <= alerts
+    tests = yaml.safe_load((PROMETHEUS_DIR / "alerts_test.yml").read_text())
+    cases = [case for test in tests["tests"] for case in test.get("alert_rule_test", [])]
+    fires = {case["alertname"] for case in cases if case.get("exp_alerts")}
+    quiet = {case["alertname"] for case in cases if not case.get("exp_alerts")}
+    assert alerts - fires == set(), "alerts never seen firing in a test"
+    assert alerts - quiet == set(), "alerts never seen quiet in a test"
