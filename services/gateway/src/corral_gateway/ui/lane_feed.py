@@ -1,0 +1,251 @@
+"""What the operator's page is fed: the schedulers' statuses as this gateway holds them (the
+hub's status board), this gateway's recent requests (`recent.py`) and tokens per second
+(`throughput.py`), and a change signal the page's event streams wait on.
+
+The board and the relay's event queue are the hub's; the feed does not hook into them. It
+watches the board through its public wait (`StatusBoard.newer_than`), and it reads the final
+events of this gateway's jobs from a small queue of its own on `corral.events`, bound to
+`gw.<gateway id>.*.<kind>` for the kinds it needs (the broker copies them; the relay's queue is
+untouched). Token events are many, so their binding exists only while a page is watching
+(`watching`): without one, the feed costs one message per request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections import OrderedDict
+from collections.abc import AsyncIterator, Callable
+
+import aio_pika
+import aiormq
+import orjson
+import structlog
+from aio_pika.abc import AbstractIncomingMessage, AbstractQueue
+from aiohttp import web
+from pydantic import ValidationError
+
+from corral_common.broker import BrokerUnavailable
+from corral_common.messages import CANCELED_STATUS, Done, Failed, SchedulerStatus
+from corral_common.status_board import StatusBoard
+from corral_common.supervision import Task, supervised
+from corral_common.timeouts import within
+from corral_common.topology import EVENTS_EXCHANGE, event_key, gateway_queue_name
+from corral_gateway.state import GATEWAY
+from corral_gateway.ui.recent import Finished, Outcome, RecentRequests
+from corral_gateway.ui.throughput import Throughput
+
+log = structlog.get_logger(__name__)
+
+# The kinds always bound: a job's final events.
+FINAL_KINDS = ("done", "error", "cancelled")
+TOKEN_KIND = "token"
+# Lane entries remembered (request id -> model, owner) to name the model of a failed request,
+# whose final event does not carry it.
+MODELS_REMEMBERED = 2000
+# How long the board watcher waits for a status before looking again.
+STATUS_WAIT_S = 30.0
+
+
+class LaneFeed:
+    def __init__(self, clock: Callable[[], float] = time.time) -> None:
+        self.recent = RecentRequests()
+        self.throughput = Throughput(clock)
+        self.board: StatusBoard | None = None
+        self.gateway_id = ""
+        self.version = 0
+        self.closed = False
+        self._clock = clock
+        self._changed = asyncio.Event()
+        self._jobs: OrderedDict[str, tuple[str, str | None]] = OrderedDict()
+        self._queue: AbstractQueue | None = None
+        self._watchers = 0
+        self._tokens_bound = False
+        self._binding = asyncio.Lock()
+
+    # -- the change signal -----------------------------------------------------------------
+
+    def changed(self) -> None:
+        self.version += 1
+        self._changed.set()
+        self._changed = asyncio.Event()
+
+    async def next_change(self, version: int, within_s: float) -> int:
+        """The feed's version once it differs from `version`, or after `within_s`."""
+        if self.version == version and not self.closed:
+            with contextlib.suppress(TimeoutError):
+                await within(self._changed.wait(), within_s)
+        return self.version
+
+    def close(self) -> None:
+        """The gateway is stopping: every stream ends (app.on_shutdown, before aiohttp waits
+        for the handlers still running)."""
+        self.closed = True
+        self.changed()
+
+    def attach(self, board: StatusBoard, gateway_id: str, queue: AbstractQueue | None) -> None:
+        """The gateway's status board, its id (the event keys) and the feed's own queue."""
+        self.board = board
+        self.gateway_id = gateway_id
+        self._queue = queue
+
+    def statuses(self) -> list[SchedulerStatus]:
+        return self.board.fresh() if self.board is not None else []
+
+    # -- the schedulers' statuses ----------------------------------------------------------
+
+    async def watch_board(self) -> None:
+        """Signal a change for each status the board takes in."""
+        assert self.board is not None
+        latest = 0.0
+        while True:
+            statuses = await self.board.newer_than(latest + 1e-6, STATUS_WAIT_S)
+            newest = max((s.sent_at for s in statuses), default=latest)
+            if newest <= latest:
+                continue
+            latest = newest
+            self._remember(statuses)
+            self.changed()
+
+    def _remember(self, statuses: list[SchedulerStatus]) -> None:
+        for status in statuses:
+            for entry in status.lane:
+                self._jobs[entry.request_id] = (entry.model, entry.owner)
+                self._jobs.move_to_end(entry.request_id)
+        while len(self._jobs) > MODELS_REMEMBERED:
+            self._jobs.popitem(last=False)
+
+    # -- this gateway's job events -----------------------------------------------------------
+
+    def take(self, routing_key: str, body: bytes) -> None:
+        """One event of this gateway's jobs (`gw.<gateway id>.<request id>.<kind>`)."""
+        parts = routing_key.split(".")
+        if len(parts) != 4:
+            return
+        request_id, kind = parts[2], parts[3]
+        try:
+            if kind == TOKEN_KIND:
+                chunks = orjson.loads(body).get("chunks")
+                if isinstance(chunks, list):
+                    self.throughput.tokens(request_id, len(chunks))
+            elif kind == "done":
+                self._finished(Done.model_validate_json(body))
+            elif kind == "error":
+                self._failed(Failed.model_validate_json(body))
+            elif kind == "cancelled":
+                self._ended(request_id, "cancelled", CANCELED_STATUS, "cancelled")
+        except (ValidationError, orjson.JSONDecodeError, AttributeError):
+            log.warning("unreadable job event dropped by the lane feed", kind=kind)
+
+    async def on_message(self, message: AbstractIncomingMessage) -> None:
+        if message.routing_key is not None:
+            self.take(message.routing_key, message.body)
+
+    def _finished(self, done: Done) -> None:
+        now = self._clock()
+        generation = self.throughput.finish(done.request_id)
+        tokens = _count(done.final.get("eval_count"))
+        if tokens is None and generation is not None:
+            tokens = generation.tokens
+        rate = None
+        eval_ns = _count(done.final.get("eval_duration"))
+        if tokens and eval_ns:
+            rate = round(tokens / (eval_ns / 1e9), 1)
+        elif generation is not None and (measured := generation.rate()) is not None:
+            rate = round(measured, 1)
+        self._jobs.pop(done.request_id, None)
+        self.recent.add(
+            Finished(
+                request_id=done.request_id,
+                model=done.model,
+                outcome="done",
+                status=200,
+                finished_at=now,
+                latency_ms=round((now - done.enqueued_at) * 1000) if done.enqueued_at else None,
+                waited_ms=done.waited_ms,
+                tokens=tokens,
+                tokens_per_s=rate,
+                owner=done.owner,
+            )
+        )
+        self.changed()
+
+    def _failed(self, failed: Failed) -> None:
+        self._ended(failed.request_id, "error", failed.status, failed.message[:200])
+
+    def _ended(self, request_id: str, outcome: Outcome, status: int, error: str) -> None:
+        generation = self.throughput.finish(request_id)
+        model, owner = self._jobs.pop(request_id, ("", None))
+        self.recent.add(
+            Finished(
+                request_id=request_id,
+                model=model,
+                outcome=outcome,
+                status=status,
+                finished_at=self._clock(),
+                tokens=generation.tokens if generation is not None else None,
+                owner=owner,
+                error=error,
+            )
+        )
+        self.changed()
+
+    # -- watchers and the token binding ------------------------------------------------------
+
+    @contextlib.asynccontextmanager
+    async def watching(self) -> AsyncIterator[None]:
+        """While a page watches, token events are bound too (tokens per second)."""
+        self._watchers += 1
+        try:
+            await self._bind_tokens()
+            yield
+        finally:
+            self._watchers -= 1
+            await asyncio.shield(self._bind_tokens())
+
+    async def _bind_tokens(self) -> None:
+        async with self._binding:
+            wanted = self._watchers > 0 and not self.closed
+            if self._queue is None or wanted == self._tokens_bound:
+                return
+            key = event_key(self.gateway_id, "*", TOKEN_KIND)
+            try:
+                if wanted:
+                    await self._queue.bind(EVENTS_EXCHANGE, key)
+                else:
+                    await self._queue.unbind(EVENTS_EXCHANGE, key)
+            except (BrokerUnavailable, aio_pika.exceptions.AMQPError, aiormq.exceptions.AMQPError):
+                log.warning("lane feed could not change its token binding", bind=wanted)
+                return
+            self._tokens_bound = wanted
+
+
+def _count(value: object) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+FEED = web.AppKey("lane_feed", LaneFeed)
+
+
+async def feed_ctx(app: web.Application) -> AsyncIterator[None]:
+    """The feed's queue and board watcher; after the gateway's own context (it needs the
+    broker and the hub)."""
+    gateway = app[GATEWAY]
+    feed = app[FEED]
+    gateway_id = gateway.settings.instance_id
+    channel = await gateway.broker.channel(prefetch=1000)
+    queue = await channel.declare_queue(
+        gateway_queue_name(gateway_id) + ".ui", exclusive=True, auto_delete=True
+    )
+    for kind in FINAL_KINDS:
+        await queue.bind(EVENTS_EXCHANGE, event_key(gateway_id, "*", kind))
+    await queue.consume(feed.on_message, no_ack=True)
+    feed.attach(gateway.hub.status, gateway_id, queue)
+    async with supervised(Task("lane feed board watcher", feed.watch_board)):
+        yield
+    await channel.close()
+
+
+async def close_feed(app: web.Application) -> None:
+    app[FEED].close()
