@@ -19,7 +19,7 @@ from corral_common.messages import Job
 from corral_scheduler.eta import SpeedBook
 from corral_scheduler.events import EventSink
 from corral_scheduler.executor import Executor
-from corral_scheduler.lane import Entry, Lane
+from corral_scheduler.lane import ONE_BACKEND, Entry, Lane
 
 ARRIVALS = itertools.count()
 
@@ -93,7 +93,8 @@ def speed_book() -> SpeedBook:
 def make_executor(broker: FakeBroker, backend: object, **kwargs: Any) -> Executor:
     """An executor over an empty lane, publishing its events to `broker`."""
     sink = EventSink(broker)  # type: ignore[arg-type]
-    return Executor(Lane(), backend, sink, speed_book(), **kwargs)  # type: ignore[arg-type]
+    backends = {ONE_BACKEND: backend}
+    return Executor(Lane(), backends, sink, speed_book(), **kwargs)  # type: ignore[arg-type]
 
 
 def job(request_id: str, **fields: Any) -> Job:

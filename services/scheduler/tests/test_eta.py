@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from corral_scheduler.eta import SpeedBook, cumulative_waits, estimate_prompt_tokens
+from corral_scheduler.eta import SimServer, SpeedBook, estimate_prompt_tokens, pool_waits
 
 
 def book() -> SpeedBook:
@@ -52,7 +52,30 @@ def test_other_models_keep_the_priors() -> None:
     assert speeds.speed("b").eval_tokens_per_s == 10
 
 
-def test_cumulative_waits() -> None:
-    assert cumulative_waits(300, [100, 200, 50]) == [300, 400, 600]
-    assert cumulative_waits(-5, [10]) == [0]
+def anywhere(_server: SimServer, _index: int) -> bool:
+    return True
+
+
+def test_one_server_waits_add_up_charging_a_load_once_per_swap() -> None:
+    one = [SimServer("s", free_at_ms=300, loaded="a")]
+    jobs = [(100, 1000, "a"), (200, 1000, "b"), (50, 1000, "b"), (10, 1000, "a")]
+    # a runs without a load; b swaps (1000) once for both b jobs; a swaps back.
+    assert pool_waits(one, jobs, anywhere) == [300, 400, 1600, 1650]
+    assert pool_waits([SimServer("s", free_at_ms=-5, loaded=None)], [(10, 0, "a")], anywhere) == [0]
     assert estimate_prompt_tokens(0) == 1
+
+
+def test_a_pool_lays_jobs_onto_whichever_server_is_free_first() -> None:
+    servers = [SimServer("x", free_at_ms=500, loaded="a"), SimServer("y", 0, loaded="b")]
+    jobs = [(100, 0, "b"), (100, 0, "a"), (100, 0, "b"), (100, 0, "a")]
+    # y is free now: the first b; y again at 100 (before x at 500): the a, then b at 200 on y
+    # and the last a on y at 300, still before x frees up.
+    assert pool_waits(servers, jobs, anywhere) == [0, 100, 200, 300]
+
+
+def test_a_job_only_some_servers_can_run_waits_for_them() -> None:
+    servers = [SimServer("x", free_at_ms=1000, loaded=None), SimServer("y", 0, loaded=None)]
+    only_x = {0}
+    assert pool_waits(
+        servers, [(100, 0, "m"), (100, 0, "m")], lambda s, i: i not in only_x or s.name == "x"
+    ) == [1000, 0]

@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 from corral_scheduler.executor import Executor
+from corral_scheduler.lane import ONE_BACKEND
 from corral_scheduler.watchdog import Watchdog
 from services.scheduler.tests.fakes import (
     Delivery,
@@ -112,7 +113,7 @@ async def test_a_job_failing_after_its_client_can_be_told_gets_an_error_naming_i
     async def broken_load(payload: dict[str, Any]) -> dict[str, Any]:
         raise KeyError("surprise")
 
-    executor.backend.load = broken_load  # type: ignore[method-assign]
+    executor.backends[ONE_BACKEND].load = broken_load  # type: ignore[method-assign]
     settled: asyncio.Queue[tuple[str, str]] = asyncio.Queue()
     push(executor, settled, "oops", kind="load")
     push(executor, settled, "fine")

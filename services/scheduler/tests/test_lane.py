@@ -1,78 +1,88 @@
-"""The lane's ordering and positions (pure bookkeeping)."""
+"""The lane's bookkeeping: the order jobs are handed to servers, positions and waits, and a
+pool's servers each holding at most one job (pure bookkeeping, no backend)."""
 
 from __future__ import annotations
 
 import asyncio
 
-from corral_scheduler.lane import Entry, Lane
+import pytest
+
+from corral_scheduler.lane import ONE_BACKEND, Entry, Lane, Running, Server
+from corral_scheduler.ordering import Ordering, OrderingPolicy
 from services.scheduler.tests import fakes
 
 
-def entry(request_id: str, connection_epoch: int = 0) -> Entry:
-    return fakes.entry(fakes.job(request_id), connection_epoch=connection_epoch)
+def entry(request_id: str, connection_epoch: int = 0, **fields: object) -> Entry:
+    return fakes.entry(fakes.job(request_id, **fields), connection_epoch=connection_epoch)
 
 
-async def test_pop_is_fifo() -> None:
+def only(lane: Lane) -> Server:
+    return lane.servers[ONE_BACKEND]
+
+
+async def run_next(lane: Lane, server: Server) -> Running:
+    """Take the server's next job and start it, as its executor loop does."""
+    running = await lane.take(server)
+    lane.start(running, asyncio.create_task(forever()), running.entry.estimate_ms)
+    return running
+
+
+async def forever() -> None:
+    await asyncio.Event().wait()
+
+
+async def stop(running: Running) -> None:
+    assert running.task is not None
+    running.task.cancel()
+    await asyncio.gather(running.task, return_exceptions=True)
+
+
+async def test_jobs_are_handed_out_in_order() -> None:
     lane = Lane()
     for rid in ("a", "b", "c"):
         lane.push(entry(rid))
-    assert [(await lane.pop()).request_id for _ in range(3)] == ["a", "b", "c"]
+    ran = []
+    for _ in range(3):
+        running = await lane.take(only(lane))
+        ran.append(running.entry.request_id)
+        lane.finish(running)
+    assert ran == ["a", "b", "c"]
     assert len(lane) == 0
 
 
-async def test_pop_waits_for_a_push() -> None:
+async def test_a_waiting_server_is_handed_the_next_push_at_once() -> None:
     lane = Lane()
-    popping = asyncio.Event()
-
-    async def pop() -> Entry:
-        popping.set()
-        return await lane.pop()  # runs on, in the same step, until it blocks on the empty lane
-
-    popped = asyncio.create_task(pop())
-    await popping.wait()
-    assert not popped.done()
+    asked = lane.ask(only(lane))
+    assert only(lane).free and not asked.done()
     lane.push(entry("late"))
-    assert (await popped).request_id == "late"
+    # Assigned by the push itself: the server holds it before its executor even wakes.
+    assert only(lane).running is not None and len(lane) == 0
+    assert (await asked).entry.request_id == "late"
 
 
-def test_positions_count_the_running_job() -> None:
+async def test_a_busy_server_is_handed_nothing_until_it_asks() -> None:
+    lane = Lane()
+    lane.push(entry("a"))
+    first = await run_next(lane, only(lane))
+    lane.push(entry("b"))
+    assert len(lane) == 1 and only(lane).running is first
+    lane.finish(first)
+    await stop(first)
+    assert len(lane) == 1  # finished, but its executor has not asked for the next yet
+    assert (await lane.take(only(lane))).entry.request_id == "b"
+
+
+def test_positions_count_from_one_and_only_fall() -> None:
     lane = Lane()
     for rid in ("a", "b", "c"):
         lane.push(entry(rid))
-    assert [(e.request_id, p) for e, p in lane.positions(running=True)] == [
+    assert [(p.entry.request_id, p.position) for p in lane.snapshot()] == [
         ("a", 1),
         ("b", 2),
         ("c", 3),
     ]
-    assert [p for _, p in lane.positions(running=False)] == [0, 1, 2]
-
-
-def test_remove_moves_everyone_behind_up() -> None:
-    lane = Lane()
-    for rid in ("a", "b", "c"):
-        lane.push(entry(rid))
-    removed = lane.remove("b")
-    assert removed is not None and removed.request_id == "b"
-    assert lane.remove("b") is None
-    assert [(e.request_id, p) for e, p in lane.positions(running=True)] == [("a", 1), ("c", 2)]
-
-
-def test_positions_never_increase_as_the_lane_drains() -> None:
-    lane = Lane()
-    for i in range(10):
-        lane.push(entry(f"r{i}"))
-    seen: dict[str, list[int]] = {}
-    running = False
-    while len(lane):
-        for e, p in lane.positions(running=running):
-            seen.setdefault(e.request_id, []).append(p)
-        if running:
-            running = False  # the running job finished
-        else:
-            lane._waiting.popitem(last=False)  # the head starts
-            running = True
-    for history in seen.values():
-        assert history == sorted(history, reverse=True)
+    lane.remove("b")
+    assert [(p.entry.request_id, p.position) for p in lane.snapshot()] == [("a", 1), ("c", 2)]
 
 
 def test_entries_of_an_old_connection_epoch_are_dropped() -> None:
@@ -91,32 +101,25 @@ async def test_order_follows_arrival_not_push_order() -> None:
     first, second, third = entry("a"), entry("b"), entry("c")
     for pushed in (first, third, second):
         lane.push(pushed)
-    assert [(await lane.pop()).request_id for _ in range(3)] == ["a", "b", "c"]
-
-
-async def forever() -> None:
-    await asyncio.Event().wait()
+    ran = []
+    for _ in range(3):
+        running = await lane.take(only(lane))
+        ran.append(running.entry.request_id)
+        lane.finish(running)
+    assert ran == ["a", "b", "c"]
 
 
 async def test_positions_and_waits_come_from_one_snapshot() -> None:
     """Every reader (the broadcaster, admission's first answer and retry hint, the status)
-    takes positions and waits from `Lane.snapshot`: the running job ahead of everyone, each
-    job's wait what is left of it plus the estimates ahead."""
+    takes positions and waits from `Lane.snapshot`: each job's wait what is left of the
+    running job plus the estimates ahead."""
     lane = Lane()
-    for rid, estimate in (("a", 100), ("b", 200), ("c", 50)):
+    for rid, estimate in (("a", 10**9), ("b", 200), ("c", 50)):
         one = entry(rid)
         one.estimate_ms = estimate
         lane.push(one)
-    assert [(p.entry.request_id, p.position, p.wait_ms) for p in lane.snapshot()] == [
-        ("a", 0, 0),
-        ("b", 1, 100),
-        ("c", 2, 300),
-    ]
-    head = await lane.pop()
-    head.estimate_ms = 10**9  # far from done, whatever the clock says
-    task = asyncio.create_task(forever())
+    head = await run_next(lane, only(lane))
     try:
-        lane.start(head, task)
         placed = lane.snapshot()
         assert [(p.entry.request_id, p.position) for p in placed] == [("b", 1), ("c", 2)]
         assert placed[1].wait_ms - placed[0].wait_ms == 200
@@ -124,24 +127,170 @@ async def test_positions_and_waits_come_from_one_snapshot() -> None:
         c = lane.placement("c")
         assert c is not None and c.position == 2
         assert lane.placement("a") is None  # running, not waiting
-        assert lane.cancel_running("a", "client left") and lane.running is not None
-        assert lane.running.cancel_reason == "client left"
+        assert lane.cancel_running("a", "client left")
+        assert head.cancel_reason == "client left"
     finally:
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
-    lane.finish()
-    assert lane.running is None and lane.processing_rate() > 0
+        await stop(head)
+    lane.finish(head)
+    assert lane.running_jobs() == [] and lane.processing_rate() > 0
+
+
+async def test_a_load_is_charged_once_per_swap_along_the_order() -> None:
+    lane = Lane()
+    only(lane).loaded = "a"
+    for rid, model in (("1", "a"), ("2", "b"), ("3", "b"), ("4", "a")):
+        one = entry(rid, model=model)
+        one.estimate_ms, one.load_ms = 100, 1000
+        lane.push(one)
+    lane.pause()  # keep them all waiting
+    assert [p.wait_ms for p in lane.snapshot()] == [0, 100, 1200, 1300]
 
 
 async def test_a_new_connection_epoch_drops_the_waiting_and_stops_the_running() -> None:
     lane = Lane()
+    lane.push(entry("running"))
+    running = await run_next(lane, only(lane))
     lane.push(entry("waiting"))
-    running = entry("running")
-    task = asyncio.create_task(forever())
-    lane.start(running, task)
     dropped = lane.new_connection_epoch()
     assert [e.request_id for e in dropped] == ["waiting"]
-    assert lane.is_stale(running) and lane.connection_epoch == 1
+    assert lane.is_stale(running.entry) and lane.connection_epoch == 1
+    assert running.task is not None
+    await asyncio.gather(running.task, return_exceptions=True)
+    assert running.task.cancelled()
+    assert running.cancel_reason == "broker connection lost"
+
+
+async def test_a_cancel_between_assignment_and_start_takes_effect_at_start() -> None:
+    lane = Lane()
+    lane.push(entry("a"))
+    running = await lane.take(only(lane))
+    assert lane.cancel_running("a", "client left")  # assigned, its task not started yet
+    task = asyncio.create_task(forever())
+    lane.start(running, task, 0)
     await asyncio.gather(task, return_exceptions=True)
     assert task.cancelled()
-    assert lane.running is not None and lane.running.cancel_reason == "broker connection lost"
+
+
+async def test_a_stopped_taker_returns_an_assigned_job_to_the_lane() -> None:
+    lane = Lane()
+    server = only(lane)
+    lane.ask(server)
+    lane.push(entry("a"))  # assigned to the server...
+    lane.withdraw(server)  # ...whose executor is stopped before it wakes
+    assert "a" in lane and server.running is None and not server.free
+
+
+# A pool.
+
+
+def pool(*names: str, group_bound: int = 2) -> Lane:
+    ordering = Ordering(OrderingPolicy(fair_share=False, group_bound=group_bound), lambda: 0.0)
+    return Lane(ordering, servers=names)
+
+
+class Takers:
+    """Every server of a pool asking for its next job, as their executor loops do."""
+
+    def __init__(self, lane: Lane) -> None:
+        self.lane = lane
+        for server in lane.servers.values():
+            lane.ask(server)
+
+    def holding(self) -> dict[str, str | None]:
+        return {
+            name: s.running.entry.request_id if s.running else None
+            for name, s in self.lane.servers.items()
+        }
+
+    async def close(self) -> None:
+        for server in self.lane.servers.values():
+            self.lane.withdraw(server)
+
+
+async def test_a_pool_runs_one_job_per_server_at_once() -> None:
+    lane = pool("x", "y")
+    takers = Takers(lane)
+    for rid in ("a", "b", "c"):
+        lane.push(entry(rid))
+    assert takers.holding() == {"x": "a", "y": "b"}
+    assert [(p.entry.request_id, p.position) for p in lane.snapshot()] == [("c", 1)]
+    await takers.close()
+
+
+async def test_a_job_goes_to_the_server_holding_its_model() -> None:
+    lane = pool("x", "y")
+    lane.servers["x"].loaded, lane.servers["y"].loaded = "a", "b"
+    takers = Takers(lane)
+    lane.push(entry("1", model="b"))
+    lane.push(entry("2", model="a"))
+    assert takers.holding() == {"x": "2", "y": "1"}
+    await takers.close()
+
+
+async def test_a_swap_happens_on_the_least_recently_used_server() -> None:
+    lane = pool("x", "y", "z", group_bound=0)
+    for name, model, used in (("x", "a", 5.0), ("y", "b", 1.0), ("z", "c", 3.0)):
+        lane.servers[name].loaded, lane.servers[name].last_used = model, used
+    takers = Takers(lane)
+    lane.push(entry("1", model="d"))
+    assert takers.holding() == {"x": None, "y": "1", "z": None}
+    await takers.close()
+
+
+async def test_grouping_lets_each_free_server_take_a_job_for_its_own_model() -> None:
+    lane = pool("x", "y", group_bound=2)
+    lane.servers["x"].loaded = "a"
+    lane.servers["y"].loaded = None
+    lane.pause()
+    lane.push(entry("1", model="b"))
+    lane.push(entry("2", model="a"))
+    takers = Takers(lane)
+    lane.resume()
+    # x holds a and takes the a job from behind the b job; the b job goes to the empty y.
+    assert takers.holding() == {"x": "2", "y": "1"}
+    await takers.close()
+
+
+async def test_a_model_only_some_servers_list_goes_only_to_them() -> None:
+    lane = pool("x", "y")
+    lane.set_models(lane.servers["x"], ["small:1b"])
+    lane.set_models(lane.servers["y"], ["small:1b", "big:70b"])
+    takers = Takers(lane)
+    lane.push(entry("big1", model="big:70b"))
+    lane.push(entry("big2", model="big:70b"))
+    lane.push(entry("small", model="small:1b"))
+    # big2 cannot run on x: small overtakes it there; big2 waits for y.
+    assert takers.holding() == {"x": "small", "y": "big1"}
+    assert [p.entry.request_id for p in lane.snapshot()] == ["big2"]
+    await takers.close()
+
+
+async def test_a_job_aimed_at_a_server_runs_only_there() -> None:
+    lane = pool("x", "y")
+    takers = Takers(lane)
+    lane.push(entry("1", kind="unload", server="y", payload={"model": "m"}))
+    assert takers.holding() == {"x": None, "y": "1"}
+    await takers.close()
+
+
+async def test_a_failed_server_leaves_rotation_and_its_job_goes_to_another() -> None:
+    lane = pool("x", "y")
+    x, y = lane.servers["x"], lane.servers["y"]
+    lane.push(entry("a"))
+    running = await lane.take(x)
+    assert lane.can_fail_over(x, running.entry)  # y could run it
+    lane.set_rotation(x, False)
+    lane.requeue(running)
+    lane.finish(running, ran=False)
+    assert "a" in lane and x.running is None
+    assert not lane.can_fail_over(y, running.entry)  # x is out: nowhere else for y's jobs
+    assert (await lane.take(y)).entry.request_id == "a"
+    lane.set_rotation(x, True)
+    lane.push(entry("b"))
+    assert (await lane.take(x)).entry.request_id == "b"
+
+
+def test_servers_can_be_named_and_must_exist() -> None:
+    assert list(pool("gpu1", "gpu2").servers) == ["gpu1", "gpu2"]
+    with pytest.raises(ValueError, match="at least one server"):
+        Lane(servers=())

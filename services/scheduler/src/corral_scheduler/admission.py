@@ -148,13 +148,12 @@ class Admission:
             connection_epoch=self.lane.connection_epoch,
             admitted_at=time.monotonic(),
             arrival=arrival,
+            # Its work alone; the load is charged where the lane lays it onto a server that
+            # must swap (Lane.snapshot).
             estimate_ms=self.speeds.estimate_ms(
-                job.model,
-                job.prompt_chars,
-                job.num_predict,
-                self.lane.loaded_model(),
-                kind=job.kind,
+                job.model, job.prompt_chars, job.num_predict, job.model, kind=job.kind
             ),
+            load_ms=self.speeds.load_ms(job.model, job.kind),
         )
         self.lane.push(entry)
         try:
@@ -168,7 +167,6 @@ class Admission:
 
     async def _announce(self, entry: Entry, accepted: Accepted, redelivered: bool) -> None:
         job = entry.job
-        metrics.QUEUE_DEPTH.set(len(self.lane))
         if not redelivered:
             await self.sink.send_quietly(job, accepted)
         # The first position goes out now, not at the broadcaster's next round: a job that
@@ -227,7 +225,7 @@ class Admission:
         elif placed:
             ahead_ms = placed[-1].wait_ms + placed[-1].entry.estimate_ms
         else:
-            ahead_ms = self.lane.remaining_ms()
+            ahead_ms = min((self.lane.remaining_ms(r) for r in self.lane.running_jobs()), default=0)
         return max(1, math.ceil(ahead_ms / 1000))
 
     async def on_control(self, message: AbstractIncomingMessage) -> None:
@@ -267,7 +265,6 @@ class Admission:
         """Returns the stage the job was cancelled at, or "unknown" when it is not held here."""
         entry = self.lane.remove(request_id)
         if entry is not None:
-            metrics.QUEUE_DEPTH.set(len(self.lane))
             metrics.CANCELLATIONS.labels("queued").inc()
             log.info("queued job cancelled", request_id=request_id, reason=reason)
             await self.sink.send_quietly(
@@ -286,8 +283,7 @@ class Admission:
     def connection_lost(self) -> None:
         """Unacked deliveries return to the queue when the connection drops: forget them here,
         and stop the running job, whose events and ack can no longer be delivered."""
-        running = self.lane.running
+        running = self.lane.running_jobs()
         dropped = self.lane.new_connection_epoch()
-        metrics.QUEUE_DEPTH.set(len(self.lane))
-        if dropped or running is not None:
+        if dropped or running:
             log.warning("dropped admitted jobs after broker loss", jobs=len(dropped))

@@ -21,7 +21,7 @@ from corral_common.supervision import FAILED_EXIT_CODE, Task, request_exit, stop
 from corral_common.timeouts import within
 from corral_common.topology import CONTROL_EXCHANGE, JOBS_QUEUE, STATUS_REQUEST_KEY
 from corral_scheduler.admission import Admission
-from corral_scheduler.backends import open_backend
+from corral_scheduler.backends import open_backends
 from corral_scheduler.backends.base import Backend
 from corral_scheduler.eta import SpeedBook
 from corral_scheduler.events import EventSink
@@ -54,7 +54,8 @@ HARD_EXIT_AFTER_S = 30.0
 
 SETTINGS = web.AppKey("settings", SchedulerSettings)
 BROKER = web.AppKey("broker", Broker)
-BACKEND: web.AppKey[Backend] = web.AppKey("backend")
+# Each backend server's client, by the server's name.
+BACKENDS: web.AppKey[dict[str, Backend]] = web.AppKey("backends")
 CORE = web.AppKey("core", Core)
 CONSUMING = web.AppKey("consuming", asyncio.Event)
 
@@ -69,15 +70,17 @@ async def broker_ctx(app: web.Application) -> AsyncIterator[None]:
 
 async def backend_ctx(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
-    # One connection is all a serial lane ever needs; the limit makes that a fact.
-    connector = aiohttp.TCPConnector(limit=4)
+    # One connection per server is all a serial lane needs (plus its probes); the limit
+    # makes that a fact.
+    servers = settings.backend_servers()
+    connector = aiohttp.TCPConnector(limit=4 * len(servers), limit_per_host=4)
     async with aiohttp.ClientSession(connector=connector) as session:
-        app[BACKEND] = open_backend(settings, session)
+        app[BACKENDS] = open_backends(settings, session)
         yield
 
 
 async def lane_ctx(app: web.Application) -> AsyncIterator[None]:
-    settings, broker = app[SETTINGS], app[BROKER]
+    settings, broker, backends = app[SETTINGS], app[BROKER], app[BACKENDS]
     scheduler_id = settings.instance_id
     lane = Lane(
         Ordering(
@@ -85,9 +88,11 @@ async def lane_ctx(app: web.Application) -> AsyncIterator[None]:
                 fair_share=settings.fair_share,
                 aging_s=settings.aging_s,
                 group_bound=settings.group_bound,
+                pool=settings.pool_policy,
             ),
             time.monotonic,
-        )
+        ),
+        servers=list(backends),
     )
     sink = EventSink(broker)
     speeds = SpeedBook(
@@ -111,9 +116,7 @@ async def lane_ctx(app: web.Application) -> AsyncIterator[None]:
         backoff_s=settings.retry_backoff_s,
         backoff_max_s=settings.retry_backoff_max_s,
     )
-    executor = Executor(
-        lane, app[BACKEND], sink, speeds, guard, settings.takeover_grace_s, retry=retry
-    )
+    executor = Executor(lane, backends, sink, speeds, guard, settings.takeover_grace_s, retry=retry)
     admission = Admission(scheduler_id, lane, sink, speeds, settings.max_queued_per_key)
     # The executor's supervised task, for the handover to cancel.
     lane_tasks: list[asyncio.Task[None]] = []
@@ -139,7 +142,7 @@ async def lane_ctx(app: web.Application) -> AsyncIterator[None]:
     status = StatusReporter(
         scheduler_id,
         broker,
-        app[BACKEND],
+        backends,
         lane,
         settings.status_interval_s,
         health=lambda: watchdog.verdict,
@@ -203,6 +206,7 @@ def create_app(settings: SchedulerSettings | None = None) -> web.Application:
         if core is not None:
             snapshot = core.status.last or await core.status.snapshot()
             body["ollama"] = snapshot.backend.model_dump()
+            body["servers"] = [server.model_dump() for server in snapshot.servers]
             body["queue"] = snapshot.queue.model_dump()
             backend_ok = snapshot.backend.connected
             body["lane"] = core.watchdog.verdict.model_dump()

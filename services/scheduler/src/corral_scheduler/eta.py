@@ -7,6 +7,7 @@ as load (if its model is not the loaded one) + prompt evaluation + generation.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -79,6 +80,10 @@ class SpeedBook:
             current.load_ms = blend(current.load_ms, load_ms)
         current.samples += 1
 
+    def load_ms(self, model: str, kind: JobKind = "chat") -> int:
+        """What loading `model` costs, by its measured loads (nothing for an unload)."""
+        return 0 if kind == "unload" else round(self.speed(model).load_ms)
+
     def estimate_ms(
         self,
         model: str,
@@ -103,13 +108,37 @@ class SpeedBook:
         return round(total)
 
 
-def cumulative_waits(running_remaining_ms: int, job_estimates: list[int]) -> list[int]:
-    """The wait of each queued job: what is left of the running job plus every job ahead."""
+@dataclass
+class SimServer:
+    """A server as the wait estimate plays the queue onto it."""
+
+    name: str
+    # When it will be free, from now.
+    free_at_ms: int
+    loaded: str | None
+
+
+def pool_waits(
+    servers: list[SimServer],
+    jobs: list[tuple[int, int, str]],
+    can_run: Callable[[SimServer, int], bool],
+) -> list[int]:
+    """The wait of each queued job (`(work_ms, load_ms, model)`, in the order they will run):
+    each goes to the server that will be free first among those that can run it (at a tie,
+    one that holds its model), and waits until then; that server is then busy for the job's
+    work, plus its load when the job swaps the server's model. One server: what is left of
+    the running job plus every job ahead, a load charged once per swap along the order."""
     waits: list[int] = []
-    ahead = max(0, running_remaining_ms)
-    for estimate in job_estimates:
-        waits.append(ahead)
-        ahead += estimate
+    for index, (work_ms, load_ms, model) in enumerate(jobs):
+        able = [s for s in servers if can_run(s, index)] or servers
+        server = min(
+            able,
+            key=lambda s: (s.free_at_ms, not (s.loaded and s.loaded.lower() == model.lower())),
+        )
+        waits.append(max(0, server.free_at_ms))
+        swap = not (server.loaded and server.loaded.lower() == model.lower())
+        server.free_at_ms = max(0, server.free_at_ms) + work_ms + (load_ms if swap else 0)
+        server.loaded = model
     return waits
 
 

@@ -1,10 +1,18 @@
-"""The single executor: takes the next job from the lane, runs it through the backend, acks it.
+"""The executor: one loop per backend server, each taking that server's next job from the lane,
+running it through the server's backend, and acking it.
 
-This is the only code that sends work to the backend, and it awaits each job to its end
-(including closing the upstream response when cancelled) before taking the next, which is
-what makes the backend see at most one generation at a time. The lane's state (the running
-job, the loaded model, the connection epoch) is the lane's (lane.py); the backend is whatever
+This is the only code that sends work to a backend, and each server's loop awaits its job to
+its end (including closing the upstream response when cancelled) before taking the next, which
+is what makes every server see at most one generation at a time. The lane's state (the running
+jobs, the loaded models, the connection epoch) is the lane's (lane.py); a backend is whatever
 implements `backends.base.Backend`.
+
+A server that does not answer (refused, reset, a connect timeout, 502/503, before any
+response) while another server in rotation could run the job is taken out of rotation, and
+the job goes back to its place in the lane for another server: nothing had been sent to its
+client but positions, so nothing is repeated. The server's loop then probes it until it
+answers and puts it back. With no other server able to take the job, it is retried in place
+(retries.py), as with one backend.
 """
 
 from __future__ import annotations
@@ -13,7 +21,7 @@ import asyncio
 import contextlib
 import random
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any, TypeVar, cast
 
 import structlog
@@ -45,7 +53,7 @@ from corral_scheduler.backends.base import (
 )
 from corral_scheduler.eta import SpeedBook
 from corral_scheduler.events import EventSink, TokenBatcher
-from corral_scheduler.lane import Entry, Lane
+from corral_scheduler.lane import Entry, Lane, Running, Server
 from corral_scheduler.load_guard import GuardPolicy, LoadGuard
 from corral_scheduler.retries import RetryLimits, retry_reason
 
@@ -53,6 +61,14 @@ log = structlog.get_logger(__name__)
 
 # The cancel reason of a job stopped at its request's total deadline (`Job.finish_by`).
 DEADLINE_PASSED = "request deadline passed"
+# A server out of rotation is probed after this, doubling up to the cap, until it answers.
+PROBE_FIRST_S = 0.5
+PROBE_MAX_S = 5.0
+
+
+class _FailOver(Exception):
+    """The server did not answer and another can run the job: move it there."""
+
 
 T = TypeVar("T")
 
@@ -61,7 +77,7 @@ class Executor:
     def __init__(
         self,
         lane: Lane,
-        backend: Backend,
+        backends: Mapping[str, Backend],
         sink: EventSink,
         speeds: SpeedBook,
         guard: LoadGuard | None = None,
@@ -81,37 +97,78 @@ class Executor:
         self._settled_epoch: int | None = None
         self.lane = lane
         self.guard = guard or LoadGuard(GuardPolicy())
-        self.backend = backend
+        missing = set(lane.servers) - set(backends)
+        if missing:
+            raise ValueError(f"no backend for server(s) {', '.join(sorted(missing))}")
+        self.backends = backends
         self.sink = sink
         self.speeds = speeds
 
     async def run_forever(self) -> None:
+        """Every server's loop; one failing ends them all (and the service: app.py)."""
+        async with asyncio.TaskGroup() as group:
+            for server in self.lane.servers.values():
+                group.create_task(self.serve(server), name=f"server-{server.name}")
+
+    async def serve(self, server: Server) -> None:
+        """One server's loop: its next job, run to its end, then the next."""
         while True:
-            entry = await self.lane.pop()
+            if not server.in_rotation:
+                await self._probe_until_back(server)
+            running = await self.lane.take(server)
             try:
-                await self._take(entry)
+                await self._take(running)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
                 # Whatever broke around one job (a publish, an ack, a metric, a span) costs
                 # that job, never the lane: before this, one request id too long for a
                 # routing key ended this loop, silently, and with it all generation.
-                log.exception("handling a job failed", request_id=clip(entry.request_id))
-                await self._fail(entry, exc)
+                log.exception("handling a job failed", request_id=clip(running.entry.request_id))
+                await self._fail(running.entry, exc)
 
-    async def _take(self, entry: Entry) -> None:
+    async def _probe_until_back(self, server: Server) -> None:
+        delay = PROBE_FIRST_S
+        while True:
+            # A real wait whatever `_sleep` is: tests that skip backoff waits still must not
+            # spin on a dead server.
+            await asyncio.sleep(delay)
+            try:
+                await self.backends[server.name].version()
+            except CorralError:
+                delay = min(PROBE_MAX_S, delay * 2)
+                continue
+            log.info("backend server answers again; back in rotation", server=server.name)
+            self.lane.set_rotation(server, True)
+            return
+
+    async def _take(self, running: Running) -> None:
+        ran = False
+        try:
+            ran = await self._start(running)
+        finally:
+            self.lane.finish(running, ran=ran)
+
+    async def _start(self, running: Running) -> bool:
+        """Run the assigned job to its end; False when it never started."""
+        entry = running.entry
         if self.lane.is_stale(entry):
             # Its delivery died with the old connection; the broker hands it out again.
-            return
+            return False
+        if running.cancel_reason is not None:
+            # Cancelled in the moment between its assignment and now: it never ran.
+            await self._cancelled_unstarted(entry)
+            return False
         deadline = start_by(entry.job)
         if deadline is not None and time.time() >= deadline:
             await self._expire(entry)
-            return
+            return False
         _score_estimate(entry)
-        task = asyncio.create_task(self._run(entry), name=f"job-{clip(entry.request_id)}")
-        running = self.lane.start(entry, task)
+        server = running.server
+        swap = server.loaded is None or not same_model(server.loaded, entry.model)
+        task = asyncio.create_task(self._run(running), name=f"job-{clip(entry.request_id)}")
+        self.lane.start(running, task, entry.estimate_ms + (entry.load_ms if swap else 0))
         running.deadline_timer = timer = self._arm_deadline(entry)
-        metrics.QUEUE_RUNNING.set(1)
         try:
             await asyncio.shield(task)
         except asyncio.CancelledError:
@@ -128,8 +185,14 @@ class Executor:
         finally:
             if timer is not None:
                 timer.cancel()
-            self.lane.finish()
-            metrics.QUEUE_RUNNING.set(0)
+        return not running.failed_over
+
+    async def _cancelled_unstarted(self, entry: Entry) -> None:
+        metrics.CANCELLATIONS.labels("queued").inc()
+        await self.sink.send_quietly(
+            entry.job, Cancelled(request_id=entry.request_id, stage="queued")
+        )
+        await self._ack(entry)
 
     async def _fail(self, entry: Entry, exc: BaseException) -> None:
         """Fail one job that broke unexpectedly: its client is told, naming the request, and
@@ -153,8 +216,6 @@ class Executor:
         """The job waited past its deadline: it never starts; its client gets a 408."""
         metrics.JOBS.labels("queue_timeout").inc()
         await self.sink.send_quietly(entry.job, queue_timeout(entry.job))
-        self.lane.progressed()  # a job finished, if without running: the lane moves
-        self.lane.moved.set()
         await self._ack(entry)
 
     def _arm_deadline(self, entry: Entry) -> asyncio.TimerHandle | None:
@@ -171,16 +232,24 @@ class Executor:
             DEADLINE_PASSED,
         )
 
-    async def _run(self, entry: Entry) -> None:
+    async def _run(self, running: Running) -> None:
         """Run one job to its final event and ack it. Raises only CancelledError (shutdown:
         the unacked job goes back to the queue); anything else fails this job alone."""
+        entry = running.entry
         job = entry.job
+        server = running.server
         with structlog.contextvars.bound_contextvars(
-            request_id=clip(job.request_id), session_id=job.session_id
+            request_id=clip(job.request_id), session_id=job.session_id, server=server.name
         ):
             try:
-                outcome = await self._traced(entry)
+                outcome = await self._traced(running)
                 metrics.JOBS.labels(outcome).inc()
+            except _FailOver:
+                metrics.SERVER_FAILOVERS.labels(server.name).inc()
+                log.warning("backend server not answering; out of rotation, job moved")
+                self.lane.set_rotation(server, False)
+                self.lane.requeue(running)
+                return
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
@@ -190,13 +259,16 @@ class Executor:
                 return
             await self._ack(entry)
 
-    async def _traced(self, entry: Entry) -> str:
+    async def _traced(self, running: Running) -> str:
+        entry = running.entry
         job = entry.job
+        backend = self.backends[running.server.name]
         waited_ms = round((time.time() - job.enqueued_at) * 1000)
         metrics.QUEUE_WAIT.labels(job.model).observe(waited_ms / 1000)
         parent = extract_context(getattr(entry.delivery, "headers", None))
         span_attrs: dict[str, str | int] = {
-            "gen_ai.system": self.backend.kind,
+            "gen_ai.system": backend.kind,
+            "corral.backend.server": running.server.name,
             "gen_ai.operation.name": job.kind,
             "gen_ai.request.model": job.model,
             "corral.request_id": job.request_id,
@@ -205,11 +277,10 @@ class Executor:
         with tracer().start_as_current_span(
             "backend generation", context=parent, attributes=span_attrs
         ) as span:
-            return await self._generate(entry, waited_ms, span)
+            return await self._generate(running, waited_ms, span)
 
-    async def _generate(self, entry: Entry, waited_ms: int, span: trace.Span) -> str:
-        job = entry.job
-        running = self.lane.running
+    async def _generate(self, running: Running, waited_ms: int, span: trace.Span) -> str:
+        job = running.entry.job
         batcher = TokenBatcher(
             lambda seq, chunks: self.sink.send(
                 job, Tokens(request_id=job.request_id, seq=seq, chunks=chunks)
@@ -217,13 +288,13 @@ class Executor:
         )
         try:
             if job.kind in STREAMED_KINDS:
-                done = await self._stream(entry, waited_ms, batcher, span)
+                done = await self._stream(running, waited_ms, batcher, span)
             else:
-                done = await self._call(entry, waited_ms)
+                done = await self._call(running, waited_ms)
                 # No tokens on this path: stop the pump ("Task was destroyed but it is
                 # pending" after every embedding, load and unload).
                 await batcher.abort()
-            if running is not None and running.deadline_timer is not None:
+            if running.deadline_timer is not None:
                 # The backend's part is over: its answer goes out whole, not cut by a
                 # deadline passing while it is being published.
                 running.deadline_timer.cancel()
@@ -231,7 +302,7 @@ class Executor:
             return "done"
         except asyncio.CancelledError:
             await batcher.abort()
-            if running is None or running.cancel_reason is None:
+            if running.cancel_reason is None:
                 # Shutdown, not a cancel: the unacked job returns to the queue for a standby.
                 raise
             stage = running.stage
@@ -275,20 +346,22 @@ class Executor:
             )
             return "error"
         except BaseException:
-            # Anything else (a bug, shutdown): the token pump must not outlive its job.
+            # Anything else (a bug, shutdown, a fail-over): the token pump must not outlive
+            # its job.
             await batcher.abort()
             raise
         finally:
-            self.lane.used(job)
+            if not running.failed_over:
+                self.lane.used(job)
 
     async def _stream(
-        self, entry: Entry, waited_ms: int, batcher: TokenBatcher, span: trace.Span
+        self, running: Running, waited_ms: int, batcher: TokenBatcher, span: trace.Span
     ) -> Done:
         """A chat or generate: the backend's chunks go out as token batches as they come."""
+        entry = running.entry
         job = entry.job
-        running = self.lane.running
+        backend = self.backends[running.server.name]
         started = time.monotonic()
-        self._count_swap(job.model)
         await self._settle_after_takeover(entry)
         final: dict[str, Any] = {}
         text: list[str] = []
@@ -301,9 +374,9 @@ class Executor:
             kind = cast(StreamKind, job.kind)
 
             def opening() -> Awaitable[AsyncIterator[Chunk]]:
-                return stack.enter_async_context(self.backend.stream(kind, payload))
+                return stack.enter_async_context(backend.stream(kind, payload))
 
-            chunks = await self._open(entry, opening)
+            chunks = await self._open(running, opening)
             await self.sink.send(
                 job,
                 Started(
@@ -312,18 +385,16 @@ class Executor:
                     redelivered=bool(getattr(entry.delivery, "redelivered", False)),
                 ),
             )
-            if running is not None:
-                running.stage = "prompt"
+            running.stage = "prompt"
             async for chunk in chunks:
                 # A long generation streaming tokens is a lane that moves, not a stuck one.
                 self.lane.progressed()
-                if running is not None and running.tokens == 0:
+                if running.tokens == 0:
                     running.stage = "generating"
                     metrics.TIME_TO_FIRST_TOKEN.labels(job.model).observe(
                         time.monotonic() - started
                     )
-                if running is not None:
-                    running.tokens += 1
+                running.tokens += 1
                 if chunk.get("done"):
                     final = chunk
                 else:
@@ -333,7 +404,9 @@ class Executor:
                 thinking.append(str(part.get("thinking") or ""))
                 tool_calls.extend(part.get("tool_calls") or [])
         batches = await batcher.close()
-        self.lane.set_loaded(None if final.get("done_reason") == "unload" else job.model)
+        self.lane.set_loaded(
+            running.server, None if final.get("done_reason") == "unload" else job.model
+        )
         self._observe(job, final, time.monotonic() - started, span)
         return Done(
             request_id=job.request_id,
@@ -374,8 +447,10 @@ class Executor:
         metrics.TAKEOVER_GRACES.inc()
         await self._sleep(self.takeover_grace_s)
 
-    async def _call(self, entry: Entry, waited_ms: int) -> Done:
+    async def _call(self, running: Running, waited_ms: int) -> Done:
         """Embeddings, loads and unloads: one request, one answer, carried whole in `final`."""
+        entry = running.entry
+        server = running.server
         job = entry.job
         if job.kind == "unload" and not job.force:
             # Work for this model is queued behind us: unloading now would only make it
@@ -392,14 +467,13 @@ class Executor:
             log.info("model operation", operation=job.kind, model=job.model)
         await self._settle_after_takeover(entry)
         payload = self.guard.payload(job)
-        answer = await self._open(entry, lambda: self._call_backend(job, payload))
-        loaded = self.lane.loaded_model()
+        backend = self.backends[server.name]
+        answer = await self._open(running, lambda: _call_backend(backend, job, payload))
         if job.kind == "unload":
-            if loaded is not None and same_model(loaded, job.model):
-                self.lane.set_loaded(None)
+            if server.loaded is not None and same_model(server.loaded, job.model):
+                self.lane.set_loaded(server, None)
         else:
-            self._count_swap(job.model)
-            self.lane.set_loaded(job.model)
+            self.lane.set_loaded(server, job.model)
         if job.kind in MODEL_OPERATION_KINDS:
             metrics.MODEL_OPERATIONS.labels(job.kind, "done").inc()
         load_ns = answer.get("load_duration")
@@ -417,25 +491,15 @@ class Executor:
             job_kind=job.kind,
         )
 
-    def _call_backend(self, job: Job, payload: dict[str, Any]) -> Awaitable[Answer]:
-        if job.kind == "load":
-            return self.backend.load(payload)
-        if job.kind == "unload":
-            return self.backend.unload(payload)
-        return self.backend.embed(cast(EmbedKind, job.kind), payload)
-
-    def _count_swap(self, model: str) -> None:
-        loaded = self.lane.loaded_model()
-        if loaded is not None and not same_model(loaded, model):
-            metrics.MODEL_SWAPS.inc()
-
-    async def _open(self, entry: Entry, attempt: Callable[[], Awaitable[T]]) -> T:
+    async def _open(self, running: Running, attempt: Callable[[], Awaitable[T]]) -> T:
         """`attempt()` (opening the job's backend request), retried while the backend is not
         ready (retries.py: refused, reset before any response, a connect timeout, 502/503),
         with full-jitter exponential backoff, up to the job's retries and never past its
         deadline. The job keeps the lane meanwhile: its client sees only a longer wait (no
         `started` before the backend takes it), the jobs behind it keep their places. Once a
-        response has begun, nothing is retried."""
+        response has begun, nothing is retried. In a pool, a server not ready while another
+        could run the job is left instead (`_FailOver`, module docstring)."""
+        entry = running.entry
         job = entry.job
         policy = self.retry.for_job(job)
         retries = 0
@@ -448,6 +512,9 @@ class Executor:
                     if retries:
                         metrics.BACKEND_RETRY_OUTCOMES.labels("failed").inc()
                     raise
+                if self.lane.can_fail_over(running.server, entry):
+                    running.failed_over = True
+                    raise _FailOver(reason) from exc
                 if retries >= policy.max_retries:
                     metrics.BACKEND_RETRY_OUTCOMES.labels("exhausted").inc()
                     log.info("backend not ready; out of retries", reason=reason, retries=retries)
@@ -506,6 +573,14 @@ class Executor:
             await entry.delivery.reject(requeue=False)
         except Exception as exc:
             log.warning("dead-lettering failed", error=str(exc))
+
+
+def _call_backend(backend: Backend, job: Job, payload: dict[str, Any]) -> Awaitable[Answer]:
+    if job.kind == "load":
+        return backend.load(payload)
+    if job.kind == "unload":
+        return backend.unload(payload)
+    return backend.embed(cast(EmbedKind, job.kind), payload)
 
 
 def _score_estimate(entry: Entry) -> None:

@@ -1,12 +1,18 @@
-"""The lane: the admitted jobs waiting for the backend, and everything else the lane's state is
-made of (the running job, the model each backend holds, the broker connection's epoch, when
-the lane last moved), so that admission, the executor, the broadcasters and the watchdog read
-and change one object instead of reaching into each other.
+"""The lane: the admitted jobs waiting for a backend server, and everything else the lane's
+state is made of (each server's running job and loaded model, whether it is in rotation, the
+broker connection's epoch, when the lane last moved), so that admission, the executors, the
+broadcasters and the watchdog read and change one object instead of reaching into each other.
 
-Pure bookkeeping, no I/O: the admission callback pushes, the executor pops from the head and
-marks the job running, a cancel removes. Position = jobs ahead: the running one (if any) plus
-those earlier in the lane; a job's wait = what is left of the running job plus the estimates
-of the jobs ahead. Both are computed here only (`snapshot`, `placement`).
+Pure bookkeeping, no I/O. The admission callback pushes; each server's executor loop asks for
+its next job (`take`) and is handed one when the ordering assigns it (`_dispatch`, run on
+every change: one decision for every free server, ordering.py); a cancel removes. A server
+holds at most one job from the moment it is assigned until the executor reports it finished,
+which is what keeps every server strictly serial.
+
+A waiting job's position is 1 + the jobs ahead of it in the order (0 means running); its wait
+is when the pool will reach it: the servers' running jobs' remainders and the estimates of the
+jobs ahead, laid onto the servers as the ordering would (eta.pool_waits), a model load charged
+once per swap. Both are computed here only (`snapshot`, `placement`).
 """
 
 from __future__ import annotations
@@ -14,13 +20,14 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import Counter, OrderedDict, deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 from corral_common.messages import CancelStage, Job, ModelActivity, Priority
-from corral_common.model_names import canonical_model_name
-from corral_scheduler.eta import cumulative_waits
+from corral_common.model_names import canonical_model_name, same_model
+from corral_scheduler import metrics
+from corral_scheduler.eta import SimServer, pool_waits
 from corral_scheduler.ordering import ANONYMOUS, Ordering, OrderingPolicy
 
 # The processing rate is counted over this window.
@@ -39,7 +46,10 @@ class Entry:
     admitted_at: float
     # Admission order (see ordering.Waiting.arrival).
     arrival: int = 0
+    # The job's own work (prompt and generation), and the load it costs where its model is not
+    # the one loaded: kept apart so a wait estimate charges a load once per swap.
     estimate_ms: int = 0
+    load_ms: int = 0
     last_sent: tuple[int, int] | None = field(default=None)
     # The first wait estimate the client was given, and when, to measure its error.
     first_estimate: tuple[float, int] | None = None
@@ -71,16 +81,22 @@ class Entry:
 
 @dataclass
 class Running:
-    """The job the backend is running: its task (the executor's), and how far it got."""
+    """The job a server is running: its task (the executor's, set when it starts: a job is
+    assigned a moment before), and how far it got."""
 
     entry: Entry
-    task: asyncio.Task[None]
+    server: Server
     started_at: float
+    task: asyncio.Task[None] | None = None
+    # Its estimate as it runs there: its work, plus a load if it swapped the server's model.
+    estimate_ms: int = 0
     stage: CancelStage = "loading"
     tokens: int = 0
     cancel_reason: str | None = None
     # Stops the job at its request's total deadline (`Executor._arm_deadline`).
     deadline_timer: asyncio.TimerHandle | None = None
+    # Its server did not answer and it went back to the lane for another (executor.py).
+    failed_over: bool = False
 
 
 @dataclass(frozen=True)
@@ -92,22 +108,52 @@ class Placed:
     wait_ms: int
 
 
-# The key of the one backend a lane drives today (a pool would key by server).
+@dataclass(eq=False)
+class Server:
+    """One backend server's part of the lane: at most one job at a time."""
+
+    name: str
+    running: Running | None = None
+    # The model it holds, as far as the lane knows (the last one it ran there).
+    loaded: str | None = None
+    # When it last started a job (monotonic), for "least recently used" when a swap is due.
+    last_used: float = 0.0
+    # Out of rotation after failing to answer; its executor probes it until it does.
+    in_rotation: bool = True
+    # The models it lists (canonical names); None: not known, so anything may be asked.
+    models: frozenset[str] | None = None
+    jobs_done: int = 0
+    swaps: int = 0
+    # Set while its executor waits for a job; the dispatch resolves it with one.
+    waiter: asyncio.Future[Running] | None = None
+
+    @property
+    def free(self) -> bool:
+        return self.running is None and self.waiter is not None and not self.waiter.done()
+
+    def lists(self, model: str) -> bool:
+        return self.models is not None and canonical_model_name(model) in self.models
+
+
+# The server's name in a lane built without names (tests; the one-backend default is named
+# after its host and port by the settings).
 ONE_BACKEND = "backend"
 
 
 class Lane:
-    def __init__(self, ordering: Ordering | None = None) -> None:
+    def __init__(
+        self, ordering: Ordering | None = None, servers: Iterable[str] = (ONE_BACKEND,)
+    ) -> None:
         self._waiting: OrderedDict[str, Entry] = OrderedDict()
-        # Set while there is something to run and the lane is not paused.
-        self._runnable = asyncio.Event()
         self.paused = False
         # Draining: the jobs held run to the end, new ones are refused.
         self.draining = False
         self.ordering = ordering or Ordering(OrderingPolicy(), time.monotonic)
-        self.running: Running | None = None
-        # The model each backend holds, as far as the lane knows (the last one it ran there).
-        self._loaded: dict[str, str] = {}
+        self.servers: dict[str, Server] = {name: Server(name) for name in servers}
+        if not self.servers:
+            raise ValueError("a lane needs at least one server")
+        for name in self.servers:
+            metrics.SERVER_IN_ROTATION.labels(name).set(1)
         # Bumped on every broker connection loss; see Entry.connection_epoch.
         self.connection_epoch = 0
         # When each model's last job ended (epoch s), for the model manager's idle unloading.
@@ -141,28 +187,124 @@ class Lane:
 
     def push(self, entry: Entry) -> None:
         self._waiting[entry.request_id] = entry
-        self._update()
+        self._dispatch()
 
     def remove(self, request_id: str) -> Entry | None:
         entry = self._waiting.pop(request_id, None)
-        self._update()
+        self._counted()
         return entry
 
     def pause(self) -> None:
-        """Hold every waiting job (the running one finishes); positions keep flowing."""
+        """Hold every waiting job (running ones finish); positions keep flowing."""
         self.paused = True
-        self._update()
 
     def resume(self) -> None:
         self.paused = False
         self.draining = False
-        self._update()
+        self._dispatch()
 
-    def _update(self) -> None:
-        if self._waiting and not self.paused:
-            self._runnable.set()
+    def _counted(self) -> None:
+        """The lane's gauges, true after every change (a job admitted, assigned, finished)."""
+        metrics.QUEUE_DEPTH.set(len(self._waiting))
+        metrics.QUEUE_RUNNING.set(len(self.running_jobs()))
+        for server in self.servers.values():
+            metrics.SERVER_BUSY.labels(server.name).set(int(server.running is not None))
+
+    # Handing jobs to servers.
+
+    def can_run(self, server: Server, entry: Entry) -> bool:
+        """Whether `server` may run `entry`: a job aimed at a server runs there only; a model
+        some server lists runs only where it is listed (any server, when none lists it, so
+        the backend answers for an unknown model); an unload goes where its model is loaded."""
+        job = entry.job
+        if job.server is not None:
+            return job.server == server.name
+        if job.kind == "unload":
+            holders = [s for s in self.servers.values() if same_model(s.loaded or "", job.model)]
+            if holders:
+                return server in holders
+        if server.lists(job.model):
+            return True
+        return not any(other.lists(job.model) for other in self.servers.values())
+
+    def _dispatch(self) -> None:
+        """Hand waiting jobs to the free servers, as the ordering decides for all of them."""
+        free = [s for s in self.servers.values() if s.free and s.in_rotation]
+        if free and self._waiting and not self.paused:
+            for entry, server in self.ordering.assign(
+                list(self._waiting.values()), free, self.can_run
+            ):
+                del self._waiting[entry.request_id]
+                running = Running(entry, server, time.monotonic())
+                server.running = running
+                server.last_used = running.started_at
+                assert server.waiter is not None
+                server.waiter.set_result(running)
+                self.moved.set()
+        self._counted()
+
+    def ask(self, server: Server) -> asyncio.Future[Running]:
+        """`server` wants its next job: resolved when the ordering assigns it one. The server
+        holds that job (`server.running`) from then until `finish`."""
+        if server.running is not None:
+            raise RuntimeError(f"server {server.name} asked for a job while running one")
+        server.waiter = asyncio.get_running_loop().create_future()
+        self._dispatch()
+        return server.waiter
+
+    def withdraw(self, server: Server) -> None:
+        """`server` no longer waits (its executor is stopping); a job assigned to it in the
+        meantime goes back to the lane, unstarted."""
+        waiter, server.waiter = server.waiter, None
+        if waiter is None:
+            return
+        if waiter.done() and not waiter.cancelled():
+            running = waiter.result()
+            server.running = None
+            self._waiting[running.entry.request_id] = running.entry
+            self._counted()
         else:
-            self._runnable.clear()
+            waiter.cancel()
+
+    async def take(self, server: Server) -> Running:
+        """`ask`, awaited."""
+        waiter = self.ask(server)
+        try:
+            running = await waiter
+        except asyncio.CancelledError:
+            self.withdraw(server)
+            raise
+        server.waiter = None
+        return running
+
+    def requeue(self, running: Running) -> None:
+        """A job that never reached its server (it failed to answer) goes back to its place,
+        for another server; the server is free again once its executor asks."""
+        running.server.running = None
+        self._waiting[running.entry.request_id] = running.entry
+        self.moved.set()
+        self._dispatch()
+
+    def set_rotation(self, server: Server, in_rotation: bool) -> None:
+        server.in_rotation = in_rotation
+        metrics.SERVER_IN_ROTATION.labels(server.name).set(int(in_rotation))
+        self.status_requested.set()
+        if in_rotation:
+            self._dispatch()
+
+    def can_fail_over(self, server: Server, entry: Entry) -> bool:
+        """Whether another server in rotation could run `entry` instead of `server`."""
+        return any(
+            other is not server and other.in_rotation and self.can_run(other, entry)
+            for other in self.servers.values()
+        )
+
+    def set_models(self, server: Server, models: Iterable[str] | None) -> None:
+        """What `server` lists (its model list, refreshed by the status reporter)."""
+        server.models = (
+            None if models is None else frozenset(canonical_model_name(m) for m in models)
+        )
+        self._dispatch()
 
     def drop_epoch_before(self, epoch: int) -> list[Entry]:
         stale = [e for e in self._waiting.values() if e.connection_epoch < epoch]
@@ -172,70 +314,79 @@ class Lane:
 
     def new_connection_epoch(self) -> list[Entry]:
         """The broker connection was lost: its unacked deliveries return to the queue. Forget
-        the waiting ones (returned), and stop the running one, whose events and ack can no
+        the waiting ones (returned), and stop the running ones, whose events and acks can no
         longer be delivered."""
         self.connection_epoch += 1
         dropped = self.drop_epoch_before(self.connection_epoch)
-        if self.running is not None:
-            self.cancel_running(self.running.entry.request_id, "broker connection lost")
+        for running in self.running_jobs():
+            self.cancel_running(running.entry.request_id, "broker connection lost")
         return dropped
 
     def is_stale(self, entry: Entry) -> bool:
         """Whether the entry's delivery died with an earlier broker connection."""
         return entry.connection_epoch < self.connection_epoch
 
-    async def pop(self) -> Entry:
-        """The entry to run next (by the ordering policy), once there is one."""
-        while not self._runnable.is_set():
-            await self._runnable.wait()
-        chosen = self.ordering.choose(self._waiting.values(), self.loaded_model())
-        self.remove(chosen.request_id)
-        return chosen  # type: ignore[return-value]
+    # What each server holds.
 
-    # The model each backend holds.
+    def loaded_model(self, server: Server) -> str | None:
+        return server.loaded
 
-    def loaded_model(self, backend: str = ONE_BACKEND) -> str | None:
-        return self._loaded.get(backend)
+    def set_loaded(self, server: Server, model: str | None) -> None:
+        if model is not None and server.loaded is not None and not same_model(server.loaded, model):
+            server.swaps += 1
+            metrics.MODEL_SWAPS.inc()
+            metrics.SERVER_SWAPS.labels(server.name).inc()
+        server.loaded = model
 
-    def set_loaded(self, model: str | None, backend: str = ONE_BACKEND) -> None:
-        if model is None:
-            self._loaded.pop(backend, None)
-        else:
-            self._loaded[backend] = model
+    # The running jobs.
 
-    # The running job.
+    def running_jobs(self) -> list[Running]:
+        return [s.running for s in self.servers.values() if s.running is not None]
 
-    def start(self, entry: Entry, task: asyncio.Task[None]) -> Running:
-        self.running = Running(entry, task, time.monotonic())
+    def running_job(self, request_id: str) -> Running | None:
+        return next((r for r in self.running_jobs() if r.entry.request_id == request_id), None)
+
+    def start(self, running: Running, task: asyncio.Task[None], estimate_ms: int) -> None:
+        """The executor started the assigned job's task; a cancel that came in between the
+        assignment and now takes effect at once."""
+        running.task = task
+        running.estimate_ms = estimate_ms
+        running.started_at = time.monotonic()
+        if running.cancel_reason is not None:
+            task.cancel()
         self.progressed()
         self.moved.set()
-        return self.running
 
-    def finish(self) -> None:
-        """The running job is over (whatever its outcome)."""
-        self.running = None
+    def finish(self, running: Running, *, ran: bool = True) -> None:
+        """The server's job is over (whatever its outcome); `ran` False when it never started
+        (expired, stale)."""
+        server = running.server
+        if server.running is running:
+            server.running = None
         self.progressed()
-        now = time.monotonic()
-        self.finished_at.append(now)
-        while self.finished_at[0] < now - RATE_WINDOW_S:
-            self.finished_at.popleft()
+        if ran:
+            server.jobs_done += 1
+            metrics.SERVER_JOBS.labels(server.name).inc()
+            now = time.monotonic()
+            self.finished_at.append(now)
+            while self.finished_at[0] < now - RATE_WINDOW_S:
+                self.finished_at.popleft()
+        self._counted()
         self.moved.set()
 
     def cancel_running(self, request_id: str, reason: str) -> bool:
-        running = self.running
-        if running is None or running.entry.request_id != request_id:
+        running = self.running_job(request_id)
+        if running is None:
             return False
         running.cancel_reason = reason
-        running.task.cancel()
+        if running.task is not None:
+            running.task.cancel()
         return True
 
-    def remaining_ms(self) -> int:
-        """What is left of the running job, by its estimate."""
-        running = self.running
-        if running is None:
-            return 0
+    def remaining_ms(self, running: Running) -> int:
+        """What is left of a running job, by its estimate."""
         elapsed = (time.monotonic() - running.started_at) * 1000
-        return max(0, round(running.entry.estimate_ms - elapsed))
+        return max(0, round(running.estimate_ms - elapsed))
 
     def progressed(self) -> None:
         self.progress_at = time.monotonic()
@@ -243,7 +394,7 @@ class Lane:
 
     def holds_work(self) -> bool:
         """A running job, or waiting ones while not paused (a paused lane is idle by choice)."""
-        return self.running is not None or (len(self) > 0 and not self.paused)
+        return bool(self.running_jobs()) or (len(self) > 0 and not self.paused)
 
     def processing_rate(self) -> float:
         """Jobs finished per second over the last minute."""
@@ -263,14 +414,15 @@ class Lane:
     def model_activity(self) -> list[ModelActivity]:
         """Queued and running work per model, and when each was last used."""
         queued: Counter[str] = Counter(canonical_model_name(e.job.model) for e in self)
-        running = self.running
-        running_key = canonical_model_name(running.entry.job.model) if running else None
-        names = set(queued) | set(self.last_used) | ({running_key} if running_key else set())
+        running: Counter[str] = Counter(
+            canonical_model_name(r.entry.job.model) for r in self.running_jobs()
+        )
+        names = set(queued) | set(self.last_used) | set(running)
         return [
             ModelActivity(
                 model=name,
                 queued=queued[name],
-                running=1 if name == running_key else 0,
+                running=running[name],
                 last_used_at=self.last_used.get(name),
             )
             for name in sorted(names)
@@ -287,20 +439,29 @@ class Lane:
             ahead.append(entry)
         return None
 
-    def positions(self, running: bool) -> list[tuple[Entry, int]]:
-        # Position 0 means running; while paused nothing is, so the head waits at 1.
-        ahead = 1 if running or self.paused else 0
-        return [(entry, ahead + index) for index, entry in enumerate(self.ordered())]
-
     def snapshot(self) -> list[Placed]:
         """Every waiting job's position and wait, in the order they will run: the one place
         both are computed (the position broadcaster, admission's first answer, its retry
         hint and the status broadcast all read them from here)."""
-        placed = self.positions(self.running is not None)
-        waits = cumulative_waits(self.remaining_ms(), [entry.estimate_ms for entry, _ in placed])
+        ordered = self.ordered()
+        servers = [s for s in self.servers.values() if s.in_rotation] or list(self.servers.values())
+        sims = [
+            SimServer(
+                name=s.name,
+                free_at_ms=self.remaining_ms(s.running) if s.running is not None else 0,
+                loaded=s.loaded,
+            )
+            for s in servers
+        ]
+        by_name = {s.name: s for s in servers}
+        waits = pool_waits(
+            sims,
+            [(entry.estimate_ms, entry.load_ms, entry.model) for entry in ordered],
+            lambda sim, index: self.can_run(by_name[sim.name], ordered[index]),
+        )
         return [
-            Placed(entry, position, wait_ms)
-            for (entry, position), wait_ms in zip(placed, waits, strict=True)
+            Placed(entry, index + 1, wait_ms)
+            for index, (entry, wait_ms) in enumerate(zip(ordered, waits, strict=True))
         ]
 
     def placement(self, request_id: str) -> Placed | None:

@@ -7,7 +7,25 @@ from prometheus_client import Counter, Gauge, Histogram
 WAIT_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
 
 QUEUE_DEPTH = Gauge("corral_queue_depth", "Jobs admitted and waiting for the backend")
-QUEUE_RUNNING = Gauge("corral_queue_running", "Jobs running on the backend (0 or 1)")
+QUEUE_RUNNING = Gauge(
+    "corral_queue_running", "Jobs running on the backend servers (at most one per server)"
+)
+# Each server of the pool (one server without CORRAL_BACKENDS), by its name.
+SERVER_BUSY = Gauge("corral_backend_server_busy", "1 while the server runs a job", ["server"])
+SERVER_IN_ROTATION = Gauge(
+    "corral_backend_server_in_rotation",
+    "1 while the server is in rotation, 0 while it is out after failing to answer",
+    ["server"],
+)
+SERVER_JOBS = Counter("corral_backend_server_jobs_total", "Jobs run, per server", ["server"])
+SERVER_SWAPS = Counter(
+    "corral_backend_server_model_swaps_total", "Model swaps, per server", ["server"]
+)
+SERVER_FAILOVERS = Counter(
+    "corral_backend_server_failovers_total",
+    "Jobs moved off a server that did not answer, to another, by the server left",
+    ["server"],
+)
 QUEUE_WAIT = Histogram(
     "corral_queue_wait_seconds",
     "Time from enqueue to backend start",

@@ -12,16 +12,26 @@ only reorder; one job still runs at a time):
 - **model grouping**: when the job due next needs a model swap and a job for the loaded model
   waits further back, that one may go first, but no job is ever overtaken more than
   `group_bound` times this way.
+
+With a pool of servers (`assign`), the same order decides for every free server at once: the
+job due next goes to a free server that already holds its model, else (after the grouping
+rule has let the free servers take jobs for their own models) to the free server whose model
+was used least recently, an empty one first. A job some server cannot run (a model it does
+not have, a job aimed at another server) is left to the servers that can.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Literal, Protocol, TypeVar
 
 from corral_common.messages import PRIORITIES, Priority
 from corral_common.model_names import same_model
+
+# "affinity": the rules above; "round_robin": the job due next goes to the next free server in
+# turn, models ignored (the naive pool, kept to measure against: bench/pool.py).
+PoolPolicy = Literal["affinity", "round_robin"]
 
 PRIORITY_RANK: dict[Priority, int] = {name: rank for rank, name in enumerate(PRIORITIES)}
 ANONYMOUS = ""
@@ -46,6 +56,21 @@ class Waiting(Protocol):
     overtaken: int
 
 
+class FreeServer(Protocol):
+    """What pool assignment needs of a server with nothing to run."""
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def loaded(self) -> str | None: ...
+    @property
+    def last_used(self) -> float: ...
+
+
+W = TypeVar("W", bound=Waiting)
+S = TypeVar("S", bound=FreeServer)
+
+
 @dataclass(frozen=True)
 class OrderingPolicy:
     fair_share: bool = True
@@ -53,6 +78,7 @@ class OrderingPolicy:
     aging_s: float = 30.0
     # How many times any job may be overtaken by jobs for the loaded model (0: no grouping).
     group_bound: int = 0
+    pool: PoolPolicy = "affinity"
 
 
 class Ordering:
@@ -104,29 +130,84 @@ class Ordering:
         return ordered
 
     def choose(self, entries: Iterable[Waiting], loaded_model: str | None) -> Waiting:
-        """The entry to run now: the first in order, unless grouping lets a job for the loaded
-        model overtake (within the bound)."""
-        ordered = self.order(entries)
-        chosen_at = 0
-        bound = self.policy.group_bound
-        if (
-            bound > 0
-            and loaded_model is not None
-            and not same_model(ordered[0].model, loaded_model)
-        ):
-            for index, entry in enumerate(ordered):
-                if any(ahead.overtaken >= bound for ahead in ordered[:index]):
-                    break
-                if same_model(entry.model, loaded_model or ""):
-                    chosen_at = index
-                    break
-        for ahead in ordered[:chosen_at]:
-            ahead.overtaken += 1
-        chosen = ordered[chosen_at]
-        self.served(chosen)
+        """The entry one server holding `loaded_model` runs now: the first in order, unless
+        grouping lets a job for the loaded model overtake (within the bound)."""
+        only = _Server("only", loaded_model, 0.0)
+        [(chosen, _)] = self.assign(list(entries), [only], lambda _server, _entry: True)
         return chosen
+
+    def assign(
+        self,
+        entries: Sequence[W],
+        free: Sequence[S],
+        can_run: Callable[[S, W], bool],
+    ) -> list[tuple[W, S]]:
+        """Which waiting entry each free server runs now (module docstring); servers left
+        without one stay free. Counts overtakes and turns as the jobs are handed out."""
+        waiting: list[W] = self.order(entries)  # type: ignore[assignment]
+        idle = list(free)
+        handed: list[tuple[W, S]] = []
+        while idle and waiting:
+            head_at = next(
+                (i for i, e in enumerate(waiting) if any(can_run(s, e) for s in idle)), None
+            )
+            if head_at is None:
+                break
+            head = waiting[head_at]
+            if self.policy.pool == "round_robin":
+                server = next(s for s in idle if can_run(s, head))
+                chosen_at = head_at
+            else:
+                server, chosen_at = self._affinity(waiting, head_at, idle, can_run)
+            for ahead in waiting[head_at:chosen_at]:
+                if can_run(server, ahead):
+                    ahead.overtaken += 1
+            chosen = waiting.pop(chosen_at)
+            idle.remove(server)
+            self.served(chosen)
+            handed.append((chosen, server))
+        return handed
+
+    def _affinity(
+        self, waiting: list[W], head_at: int, idle: list[S], can_run: Callable[[S, W], bool]
+    ) -> tuple[S, int]:
+        head = waiting[head_at]
+        able = [s for s in idle if can_run(s, head)]
+        holding = next((s for s in able if same_model(s.loaded or "", head.model)), None)
+        if holding is not None:
+            return holding, head_at
+        # Grouping: a free server may first take a job for the model it holds, from further
+        # back, as long as no job it would pass has been passed `group_bound` times.
+        bound = self.policy.group_bound
+        best: tuple[int, S] | None = None
+        for server in idle if bound > 0 else ():
+            if server.loaded is None:
+                continue
+            for index in range(head_at, len(waiting)):
+                entry = waiting[index]
+                if not can_run(server, entry):
+                    continue
+                if same_model(entry.model, server.loaded):
+                    if best is None or index < best[0]:
+                        best = (index, server)
+                    break
+                if entry.overtaken >= bound:
+                    break
+        if best is not None:
+            return best[1], best[0]
+        # A swap: on an empty server, else the one whose model was used least recently.
+        return min(able, key=lambda s: (s.loaded is not None, s.last_used)), head_at
 
     def served(self, entry: Waiting) -> None:
         self._served += 1
         key = entry.key if self.policy.fair_share else ANONYMOUS
         self._last_served[key] = self._served
+
+
+@dataclass(frozen=True)
+class _Server:
+    """A free server described by its fields alone (`Ordering.choose`'s one server)."""
+
+    name: str
+    loaded: str | None
+    last_used: float

@@ -5,6 +5,7 @@ from typing import Literal
 from pydantic import Field
 
 from corral_common.settings import CorralSettings
+from corral_scheduler.ordering import PoolPolicy
 
 
 class SchedulerSettings(CorralSettings):
@@ -50,6 +51,10 @@ class SchedulerSettings(CorralSettings):
     # A job for the already-loaded model may run before jobs that would swap models, but no
     # job is overtaken more than this many times (0: strict order, no grouping).
     group_bound: int = Field(default=2, ge=0)
+    # How a pool (CORRAL_BACKENDS) hands jobs to free servers: "affinity" prefers a server
+    # holding the job's model (ordering.py); "round_robin" ignores models, and is there to
+    # measure against (bench/pool.py).
+    pool_policy: PoolPolicy = "affinity"
     # Queued jobs one caller may hold in the lane; more are refused with 429 (0: no cap).
     max_queued_per_key: int = Field(default=64, ge=0)
     # Retrying a backend that is not ready, before its response starts (retries.py): connection

@@ -104,7 +104,7 @@ class Watchdog:
                     "lane stuck; handing it to a standby",
                     stalled_for_s=verdict.stalled_for_s,
                     limit_s=self.stall_s,
-                    running=self.lane.running is not None,
+                    running=len(self.lane.running_jobs()),
                     waiting=len(self.lane),
                 )
                 await self._on_stuck(verdict)
