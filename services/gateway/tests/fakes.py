@@ -29,6 +29,7 @@ from corral_gateway.settings import GatewaySettings
 from corral_gateway.state import Gateway
 from corral_gateway.surfaces import OLLAMA, Route
 from corral_gateway.ticket import JobTicket
+from corral_gateway.usage import Usage
 
 
 class FakeHub:
@@ -104,6 +105,7 @@ class FakeGateway:
         self.rpc = FakeRpc()
         self.relays: dict[str, Any] = {}
         self.background: list[asyncio.Task[None]] = []
+        self.usage = Usage()
 
     def spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         self.background.append(asyncio.ensure_future(coro))

@@ -27,6 +27,7 @@ from corral_gateway.corral.queue_views import where
 from corral_gateway.identity.principal import CALLER, Caller
 from corral_gateway.settings import GatewaySettings
 from corral_gateway.state import GATEWAY, Gateway
+from corral_gateway.usage import Usage
 
 ALICE = Caller(scope="user", address="10.0.0.1", key_id="key_a", principal="alice")
 BOB = Caller(scope="user", address="10.0.0.2", key_id="key_b", principal="bob")
@@ -61,6 +62,7 @@ class FakeGateway:
         self.hub = Hub()
         self.broker = Broker()
         self.status_asked_at = 0.0
+        self.usage = Usage()
 
 
 def job(request_id: str, owner: str) -> Job:

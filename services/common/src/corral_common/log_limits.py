@@ -30,6 +30,9 @@ import structlog
 # A summary line carries this key so it is never limited itself (and it is removed before
 # rendering).
 _SUMMARY = "_log_limits_summary"
+# An event logged with `**UNLIMITED` is never limited either: the gateway's access log, whose
+# point is one line per request (it has a switch of its own, CORRAL_ACCESS_LOG).
+UNLIMITED: dict[str, bool] = {_SUMMARY: True}
 # Groups are event names, a small fixed set in practice; this bounds the table if some caller
 # puts variable text in the event name.
 MAX_GROUPS = 4096

@@ -275,6 +275,20 @@ class DatabaseStatus(Wire):
     server: str | None = None
 
 
+class SessionCounts(Wire):
+    """The sessions in the store's database, as its last count found (every replica counts
+    the same database: the newest count is the one to show, never a sum)."""
+
+    # Not archived.
+    active: int
+    # Active and archived.
+    total: int
+    # Archived since midnight UTC (and not resumed since).
+    archived_today: int
+    # Epoch seconds of the count.
+    counted_at: float
+
+
 class StoreStatus(Wire):
     """A session store's state, broadcast on `status.session-store` (periodically, and at once
     when the database goes up or down), so gateways answer /health without an RPC."""
@@ -283,6 +297,8 @@ class StoreStatus(Wire):
     instance_id: str
     sent_at: float
     database: DatabaseStatus
+    # None until the store has counted its sessions once.
+    sessions: SessionCounts | None = None
 
 
 class ModelList(Wire):

@@ -16,7 +16,7 @@ from typing import Generic, Literal, TypeVar
 import structlog
 from pydantic import ValidationError
 
-from corral_common.messages import SchedulerStatus, StoreStatus
+from corral_common.messages import SchedulerStatus, SessionCounts, StoreStatus
 from corral_common.timeouts import within
 
 log = structlog.get_logger(__name__)
@@ -109,6 +109,12 @@ class StoreBoard(Board[StoreStatus]):
     def last_write_at(self) -> float | None:
         writes = [s.database.last_write_at for s in self._latest.values()]
         return max((w for w in writes if w is not None), default=None)
+
+    def sessions(self) -> SessionCounts | None:
+        """The newest count of the sessions any store has reported (every replica counts the
+        same database), stale or not: its `counted_at` says how old it is."""
+        counts = [s.sessions for s in self._latest.values() if s.sessions is not None]
+        return max(counts, key=lambda c: c.counted_at, default=None)
 
     def error(self) -> str | None:
         fresh = self.fresh()

@@ -14,7 +14,7 @@ from corral_common.contracts.identity import KEYS_CHANGED_KEY
 from corral_common.dead_letters import open_dead_letters
 from corral_common.ops import add_ops_routes
 from corral_common.rpc import RpcClient
-from corral_common.status_board import StatusBoard, StoreBoard
+from corral_common.status_board import StoreBoard
 from corral_common.topology import (
     EVENTS_EXCHANGE,
     MODELS_ROUTING_KEY,
@@ -24,6 +24,7 @@ from corral_common.topology import (
     gateway_queue_name,
 )
 from corral_gateway import admin, conversations, corral, ollama, openai, openapi, ui
+from corral_gateway.access_log import access_log_middleware
 from corral_gateway.corral import health as health_report
 from corral_gateway.directory import ModelDirectory
 from corral_gateway.host_check import host_check_middleware
@@ -36,6 +37,7 @@ from corral_gateway.settings import GatewaySettings
 from corral_gateway.state import GATEWAY, SETTINGS, Gateway
 from corral_gateway.submit import Submitter
 from corral_gateway.surfaces import admin_only, unknown_routes
+from corral_gateway.usage import ObservedStatusBoard
 
 log = structlog.get_logger(__name__)
 
@@ -54,7 +56,7 @@ async def gateway_ctx(app: web.Application) -> AsyncIterator[None]:
     directory = ModelDirectory(rpc)
     gate = app[GATEKEEPER]
     hub = Hub(
-        StatusBoard(settings.status_stale_s),
+        ObservedStatusBoard(settings.status_stale_s),
         cancel_stray,
         directory.update,
         StoreBoard(settings.status_stale_s),
@@ -112,8 +114,11 @@ ADMIN_OPS_PATHS = frozenset({"/metrics"})
 def edge_middlewares(settings: GatewaySettings) -> list[Middleware]:
     # Ollama's order: CORS first (a preflight is answered before the Host check), then the
     # Host check, then gin's answers for unknown routes. Each surface renders its own errors
-    # (surfaces.py), inside these.
-    middlewares = [origin_middleware(settings.origin_list())]
+    # (surfaces.py), inside these. Outermost, the access log: it sees every answer's status.
+    middlewares = [
+        access_log_middleware(enabled=settings.access_log),
+        origin_middleware(settings.origin_list()),
+    ]
     host_check = host_check_middleware(settings.gateway_host, settings.allowed_host_list())
     if host_check is not None:
         middlewares.append(host_check)

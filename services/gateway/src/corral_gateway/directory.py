@@ -18,6 +18,7 @@ from corral_common.errors import CorralError, ErrorType
 from corral_common.messages import ModelList
 from corral_common.model_names import canonical_model_name
 from corral_common.rpc import RpcClient
+from corral_gateway.usage import note_model
 
 log = structlog.get_logger(__name__)
 
@@ -48,6 +49,8 @@ class ModelDirectory:
     async def check(self, model: str, *, not_found: str | None = None) -> None:
         """Raise model_not_found unless the backend has `model`. `not_found` is the Ollama
         text for the endpoint at hand (chat and embed word it differently)."""
+        # The request named a model: its access-log line and usage row say which.
+        note_model(model)
         if self.knows(model):
             return
         if len(model) > MODEL_NAME_MAX_CHARS:

@@ -22,3 +22,35 @@ REQUEST_SECONDS = Histogram(
     ["endpoint"],
     buckets=LATENCY_BUCKETS,
 )
+
+# The request-level series the seed's monitoring guide names, as this gateway sees its own
+# requests (per replica; the scheduler's and session store's own series are listed with these in
+# docs/observability.md).
+WAIT_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
+QUEUE_WAIT = Histogram(
+    "corral_gateway_queue_wait_seconds",
+    "Time the gateway's answered jobs waited in the lane before the backend started them",
+    ["endpoint"],
+    buckets=WAIT_BUCKETS,
+)
+TOKENS = Counter(
+    "corral_gateway_tokens_total",
+    "Tokens of the gateway's answered jobs, by model and kind (prompt, generated)",
+    ["model", "kind"],
+)
+CONTEXT_TRUNCATIONS = Counter(
+    "corral_gateway_context_truncations_total",
+    "Answers whose context dropped messages to fit the model's window (sessions and stateless)",
+    ["model"],
+)
+MODEL_LOAD_TIME = Histogram(
+    "corral_gateway_model_load_time_seconds",
+    "Model loads the gateway's requests waited for (the backend's load_duration, 50 ms and up)",
+    ["model"],
+    buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120),
+)
+QUEUE_DEPTH = Gauge(
+    "corral_gateway_queue_depth",
+    "Jobs in the lane as the schedulers last reported them, waiting or running",
+    ["state"],
+)

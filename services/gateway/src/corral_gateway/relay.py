@@ -54,6 +54,7 @@ from corral_gateway.hub import BrokerLost, Delivery
 from corral_gateway.ordering import TokenOrder
 from corral_gateway.responses import json_response
 from corral_gateway.ticket import BROKER_LOST_MESSAGE, JobTicket, failure_error
+from corral_gateway.usage import note_truncated, note_waited
 
 log = structlog.get_logger(__name__)
 
@@ -190,8 +191,9 @@ class Relay:
                         self.first_estimate_ms = wait_ms
                     self.latest = (position, wait_ms)
                     await self._show(position, wait_ms)
-                case Started(redelivered=redelivered):
+                case Started(redelivered=redelivered, waited_ms=waited_ms):
                     self.started = True
+                    note_waited(waited_ms)
                     if redelivered and self.wrote_tokens:
                         if self.stream:
                             # Part of an answer is already with the client: a second one
@@ -337,6 +339,9 @@ class Relay:
         if self.ext.session_id is not None:
             await self._await_stored()
         extras = self.extras(done, self.first_position or 0)
+        context_info = extras.get("context_info")
+        if isinstance(context_info, dict) and "truncated" in context_info:
+            note_truncated(done.model, bool(context_info["truncated"]))
         self.finished = True
         if self.stream:
             for frame in self.shape.final(done, extras):

@@ -13,6 +13,9 @@ class GatewaySettings(CorralSettings):
     gateway_port: int = 8000
     # Ollama sets no limit, but base64 images are large: generous, yet bounded.
     max_body_bytes: int = Field(default=64 * 1024 * 1024, ge=1024)
+    # One access-log line per request at info level (request id, key id, method, path, model,
+    # status, queue wait, duration: docs/observability.md); false turns them off.
+    access_log: bool = True
     # A scheduler status older than this no longer counts for /health.
     status_stale_s: float = Field(default=10.0, gt=0)
     # How many live schedulers /health expects (the active one and its standbys): fewer is

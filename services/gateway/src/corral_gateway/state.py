@@ -19,6 +19,7 @@ from corral_gateway.directory import ModelDirectory
 from corral_gateway.hub import Hub
 from corral_gateway.settings import GatewaySettings
 from corral_gateway.submit import Submitter
+from corral_gateway.usage import Usage
 
 
 class QueueView(Protocol):
@@ -48,6 +49,8 @@ class Gateway:
     background: set[asyncio.Task[None]] = field(default_factory=set)
     # Models' context lengths, for stateless prompts (context_check.py); made on first use.
     context_lengths: CachedContextLengths | None = None
+    # What this replica observed of its requests (GET /admin/usage, /health's `metrics`).
+    usage: Usage = field(default_factory=Usage)
 
     def spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         # Named after the coroutine (`Submitter.cancel`), for the failure log.

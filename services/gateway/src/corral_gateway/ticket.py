@@ -32,6 +32,7 @@ from corral_gateway.hub import BrokerLost, Delivery
 from corral_gateway.identity.quotas import TokenQuota
 from corral_gateway.request_terms import RequestTerms
 from corral_gateway.state import Gateway, QueueView
+from corral_gateway.usage import note_done, note_model
 
 log = structlog.get_logger(__name__)
 
@@ -139,6 +140,7 @@ class JobTicket:
         if self.terms is not None:
             job = self.terms.stamp(job)
         self.job = job
+        note_model(job.model, job.kind)
         self.in_lane = True
         try:
             await self.gateway.submitter.submit(job, retry_after_s(self.gateway))
@@ -149,10 +151,17 @@ class JobTicket:
 
     def settle(self, done: Done | None = None) -> None:
         """The job is over: leaving now cancels nothing. Given its `done`, the tokens it
-        generated are charged to the caller's quota (once, in the background)."""
-        if done is not None and not self.settled and self.quota is not None:
+        generated are charged to the caller's quota (once, in the background), and what it
+        cost is noted for the access log, the usage report and the metrics (usage.py)."""
+        if done is not None and not self.settled:
+            note_done(done)
             tokens = done.final.get("eval_count")
-            if isinstance(tokens, int) and not isinstance(tokens, bool) and tokens > 0:
+            if (
+                self.quota is not None
+                and isinstance(tokens, int)
+                and not isinstance(tokens, bool)
+                and tokens > 0
+            ):
                 self.gateway.spawn(self.quota.charge(tokens))
         self.settled = True
 

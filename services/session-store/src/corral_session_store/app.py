@@ -35,6 +35,7 @@ from corral_session_store.conversation_rpc import conversation_methods
 from corral_session_store.health import (
     HEALTH_COLLECTION,
     MongoState,
+    SessionCounter,
     StatusBroadcaster,
     WriteProbe,
 )
@@ -137,8 +138,15 @@ async def mongo_ctx(app: web.Application) -> AsyncIterator[None]:
         retention_s=settings.session_retention_s,
         interval_s=settings.session_sweep_interval_s,
     )
+    counter = SessionCounter(
+        store,
+        state,
+        interval_s=settings.session_count_interval_s,
+        timeout_s=settings.mongo_timeout_ms / 1000,
+    )
     async with supervised(
         Task("mongo-write-probe", probe.run_forever),
+        Task("session-counts", counter.run_forever),
         Task("rate-counter-purge", purge_counters),
         Task("session-lifecycle", lifecycle.run_forever),
     ):
@@ -269,12 +277,15 @@ def create_app(
             status = "degraded"
         else:
             status = "unhealthy"
+        sessions = state.sessions
         return {
             "service": SERVICE,
             "status": status,
             "broker": {"connected": broker_ok},
             "mongo": mongo,
             "turns": {"consuming": bool(turns and turns.consuming)},
+            # The last background count (SessionCounter), never a query per call.
+            "sessions": sessions.model_dump() if sessions is not None else None,
         }
 
     add_ops_routes(app, health, ready)

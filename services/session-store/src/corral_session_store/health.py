@@ -7,7 +7,9 @@ that reports itself healthy. So the store's health is a real write: a small upse
 the background (a /health call only reads the result, so probes cannot load the database).
 
 The result is broadcast on `status.session-store` (`StoreStatus`) periodically and at once
-when it changes, so every gateway knows the store's state without an RPC per /health.
+when it changes, so every gateway knows the store's state without an RPC per /health. The
+broadcast also carries the sessions' counts (active, total, archived today) for the gateways'
+/health, counted by `SessionCounter` in the background every `session_count_interval_s`.
 """
 
 from __future__ import annotations
@@ -15,17 +17,20 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime
 
 import structlog
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.errors import PyMongoError
 
 from corral_common.broker import Broker, BrokerUnavailable, encode
-from corral_common.messages import DatabaseStatus, StoreStatus
+from corral_common.messages import DatabaseStatus, SessionCounts, StoreStatus
 from corral_common.redaction import redact_secrets
 from corral_common.timeouts import within
 from corral_common.topology import STORE_STATUS_ROUTING_KEY
+from corral_session_store.store import SessionStore, utcnow
 
 log = structlog.get_logger(__name__)
 
@@ -45,6 +50,8 @@ class MongoState:
     last_write_at: float | None = None
     # Set whenever `connected` flips, so the broadcaster tells gateways at once.
     changed: asyncio.Event | None = None
+    # The sessions' last count (SessionCounter); None before the first.
+    sessions: SessionCounts | None = None
 
     def set(self, ok: bool, error: str | None = None) -> None:
         was = self.connected
@@ -107,6 +114,44 @@ class WriteProbe:
             await asyncio.sleep(self.interval_s)
 
 
+class SessionCounter:
+    """Counts the sessions every `interval_s` into `state.sessions`. A failed count keeps the
+    last one (its `counted_at` says how old it is); the write probe reports the database."""
+
+    def __init__(
+        self,
+        store: SessionStore,
+        state: MongoState,
+        *,
+        interval_s: float,
+        timeout_s: float,
+        clock: Callable[[], datetime] = utcnow,
+    ) -> None:
+        self.store = store
+        self.state = state
+        self.interval_s = interval_s
+        self.timeout_s = timeout_s
+        self.clock = clock
+
+    async def count_once(self) -> SessionCounts | None:
+        now = self.clock()
+        try:
+            active, total, today = await within(self.store.session_counts(now), self.timeout_s)
+        except (PyMongoError, TimeoutError) as exc:
+            log.debug("sessions not counted", error=redact_secrets(str(exc)))
+            return None
+        counts = SessionCounts(
+            active=active, total=total, archived_today=today, counted_at=now.timestamp()
+        )
+        self.state.sessions = counts
+        return counts
+
+    async def run_forever(self) -> None:
+        while True:
+            await self.count_once()
+            await asyncio.sleep(self.interval_s)
+
+
 class StatusBroadcaster:
     """Publishes the store's `StoreStatus` every `interval_s`, and at once on a change."""
 
@@ -121,7 +166,10 @@ class StatusBroadcaster:
 
     def snapshot(self) -> StoreStatus:
         return StoreStatus(
-            instance_id=self.instance_id, sent_at=time.time(), database=self.state.status()
+            instance_id=self.instance_id,
+            sent_at=time.time(),
+            database=self.state.status(),
+            sessions=self.state.sessions,
         )
 
     async def run_forever(self) -> None:

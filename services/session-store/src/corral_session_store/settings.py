@@ -89,3 +89,6 @@ class SessionStoreSettings(CorralSettings):
     health_interval_s: float = Field(default=5.0, gt=0)
     health_write_timeout_s: float = Field(default=2.0, gt=0)
     status_interval_s: float = Field(default=2.0, gt=0)
+    # The sessions are counted (active, total, archived today: the gateways' /health) this
+    # often, in the background: three indexed counts, never one per /health call.
+    session_count_interval_s: float = Field(default=15.0, gt=0)

@@ -608,6 +608,15 @@ class SessionStore:
             sessions += deleted.deleted_count
         return sessions, turns
 
+    async def session_counts(self, now: datetime) -> tuple[int, int, int]:
+        """(active, total, archived today): sessions not archived, all sessions, and those
+        archived since midnight UTC of `now`. Counted on the `archived_at` index."""
+        midnight = now.replace(hour=0, minute=0, second=0, microsecond=0)
+        active = await self.sessions.count_documents(ACTIVE)
+        archived = await self.sessions.count_documents(ARCHIVED)
+        today = await self.sessions.count_documents({"archived_at": {"$gte": midnight}})
+        return active, active + archived, today
+
     async def clear_all(self) -> Document:
         """Every session and turn gone (the operators' DELETE /admin/sessions)."""
         turns = await self.turns.delete_many({})

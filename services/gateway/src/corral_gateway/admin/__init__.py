@@ -6,7 +6,13 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from corral_gateway.admin import key_routes, lane_routes, model_routes, session_routes
+from corral_gateway.admin import (
+    key_routes,
+    lane_routes,
+    model_routes,
+    session_routes,
+    usage_routes,
+)
 from corral_gateway.surfaces import ADMIN, Route
 
 ROUTES = (
@@ -24,6 +30,7 @@ ROUTES = (
     Route("DELETE", "/admin/keys/{key_id}", key_routes.revoke_key, "admin"),
     Route("GET", "/admin/audit", key_routes.audit_log, "admin"),
     Route("DELETE", "/admin/sessions", session_routes.clear_sessions, "admin"),
+    Route("GET", "/admin/usage", usage_routes.usage_report, "admin"),
 )
 
 

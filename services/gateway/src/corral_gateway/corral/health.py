@@ -10,6 +10,7 @@ from corral_common import __version__
 from corral_common.redaction import redact_url
 from corral_common.status_board import StoreState
 from corral_gateway.state import Gateway
+from corral_gateway.usage import ObservedStatusBoard
 
 
 def can_serve(gateway: Gateway) -> bool:
@@ -56,9 +57,41 @@ def judge(
     return ("degraded" if reasons else "healthy"), reasons
 
 
+def sessions_block(gateway: Gateway) -> dict[str, Any]:
+    """The seed's `sessions`: the session store's last count (broadcast with its status); each
+    count null while no store has reported one (none deployed, or just started)."""
+    counts = gateway.hub.stores.sessions()
+    if counts is None:
+        return {"active": None, "total": None, "archived_today": None, "counted_at": None}
+    return {
+        "active": counts.active,
+        "total": counts.total,
+        "archived_today": counts.archived_today,
+        "counted_at": counts.counted_at,
+    }
+
+
+def metrics_block(gateway: Gateway) -> dict[str, Any]:
+    """The seed's `metrics`, from what this gateway observed since it started (usage.py), and
+    the model swaps its schedulers reported over the last hour."""
+    board = gateway.hub.status
+    swaps = board.swaps_per_hour() if isinstance(board, ObservedStatusBoard) else 0
+    return {
+        "context_truncation_rate": gateway.usage.truncation_rate(),
+        "average_tokens_per_request": gateway.usage.tokens_per_request(),
+        "model_switches_per_hour": swaps,
+    }
+
+
+def models_available(gateway: Gateway) -> int | None:
+    """How many models the backend has, from the model manager's list; None before one came."""
+    return len(gateway.models.names) if gateway.models.updated_at else None
+
+
 async def health(gateway: Gateway) -> dict[str, Any]:
     """The seed API's /health, with Corral's parts: the lane, the schedulers (standby), the
-    session store, the broker and the backend. See `judge` for what each status means."""
+    session store, the broker and the backend. See `judge` for what each status means.
+    `sessions` and `metrics` are the seed's blocks (`sessions_block`, `metrics_block`)."""
     statuses = gateway.hub.status.fresh()
     broker_ok = gateway.broker.connected
     backends = [s.backend for s in statuses]
@@ -91,6 +124,7 @@ async def health(gateway: Gateway) -> dict[str, Any]:
             "url": redact_url(backend.url if backend else gateway.settings.ollama_url),
             "version": backend.version if backend else None,
             "error": backend.error if backend and not backend.connected else None,
+            "models_available": models_available(gateway),
             "current_model_loaded": backend.loaded_model if backend else None,
         },
         "queue": {
@@ -117,6 +151,8 @@ async def health(gateway: Gateway) -> dict[str, Any]:
             "last_write_at": stores.last_write_at(),
             "error": stores.error(),
         },
+        "sessions": sessions_block(gateway),
+        "metrics": metrics_block(gateway),
         "in_flight": gateway.hub.in_flight,
         "uptime": round(time.monotonic() - gateway.started_at),
     }

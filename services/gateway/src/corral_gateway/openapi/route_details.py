@@ -268,6 +268,10 @@ DETAILS: dict[tuple[str, str], Detail] = {
             ),
         ),
     ),
+    ("GET", "/admin/usage"): Detail(
+        "This gateway's usage since it started: requests, tokens and errors, overall, by "
+        "model and by caller, and the sessions."
+    ),
     ("GET", "/admin/audit"): Detail(
         "The audit log of admin actions, newest first.",
         query=(
