@@ -30,21 +30,27 @@ class Emulator:
     process: ServiceProcess
 
 
-@pytest.fixture(scope="session")
-def emulator(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Emulator]:
+def start_emulator(log_dir: Path, name: str = "emulator") -> Emulator:
+    """An Ollama emulator as a process of its own, on a free loopback port, ready."""
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     process = ServiceProcess(
-        "emulator",
+        name,
         [sys.executable, "-m", "corral_emulator", "--host", "127.0.0.1", "--port", str(port)],
         {},
         f"{url}/api/version",
-        tmp_path_factory.mktemp("emulator") / "emulator.log",
+        log_dir / f"{name}.log",
     )
     process.start()
     process.wait_ready(30)
-    yield Emulator(url, process)
-    process.stop()
+    return Emulator(url, process)
+
+
+@pytest.fixture(scope="session")
+def emulator(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Emulator]:
+    emulator = start_emulator(tmp_path_factory.mktemp("emulator"))
+    yield emulator
+    emulator.process.stop()
 
 
 @pytest.fixture

@@ -46,6 +46,8 @@ async def listing(request: web.Request) -> web.Response:
                     "draining": s.draining,
                     "running": s.queue.running,
                     "waiting": s.queue.waiting,
+                    # Each backend server its lane drives (one without a pool).
+                    "servers": [server.model_dump() for server in s.servers],
                 }
                 for s in statuses
             ],
