@@ -156,7 +156,9 @@ def watched_cluster(new_cluster: ClusterFactory) -> Iterator[Cluster]:
     with new_cluster(
         "dashboards", whole=True, CORRAL_HEARTBEAT_S="1", CORRAL_STATUS_INTERVAL_S="0.5"
     ) as cluster:
-        cluster.start_scheduler("scheduler-standby")
+        # Not waited for here: it comes up while Prometheus starts, and the test waits until
+        # Prometheus scrapes every target.
+        cluster.start_scheduler("scheduler-standby", wait=False)
         yield cluster
 
 
@@ -298,11 +300,13 @@ async def drive_traffic(url: str, emu: EmulatorControl) -> None:
     assert status == 200, answer
     await emu.configure(load_ms=80, token_delay_ms=5)
     session_id = new_id()
-    statuses = await asyncio.gather(
-        chat(url, "first, stateless"),
-        chat(url, "streamed", stream=True),
-        chat(url, "queued behind the others"),
-        chat(url, "a session's first turn", session_id=session_id),
+    statuses = list(
+        await asyncio.gather(
+            chat(url, "first, stateless"),
+            chat(url, "streamed", stream=True),
+            chat(url, "queued behind the others"),
+            chat(url, "a session's first turn", session_id=session_id),
+        )
     )
     assert statuses == [200, 200, 200, 200]
     assert await chat(url, "a session's second turn", session_id=session_id) == 200
@@ -321,7 +325,7 @@ async def test_every_panel_query_returns_data(
     async def all_up() -> bool:
         return await prom.value("sum(up)") == targets
 
-    await eventually(all_up, 20, f"Prometheus scraping all {targets} targets")
+    await eventually(all_up, 30, f"Prometheus scraping all {targets} targets")
 
     # Two rounds, a scrape apart: series born in the first round (per model, per outcome) have
     # a sample before the second round moves them, so their rates are not all zero.
