@@ -135,6 +135,8 @@ class Admission:
             await message.ack()
             return
         accepted = Accepted(request_id=job.request_id, scheduler_id=self.scheduler_id)
+        if message.redelivered:
+            metrics.JOBS_REDELIVERED.inc()
         if message.redelivered and not await self.sink.reaches_a_listener(job, accepted):
             # Handed out again after a crash or a broker restart, and nobody holds its client
             # any more: running it would generate an answer for no one.
@@ -174,6 +176,8 @@ class Admission:
         # Computed after the `accepted` publish: the lane may have moved meanwhile (jobs behind
         # this one admitted, the broadcaster already telling it), so from where it is now.
         placed = self.lane.placement(entry.request_id)
+        if not redelivered:
+            metrics.FIRST_POSITION.observe(placed.position if placed is not None else 0)
         if placed is not None and placed.position > 0 and entry.last_sent is None:
             position, wait_ms = placed.position, placed.wait_ms
             entry.told(position, wait_ms, time.monotonic())
@@ -254,7 +258,7 @@ class Admission:
         if command.action == "pause":
             self.lane.pause()
         elif command.action == "drain":
-            self.lane.draining = True
+            self.lane.drain()
         else:
             self.lane.resume()
         metrics.LANE_STATE.labels("paused").set(int(self.lane.paused))

@@ -265,6 +265,7 @@ class Executor:
         backend = self.backends[running.server.name]
         waited_ms = round((time.time() - job.enqueued_at) * 1000)
         metrics.QUEUE_WAIT.labels(job.model).observe(waited_ms / 1000)
+        metrics.CALLER_QUEUE_WAIT.labels(job.owner or "anonymous").observe(waited_ms / 1000)
         parent = extract_context(getattr(entry.delivery, "headers", None))
         span_attrs: dict[str, str | int] = {
             "gen_ai.system": backend.kind,

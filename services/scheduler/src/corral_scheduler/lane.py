@@ -198,6 +198,12 @@ class Lane:
         """Hold every waiting job (running ones finish); positions keep flowing."""
         self.paused = True
 
+    def drain(self) -> None:
+        """Run every job held to its end (a paused lane resumes), refuse new ones."""
+        self.paused = False
+        self.draining = True
+        self._dispatch()
+
     def resume(self) -> None:
         self.paused = False
         self.draining = False

@@ -17,6 +17,11 @@ SERVER_IN_ROTATION = Gauge(
     "1 while the server is in rotation, 0 while it is out after failing to answer",
     ["server"],
 )
+SERVER_UP = Gauge(
+    "corral_backend_server_up",
+    "1 when the server answered the scheduler's last status probe, 0 when it did not",
+    ["server"],
+)
 SERVER_JOBS = Counter("corral_backend_server_jobs_total", "Jobs run, per server", ["server"])
 SERVER_SWAPS = Counter(
     "corral_backend_server_model_swaps_total", "Model swaps, per server", ["server"]
@@ -98,4 +103,23 @@ REQUEST_TIMEOUTS = Counter(
     "corral_request_timeouts_total",
     "Jobs stopped at their request's total deadline while running, by stage",
     ["stage"],
+)
+DLQ_MESSAGES = Gauge(
+    "corral_dead_letter_queue_messages",
+    "Jobs in the dead-letter queue (scheduler.jobs.dlq), read on every status broadcast",
+)
+JOBS_REDELIVERED = Counter(
+    "corral_jobs_redelivered_total",
+    "Jobs delivered again by the broker (a scheduler died or lost its connection holding them)",
+)
+FIRST_POSITION = Histogram(
+    "corral_queue_position",
+    "The first position each admitted job was told (0 when it started at once)",
+    buckets=(0, 1, 2, 3, 5, 10, 20, 50, 100, 200, 500),
+)
+CALLER_QUEUE_WAIT = Histogram(
+    "corral_caller_queue_wait_seconds",
+    "Queue wait per caller (its API key id, or anonymous): what fair share evens out",
+    ["caller"],
+    buckets=WAIT_BUCKETS,
 )

@@ -26,7 +26,8 @@ from corral_common.messages import (
 )
 from corral_common.redaction import redact_url
 from corral_common.timeouts import within
-from corral_common.topology import JOBS_QUEUE, STATUS_ROUTING_KEY
+from corral_common.topology import DLQ_QUEUE, JOBS_QUEUE, STATUS_ROUTING_KEY
+from corral_scheduler import metrics
 from corral_scheduler.backends.base import Backend
 from corral_scheduler.lane import Lane, Placed, Server
 
@@ -142,7 +143,9 @@ class StatusReporter:
             if len(self.lane.servers) > 1:
                 await self._refresh_models(server, backend)
         except CorralError as exc:
+            metrics.SERVER_UP.labels(server.name).set(0)
             return ServerStatus(**state, connected=False, error=str(exc.details.get("error")))
+        metrics.SERVER_UP.labels(server.name).set(1)
         return ServerStatus(**state, connected=True, version=version)
 
     async def _refresh_models(self, server: Server, backend: Backend) -> None:
@@ -154,17 +157,25 @@ class StatusReporter:
         self.lane.set_models(server, [str(m.get("name") or m.get("model")) for m in models])
 
     async def _backlog(self) -> int:
-        """Jobs still in RabbitMQ beyond the admission window (ready, not yet delivered)."""
+        """Jobs still in RabbitMQ beyond the admission window (ready, not yet delivered); the
+        dead-letter queue's depth is read on the way, for the `corral_dead_letter_queue_messages`
+        gauge (ops alert on it)."""
+        backlog = await self._depth(JOBS_QUEUE)
+        dead = await self._depth(DLQ_QUEUE)
+        if dead is not None:
+            metrics.DLQ_MESSAGES.set(dead)
+        return backlog or 0
+
+    async def _depth(self, name: str) -> int | None:
         try:
             if self._probe_channel is None or self._probe_channel.is_closed:
                 self._probe_channel = await self.broker.channel()
-            queue = await self._probe_channel.declare_queue(JOBS_QUEUE, passive=True)
+            queue = await self._probe_channel.declare_queue(name, passive=True)
         except Exception as exc:
-            log.debug("backlog probe failed", error=str(exc))
+            log.debug("queue depth probe failed", queue=name, error=str(exc))
             self._probe_channel = None
-            return 0
-        result = queue.declaration_result
-        return int(result.message_count or 0)
+            return None
+        return int(queue.declaration_result.message_count or 0)
 
 
 def _as_one(servers: list[ServerStatus]) -> BackendStatus:
