@@ -9,7 +9,6 @@ unhealthy cluster, a cancel of an unknown request), 2 a usage error, 3 the gatew
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import os
 import sys
@@ -81,16 +80,15 @@ def _leaves(parser: argparse.ArgumentParser) -> list[argparse.ArgumentParser]:
     return [leaf for child in below for leaf in _leaves(child)]
 
 
-async def run(args: argparse.Namespace) -> Outcome:
+def run(args: argparse.Namespace) -> Outcome:
     command: Command = args.run
-    async with Gateway(args.url, args.key, args.timeout) as gateway:
-        return await command(gateway, args)
+    return command(Gateway(args.url, args.key, args.timeout), args)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
-        outcome = asyncio.run(run(args))
+        outcome = run(args)
     except ApiError as exc:
         return _fail(args, str(exc), REFUSED, exc.body)
     except Unreachable as exc:

@@ -1,15 +1,20 @@
 """The gateway as corralctl calls it: JSON requests with the operator's key, the server's own
-error text on a refusal, and NDJSON streams (a pull's progress) read line by line."""
+error text on a refusal, and NDJSON streams (a pull's progress) read line by line.
+
+The standard library's HTTP client: corralctl starts in a tenth of a second and needs nothing
+installed beside it. Proxy variables are ignored (the gateway is called directly, as the
+suite's clients do); `--url` says where it is."""
 
 from __future__ import annotations
 
+import http.client
 import json
-from collections.abc import AsyncIterator, Mapping
-from types import TracebackType
+import urllib.error
+import urllib.request
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from typing import Any
-from urllib.parse import quote
-
-import aiohttp
+from urllib.parse import quote, urlencode
 
 # The longest error text repeated from a body that is not JSON (an HTML proxy page, say).
 MAX_SHOWN_TEXT = 300
@@ -70,36 +75,16 @@ def error_of(status: int, raw: bytes) -> ApiError:
 
 class Gateway:
     """One gateway, called with the operator's key (`Authorization: Bearer`, what every
-    surface accepts). `timeout_s` bounds each request; streams wait as long as they flow."""
+    surface accepts). `timeout_s` bounds each wait for the server: for its answer, and in a
+    stream for its next line."""
 
     def __init__(self, url: str, key: str | None, timeout_s: float) -> None:
         self.url = url.rstrip("/")
-        self._headers = {"Authorization": f"Bearer {key}"} if key else {}
-        self._timeout = aiohttp.ClientTimeout(total=timeout_s)
-        # A stream has no total bound: only a silence longer than timeout_s ends it.
-        self._stream_timeout = aiohttp.ClientTimeout(total=None, sock_read=timeout_s)
-        self._session: aiohttp.ClientSession | None = None
+        self._key = key
+        self._timeout_s = timeout_s
+        self._opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
-    async def __aenter__(self) -> Gateway:
-        self._session = aiohttp.ClientSession(headers=self._headers)
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        if self._session is not None:
-            await self._session.close()
-
-    @property
-    def session(self) -> aiohttp.ClientSession:
-        if self._session is None:
-            raise RuntimeError("use the Gateway as an async context manager")
-        return self._session
-
-    async def call(
+    def call(
         self,
         method: str,
         path: str,
@@ -110,49 +95,61 @@ class Gateway:
     ) -> Any:
         """The answer's JSON (None when empty). An error status raises ApiError, unless it is
         one of `accept` (a 503 /health still describes the cluster)."""
-        data = None if body is None else json.dumps(body).encode()
-        headers = {"Content-Type": "application/json"} if data is not None else None
-        try:
-            async with self.session.request(
-                method,
-                self.url + path,
-                params=params,
-                data=data,
-                headers=headers,
-                timeout=self._timeout,
-            ) as response:
-                raw = await response.read()
-                if response.status >= 400 and response.status not in accept:
-                    raise error_of(response.status, raw)
-                return _json(raw, response.status)
-        except (aiohttp.ClientConnectionError, TimeoutError) as exc:
-            raise self._unreachable(exc) from exc
+        with self._open(method, path, params, body, accept) as (status, response):
+            return _json(response.read(), status)
 
-    async def lines(self, method: str, path: str, body: Any) -> AsyncIterator[dict[str, Any]]:
+    def lines(self, method: str, path: str, body: Any) -> Iterator[dict[str, Any]]:
         """The objects of an NDJSON answer as they arrive. An `{"error"}` line ends it with
         ApiError (a stream's failures come after its 200)."""
+        with self._open(method, path, None, body, ()) as (status, response):
+            for raw in response:
+                if not raw.strip():
+                    continue
+                line = _json(raw, status)
+                if not isinstance(line, dict):
+                    raise ApiError(status, f"unexpected line {raw[:80]!r}")
+                if "error" in line:
+                    raise error_of(status, raw)
+                yield line
+
+    @contextmanager
+    def _open(
+        self,
+        method: str,
+        path: str,
+        params: Mapping[str, str] | None,
+        body: Any,
+        accept: tuple[int, ...],
+    ) -> Iterator[tuple[int, Any]]:
+        """The open response as `(status, response)`: an error status raises ApiError unless
+        accepted; a failure to reach or hear the gateway, also while reading, Unreachable."""
+        url = self.url + path + (f"?{urlencode(params)}" if params else "")
+        headers = {"Accept": "application/json"}
+        if self._key:
+            headers["Authorization"] = f"Bearer {self._key}"
+        data = None
+        if body is not None:
+            data = json.dumps(body).encode()
+            headers["Content-Type"] = "application/json"
+        request = urllib.request.Request(url, data=data, headers=headers, method=method)
         try:
-            async with self.session.request(
-                method, self.url + path, json=body, timeout=self._stream_timeout
-            ) as response:
-                if response.status >= 400:
-                    raise error_of(response.status, await response.read())
-                async for raw in response.content:
-                    if not raw.strip():
-                        continue
-                    line = _json(raw, response.status)
-                    if not isinstance(line, dict):
-                        raise ApiError(response.status, f"unexpected line {raw[:80]!r}")
-                    if "error" in line:
-                        raise error_of(response.status, raw)
-                    yield line
-        except (aiohttp.ClientConnectionError, TimeoutError) as exc:
-            raise self._unreachable(exc) from exc
+            try:
+                response = self._opener.open(request, timeout=self._timeout_s)
+            except urllib.error.HTTPError as exc:
+                if exc.code not in accept:
+                    raise error_of(exc.code, exc.read()) from None
+                response = exc  # An HTTPError is the response too, body and all.
+            with response:
+                yield response.status, response
+        except (OSError, http.client.HTTPException) as exc:
+            # URLError (refused, unknown host) and TimeoutError are OSErrors.
+            raise self._unreachable(exc) from None
 
     def _unreachable(self, exc: BaseException) -> Unreachable:
         if isinstance(exc, TimeoutError):
-            return Unreachable(f"no answer from {self.url} in time")
-        return Unreachable(f"cannot reach {self.url}: {exc}")
+            return Unreachable(f"no answer from {self.url} within {self._timeout_s:g} s")
+        reason = exc.reason if isinstance(exc, urllib.error.URLError) else exc
+        return Unreachable(f"cannot reach {self.url}: {reason}")
 
 
 def _json(raw: bytes, status: int) -> Any:

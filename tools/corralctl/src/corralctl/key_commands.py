@@ -63,11 +63,11 @@ def limits_of(pairs: list[str]) -> dict[str, int]:
     return limits
 
 
-async def keys_list(gateway: Gateway, args: argparse.Namespace) -> Outcome:
+def keys_list(gateway: Gateway, args: argparse.Namespace) -> Outcome:
     params = {"limit": str(args.limit)}
     if args.all:
         params["include_revoked"] = "true"
-    answer: dict[str, Any] = await gateway.call("GET", "/admin/keys", params=params)
+    answer: dict[str, Any] = gateway.call("GET", "/admin/keys", params=params)
     keys = answer.get("keys") or []
     if not keys:
         return Outcome(answer, "no keys")
@@ -88,7 +88,7 @@ async def keys_list(gateway: Gateway, args: argparse.Namespace) -> Outcome:
     return Outcome(answer, f"{table(headers, rows)}\n\n{len(keys)} of {answer.get('total')}")
 
 
-async def keys_create(gateway: Gateway, args: argparse.Namespace) -> Outcome:
+def keys_create(gateway: Gateway, args: argparse.Namespace) -> Outcome:
     body: dict[str, Any] = {"scope": args.scope}
     optional = {
         "label": args.label,
@@ -99,26 +99,26 @@ async def keys_create(gateway: Gateway, args: argparse.Namespace) -> Outcome:
     body.update({name: value for name, value in optional.items() if value is not None})
     if args.limits:
         body["limits"] = limits_of(args.limits)
-    made: dict[str, Any] = await gateway.call("POST", "/admin/keys", body=body)
+    made: dict[str, Any] = gateway.call("POST", "/admin/keys", body=body)
     text = f"{made.get('key')}\n\n{_key_fields(made)}\n\nThe key is shown only this once."
     return Outcome(made, text)
 
 
-async def keys_show(gateway: Gateway, args: argparse.Namespace) -> Outcome:
-    key: dict[str, Any] = await gateway.call("GET", f"/admin/keys/{segment(args.key_id)}")
+def keys_show(gateway: Gateway, args: argparse.Namespace) -> Outcome:
+    key: dict[str, Any] = gateway.call("GET", f"/admin/keys/{segment(args.key_id)}")
     return Outcome(key, _key_fields(key))
 
 
-async def keys_revoke(gateway: Gateway, args: argparse.Namespace) -> Outcome:
-    key: dict[str, Any] = await gateway.call("DELETE", f"/admin/keys/{segment(args.key_id)}")
+def keys_revoke(gateway: Gateway, args: argparse.Namespace) -> Outcome:
+    key: dict[str, Any] = gateway.call("DELETE", f"/admin/keys/{segment(args.key_id)}")
     return Outcome(key, f"revoked {key.get('id')} at {moment(key.get('revoked_at'))}")
 
 
-async def audit_list(gateway: Gateway, args: argparse.Namespace) -> Outcome:
+def audit_list(gateway: Gateway, args: argparse.Namespace) -> Outcome:
     params = {"limit": str(args.limit)}
     if args.actor:
         params["actor"] = args.actor
-    answer: dict[str, Any] = await gateway.call("GET", "/admin/audit", params=params)
+    answer: dict[str, Any] = gateway.call("GET", "/admin/audit", params=params)
     entries = answer.get("entries") or []
     if not entries:
         return Outcome(answer, "no audited actions")

@@ -44,14 +44,14 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     dlq.set_defaults(run=dlq_list)
 
 
-async def status(gateway: Gateway, args: argparse.Namespace) -> Outcome:
+def status(gateway: Gateway, args: argparse.Namespace) -> Outcome:
     """`/health` (a 503 still describes the cluster: it is unhealthy) and, with an admin key,
     each scheduler's lane flags from `/admin/queue`."""
-    health: dict[str, Any] = await gateway.call("GET", "/health", accept=(503,))
+    health: dict[str, Any] = gateway.call("GET", "/health", accept=(503,))
     lane: dict[str, Any] | None = None
     note = None
     try:
-        lane = await gateway.call("GET", "/admin/queue")
+        lane = gateway.call("GET", "/admin/queue")
     except ApiError as exc:
         if exc.status not in (401, 403):
             raise
@@ -136,8 +136,8 @@ def _lane_state(scheduler: dict[str, Any]) -> str:
     return "paused" if scheduler.get("paused") else "open"
 
 
-async def queue_list(gateway: Gateway, args: argparse.Namespace) -> Outcome:
-    listing: dict[str, Any] = await gateway.call("GET", "/admin/queue")
+def queue_list(gateway: Gateway, args: argparse.Namespace) -> Outcome:
+    listing: dict[str, Any] = gateway.call("GET", "/admin/queue")
     entries = listing.get("queue") or []
     parts = [_schedulers(listing.get("schedulers") or [])]
     if entries:
@@ -165,12 +165,10 @@ async def queue_list(gateway: Gateway, args: argparse.Namespace) -> Outcome:
     return Outcome(listing, "\n\n".join(parts))
 
 
-async def queue_cancel(gateway: Gateway, args: argparse.Namespace) -> Outcome:
+def queue_cancel(gateway: Gateway, args: argparse.Namespace) -> Outcome:
     """A cancel is sent whether or not the gateway sees the request; one it does not see is
     reported (exit 1): usually a mistyped or finished id."""
-    answer: dict[str, Any] = await gateway.call(
-        "DELETE", f"/admin/queue/{segment(args.request_id)}"
-    )
+    answer: dict[str, Any] = gateway.call("DELETE", f"/admin/queue/{segment(args.request_id)}")
     if answer.get("found"):
         return Outcome(answer, f"cancel requested for {args.request_id}")
     return Outcome(
@@ -181,9 +179,9 @@ async def queue_cancel(gateway: Gateway, args: argparse.Namespace) -> Outcome:
     )
 
 
-async def lane_command(gateway: Gateway, args: argparse.Namespace) -> Outcome:
+def lane_command(gateway: Gateway, args: argparse.Namespace) -> Outcome:
     action = args.lane_action
-    answer: dict[str, Any] = await gateway.call("POST", f"/admin/lane/{action}")
+    answer: dict[str, Any] = gateway.call("POST", f"/admin/lane/{action}")
     schedulers = answer.get("schedulers") or []
     pending = [str(s.get("scheduler_id")) for s in schedulers if not s.get("applied")]
     note = None
@@ -198,10 +196,8 @@ async def lane_command(gateway: Gateway, args: argparse.Namespace) -> Outcome:
     return Outcome(answer, text, 0, note)
 
 
-async def dlq_list(gateway: Gateway, args: argparse.Namespace) -> Outcome:
-    answer: dict[str, Any] = await gateway.call(
-        "GET", "/admin/dlq", params={"limit": str(args.limit)}
-    )
+def dlq_list(gateway: Gateway, args: argparse.Namespace) -> Outcome:
+    answer: dict[str, Any] = gateway.call("GET", "/admin/dlq", params={"limit": str(args.limit)})
     jobs = answer.get("jobs") or []
     text = f"{answer.get('queue')}: {answer.get('messages')} dead-lettered"
     if jobs:

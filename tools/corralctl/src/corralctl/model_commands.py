@@ -43,9 +43,9 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     delete.set_defaults(run=models_delete)
 
 
-async def models_list(gateway: Gateway, args: argparse.Namespace) -> Outcome:
-    tags: dict[str, Any] = await gateway.call("GET", "/api/tags")
-    running: dict[str, Any] = await gateway.call("GET", "/api/ps")
+def models_list(gateway: Gateway, args: argparse.Namespace) -> Outcome:
+    tags: dict[str, Any] = gateway.call("GET", "/api/tags")
+    running: dict[str, Any] = gateway.call("GET", "/api/ps")
     loaded = {str(m.get("name")): m for m in running.get("models") or []}
     rows = []
     for model in tags.get("models") or []:
@@ -69,8 +69,8 @@ async def models_list(gateway: Gateway, args: argparse.Namespace) -> Outcome:
     return Outcome({"models": tags.get("models") or [], "loaded": running.get("models")}, text)
 
 
-async def models_pulls(gateway: Gateway, args: argparse.Namespace) -> Outcome:
-    answer: dict[str, Any] = await gateway.call("GET", "/admin/pulls")
+def models_pulls(gateway: Gateway, args: argparse.Namespace) -> Outcome:
+    answer: dict[str, Any] = gateway.call("GET", "/admin/pulls")
     pulls = answer.get("pulls") or []
     if not pulls:
         return Outcome(answer, "no pulls")
@@ -88,13 +88,13 @@ async def models_pulls(gateway: Gateway, args: argparse.Namespace) -> Outcome:
     return Outcome(answer, table(["MODEL", "STATE", "STATUS", "DONE", "UPDATED", "ERROR"], rows))
 
 
-async def models_pull(gateway: Gateway, args: argparse.Namespace) -> Outcome:
+def models_pull(gateway: Gateway, args: argparse.Namespace) -> Outcome:
     """Ollama's streamed pull. With `--json` its progress lines go to stdout as they come
     (NDJSON); otherwise a bar per layer on stderr, and `pulled NAME` at the end."""
     progress = None if args.json else PullProgress(sys.stderr, live=sys.stderr.isatty())
     last: dict[str, Any] = {}
     try:
-        async for line in gateway.lines("POST", "/api/pull", {"model": args.name, "stream": True}):
+        for line in gateway.lines("POST", "/api/pull", {"model": args.name, "stream": True}):
             last = line
             if progress is None:
                 print(json.dumps(line), flush=True)
@@ -111,24 +111,24 @@ async def models_pull(gateway: Gateway, args: argparse.Namespace) -> Outcome:
     return Outcome(None, f"pulled {args.name}")
 
 
-async def models_load(gateway: Gateway, args: argparse.Namespace) -> Outcome:
+def models_load(gateway: Gateway, args: argparse.Namespace) -> Outcome:
     params = {"keep_alive": args.keep_alive} if args.keep_alive else None
-    answer: dict[str, Any] = await gateway.call(
+    answer: dict[str, Any] = gateway.call(
         "POST", f"/admin/models/{_path(args.name)}/load", params=params
     )
     return Outcome(answer, _operated(answer, "loaded"))
 
 
-async def models_unload(gateway: Gateway, args: argparse.Namespace) -> Outcome:
+def models_unload(gateway: Gateway, args: argparse.Namespace) -> Outcome:
     params = {"force": "true"} if args.force else None
-    answer: dict[str, Any] = await gateway.call(
+    answer: dict[str, Any] = gateway.call(
         "POST", f"/admin/models/{_path(args.name)}/unload", params=params
     )
     return Outcome(answer, _operated(answer, "unloaded"))
 
 
-async def models_delete(gateway: Gateway, args: argparse.Namespace) -> Outcome:
-    await gateway.call("DELETE", "/api/delete", body={"model": args.name})
+def models_delete(gateway: Gateway, args: argparse.Namespace) -> Outcome:
+    gateway.call("DELETE", "/api/delete", body={"model": args.name})
     return Outcome({"model": args.name, "deleted": True}, f"deleted {args.name}")
 
 

@@ -4,7 +4,7 @@ reads, the exit code, and a note for stderr."""
 from __future__ import annotations
 
 import argparse
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,4 +32,4 @@ class Outcome:
     """A warning or a failure's reason, for stderr."""
 
 
-Command = Callable[[Gateway, argparse.Namespace], Awaitable[Outcome]]
+Command = Callable[[Gateway, argparse.Namespace], Outcome]

@@ -4,7 +4,6 @@ routes (an admin key sees everyone's; a user key its own) and `DELETE /admin/ses
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 from pathlib import Path
 from typing import Any
@@ -50,11 +49,11 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     clear.set_defaults(run=sessions_clear)
 
 
-async def sessions_list(gateway: Gateway, args: argparse.Namespace) -> Outcome:
+def sessions_list(gateway: Gateway, args: argparse.Namespace) -> Outcome:
     params = {"limit": str(args.limit), "offset": str(args.offset)}
     if args.archived:
         params["archived"] = "true"
-    answer: dict[str, Any] = await gateway.call("GET", "/sessions", params=params)
+    answer: dict[str, Any] = gateway.call("GET", "/sessions", params=params)
     sessions = answer.get("sessions") or []
     if not sessions:
         return Outcome(answer, "no sessions")
@@ -74,16 +73,14 @@ async def sessions_list(gateway: Gateway, args: argparse.Namespace) -> Outcome:
     return Outcome(answer, f"{shown}\n\n{footer}")
 
 
-async def sessions_export(gateway: Gateway, args: argparse.Namespace) -> Outcome:
+def sessions_export(gateway: Gateway, args: argparse.Namespace) -> Outcome:
     """The export as the gateway sends it; to a file with `-o` (then a line says so)."""
-    exported: dict[str, Any] = await gateway.call(
-        "GET", f"/sessions/{segment(args.session_id)}/export"
-    )
+    exported: dict[str, Any] = gateway.call("GET", f"/sessions/{segment(args.session_id)}/export")
     text = json.dumps(exported, indent=2, ensure_ascii=False)
     if args.output is None:
         # The export is the output, in both modes: it is the file `import` reads.
         return Outcome(exported, text)
-    await asyncio.to_thread(args.output.write_text, text + "\n", encoding="utf-8")
+    args.output.write_text(text + "\n", encoding="utf-8")
     summary = {
         "session_id": args.session_id,
         "file": str(args.output),
@@ -95,7 +92,7 @@ async def sessions_export(gateway: Gateway, args: argparse.Namespace) -> Outcome
     )
 
 
-async def sessions_import(gateway: Gateway, args: argparse.Namespace) -> Outcome:
+def sessions_import(gateway: Gateway, args: argparse.Namespace) -> Outcome:
     with args.file as source:
         raw = source.read()
     try:
@@ -104,7 +101,7 @@ async def sessions_import(gateway: Gateway, args: argparse.Namespace) -> Outcome
         raise UsageError(f"{args.file.name} is not JSON: {exc}") from None
     if not isinstance(export, dict):
         raise UsageError(f"{args.file.name} is not a session export (a JSON object)")
-    answer: dict[str, Any] = await gateway.call("POST", "/sessions/import", body=export)
+    answer: dict[str, Any] = gateway.call("POST", "/sessions/import", body=export)
     made = "created" if answer.get("created") else "updated"
     return Outcome(
         answer,
@@ -114,15 +111,15 @@ async def sessions_import(gateway: Gateway, args: argparse.Namespace) -> Outcome
     )
 
 
-async def sessions_delete(gateway: Gateway, args: argparse.Namespace) -> Outcome:
-    answer: dict[str, Any] = await gateway.call("DELETE", f"/sessions/{segment(args.session_id)}")
+def sessions_delete(gateway: Gateway, args: argparse.Namespace) -> Outcome:
+    answer: dict[str, Any] = gateway.call("DELETE", f"/sessions/{segment(args.session_id)}")
     return Outcome(
         answer, f"deleted session {args.session_id} ({answer.get('turns_deleted')} turns)"
     )
 
 
-async def sessions_clear(gateway: Gateway, args: argparse.Namespace) -> Outcome:
-    answer: dict[str, Any] = await gateway.call(
+def sessions_clear(gateway: Gateway, args: argparse.Namespace) -> Outcome:
+    answer: dict[str, Any] = gateway.call(
         "DELETE", "/admin/sessions", params={"confirm": args.confirm}
     )
     return Outcome(
