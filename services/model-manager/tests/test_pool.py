@@ -304,7 +304,7 @@ def test_budgets_and_locality() -> None:
 
 
 def test_a_servers_memory_is_its_models_of_its_budget_else_the_hosts_if_local() -> None:
-    entries = [{"size": 600}, {"size_vram": 200}, {"size": True}]
+    entries: list[dict[str, Any]] = [{"size": 600}, {"size_vram": 200}, {"size": True}]
     assert loaded_bytes(entries) == 800
     remote = ServerModels("gpu1", "gpu1", local=False, models=entries)
     local = ServerModels("here", "here", local=True, models=entries)

@@ -82,7 +82,7 @@ class JobSubmitter:
         except BaseException:
             self._pending.pop(job.request_id, None)
             raise
-        log.info("job submitted", kind=kind, model=model, reason=reason)
+        log.info("job submitted", kind=kind, model=model, server=server, reason=reason)
         return pending
 
     def answered(self, event: Event) -> PendingJob | None:
