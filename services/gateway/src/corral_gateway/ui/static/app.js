@@ -13,6 +13,7 @@ const $ = (id) => document.getElementById(id);
 let admin = false;
 let stream = null; // the AbortController of the open stream
 let retryMs = 500;
+let lane = null; // the latest snapshot
 let loaded = {at: 0, models: null}; // /api/ps, refreshed at most every MODELS_EVERY_MS
 
 // -- talking to the gateway ---------------------------------------------------------------
@@ -109,6 +110,7 @@ async function refreshModels() {
   } catch (error) {
     loaded.models = null;
   }
+  drawModels();
 }
 
 // -- the key and the buttons ----------------------------------------------------------------
@@ -124,6 +126,7 @@ function askForKey(problem) {
 
 function setAdmin(isAdmin) {
   admin = isAdmin;
+  document.querySelector("main").hidden = !isAdmin; // nothing of the lane without a key
   for (const element of document.querySelectorAll(".admin-only")) element.hidden = !isAdmin;
 }
 
@@ -152,7 +155,8 @@ for (const action of ["pause", "resume", "drain"]) {
 
 // -- drawing ----------------------------------------------------------------------------------
 
-async function show(lane) {
+function show(next) {
+  lane = next;
   const state = laneState(lane);
   $("lane-state").textContent = state;
   $("lane-state").className = `badge ${state.split(" ")[0]}`;
@@ -182,16 +186,16 @@ async function show(lane) {
     number(s.queue.running), number(s.queue.waiting), duration(s.queue.average_wait_ms),
     number(s.queue.processing_rate),
   ]);
-  await refreshModels();
-  drawModels(lane.models);
+  drawModels();
+  refreshModels();
 }
 
-function laneState(lane) {
-  if (!lane.schedulers.length) return "down";
-  if (lane.stuck) return "stuck";
-  if (lane.paused) return "paused";
-  if (lane.draining) return "draining";
-  return lane.running.length ? "running" : "idle";
+function laneState(snapshot) {
+  if (!snapshot.schedulers.length) return "down";
+  if (snapshot.stuck) return "stuck";
+  if (snapshot.paused) return "paused";
+  if (snapshot.draining) return "draining";
+  return snapshot.running.length ? "running" : "idle";
 }
 
 function schedulerState(s) {
@@ -208,14 +212,15 @@ function drawServers(servers) {
   ], (s) => ({"data-server": s.name}));
 }
 
-function drawModels(activity) {
+// The lane's models (queued, running, loaded where) with the memory /api/ps says they take.
+function drawModels() {
   const byName = new Map();
   const row = (name) => {
     const key = name.includes(":") ? name : `${name}:latest`;
     if (!byName.has(key)) byName.set(key, {model: name, queued: 0, running: 0, loaded: false});
     return byName.get(key);
   };
-  for (const a of activity) Object.assign(row(a.model), {queued: a.queued, running: a.running, loaded: a.loaded_on.length > 0});
+  for (const a of lane.models) Object.assign(row(a.model), {queued: a.queued, running: a.running, loaded: a.loaded_on.length > 0});
   for (const m of loaded.models ?? []) {
     Object.assign(row(m.name), {loaded: true, size: m.size, vram: m.size_vram, until: m.expires_at});
   }

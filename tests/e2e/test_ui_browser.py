@@ -1,0 +1,311 @@
+"""The operator's page (`/ui`) in a real browser: Debian's Chromium, headless, driven by Selenium
+through Debian's chromedriver, against a whole cluster with keys on, while requests queue in
+front of the emulator.
+
+The page asks for the admin key (a user key is refused as not an admin's), then shows the lane
+as it moves: a request seen waiting at position 3 is later shown at 2, then 1, then running, then
+among the recent requests with its latency; pausing with the page's button shows the lane
+paused (and holds it: the position stays while nothing runs), cancelling with a row's button
+takes the request out of the lane. Every wait is Selenium's `WebDriverWait` on what the page
+shows, or the emulator's own wait; nothing sleeps a fixed time.
+
+A screenshot of the busy lane is taken: into docs/ui.png with CORRAL_UPDATE_SCREENSHOT=1, else
+into the test's tmp directory (so the tests never change the checkout).
+
+Nothing is downloaded: Selenium is given Debian's chromium and chromedriver, so Selenium Manager
+never runs, and the browser resolves no name but the loopback's. Without them these tests skip,
+except under CI, where they must run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from selenium import webdriver
+from selenium.common.exceptions import StaleElementReferenceException, TimeoutException
+from selenium.webdriver.chrome.service import Service
+from selenium.webdriver.common.by import By
+from selenium.webdriver.remote.webdriver import WebDriver
+from selenium.webdriver.support.ui import WebDriverWait
+
+from corral_devstack.cluster import Cluster
+from corral_emulator import EmulatorControl
+from tests.conftest import ClusterFactory
+from tests.gateway_http import admin_request, bearer, keyed_cluster
+
+pytestmark = pytest.mark.e2e
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+CHROMEDRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
+MISSING = [path for path in (CHROMIUM, CHROMEDRIVER) if not os.access(path, os.X_OK)]
+if MISSING and os.environ.get("CI"):
+    pytest.fail(f"CI must run the browser tests: {', '.join(MISSING)} missing", pytrace=False)
+if MISSING:
+    pytest.skip(
+        "no chromium/chromedriver: install Debian's chromium and chromium-driver "
+        "(`make test` does) to run the operator page's browser tests",
+        allow_module_level=True,
+    )
+
+SCREENSHOT = Path(__file__).resolve().parents[2] / "docs" / "ui.png"
+# Bound on each thing the page must show: a cold Chromium on a busy 2-core machine included.
+SHOWN_WITHIN_S = 30.0
+# Each request generates at most this many tokens at the emulator's pace: long enough for every
+# position to be on the page for a good while (the page gets a snapshot on each lane change).
+TOKENS = 12
+TOKEN_DELAY_MS = 400
+
+
+@dataclass(frozen=True)
+class UiCluster:
+    cluster: Cluster
+    admin: str
+    alice: str
+    bob: str
+
+    @property
+    def url(self) -> str:
+        return self.cluster.gateway_url
+
+
+@pytest.fixture(scope="module")
+def ui_cluster(new_cluster: ClusterFactory) -> Iterator[UiCluster]:
+    with keyed_cluster(new_cluster, "ui", CORRAL_STATUS_INTERVAL_S="0.5") as (cluster, admin):
+        url = cluster.gateway_url
+        alice, bob = (
+            admin_request(
+                url, admin, "POST", "/admin/keys", {"scope": "user", "label": who, "owner": who}
+            )["key"]
+            for who in ("alice", "bob")
+        )
+        yield UiCluster(cluster, admin, alice, bob)
+
+
+@pytest.fixture(scope="module")
+def driver(tmp_path_factory: pytest.TempPathFactory) -> Iterator[WebDriver]:
+    os.environ.setdefault("SE_OFFLINE", "true")  # Selenium Manager never downloads anything
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for argument in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        "--window-size=1280,1100",
+        f"--user-data-dir={tmp_path_factory.mktemp('chromium-profile')}",
+        "--no-first-run",
+        "--disable-extensions",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE localhost, EXCLUDE 127.0.0.1",
+    ):
+        options.add_argument(argument)
+    log = tmp_path_factory.mktemp("chromedriver") / "chromedriver.log"
+    browser = webdriver.Chrome(options=options, service=Service(CHROMEDRIVER, log_output=str(log)))
+    try:
+        yield browser
+    finally:
+        browser.quit()
+
+
+@pytest.fixture
+async def page(driver: WebDriver, ui_cluster: UiCluster) -> Page:
+    """The page opened afresh, no key kept from an earlier test."""
+    await asyncio.to_thread(driver.get, f"{ui_cluster.url}/ui")
+    await asyncio.to_thread(driver.execute_script, "sessionStorage.clear()")
+    await asyncio.to_thread(driver.refresh)
+    return Page(driver)
+
+
+class Page:
+    """What the page shows, read the way an operator reads it; every wait is WebDriverWait's."""
+
+    def __init__(self, driver: WebDriver) -> None:
+        self.driver = driver
+
+    async def until(self, shown: Callable[[WebDriver], Any], what: str) -> Any:
+        def attempt(driver: WebDriver) -> Any:
+            try:
+                return shown(driver)
+            except StaleElementReferenceException:
+                return False  # redrawn while read: read again
+
+        wait = WebDriverWait(self.driver, SHOWN_WITHIN_S, poll_frequency=0.05)
+        try:
+            return await asyncio.to_thread(wait.until, attempt)
+        except TimeoutException:
+            state = await asyncio.to_thread(self.text, "main")
+            raise AssertionError(f"the page never showed {what}; it shows:\n{state}") from None
+
+    def text(self, css: str) -> str:
+        return str(self.driver.find_element(By.CSS_SELECTOR, css).text)
+
+    def visible(self, css: str) -> bool:
+        found = self.driver.find_elements(By.CSS_SELECTOR, css)
+        return bool(found) and found[0].is_displayed()
+
+    def where(self, request_id: str) -> str | None:
+        """`running`, `waiting 3` or None: the request's row in the lane's tables."""
+        for row in self.driver.find_elements(
+            By.CSS_SELECTOR, f'tr[data-request-id="{request_id}"]'
+        ):
+            state = row.get_attribute("data-state")
+            if state == "running":
+                return "running"
+            if state == "waiting":
+                shown = row.find_element(By.CSS_SELECTOR, "td.position").text
+                assert shown == row.get_attribute("data-position")
+                return f"waiting {shown}"
+        return None
+
+    def cells(self, row_css: str) -> list[str]:
+        """The texts of the first row's cells that `row_css` finds (none: no such row)."""
+        rows = self.driver.find_elements(By.CSS_SELECTOR, row_css)
+        return [cell.text for cell in rows[0].find_elements(By.TAG_NAME, "td")] if rows else []
+
+    def recent(self, request_id: str) -> list[str] | None:
+        """The cells of the request's row among the recent requests, if it is there."""
+        return self.cells(f'#recent tr[data-request-id="{request_id}"]') or None
+
+    async def shows(self, request_id: str, where: str | None) -> None:
+        await self.until(lambda d: self.where(request_id) == where, f"{request_id}: {where}")
+
+    async def enter_key(self, key: str) -> None:
+        def enter(driver: WebDriver) -> None:
+            field = driver.find_element(By.ID, "key")
+            field.clear()
+            field.send_keys(key)
+            driver.find_element(By.CSS_SELECTOR, "#key-form button[type=submit]").click()
+
+        await self.until(lambda d: self.visible("#key-form"), "the key form")
+        await asyncio.to_thread(enter, self.driver)
+
+    async def click(self, css: str) -> None:
+        await asyncio.to_thread(lambda: self.driver.find_element(By.CSS_SELECTOR, css).click())
+
+    async def lane_state(self, state: str) -> None:
+        await self.until(lambda d: self.text("#lane-state") == state, f"the lane {state}")
+
+    async def screenshot(self, tmp_path: Path) -> Path:
+        target = (
+            SCREENSHOT if os.environ.get("CORRAL_UPDATE_SCREENSHOT") == "1" else tmp_path / "ui.png"
+        )
+        await asyncio.to_thread(self.driver.save_screenshot, str(target))
+        return target
+
+
+async def test_the_page_asks_for_an_admin_key(page: Page, ui_cluster: UiCluster) -> None:
+    await page.until(lambda d: page.visible("#key-form"), "the key form")
+    assert not page.visible("#controls")
+    await page.enter_key(ui_cluster.alice)
+    await page.until(lambda d: "not an admin key" in page.text("#key-error"), "a user key refused")
+    assert not page.visible("#controls")
+    await page.enter_key("crl_" + "x" * 46)
+    await page.until(lambda d: "not accepted" in page.text("#key-error"), "a bad key refused")
+    await page.enter_key(ui_cluster.admin)
+    await page.until(lambda d: page.visible("#controls"), "the lane's buttons")
+    assert not page.visible("#key-form")
+    assert page.text("#connection") == "live"
+    await page.lane_state("idle")
+    # Kept for this tab: a reload needs no key.
+    await asyncio.to_thread(page.driver.refresh)
+    await page.until(lambda d: page.visible("#controls"), "the buttons after a reload")
+
+
+async def test_the_page_follows_the_lane(
+    page: Page, ui_cluster: UiCluster, emu: EmulatorControl, tmp_path: Path
+) -> None:
+    await emu.configure(token_delay_ms=TOKEN_DELAY_MS)
+    await page.enter_key(ui_cluster.admin)
+    await page.lane_state("idle")
+    await emu.hold()
+
+    async with aiohttp.ClientSession() as session:
+
+        def chat(request_id: str, key: str) -> asyncio.Task[tuple[int, Any]]:
+            async def send() -> tuple[int, Any]:
+                async with session.post(
+                    f"{ui_cluster.url}/api/chat",
+                    json={
+                        "model": "llama3.2",
+                        "messages": [{"role": "user", "content": f"Tell me about {request_id}"}],
+                        "stream": False,
+                        "options": {"num_predict": TOKENS},
+                    },
+                    headers={**bearer(key), "X-Request-Id": request_id},
+                ) as response:
+                    return response.status, await response.json()
+
+            return asyncio.create_task(send())
+
+        # Bob's request runs (held at the emulator's gate); Alice's line up behind it, in order.
+        sent = {"ui-bob-1": chat("ui-bob-1", ui_cluster.bob)}
+        await emu.wait(held=1)
+        await page.shows("ui-bob-1", "running")
+        for position, request_id in enumerate(("ui-alice-1", "ui-alice-2", "ui-alice-3"), 1):
+            sent[request_id] = chat(request_id, ui_cluster.alice)
+            await page.shows(request_id, f"waiting {position}")
+        # A fourth of Alice's, cancelled from the page.
+        sent["ui-alice-4"] = chat("ui-alice-4", ui_cluster.alice)
+        await page.shows("ui-alice-4", "waiting 4")
+        await page.click('button[data-cancel="ui-alice-4"]')
+        await page.shows("ui-alice-4", None)
+        await page.until(lambda d: page.recent("ui-alice-4") is not None, "the cancel in recent")
+        assert page.recent("ui-alice-4")[4].startswith("499")  # type: ignore[index]
+        # Per caller.
+        callers = page.text("#callers tbody")
+        assert "bob 1 0" in callers and "alice 0 3" in callers, callers
+
+        # Paused from the page: the running request finishes, and nothing else starts.
+        await page.click("#pause")
+        await page.lane_state("paused")
+        await emu.release()
+        await page.until(lambda d: page.recent("ui-bob-1") is not None, "bob's request done")
+        assert page.recent("ui-bob-1")[4] == "200"  # type: ignore[index]
+        await page.until(lambda d: page.text("#running tbody") == "nothing running", "no job")
+        assert page.where("ui-alice-3") == "waiting 3"
+        assert (await emu.stats())["completed"] == 1
+
+        # Resumed: the request seen at 3 moves up to 2, then 1, then runs.
+        await page.click("#resume")
+        await page.shows("ui-alice-3", "waiting 2")
+        await page.lane_state("running")
+        # The running request's tokens counted as they come (this gateway relays it).
+        await page.until(
+            lambda d: page.cells("#running tbody tr[data-request-id]")[5:6] != [""],
+            "tokens counted",
+        )
+        shot = await page.screenshot(tmp_path)
+        await page.shows("ui-alice-3", "waiting 1")
+        await page.shows("ui-alice-3", "running")
+        await page.until(lambda d: page.recent("ui-alice-3") is not None, "ui-alice-3 done")
+        await page.lane_state("idle")
+
+        answers = {request_id: await task for request_id, task in sent.items()}
+    assert {r: status for r, (status, _) in answers.items()} == {
+        "ui-bob-1": 200,
+        "ui-alice-1": 200,
+        "ui-alice-2": 200,
+        "ui-alice-3": 200,
+        "ui-alice-4": 499,
+    }
+    # Its row among the recent requests: status, latency, queue wait, tokens and their rate.
+    _, request_id, model, caller, status, latency, waited, tokens, rate = (
+        page.recent("ui-alice-3") or [""] * 9
+    )
+    assert (request_id, model, caller, status) == ("ui-alice-3", "llama3.2", "alice", "200")
+    assert latency.endswith(" s") and waited.endswith(" s")
+    assert int(tokens) == answers["ui-alice-3"][1]["eval_count"] and float(rate) > 0
+    # The tokens per second drawn, and the model loaded.
+    assert page.driver.find_element(By.CSS_SELECTOR, "#sparkline polyline").get_attribute("points")
+    assert "llama3.2" in page.text("#models tbody")
+    assert shot.stat().st_size > 10_000
