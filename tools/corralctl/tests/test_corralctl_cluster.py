@@ -94,6 +94,7 @@ async def test_status_shows_health_and_each_schedulers_lane(ops: Ops) -> None:
     assert f"at {ops.url}: " in shown.out
     assert "SCHEDULER" in shown.out and "open" in shown.out
     assert "connected to http://127.0.0.1:" in shown.out
+    assert "SERVER" in shown.out and "sessions " in shown.out
     document = (await corralctl(ops, "status", "--json")).json()
     assert document["health"]["status"] in ("healthy", "degraded")
     assert document["queue"]["schedulers"][0]["paused"] is False
@@ -203,8 +204,7 @@ async def test_lane_pause_drain_and_resume(ops: Ops) -> None:
         assert paused.out.splitlines()[-1].split()[1:] == ["paused", "yes"]
         status = (await corralctl(ops, "status", "--json")).json()
         assert status["queue"]["schedulers"][0]["paused"] is True
-        # (A drain leaves a paused lane paused: resumed first, so that it reports only draining.)
-        assert (await corralctl(ops, "lane", "resume")).code == 0
+        # A drain resumes a paused lane: it runs what is held and refuses new work.
         drained = (await corralctl(ops, "lane", "drain", "--json")).json()
         assert drained["state"] == {"paused": False, "draining": True}
         assert all(s["applied"] for s in drained["schedulers"])
@@ -315,3 +315,17 @@ async def test_dead_letters_are_shown(ops: Ops) -> None:
     shown = await corralctl(ops, "dlq", "list", "--limit", "5")
     assert shown.out.startswith("scheduler.jobs.dlq: ")
     assert "(unreadable, 9 B)" in shown.out and "rejected" in shown.out
+
+
+async def test_usage_counts_requests_by_model_and_caller(ops: Ops, emu: EmulatorControl) -> None:
+    chat = {"model": "llama3.2", "messages": [{"role": "user", "content": "count me"}]}
+    status, _, _ = await call(
+        "POST", f"{ops.url}/api/chat", key=ops.admin, body={**chat, "stream": False}
+    )
+    assert status == 200
+    report = (await corralctl(ops, "usage", "--json")).json()
+    assert report["requests"] >= 1
+    assert report["by_model"]["llama3.2"]["tokens"]["generated"] > 0
+    shown = (await corralctl(ops, "usage")).out
+    assert "MODEL" in shown and "CALLER" in shown
+    assert any(line.startswith("llama3.2 ") for line in shown.splitlines())

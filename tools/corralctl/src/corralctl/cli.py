@@ -14,7 +14,13 @@ import os
 import sys
 from collections.abc import Sequence
 
-from corralctl import key_commands, lane_commands, model_commands, session_commands
+from corralctl import (
+    key_commands,
+    lane_commands,
+    model_commands,
+    session_commands,
+    usage_commands,
+)
 from corralctl.client import ApiError, Gateway, Unreachable
 from corralctl.outcome import REFUSED, UNREACHABLE, USAGE, Command, Outcome, UsageError
 
@@ -48,7 +54,7 @@ def parser() -> argparse.ArgumentParser:
         help="seconds to wait for an answer (a stream: between its lines; default %(default)s)",
     )
     commands = top.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for area in (lane_commands, model_commands, session_commands, key_commands):
+    for area in (lane_commands, model_commands, session_commands, key_commands, usage_commands):
         area.register(commands)
     for leaf in _leaves(top):
         # `corralctl queue list --json` as well as `corralctl --json queue list`: given after

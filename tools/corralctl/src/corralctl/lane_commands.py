@@ -8,7 +8,7 @@ from typing import Any
 
 from corralctl.client import ApiError, Gateway, segment
 from corralctl.outcome import REFUSED, Outcome
-from corralctl.tables import ago, cell, fields, millis, moment, seconds, table
+from corralctl.tables import EMPTY, ago, cell, fields, millis, moment, seconds, table
 
 LANE_ACTIONS = {"pause": "paused", "resume": "resumed", "drain": "draining"}
 
@@ -77,8 +77,10 @@ def _status_text(gateway: Gateway, health: dict[str, Any], lane: dict[str, Any] 
         version = backend.get("version")
         shown = f"connected to {cell(backend.get('url'))}"
         shown += f" (version {version})" if version else ""
+        available = backend.get("models_available")
+        shown += f", {available} models" if available is not None else ""
         loaded = backend.get("current_model_loaded")
-        shown += f", {loaded} loaded" if loaded else ", no model loaded"
+        shown += f", {loaded} loaded" if loaded else ", none loaded"
     else:
         shown = f"unreachable at {cell(backend.get('url'))}: {cell(backend.get('error'))}"
     if lane_health.get("stuck"):
@@ -102,13 +104,72 @@ def _status_text(gateway: Gateway, health: dict[str, Any], lane: dict[str, Any] 
         ),
         ("broker", "connected" if (health.get("broker") or {}).get("connected") else "DOWN"),
         ("session store", _store(store)),
+        ("sessions", _sessions(health.get("sessions"))),
+        ("requests", _derived(health.get("metrics"))),
         ("in flight", health.get("in_flight")),
         ("uptime", seconds(health.get("uptime"))),
     ]
     parts = [headline, fields(rows)]
     if lane is not None and lane.get("schedulers"):
         parts.append(_schedulers(lane["schedulers"]))
+        servers = _servers(lane["schedulers"])
+        if servers:
+            parts.append(servers)
     return "\n\n".join(parts)
+
+
+def _sessions(sessions: dict[str, Any] | None) -> str:
+    if not sessions or sessions.get("total") is None:
+        return "not counted yet"
+    return (
+        f"{sessions.get('active')} active, {sessions.get('total')} in all, "
+        f"{sessions.get('archived_today')} archived today"
+    )
+
+
+def _derived(metrics: dict[str, Any] | None) -> str:
+    if not metrics:
+        return EMPTY
+    rate = metrics.get("context_truncation_rate")
+    return (
+        f"{cell(metrics.get('average_tokens_per_request'))} tokens each on average, "
+        f"{_percent(rate)} truncated, "
+        f"{cell(metrics.get('model_switches_per_hour'))} model swaps in the last hour"
+    )
+
+
+def _percent(fraction: Any) -> str:
+    if not isinstance(fraction, int | float) or isinstance(fraction, bool):
+        return EMPTY
+    return f"{fraction * 100:.1f}%"
+
+
+def _servers(schedulers: list[dict[str, Any]]) -> str | None:
+    """Each backend server a lane drives (one without a pool), when the schedulers say."""
+    rows = [
+        [
+            server.get("name"),
+            server.get("kind"),
+            server.get("url"),
+            _server_state(server),
+            server.get("loaded_model"),
+            server.get("running"),
+            server.get("jobs_done"),
+            server.get("swaps"),
+        ]
+        for scheduler in schedulers
+        for server in scheduler.get("servers") or []
+    ]
+    if not rows:
+        return None
+    headers = ["SERVER", "KIND", "URL", "STATE", "LOADED", "RUNNING", "JOBS", "SWAPS"]
+    return table(headers, rows)
+
+
+def _server_state(server: dict[str, Any]) -> str:
+    if not server.get("connected"):
+        return "down"
+    return "up" if server.get("in_rotation", True) else "out of rotation"
 
 
 def _store(store: dict[str, Any]) -> str:
@@ -140,6 +201,9 @@ def queue_list(gateway: Gateway, args: argparse.Namespace) -> Outcome:
     listing: dict[str, Any] = gateway.call("GET", "/admin/queue")
     entries = listing.get("queue") or []
     parts = [_schedulers(listing.get("schedulers") or [])]
+    servers = _servers(listing.get("schedulers") or [])
+    if servers:
+        parts.append(servers)
     if entries:
         parts.append(
             table(
