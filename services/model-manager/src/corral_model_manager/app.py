@@ -103,7 +103,7 @@ async def models_ctx(app: web.Application) -> AsyncIterator[None]:
     broadcaster = ModelListBroadcaster(names, publish_list, interval_s=settings.models_broadcast_s)
     changes = ModelChanges(servers, names, broadcaster)
 
-    async def after_success(operation: ModelOperation) -> None:
+    async def after_change(operation: ModelOperation) -> None:
         # A push changes the registry, not the models here.
         if operation.kind != "push":
             await changes.changed(operation.model)
@@ -112,7 +112,9 @@ async def models_ctx(app: web.Application) -> AsyncIterator[None]:
         servers,
         publish_event,
         interval_s=settings.pull_progress_interval_s,
-        on_success=after_success,
+        on_success=after_change,
+        # A pool's pull or create that failed on one server may have succeeded on another.
+        on_failure=after_change,
     )
     app[NAMES], app[BROADCASTER], app[CHANGES] = names, broadcaster, changes
     app[OPERATIONS] = operations

@@ -337,12 +337,15 @@ class ModelOperations:
         *,
         interval_s: float,
         on_success: SuccessHook,
+        on_failure: SuccessHook | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._backend = backend
         self._publish = publish
         self._interval_s = interval_s
         self._on_success = on_success
+        # Runs after an operation failed: on a pool, a pull may have succeeded on some servers.
+        self._on_failure = on_failure
         self._clock = clock
         # Pulls and pushes under way by kind and model: a second request for one joins it.
         self._shared_ops: dict[str, ModelOperation] = {}
@@ -431,6 +434,11 @@ class ModelOperations:
         try:
             await operation.run()
             outcome = operation.state
+            if outcome == "error" and self._on_failure is not None:
+                try:
+                    await self._on_failure(operation)
+                except Exception:
+                    log.exception("after-failure hook failed", kind=operation.kind)
         finally:
             del self._running[operation_id]
             key = f"{operation.kind}:{canonical_model_name(operation.model)}"
