@@ -321,6 +321,34 @@ QUEUE = Board(
             unit="ops",
         ),
         P(
+            "Backend servers",
+            "Each server of the pool: running a job (busy), and in rotation (0 while it is out "
+            "after failing to answer).",
+            (
+                Q("max by (server) (corral_backend_server_busy)", "busy {{server}}"),
+                Q(
+                    "min by (server) (corral_backend_server_in_rotation)",
+                    "in rotation {{server}}",
+                ),
+            ),
+        ),
+        P(
+            "Jobs per server",
+            "Jobs run per second on each server of the pool, and jobs moved off a server that "
+            "did not answer.",
+            (
+                Q(
+                    f"sum by (server) (rate(corral_backend_server_jobs_total[{RATE}]))",
+                    "{{server}}",
+                ),
+                Q(
+                    f"sum by (server) (rate(corral_backend_server_failovers_total[{RATE}]))" + ZERO,
+                    "failed over from {{server}}",
+                ),
+            ),
+            unit="ops",
+        ),
+        P(
             "Positions given",
             "The first position each admitted job was told (needs the scheduler's "
             "`corral_queue_position` histogram; until then the mean queue depth, which is the "
@@ -427,8 +455,21 @@ MODELS = Board(
         ),
         P(
             "Model swaps",
-            "Jobs that ran on a different model than the one before.",
-            (Q(f"sum(increase(corral_model_swaps_total[{RATE}]))", "swaps"),),
+            "Jobs that ran on a different model than the one before, in all and per server.",
+            (
+                Q(f"sum(increase(corral_model_swaps_total[{RATE}]))", "swaps"),
+                Q(
+                    "sum by (server) "
+                    f"(increase(corral_backend_server_model_swaps_total[{RATE}]))" + ZERO,
+                    "{{server}}",
+                ),
+            ),
+        ),
+        P(
+            "Model load time",
+            "Model loads the gateways' requests waited for (the backend's load_duration).",
+            quantiles("corral_gateway_model_load_time_seconds", "model", "", 0.5, 0.95),
+            unit="s",
         ),
         P(
             "Unloads",
@@ -457,10 +498,21 @@ MODELS = Board(
             ),
         ),
         P(
-            "Host memory",
-            "Host memory in use, as the model manager sees it (it unloads above its limit).",
-            (Q("max(corral_host_memory_percent)", "memory"),),
+            "Memory",
+            "Each model server's memory in use: its loaded models' size of its budget, or the "
+            "host's for a local server without one (the model manager unloads above its "
+            "limit); and the host's own.",
+            (
+                Q("max by (server) (corral_backend_memory_percent)", "{{server}}"),
+                Q("max(corral_host_memory_percent)", "host"),
+            ),
             unit="percent",
+        ),
+        P(
+            "Loaded models' size",
+            "The size of each server's loaded models, by its own /api/ps.",
+            (Q("max by (server) (corral_backend_loaded_bytes)", "{{server}}"),),
+            unit="bytes",
         ),
         P(
             "Pulls and pushes",
@@ -539,6 +591,11 @@ SESSIONS = Board(
                     "sum by (model) "
                     f"(increase(corral_context_limit_exceeded_total[{RATE}]))" + ZERO,
                     "refused {{model}}",
+                ),
+                Q(
+                    "sum by (model) "
+                    f"(increase(corral_gateway_context_truncations_total[{RATE}]))" + ZERO,
+                    "answered truncated {{model}}",
                 ),
             ),
         ),

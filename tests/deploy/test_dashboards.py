@@ -37,7 +37,7 @@ from corral_devstack.cluster import Cluster
 from corral_devstack.ports import free_port
 from corral_emulator import EmulatorControl
 from tests.conftest import ClusterFactory
-from tests.gateway_http import call
+from tests.gateway_http import call, create_user_key, keyed_cluster
 from tests.polling import eventually, until
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -150,21 +150,31 @@ if PROMETHEUS is None and os.environ.get("CI"):
     pytest.fail("CI must check the dashboards: Debian's prometheus is missing", pytrace=False)
 
 
+@dataclass(frozen=True)
+class Watched:
+    """The whole cluster with keys on, as compose runs it, a standby scheduler, and keys."""
+
+    cluster: Cluster
+    admin: str
+    user: str
+
+
 @pytest.fixture(scope="module")
-def watched_cluster(new_cluster: ClusterFactory) -> Iterator[Cluster]:
-    """The whole cluster, with a standby scheduler as deployments run it."""
-    with new_cluster(
-        "dashboards", whole=True, CORRAL_HEARTBEAT_S="1", CORRAL_STATUS_INTERVAL_S="0.5"
-    ) as cluster:
+def watched(new_cluster: ClusterFactory) -> Iterator[Watched]:
+    with keyed_cluster(
+        new_cluster, "dashboards", CORRAL_HEARTBEAT_S="1", CORRAL_STATUS_INTERVAL_S="0.5"
+    ) as (cluster, admin):
         # Not waited for here: it comes up while Prometheus starts, and the test waits until
         # Prometheus scrapes every target.
         cluster.start_scheduler("scheduler-standby", wait=False)
-        yield cluster
+        user = create_user_key(cluster.gateway_url, admin, "dashboards")["key"]
+        yield Watched(cluster, admin, user)
 
 
-def scrape_config(cluster: Cluster) -> dict[str, Any]:
-    """deploy/prometheus/prometheus.yml with its Corral jobs pointed at this cluster (the
-    broker's jobs dropped: the test broker runs without its Prometheus plugin)."""
+def scrape_config(cluster: Cluster, key_file: Path) -> dict[str, Any]:
+    """deploy/prometheus/prometheus.yml with its Corral jobs pointed at this cluster, the
+    gateway's key read from `key_file` (compose's secret), and the broker's jobs dropped (the
+    test broker runs without its Prometheus plugin)."""
     config: dict[str, Any] = yaml.safe_load((PROMETHEUS_DIR / "prometheus.yml").read_text())
     config["global"].update(scrape_interval=f"{SCRAPE_S}s", evaluation_interval=f"{SCRAPE_S}s")
     config["rule_files"] = [str(PROMETHEUS_DIR / rules) for rules in config["rule_files"]]
@@ -175,8 +185,11 @@ def scrape_config(cluster: Cluster) -> dict[str, Any]:
             for name, service in cluster.services.items()
             if service.ready_url is not None and name.startswith(job["job_name"])
         ]
-        if targets:
-            jobs.append({**job, "static_configs": [{"targets": sorted(targets)}]})
+        if not targets:
+            continue
+        if "authorization" in job:
+            job["authorization"]["credentials_file"] = str(key_file)
+        jobs.append({**job, "static_configs": [{"targets": sorted(targets)}]})
     assert {job["job_name"] for job in jobs} == {
         "gateway",
         "scheduler",
@@ -188,13 +201,13 @@ def scrape_config(cluster: Cluster) -> dict[str, Any]:
 
 
 @pytest.fixture(scope="module")
-def prometheus_url(
-    watched_cluster: Cluster, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[str]:
+def prometheus_url(watched: Watched, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     assert PROMETHEUS is not None
     workdir = tmp_path_factory.mktemp("prometheus")
+    key_file = workdir / "corral_admin_key"
+    key_file.write_text(watched.admin + "\n")
     config = workdir / "prometheus.yml"
-    config.write_text(yaml.safe_dump(scrape_config(watched_cluster)))
+    config.write_text(yaml.safe_dump(scrape_config(watched.cluster, key_file)))
     port = free_port("127.0.0.1")
     log = workdir / "prometheus.log"
     with log.open("wb") as out:
@@ -275,7 +288,7 @@ async def prom(prometheus_url: str) -> AsyncIterator[Prom]:
 
 
 async def chat(
-    url: str,
+    watched: Watched,
     content: str,
     *,
     session_id: str | None = None,
@@ -289,38 +302,40 @@ async def chat(
     }
     if session_id is not None:
         body["session_id"] = session_id
-    status, _, _ = await call("POST", f"{url}/api/chat", body=body)
+    url = watched.cluster.gateway_url
+    status, _, _ = await call("POST", f"{url}/api/chat", key=watched.user, body=body)
     return status
 
 
-async def drive_traffic(url: str, emu: EmulatorControl) -> None:
+async def drive_traffic(watched: Watched, emu: EmulatorControl) -> None:
     """One round of what the dashboards watch."""
     # A model operation through the lane, then a load the scheduler sees (load_duration).
-    status, _, answer = await call("POST", f"{url}/admin/models/llama3.2/unload")
+    url = watched.cluster.gateway_url
+    status, _, answer = await call("POST", f"{url}/admin/models/llama3.2/unload", key=watched.admin)
     assert status == 200, answer
     await emu.configure(load_ms=80, token_delay_ms=5)
     session_id = new_id()
     statuses = list(
         await asyncio.gather(
-            chat(url, "first, stateless"),
-            chat(url, "streamed", stream=True),
-            chat(url, "queued behind the others"),
-            chat(url, "a session's first turn", session_id=session_id),
+            chat(watched, "first, stateless"),
+            chat(watched, "streamed", stream=True),
+            chat(watched, "queued behind the others"),
+            chat(watched, "a session's first turn", session_id=session_id),
         )
     )
     assert statuses == [200, 200, 200, 200]
-    assert await chat(url, "a session's second turn", session_id=session_id) == 200
+    assert await chat(watched, "a session's second turn", session_id=session_id) == 200
     # An error the gateway counts.
-    assert await chat(url, "no such model", model="no-such-model") == 404
+    assert await chat(watched, "no such model", model="no-such-model") == 404
 
 
 @live
 @pytest.mark.e2e
 async def test_every_panel_query_returns_data(
-    watched_cluster: Cluster, prom: Prom, emu: EmulatorControl
+    watched: Watched, prom: Prom, emu: EmulatorControl
 ) -> None:
     started = time.time()
-    targets = len(scrape_config(watched_cluster)["scrape_configs"]) + 1  # two schedulers
+    targets = len(watched.cluster.services)  # a process each, two schedulers
 
     async def all_up() -> bool:
         return await prom.value("sum(up)") == targets
@@ -329,8 +344,7 @@ async def test_every_panel_query_returns_data(
 
     # Two rounds, a scrape apart: series born in the first round (per model, per outcome) have
     # a sample before the second round moves them, so their rates are not all zero.
-    url = watched_cluster.gateway_url
-    await drive_traffic(url, emu)
+    await drive_traffic(watched, emu)
 
     async def first_round_scraped() -> bool:
         return (
@@ -339,7 +353,7 @@ async def test_every_panel_query_returns_data(
         )
 
     await eventually(first_round_scraped, 15, "the first round scraped")
-    await drive_traffic(url, emu)
+    await drive_traffic(watched, emu)
 
     queries = panel_queries()
     missing: list[PanelQuery] = list(queries)
