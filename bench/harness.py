@@ -1,8 +1,9 @@
 """What the cluster benchmarks share: a throwaway stack (RabbitMQ unless an AMQP URL is given,
-the Ollama emulator, one scheduler and one gateway), a run wrapper that stops every process it
-started on any exit, percentiles and a description of the machine.
+the Ollama emulator, one scheduler and one gateway; or a pool of emulators behind the scheduler
+through `CORRAL_BACKENDS`), a run wrapper that stops every process it started on any exit,
+percentiles and a description of the machine.
 
-Used by bench/latency.py and bench/estimates.py; not a script of its own.
+Used by bench/latency.py, bench/estimates.py and bench/pool.py; not a script of its own.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Coroutine, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
 from typing import Any, TypeVar
@@ -141,6 +142,14 @@ class Stack:
     scheduler_url: str
     services: Mapping[str, ServiceProcess]
     node: RabbitNode | None
+    # A pool: each server's name (as in `CORRAL_BACKENDS` and the scheduler's metrics) and its
+    # emulator's URL. Empty when the scheduler drives the one emulator at `emulator_url`.
+    pool: Mapping[str, str] = field(default_factory=dict)
+
+    @property
+    def emulator_urls(self) -> dict[str, str]:
+        """Every emulator by server name (`emulator` for the one backend)."""
+        return dict(self.pool) if self.pool else {"emulator": self.emulator_url}
 
     def pids(self) -> dict[str, list[int]]:
         """Process ids by name, RabbitMQ's included when the node is ours."""
@@ -150,53 +159,87 @@ class Stack:
         return groups
 
 
-def start_emulator(workdir: Path, knobs: Mapping[str, float]) -> tuple[ServiceProcess, str]:
+def start_emulator(
+    workdir: Path, knobs: Mapping[str, float], name: str = "emulator"
+) -> tuple[ServiceProcess, str]:
     """The emulator with latency knobs by their CLI names without dashes (`token_delay_ms`,
-    `prompt_ms_per_token`, `load_ms`)."""
+    `prompt_ms_per_token`, `load_ms`), logging to `<workdir>/<name>.log`. Started by the
+    caller (`process.start()`)."""
     port = free_port(LOOPBACK)
     url = f"http://{LOOPBACK}:{port}"
     argv = [sys.executable, "-m", "corral_emulator", "--host", LOOPBACK, "--port", str(port)]
-    for name, value in knobs.items():
-        argv += [f"--{name.replace('_', '-')}", str(value)]
-    process = ServiceProcess("emulator", argv, {}, f"{url}/api/version", workdir / "emulator.log")
+    for knob, value in knobs.items():
+        argv += [f"--{knob.replace('_', '-')}", str(value)]
+    process = ServiceProcess(name, argv, {}, f"{url}/api/version", workdir / f"{name}.log")
     return process, url
 
 
-def _start_stack(
-    cleanup: contextlib.ExitStack, workdir: Path, amqp_url: str | None, knobs: Mapping[str, float]
-) -> Stack:
-    node: RabbitNode | None = None
+def start_broker(
+    cleanup: contextlib.ExitStack, amqp_url: str | None
+) -> tuple[str, RabbitNode | None]:
+    """`amqp_url` when a broker answers there, else a throwaway RabbitMQ node stopped by
+    `cleanup`; the URL and the node (None when not ours)."""
     if amqp_url:
         if not amqp_reachable(amqp_url):
             raise BenchError(f"no AMQP broker answers at {amqp_url}")
-    else:
-        log("starting a throwaway RabbitMQ node")
-        node = RabbitNode()
-        cleanup.callback(node.close)
-        node.start()
-        amqp_url = node.url
-    emulator, emulator_url = start_emulator(workdir / "logs", knobs)
-    cleanup.callback(emulator.stop)
-    emulator.start()
-    emulator.wait_ready(30)
+        return amqp_url, None
+    log("starting a throwaway RabbitMQ node")
+    node = RabbitNode()
+    cleanup.callback(node.close)
+    node.start()
+    return node.url, node
+
+
+def start_services(
+    cleanup: contextlib.ExitStack,
+    workdir: Path,
+    amqp_url: str,
+    node: RabbitNode | None,
+    knobs: Mapping[str, float],
+    *,
+    servers: Sequence[str] = (),
+    env: Mapping[str, str] | None = None,
+) -> Stack:
+    """The emulator(s), one scheduler and one gateway on `amqp_url`, stopped by `cleanup`;
+    logs in `<workdir>/logs`. With `servers`, one emulator per name, listed to the scheduler
+    as a pool (`CORRAL_BACKENDS=name=url,...`); without, one emulator as the one backend.
+    `env` is laid over the services' environment (e.g. `CORRAL_POOL_POLICY`)."""
+    logs = workdir / "logs"
+    names = list(servers) or ["emulator"]
+    emulators: dict[str, tuple[ServiceProcess, str]] = {}
+    for name in names:
+        process, url = start_emulator(logs, knobs, name)
+        cleanup.callback(process.stop)
+        process.start()
+        emulators[name] = (process, url)
+    for process, _ in emulators.values():
+        process.wait_ready(30)
+    pool = {name: url for name, (_, url) in emulators.items()} if servers else {}
     # The benchmarks send hundreds of requests a minute from one address: no rate limits.
-    no_limits = {
+    service_env = {
         "CORRAL_RATE_LIMIT_PER_MINUTE": "0",
         "CORRAL_ANONYMOUS_RATE_LIMIT_PER_MINUTE": "0",
         "CORRAL_AUTH_FAILURES_PER_MINUTE": "0",
+        **({"CORRAL_BACKENDS": ",".join(f"{n}={u}" for n, u in pool.items())} if pool else {}),
+        **(env or {}),
     }
-    cluster = Cluster(amqp_url, emulator_url, workdir, no_limits, log_level="warning")
+    first_url = next(iter(emulators.values()))[1]
+    cluster = Cluster(amqp_url, first_url, workdir, service_env, log_level="warning")
     cleanup.callback(cluster.stop_all)
     log("starting scheduler and gateway")
     scheduler = cluster.start_scheduler()
     cluster.start_gateway()
     return Stack(
         amqp_url=amqp_url,
-        emulator_url=emulator_url,
+        emulator_url=first_url,
         gateway_url=cluster.gateway_url,
         scheduler_url=(scheduler.ready_url or "").removesuffix("/ready"),
-        services={"emulator": emulator, **cluster.services},
+        services={
+            **{process.name: process for process, _ in emulators.values()},
+            **cluster.services,
+        },
         node=node,
+        pool=pool,
     )
 
 
@@ -218,6 +261,27 @@ def run_with_stack(
     Returns the exit status: 0 done, 1 failed (the service logs are kept and their path
     printed), 130 interrupted (Ctrl-C or SIGTERM).
     """
+
+    def body(workdir: Path, cleanup: contextlib.ExitStack) -> R:
+        amqp_url, node = start_broker(cleanup, args.amqp_url)
+        stack = start_services(cleanup, workdir, amqp_url, node, knobs)
+        return asyncio.run(measure(stack))
+
+    return run_bench(args, body, render, as_json)
+
+
+def run_bench(
+    args: argparse.Namespace,
+    body: Callable[[Path, contextlib.ExitStack], R],
+    render: Callable[[R], str],
+    as_json: Callable[[R], Any],
+    verdict: Callable[[R], str | None] = lambda _result: None,
+) -> int:
+    """`body(workdir, cleanup)` starts what it needs (`start_broker`, `start_services`),
+    registering each stop on `cleanup`, and measures; then as `run_with_stack`. A `verdict`
+    that finds fault with the result (after it is printed and written) fails the run with
+    its message.
+    """
     # SIGINT explicitly too: a shell starts background jobs with it ignored.
     signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGTERM, _interrupt)
@@ -225,15 +289,17 @@ def run_with_stack(
     cleanup = contextlib.ExitStack()
     status = 1
     try:
-        stack = _start_stack(cleanup, workdir, args.amqp_url, knobs)
-        result = asyncio.run(measure(stack))
+        result = body(workdir, cleanup)
         if args.json is not None:
             args.json.write_text(json.dumps(as_json(result), indent=2) + "\n")
             log(f"wrote {args.json}")
-        status = 0
+        fault = verdict(result)
+        status = 0 if fault is None else 1
         print(render(result), flush=True)
+        if fault is not None:
+            log(f"error: {fault}")
     except BrokenPipeError:
-        # The reader of stdout (`| head`) left; the run itself succeeded. Point stdout at
+        # The reader of stdout (`| head`) left; the run itself is judged. Point stdout at
         # /dev/null so the interpreter's final flush does not complain again.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
     except KeyboardInterrupt:
@@ -256,9 +322,9 @@ def _stop(cleanup: contextlib.ExitStack, workdir: Path, status: int) -> int:
     except Exception as exc:
         log(f"error while stopping: {exc}")
         status = status or 1
-    logs = workdir / "logs"
-    if status == 1 and logs.exists():
-        log(f"service logs kept in {logs}")
+    logs = sorted(str(path) for path in workdir.glob("**/logs") if path.is_dir())
+    if status == 1 and logs:
+        log(f"service logs kept in {', '.join(logs)}")
     else:
         shutil.rmtree(workdir, ignore_errors=True)
     return status
