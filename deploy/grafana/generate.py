@@ -275,6 +275,21 @@ OVERVIEW = Board(
             unit="short",
         ),
         P(
+            "Refused at the edge",
+            "Authentications refused, by reason, and requests answered 429 by a rate limit or "
+            "quota, by limit.",
+            (
+                Q(
+                    f"sum by (reason) (increase(corral_auth_failures_total[{RATE}]))" + ZERO,
+                    "auth {{reason}}",
+                ),
+                Q(
+                    f"sum by (limit) (increase(corral_rate_limited_total[{RATE}]))" + ZERO,
+                    "429 {{limit}}",
+                ),
+            ),
+        ),
+        P(
             "Gateway connections",
             "Client connections open, and the ones the gateway closed to bound them.",
             (
