@@ -223,6 +223,22 @@ async def test_deletes_and_copies_go_where_the_model_is(
     assert (nowhere.value.status, nowhere.value.message) == (404, "model 'qwen2.5:0.5b' not found")
 
 
+async def test_a_server_that_cannot_be_reached_is_named(
+    open_pool: OpenPool, gpu1: RunningEmulator
+) -> None:
+    pool = open_pool(gpu1=gpu1.url, gone=f"http://127.0.0.1:{free_port()}")
+    with pytest.raises(CorralError) as deleting:
+        await pool.call("delete", "DELETE", "/api/delete", {"model": "tiny"})
+    with pytest.raises(CorralError) as checking:
+        await pool.head("/api/blobs/sha256:" + "0" * 64)
+    for info in (deleting, checking):
+        assert info.value.status == 503
+        assert info.value.message.startswith("gone: Cannot connect to Ollama server")
+        assert info.value.details["server"] == "gone"
+    # The server that answered did its part.
+    assert gpu1.state.catalogue.find("tiny") is None
+
+
 async def test_a_blob_is_uploaded_to_every_server_that_lacks_it(
     pool: ModelServers, gpu1: RunningEmulator, gpu2: RunningEmulator
 ) -> None:

@@ -274,8 +274,7 @@ class ModelServers:
 
     async def head(self, path: str) -> int:
         """A blob's `HEAD`: 200 only when every Ollama server has it."""
-        targets = self.managed("blob upload")
-        statuses = await asyncio.gather(*(server.backend.head(path) for server in targets))
+        statuses = await self._heads(self.managed("blob upload"), path)
         return next((status for status in statuses if status != 200), 200)
 
     async def upload(self, path: str, body: AsyncIterable[bytes]) -> int:
@@ -284,7 +283,7 @@ class ModelServers:
         targets = self.managed("blob upload")
         if not self.pooled:
             return await targets[0].backend.upload(path, body)
-        statuses = await asyncio.gather(*(server.backend.head(path) for server in targets))
+        statuses = await self._heads(targets, path)
         lacking = [s for s, status in zip(targets, statuses, strict=True) if status != 200]
         if not lacking:
             return 200
@@ -305,6 +304,15 @@ class ModelServers:
         return 201 if 201 in results[1:] else 200
 
     # -- internals ---------------------------------------------------------------------------
+
+    async def _heads(self, targets: list[ModelServer], path: str) -> list[int]:
+        async def head(server: ModelServer) -> int:
+            try:
+                return await server.backend.head(path)
+            except CorralError as exc:
+                raise named(exc, server.name) if self.pooled else exc from None
+
+        return list(await asyncio.gather(*(head(server) for server in targets)))
 
     async def _each(
         self, call: Callable[[ModelServer], Awaitable[T]]
