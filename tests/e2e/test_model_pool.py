@@ -5,8 +5,7 @@ budget) unloads a model there and nowhere else."""
 
 from __future__ import annotations
 
-import sys
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import aiohttp
@@ -15,10 +14,8 @@ import orjson
 import pytest
 
 from corral_devstack.cluster import Cluster
-from corral_devstack.ports import free_port
-from corral_devstack.processes import ServiceProcess
 from corral_emulator import EmulatorControl
-from tests.conftest import Emulator, start_cluster
+from tests.conftest import ClusterFactory, Emulator, start_emulator
 from tests.polling import eventually
 from tests.service_metrics import metric_value
 
@@ -31,30 +28,18 @@ GPU2_MODELS = ("tiny", "qwen2.5:0.5b")
 
 @pytest.fixture(scope="module")
 def second_emulator(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    command = [sys.executable, "-m", "corral_emulator", "--host", "127.0.0.1", "--port", str(port)]
-    log = tmp_path_factory.mktemp("gpu2") / "emulator.log"
-    process = ServiceProcess("emulator-gpu2", command, {}, f"{url}/api/version", log)
-    process.start()
-    process.wait_ready(30)
-    yield url
-    process.stop()
+    emulator = start_emulator(tmp_path_factory.mktemp("gpu2"), "emulator-gpu2")
+    yield emulator.url
+    emulator.process.stop()
 
 
 @pytest.fixture(scope="module")
 def pool_cluster(
-    fresh_broker: Callable[[], str],
-    emulator: Emulator,
-    second_emulator: str,
-    mongo_url: str,
-    tmp_path_factory: pytest.TempPathFactory,
+    new_cluster: ClusterFactory, emulator: Emulator, second_emulator: str
 ) -> Iterator[Cluster]:
-    with start_cluster(
-        fresh_broker(),
-        emulator.url,
-        tmp_path_factory.mktemp("model-pool"),
-        mongo_url=mongo_url,
+    with new_cluster(
+        "model-pool",
+        whole=True,
         CORRAL_BACKENDS=f"gpu1={emulator.url},gpu2={second_emulator}",
         # gpu1 is never full; gpu2 is once both its models are loaded.
         CORRAL_MODEL_MEMORY_BUDGET_BYTES=f"gpu1=1TB,gpu2={GPU2_BUDGET}",
