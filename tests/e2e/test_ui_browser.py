@@ -38,7 +38,7 @@ from selenium.webdriver.support.ui import WebDriverWait
 
 from corral_devstack.cluster import Cluster
 from corral_emulator import EmulatorControl
-from tests.conftest import ClusterFactory
+from tests.conftest import ClusterFactory, Emulator, start_emulator
 from tests.gateway_http import admin_request, bearer, keyed_cluster
 
 pytestmark = pytest.mark.e2e
@@ -117,13 +117,57 @@ def driver(tmp_path_factory: pytest.TempPathFactory) -> Iterator[WebDriver]:
         browser.quit()
 
 
-@pytest.fixture
-async def page(driver: WebDriver, ui_cluster: UiCluster) -> Page:
+async def open_page(driver: WebDriver, gateway_url: str) -> Page:
     """The page opened afresh, no key kept from an earlier test."""
-    await asyncio.to_thread(driver.get, f"{ui_cluster.url}/ui")
+    await asyncio.to_thread(driver.get, f"{gateway_url}/ui")
     await asyncio.to_thread(driver.execute_script, "sessionStorage.clear()")
     await asyncio.to_thread(driver.refresh)
     return Page(driver)
+
+
+@pytest.fixture
+async def page(driver: WebDriver, ui_cluster: UiCluster) -> Page:
+    return await open_page(driver, ui_cluster.url)
+
+
+@pytest.fixture(scope="module")
+def second_emulator(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Emulator]:
+    emulator = start_emulator(tmp_path_factory.mktemp("emulator-y"), "emulator-y")
+    yield emulator
+    emulator.process.stop()
+
+
+@pytest.fixture(scope="module")
+def pool_cluster(
+    new_cluster: ClusterFactory, emulator: Emulator, second_emulator: Emulator
+) -> Iterator[Cluster]:
+    """Two servers (two emulators) behind one scheduler, keys off (loopback only)."""
+    backends = f"x={emulator.url},y={second_emulator.url}"
+    with new_cluster(
+        "ui-pool", CORRAL_BACKENDS=backends, CORRAL_STATUS_INTERVAL_S="0.5"
+    ) as cluster:
+        yield cluster
+
+
+CLICK = "document.querySelector(arguments[0]).click();"
+TEXT_OF = "return document.querySelector(arguments[0]).innerText;"
+CELLS_OF = """
+const row = document.querySelector(arguments[0]);
+return row ? Array.from(row.cells, (cell) => cell.innerText) : [];
+"""
+ROWS_OF = """
+return Array.from(document.querySelectorAll(arguments[0]),
+                  (row) => Array.from(row.cells, (cell) => cell.innerText));
+"""
+WHERE_IS = """
+for (const row of document.querySelectorAll(`tr[data-request-id="${arguments[0]}"][data-state]`)) {
+  if (row.dataset.state === "running") return "running";
+  const shown = row.querySelector("td.position").innerText;
+  if (shown !== row.dataset.position) throw new Error(`${shown} vs ${row.dataset.position}`);
+  return `waiting ${shown}`;
+}
+return null;
+"""
 
 
 class Page:
@@ -146,8 +190,11 @@ class Page:
             state = await asyncio.to_thread(self.text, "main")
             raise AssertionError(f"the page never showed {what}; it shows:\n{state}") from None
 
+    # The page redraws its tables on every snapshot (each second while a job runs), so what is
+    # read of them is read in one script, inside the page: never a stale element.
+
     def text(self, css: str) -> str:
-        return str(self.driver.find_element(By.CSS_SELECTOR, css).text)
+        return str(self.driver.execute_script(TEXT_OF, css))
 
     def visible(self, css: str) -> bool:
         found = self.driver.find_elements(By.CSS_SELECTOR, css)
@@ -155,22 +202,16 @@ class Page:
 
     def where(self, request_id: str) -> str | None:
         """`running`, `waiting 3` or None: the request's row in the lane's tables."""
-        for row in self.driver.find_elements(
-            By.CSS_SELECTOR, f'tr[data-request-id="{request_id}"]'
-        ):
-            state = row.get_attribute("data-state")
-            if state == "running":
-                return "running"
-            if state == "waiting":
-                shown = row.find_element(By.CSS_SELECTOR, "td.position").text
-                assert shown == row.get_attribute("data-position")
-                return f"waiting {shown}"
-        return None
+        where: str | None = self.driver.execute_script(WHERE_IS, request_id)
+        return where
 
     def cells(self, row_css: str) -> list[str]:
         """The texts of the first row's cells that `row_css` finds (none: no such row)."""
-        rows = self.driver.find_elements(By.CSS_SELECTOR, row_css)
-        return [cell.text for cell in rows[0].find_elements(By.TAG_NAME, "td")] if rows else []
+        return [str(text) for text in self.driver.execute_script(CELLS_OF, row_css)]
+
+    def rows(self, row_css: str) -> list[list[str]]:
+        """The texts of the cells of every row `row_css` finds."""
+        return [[str(t) for t in row] for row in self.driver.execute_script(ROWS_OF, row_css)]
 
     def recent(self, request_id: str) -> list[str] | None:
         """The cells of the request's row among the recent requests, if it is there."""
@@ -190,7 +231,8 @@ class Page:
         await asyncio.to_thread(enter, self.driver)
 
     async def click(self, css: str) -> None:
-        await asyncio.to_thread(lambda: self.driver.find_element(By.CSS_SELECTOR, css).click())
+        # In the page, as one step: the button may be redrawn at any moment.
+        await asyncio.to_thread(self.driver.execute_script, CLICK, css)
 
     async def lane_state(self, state: str) -> None:
         await self.until(lambda d: self.text("#lane-state") == state, f"the lane {state}")
@@ -262,8 +304,8 @@ async def test_the_page_follows_the_lane(
         await page.until(lambda d: page.recent("ui-alice-4") is not None, "the cancel in recent")
         assert page.recent("ui-alice-4")[4].startswith("499")  # type: ignore[index]
         # Per caller.
-        callers = page.text("#callers tbody")
-        assert "bob 1 0" in callers and "alice 0 3" in callers, callers
+        callers = page.rows("#callers tbody tr")
+        assert sorted(callers) == [["alice", "0", "3"], ["bob", "1", "0"]], callers
 
         # Paused from the page: the running request finishes, and nothing else starts.
         await page.click("#pause")
@@ -306,6 +348,59 @@ async def test_the_page_follows_the_lane(
     assert latency.endswith(" s") and waited.endswith(" s")
     assert int(tokens) == answers["ui-alice-3"][1]["eval_count"] and float(rate) > 0
     # The tokens per second drawn, and the model loaded.
-    assert page.driver.find_element(By.CSS_SELECTOR, "#sparkline polyline").get_attribute("points")
+    assert page.driver.execute_script(
+        "return document.querySelector('#sparkline polyline').getAttribute('points')"
+    )
     assert "llama3.2" in page.text("#models tbody")
     assert shot.stat().st_size > 10_000
+
+
+async def test_a_pool_shows_each_server_running_its_own(
+    driver: WebDriver,
+    pool_cluster: Cluster,
+    emu: EmulatorControl,
+    second_emulator: Emulator,
+) -> None:
+    page = await open_page(driver, pool_cluster.gateway_url)
+    # Keys off: the lane at once, buttons included.
+    await page.until(lambda d: page.visible("#controls"), "the lane's buttons without a key")
+    assert not page.visible("#key-form")
+    async with EmulatorControl(second_emulator.url) as y, aiohttp.ClientSession() as session:
+        await y.reset()
+        servers = {"x": emu, "y": y}
+        for control in servers.values():
+            await control.hold()
+
+        async def chat(request_id: str) -> int:
+            body = {"model": "llama3.2", "messages": [{"role": "user", "content": request_id}]}
+            async with session.post(
+                f"{pool_cluster.gateway_url}/api/chat",
+                json={**body, "stream": False},
+                headers={"X-Request-Id": request_id},
+            ) as response:
+                await response.read()
+                return response.status
+
+        sent = [asyncio.create_task(chat(f"ui-pool-{n}")) for n in range(3)]
+        try:
+            for control in servers.values():
+                await control.wait(held=1)
+            # One request running on each server, the third waiting for whichever frees first.
+            await page.until(
+                lambda d: len(page.rows('#running tr[data-state="running"]')) == 2,
+                "two requests running",
+            )
+            await page.until(lambda d: page.visible("#servers-section"), "the servers")
+            running = {row[0]: row[3] for row in page.rows('#running tr[data-state="running"]')}
+            assert sorted(running.values()) == ["x", "y"], running
+            for name in ("x", "y"):
+                cells = page.cells(f'#servers tr[data-server="{name}"]')
+                assert cells[0] == name and cells[2] == "up", cells
+                assert running[cells[3]] == name, (cells, running)
+            [waiting] = set(f"ui-pool-{n}" for n in range(3)) - set(running)
+            await page.shows(waiting, "waiting 1")
+        finally:
+            for control in servers.values():
+                await control.release()
+        assert await asyncio.gather(*sent) == [200, 200, 200]
+    await page.lane_state("idle")
