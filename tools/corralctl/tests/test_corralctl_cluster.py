@@ -102,14 +102,14 @@ async def test_status_shows_health_and_each_schedulers_lane(ops: Ops) -> None:
     anonymous = await corralctl(ops, "status", key=None)
     assert anonymous.code == 0
     assert "SCHEDULER" not in anonymous.out
-    assert "need an admin key (401)" in anonymous.err
+    assert anonymous.err.startswith("corralctl: no lane details: 401 unauthorized: ")
 
 
 async def test_refusals_exit_non_zero_with_the_servers_words(ops: Ops) -> None:
     missing = await corralctl(ops, "queue", "list", key=None)
     assert missing.code == 1
     assert missing.out == ""
-    assert missing.err.startswith("corralctl: error: 401 ")
+    assert missing.err.startswith("corralctl: error: 401 unauthorized: an API key is required")
     assert "CORRAL_API_KEY" in missing.err
     user = await new_user_key(ops, "refused")
     forbidden = await corralctl(ops, "queue", "list", key=user["key"])

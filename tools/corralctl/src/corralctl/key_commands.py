@@ -23,11 +23,21 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     listing.add_argument("--limit", type=int, default=100, help="how many (1-500)")
     listing.set_defaults(run=keys_list)
     create = keys.add_parser("create", help="create a key (shown this once)")
-    create.add_argument("--scope", choices=("user", "admin"), default="user")
+    create.add_argument(
+        "--scope", choices=("user", "admin"), default="user", help="default: %(default)s"
+    )
     create.add_argument("--label", help="what it is for (shown in lists)")
-    create.add_argument("--owner", help="whose conversations it reads (default: its own id)")
-    create.add_argument("--expires", help="when it stops working: an RFC 3339 time")
-    create.add_argument("--max-priority", choices=PRIORITIES)
+    create.add_argument(
+        "--owner",
+        help="whose it is: keys of one owner share conversations, limits and queue turn "
+        "(default: the key is its own owner)",
+    )
+    create.add_argument(
+        "--expires", help="when it stops working: an RFC 3339 time (2030-01-31T00:00:00Z)"
+    )
+    create.add_argument(
+        "--max-priority", choices=PRIORITIES, help="the highest priority its requests may ask"
+    )
     create.add_argument(
         "--limit",
         dest="limits",
