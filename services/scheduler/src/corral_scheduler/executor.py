@@ -3,7 +3,9 @@ running it through the server's backend, and acking it.
 
 This is the only code that sends work to a backend, and each server's loop awaits its job to
 its end (including closing the upstream response when cancelled) before taking the next, which
-is what makes every server see at most one generation at a time. The lane's state (the running
+is what makes every server see at most one generation at a time. A finished job's `done` and
+ack go out in a task of their own once its backend response is closed, so the server's next job
+does not wait for the broker (`_settle`; docs/reliability.md). The lane's state (the running
 jobs, the loaded models, the connection epoch) is the lane's (lane.py); a backend is whatever
 implements `backends.base.Backend`.
 
@@ -64,6 +66,8 @@ DEADLINE_PASSED = "request deadline passed"
 # A server out of rotation is probed after this, doubling up to the cap, until it answers.
 PROBE_FIRST_S = 0.5
 PROBE_MAX_S = 5.0
+# How long stopping waits for finished jobs' events and acks to go out.
+SETTLE_ON_STOP_S = 5.0
 
 
 class _FailOver(Exception):
@@ -103,12 +107,20 @@ class Executor:
         self.backends = backends
         self.sink = sink
         self.speeds = speeds
+        # Finished jobs whose done is being published and delivery acked (`_settle`).
+        self._settling: set[asyncio.Task[None]] = set()
 
     async def run_forever(self) -> None:
         """Every server's loop; one failing ends them all (and the service: app.py)."""
-        async with asyncio.TaskGroup() as group:
-            for server in self.lane.servers.values():
-                group.create_task(self.serve(server), name=f"server-{server.name}")
+        try:
+            async with asyncio.TaskGroup() as group:
+                for server in self.lane.servers.values():
+                    group.create_task(self.serve(server), name=f"server-{server.name}")
+        finally:
+            # Finished jobs still being published get their moment (a publish is bounded by
+            # the broker's confirm timeout); an unacked one returns to the queue.
+            if self._settling:
+                await asyncio.wait(set(self._settling), timeout=SETTLE_ON_STOP_S)
 
     async def serve(self, server: Server) -> None:
         """One server's loop: its next job, run to its end, then the next."""
@@ -244,6 +256,8 @@ class Executor:
             try:
                 outcome = await self._traced(running)
                 metrics.JOBS.labels(outcome).inc()
+                if outcome == "done":
+                    return  # its settling acks it (`_settle`)
             except _FailOver:
                 metrics.SERVER_FAILOVERS.labels(server.name).inc()
                 log.warning("backend server not answering; out of rotation, job moved")
@@ -299,7 +313,7 @@ class Executor:
                 # The backend's part is over: its answer goes out whole, not cut by a
                 # deadline passing while it is being published.
                 running.deadline_timer.cancel()
-            await self.sink.send(job, done)
+            self._settle_later(running.entry, done, batcher if job.kind in STREAMED_KINDS else None)
             return "done"
         except asyncio.CancelledError:
             await batcher.abort()
@@ -404,7 +418,6 @@ class Executor:
                 text.append(str(part.get("content") or ""))
                 thinking.append(str(part.get("thinking") or ""))
                 tool_calls.extend(part.get("tool_calls") or [])
-        batches = await batcher.close()
         self.lane.set_loaded(
             running.server, None if final.get("done_reason") == "unload" else job.model
         )
@@ -412,7 +425,8 @@ class Executor:
         return Done(
             request_id=job.request_id,
             gateway_id=job.gateway_id,
-            token_batches=batches,
+            # Counted when the last batch is out (`_settle`).
+            token_batches=0,
             final=final,
             text="".join(text),
             thinking="".join(thinking),
@@ -426,6 +440,29 @@ class Executor:
             owner=job.owner,
             metadata=job.metadata,
         )
+
+    def _settle_later(self, entry: Entry, done: Done, batcher: TokenBatcher | None) -> None:
+        task = asyncio.create_task(self._settle(entry, done, batcher), name="settle")
+        self._settling.add(task)
+        task.add_done_callback(self._settling.discard)
+
+    async def _settle(self, entry: Entry, done: Done, batcher: TokenBatcher | None) -> None:
+        """A finished job's last token batches and its `done` published, then its delivery
+        acked, while its server already runs the next job: the backend's response is closed
+        before this starts, so the server is never asked for two at once, and the job is acked
+        no later than if the server had waited (docs/reliability.md, "Settling off the lane").
+        A failure here is the job's alone, as it was before."""
+        try:
+            if batcher is not None:
+                done = done.model_copy(update={"token_batches": await batcher.close()})
+            await self.sink.send(entry.job, done)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            log.exception("publishing a finished job failed", request_id=clip(entry.request_id))
+            await self._fail(entry, exc)
+            return
+        await self._ack(entry)
 
     async def _settle_after_takeover(self, entry: Entry) -> None:
         """A redelivered job may have been running on a scheduler that just died. The backend
