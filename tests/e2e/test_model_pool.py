@@ -17,7 +17,7 @@ from corral_devstack.cluster import Cluster
 from corral_emulator import EmulatorControl
 from tests.conftest import ClusterFactory, Emulator, start_emulator
 from tests.polling import eventually
-from tests.service_metrics import metric_value
+from tests.service_metrics import metric_value, metrics_url
 
 pytestmark = pytest.mark.e2e
 
@@ -173,6 +173,14 @@ async def test_memory_is_measured_on_each_server_against_its_budget(
     assert await metric_value(pool_cluster, gpu1, "model-manager") == pytest.approx(
         100 * 2_019_393_189 / 10**12, rel=1e-3
     )
+    # The model manager's /health shows each server as the last check found it.
+    health_url = metrics_url(pool_cluster, "model-manager").removesuffix("/metrics") + "/health"
+    async with aiohttp.ClientSession() as session, session.get(health_url) as response:
+        servers = {server["name"]: server for server in (await response.json())["servers"]}
+    assert servers["gpu2"]["loaded"] == ["tiny:latest"]
+    assert servers["gpu2"]["budget_bytes"] == GPU2_BUDGET
+    assert servers["gpu2"]["memory_percent"] == round(100 * 16_777_216 / GPU2_BUDGET, 1)
+    assert servers["gpu1"]["loaded"] == ["llama3.2:latest"]
 
 
 async def test_pressure_on_one_server_unloads_there_and_nowhere_else(

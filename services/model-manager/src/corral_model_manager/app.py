@@ -15,6 +15,7 @@ from corral_common.broker import Broker
 from corral_common.dead_letters import open_dead_letters, publish_job
 from corral_common.messages import Job
 from corral_common.ops import add_ops_routes
+from corral_common.redaction import redact_url
 from corral_common.rpc import RpcServer
 from corral_common.status_board import StatusBoard
 from corral_common.supervision import Task, supervised
@@ -204,10 +205,23 @@ def create_app(
 
     async def health() -> dict[str, Any]:
         broker_ok = BROKER in app and app[BROKER].connected
+        seen = app[UNLOADER].seen if UNLOADER in app else {}
+        servers = [
+            {
+                "name": server.name,
+                "kind": server.kind,
+                "url": redact_url(server.url),
+                **seen.get(server.name, {}),
+            }
+            for server in settings.backend_servers()
+        ]
         return {
             "service": SERVICE,
             "status": "healthy" if broker_ok else "unhealthy",
             "broker": {"connected": broker_ok},
+            # Each model server as the last unload check found it (models loaded, their size,
+            # memory use against the budget; docs/models.md).
+            "servers": servers,
         }
 
     add_ops_routes(app, health, ready)

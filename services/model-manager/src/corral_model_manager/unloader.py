@@ -200,6 +200,8 @@ class Unloader:
         # `Job.server`): a model whose use no scheduler reports counts as used then, never as
         # idle since forever.
         self._first_seen: dict[str | None, dict[str, float]] = {}
+        # What the last check found on each server, by name (for /health).
+        self.seen: dict[str, dict[str, Any]] = {}
         # Answers handled so far, so a caller can wait for one on the broker's schedule.
         self.answers_handled = 0
         self._answer_handled = asyncio.Event()
@@ -234,6 +236,7 @@ class Unloader:
         for server in servers:
             if server.error is not None:
                 log.info("loaded models unknown", server=server.server, error=server.error.message)
+                self.seen[server.server] = {"error": server.error.message, "at": self._clock()}
         answered = [server for server in servers if server.error is None]
         if not answered:
             return None
@@ -264,10 +267,19 @@ class Unloader:
             del first_seen[key]  # unloaded: a reload starts its idle time afresh
         for key in keys:
             first_seen.setdefault(key, now)
-        percent = server_memory_percent(server, self.policy.budget(server.server), host_percent)
-        metrics.SERVER_LOADED_BYTES.labels(server.server).set(loaded_bytes(server.models))
+        budget = self.policy.budget(server.server)
+        percent = server_memory_percent(server, budget, host_percent)
+        size = loaded_bytes(server.models)
+        metrics.SERVER_LOADED_BYTES.labels(server.server).set(size)
         if percent is not None:
             metrics.SERVER_MEMORY.labels(server.server).set(percent)
+        self.seen[server.server] = {
+            "loaded": sorted(loaded),
+            "loaded_bytes": size,
+            "budget_bytes": budget,
+            "memory_percent": None if percent is None else round(percent, 1),
+            "at": now,
+        }
         return plan_unloads(
             loaded,
             statuses,
