@@ -1,51 +1,53 @@
 """Prometheus alert rules (deploy/prometheus/alerts.yml) and scrape config, checked by promtool:
 the rules parse, their unit tests (alerts_test.yml) pass, and every alert has a unit test.
 
-promtool comes with Debian's `prometheus` package (`make deploy-tools`); without it these tests
-skip, except under CI, where they must run.
+promtool comes with Debian's `prometheus` package (`make deploy-tools`); without it the promtool
+tests skip, except under CI, where they fail.
 """
 
 from __future__ import annotations
 
-import os
 import shutil
-import subprocess
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 import yaml
 
+from tests.deploy.conftest import run, unavailable
+
 PROMETHEUS_DIR = Path(__file__).resolve().parents[2] / "deploy" / "prometheus"
-PROMTOOL = shutil.which("promtool")
 
-if PROMTOOL is None and os.environ.get("CI"):
-    pytest.fail("CI must check the alert rules: promtool is missing", pytrace=False)
-pytestmark = pytest.mark.skipif(
-    PROMTOOL is None, reason="promtool is not installed (apt-get install prometheus)"
-)
+Promtool = Callable[..., str]
 
 
-def promtool(*args: str) -> str:
-    assert PROMTOOL is not None
-    done = subprocess.run(
-        [PROMTOOL, *args], cwd=PROMETHEUS_DIR, capture_output=True, text=True, timeout=60
-    )
-    output = done.stdout + done.stderr
-    assert done.returncode == 0, f"promtool {' '.join(args)} failed:\n{output}"
-    return output
+@pytest.fixture(scope="module")
+def promtool() -> Promtool:
+    """Runs promtool in deploy/prometheus; its output, once it has succeeded."""
+    path = shutil.which("promtool")
+    if path is None:
+        unavailable("promtool is not installed (make deploy-tools: apt-get install prometheus)")
+
+    def promtool(*args: str) -> str:
+        done = run([path, *args], cwd=PROMETHEUS_DIR, timeout=60)
+        output = done.stdout + done.stderr
+        assert done.returncode == 0, f"promtool {' '.join(args)} failed:\n{output}"
+        return output
+
+    return promtool
 
 
-def test_alert_rules_parse() -> None:
+def test_alert_rules_parse(promtool: Promtool) -> None:
     assert "SUCCESS" in promtool("check", "rules", "alerts.yml")
 
 
-def test_scrape_config_parses() -> None:
+def test_scrape_config_parses(promtool: Promtool) -> None:
     """Syntax only: the gateway's credentials file is compose's secret, absent here
     (tests/deploy/test_dashboards.py runs the config for real with a key file of its own)."""
     assert "SUCCESS" in promtool("check", "config", "--syntax-only", "prometheus.yml")
 
 
-def test_alert_rules_unit_tests_pass() -> None:
+def test_alert_rules_unit_tests_pass(promtool: Promtool) -> None:
     assert "SUCCESS" in promtool("test", "rules", "alerts_test.yml")
 
 

@@ -16,7 +16,6 @@ import asyncio
 import importlib.util
 import json
 import math
-import os
 import re
 import shutil
 import subprocess
@@ -37,13 +36,13 @@ from corral_devstack.cluster import Cluster
 from corral_devstack.ports import free_port
 from corral_emulator import EmulatorControl
 from tests.conftest import ClusterFactory
+from tests.deploy.conftest import unavailable
 from tests.gateway_http import call, create_user_key, keyed_cluster
 from tests.polling import eventually, until
 
 ROOT = Path(__file__).resolve().parents[2]
 GRAFANA_DIR = ROOT / "deploy" / "grafana"
 PROMETHEUS_DIR = ROOT / "deploy" / "prometheus"
-PROMETHEUS = shutil.which("prometheus")
 
 SCRAPE_S = 1
 # What Grafana puts in for its variables, with a 1 s scrape interval: $__rate_interval is
@@ -152,12 +151,6 @@ def test_dashboards_use_the_provisioned_datasource_and_cover_the_issue() -> None
 
 # -- live: Prometheus scraping a cluster --------------------------------------------------------
 
-live = pytest.mark.skipif(
-    PROMETHEUS is None, reason="Prometheus is not installed (apt-get install prometheus)"
-)
-if PROMETHEUS is None and os.environ.get("CI"):
-    pytest.fail("CI must check the dashboards: Debian's prometheus is missing", pytrace=False)
-
 
 @dataclass(frozen=True)
 class Watched:
@@ -168,8 +161,17 @@ class Watched:
     user: str
 
 
+@pytest.fixture(scope="session")  # session: set up before the session's broker and database
+def prometheus_binary() -> str:
+    path = shutil.which("prometheus")
+    if path is None:
+        unavailable("Prometheus is not installed (make deploy-tools: apt-get install prometheus)")
+    return path
+
+
 @pytest.fixture(scope="module")
-def watched(new_cluster: ClusterFactory) -> Iterator[Watched]:
+def watched(prometheus_binary: str, new_cluster: ClusterFactory) -> Iterator[Watched]:
+    """Asks for Prometheus first: a machine without it starts no cluster."""
     with keyed_cluster(
         new_cluster, "dashboards", CORRAL_HEARTBEAT_S="1", CORRAL_STATUS_INTERVAL_S="0.5"
     ) as (cluster, admin):
@@ -210,8 +212,9 @@ def scrape_config(cluster: Cluster, key_file: Path) -> dict[str, Any]:
 
 
 @pytest.fixture(scope="module")
-def prometheus_url(watched: Watched, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    assert PROMETHEUS is not None
+def prometheus_url(
+    prometheus_binary: str, watched: Watched, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[str]:
     workdir = tmp_path_factory.mktemp("prometheus")
     key_file = workdir / "corral_admin_key"
     key_file.write_text(watched.admin + "\n")
@@ -222,7 +225,7 @@ def prometheus_url(watched: Watched, tmp_path_factory: pytest.TempPathFactory) -
     with log.open("wb") as out:
         process = subprocess.Popen(
             [
-                PROMETHEUS,
+                prometheus_binary,
                 f"--config.file={config}",
                 f"--storage.tsdb.path={workdir / 'data'}",
                 f"--web.listen-address=127.0.0.1:{port}",
@@ -362,7 +365,6 @@ async def declared_metrics(watched: Watched) -> set[str]:
     return declared
 
 
-@live
 @pytest.mark.e2e
 async def test_every_panel_query_returns_data(
     watched: Watched, prom: Prom, emu: EmulatorControl
