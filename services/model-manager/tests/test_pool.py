@@ -14,13 +14,24 @@ import pytest
 
 from corral_common.backend_servers import BackendServer
 from corral_common.errors import CorralError
-from corral_common.messages import BackendStatus, Job, ModelActivity, QueueStatus, SchedulerStatus
+from corral_common.messages import (
+    EVENT_ADAPTER,
+    BackendStatus,
+    Event,
+    Failed,
+    Job,
+    ModelActivity,
+    Progress,
+    QueueStatus,
+    SchedulerStatus,
+)
 from corral_common.status_board import StatusBoard
 from corral_devstack.ports import free_port
 from corral_emulator import DEFAULT_MODELS, EmulatorConfig, RunningEmulator, running_emulator
 from corral_emulator.registry import MANIFEST_NOT_FOUND
 from corral_model_manager.blob_uploads import BlobUploads
 from corral_model_manager.jobs import JobSubmitter
+from corral_model_manager.operations import ModelOperation, ModelOperations, Watcher
 from corral_model_manager.servers import (
     FINISHED_ON,
     ModelServers,
@@ -207,6 +218,40 @@ async def test_a_pull_that_fails_on_one_server_goes_on_and_then_fails_naming_it(
     assert seen[-1] == {"status": f"failed on bare: {MANIFEST_NOT_FOUND}", "server": "bare"}
     assert {"status": "success"} not in seen
     assert gpu1.state.catalogue.find("all-minilm") is not None
+
+
+async def test_a_pool_pull_as_an_operation_tells_watchers_and_refreshes_after_a_failure(
+    open_pool: OpenPool, gpu1: RunningEmulator
+) -> None:
+    async with running_emulator(EmulatorConfig(models=(), registry=())) as bare:
+        pool = open_pool(gpu1=gpu1.url, bare=bare.url)
+        events: list[Event] = []
+        changed: list[tuple[str, str]] = []
+
+        async def publish(_: str, body: bytes) -> None:
+            events.append(EVENT_ADAPTER.validate_json(body))
+
+        async def after(operation: ModelOperation) -> None:
+            changed.append((operation.model, operation.state))
+
+        operations = ModelOperations(
+            pool, publish, interval_s=0.0, on_success=after, on_failure=after
+        )
+        operations.pull("all-minilm", Watcher(gateway_id="gw", request_id="r1"))
+        await operations.settled()
+    *progress, failed = events
+    assert isinstance(failed, Failed)
+    assert (failed.status, failed.message) == (500, f"bare: {MANIFEST_NOT_FOUND}")
+    assert all(isinstance(e, Progress) and not e.final for e in progress)
+    lines = [e.line for e in progress if isinstance(e, Progress)]
+    assert {"status": FINISHED_ON.format(server="gpu1"), "server": "gpu1"} in lines
+    # Every gpu1 layer was seen complete before bare's part began.
+    gpu1_layers = {line["digest"]: line for line in lines if "digest" in line}
+    assert gpu1_layers and all(line["completed"] == line["total"] for line in gpu1_layers.values())
+    # The list is fetched again: all-minilm is on gpu1 now.
+    assert changed == [("all-minilm", "error")]
+    [pull] = operations.pulls()
+    assert (pull["state"], pull["server"]) == ("error", "bare")
 
 
 async def test_deletes_and_copies_go_where_the_model_is(
