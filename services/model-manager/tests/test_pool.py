@@ -152,6 +152,11 @@ async def test_a_server_that_does_not_answer_is_left_out_until_none_does(
     pool = open_pool(gpu1=gpu1.url, gone=dead)
     assert sorted(names(await pool.tags())) == ["llama3.2:latest", "tiny:latest"]
     assert (await pool.running())["models"] == []
+    # A server that answered once and then went away keeps its models in the list.
+    async with running_emulator(models("qwen2.5:0.5b")) as briefly:
+        away = open_pool(gpu1=gpu1.url, away=briefly.url)
+        assert "qwen2.5:0.5b" in names(await away.tags())
+    assert "qwen2.5:0.5b" in names(await away.tags())
     nobody = open_pool(gone=dead, also=f"http://127.0.0.1:{free_port()}")
     with pytest.raises(CorralError) as info:
         await nobody.tags()

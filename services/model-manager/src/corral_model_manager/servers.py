@@ -135,6 +135,8 @@ class ModelServers:
         # Where each model was listed by the last `/api/tags` (canonical name -> servers), so
         # metadata is asked first of a server that has it.
         self._where: dict[str, list[str]] = {}
+        # Each server's last `/api/tags` answer.
+        self._last_tags: dict[str, Any] = {}
 
     @property
     def names(self) -> list[str]:
@@ -147,10 +149,22 @@ class ModelServers:
     # -- read-only ---------------------------------------------------------------------------
 
     async def tags(self) -> Any:
-        """`/api/tags`: the one server's answer, or the pool's union."""
+        """`/api/tags`: the one server's answer, or the pool's union. A pool server that does
+        not answer counts with its last list, so a server briefly away does not turn its
+        models into 404s (the lane answers for them: 503 while no server can run them)."""
         if not self.pooled:
             return await self.servers[0].catalogue.tags()
-        answers = await self._each(lambda server: server.catalogue.tags())
+
+        async def listed(server: ModelServer) -> Any:
+            answer = await server.catalogue.tags()
+            self._last_tags[server.name] = answer
+            return answer
+
+        fresh = {server.name: answer for server, answer in await self._each(listed)}
+        answers = [
+            (server, fresh.get(server.name, self._last_tags.get(server.name)))
+            for server in self.servers
+        ]
         merged: dict[str, dict[str, Any]] = {}
         where: dict[str, list[str]] = {}
         for server, answer in answers:
