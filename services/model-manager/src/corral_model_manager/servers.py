@@ -138,10 +138,6 @@ class ModelServers:
         # Each server's last `/api/tags` answer.
         self._last_tags: dict[str, Any] = {}
 
-    @property
-    def names(self) -> list[str]:
-        return [server.name for server in self.servers]
-
     def target(self, server: ModelServer) -> str | None:
         """`Job.server` for a job that must run on `server` (None: the one server)."""
         return server.name if self.pooled else None
