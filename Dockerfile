@@ -1,10 +1,11 @@
 # One image for every Corral service: `corral SERVICE` (or CORRAL_SERVICE, from the SERVICE build
 # argument) picks gateway, scheduler, session-store or model-manager.
 #
-# The build context holds a wheelhouse made from the workspace lock (dist/image/wheels, written
-# by deploy/compose/build-images.sh, which `make images` runs): the workspace's own wheels
-# (`uv build --all-packages --wheel`) and every locked dependency as a binary wheel
-# (`uv export --frozen --no-dev --no-emit-workspace` then `pip download --only-binary=:all:`).
+# The build context holds a wheelhouse made from the workspace lock (dist/image, written by
+# deploy/compose/build-images.sh, which `make images` runs): the workspace's own wheels in
+# dist/image/corral (`uv build --all-packages --wheel`) and every locked dependency as a binary
+# wheel in dist/image/deps (`uv export --frozen --no-dev --no-emit-workspace`, then
+# `pip download --only-binary=:all:`).
 # The image installs only from it (`--no-index`, hashes required), so it needs no network, no
 # compiler and no uv, and holds exactly the versions uv.lock names.
 #
@@ -18,29 +19,32 @@
 ARG BASE_IMAGE=docker.io/library/python:3.11-slim-bookworm
 
 # ---------------------------------------------------------------------------------------------
-# A virtual environment with the services, installed from the wheelhouse alone.
-FROM ${BASE_IMAGE} AS venv
-COPY dist/image/wheels /wheels
+# A virtual environment with the services' dependencies, installed from the wheelhouse alone. A
+# layer of its own, so a change to Corral's code reinstalls only Corral's wheels.
+FROM ${BASE_IMAGE} AS deps
+COPY dist/image/deps /wheels
 RUN python3 -m venv /opt/corral \
     && /opt/corral/bin/pip install --no-cache-dir --no-index --find-links /wheels \
-        --require-hashes -r /wheels/services.txt \
-    && /opt/corral/bin/pip install --no-cache-dir --no-index --no-deps \
-        /wheels/corral_common-*.whl /wheels/corral_gateway-*.whl \
-        /wheels/corral_scheduler-*.whl /wheels/corral_model_manager-*.whl \
-        /wheels/corral_session_store-*.whl
+        --require-hashes -r /wheels/services.txt
 
-# The services' environment without the installer.
-FROM venv AS services-venv
-RUN /opt/corral/bin/python -m pip uninstall --yes --quiet pip setuptools
+# The services, without the installer.
+FROM deps AS services-venv
+COPY dist/image/corral /corral-wheels
+RUN /opt/corral/bin/pip install --no-cache-dir --no-index --no-deps \
+        /corral-wheels/corral_common-*.whl /corral-wheels/corral_gateway-*.whl \
+        /corral-wheels/corral_scheduler-*.whl /corral-wheels/corral_model_manager-*.whl \
+        /corral-wheels/corral_session_store-*.whl \
+    && /opt/corral/bin/python -m pip uninstall --yes --quiet pip setuptools
 
 # The same plus the local stand-ins: the Ollama emulator and SecantusDB (a MongoDB-protocol
 # server, GPL-2.0-only, run as its own process) for the compose check where neither Ollama nor
 # MongoDB images can be had. Never part of the services' image.
-FROM venv AS standins-venv
+FROM deps AS standins-venv
 RUN /opt/corral/bin/pip install --no-cache-dir --no-index --find-links /wheels \
-        --require-hashes -r /wheels/standins.txt \
-    && /opt/corral/bin/pip install --no-cache-dir --no-index --no-deps \
-        /wheels/corral_emulator-*.whl \
+        --require-hashes -r /wheels/standins.txt
+COPY dist/image/corral /corral-wheels
+RUN /opt/corral/bin/pip install --no-cache-dir --no-index --no-deps \
+        /corral-wheels/corral_common-*.whl /corral-wheels/corral_emulator-*.whl \
     && /opt/corral/bin/python -m pip uninstall --yes --quiet pip setuptools
 
 # ---------------------------------------------------------------------------------------------

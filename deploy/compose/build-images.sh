@@ -3,9 +3,9 @@
 #
 #   deploy/compose/build-images.sh [all|wheels|base|corral|rabbitmq]    (`make images`: all)
 #
-#   wheels    dist/image/wheels: the workspace's wheels (uv build) and every dependency uv.lock
-#             names as a binary wheel (uv export + pip download; skipped while the exported
-#             requirements are unchanged, and pip's own cache serves repeats)
+#   wheels    dist/image/corral: the workspace's wheels (uv build); dist/image/deps: every
+#             dependency uv.lock names as a binary wheel (uv export + pip download; skipped while
+#             the exported requirements are unchanged, and pip's own cache serves repeats)
 #   base      localhost/corral-base:bookworm: Debian bookworm with Python 3.11 made by
 #             debootstrap; the root filesystem is kept in ~/.cache/corral/images and re-imported
 #             from there, so debootstrap runs once per machine
@@ -26,7 +26,8 @@ export PATH="$HOME/.local/bin:$PATH"
 export CONTAINERS_CONF=${CONTAINERS_CONF:-$ROOT/deploy/compose/containers.conf}
 UV=${UV:-uv}
 CACHE=${CORRAL_IMAGE_CACHE:-$HOME/.cache/corral/images}
-WHEELS=dist/image/wheels
+WHEELS=dist/image/deps
+CORRAL_WHEELS=dist/image/corral
 BASE_IMAGE=${CORRAL_BASE_IMAGE:-localhost/corral-base:bookworm}
 CORRAL_IMAGE=${CORRAL_IMAGE:-localhost/corral:latest}
 STANDINS_IMAGE=${CORRAL_STANDINS_IMAGE:-localhost/corral-standins:latest}
@@ -56,9 +57,9 @@ export_requirements() {
 }
 
 wheels() {
-    mkdir -p "$WHEELS"
-    rm -f "$WHEELS"/corral_*.whl "$WHEELS"/corralctl-*.whl
-    "$UV" build --quiet --all-packages --wheel -o "$WHEELS"
+    mkdir -p "$WHEELS" "$CORRAL_WHEELS"
+    rm -f "$CORRAL_WHEELS"/*.whl
+    "$UV" build --quiet --all-packages --wheel -o "$CORRAL_WHEELS"
     export_requirements "$WHEELS/services.txt" "${SERVICES[@]}"
     export_requirements "$WHEELS/standins.txt" "${STANDINS[@]}"
     local stamp
@@ -116,7 +117,9 @@ build() {
 
 corral() {
     base
-    [ -f "$WHEELS/services.txt" ] || wheels
+    if [ ! -f "$WHEELS/services.txt" ] || ! ls "$CORRAL_WHEELS"/corral_common-*.whl >/dev/null 2>&1; then
+        wheels
+    fi
     build --target runtime -t "$CORRAL_IMAGE"
     build --target standins -t "$STANDINS_IMAGE"
 }
