@@ -38,7 +38,10 @@ from selenium.webdriver.support.ui import WebDriverWait
 
 from corral_devstack.cluster import Cluster
 from corral_emulator import EmulatorControl
-from tests.conftest import ClusterFactory, Emulator, start_emulator
+from tests.conftest import ClusterFactory, Emulator
+
+# A pool of two emulators (x and y) behind the whole cluster, keys off: test_pool's fixtures.
+from tests.e2e.test_pool import pool_cluster, second_emulator  # noqa: F401
 from tests.gateway_http import admin_request, bearer, keyed_cluster
 
 pytestmark = pytest.mark.e2e
@@ -128,25 +131,6 @@ async def open_page(driver: WebDriver, gateway_url: str) -> Page:
 @pytest.fixture
 async def page(driver: WebDriver, ui_cluster: UiCluster) -> Page:
     return await open_page(driver, ui_cluster.url)
-
-
-@pytest.fixture(scope="module")
-def second_emulator(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Emulator]:
-    emulator = start_emulator(tmp_path_factory.mktemp("emulator-y"), "emulator-y")
-    yield emulator
-    emulator.process.stop()
-
-
-@pytest.fixture(scope="module")
-def pool_cluster(
-    new_cluster: ClusterFactory, emulator: Emulator, second_emulator: Emulator
-) -> Iterator[Cluster]:
-    """Two servers (two emulators) behind one scheduler, keys off (loopback only)."""
-    backends = f"x={emulator.url},y={second_emulator.url}"
-    with new_cluster(
-        "ui-pool", CORRAL_BACKENDS=backends, CORRAL_STATUS_INTERVAL_S="0.5"
-    ) as cluster:
-        yield cluster
 
 
 CLICK = "document.querySelector(arguments[0]).click();"
@@ -357,15 +341,16 @@ async def test_the_page_follows_the_lane(
 
 async def test_a_pool_shows_each_server_running_its_own(
     driver: WebDriver,
-    pool_cluster: Cluster,
     emu: EmulatorControl,
-    second_emulator: Emulator,
+    pool_cluster: Cluster,  # noqa: F811 (test_pool's fixture, imported above)
+    second_emulator: Emulator,  # noqa: F811
 ) -> None:
-    page = await open_page(driver, pool_cluster.gateway_url)
+    pool, y_server = pool_cluster, second_emulator
+    page = await open_page(driver, pool.gateway_url)
     # Keys off: the lane at once, buttons included.
     await page.until(lambda d: page.visible("#controls"), "the lane's buttons without a key")
     assert not page.visible("#key-form")
-    async with EmulatorControl(second_emulator.url) as y, aiohttp.ClientSession() as session:
+    async with EmulatorControl(y_server.url) as y, aiohttp.ClientSession() as session:
         await y.reset()
         servers = {"x": emu, "y": y}
         for control in servers.values():
@@ -374,7 +359,7 @@ async def test_a_pool_shows_each_server_running_its_own(
         async def chat(request_id: str) -> int:
             body = {"model": "llama3.2", "messages": [{"role": "user", "content": request_id}]}
             async with session.post(
-                f"{pool_cluster.gateway_url}/api/chat",
+                f"{pool.gateway_url}/api/chat",
                 json={**body, "stream": False},
                 headers={"X-Request-Id": request_id},
             ) as response:
