@@ -210,6 +210,22 @@ async def test_a_stream_ends_when_the_gateway_stops(client: Any, feed: LaneFeed)
         assert await response.content.read() == b""
 
 
+async def test_a_status_already_stale_wakes_the_watcher_once(feed: LaneFeed) -> None:
+    assert feed.board is not None
+    old = status(entry("r1", 0)).model_copy(update={"sent_at": time.time() - 100})
+    feed.board.update(old)
+    version = feed.version
+    moment = await feed.board_round(0.0)
+    # Not news (the board does not count it), and the next round waits past it.
+    assert feed.version == version
+    assert moment > old.sent_at
+    fresh = status(entry("r2", 0))
+    feed.board.update(fresh)
+    moment = await feed.board_round(moment)
+    assert feed.version == version + 1
+    assert moment == pytest.approx(fresh.sent_at + 1e-6)
+
+
 class FakeQueue:
     def __init__(self) -> None:
         self.bound: list[str] = []

@@ -53,6 +53,8 @@ class LaneFeed:
         self.recent = RecentRequests()
         self.throughput = Throughput(clock)
         self.board: StatusBoard | None = None
+        self.stale_after_s = 10.0
+        self._seen = 0.0
         self.gateway_id = ""
         self.version = 0
         self.closed = False
@@ -84,9 +86,17 @@ class LaneFeed:
         self.closed = True
         self.changed()
 
-    def attach(self, board: StatusBoard, gateway_id: str, queue: AbstractQueue | None) -> None:
-        """The gateway's status board, its id (the event keys) and the feed's own queue."""
+    def attach(
+        self,
+        board: StatusBoard,
+        gateway_id: str,
+        queue: AbstractQueue | None,
+        stale_after_s: float = 10.0,
+    ) -> None:
+        """The gateway's status board (and when its statuses go stale), the gateway's id (the
+        event keys) and the feed's own queue."""
         self.board = board
+        self.stale_after_s = stale_after_s
         self.gateway_id = gateway_id
         self._queue = queue
 
@@ -97,16 +107,23 @@ class LaneFeed:
 
     async def watch_board(self) -> None:
         """Signal a change for each status the board takes in."""
-        assert self.board is not None
-        latest = 0.0
+        moment = 0.0
         while True:
-            statuses = await self.board.newer_than(latest + 1e-6, STATUS_WAIT_S)
-            newest = max((s.sent_at for s in statuses), default=latest)
-            if newest <= latest:
-                continue
-            latest = newest
+            moment = await self.board_round(moment)
+
+    async def board_round(self, moment: float) -> float:
+        """Wait (bounded) for a status sent at or after `moment`, and signal a change if a fresh
+        one is newer than any seen. Returns the moment to wait from next: just after the newest
+        fresh status, and never before the stale limit, so that a status that came in already
+        stale (its sender's clock far behind) cannot wake the watcher again and again."""
+        assert self.board is not None
+        statuses = await self.board.newer_than(moment, STATUS_WAIT_S)
+        newest = max((s.sent_at for s in statuses), default=0.0)
+        if newest > self._seen:
+            self._seen = newest
             self._remember(statuses)
             self.changed()
+        return max(self._seen + 1e-6, self._clock() - self.stale_after_s)
 
     def _remember(self, statuses: list[SchedulerStatus]) -> None:
         for status in statuses:
@@ -241,7 +258,7 @@ async def feed_ctx(app: web.Application) -> AsyncIterator[None]:
     for kind in FINAL_KINDS:
         await queue.bind(EVENTS_EXCHANGE, event_key(gateway_id, "*", kind))
     await queue.consume(feed.on_message, no_ack=True)
-    feed.attach(gateway.hub.status, gateway_id, queue)
+    feed.attach(gateway.hub.status, gateway_id, queue, gateway.settings.status_stale_s)
     async with supervised(Task("lane feed board watcher", feed.watch_board)):
         yield
     await channel.close()
