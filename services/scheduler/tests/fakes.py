@@ -51,12 +51,21 @@ class FakeBroker:
     def __init__(self) -> None:
         self.events: list[tuple[str, dict[str, Any]]] = []
         self.broken: set[str] = set()
+        # Every message published, by routing key (a gateway's `Positions` included whole).
+        self.published: list[tuple[str, dict[str, Any]]] = []
 
     async def publish_event(self, routing_key: str, body: bytes, *, durable: bool) -> None:
         _, _, request_id, _ = routing_key.split(".")
         if request_id in self.broken:
             raise ValueError("Routing key too long (max 255 bytes)")
-        self.events.append((request_id, orjson.loads(body)))
+        message = orjson.loads(body)
+        self.published.append((routing_key, message))
+        if message["kind"] == "positions":
+            # As the gateway does: each entry is its request's position event.
+            for position in message["positions"]:
+                self.events.append((position["request_id"], position))
+            return
+        self.events.append((request_id, message))
 
     def of(self, request_id: str) -> list[dict[str, Any]]:
         return [event for rid, event in self.events if rid == request_id]

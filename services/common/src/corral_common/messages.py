@@ -86,6 +86,16 @@ class Position(Wire):
     estimated_wait_ms: int
 
 
+class Positions(Wire):
+    """Where every waiting job of one gateway now stands, for those whose place changed: one
+    message per gateway each time the lane moves, instead of one per waiting job, so position
+    traffic grows with the lane's changes, not with the clients waiting. The gateway hands each
+    entry to its request as a `Position` (topology.positions_key)."""
+
+    kind: Literal["positions"] = "positions"
+    positions: list[Position]
+
+
 class Started(Wire):
     """The backend accepted the request (status 200); tokens follow."""
 

@@ -28,6 +28,13 @@ def event_key(gateway_id: str, request_id: str, kind: str) -> str:
     return f"gw.{gateway_id}.{request_id}.{kind}"
 
 
+def positions_key(gateway_id: str) -> str:
+    """Where the lane's position updates for one gateway's jobs go (`Positions`). In the place
+    of a request id it has `_lane`, and no job event has the kind `positions`, so it is never
+    the key of a job's own event."""
+    return f"gw.{gateway_id}._lane.positions"
+
+
 def gateway_queue_name(gateway_id: str) -> str:
     return f"gateway.{gateway_id}"
 

@@ -61,6 +61,7 @@ async def gateway_ctx(app: web.Application) -> AsyncIterator[None]:
         directory.update,
         StoreBoard(settings.status_stale_s),
         on_key_changed=lambda changed: gate.key_changed(changed.key_hash),
+        gateway_id=settings.instance_id,
     )
     broker.on_lost(hub.broker_lost)
     gateway = Gateway(

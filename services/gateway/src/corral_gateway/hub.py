@@ -19,12 +19,20 @@ from aio_pika.abc import AbstractIncomingMessage
 from pydantic import BaseModel, ValidationError
 
 from corral_common.contracts.identity import KEYS_CHANGED_KEY, KeyChanged
-from corral_common.messages import EVENT_ADAPTER, LIVE_KINDS, Event, Failed, ModelList
+from corral_common.messages import (
+    EVENT_ADAPTER,
+    LIVE_KINDS,
+    Event,
+    Failed,
+    ModelList,
+    Positions,
+)
 from corral_common.status_board import StatusBoard, StoreBoard
 from corral_common.topology import (
     MODELS_ROUTING_KEY,
     STATUS_ROUTING_KEY,
     STORE_STATUS_ROUTING_KEY,
+    positions_key,
 )
 
 log = structlog.get_logger(__name__)
@@ -66,6 +74,7 @@ class Hub:
         on_models: Callable[[ModelList], None] = lambda _: None,
         stores: StoreBoard | None = None,
         on_key_changed: Callable[[KeyChanged], None] = lambda _: None,
+        gateway_id: str | None = None,
     ) -> None:
         self._waiting: dict[str, asyncio.Queue[Delivery]] = {}
         self.status = status
@@ -79,6 +88,11 @@ class Hub:
             MODELS_ROUTING_KEY: _reading(ModelList, "model list", on_models),
             KEYS_CHANGED_KEY: _reading(KeyChanged, "key change", on_key_changed),
         }
+        if gateway_id is not None:
+            # The lane's position updates for this gateway's requests, one message for all.
+            self._broadcasts[positions_key(gateway_id)] = _reading(
+                Positions, "position update", self._positions
+            )
         # A job whose request is not waiting here has no client (it left, or was failed when
         # the broker went away and the job came back after): it is cancelled, once.
         self._cancel_stray = cancel_stray
@@ -108,6 +122,13 @@ class Hub:
         except ValidationError:
             log.warning("unreadable event dropped", routing_key=message.routing_key)
             return
+        self._deliver(event)
+
+    def _positions(self, update: Positions) -> None:
+        for position in update.positions:
+            self._deliver(position)
+
+    def _deliver(self, event: Event) -> None:
         queue = self._waiting.get(event.request_id)
         if queue is not None:
             queue.put_nowait(event)

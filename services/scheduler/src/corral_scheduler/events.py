@@ -10,8 +10,8 @@ from typing import Any
 import structlog
 
 from corral_common.broker import Broker, BrokerUnavailable, Unroutable, encode
-from corral_common.messages import FINAL_KINDS, Job, JobEvent
-from corral_common.topology import event_key
+from corral_common.messages import FINAL_KINDS, Job, JobEvent, Position, Positions
+from corral_common.topology import event_key, positions_key
 
 log = structlog.get_logger(__name__)
 
@@ -31,6 +31,24 @@ class EventSink:
             # Nobody is listening for this request any more (its gateway went away); the job's
             # outcome stands, there is just no one to tell.
             log.info("event had no listener", kind=kind)
+
+    async def send_positions(self, gateway_id: str, positions: list[Position]) -> bool:
+        """One gateway's position updates in one transient message; never raises (but for
+        cancellation): False when it could not be published."""
+        key = positions_key(gateway_id)
+        try:
+            await self._broker.publish_event(
+                key, encode(Positions(positions=positions)), durable=False
+            )
+        except Unroutable:
+            log.info("positions had no listener", gateway_id=gateway_id)
+        except BrokerUnavailable as exc:
+            log.warning("positions not published", error=str(exc))
+            return False
+        except Exception:
+            log.exception("positions not published")
+            return False
+        return True
 
     async def reaches_a_listener(self, job: Job, event: JobEvent) -> bool:
         """Publish durably with `mandatory`: False when no queue takes it, meaning the gateway

@@ -1,13 +1,16 @@
 """Keeps every waiting client informed of its position and estimated wait.
 
-Woken whenever the lane moves (admission, start, finish, cancel); sends an update to a job only
-when its position or estimate changed meaningfully, and at most once per interval per job.
+Woken whenever the lane moves (admission, start, finish, cancel); updates a job only when its
+position or estimate changed meaningfully, at most once per interval. The updates of one round
+go out as one `Positions` message per gateway, which tells its own clients: position traffic
+grows with the lane's changes and the gateways, not with the waiting clients.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
+from collections import defaultdict
 
 from corral_common.messages import Position
 from corral_scheduler.events import EventSink
@@ -35,7 +38,7 @@ class PositionBroadcaster:
 
     async def broadcast(self) -> None:
         now = time.monotonic()
-        sends = []
+        by_gateway: dict[str, list[Position]] = defaultdict(list)
         for placed in self.lane.snapshot():
             entry, position, wait_ms = placed.entry, placed.position, placed.wait_ms
             # Position 0 is announced by `started`, once the backend has accepted the job: a
@@ -47,12 +50,13 @@ class PositionBroadcaster:
             ):
                 continue
             entry.told(position, wait_ms, now)
-            event = Position(
-                request_id=entry.request_id, position=position, estimated_wait_ms=wait_ms
+            by_gateway[entry.job.gateway_id].append(
+                Position(request_id=entry.request_id, position=position, estimated_wait_ms=wait_ms)
             )
-            sends.append(self.sink.send_quietly(entry.job, event))
-        if sends:
-            await asyncio.gather(*sends)
+        if by_gateway:
+            await asyncio.gather(
+                *(self.sink.send_positions(gw, updates) for gw, updates in by_gateway.items())
+            )
 
 
 def _is_news(last: tuple[int, int] | None, position: int, wait_ms: int) -> bool:
