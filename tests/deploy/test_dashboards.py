@@ -5,7 +5,8 @@ a loopback port with deploy/prometheus/prometheus.yml (its targets pointed at a 
 a standby scheduler, a 1 s scrape interval, the alert rules loaded), scrapes the cluster while the
 test drives traffic: chats with and without a session, streamed and not, queued behind each
 other, an error, a model unload and load. Every panel's query, with Grafana's variables
-substituted, must then parse and return a number, and every alert rule must evaluate cleanly.
+substituted, must then parse and return a number, and every alert rule must evaluate cleanly;
+two alerts are then raised for real (a dead-lettered job, the standby scheduler killed).
 
 Without the `prometheus` binary (`make deploy-tools`) the live test skips, except under CI.
 """
@@ -27,11 +28,13 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+import aio_pika
 import aiohttp
 import pytest
 import yaml
 
 from corral_common.ids import new_id
+from corral_common.topology import JOBS_EXCHANGE, JOBS_ROUTING_KEY
 from corral_devstack.cluster import Cluster
 from corral_devstack.ports import free_port
 from corral_emulator import EmulatorControl
@@ -434,4 +437,22 @@ async def test_every_panel_query_returns_data(
     ]
     named = {name for expr in exprs for name in re.findall(r"\bcorral_[a-z0-9_]+", expr)}
     assert named - declared - PENDING_METRICS == set(), "queries name series no service exports"
+
+    # Two alerts raised by the real series: a job no scheduler can read is dead-lettered (firing
+    # at once), and the standby scheduler dies (pending: it fires after 5 minutes).
+    connection = await aio_pika.connect(watched.cluster.amqp_url)
+    async with connection:
+        channel = await connection.channel()
+        jobs = await channel.get_exchange(JOBS_EXCHANGE)
+        await jobs.publish(aio_pika.Message(b"not a job"), routing_key=JOBS_ROUTING_KEY)
+    watched.cluster.kill("scheduler-standby")
+    expected = {"CorralJobsDeadLettered": "firing", "CorralSchedulerStandbyMissing": "pending"}
+    raised: dict[str, str] = {}
+
+    async def alerts_raised() -> bool:
+        alerts = (await prom.api("alerts"))["alerts"]
+        raised.update({alert["labels"]["alertname"]: alert["state"] for alert in alerts})
+        return all(raised.get(name) == state for name, state in expected.items())
+
+    await eventually(alerts_raised, 20, f"alerts {expected}")
     print(f"{len(queries)} panel queries checked in {time.time() - started:.1f}s")

@@ -51,6 +51,9 @@ PUBLISHES = Counter(
     "(confirmed, queue_full, unroutable, unavailable)",
     ["outcome"],
 )
+# Every outcome exported from the start at 0, so a first refusal is an increase Prometheus sees.
+for _outcome in ("confirmed", "queue_full", "unroutable", "unavailable"):
+    PUBLISHES.labels(_outcome)
 
 
 class BrokerUnavailable(Exception):

@@ -38,6 +38,10 @@ DEAD_LETTERS = Counter(
     "(delivery_limit, expired, maxlen, rejected)",
     ["reason"],
 )
+# RabbitMQ's reasons exported from the start at 0, so a first dead letter is an increase
+# Prometheus sees (a series born at 1 has no increase).
+for _reason in ("delivery_limit", "expired", "maxlen", "rejected"):
+    DEAD_LETTERS.labels(_reason)
 
 
 def job_headers(job: Job) -> dict[str, Any]:
