@@ -660,7 +660,7 @@ BROKER = Board(
     (
         P(
             "Confirmed publishes",
-            "Durable publishes (jobs, final events, RPC) by the broker's answer, per service.",
+            "Durable publishes (jobs, final events, model operations) by the broker's answer, per service.",
             (
                 Q(
                     f"sum by (job, outcome) (rate(corral_broker_publishes_total[{RATE}]))",
