@@ -660,7 +660,8 @@ BROKER = Board(
     (
         P(
             "Confirmed publishes",
-            "Durable publishes (jobs, final events, model operations) by the broker's answer, per service.",
+            "Durable publishes (jobs, final events, model operations) by the broker's answer, "
+            "per service.",
             (
                 Q(
                     f"sum by (job, outcome) (rate(corral_broker_publishes_total[{RATE}]))",
