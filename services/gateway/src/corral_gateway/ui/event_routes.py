@@ -4,7 +4,8 @@ Asked with `Accept: text/event-stream` (what the page sends), it is a stream of 
 events: a `lane` event with the whole snapshot (`snapshot.lane_snapshot`) at once, then again
 whenever it changes: a scheduler's status arrives (each lane change makes one, and a scheduler
 says its status every few seconds anyway), one of this gateway's requests finishes, or, while a
-job runs or tokens flowed lately, every second (tokens per second). A quiet stream gets an SSE
+job runs or tokens flowed lately, every second (tokens per second); at most one per MIN_GAP_S,
+so a burst of changes is sent as the lane stands after it. A quiet stream gets an SSE
 comment every HEARTBEAT_S, which also notices a page that has gone. Asked otherwise, it answers
 the one snapshot as JSON (scripts, and clients that read a whole answer).
 
@@ -14,6 +15,8 @@ header (fetch, not EventSource, which cannot send one).
 
 from __future__ import annotations
 
+import asyncio
+import time
 from typing import Any
 
 from aiohttp import web
@@ -25,8 +28,11 @@ from corral_gateway.ui.lane_feed import FEED, LaneFeed
 from corral_gateway.ui.snapshot import lane_snapshot
 
 HEARTBEAT_S = 15.0
-# While the lane moves, at most one snapshot per TICK_S for the tokens per second.
+# While the lane moves, a snapshot every TICK_S at least, for the tokens per second.
 TICK_S = 1.0
+# Snapshots at most this often: a burst of lane changes (a hundred requests arriving) is sent
+# as the lane stands after it, not as a hundred snapshots.
+MIN_GAP_S = 0.2
 
 
 def _snapshot(feed: LaneFeed) -> dict[str, Any]:
@@ -53,15 +59,19 @@ async def lane_events(request: web.Request) -> web.StreamResponse:
     )
     await response.prepare(request)
     sent: bytes | None = None
+    sent_at = 0.0
     version = feed.version
     async with feed.watching():
         while not feed.closed:
+            gap = sent_at + MIN_GAP_S - time.monotonic()
+            if gap > 0:
+                await asyncio.sleep(gap)
             snapshot = _snapshot(feed)
             body = jsonutil.dumps(snapshot)
             try:
                 if body != sent:
                     await response.write(b"event: lane\ndata: " + body + b"\n\n")
-                    sent = body
+                    sent, sent_at = body, time.monotonic()
                 else:
                     await response.write(b": keep-alive\n\n")
             except ConnectionError:
