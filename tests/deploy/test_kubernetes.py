@@ -22,15 +22,19 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 import yaml
 from pydantic_settings import BaseSettings
 
+from corral_devstack.ports import free_port
+from corral_devstack.rabbitmq import RabbitNode
 from corral_gateway.settings import GatewaySettings
 from corral_model_manager.settings import ModelManagerSettings
 from corral_scheduler.settings import SchedulerSettings
 from corral_session_store.settings import SessionStoreSettings
-from tests.deploy.conftest import run, uvx_command, uvx_tool_ready
+from tests.deploy.conftest import Images, Podman, run, uvx_command, uvx_tool_ready
+from tests.polling import eventually
 
 ROOT = Path(__file__).resolve().parents[2]
 K8S = ROOT / "deploy" / "k8s"
@@ -583,3 +587,181 @@ def test_prod_secrets_are_documented(rendered: dict[str, Rendered]) -> None:
     for name, keys in referenced_secrets(rendered["prod"]).items():
         assert name in documented, name
         assert keys <= documented[name], (name, keys - documented[name])
+
+
+# --- the pods, run as the manifests say (containers marker: `make check-deploy`) -------------
+
+LIVENESS = ("livenessProbe", "startupProbe")
+
+
+@dataclass
+class Pod:
+    """One Corral container of the dev overlay, run under Podman the way a kubelet would run it."""
+
+    service: str
+    port: int
+    paths: dict[str, str]
+    box: Any
+
+    def url(self, probe: str) -> str:
+        return f"http://127.0.0.1:{self.port}{self.paths[probe]}"
+
+    def running(self) -> bool:
+        wrapped = self.box.get_wrapped_container()
+        wrapped.reload()
+        return bool(wrapped.status == "running")
+
+
+def as_the_kubelet_would(image: str, workload: dict[str, Any], env: Mapping[str, str]) -> Any:
+    """A testcontainers container with the manifest's command, user, read-only root, dropped
+    capabilities, no privilege escalation and its emptyDirs (as tmpfs), on the host's network."""
+    from testcontainers.core.config import testcontainers_config
+    from testcontainers.core.container import DockerContainer
+
+    testcontainers_config.ryuk_disabled = True
+    spec = workload["spec"]["template"]["spec"]
+    (container,) = spec["containers"]
+    pod_security, security = spec["securityContext"], container["securityContext"]
+    volumes = {v["name"]: v for v in spec["volumes"]}
+    tmpfs = {}
+    for mount in container["volumeMounts"]:
+        size = volumes[mount["name"]]["emptyDir"]["sizeLimit"].removesuffix("Mi")
+        # U: owned by the container's user, as fsGroup makes an emptyDir writable to the pod
+        # (podman ignores `mode` on a path the image has).
+        tmpfs[mount["mountPath"]] = f"rw,size={size}m,U"
+    command = [*container["command"], *container.get("args", [])]
+    box = DockerContainer(image).with_command(command[1:])
+    box.with_kwargs(
+        entrypoint=command[:1],
+        network_mode="host",
+        user=f"{pod_security['runAsUser']}:{pod_security['runAsGroup']}",
+        group_add=[str(pod_security["fsGroup"])],
+        read_only=security["readOnlyRootFilesystem"],
+        cap_drop=security["capabilities"]["drop"],
+        security_opt=[] if security["allowPrivilegeEscalation"] else ["no-new-privileges"],
+    )
+    # Options straight into the runtime's mount options (testcontainers passes them as given).
+    box.tmpfs.update(tmpfs)
+    for name, value in env.items():
+        box.with_env(name, value)
+    return box
+
+
+async def status(http: aiohttp.ClientSession, url: str) -> int:
+    try:
+        async with http.get(url, timeout=aiohttp.ClientTimeout(total=3)) as answer:
+            return answer.status
+    except (aiohttp.ClientError, TimeoutError):
+        return 0
+
+
+@pytest.mark.containers
+@pytest.mark.timeout(900)
+@pytest.mark.usefixtures("no_corral_env")
+async def test_the_pods_run_as_the_manifests_say_and_ride_out_a_broker_outage(
+    rendered: dict[str, Rendered],
+    podman: Podman,
+    corral_images: Images,
+    mongo_url: str,
+    emulator: Any,
+) -> None:
+    """The dev overlay's four containers, from the real image, under their security contexts
+    (UID 10001, read-only root with only the emptyDirs writable, no capabilities): each becomes
+    ready. Then the broker goes away: /health turns 503 and /ready fails, while the paths the
+    liveness and startup probes ask keep answering 200, so no pod would be restarted; when the
+    broker is back, every pod is ready again on its own, never having exited."""
+    dev = rendered["dev"]
+    pods: list[Pod] = []
+    with RabbitNode() as broker:
+        try:
+            for service, workload in dev.corral_workloads().items():
+                (container,) = containers(workload)
+                port = free_port()
+                env = {
+                    k: v
+                    for k, v in literal_env(dev, container).items()
+                    if not k.startswith("RABBITMQ_")
+                }
+                # Services on the host's network: loopback and free ports, not the pod's.
+                env |= {
+                    "CORRAL_AMQP_URL": broker.url,
+                    "CORRAL_OLLAMA_URL": emulator.url,
+                    "CORRAL_HEALTH_HOST": "127.0.0.1",
+                    "CORRAL_HEALTH_PORT": str(port),
+                }
+                if service == "gateway":
+                    env |= {"CORRAL_GATEWAY_HOST": "127.0.0.1", "CORRAL_GATEWAY_PORT": str(port)}
+                if service == "session-store":
+                    env |= {"CORRAL_MONGO_URL": mongo_url, "CORRAL_MONGO_DATABASE": "k8s_pods"}
+                paths = {
+                    probe: container[probe]["httpGet"]["path"]
+                    for probe in ("readinessProbe", *LIVENESS)
+                }
+                box = as_the_kubelet_would(corral_images.corral, workload, env)
+                box.start()
+                pods.append(Pod(service, port, paths, box))
+
+            async with aiohttp.ClientSession() as http:
+
+                async def answers(pod: Pod, probe: str, code: int) -> bool:
+                    return await status(http, pod.url(probe)) == code
+
+                for pod in pods:
+                    await eventually(
+                        lambda pod=pod: answers(pod, "readinessProbe", 200),
+                        180,
+                        f"{pod.service} ready under its security context",
+                    )
+                    for probe in LIVENESS:
+                        assert await answers(pod, probe, 200), (pod.service, probe)
+                    # Read-only root: the emptyDirs take writes, the image does not. (Podman's
+                    # Docker API adds tmpfs on /run and /var/tmp to a read-only root, which a
+                    # kubelet would not: those two are not asked about.)
+                    for path, writable in (
+                        ("/tmp", True),
+                        ("/var/lib/corral", True),
+                        ("/opt/corral", False),
+                        ("/etc", False),
+                        ("", False),
+                    ):
+                        probe_write = f"open('{path}/probe', 'w').close()"
+                        done = pod.box.exec(["python", "-c", probe_write])
+                        assert (done.exit_code == 0) is writable, (pod.service, path, done.output)
+
+                broker.stop()
+                for pod in pods:
+                    health = f"http://127.0.0.1:{pod.port}/health"
+                    await eventually(
+                        lambda health=health: broker_seen_down(http, health),
+                        60,
+                        f"{pod.service}'s /health saying the broker is gone",
+                    )
+                    # Not ready: the Service stops sending it traffic. /health says 503 where
+                    # the broker is all it lives on (the session store, still writing to
+                    # MongoDB, says "degraded").
+                    assert not await answers(pod, "readinessProbe", 200), pod.service
+                    # But alive: nothing would restart it.
+                    for probe in LIVENESS:
+                        assert await answers(pod, probe, 200), (pod.service, probe)
+
+                broker.start()
+                for pod in pods:
+                    await eventually(
+                        lambda pod=pod: answers(pod, "readinessProbe", 200),
+                        120,
+                        f"{pod.service} ready again after the broker came back",
+                    )
+                    assert pod.running(), pod.service
+        finally:
+            for pod in pods:
+                pod.box.stop()
+
+
+async def broker_seen_down(http: aiohttp.ClientSession, url: str) -> bool:
+    """Whether the service's /health reports its broker connection lost."""
+    try:
+        async with http.get(url, timeout=aiohttp.ClientTimeout(total=3)) as answer:
+            body = await answer.json()
+    except (aiohttp.ClientError, TimeoutError, ValueError):
+        return False
+    return body.get("broker", {}).get("connected") is False
