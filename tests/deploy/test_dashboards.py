@@ -38,7 +38,7 @@ from corral_common.topology import JOBS_EXCHANGE, JOBS_ROUTING_KEY
 from corral_devstack.cluster import Cluster
 from corral_devstack.ports import free_port
 from corral_emulator import EmulatorControl
-from tests.conftest import ClusterFactory
+from tests.fixtures import ClusterFactory
 from tests.deploy.conftest import unavailable
 from tests.gateway_http import call, create_user_key, keyed_cluster
 from tests.polling import eventually, until
@@ -132,6 +132,9 @@ def test_dashboards_use_the_provisioned_datasource_and_cover_the_issue() -> None
         (GRAFANA_DIR / "provisioning" / "datasources" / "prometheus.yml").read_text()
     )
     uid = datasources["datasources"][0]["uid"]
+    # Grafana's $__rate_interval is right only if it knows Prometheus's scrape interval.
+    scrape = yaml.safe_load((PROMETHEUS_DIR / "prometheus.yml").read_text())["global"]
+    assert datasources["datasources"][0]["jsonData"]["timeInterval"] == scrape["scrape_interval"]
     boards = dashboards()
     assert {board["uid"] for board in boards.values()} == {
         "corral-overview",
