@@ -2,10 +2,12 @@
 `deploy/grafana/dashboards/*.json` (provisioned by `provisioning/dashboards/corral.yml`);
 `--check` only says whether the committed files are what this script makes.
 
-Every panel queries a metric the services export (or the RabbitMQ Prometheus plugin's, where the
-broker is scraped). Panels about events a healthy cluster may never have (dead letters,
-truncations, unloads) end in `or on() vector(0)`, so they show 0 instead of "No data";
-tests/deploy/test_dashboards.py runs every query against a live Prometheus scraping a cluster.
+Every panel queries series the services export (or the RabbitMQ Prometheus plugin's, where the
+broker is scraped); a few are ready for scheduler series still to come and fall back to others
+until then (`or on()`; docs/deploy.md lists them). Panels about events a healthy cluster may never
+have (dead letters, truncations, unloads) end in `or on() vector(0)`, so they show 0 instead of
+"No data". tests/deploy/test_dashboards.py runs every query against a live Prometheus scraping a
+cluster, and checks every Corral series named is one a service declares.
 """
 
 from __future__ import annotations
