@@ -209,6 +209,9 @@ def test_every_container_is_probed_limited_and_locked_down(overlay: Rendered) ->
         name = workload["metadata"]["name"]
         pod = workload["spec"]["template"]["spec"]
         assert pod["automountServiceAccountToken"] is False, name
+        # No Docker-link variables: a Service named `rabbitmq` would otherwise inject
+        # RABBITMQ_PORT=tcp://... into every pod, next to the broker URL's own helpers.
+        assert pod["enableServiceLinks"] is False, name
         sa = overlay.named("ServiceAccount", pod["serviceAccountName"])
         assert sa["automountServiceAccountToken"] is False, name
         pod_security = pod["securityContext"]
