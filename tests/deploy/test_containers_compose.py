@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import secrets
 import subprocess
-import sys
 import time
 import urllib.error
 import urllib.request
@@ -22,10 +21,17 @@ from typing import Any
 import pytest
 
 from corral_devstack.ports import free_port
-from tests.deploy.conftest import ROOT, Images, Podman, run
+from tests.deploy.conftest import (
+    CONTAINER_TEST_TIMEOUT_S,
+    ROOT,
+    Images,
+    Podman,
+    record_timing,
+    run,
+)
 from tests.polling import until
 
-pytestmark = pytest.mark.containers
+pytestmark = [pytest.mark.containers, pytest.mark.timeout(CONTAINER_TEST_TIMEOUT_S)]
 
 LOCAL = ROOT / "deploy" / "compose" / "local.yml"
 CORRAL = ("gateway", "scheduler", "scheduler-standby", "session-store", "model-manager")
@@ -81,10 +87,6 @@ class Stack:
             return 0, str(exc)
 
 
-def report(what: str, seconds: float) -> None:
-    print(f"[deploy timing] {what}: {seconds:.1f} s", file=sys.stderr)
-
-
 @pytest.fixture
 def stack(
     podman: Podman, corral_images: Images, compose_binary: Path, tmp_path: Path
@@ -106,14 +108,14 @@ def stack(
     up = Stack(compose, project, env, podman)
     started = time.monotonic()
     done = up("up", "--detach", "--pull", "never", "--no-build")
-    report("compose up", time.monotonic() - started)
+    record_timing("compose up", time.monotonic() - started)
     try:
         assert done.returncode == 0, done.stderr
         yield up
     finally:
         started = time.monotonic()
         down = up("down", "--volumes", "--timeout", "10")
-        report("compose down -v", time.monotonic() - started)
+        record_timing("compose down -v", time.monotonic() - started)
         assert down.returncode == 0, down.stderr
         # Nothing of the project is left: no container, no named volume.
         label = f"label=com.docker.compose.project={project}"
@@ -127,7 +129,7 @@ def test_compose_stack_answers_a_chat_with_its_session_kept(stack: Stack) -> Non
         until(lambda: stack.request("/ready")[0] == 200, 180, "the gateway container ready")
     except AssertionError as exc:
         raise AssertionError(f"{exc}\n{stack.logs()}") from None
-    report("compose up to gateway /ready", time.monotonic() - started)
+    record_timing("compose up to gateway /ready", time.monotonic() - started)
 
     def health() -> dict[str, Any]:
         status, body = stack.request("/health")

@@ -15,10 +15,10 @@ from typing import Any
 import pytest
 
 from corral_devstack.ports import free_port
-from tests.deploy.conftest import Images, Podman
+from tests.deploy.conftest import CONTAINER_TEST_TIMEOUT_S, Images, Podman
 from tests.polling import until
 
-pytestmark = pytest.mark.containers
+pytestmark = [pytest.mark.containers, pytest.mark.timeout(CONTAINER_TEST_TIMEOUT_S)]
 
 TOOLS = ("gcc", "cc", "make", "uv", "pip", "pip3", "secantusd-py")
 INSPECT = """
