@@ -14,7 +14,7 @@ import aiohttp
 import orjson
 
 from corral_devstack.cluster import Cluster
-from tests.conftest import ClusterFactory
+from tests.fixtures import ClusterFactory
 
 _urlopen = urllib.request.build_opener(urllib.request.ProxyHandler({})).open
 

@@ -24,7 +24,7 @@ from multidict import CIMultiDict
 from corral_devstack.cluster import Cluster
 from corral_devstack.rabbitmq import RabbitNode
 from corral_emulator import EmulatorControl, expected_reply
-from tests.conftest import Emulator, start_cluster
+from tests.fixtures import Emulator, start_cluster
 from tests.polling import eventually
 
 pytestmark = [pytest.mark.broker_restart, pytest.mark.e2e]

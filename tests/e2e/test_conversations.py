@@ -20,7 +20,7 @@ import pytest
 from corral_devstack.cluster import Cluster
 from corral_emulator import EmulatorControl, expected_reply
 from tests import gateway_http
-from tests.conftest import ClusterFactory
+from tests.fixtures import ClusterFactory
 from tests.gateway_http import keyed_cluster
 from tests.polling import eventually
 

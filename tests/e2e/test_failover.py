@@ -17,7 +17,7 @@ import pytest
 
 from corral_devstack.cluster import Cluster
 from corral_emulator import EmulatorControl, expected_reply
-from tests.conftest import ClusterFactory, TakeoverEnv
+from tests.fixtures import ClusterFactory, TakeoverEnv
 from tests.polling import eventually
 
 pytestmark = pytest.mark.e2e

@@ -20,7 +20,7 @@ from corral_common.ids import new_id
 from corral_devstack.cluster import Cluster
 from corral_devstack.mongo import SecantusNode
 from corral_emulator import EmulatorControl, expected_reply
-from tests.conftest import Emulator, start_cluster
+from tests.fixtures import Emulator, start_cluster
 from tests.polling import eventually
 
 pytestmark = pytest.mark.e2e

@@ -28,7 +28,7 @@ from corral_common.api_keys import generate_key
 from corral_common.ids import new_id
 from corral_devstack.cluster import Cluster
 from corral_emulator import EmulatorControl, expected_reply
-from tests.conftest import ClusterFactory
+from tests.fixtures import ClusterFactory
 from tests.gateway_http import bearer, call, create_user_key, keyed_cluster
 from tests.polling import eventually
 

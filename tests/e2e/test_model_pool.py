@@ -15,7 +15,7 @@ import pytest
 
 from corral_devstack.cluster import Cluster
 from corral_emulator import EmulatorControl
-from tests.conftest import ClusterFactory, Emulator, start_emulator
+from tests.fixtures import ClusterFactory, Emulator, start_emulator
 from tests.polling import eventually
 from tests.service_metrics import metric_value, metrics_url
 

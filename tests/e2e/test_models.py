@@ -17,7 +17,7 @@ import pytest
 
 from corral_devstack.cluster import Cluster
 from corral_emulator import EmulatorControl
-from tests.conftest import ClusterFactory
+from tests.fixtures import ClusterFactory
 from tests.polling import eventually
 from tests.service_metrics import wait_for_metric
 

@@ -13,7 +13,7 @@ import pytest
 
 from corral_devstack.cluster import Cluster
 from corral_emulator import EmulatorControl
-from tests.conftest import ClusterFactory
+from tests.fixtures import ClusterFactory
 from tests.gateway_http import call, create_user_key, keyed_cluster
 from tests.polling import eventually
 

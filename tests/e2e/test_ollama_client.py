@@ -8,7 +8,7 @@ import pytest
 
 from corral_devstack.cluster import Cluster
 from corral_emulator import EmulatorControl, expected_reply, tokenize
-from tests.conftest import Emulator
+from tests.fixtures import Emulator
 
 pytestmark = pytest.mark.e2e
 

@@ -18,7 +18,7 @@ from corral_devstack.cluster import Cluster
 from corral_devstack.ports import free_port
 from corral_devstack.processes import ServiceProcess
 from corral_emulator import EmulatorControl, expected_reply
-from tests.conftest import start_cluster
+from tests.fixtures import start_cluster
 
 pytestmark = pytest.mark.e2e
 

@@ -50,7 +50,7 @@ from corral_emulator import EmulatorControl
 from corral_gateway import openapi
 from corral_gateway.app import create_app
 from corral_gateway.settings import GatewaySettings
-from tests.conftest import ClusterFactory, Emulator
+from tests.fixtures import ClusterFactory, Emulator
 
 pytestmark = pytest.mark.e2e
 

@@ -16,7 +16,7 @@ import pytest
 from corral_common.topology import JOBS_EXCHANGE, JOBS_ROUTING_KEY
 from corral_devstack.cluster import Cluster
 from corral_emulator import EmulatorControl
-from tests.conftest import ClusterFactory
+from tests.fixtures import ClusterFactory
 from tests.polling import eventually
 from tests.service_metrics import metric_value, wait_for_value
 

@@ -30,7 +30,7 @@ from corral_common.settings import CorralSettings
 from corral_devstack import embedded_model
 from corral_devstack.ports import free_port
 from corral_devstack.processes import ServiceProcess
-from tests.conftest import NO_RATE_LIMITS
+from tests.fixtures import NO_RATE_LIMITS
 from tests.polling import eventually, until
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]

@@ -22,7 +22,7 @@ from pymongo import AsyncMongoClient
 from corral_common.ids import new_id
 from corral_devstack.cluster import Cluster
 from corral_emulator import EmulatorControl, expected_reply
-from tests.conftest import ClusterFactory
+from tests.fixtures import ClusterFactory
 
 pytestmark = pytest.mark.e2e
 

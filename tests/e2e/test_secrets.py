@@ -20,7 +20,7 @@ import pytest
 from corral_common.ids import new_id
 from corral_devstack.cluster import Cluster
 from corral_devstack.ports import free_port
-from tests.conftest import start_cluster
+from tests.fixtures import start_cluster
 from tests.polling import eventually
 
 pytestmark = pytest.mark.e2e

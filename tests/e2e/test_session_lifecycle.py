@@ -21,7 +21,7 @@ import pytest
 
 from corral_devstack.cluster import Cluster
 from corral_emulator import EmulatorControl, expected_reply
-from tests.conftest import ClusterFactory
+from tests.fixtures import ClusterFactory
 from tests.gateway_http import bearer, call, create_user_key, keyed_cluster
 from tests.polling import eventually
 

@@ -20,7 +20,7 @@ from corral_common.supervision import FAILED_EXIT_CODE
 from corral_common.topology import JOBS_EXCHANGE, JOBS_ROUTING_KEY
 from corral_devstack.cluster import Cluster
 from corral_emulator import EmulatorControl, expected_reply
-from tests.conftest import ClusterFactory, TakeoverEnv
+from tests.fixtures import ClusterFactory, TakeoverEnv
 from tests.polling import eventually
 from tests.service_metrics import metric_value, wait_for_value
 

@@ -24,7 +24,7 @@ import pytest
 from corral_devstack.cluster import Cluster
 from corral_devstack.ports import free_port
 from corral_emulator import EmulatorControl
-from tests.conftest import ClusterFactory
+from tests.fixtures import ClusterFactory
 from tests.gateway_http import call
 from tests.polling import eventually, until
 

@@ -16,7 +16,7 @@ from corral_devstack.cluster import Cluster
 from corral_devstack.ports import free_port
 from corral_emulator import EmulatorControl, expected_reply, tokenize
 from corral_emulator.structured import formatted_reply
-from tests.conftest import Emulator, start_cluster
+from tests.fixtures import Emulator, start_cluster
 from tests.polling import eventually
 
 pytestmark = pytest.mark.e2e

@@ -19,7 +19,7 @@ import pytest
 from corral_common.topology import JOBS_EXCHANGE, JOBS_ROUTING_KEY
 from corral_devstack.cluster import Cluster
 from corral_emulator import EmulatorControl
-from tests.conftest import ClusterFactory
+from tests.fixtures import ClusterFactory
 from tests.e2e.test_queue import busy_lane, queued, rest
 from tests.gateway_http import call, keyed_cluster
 from tests.polling import eventually

@@ -1,4 +1,5 @@
-"""Fixtures for cross-service tests: the Ollama emulator and Corral services as real processes,
+"""Fixtures for cross-service tests (a pytest plugin: the root conftest.py loads it for every
+test directory): the Ollama emulator and Corral services as real processes,
 over a real RabbitMQ (`amqp_url` comes from corral_devstack's pytest plugin: `CORRAL_AMQP_URL`
 when set, otherwise a throwaway node started for the session)."""
 
