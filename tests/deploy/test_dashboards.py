@@ -38,8 +38,8 @@ from corral_common.topology import JOBS_EXCHANGE, JOBS_ROUTING_KEY
 from corral_devstack.cluster import Cluster
 from corral_devstack.ports import free_port
 from corral_emulator import EmulatorControl
-from tests.fixtures import ClusterFactory
 from tests.deploy.conftest import unavailable
+from tests.fixtures import ClusterFactory
 from tests.gateway_http import call, create_user_key, keyed_cluster
 from tests.polling import eventually, until
 

@@ -44,9 +44,9 @@ from corral_devstack.cluster import Cluster
 from corral_devstack.mongo import SecantusNode
 from corral_devstack.rabbitmq import RabbitNode
 from corral_emulator import EmulatorControl, expected_reply
-from tests.fixtures import Emulator, start_cluster
 from tests.e2e.test_broker_faults import parse_lines, ready_status, wait_ready
 from tests.e2e.test_failover import running_on
+from tests.fixtures import Emulator, start_cluster
 from tests.polling import eventually
 
 pytestmark = [pytest.mark.faults, pytest.mark.e2e]

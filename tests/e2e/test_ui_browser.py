@@ -38,10 +38,10 @@ from selenium.webdriver.support.ui import WebDriverWait
 
 from corral_devstack.cluster import Cluster
 from corral_emulator import EmulatorControl
-from tests.fixtures import ClusterFactory, Emulator
 
 # A pool of two emulators (x and y) behind the whole cluster, keys off: test_pool's fixtures.
 from tests.e2e.test_pool import pool_cluster, second_emulator  # noqa: F401
+from tests.fixtures import ClusterFactory, Emulator
 from tests.gateway_http import admin_request, bearer, keyed_cluster
 
 pytestmark = pytest.mark.e2e

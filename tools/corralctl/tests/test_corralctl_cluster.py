@@ -19,8 +19,8 @@ import pytest
 from corral_common.topology import JOBS_EXCHANGE, JOBS_ROUTING_KEY
 from corral_devstack.cluster import Cluster
 from corral_emulator import EmulatorControl
-from tests.fixtures import ClusterFactory
 from tests.e2e.test_queue import busy_lane, queued, rest
+from tests.fixtures import ClusterFactory
 from tests.gateway_http import call, keyed_cluster
 from tests.polling import eventually
 
