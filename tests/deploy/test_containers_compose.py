@@ -7,6 +7,7 @@ Behind the `containers` marker (`make check-deploy`)."""
 
 from __future__ import annotations
 
+import base64
 import json
 import secrets
 import subprocess
@@ -20,6 +21,7 @@ from typing import Any
 
 import pytest
 
+from corral_common.topology import JOBS_QUEUE
 from corral_devstack.ports import free_port
 from tests.deploy.conftest import (
     CONTAINER_TEST_TIMEOUT_S,
@@ -170,6 +172,26 @@ def test_compose_stack_answers_a_chat_with_its_session_kept(stack: Stack) -> Non
         "My name is Ada.",
         "What is my name?",
     ]
+
+    # The broker runs with its management and Prometheus plugins.
+    broker = f"http://127.0.0.1:{stack.env['LOCAL_RABBITMQ_PROMETHEUS_PORT']}/metrics"
+    with urllib.request.urlopen(broker, timeout=10) as answer:
+        assert b"rabbitmq_" in answer.read()
+    management = urllib.request.Request(
+        f"http://127.0.0.1:{stack.env['LOCAL_RABBITMQ_MANAGEMENT_PORT']}/api/queues",
+        headers={
+            "Authorization": "Basic "
+            + base64.b64encode(
+                f"{stack.env['RABBITMQ_USER']}:{stack.env['RABBITMQ_PASSWORD']}".encode()
+            ).decode()
+        },
+    )
+    with urllib.request.urlopen(management, timeout=10) as answer:
+        queues = {queue["name"]: queue for queue in json.loads(answer.read())}
+    # Both schedulers consume the jobs queue; one of them is its single active consumer.
+    jobs = queues[JOBS_QUEUE]
+    assert jobs["consumers"] == 2
+    assert jobs["arguments"].get("x-single-active-consumer") is True
 
     # The image's HEALTHCHECK passes in every Corral container (Podman runs it on request).
     for service in CORRAL:
