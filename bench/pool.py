@@ -159,6 +159,8 @@ class ConfigResult:
     per_server: list[ServerResult]
     samples: int
     samples_waiting: int
+    swap_loads_seen: int
+    swap_loads_held_elsewhere: int
     load_average_before: float
     load_average_after: float
     latencies_s: list[float] = field(repr=False)
@@ -244,28 +246,66 @@ class LaneSamples:
     waiting: int = 0
     busy: dict[str, int] = field(default_factory=dict)
     idle_while_waiting: dict[str, int] = field(default_factory=dict)
+    # Swap loads seen on the emulators (a load after the server's first), and those of a model
+    # another server held at that moment (it could have run the job instead of a load here).
+    swap_loads_seen: int = 0
+    swap_loads_held_elsewhere: int = 0
+    # Each emulator's `loads` and `loaded` at the last sample.
+    loads: dict[str, int] = field(default_factory=dict)
+    loaded: dict[str, set[str]] = field(default_factory=dict)
+
+    def lane(self, values: dict[tuple[str, str], float], names: Sequence[str]) -> None:
+        depth = values.get(("corral_queue_depth", ""), 0.0)
+        self.total += 1
+        self.waiting += depth > 0
+        for name in names:
+            busy = values.get(("corral_backend_server_busy", name), 0.0) > 0
+            in_rotation = values.get(("corral_backend_server_in_rotation", name), 1.0) > 0
+            self.busy[name] = self.busy.get(name, 0) + busy
+            self.idle_while_waiting[name] = self.idle_while_waiting.get(name, 0) + (
+                depth > 0 and not busy and in_rotation
+            )
+
+    def emulators(self, stats: dict[str, dict[str, Any]]) -> None:
+        """A load shows in `loaded` for its whole `--load-ms`, so sampling more often than
+        that sees each one."""
+        now = {name: set(s.get("loaded") or ()) for name, s in stats.items()}
+        for name, s in stats.items():
+            before = self.loads.get(name, 0)
+            loads = int(s.get("loads", 0))
+            if loads > before and before > 0:
+                for model in now[name] - self.loaded.get(name, set()):
+                    self.swap_loads_seen += 1
+                    elsewhere = any(
+                        model in now[other] or model in self.loaded.get(other, set())
+                        for other in stats
+                        if other != name
+                    )
+                    self.swap_loads_held_elsewhere += elsewhere
+            self.loads[name] = loads
+        self.loaded = now
 
 
 async def sample_lane(
     session: aiohttp.ClientSession,
     scheduler_url: str,
-    names: Sequence[str],
+    controls: dict[str, EmulatorControl],
     stop: asyncio.Event,
     interval_s: float,
 ) -> LaneSamples:
-    """The scheduler's queue depth and per-server busy gauges, every `interval_s`."""
-    seen = LaneSamples(busy=dict.fromkeys(names, 0), idle_while_waiting=dict.fromkeys(names, 0))
-    while not stop.is_set():
+    """The scheduler's queue depth and per-server busy gauges, and what each emulator holds,
+    every `interval_s`."""
+    seen = LaneSamples()
+    names = list(controls)
+
+    async def metrics() -> dict[tuple[str, str], float]:
         async with session.get(f"{scheduler_url}/metrics") as response:
-            values = scheduler_samples(await response.text())
-        depth = values.get(("corral_queue_depth", ""), 0.0)
-        seen.total += 1
-        seen.waiting += depth > 0
-        for name in names:
-            busy = values.get(("corral_backend_server_busy", name), 0.0) > 0
-            in_rotation = values.get(("corral_backend_server_in_rotation", name), 1.0) > 0
-            seen.busy[name] += busy
-            seen.idle_while_waiting[name] += depth > 0 and not busy and in_rotation
+            return scheduler_samples(await response.text())
+
+    while not stop.is_set():
+        values, *stats = await asyncio.gather(metrics(), *(c.stats() for c in controls.values()))
+        seen.lane(values, names)
+        seen.emulators(dict(zip(names, stats, strict=True)))
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), interval_s)
     return seen
@@ -285,7 +325,7 @@ async def measure(
         load_before = os.getloadavg()[0]
         stop = asyncio.Event()
         sampler = asyncio.create_task(
-            sample_lane(session, stack.scheduler_url, config.names, stop, args.sample_s)
+            sample_lane(session, stack.scheduler_url, controls, stop, args.sample_s)
         )
         url = f"{stack.gateway_url}/api/chat"
         latencies: list[float] = []
@@ -334,13 +374,15 @@ async def measure(
                 swaps=int(values.get(("corral_backend_server_model_swaps_total", name), 0)),
                 loads=int(stats[name].get("loads", 0)),
                 max_active=int(stats[name].get("max_active", 0)),
-                busy_share=seen.busy[name] / max(seen.total, 1),
-                idle_while_waiting=seen.idle_while_waiting[name] / waiting,
+                busy_share=seen.busy.get(name, 0) / max(seen.total, 1),
+                idle_while_waiting=seen.idle_while_waiting.get(name, 0) / waiting,
             )
             for name in config.names
         ],
         samples=seen.total,
         samples_waiting=seen.waiting,
+        swap_loads_seen=seen.swap_loads_seen,
+        swap_loads_held_elsewhere=seen.swap_loads_held_elsewhere,
         load_average_before=load_before,
         load_average_after=load_after,
         latencies_s=latencies,
@@ -466,9 +508,10 @@ def markdown(report: Report) -> str:
         f"{cfg['seed']}." + "".join(f" `{k}={v}`." for k, v in cfg["service_env"].items()),
         "",
         "| servers | policy | wall (s) | jobs/s | x 1 server | model loads | swaps: total "
-        "(per server) | p50 (s) | p95 (s) | max_active | jobs per server | idle while jobs "
-        "waited | load avg |",
-        "| ---: | --- | ---: | ---: | ---: | ---: | --- | ---: | ---: | --- | --- | --- | ---: |",
+        "(per server) | swapped to a model held elsewhere | p50 (s) | p95 (s) | max_active "
+        "| jobs per server | idle while jobs waited | load avg |",
+        "| ---: | --- | ---: | ---: | ---: | ---: | --- | ---: | ---: | ---: | --- | --- | --- "
+        "| ---: |",
     ]
     for r in report.results:
         scaling = f"{r.jobs_per_s / base.jobs_per_s:.2f}" if base else "-"
@@ -477,6 +520,7 @@ def markdown(report: Report) -> str:
             f"| {r.servers} | {r.policy} | {r.wall_s:.1f} | {r.jobs_per_s:.2f} | {scaling} "
             f"| {r.loads} ({r.unexplained_loads:+d}) "
             f"| {r.swaps} ({'/'.join(str(s.swaps) for s in per)}) "
+            f"| {r.swap_loads_held_elsewhere} of {r.swap_loads_seen} "
             f"| {r.p50_s:.2f} | {r.p95_s:.2f} "
             f"| {'/'.join(str(s.max_active) for s in per)} "
             f"| {'/'.join(str(s.completed) for s in per)} "
@@ -487,7 +531,9 @@ def markdown(report: Report) -> str:
         "",
         "Model loads: the emulators' own count; in brackets the loads neither a swap nor a "
         "server's first load explains (0 when a swap is a reload and nothing else is). Swaps: "
-        "the scheduler's `corral_backend_server_model_swaps_total`. Latency: request sent to "
+        "the scheduler's `corral_backend_server_model_swaps_total`. Swapped to a model held "
+        "elsewhere: of the swap loads the sampling saw on the emulators, those of a model "
+        "another server held at that moment. Latency: request sent to "
         "`done`. max_active: each emulator's most generations at once (must be 1). Idle while "
         "jobs waited: share of the /metrics samples with jobs waiting in which the server ran "
         "nothing. Load avg: the machine's 1-minute load average before and after.",
@@ -599,8 +645,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         parser.error("--num-predict is lowest,highest")
     if min(args.token_delay_ms, args.prompt_ms_per_token, args.load_ms) < 0:
         parser.error("times must not be negative")
-    if args.keep_alive_s <= 0 or args.sample_ms <= 0:
-        parser.error("--keep-alive-s and --sample-ms must be positive")
+    if args.keep_alive_s <= 0 or not 0 < args.sample_ms < args.load_ms:
+        parser.error(
+            "--keep-alive-s must be positive, --sample-ms positive and below --load-ms "
+            "(to see every load)"
+        )
     shortest_job_s = args.num_predict[0] * args.token_delay_ms / 1e3
     if args.keep_alive_s >= shortest_job_s:
         parser.error(
