@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
@@ -21,14 +22,17 @@ from corral_common.messages import (
     Done,
     Failed,
     LaneEntry,
+    Position,
     QueueStatus,
     SchedulerStatus,
     ServerStatus,
+    Started,
     Tokens,
 )
 from corral_common.status_board import StatusBoard
 from corral_gateway import admin, ui
 from corral_gateway.app import edge_middlewares
+from corral_gateway.hub import Hub
 from corral_gateway.identity.gate import GATEKEEPER, Gatekeeper
 from corral_gateway.settings import GatewaySettings
 from corral_gateway.surfaces import ADMIN
@@ -78,7 +82,7 @@ def status(*lane: LaneEntry, paused: bool = False, **fields: Any) -> SchedulerSt
 @pytest.fixture
 def feed() -> LaneFeed:
     feed = LaneFeed()
-    feed.attach(StatusBoard(10.0), "gw1", None)
+    feed.attach(StatusBoard(10.0), "gw1")
     return feed
 
 
@@ -173,10 +177,7 @@ async def test_the_stream_sends_the_lane_as_it_moves(client: Any, feed: LaneFeed
         ]
 
         # r1 finishes here (its final event), the lane moves up and is paused.
-        feed.take(
-            "gw.gw1.r1.done",
-            done("r1", eval_count=40, eval_duration=2_000_000_000).model_dump_json().encode(),
-        )
+        feed.take(done("r1", eval_count=40, eval_duration=2_000_000_000))
         feed.board.update(status(entry("r2", 0), entry("r3", 1, owner="bob"), paused=True))
         while True:
             moved = await next_event(response)
@@ -191,7 +192,7 @@ async def test_the_stream_sends_the_lane_as_it_moves(client: Any, feed: LaneFeed
         assert 0 <= finished["latency_ms"] < 60_000
 
         # A failure of r2 is named with the model its lane entry had.
-        feed.take("gw.gw1.r2.error", failed("r2").model_dump_json().encode())
+        feed.take(failed("r2"))
         failure = await next_event(response)
         assert failure["recent"][0]["request_id"] == "r2"
         assert (failure["recent"][0]["model"], failure["recent"][0]["status"]) == (
@@ -226,27 +227,30 @@ async def test_a_status_already_stale_wakes_the_watcher_once(feed: LaneFeed) -> 
     assert moment == pytest.approx(fresh.sent_at + 1e-6)
 
 
-class FakeQueue:
-    def __init__(self) -> None:
-        self.bound: list[str] = []
-
-    async def bind(self, exchange: str, routing_key: str) -> None:
-        self.bound.append(routing_key)
-
-    async def unbind(self, exchange: str, routing_key: str) -> None:
-        self.bound.remove(routing_key)
-
-
-async def test_token_events_are_bound_only_while_a_page_watches() -> None:
+async def test_tokens_are_counted_only_while_a_page_watches() -> None:
     feed = LaneFeed()
-    queue = FakeQueue()
-    feed.attach(StatusBoard(10.0), "gw1", queue)  # type: ignore[arg-type]
+    feed.attach(StatusBoard(10.0), "gw1")
+    feed.take(Tokens(request_id="r1", seq=0, chunks=[{"a": 1}]))
+    assert feed.throughput.running("r1") is None
     async with feed.watching():
-        assert queue.bound == ["gw.gw1.*.token"]
-        async with feed.watching():
-            assert queue.bound == ["gw.gw1.*.token"]
-        assert queue.bound == ["gw.gw1.*.token"]
-    assert queue.bound == []
+        feed.take(Tokens(request_id="r1", seq=1, chunks=[{"a": 1}, {"a": 2}]))
+    assert feed.throughput.running("r1") is not None
+
+
+async def test_the_feed_reads_the_hubs_events_in_process() -> None:
+    """No broker queue of its own: the hub hands it every event of this gateway's jobs."""
+    hub = Hub(StatusBoard(10.0), lambda _: None, gateway_id="gw1")
+    feed = LaneFeed()
+    feed.attach(hub.status, "gw1")
+    hub.observe(feed.take)
+    await hub.on_message(Message("gw.gw1.r1.done", done("r1").model_dump_json().encode()))  # type: ignore[arg-type]
+    assert [r["request_id"] for r in feed.recent.listing()] == ["r1"]
+
+
+@dataclass
+class Message:
+    routing_key: str
+    body: bytes
 
 
 # -- the snapshot's parts ---------------------------------------------------------------------
@@ -329,11 +333,7 @@ def test_a_pool_shows_each_server_and_what_runs_on_it() -> None:
     }
 
 
-def test_an_unreadable_event_is_dropped(feed: LaneFeed) -> None:
-    feed.take("gw.gw1.r1.done", b"{not json")
-    feed.take("gw.gw1.r1.token", b"[]")
-    feed.take("not.an.event", b"{}")
-    tokens = Tokens(request_id="r1", seq=0, chunks=[{"a": 1}, {"a": 2}])
-    feed.take("gw.gw1.r1.token", tokens.model_dump_json().encode())
+def test_events_other_than_final_ones_and_tokens_are_not_recorded(feed: LaneFeed) -> None:
+    feed.take(Position(request_id="r1", position=2, estimated_wait_ms=10))
+    feed.take(Started(request_id="r1", waited_ms=5))
     assert len(feed.recent) == 0
-    assert feed.throughput.running("r1") is not None

@@ -97,6 +97,12 @@ class Hub:
         # the broker went away and the job came back after): it is cancelled, once.
         self._cancel_stray = cancel_stray
         self._strays: OrderedDict[str, None] = OrderedDict()
+        # In-process readers of every job event this gateway receives (the operator's page:
+        # ui/lane_feed.py), so nothing else needs a broker queue of its own for them.
+        self._observers: list[Callable[[Event], None]] = []
+
+    def observe(self, observer: Callable[[Event], None]) -> None:
+        self._observers.append(observer)
 
     def register(self, request_id: str) -> asyncio.Queue[Delivery]:
         if request_id in self._waiting:
@@ -129,6 +135,8 @@ class Hub:
             self._deliver(position)
 
     def _deliver(self, event: Event) -> None:
+        for observer in self._observers:
+            observer(event)
         queue = self._waiting.get(event.request_id)
         if queue is not None:
             queue.put_nowait(event)

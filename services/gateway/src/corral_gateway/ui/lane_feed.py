@@ -2,12 +2,9 @@
 hub's status board), this gateway's recent requests (`recent.py`) and tokens per second
 (`throughput.py`), and a change signal the page's event streams wait on.
 
-The board and the relay's event queue are the hub's; the feed does not hook into them. It
-watches the board through its public wait (`StatusBoard.newer_than`), and it reads the final
-events of this gateway's jobs from a small queue of its own on `corral.events`, bound to
-`gw.<gateway id>.*.<kind>` for the kinds it needs (the broker copies them; the relay's queue is
-untouched). Token events are many, so their binding exists only while a page is watching
-(`watching`): without one, the feed costs one message per request.
+It watches the hub's status board through its public wait (`StatusBoard.newer_than`), and it
+reads this gateway's job events as the hub receives them (`Hub.observe`), in process: it costs
+no broker message. Token events are counted only while a page is watching (`watching`).
 """
 
 from __future__ import annotations
@@ -18,29 +15,27 @@ import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable
 
-import aio_pika
-import aiormq
-import orjson
 import structlog
-from aio_pika.abc import AbstractIncomingMessage, AbstractQueue
 from aiohttp import web
-from pydantic import ValidationError
 
-from corral_common.broker import BrokerUnavailable
-from corral_common.messages import CANCELED_STATUS, Done, Failed, SchedulerStatus
+from corral_common.messages import (
+    CANCELED_STATUS,
+    Cancelled,
+    Done,
+    Event,
+    Failed,
+    SchedulerStatus,
+    Tokens,
+)
 from corral_common.status_board import StatusBoard
 from corral_common.supervision import Task, supervised
 from corral_common.timeouts import within
-from corral_common.topology import EVENTS_EXCHANGE, event_key, gateway_queue_name
 from corral_gateway.state import GATEWAY
 from corral_gateway.ui.recent import Finished, Outcome, RecentRequests
 from corral_gateway.ui.throughput import Throughput
 
 log = structlog.get_logger(__name__)
 
-# The kinds always bound: a job's final events.
-FINAL_KINDS = ("done", "error", "cancelled")
-TOKEN_KIND = "token"
 # Lane entries remembered (request id -> model, owner) to name the model of a failed request,
 # whose final event does not carry it.
 MODELS_REMEMBERED = 2000
@@ -61,10 +56,7 @@ class LaneFeed:
         self._clock = clock
         self._changed = asyncio.Event()
         self._jobs: OrderedDict[str, tuple[str, str | None]] = OrderedDict()
-        self._queue: AbstractQueue | None = None
         self._watchers = 0
-        self._tokens_bound = False
-        self._binding = asyncio.Lock()
 
     # -- the change signal -----------------------------------------------------------------
 
@@ -86,19 +78,11 @@ class LaneFeed:
         self.closed = True
         self.changed()
 
-    def attach(
-        self,
-        board: StatusBoard,
-        gateway_id: str,
-        queue: AbstractQueue | None,
-        stale_after_s: float = 10.0,
-    ) -> None:
-        """The gateway's status board (and when its statuses go stale), the gateway's id (the
-        event keys) and the feed's own queue."""
+    def attach(self, board: StatusBoard, gateway_id: str, stale_after_s: float = 10.0) -> None:
+        """The gateway's status board (and when its statuses go stale) and the gateway's id."""
         self.board = board
         self.stale_after_s = stale_after_s
         self.gateway_id = gateway_id
-        self._queue = queue
 
     def statuses(self) -> list[SchedulerStatus]:
         return self.board.fresh() if self.board is not None else []
@@ -135,29 +119,17 @@ class LaneFeed:
 
     # -- this gateway's job events -----------------------------------------------------------
 
-    def take(self, routing_key: str, body: bytes) -> None:
-        """One event of this gateway's jobs (`gw.<gateway id>.<request id>.<kind>`)."""
-        parts = routing_key.split(".")
-        if len(parts) != 4:
-            return
-        request_id, kind = parts[2], parts[3]
-        try:
-            if kind == TOKEN_KIND:
-                chunks = orjson.loads(body).get("chunks")
-                if isinstance(chunks, list):
-                    self.throughput.tokens(request_id, len(chunks))
-            elif kind == "done":
-                self._finished(Done.model_validate_json(body))
-            elif kind == "error":
-                self._failed(Failed.model_validate_json(body))
-            elif kind == "cancelled":
+    def take(self, event: Event) -> None:
+        """One event of this gateway's jobs, as the hub received it."""
+        match event:
+            case Tokens(request_id=request_id, chunks=chunks) if self._watchers:
+                self.throughput.tokens(request_id, len(chunks))
+            case Done():
+                self._finished(event)
+            case Failed():
+                self._failed(event)
+            case Cancelled(request_id=request_id):
                 self._ended(request_id, "cancelled", CANCELED_STATUS, "cancelled")
-        except (ValidationError, orjson.JSONDecodeError, AttributeError):
-            log.warning("unreadable job event dropped by the lane feed", kind=kind)
-
-    async def on_message(self, message: AbstractIncomingMessage) -> None:
-        if message.routing_key is not None:
-            self.take(message.routing_key, message.body)
 
     def _finished(self, done: Done) -> None:
         now = self._clock()
@@ -212,30 +184,12 @@ class LaneFeed:
 
     @contextlib.asynccontextmanager
     async def watching(self) -> AsyncIterator[None]:
-        """While a page watches, token events are bound too (tokens per second)."""
+        """While a page watches, token events are counted too (tokens per second)."""
         self._watchers += 1
         try:
-            await self._bind_tokens()
             yield
         finally:
             self._watchers -= 1
-            await asyncio.shield(self._bind_tokens())
-
-    async def _bind_tokens(self) -> None:
-        async with self._binding:
-            wanted = self._watchers > 0 and not self.closed
-            if self._queue is None or wanted == self._tokens_bound:
-                return
-            key = event_key(self.gateway_id, "*", TOKEN_KIND)
-            try:
-                if wanted:
-                    await self._queue.bind(EVENTS_EXCHANGE, key)
-                else:
-                    await self._queue.unbind(EVENTS_EXCHANGE, key)
-            except (BrokerUnavailable, aio_pika.exceptions.AMQPError, aiormq.exceptions.AMQPError):
-                log.warning("lane feed could not change its token binding", bind=wanted)
-                return
-            self._tokens_bound = wanted
 
 
 def _count(value: object) -> int | None:
@@ -246,22 +200,14 @@ FEED = web.AppKey("lane_feed", LaneFeed)
 
 
 async def feed_ctx(app: web.Application) -> AsyncIterator[None]:
-    """The feed's queue and board watcher; after the gateway's own context (it needs the
-    broker and the hub)."""
+    """The feed's board watcher and its place among the hub's observers; after the gateway's
+    own context (it needs the hub)."""
     gateway = app[GATEWAY]
     feed = app[FEED]
-    gateway_id = gateway.settings.instance_id
-    channel = await gateway.broker.channel(prefetch=1000)
-    queue = await channel.declare_queue(
-        gateway_queue_name(gateway_id) + ".ui", exclusive=True, auto_delete=True
-    )
-    for kind in FINAL_KINDS:
-        await queue.bind(EVENTS_EXCHANGE, event_key(gateway_id, "*", kind))
-    await queue.consume(feed.on_message, no_ack=True)
-    feed.attach(gateway.hub.status, gateway_id, queue, gateway.settings.status_stale_s)
+    feed.attach(gateway.hub.status, gateway.settings.instance_id, gateway.settings.status_stale_s)
+    gateway.hub.observe(feed.take)
     async with supervised(Task("lane feed board watcher", feed.watch_board)):
         yield
-    await channel.close()
 
 
 async def close_feed(app: web.Application) -> None:
