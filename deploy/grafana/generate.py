@@ -3,11 +3,10 @@
 `--check` only says whether the committed files are what this script makes.
 
 Every panel queries series the services export (or the RabbitMQ Prometheus plugin's, where the
-broker is scraped); a few are ready for scheduler series still to come and fall back to others
-until then (`or on()`; docs/deploy.md lists them). Panels about events a healthy cluster may never
-have (dead letters, truncations, unloads) end in `or on() vector(0)`, so they show 0 instead of
-"No data". tests/deploy/test_dashboards.py runs every query against a live Prometheus scraping a
-cluster, and checks every Corral series named is one a service declares.
+broker is scraped). Panels about events a healthy cluster may never have (dead letters,
+truncations, unloads) end in `or on() vector(0)`, so they show 0 instead of "No data".
+tests/deploy/test_dashboards.py runs every query against a live Prometheus scraping a cluster,
+and checks every Corral series named is one a service declares.
 """
 
 from __future__ import annotations
@@ -339,9 +338,10 @@ QUEUE = Board(
         ),
         P(
             "Backend servers",
-            "Each server of the pool: running a job (busy), and in rotation (0 while it is out "
-            "after failing to answer).",
+            "Each server of the pool: answering the last status probe (up), running a job "
+            "(busy), and in rotation (0 while it is out after failing to answer).",
             (
+                Q("min by (server) (corral_backend_server_up)", "up {{server}}"),
                 Q("max by (server) (corral_backend_server_busy)", "busy {{server}}"),
                 Q(
                     "min by (server) (corral_backend_server_in_rotation)",
@@ -367,20 +367,16 @@ QUEUE = Board(
         ),
         P(
             "Positions given",
-            "The first position each admitted job was told (needs the scheduler's "
-            "`corral_queue_position` histogram; until then the mean queue depth, which is the "
-            "mean position a new job takes).",
+            "The first position each admitted job was told (0: it started at once).",
             (
                 Q(
                     "histogram_quantile(0.95, sum by (le) "
-                    f"(rate(corral_queue_position_bucket[{RATE}])))"
-                    f" or on() avg_over_time(sum(corral_queue_depth)[{RATE}:])",
+                    f"(rate(corral_queue_position_bucket[{RATE}])))",
                     "p95 position",
                 ),
                 Q(
                     f"sum(rate(corral_queue_position_sum[{RATE}]))"
-                    f" / sum(rate(corral_queue_position_count[{RATE}]))"
-                    f" or on() avg_over_time(sum(corral_queue_depth)[{RATE}:])",
+                    f" / sum(rate(corral_queue_position_count[{RATE}]))",
                     "mean position",
                 ),
             ),
@@ -400,30 +396,30 @@ QUEUE = Board(
         ),
         P(
             "Fair share: jobs started per caller",
-            "Jobs started per caller (API key or client id) per second (needs the scheduler's "
-            "`corral_caller_queue_wait_seconds`; until then the cluster total).",
+            "Jobs started per second per caller (its API key id, or anonymous): fair share "
+            "lets callers take turns, so no one caller's burst starves the others.",
             (
                 Q(
-                    "sum by (caller) "
-                    f"(rate(corral_caller_queue_wait_seconds_count[{RATE}]))"
-                    f" or on() sum(rate(corral_queue_wait_seconds_count[{RATE}]))",
+                    f"sum by (caller) (rate(corral_caller_queue_wait_seconds_count[{RATE}]))",
                     "{{caller}}",
                 ),
             ),
             unit="ops",
         ),
         P(
-            "Fair share: mean wait per caller",
-            "Mean queue wait per caller (needs the scheduler's "
-            "`corral_caller_queue_wait_seconds`; until then the cluster's mean wait).",
+            "Fair share: wait per caller",
+            "Mean and p95 queue wait per caller.",
             (
                 Q(
                     f"sum by (caller) (rate(corral_caller_queue_wait_seconds_sum[{RATE}]))"
                     " / sum by (caller) "
-                    f"(rate(corral_caller_queue_wait_seconds_count[{RATE}]))"
-                    f" or on() sum(rate(corral_queue_wait_seconds_sum[{RATE}]))"
-                    f" / clamp_min(sum(rate(corral_queue_wait_seconds_count[{RATE}])), 1e-9)",
-                    "{{caller}}",
+                    f"(rate(corral_caller_queue_wait_seconds_count[{RATE}]))",
+                    "mean {{caller}}",
+                ),
+                Q(
+                    "histogram_quantile(0.95, sum by (le, caller) "
+                    f"(rate(corral_caller_queue_wait_seconds_bucket[{RATE}])))",
+                    "p95 {{caller}}",
                 ),
             ),
             unit="s",
@@ -685,8 +681,8 @@ BROKER = Board(
         ),
         P(
             "Redeliveries",
-            "Jobs handed out again after a scheduler died holding them (scheduler's "
-            "`corral_jobs_redelivered_total`; the broker's count when scraped).",
+            "Jobs the broker delivered again (a scheduler died or lost its connection holding "
+            "them), and takeovers of the lane by a standby.",
             (
                 Q(
                     f"sum(increase(corral_jobs_redelivered_total[{RATE}]))"
@@ -702,8 +698,8 @@ BROKER = Board(
         ),
         P(
             "Dead-letter queue depth",
-            f"Messages waiting in `{DLQ_QUEUE}` (the scheduler's "
-            "`corral_dead_letter_queue_messages`, or the broker plugin's per-queue series).",
+            f"Messages waiting in `{DLQ_QUEUE}` (the scheduler reads it on every status "
+            "broadcast; the broker plugin's per-queue series without a scheduler).",
             (
                 Q(
                     "max(corral_dead_letter_queue_messages)"
