@@ -336,6 +336,36 @@ def test_every_corral_deployment_has_a_disruption_budget(overlay: Rendered) -> N
             assert budget["spec"]["maxUnavailable"] >= 1, service
 
 
+def test_selectors_and_references_hold_together(overlay: Rendered) -> None:
+    """What only an API server (or the first rollout) would notice: a workload whose selector
+    does not match its own pods, a Service that selects nothing or names a port no container
+    has, a StatefulSet without its governing Service, a ServiceAccount or ConfigMap that is not
+    there."""
+    workloads = overlay.workloads()
+    for workload in workloads:
+        name = workload["metadata"]["name"]
+        assert selects(workload["spec"]["selector"], pod_labels(workload)), name
+        pod = workload["spec"]["template"]["spec"]
+        overlay.named("ServiceAccount", pod["serviceAccountName"])
+        for volume in pod.get("volumes", []):
+            if "configMap" in volume:
+                overlay.named("ConfigMap", volume["configMap"]["name"])
+        if workload["kind"] == "StatefulSet":
+            overlay.named("Service", workload["spec"]["serviceName"])
+    for service in overlay.of_kind("Service"):
+        name = service["metadata"]["name"]
+        selector = {"matchLabels": service["spec"]["selector"]}
+        backends = [w for w in workloads if selects(selector, pod_labels(w))]
+        assert len(backends) == 1, name
+        ports = {
+            p.get("name", p["containerPort"])
+            for c in containers(backends[0])
+            for p in c.get("ports", [])
+        }
+        for port in service["spec"]["ports"]:
+            assert port["targetPort"] in ports, (name, port)
+
+
 # --- network policies -------------------------------------------------------------------------
 
 
