@@ -20,6 +20,16 @@ def only(lane: Lane) -> Server:
     return lane.servers[ONE_BACKEND]
 
 
+async def drain(lane: Lane) -> list[str]:
+    """Run every waiting job on the one server, in the order it is handed them."""
+    ran = []
+    while len(lane):
+        running = await lane.take(only(lane))
+        ran.append(running.entry.request_id)
+        lane.finish(running)
+    return ran
+
+
 async def run_next(lane: Lane, server: Server) -> Running:
     """Take the server's next job and start it, as its executor loop does."""
     running = await lane.take(server)
@@ -41,12 +51,7 @@ async def test_jobs_are_handed_out_in_order() -> None:
     lane = Lane()
     for rid in ("a", "b", "c"):
         lane.push(entry(rid))
-    ran = []
-    for _ in range(3):
-        running = await lane.take(only(lane))
-        ran.append(running.entry.request_id)
-        lane.finish(running)
-    assert ran == ["a", "b", "c"]
+    assert await drain(lane) == ["a", "b", "c"]
     assert len(lane) == 0
 
 
@@ -101,12 +106,7 @@ async def test_order_follows_arrival_not_push_order() -> None:
     first, second, third = entry("a"), entry("b"), entry("c")
     for pushed in (first, third, second):
         lane.push(pushed)
-    ran = []
-    for _ in range(3):
-        running = await lane.take(only(lane))
-        ran.append(running.entry.request_id)
-        lane.finish(running)
-    assert ran == ["a", "b", "c"]
+    assert await drain(lane) == ["a", "b", "c"]
 
 
 async def test_positions_and_waits_come_from_one_snapshot() -> None:
