@@ -628,7 +628,9 @@ def _score_estimate(entry: Entry) -> None:
     told_at, estimate_ms = entry.first_estimate
     actual_ms = (time.monotonic() - told_at) * 1000
     metrics.ESTIMATE_ERROR.observe(abs(actual_ms - estimate_ms) / 1000)
-    metrics.ESTIMATE_BIAS.observe((estimate_ms - actual_ms) / 1000)
+    bias_s = (estimate_ms - actual_ms) / 1000
+    metrics.ESTIMATE_BIAS.observe(bias_s)
+    metrics.ESTIMATE_BIAS_SUM.inc(bias_s)
 
 
 def start_by(job: Job) -> float | None:

@@ -64,6 +64,12 @@ ESTIMATE_BIAS = Histogram(
     "First wait estimate minus the real wait: positive when clients were told too long",
     buckets=(-300, -60, -10, -2.5, -1, -0.25, 0, 0.25, 1, 2.5, 10, 60, 300),
 )
+# A histogram with negative buckets exports no `_sum` (OpenMetrics), so the signed sum is its own
+# series: the mean bias is this over `corral_wait_estimate_bias_seconds_count`.
+ESTIMATE_BIAS_SUM = Gauge(
+    "corral_wait_estimate_bias_sum_seconds",
+    "Sum of every first wait estimate minus the real wait (signed)",
+)
 NUM_CTX_NORMALISED = Counter(
     "corral_num_ctx_normalised_total",
     "Requests whose num_ctx was rewritten to the loaded model's, avoiding a reload",
