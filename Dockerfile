@@ -36,12 +36,14 @@ RUN /opt/corral/bin/pip install --no-cache-dir --no-index --no-deps \
         /corral-wheels/corral_session_store-*.whl \
     && /opt/corral/bin/python -m pip uninstall --yes --quiet pip setuptools
 
-# The same plus the local stand-ins: the Ollama emulator and SecantusDB (a MongoDB-protocol
-# server, GPL-2.0-only, run as its own process) for the compose check where neither Ollama nor
-# MongoDB images can be had. Never part of the services' image.
-FROM deps AS standins-venv
+# The local stand-ins' dependencies: for the Ollama emulator and SecantusDB (a MongoDB-protocol
+# server, GPL-2.0-only, run as its own process) that the compose check runs where neither Ollama
+# nor MongoDB images can be had. Never part of the services' image.
+FROM deps AS standins-deps
 RUN /opt/corral/bin/pip install --no-cache-dir --no-index --find-links /wheels \
         --require-hashes -r /wheels/standins.txt
+
+FROM standins-deps AS standins-venv
 COPY dist/image/corral /corral-wheels
 RUN /opt/corral/bin/pip install --no-cache-dir --no-index --no-deps \
         /corral-wheels/corral_common-*.whl /corral-wheels/corral_emulator-*.whl \
@@ -51,8 +53,8 @@ RUN /opt/corral/bin/pip install --no-cache-dir --no-index --no-deps \
 # What every final image shares: the user, the scripts, the settings a container needs.
 FROM ${BASE_IMAGE} AS runtime-base
 ARG SERVICE=gateway
-RUN groupadd --system --gid 10001 corral \
-    && useradd --system --uid 10001 --gid corral --home-dir /var/lib/corral \
+RUN groupadd --gid 10001 corral \
+    && useradd --uid 10001 --gid corral --no-log-init --home-dir /var/lib/corral \
         --no-create-home --shell /usr/sbin/nologin corral \
     && mkdir -p /var/lib/corral \
     && chown corral:corral /var/lib/corral

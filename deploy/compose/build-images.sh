@@ -120,8 +120,16 @@ corral() {
     if [ ! -f "$WHEELS/services.txt" ] || ! ls "$CORRAL_WHEELS"/corral_common-*.whl >/dev/null 2>&1; then
         wheels
     fi
+    # The last build stages are tagged, so that pruning what earlier builds left untagged keeps
+    # them and the stages below them, and with them the builder's cache (installing every
+    # dependency above all).
+    local stage
+    for stage in services-venv standins-venv; do
+        build --target "$stage" -t "localhost/corral-build:$stage"
+    done
     build --target runtime -t "$CORRAL_IMAGE"
     build --target standins -t "$STANDINS_IMAGE"
+    podman image prune --force >/dev/null
 }
 
 rabbitmq() {
@@ -140,6 +148,12 @@ rabbitmq() {
     mkdir -p "$CACHE"
     podman save --quiet --output "$saved.partial" "$RABBITMQ_IMAGE" && mv "$saved.partial" "$saved"
 }
+
+# One build at a time on this machine (two test sessions may ask at once): they share the
+# wheelhouse, the image tags and the prune.
+mkdir -p "$CACHE"
+exec 9>"$CACHE/.build-images.lock"
+flock 9
 
 case "${1:-all}" in
     wheels) timed wheels wheels ;;

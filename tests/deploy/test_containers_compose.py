@@ -177,21 +177,25 @@ def test_compose_stack_answers_a_chat_with_its_session_kept(stack: Stack) -> Non
     broker = f"http://127.0.0.1:{stack.env['LOCAL_RABBITMQ_PROMETHEUS_PORT']}/metrics"
     with urllib.request.urlopen(broker, timeout=10) as answer:
         assert b"rabbitmq_" in answer.read()
-    management = urllib.request.Request(
-        f"http://127.0.0.1:{stack.env['LOCAL_RABBITMQ_MANAGEMENT_PORT']}/api/queues",
-        headers={
-            "Authorization": "Basic "
-            + base64.b64encode(
-                f"{stack.env['RABBITMQ_USER']}:{stack.env['RABBITMQ_PASSWORD']}".encode()
-            ).decode()
-        },
+    credentials = f"{stack.env['RABBITMQ_USER']}:{stack.env['RABBITMQ_PASSWORD']}"
+    queue_url = (
+        f"http://127.0.0.1:{stack.env['LOCAL_RABBITMQ_MANAGEMENT_PORT']}"
+        f"/api/queues/%2F/{JOBS_QUEUE}"
     )
-    with urllib.request.urlopen(management, timeout=10) as answer:
-        queues = {queue["name"]: queue for queue in json.loads(answer.read())}
-    # Both schedulers consume the jobs queue; one of them is its single active consumer.
-    jobs = queues[JOBS_QUEUE]
-    assert jobs["consumers"] == 2
-    assert jobs["arguments"].get("x-single-active-consumer") is True
+
+    def jobs_queue() -> dict[str, Any]:
+        call = urllib.request.Request(
+            queue_url,
+            headers={"Authorization": "Basic " + base64.b64encode(credentials.encode()).decode()},
+        )
+        with urllib.request.urlopen(call, timeout=10) as answer:
+            queue: dict[str, Any] = json.loads(answer.read())
+            return queue
+
+    # Both schedulers consume the jobs queue (the management API's statistics come every few
+    # seconds); one of them is its single active consumer.
+    until(lambda: jobs_queue().get("consumers") == 2, 60, "two consumers of the jobs queue")
+    assert jobs_queue()["arguments"].get("x-single-active-consumer") is True
 
     # The image's HEALTHCHECK passes in every Corral container (Podman runs it on request).
     for service in CORRAL:
