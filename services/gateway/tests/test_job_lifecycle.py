@@ -552,7 +552,7 @@ async def test_sse_heartbeats_while_queued_without_queue_feedback(
     assert len(comments) >= 2 and set(comments) == {b": heartbeat"}
 
 
-async def test_a_waiting_stream_repeats_its_queue_feedback_as_the_heartbeat(
+async def test_a_waiting_stream_repeats_its_queue_feedback_counting_down_as_the_heartbeat(
     aiohttp_client: AiohttpClient,
 ) -> None:
     gw = FakeGateway()
@@ -570,8 +570,12 @@ async def test_a_waiting_stream_repeats_its_queue_feedback_as_the_heartbeat(
     )
     _, raw = await answer_after_heartbeats(gw, client, beats, position(2, 3000))
     comments = [f for f in raw.split(b"\n\n") if f.startswith(b":")]
-    assert comments[:3] == [b": queue position=2 estimated_wait_ms=3000"] * 3
     assert b": heartbeat" not in comments
+    told = [c.decode().removeprefix(": queue ").split() for c in comments[:3]]
+    assert [words[0] for words in told] == ["position=2"] * 3
+    # The estimate counts down from heartbeat to heartbeat (at least one interval apart).
+    waits = [int(words[1].removeprefix("estimated_wait_ms=")) for words in told]
+    assert waits[0] == 3000 and waits[0] > waits[1] > waits[2]
 
 
 # --- the encoders ---------------------------------------------------------------------------

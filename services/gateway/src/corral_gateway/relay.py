@@ -150,6 +150,8 @@ class Relay:
         # The job carries the request's deadline and retry terms to the lane.
         ticket.terms = ext.terms
         self.shown: tuple[int, int] | None = None
+        # When `shown` was written (monotonic): a heartbeat counts its wait down from then.
+        self.shown_at = 0.0
         self.wrote_tokens = False
         self.order = TokenOrder()
         self.collected: list[dict[str, Any]] = []
@@ -296,6 +298,7 @@ class Relay:
         ):
             return
         self.shown = (position, wait_ms)
+        self.shown_at = time.monotonic()
         await self._write(self.shape.queue(position, wait_ms))
 
     async def _heartbeat(self) -> None:
@@ -304,8 +307,13 @@ class Relay:
         if not self.stream or self.wrote_tokens:
             return
         if self.shown is not None:
+            # The wait counts down between the lane's updates: the client is told what is left
+            # of the last estimate, not the same number again.
             position, wait_ms = self.shown
-            await self._write(self.shape.queue(position, wait_ms))
+            now = time.monotonic()
+            left_ms = max(0, wait_ms - round((now - self.shown_at) * 1000))
+            self.shown, self.shown_at = (position, left_ms), now
+            await self._write(self.shape.queue(position, left_ms))
             return
         keepalive = self.encoder.heartbeat()
         if keepalive:
