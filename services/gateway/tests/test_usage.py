@@ -27,6 +27,7 @@ from corral_common.messages import (
     SessionCounts,
     Started,
     StoreStatus,
+    Tokens,
 )
 from corral_common.status_board import StoreBoard
 from corral_gateway import admin
@@ -44,7 +45,7 @@ from corral_gateway.usage import (
     SwapHistory,
     Usage,
 )
-from services.gateway.tests.fakes import FakeGateway, alice, job, relay_app
+from services.gateway.tests.fakes import FakeGateway, alice, chunk, job, relay_app
 
 RID = "req-usage-1"
 TIMINGS = RelayTimings(heartbeat_s=60.0, straggler_timeout_s=1.0, stored_timeout_s=0.0)
@@ -76,11 +77,13 @@ def gateway_with_boards() -> FakeGateway:
     return gw
 
 
-def chat_app(gw: FakeGateway, extras: dict[str, Any] | None = None) -> web.Application:
+def chat_app(
+    gw: FakeGateway, extras: dict[str, Any] | None = None, *, stream: bool = False
+) -> web.Application:
     """One chat relayed (fakes.relay_app) behind the access log, called by alice's key."""
     ext = Extensions(request_id=RID, session_id=None, queue_progress=True, client_key=None)
     app = relay_app(
-        gw, ext, job(RID), timings=TIMINGS, stream=False, extras=lambda d, p: extras or {}
+        gw, ext, job(RID), timings=TIMINGS, stream=stream, extras=lambda d, p: extras or {}
     )
 
     @web.middleware
@@ -155,6 +158,27 @@ async def test_a_failed_request_is_logged_with_its_status_and_counted_as_an_erro
     report = gw.usage.report()
     assert (report["requests"], report["errors"]) == (1, 1)
     assert report["by_model"]["m"]["errors"] == 1
+
+
+async def test_a_stream_that_breaks_after_its_200_is_logged_with_its_error(
+    aiohttp_client: AiohttpClient,
+) -> None:
+    gw = gateway_with_boards()
+    gw.hub.feed(
+        RID,
+        Started(request_id=RID, waited_ms=3),
+        Tokens(request_id=RID, seq=0, chunks=[chunk("Hel")]),
+        Failed(request_id=RID, status=502, error_type="backend_error", message="cut"),
+    )
+    client = await aiohttp_client(chat_app(gw, stream=True))
+    with capture_logs() as logs:
+        response = await client.post("/chat", json={})
+        assert response.status == 200
+        assert b"cut" in await response.read()
+    [line] = access_lines(logs)
+    assert (line["status"], line["error"], line["queue_wait_ms"]) == (200, "backend_error", 3)
+    assert gw.usage.total.errors == 1
+    assert gw.usage.generations == 0
 
 
 async def test_unknown_routes_are_logged_and_probes_only_at_debug(

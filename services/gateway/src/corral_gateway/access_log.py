@@ -6,7 +6,8 @@
 
 The middleware is the outermost one, so every answer is logged with the status the client
 got: refusals at the edge (CORS, Host, unknown routes), the gate's 401/403/429, errors, and
-streams (logged when the last byte is written; `duration_ms` spans the whole stream). A client
+streams (logged when the last byte is written; `duration_ms` spans the whole stream; one that broke
+after its 200 went out says so in `error`, with the error's type). A client
 that leaves first is logged with 499 (nginx's "client closed request"). What only the handler
 learns (the model, the queue wait, the tokens) comes from the request's `usage.RequestRecord`;
 the caller from the gate (`identity.principal.CALLER`). The same record feeds this gateway's
@@ -109,5 +110,7 @@ def _finish(
         fields["generated_tokens"] = record.generated_tokens
     if record.truncated:
         fields["truncated"] = True
+    if record.error is not None:
+        fields["error"] = record.error
     emit = log.debug if request.path in QUIET_PATHS else log.info
     emit("request", **fields, **UNLIMITED)

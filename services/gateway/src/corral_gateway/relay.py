@@ -54,7 +54,7 @@ from corral_gateway.hub import BrokerLost, Delivery
 from corral_gateway.ordering import TokenOrder
 from corral_gateway.responses import json_response
 from corral_gateway.ticket import BROKER_LOST_MESSAGE, JobTicket, failure_error
-from corral_gateway.usage import note_truncated, note_waited
+from corral_gateway.usage import note_stream_error, note_truncated, note_waited
 
 log = structlog.get_logger(__name__)
 
@@ -393,6 +393,7 @@ class Relay:
                 details=error.details,
                 headers={**self.headers, **error.headers},
             )
+        note_stream_error(error.error_type)
         for frame in self.shape.failure(error):
             await self._write(frame)
         return await self._end(complete=False)

@@ -48,6 +48,8 @@ class RequestRecord:
     prompt_tokens: int = 0
     generated_tokens: int = 0
     truncated: bool | None = None
+    # The error that ended a stream after its 200 went out (the status says nothing of it).
+    error: str | None = None
 
 
 _RECORD: ContextVar[RequestRecord | None] = ContextVar("corral_request_record", default=None)
@@ -106,6 +108,13 @@ def note_done(done: Done) -> None:
         record.generated_tokens = generated
 
 
+def note_stream_error(error_type: str) -> None:
+    """A stream that ended with an error frame after its headers (status 200) were sent."""
+    record = _RECORD.get()
+    if record is not None:
+        record.error = error_type
+
+
 def note_truncated(model: str, truncated: bool) -> None:
     """Whether the context sent for a chat or generate dropped messages to fit the window."""
     if truncated:
@@ -124,7 +133,7 @@ class Tally:
 
     def add(self, record: RequestRecord, status: int) -> None:
         self.requests += 1
-        if status >= 400:
+        if status >= 400 or record.error is not None:
             self.errors += 1
         self.prompt_tokens += record.prompt_tokens
         self.generated_tokens += record.generated_tokens
@@ -170,7 +179,7 @@ class Usage:
         self.total.add(record, status)
         _row(self.by_model, record.model).add(record, status)
         _row(self.by_caller, caller).add(record, status)
-        if record.kind in STREAMED_KINDS and status < 400:
+        if record.kind in STREAMED_KINDS and status < 400 and record.error is None:
             self.generations += 1
             self.generation_tokens += record.prompt_tokens + record.generated_tokens
         if record.truncated is not None:
