@@ -135,6 +135,21 @@ async def test_each_server_is_shown_in_health_and_metrics(
     assert all(
         s["connected"] and s["in_rotation"] and s["kind"] == "ollama" for s in servers.values()
     )
+
+    async def gateway_shows_both_and_the_job() -> bool:
+        async with (
+            aiohttp.ClientSession() as session,
+            session.get(f"{pool_cluster.gateway_url}/health") as response,
+        ):
+            shown = {s["name"]: s for s in (await response.json())["ollama"]["servers"]}
+        return (
+            set(shown) == {"x", "y"}
+            and all(s["in_rotation"] for s in shown.values())
+            and sum(s["jobs_done"] for s in shown.values()) >= 1
+        )
+
+    # The gateway's /health too, from the next status broadcast.
+    await eventually(gateway_shows_both_and_the_job, what="both servers in the gateway's /health")
     for name in ("x", "y"):
         in_rotation = f'corral_backend_server_in_rotation{{server="{name}"}}'
         assert await metric_value(pool_cluster, in_rotation) == 1.0

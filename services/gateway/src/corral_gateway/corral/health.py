@@ -7,6 +7,7 @@ import time
 from typing import Any
 
 from corral_common import __version__
+from corral_common.messages import SchedulerStatus
 from corral_common.redaction import redact_url
 from corral_common.status_board import StoreState
 from corral_gateway.state import Gateway
@@ -83,6 +84,31 @@ def metrics_block(gateway: Gateway) -> dict[str, Any]:
     }
 
 
+def servers_block(statuses: list[SchedulerStatus]) -> list[dict[str, Any]]:
+    """Each model server of the pool (one without `CORRAL_BACKENDS`), as the scheduler holding
+    the lane sees them: the one running jobs, else the one that last moved (a standby probes
+    the servers too, but runs nothing)."""
+    if not statuses:
+        return []
+    active = max(
+        statuses, key=lambda s: (s.queue.running, s.health.last_progress_at or 0.0, s.sent_at)
+    )
+    return [
+        {
+            "name": server.name,
+            "kind": server.kind,
+            "url": redact_url(server.url),
+            "connected": server.connected,
+            "in_rotation": server.in_rotation,
+            "running": server.running,
+            "loaded_model": server.loaded_model,
+            "jobs_done": server.jobs_done,
+            "model_swaps": server.swaps,
+        }
+        for server in active.servers
+    ]
+
+
 def models_available(gateway: Gateway) -> int | None:
     """How many models the backend has, from the model manager's list; None before one came."""
     return len(gateway.models.names) if gateway.models.updated_at else None
@@ -126,6 +152,7 @@ async def health(gateway: Gateway) -> dict[str, Any]:
             "error": backend.error if backend and not backend.connected else None,
             "models_available": models_available(gateway),
             "current_model_loaded": backend.loaded_model if backend else None,
+            "servers": servers_block(statuses),
         },
         "queue": {
             "depth": waiting + running,
