@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import socket
 import subprocess
 from collections.abc import Iterator
@@ -45,10 +46,11 @@ def unavailable(reason: str) -> None:
 def rotel_agent() -> Path:
     """The `rotel-agent` binary inside the pinned PyPI package (it declares no entry point, so
     uvx finds it through the package's own `Agent`)."""
+    uvx = shutil.which("uvx") or str(Path.home() / ".local" / "bin" / "uvx")
     try:
         found = subprocess.run(
             [
-                "uvx",
+                uvx,
                 "--from",
                 ROTEL,
                 "python",
