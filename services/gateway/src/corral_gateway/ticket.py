@@ -32,7 +32,7 @@ from corral_gateway.hub import BrokerLost, Delivery
 from corral_gateway.identity.quotas import TokenQuota
 from corral_gateway.request_terms import RequestTerms
 from corral_gateway.state import Gateway, QueueView
-from corral_gateway.usage import note_done, note_model
+from corral_gateway.usage import final_count, note_done, note_model
 
 log = structlog.get_logger(__name__)
 
@@ -155,13 +155,8 @@ class JobTicket:
         cost is noted for the access log, the usage report and the metrics (usage.py)."""
         if done is not None and not self.settled:
             note_done(done)
-            tokens = done.final.get("eval_count")
-            if (
-                self.quota is not None
-                and isinstance(tokens, int)
-                and not isinstance(tokens, bool)
-                and tokens > 0
-            ):
+            tokens = final_count(done.final, "eval_count")
+            if self.quota is not None and tokens:
                 self.gateway.spawn(self.quota.charge(tokens))
         self.settled = True
 

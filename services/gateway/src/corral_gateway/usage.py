@@ -81,7 +81,8 @@ def note_waited(waited_ms: int) -> None:
         record.waited_ms = waited_ms
 
 
-def _count(final: dict[str, Any], key: str) -> int:
+def final_count(final: dict[str, Any], key: str) -> int:
+    """A count from a final chunk (`eval_count`, ...): 0 unless a positive integer."""
     value = final.get(key)
     return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0
 
@@ -90,13 +91,13 @@ def note_done(done: Done) -> None:
     """A job's answer: its queue wait, tokens and model load, into the record and the
     metrics. Once per job (the ticket settles once)."""
     model, kind, final = done.model, done.job_kind, done.final
-    prompt, generated = _count(final, "prompt_eval_count"), _count(final, "eval_count")
+    prompt, generated = final_count(final, "prompt_eval_count"), final_count(final, "eval_count")
     metrics.QUEUE_WAIT.labels(kind).observe(done.waited_ms / 1000)
     if prompt:
         metrics.TOKENS.labels(model, "prompt").inc(prompt)
     if generated:
         metrics.TOKENS.labels(model, "generated").inc(generated)
-    load_ns = _count(final, "load_duration")
+    load_ns = final_count(final, "load_duration")
     if load_ns >= LOAD_THRESHOLD_NS:
         metrics.MODEL_LOAD_TIME.labels(model).observe(load_ns / NS_PER_S)
     record = _RECORD.get()
