@@ -33,6 +33,7 @@ CORRAL_IMAGE=${CORRAL_IMAGE:-localhost/corral:latest}
 STANDINS_IMAGE=${CORRAL_STANDINS_IMAGE:-localhost/corral-standins:latest}
 RABBITMQ_IMAGE=${CORRAL_RABBITMQ_IMAGE:-localhost/corral-rabbitmq:local}
 SUITE=bookworm
+PIP_VERSION=25.1.1
 ARCH=$(uname -m)
 
 SERVICES=(corral-gateway corral-scheduler corral-model-manager corral-session-store)
@@ -68,7 +69,11 @@ wheels() {
         say "dependency wheels up to date"
         return
     fi
-    python3 -m pip download --quiet --disable-pip-version-check --no-deps \
+    rm -f "$WHEELS"/*.whl
+    # pip from PyPI through uv, at a pinned version: no Python on PATH need have pip (under
+    # `uv run`, the project's environment has none).
+    "$UV" tool run --quiet --from "pip==$PIP_VERSION" pip download --quiet \
+        --disable-pip-version-check --no-deps \
         --only-binary=:all: --implementation cp --python-version 3.11 --abi cp311 \
         --platform "manylinux_2_28_$ARCH" --platform "manylinux2014_$ARCH" \
         --dest "$WHEELS" -r "$WHEELS/services.txt" -r "$WHEELS/standins.txt" \
