@@ -111,3 +111,33 @@ async def test_a_client_that_leaves_the_queue_is_never_run(
     contents = [r["messages"][-1]["content"] for r in await emu.requests("chat")]
     assert "I will leave" not in contents
     assert (await emu.stats())["max_active"] == 1
+
+
+async def test_the_lane_gauges_are_true_idle_during_and_after_a_burst(
+    cluster: Cluster, emu: EmulatorControl
+) -> None:
+    """`corral_queue_depth` (waiting) and `corral_queue_running` at every moment: they used to
+    miss the job that started, reading 1 on an idle lane and 5 after a drained burst."""
+    await wait_for_metric(cluster, "corral_queue_depth 0.0")
+    await wait_for_metric(cluster, "corral_queue_running 0.0")
+    await emu.hold()
+    body = {"model": "llama3.2", "stream": False}
+    async with aiohttp.ClientSession() as session:
+        burst = [
+            asyncio.create_task(
+                session.post(
+                    f"{cluster.gateway_url}/api/chat",
+                    json={**body, "messages": [{"role": "user", "content": f"burst {i}"}]},
+                )
+            )
+            for i in range(5)
+        ]
+        await emu.wait(held=1)
+        await wait_for_metric(cluster, "corral_queue_depth 4.0")
+        await wait_for_metric(cluster, "corral_queue_running 1.0")
+        await emu.release()
+        for answered in await asyncio.gather(*burst):
+            async with answered as response:
+                assert response.status == 200
+    await wait_for_metric(cluster, "corral_queue_depth 0.0")
+    await wait_for_metric(cluster, "corral_queue_running 0.0")
