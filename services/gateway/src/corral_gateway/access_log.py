@@ -23,7 +23,6 @@ them off.
 
 from __future__ import annotations
 
-import asyncio
 import time
 
 import structlog
@@ -33,8 +32,8 @@ from aiohttp.typedefs import Handler, Middleware
 from corral_common.log_limits import UNLIMITED
 from corral_gateway import usage
 from corral_gateway.identity.principal import CALLER, Caller
+from corral_gateway.responses import answered
 from corral_gateway.state import GATEWAY
-from corral_gateway.surfaces import CLIENT_CLOSED
 
 log = structlog.get_logger("corral_gateway.access")
 
@@ -55,20 +54,10 @@ def access_log_middleware(*, enabled: bool = True) -> Middleware:
     @web.middleware
     async def access_log(request: web.Request, handler: Handler) -> web.StreamResponse:
         record = usage.begin()
-        status = 500
-        response: web.StreamResponse | None = None
-        try:
-            response = await handler(request)
-            status = response.status
-            return response
-        except web.HTTPException as exc:
-            status = exc.status
-            raise
-        except asyncio.CancelledError:
-            status = CLIENT_CLOSED
-            raise
-        finally:
-            _finish(request, response, record, status, enabled)
+        return await answered(
+            handler(request),
+            lambda response, status: _finish(request, response, record, status, enabled),
+        )
 
     return access_log
 

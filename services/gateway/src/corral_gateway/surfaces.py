@@ -35,7 +35,6 @@ record. An app without a gate (tests of a bare surface) lets everyone in, as aut
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
@@ -47,7 +46,7 @@ from corral_common.clip import clip
 from corral_common.errors import CorralError, ErrorType, retry_after_seconds
 from corral_gateway.identity.gate import GATEKEEPER, Gatekeeper
 from corral_gateway.identity.principal import Access
-from corral_gateway.responses import json_response
+from corral_gateway.responses import answered, json_response
 from corral_gateway.validation import OllamaRequestError
 
 log = structlog.get_logger(__name__)
@@ -57,9 +56,6 @@ ERROR_HEADERS = web.RequestKey("error_headers", dict[str, str])
 
 # The typed errors Corral's handlers raise; a surface may catch more (its own error type).
 SURFACE_ERRORS: tuple[type[Exception], ...] = (CorralError, OllamaRequestError)
-
-# nginx's status for a request whose client left before the answer (audit records only).
-CLIENT_CLOSED = 499
 
 # The response for a caught error, given the request's error headers (`answer_with`).
 ErrorRenderer = Callable[[Exception, dict[str, str]], web.StreamResponse]
@@ -141,21 +137,12 @@ class Surface:
         gate = request.app.get(GATEKEEPER)
         if gate is None or not gate.audits(request, access):
             return await self._answer(request, handler, access, gate)
-        status = 500
-        response: web.StreamResponse | None = None
-        try:
-            response = await self._answer(request, handler, access, gate)
-            status = response.status
-            return response
-        except web.HTTPException as exc:
-            status = exc.status
-            raise
-        except asyncio.CancelledError:
-            status = CLIENT_CLOSED
-            raise
-        finally:
+
+        def audit(response: web.StreamResponse | None, status: int) -> None:
             request_id = response.headers.get("X-Request-Id") if response is not None else None
             gate.audit(request, status, request_id or request.headers.get("X-Request-Id"))
+
+        return await answered(self._answer(request, handler, access, gate), audit)
 
     async def _answer(
         self, request: web.Request, handler: RouteHandler, access: Access, gate: Gatekeeper | None
