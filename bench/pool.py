@@ -29,8 +29,10 @@ Per configuration: wall time, jobs/s and its ratio to the 1-server run, model lo
 emulators' own count), swaps per server (the scheduler's
 `corral_backend_server_model_swaps_total`), p50/p95 end to end (request sent to `done`), each
 emulator's `max_active` (the per-server serial invariant: anything but 1 fails the run), jobs
-per server, and how often a server sat idle while jobs waited (the scheduler's /metrics sampled
-every `--sample-ms`: `corral_queue_depth` > 0 while `corral_backend_server_busy` is 0).
+per server, how often a server sat idle while jobs waited (the scheduler's /metrics sampled
+every `--sample-ms`: `corral_queue_depth` > 0 while `corral_backend_server_busy` is 0), and how
+many swap loads were of a model another server held at that moment (the emulators' loaded
+models, sampled with it).
 Method and results: docs/performance.md, "Backend pools".
 """
 
