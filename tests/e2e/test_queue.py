@@ -249,6 +249,12 @@ async def test_dead_letters_can_be_inspected(queue_cluster: Cluster, emu: Emulat
     status, body = await get(queue_cluster, "/admin/dlq?limit=x")
     assert status == 400
 
+    # The scheduler's gauge of the DLQ's depth sees it too (it once read its first count forever).
+    async def gauge_counts_it() -> bool:
+        return await metric_value(queue_cluster, "corral_dead_letter_queue_messages") >= 1
+
+    await eventually(gauge_counts_it, what="corral_dead_letter_queue_messages counting the job")
+
 
 LONG = "leave " + " ".join(f"word{i}" for i in range(60))
 

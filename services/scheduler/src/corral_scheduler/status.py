@@ -170,7 +170,9 @@ class StatusReporter:
         try:
             if self._probe_channel is None or self._probe_channel.is_closed:
                 self._probe_channel = await self.broker.channel()
-            queue = await self._probe_channel.declare_queue(name, passive=True)
+            # Not kept by the robust channel: a kept passive declaration is handed back as it
+            # was, with its first message count forever.
+            queue = await self._probe_channel.declare_queue(name, passive=True, robust=False)
         except Exception as exc:
             log.debug("queue depth probe failed", queue=name, error=str(exc))
             self._probe_channel = None
