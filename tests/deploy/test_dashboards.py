@@ -438,15 +438,17 @@ async def test_every_panel_query_returns_data(
 
     # Alerts raised by the real series: a job no scheduler can read is dead-lettered (firing at
     # once), and the standby scheduler dies (pending: it fires after 5 minutes).
-    # (CorralDeadLettersWaiting is not expected yet: the scheduler's
-    # corral_dead_letter_queue_messages stays 0 here while the DLQ holds the job.)
     connection = await aio_pika.connect(watched.cluster.amqp_url)
     async with connection:
         channel = await connection.channel()
         jobs = await channel.get_exchange(JOBS_EXCHANGE)
         await jobs.publish(aio_pika.Message(b"not a job"), routing_key=JOBS_ROUTING_KEY)
     watched.cluster.kill("scheduler-standby")
-    expected = {"CorralJobsDeadLettered": "firing", "CorralSchedulerStandbyMissing": "pending"}
+    expected = {
+        "CorralJobsDeadLettered": "firing",
+        "CorralDeadLettersWaiting": "pending",
+        "CorralSchedulerStandbyMissing": "pending",
+    }
     raised: dict[str, str] = {}
 
     async def alerts_raised() -> bool:
