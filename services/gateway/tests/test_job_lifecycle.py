@@ -312,6 +312,22 @@ async def test_a_failure_after_the_first_byte_ends_the_stream_with_an_error_line
     assert got[-1] == {"error": "backend broke"}
 
 
+async def test_a_mid_stream_failure_overtaking_its_tokens_waits_for_them(
+    aiohttp_client: AiohttpClient,
+) -> None:
+    """The failure comes on the confirmed channel and may arrive before the tokens streamed
+    before it: they go out first, then the error line (not an HTTP 500 with nothing)."""
+    gw = FakeGateway()
+    broke = failed(500, "out of memory").model_copy(update={"token_batches": 2})
+    gw.hub.feed(RID, started(), broke, tokens(1, "b"), tokens(0, "a"))
+    client = await aiohttp_client(relay_app(gw, progress=False))
+    response = await client.post("/chat")
+    assert response.status == 200
+    got = lines(await response.read())
+    assert [c["message"]["content"] for c in got[:2]] == ["a", "b"]
+    assert got[-1] == {"error": "out of memory"}
+
+
 async def test_a_redelivered_job_after_tokens_is_not_spliced(
     aiohttp_client: AiohttpClient,
 ) -> None:

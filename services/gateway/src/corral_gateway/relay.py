@@ -213,6 +213,11 @@ class Relay:
                 case Done() as done:
                     return await self._finish(done)
                 case Failed() as failed:
+                    if failed.token_batches:
+                        # What it streamed before failing goes out first: the failure comes on
+                        # the confirmed channel and may overtake those tokens, and answering
+                        # before them would turn a mid-stream error into an HTTP 500.
+                        await self._drain(failed.token_batches)
                     # A non-streaming request that failed mid-way gets the error alone, as
                     # from Ollama.
                     retry = failed.details.get("retry_after_s")
