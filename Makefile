@@ -6,7 +6,7 @@ SHELL := /bin/bash
 UV ?= $(shell command -v uv 2>/dev/null || echo "$(HOME)/.local/bin/uv")
 export UV_LINK_MODE ?= copy
 
-.PHONY: run run-demo test lint typecheck check bench bench-estimates bench-fairness install rabbitmq \
+.PHONY: run run-demo test lint typecheck check bench bench-estimates bench-fairness bench-pool install rabbitmq \
 	chromium deploy-tools embedded-model test-embedded-model images check-deploy
 
 $(UV):
@@ -91,6 +91,11 @@ bench: install rabbitmq
 ## How close the queue's wait estimates come to real waits (about 2 minutes; docs/performance.md).
 bench-estimates: install rabbitmq
 	$(UV) run python bench/estimates.py
+
+## A pool of 1, 2 and 4 emulated servers under mixed-model load, model affinity against round
+## robin (about 7 minutes; docs/performance.md, "Backend pools").
+bench-pool: install rabbitmq
+	$(UV) run python bench/pool.py
 
 ## Queue ordering policies compared by simulation (no cluster needed; docs/queue.md).
 bench-fairness: install
