@@ -22,6 +22,8 @@ from typing import NoReturn
 
 import pytest
 
+from tests.processes import stop
+
 ROOT = Path(__file__).resolve().parents[2]
 
 # CLI tools that are not workspace dependencies, run by `uvx --from <pin>` (cached by uv).
@@ -176,12 +178,7 @@ def podman(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Podman]:
             yield Podman(docker_host, env)
         finally:
             if service is not None:
-                service.terminate()
-                try:
-                    service.wait(15)
-                except subprocess.TimeoutExpired:
-                    service.kill()
-                    service.wait()
+                stop(service, 15)
 
 
 @dataclass(frozen=True)

@@ -42,6 +42,7 @@ from tests.deploy.conftest import unavailable
 from tests.fixtures import ClusterFactory
 from tests.gateway_http import call, create_user_key, keyed_cluster
 from tests.polling import eventually, until
+from tests.processes import stop
 
 ROOT = Path(__file__).resolve().parents[2]
 GRAFANA_DIR = ROOT / "deploy" / "grafana"
@@ -242,12 +243,7 @@ def prometheus_url(
         assert process.poll() is None, f"Prometheus exited:\n{log.read_text()[-3000:]}"
         yield url
     finally:
-        process.terminate()
-        try:
-            process.wait(10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop(process)
 
 
 def _ready(url: str) -> bool:

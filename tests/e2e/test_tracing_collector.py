@@ -28,6 +28,7 @@ from corral_emulator import EmulatorControl
 from tests.fixtures import ClusterFactory
 from tests.gateway_http import call
 from tests.polling import eventually, until
+from tests.processes import stop
 
 pytestmark = pytest.mark.e2e
 
@@ -194,12 +195,7 @@ def collector(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Collector]:
             unavailable(f"rotel-agent exited: {output.read_text(errors='replace')[-500:]}")
         yield Collector(f"http://{LOOPBACK}:{http_port}", output)
     finally:
-        process.terminate()
-        try:
-            process.wait(10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop(process)
 
 
 @pytest.fixture(scope="module")
