@@ -143,16 +143,24 @@ def new_cluster(
     mongo_url: str,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> ClusterFactory:
-    """Starts a cluster of its own (broker vhost, work dir) in front of the emulator: a scheduler
-    and a gateway, plus the model manager and session store with `whole=True`. Use it as a
-    context manager; leaving stops every service."""
+    """Starts a cluster of its own (broker vhost, work dir) in front of the emulator (or
+    `backend_url`): a scheduler and a gateway, plus the model manager and session store with
+    `whole=True` (on the session's store, or `store_url`). Use it as a context manager; leaving
+    stops every service."""
 
-    def start(name: str, *, whole: bool = False, **env: str) -> Cluster:
+    def start(
+        name: str,
+        *,
+        whole: bool = False,
+        backend_url: str | None = None,
+        store_url: str | None = None,
+        **env: str,
+    ) -> Cluster:
         return start_cluster(
             fresh_broker(),
-            emulator.url,
+            backend_url or emulator.url,
             tmp_path_factory.mktemp(name),
-            mongo_url=mongo_url if whole else None,
+            mongo_url=(store_url or mongo_url) if whole else None,
             **env,
         )
 

@@ -10,7 +10,7 @@ whether or not the client is still there).
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import aiohttp
@@ -20,7 +20,7 @@ from corral_common.ids import new_id
 from corral_devstack.cluster import Cluster
 from corral_devstack.mongo import SecantusNode
 from corral_emulator import EmulatorControl, expected_reply
-from tests.fixtures import Emulator, start_cluster
+from tests.fixtures import ClusterFactory
 from tests.polling import eventually
 
 pytestmark = pytest.mark.e2e
@@ -35,17 +35,11 @@ def store_node() -> Iterator[SecantusNode]:
 
 
 @pytest.fixture(scope="module")
-def health_cluster(
-    fresh_broker: Callable[[], str],
-    emulator: Emulator,
-    store_node: SecantusNode,
-    tmp_path_factory: pytest.TempPathFactory,
-) -> Iterator[Cluster]:
-    cluster = start_cluster(
-        fresh_broker(),
-        emulator.url,
-        tmp_path_factory.mktemp("health"),
-        mongo_url=store_node.url,
+def health_cluster(new_cluster: ClusterFactory, store_node: SecantusNode) -> Iterator[Cluster]:
+    cluster = new_cluster(
+        "health",
+        whole=True,
+        store_url=store_node.url,
         CORRAL_STATUS_INTERVAL_S="0.5",
         CORRAL_HEALTH_INTERVAL_S="0.5",
         CORRAL_HEALTH_WRITE_TIMEOUT_S="1",

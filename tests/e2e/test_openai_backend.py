@@ -6,7 +6,7 @@ requests; what it cannot do is a 501 naming the backend kind."""
 from __future__ import annotations
 
 import sys
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import aiohttp
@@ -18,7 +18,7 @@ from corral_devstack.cluster import Cluster
 from corral_devstack.ports import free_port
 from corral_devstack.processes import ServiceProcess
 from corral_emulator import EmulatorControl, expected_reply
-from tests.fixtures import start_cluster
+from tests.fixtures import ClusterFactory
 
 pytestmark = pytest.mark.e2e
 
@@ -50,17 +50,11 @@ def openai_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 
 @pytest.fixture(scope="module")
-def openai_cluster(
-    fresh_broker: Callable[[], str],
-    openai_server: str,
-    mongo_url: str,
-    tmp_path_factory: pytest.TempPathFactory,
-) -> Iterator[Cluster]:
-    with start_cluster(
-        fresh_broker(),
-        openai_server,
-        tmp_path_factory.mktemp("openai-cluster"),
-        mongo_url=mongo_url,
+def openai_cluster(new_cluster: ClusterFactory, openai_server: str) -> Iterator[Cluster]:
+    with new_cluster(
+        "openai-cluster",
+        whole=True,
+        backend_url=openai_server,
         CORRAL_BACKEND_KIND="openai",
         CORRAL_STATUS_INTERVAL_S="0.5",
     ) as cluster:
