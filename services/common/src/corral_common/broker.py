@@ -24,6 +24,7 @@ from aio_pika.abc import (
 from prometheus_client import Counter
 
 from corral_common import jsonutil
+from corral_common.metric_labels import zeroed
 from corral_common.settings import CorralSettings
 from corral_common.telemetry import inject_context
 from corral_common.timeouts import within
@@ -45,15 +46,18 @@ CONNECT_ERRORS: tuple[type[BaseException], ...] = (*BROKER_DOWN_ERRORS, OSError)
 
 # Durable publishes by how the broker answered: confirmed (acked), queue_full (nacked: the
 # queue's length limit), unroutable (returned), unavailable (no broker or no confirm in time).
-PUBLISHES = Counter(
-    "corral_broker_publishes_total",
-    "Confirmed (durable) publishes, by the broker's answer "
-    "(confirmed, queue_full, unroutable, unavailable)",
-    ["outcome"],
+PUBLISHES = zeroed(
+    Counter(
+        "corral_broker_publishes_total",
+        "Confirmed (durable) publishes, by the broker's answer "
+        "(confirmed, queue_full, unroutable, unavailable)",
+        ["outcome"],
+    ),
+    "confirmed",
+    "queue_full",
+    "unroutable",
+    "unavailable",
 )
-# Every outcome exported from the start at 0, so a first refusal is an increase Prometheus sees.
-for _outcome in ("confirmed", "queue_full", "unroutable", "unavailable"):
-    PUBLISHES.labels(_outcome)
 
 
 class BrokerUnavailable(Exception):

@@ -25,6 +25,7 @@ from corral_common.broker import Broker, encode
 from corral_common.clip import clip
 from corral_common.errors import ErrorType
 from corral_common.messages import Failed, Job
+from corral_common.metric_labels import zeroed
 from corral_common.topology import DLX_EXCHANGE, JOBS_ROUTING_KEY
 
 log = structlog.get_logger(__name__)
@@ -32,16 +33,18 @@ log = structlog.get_logger(__name__)
 GATEWAY_ID_HEADER = "x-corral-gateway-id"
 REQUEST_ID_HEADER = "x-corral-request-id"
 
-DEAD_LETTERS = Counter(
-    "corral_dead_letters_total",
-    "This submitter's own jobs that came back dead-lettered, by RabbitMQ's reason "
-    "(delivery_limit, expired, maxlen, rejected)",
-    ["reason"],
+DEAD_LETTERS = zeroed(
+    Counter(
+        "corral_dead_letters_total",
+        "This submitter's own jobs that came back dead-lettered, by RabbitMQ's reason "
+        "(delivery_limit, expired, maxlen, rejected)",
+        ["reason"],
+    ),
+    "delivery_limit",
+    "expired",
+    "maxlen",
+    "rejected",
 )
-# RabbitMQ's reasons exported from the start at 0, so a first dead letter is an increase
-# Prometheus sees (a series born at 1 has no increase).
-for _reason in ("delivery_limit", "expired", "maxlen", "rejected"):
-    DEAD_LETTERS.labels(_reason)
 
 
 def job_headers(job: Job) -> dict[str, Any]:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from prometheus_client import Counter, Gauge, Histogram
 
+from corral_common.metric_labels import zeroed
+
 WAIT_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
 
 QUEUE_DEPTH = Gauge("corral_queue_depth", "Jobs admitted and waiting for the backend")
@@ -91,8 +93,16 @@ TAKEOVER_GRACES = Counter(
 LANE_STUCK = Gauge(
     "corral_lane_stuck", "1 while the watchdog finds the lane holding work without progress"
 )
-JOBS_DEAD_LETTERED = Counter(
-    "corral_jobs_dead_lettered_total", "Jobs the scheduler dead-lettered, by reason", ["reason"]
+JOBS_DEAD_LETTERED = zeroed(
+    Counter(
+        "corral_jobs_dead_lettered_total",
+        "Jobs the scheduler dead-lettered, by reason",
+        ["reason"],
+    ),
+    "unreadable",
+    "unroutable",
+    "admission_failed",
+    "failure_unpublished",
 )
 BACKEND_RETRIES = Counter(
     "corral_backend_retries_total",
