@@ -170,14 +170,15 @@ class StatusReporter:
         try:
             if self._probe_channel is None or self._probe_channel.is_closed:
                 self._probe_channel = await self.broker.channel()
-            # Not kept by the robust channel: a kept passive declaration is handed back as it
-            # was, with its first message count forever.
-            queue = await self._probe_channel.declare_queue(name, passive=True, robust=False)
+            queue = await self._probe_channel.declare_queue(name, passive=True)
+            # Declared again each time: a robust channel hands back the queue it declared
+            # passively before, with the message count of that first declaration.
+            result = await queue.declare()
         except Exception as exc:
             log.debug("queue depth probe failed", queue=name, error=str(exc))
             self._probe_channel = None
             return None
-        return int(queue.declaration_result.message_count or 0)
+        return int(result.message_count or 0)
 
 
 def _as_one(servers: list[ServerStatus]) -> BackendStatus:
