@@ -8,6 +8,7 @@ import secrets
 import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
@@ -63,11 +64,12 @@ def admin_request(url: str, admin: str, method: str, path: str, body: Any = None
         return orjson.loads(response.read())
 
 
-def create_user_key(url: str, admin: str, label: str) -> dict[str, Any]:
+def create_user_key(url: str, admin: str, label: str, owner: str | None = None) -> dict[str, Any]:
     """A user key made through `POST /admin/keys`, as it answered (`key`, `id`, ...)."""
-    made: dict[str, Any] = admin_request(
-        url, admin, "POST", "/admin/keys", {"scope": "user", "label": label}
-    )
+    body: dict[str, Any] = {"scope": "user", "label": label}
+    if owner is not None:
+        body["owner"] = owner
+    made: dict[str, Any] = admin_request(url, admin, "POST", "/admin/keys", body)
     return made
 
 
@@ -80,3 +82,27 @@ def keyed_cluster(
     admin = "operator-" + secrets.token_urlsafe(32)
     with new_cluster(name, whole=True, CORRAL_AUTH="on", CORRAL_ADMIN_KEY=admin, **env) as cluster:
         yield cluster, admin
+
+
+@dataclass(frozen=True)
+class TwoUsers:
+    """A keyed cluster, its operator's key and two users' keys."""
+
+    cluster: Cluster
+    admin: str
+    first: str
+    second: str
+
+    @property
+    def url(self) -> str:
+        return self.cluster.gateway_url
+
+
+@contextmanager
+def two_users(
+    new_cluster: ClusterFactory, name: str, users: tuple[str, str], **env: str
+) -> Iterator[TwoUsers]:
+    """`keyed_cluster` with a user key for each of `users` (label and owner)."""
+    with keyed_cluster(new_cluster, name, **env) as (cluster, admin):
+        first, second = (create_user_key(cluster.gateway_url, admin, u, u)["key"] for u in users)
+        yield TwoUsers(cluster, admin, first, second)

@@ -11,7 +11,6 @@ after 1 s and deleted 5 s later, for the lifecycle job and the operators' clear-
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
@@ -22,7 +21,7 @@ import pytest
 from corral_devstack.cluster import Cluster
 from corral_emulator import EmulatorControl, expected_reply
 from tests.fixtures import ClusterFactory
-from tests.gateway_http import bearer, call, create_user_key, keyed_cluster
+from tests.gateway_http import TwoUsers, bearer, call, two_users
 from tests.polling import eventually
 
 pytestmark = pytest.mark.e2e
@@ -31,29 +30,17 @@ DEFAULT_PROMPT = "You are Corral's assistant."
 QWEN_PROMPT = "You are Qwen, briefly."
 
 
-@dataclass
-class Life:
-    cluster: Cluster
-    admin: str
-    a: str
-    b: str
-
-    @property
-    def url(self) -> str:
-        return self.cluster.gateway_url
-
-
 @pytest.fixture(scope="module")
-def life(new_cluster: ClusterFactory) -> Iterator[Life]:
-    with keyed_cluster(
+def life(new_cluster: ClusterFactory) -> Iterator[TwoUsers]:
+    """Keys on; users A (`first`) and B (`second`)."""
+    with two_users(
         new_cluster,
         "lifecycle",
+        ("A", "B"),
         CORRAL_SYSTEM_PROMPT=DEFAULT_PROMPT,
         CORRAL_SYSTEM_PROMPTS=orjson.dumps({"qwen2.5:0.5b": QWEN_PROMPT}).decode(),
-    ) as (cluster, admin):
-        url = cluster.gateway_url
-        a, b = create_user_key(url, admin, "A"), create_user_key(url, admin, "B")
-        yield Life(cluster, admin, a["key"], b["key"])
+    ) as users:
+        yield users
 
 
 @pytest.fixture(scope="module")
@@ -93,10 +80,10 @@ async def sent(emu: EmulatorControl) -> list[dict[str, Any]]:
 
 
 async def test_new_makes_up_a_session_id_in_the_answer_and_its_header(
-    life: Life, emu: EmulatorControl
+    life: TwoUsers, emu: EmulatorControl
 ) -> None:
     status, headers, answer = await chat(
-        life.url, ask("My name is Alice", session_id="new"), life.a
+        life.url, ask("My name is Alice", session_id="new"), life.first
     )
     assert status == 200
     session_id = answer["session_id"]
@@ -106,7 +93,7 @@ async def test_new_makes_up_a_session_id_in_the_answer_and_its_header(
     # The official client, streaming, with the id in its headers (it drops fields it does not
     # know, so the id is checked on the raw stream below): the history is there.
     client = ollama.AsyncClient(
-        host=life.url, headers={**bearer(life.a), "X-Session-Id": session_id}
+        host=life.url, headers={**bearer(life.first), "X-Session-Id": session_id}
     )
     chunks = [
         chunk
@@ -127,7 +114,7 @@ async def test_new_makes_up_a_session_id_in_the_answer_and_its_header(
         session.post(
             f"{life.url}/api/chat",
             data=orjson.dumps({**ask("Hi"), "stream": True}),
-            headers={**bearer(life.a), "X-Session-Id": "new"},
+            headers={**bearer(life.first), "X-Session-Id": "new"},
         ) as response,
     ):
         lines = [orjson.loads(line) for line in (await response.read()).splitlines() if line]
@@ -138,7 +125,7 @@ async def test_new_makes_up_a_session_id_in_the_answer_and_its_header(
     status, headers, completion = await call(
         "POST",
         f"{life.url}/v1/chat/completions",
-        key=life.a,
+        key=life.first,
         body={
             "model": "llama3.2",
             "messages": [{"role": "user", "content": "Hello"}],
@@ -151,10 +138,10 @@ async def test_new_makes_up_a_session_id_in_the_answer_and_its_header(
 
 
 async def test_post_sessions_creates_an_owned_empty_session(
-    life: Life, emu: EmulatorControl
+    life: TwoUsers, emu: EmulatorControl
 ) -> None:
     status, headers, created = await call(
-        "POST", f"{life.url}/sessions", key=life.a, body={"system_prompt": "Answer in French."}
+        "POST", f"{life.url}/sessions", key=life.first, body={"system_prompt": "Answer in French."}
     )
     assert status == 201
     session_id = created["session_id"]
@@ -163,19 +150,23 @@ async def test_post_sessions_creates_an_owned_empty_session(
     assert created["message_count"] == 0 and created["system_prompt"] == "Answer in French."
 
     # Its own system prompt is used by its chats (they send none).
-    _, _, answer = await chat(life.url, ask("Bonjour", session_id=session_id), life.a)
+    _, _, answer = await chat(life.url, ask("Bonjour", session_id=session_id), life.first)
     assert answer["context_info"]["system_prompt"] == "session"
     assert (await sent(emu))[0] == {"role": "system", "content": "Answer in French."}
 
-    status, _, history = await call("GET", f"{life.url}/sessions/{session_id}/history", key=life.a)
+    status, _, history = await call(
+        "GET", f"{life.url}/sessions/{session_id}/history", key=life.first
+    )
     assert status == 200 and history["message_count"] == 2
-    _, _, listing = await call("GET", f"{life.url}/sessions?limit=500", key=life.a)
+    _, _, listing = await call("GET", f"{life.url}/sessions?limit=500", key=life.first)
     mine = {s["session_id"]: s for s in listing["sessions"]}
     assert mine[session_id]["title"] == "Bonjour"
     # B does not see it, and cannot chat into it; the operator sees it.
-    status, _, missing = await call("GET", f"{life.url}/sessions/{session_id}/history", key=life.b)
+    status, _, missing = await call(
+        "GET", f"{life.url}/sessions/{session_id}/history", key=life.second
+    )
     assert (status, missing["error"]["type"]) == (404, "session_not_found")
-    status, _, _ = await chat(life.url, ask("Intrusion", session_id=session_id), life.b)
+    status, _, _ = await chat(life.url, ask("Intrusion", session_id=session_id), life.second)
     assert status == 404
     status, _, _ = await call("GET", f"{life.url}/sessions/{session_id}/history", key=life.admin)
     assert status == 200
@@ -185,34 +176,34 @@ async def test_post_sessions_creates_an_owned_empty_session(
 
 
 async def test_default_system_prompts_when_the_conversation_has_none(
-    life: Life, emu: EmulatorControl
+    life: TwoUsers, emu: EmulatorControl
 ) -> None:
-    _, _, answer = await chat(life.url, ask("Hello", session_id="new"), life.a)
+    _, _, answer = await chat(life.url, ask("Hello", session_id="new"), life.first)
     assert answer["context_info"]["system_prompt"] == "default"
     assert (await sent(emu))[0] == {"role": "system", "content": DEFAULT_PROMPT}
     # The per-model default, for qwen (names as Ollama matches them).
-    _, _, answer = await chat(life.url, ask("Hello", "qwen2.5:0.5b", session_id="new"), life.a)
+    _, _, answer = await chat(life.url, ask("Hello", "qwen2.5:0.5b", session_id="new"), life.first)
     assert answer["context_info"]["system_prompt"] == "model_default"
     assert (await sent(emu))[0] == {"role": "system", "content": QWEN_PROMPT}
     # The request's own system message wins, and is the conversation's from then on.
     own = {"role": "system", "content": "Be terse."}
     body = {**ask("Hello", session_id="new"), "messages": [own, {"role": "user", "content": "x"}]}
-    _, _, answer = await chat(life.url, body, life.a)
+    _, _, answer = await chat(life.url, body, life.first)
     assert "system_prompt" not in answer["context_info"]
-    _, _, answer = await chat(life.url, ask("Again", session_id=answer["session_id"]), life.a)
+    _, _, answer = await chat(life.url, ask("Again", session_id=answer["session_id"]), life.first)
     assert (await sent(emu))[0] == own
     # Without a session the request goes as sent, exactly as to Ollama.
-    await chat(life.url, ask("Stateless"), life.a)
+    await chat(life.url, ask("Stateless"), life.first)
     assert await sent(emu) == [{"role": "user", "content": "Stateless"}]
 
 
 async def test_max_history_length_caps_the_replayed_history(
-    life: Life, emu: EmulatorControl
+    life: TwoUsers, emu: EmulatorControl
 ) -> None:
-    _, _, first = await chat(life.url, ask("one", session_id="new"), life.a)
+    _, _, first = await chat(life.url, ask("one", session_id="new"), life.first)
     session_id = first["session_id"]
     for text in ("two", "three"):
-        await chat(life.url, ask(text, session_id=session_id), life.a)
+        await chat(life.url, ask(text, session_id=session_id), life.first)
     # Through options (where the official client can carry it): two history messages.
     status, _, answer = await chat(
         life.url,
@@ -220,7 +211,7 @@ async def test_max_history_length_caps_the_replayed_history(
             **ask("four"),
             "options": {"session_id": session_id, "max_history_length": 2, "temperature": 0},
         },
-        life.a,
+        life.first,
     )
     assert status == 200
     assert [m["content"] for m in await sent(emu)] == [
@@ -235,13 +226,13 @@ async def test_max_history_length_caps_the_replayed_history(
     assert info["turns_dropped"] == 2
     # No body field reaches the backend; 0 sends no history at all.
     _, _, answer = await chat(
-        life.url, ask("five", session_id=session_id, max_history_length=0), life.a
+        life.url, ask("five", session_id=session_id, max_history_length=0), life.first
     )
     assert [m["content"] for m in await sent(emu)] == [DEFAULT_PROMPT, "five"]
     last = (await emu.requests("chat"))[-1]
     assert "max_history_length" not in last and "max_history_length" not in last.get("options", {})
     status, _, refused = await chat(
-        life.url, ask("six", session_id=session_id, max_history_length=-1), life.a
+        life.url, ask("six", session_id=session_id, max_history_length=-1), life.first
     )
     assert status == 400 and "max_history_length" in refused["error"]
 
@@ -250,25 +241,25 @@ async def test_max_history_length_caps_the_replayed_history(
 
 
 async def test_metadata_is_kept_with_the_turn_never_sent_to_the_backend(
-    life: Life, emu: EmulatorControl
+    life: TwoUsers, emu: EmulatorControl
 ) -> None:
     metadata = {"user_id": "123", "task": "story_generation", "tags": ["a", 1]}
     _, headers, _ = await chat(
-        life.url, ask("Tell a story", session_id="new", metadata=metadata), life.a
+        life.url, ask("Tell a story", session_id="new", metadata=metadata), life.first
     )
     session_id = headers["X-Session-Id"]
     backend = (await emu.requests("chat"))[-1]
     assert "metadata" not in backend and "metadata" not in backend.get("options", {})
-    _, _, history = await call("GET", f"{life.url}/sessions/{session_id}/history", key=life.a)
+    _, _, history = await call("GET", f"{life.url}/sessions/{session_id}/history", key=life.first)
     assert [m.get("metadata") for m in history["messages"]] == [metadata, metadata]
-    _, _, exported = await call("GET", f"{life.url}/sessions/{session_id}/export", key=life.a)
+    _, _, exported = await call("GET", f"{life.url}/sessions/{session_id}/export", key=life.first)
     assert exported["turns"][0]["metadata"] == metadata
 
     status, _, refused = await chat(
-        life.url, ask("x", session_id=session_id, metadata={"big": "x" * 5000}), life.a
+        life.url, ask("x", session_id=session_id, metadata={"big": "x" * 5000}), life.first
     )
     assert status == 400 and "4096" in refused["error"]
-    status, _, refused = await chat(life.url, ask("x", metadata="a string"), life.a)
+    status, _, refused = await chat(life.url, ask("x", metadata="a string"), life.first)
     assert (status, refused) == (400, {"error": "metadata must be a JSON object"})
 
 
@@ -276,15 +267,17 @@ async def test_metadata_is_kept_with_the_turn_never_sent_to_the_backend(
 
 
 async def test_export_then_import_restores_the_session_for_its_importer(
-    life: Life, emu: EmulatorControl
+    life: TwoUsers, emu: EmulatorControl
 ) -> None:
-    _, headers, _ = await chat(life.url, ask("First", session_id="new", metadata={"n": 1}), life.a)
+    _, headers, _ = await chat(
+        life.url, ask("First", session_id="new", metadata={"n": 1}), life.first
+    )
     session_id = headers["X-Session-Id"]
-    await chat(life.url, ask("Second", "qwen2.5:0.5b", session_id=session_id), life.a)
+    await chat(life.url, ask("Second", "qwen2.5:0.5b", session_id=session_id), life.first)
     history_url = f"{life.url}/sessions/{session_id}/history"
-    _, _, before = await call("GET", history_url, key=life.a)
+    _, _, before = await call("GET", history_url, key=life.first)
     status, headers, exported = await call(
-        "GET", f"{life.url}/sessions/{session_id}/export", key=life.a
+        "GET", f"{life.url}/sessions/{session_id}/export", key=life.first
     )
     assert status == 200
     assert headers["Content-Disposition"] == f'attachment; filename="session-{session_id}.json"'
@@ -292,37 +285,41 @@ async def test_export_then_import_restores_the_session_for_its_importer(
     assert [t["model"] for t in exported["turns"]] == ["llama3.2", "qwen2.5:0.5b"]
     assert all(t["stats"]["eval_count"] > 0 for t in exported["turns"])
     # B may not export A's session, nor import over it.
-    status, _, _ = await call("GET", f"{life.url}/sessions/{session_id}/export", key=life.b)
+    status, _, _ = await call("GET", f"{life.url}/sessions/{session_id}/export", key=life.second)
     assert status == 404
-    status, _, _ = await call("POST", f"{life.url}/sessions/import", key=life.b, body=exported)
+    status, _, _ = await call("POST", f"{life.url}/sessions/import", key=life.second, body=exported)
     assert status == 404
 
     # Deleted, then restored: the same history, and the conversation goes on with it.
-    status, _, _ = await call("DELETE", f"{life.url}/sessions/{session_id}", key=life.a)
+    status, _, _ = await call("DELETE", f"{life.url}/sessions/{session_id}", key=life.first)
     assert status == 200
     status, headers, restored = await call(
-        "POST", f"{life.url}/sessions/import", key=life.a, body=exported
+        "POST", f"{life.url}/sessions/import", key=life.first, body=exported
     )
     assert status == 201 and headers["X-Session-Id"] == session_id
     assert (restored["turns_imported"], restored["turns_skipped"]) == (2, 0)
-    _, _, after = await call("GET", history_url, key=life.a)
+    _, _, after = await call("GET", history_url, key=life.first)
     assert after["messages"] == before["messages"]
-    await chat(life.url, ask("Third", session_id=session_id), life.a)
+    await chat(life.url, ask("Third", session_id=session_id), life.first)
     assert [m["content"] for m in await sent(emu)][-3:] == [
         "First",
         expected_reply("First"),
         "Third",
     ]
     # Idempotent by turn id: importing again adds nothing.
-    status, _, again = await call("POST", f"{life.url}/sessions/import", key=life.a, body=exported)
+    status, _, again = await call(
+        "POST", f"{life.url}/sessions/import", key=life.first, body=exported
+    )
     assert status == 200
     assert (again["turns_imported"], again["turns_skipped"]) == (0, 2)
-    _, _, now = await call("GET", history_url, key=life.a)
+    _, _, now = await call("GET", history_url, key=life.first)
     assert now["message_count"] == 6
 
     # A broken export is a 400 naming the field.
     broken = {**exported, "turns": [{**exported["turns"][0], "asked_at": "yesterday"}]}
-    status, _, refused = await call("POST", f"{life.url}/sessions/import", key=life.a, body=broken)
+    status, _, refused = await call(
+        "POST", f"{life.url}/sessions/import", key=life.first, body=broken
+    )
     assert status == 400
     assert refused["error"]["details"]["errors"][0]["field"] == "turns.0.asked_at"
 
@@ -331,7 +328,7 @@ async def test_export_then_import_restores_the_session_for_its_importer(
 
 
 async def test_a_stateless_prompt_larger_than_the_window_is_reported_or_refused(
-    life: Life, emu: EmulatorControl
+    life: TwoUsers, emu: EmulatorControl
 ) -> None:
     # "tiny" has a 256-token window: eight 40-word messages cannot all fit.
     history = [
@@ -343,7 +340,7 @@ async def test_a_stateless_prompt_larger_than_the_window_is_reported_or_refused(
         "stream": False,
         "messages": [*history, {"role": "user", "content": "ok?"}],
     }
-    status, _, answer = await chat(life.url, body, life.a)
+    status, _, answer = await chat(life.url, body, life.first)
     assert status == 200
     info = answer["context_info"]
     assert info["truncated"] is True and info["estimated"] is True
@@ -353,19 +350,19 @@ async def test_a_stateless_prompt_larger_than_the_window_is_reported_or_refused(
     # Corral sent it as it came; the backend dropped what did not fit, as Ollama does.
     assert len(await sent(emu)) == 9
     # A window large enough: nothing to say.
-    status, _, answer = await chat(life.url, {**body, "options": {"num_ctx": 4096}}, life.a)
+    status, _, answer = await chat(life.url, {**body, "options": {"num_ctx": 4096}}, life.first)
     assert status == 200 and answer["context_info"]["truncated"] is False
 
     # The message to answer alone does not fit: seed 000's 413, nothing queued.
     generations = (await emu.stats())["generations"]
     huge = " ".join(["word"] * 2000)
-    status, _, refused = await chat(life.url, ask(huge, "tiny"), life.a)
+    status, _, refused = await chat(life.url, ask(huge, "tiny"), life.first)
     assert status == 413
     assert "context window" in refused["error"]
     status, _, refused = await call(
         "POST",
         f"{life.url}/api/generate",
-        key=life.a,
+        key=life.first,
         body={"model": "tiny", "prompt": huge, "stream": False},
     )
     assert status == 413

@@ -23,7 +23,6 @@ import asyncio
 import os
 import shutil
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -42,7 +41,7 @@ from corral_emulator import EmulatorControl
 # A pool of two emulators (x and y) behind the whole cluster, keys off: test_pool's fixtures.
 from tests.e2e.test_pool import pool_cluster, second_emulator  # noqa: F401
 from tests.fixtures import ClusterFactory, Emulator
-from tests.gateway_http import admin_request, bearer, keyed_cluster
+from tests.gateway_http import TwoUsers, bearer, two_users
 
 pytestmark = pytest.mark.e2e
 
@@ -67,29 +66,11 @@ TOKENS = 12
 TOKEN_DELAY_MS = 400
 
 
-@dataclass(frozen=True)
-class UiCluster:
-    cluster: Cluster
-    admin: str
-    alice: str
-    bob: str
-
-    @property
-    def url(self) -> str:
-        return self.cluster.gateway_url
-
-
 @pytest.fixture(scope="module")
-def ui_cluster(new_cluster: ClusterFactory) -> Iterator[UiCluster]:
-    with keyed_cluster(new_cluster, "ui", CORRAL_STATUS_INTERVAL_S="0.5") as (cluster, admin):
-        url = cluster.gateway_url
-        alice, bob = (
-            admin_request(
-                url, admin, "POST", "/admin/keys", {"scope": "user", "label": who, "owner": who}
-            )["key"]
-            for who in ("alice", "bob")
-        )
-        yield UiCluster(cluster, admin, alice, bob)
+def ui_cluster(new_cluster: ClusterFactory) -> Iterator[TwoUsers]:
+    """Keys on; users alice (`first`) and bob (`second`)."""
+    with two_users(new_cluster, "ui", ("alice", "bob"), CORRAL_STATUS_INTERVAL_S="0.5") as users:
+        yield users
 
 
 @pytest.fixture(scope="module")
@@ -129,7 +110,7 @@ async def open_page(driver: WebDriver, gateway_url: str) -> Page:
 
 
 @pytest.fixture
-async def page(driver: WebDriver, ui_cluster: UiCluster) -> Page:
+async def page(driver: WebDriver, ui_cluster: TwoUsers) -> Page:
     return await open_page(driver, ui_cluster.url)
 
 
@@ -229,10 +210,10 @@ class Page:
         return target
 
 
-async def test_the_page_asks_for_an_admin_key(page: Page, ui_cluster: UiCluster) -> None:
+async def test_the_page_asks_for_an_admin_key(page: Page, ui_cluster: TwoUsers) -> None:
     await page.until(lambda d: page.visible("#key-form"), "the key form")
     assert not page.visible("#controls")
-    await page.enter_key(ui_cluster.alice)
+    await page.enter_key(ui_cluster.first)
     await page.until(lambda d: "not an admin key" in page.text("#key-error"), "a user key refused")
     assert not page.visible("#controls")
     await page.enter_key("crl_" + "x" * 46)
@@ -248,7 +229,7 @@ async def test_the_page_asks_for_an_admin_key(page: Page, ui_cluster: UiCluster)
 
 
 async def test_the_page_follows_the_lane(
-    page: Page, ui_cluster: UiCluster, emu: EmulatorControl, tmp_path: Path
+    page: Page, ui_cluster: TwoUsers, emu: EmulatorControl, tmp_path: Path
 ) -> None:
     await emu.configure(token_delay_ms=TOKEN_DELAY_MS)
     await page.enter_key(ui_cluster.admin)
@@ -274,14 +255,14 @@ async def test_the_page_follows_the_lane(
             return asyncio.create_task(send())
 
         # Bob's request runs (held at the emulator's gate); Alice's line up behind it, in order.
-        sent = {"ui-bob-1": chat("ui-bob-1", ui_cluster.bob)}
+        sent = {"ui-bob-1": chat("ui-bob-1", ui_cluster.second)}
         await emu.wait(held=1)
         await page.shows("ui-bob-1", "running")
         for position, request_id in enumerate(("ui-alice-1", "ui-alice-2", "ui-alice-3"), 1):
-            sent[request_id] = chat(request_id, ui_cluster.alice)
+            sent[request_id] = chat(request_id, ui_cluster.first)
             await page.shows(request_id, f"waiting {position}")
         # A fourth of Alice's, cancelled from the page.
-        sent["ui-alice-4"] = chat("ui-alice-4", ui_cluster.alice)
+        sent["ui-alice-4"] = chat("ui-alice-4", ui_cluster.first)
         await page.shows("ui-alice-4", "waiting 4")
         await page.click('button[data-cancel="ui-alice-4"]')
         await page.shows("ui-alice-4", None)
