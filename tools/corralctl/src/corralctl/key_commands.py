@@ -7,8 +7,8 @@ import argparse
 from typing import Any
 
 from corralctl.client import Gateway, segment
-from corralctl.outcome import Outcome
-from corralctl.tables import fields, moment, table
+from corralctl.outcome import Outcome, listed
+from corralctl.tables import fields, moment
 
 LIMITS = ("requests_per_minute", "tokens_per_minute", "tokens_per_day", "max_queued")
 PRIORITIES = ("interactive", "normal", "batch")
@@ -78,24 +78,22 @@ def keys_list(gateway: Gateway, args: argparse.Namespace) -> Outcome:
     if args.all:
         params["include_revoked"] = "true"
     answer: dict[str, Any] = gateway.call("GET", "/admin/keys", params=params)
-    keys = answer.get("keys") or []
-    if not keys:
-        return Outcome(answer, "no keys")
-    rows = [
+    return listed(
+        answer,
+        "keys",
         [
-            k.get("id"),
-            k.get("prefix"),
-            k.get("scope"),
-            k.get("label"),
-            k.get("owner"),
-            moment(k.get("created_at")),
-            moment(k.get("expires_at")),
-            moment(k.get("revoked_at")),
-        ]
-        for k in keys
-    ]
-    headers = ["ID", "PREFIX", "SCOPE", "LABEL", "OWNER", "CREATED", "EXPIRES", "REVOKED"]
-    return Outcome(answer, f"{table(headers, rows)}\n\n{len(keys)} of {answer.get('total')}")
+            ("ID", lambda k: k.get("id")),
+            ("PREFIX", lambda k: k.get("prefix")),
+            ("SCOPE", lambda k: k.get("scope")),
+            ("LABEL", lambda k: k.get("label")),
+            ("OWNER", lambda k: k.get("owner")),
+            ("CREATED", lambda k: moment(k.get("created_at"))),
+            ("EXPIRES", lambda k: moment(k.get("expires_at"))),
+            ("REVOKED", lambda k: moment(k.get("revoked_at"))),
+        ],
+        "no keys",
+        lambda keys: f"{len(keys)} of {answer.get('total')}",
+    )
 
 
 def keys_create(gateway: Gateway, args: argparse.Namespace) -> Outcome:
@@ -129,14 +127,18 @@ def audit_list(gateway: Gateway, args: argparse.Namespace) -> Outcome:
     if args.actor:
         params["actor"] = args.actor
     answer: dict[str, Any] = gateway.call("GET", "/admin/audit", params=params)
-    entries = answer.get("entries") or []
-    if not entries:
-        return Outcome(answer, "no audited actions")
-    rows = [
-        [moment(e.get("at")), e.get("actor"), e.get("action"), e.get("target"), e.get("status")]
-        for e in entries
-    ]
-    return Outcome(answer, table(["AT", "ACTOR", "ACTION", "TARGET", "STATUS"], rows))
+    return listed(
+        answer,
+        "entries",
+        [
+            ("AT", lambda e: moment(e.get("at"))),
+            ("ACTOR", lambda e: e.get("actor")),
+            ("ACTION", lambda e: e.get("action")),
+            ("TARGET", lambda e: e.get("target")),
+            ("STATUS", lambda e: e.get("status")),
+        ],
+        "no audited actions",
+    )
 
 
 def _key_fields(key: dict[str, Any]) -> str:

@@ -10,7 +10,7 @@ from typing import Any
 from urllib.parse import quote
 
 from corralctl.client import ApiError, Gateway
-from corralctl.outcome import Outcome
+from corralctl.outcome import Outcome, listed
 from corralctl.progress import PullProgress
 from corralctl.tables import millis, moment, size, table
 
@@ -71,21 +71,24 @@ def models_list(gateway: Gateway, args: argparse.Namespace) -> Outcome:
 
 def models_pulls(gateway: Gateway, args: argparse.Namespace) -> Outcome:
     answer: dict[str, Any] = gateway.call("GET", "/admin/pulls")
-    pulls = answer.get("pulls") or []
-    if not pulls:
-        return Outcome(answer, "no pulls")
-    rows = [
+    return listed(
+        answer,
+        "pulls",
         [
-            p.get("model"),
-            p.get("state"),
-            p.get("status"),
-            f"{p['percent']:.0f}%" if isinstance(p.get("percent"), int | float) else None,
-            moment(p.get("updated_at")),
-            p.get("error"),
-        ]
-        for p in pulls
-    ]
-    return Outcome(answer, table(["MODEL", "STATE", "STATUS", "DONE", "UPDATED", "ERROR"], rows))
+            ("MODEL", lambda p: p.get("model")),
+            ("STATE", lambda p: p.get("state")),
+            ("STATUS", lambda p: p.get("status")),
+            ("DONE", _percent),
+            ("UPDATED", lambda p: moment(p.get("updated_at"))),
+            ("ERROR", lambda p: p.get("error")),
+        ],
+        "no pulls",
+    )
+
+
+def _percent(pull: dict[str, Any]) -> str | None:
+    percent = pull.get("percent")
+    return f"{percent:.0f}%" if isinstance(percent, int | float) else None
 
 
 def models_pull(gateway: Gateway, args: argparse.Namespace) -> Outcome:

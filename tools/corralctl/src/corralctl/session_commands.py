@@ -9,8 +9,8 @@ from pathlib import Path
 from typing import Any
 
 from corralctl.client import Gateway, segment
-from corralctl.outcome import Outcome, UsageError
-from corralctl.tables import moment, table
+from corralctl.outcome import Outcome, UsageError, listed
+from corralctl.tables import moment
 
 CLEAR_CONFIRMATION = "delete-all-sessions"
 
@@ -54,23 +54,20 @@ def sessions_list(gateway: Gateway, args: argparse.Namespace) -> Outcome:
     if args.archived:
         params["archived"] = "true"
     answer: dict[str, Any] = gateway.call("GET", "/sessions", params=params)
-    sessions = answer.get("sessions") or []
-    if not sessions:
-        return Outcome(answer, "no sessions")
-    rows = [
-        [
-            s.get("session_id"),
-            s.get("title"),
-            s.get("message_count"),
-            s.get("models"),
-            moment(s.get("last_activity")),
-        ]
-        for s in sessions
-    ]
-    shown = table(["ID", "TITLE", "MESSAGES", "MODELS", "LAST ACTIVITY"], rows)
     first = int(answer.get("offset") or args.offset)
-    footer = f"{first + 1}-{first + len(sessions)} of {answer.get('total')}"
-    return Outcome(answer, f"{shown}\n\n{footer}")
+    return listed(
+        answer,
+        "sessions",
+        [
+            ("ID", lambda s: s.get("session_id")),
+            ("TITLE", lambda s: s.get("title")),
+            ("MESSAGES", lambda s: s.get("message_count")),
+            ("MODELS", lambda s: s.get("models")),
+            ("LAST ACTIVITY", lambda s: moment(s.get("last_activity"))),
+        ],
+        "no sessions",
+        lambda shown: f"{first + 1}-{first + len(shown)} of {answer.get('total')}",
+    )
 
 
 def sessions_export(gateway: Gateway, args: argparse.Namespace) -> Outcome:
