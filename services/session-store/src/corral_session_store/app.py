@@ -159,13 +159,21 @@ async def broker_ctx(app: web.Application) -> AsyncIterator[None]:
     broker = Broker(settings, SERVICE)
     await broker.start()
     app[BROKER] = broker
+    yield
+    await broker.close()
+
+
+async def status_ctx(app: web.Application) -> AsyncIterator[None]:
+    """The store's status broadcast, started last: a gateway that hears "up" must find the
+    store's RPC methods and turns consumer already serving (a chat sent on the first "up" was
+    once refused with "no instance of it is running")."""
+    settings = app[SETTINGS]
     status = StatusBroadcaster(
-        broker, app[MONGO_STATE], settings.instance_id, settings.status_interval_s
+        app[BROKER], app[MONGO_STATE], settings.instance_id, settings.status_interval_s
     )
     app[STATUS] = status
     async with supervised(Task("store-status", status.run_forever)):
         yield
-    await broker.close()
 
 
 async def rpc_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -240,7 +248,7 @@ def create_app(
     app[MONGO_STATE] = MongoState()
     if context_lengths is not None:
         app[LENGTHS] = context_lengths
-    app.cleanup_ctx.extend([mongo_ctx, broker_ctx, rpc_ctx, turns_ctx])
+    app.cleanup_ctx.extend([mongo_ctx, broker_ctx, rpc_ctx, turns_ctx, status_ctx])
 
     def ready() -> bool:
         turns = app.get(TURNS)
