@@ -10,6 +10,7 @@ deploy/compose/containers.conf.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -22,6 +23,7 @@ from typing import NoReturn
 
 import pytest
 
+from tests.polling import until
 from tests.processes import stop
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -157,12 +159,17 @@ def podman(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Podman]:
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
-        deadline = time.monotonic() + 30
-        while not socket.exists() or not _socket_answers(docker_host, env):
-            if service.poll() is not None or time.monotonic() > deadline:
-                service.kill()
-                unavailable(f"podman system service did not start: see {log.name}")
-            time.sleep(0.1)
+
+        def answering() -> bool:
+            return socket.exists() and _socket_answers(docker_host, env)
+
+        # A process boundary with no push channel: the bounded poll (tests/polling.py), ended
+        # early if the service exits; either way judged just below.
+        with contextlib.suppress(AssertionError):
+            until(lambda: service.poll() is not None or answering(), 30, "podman's API socket")
+        if not answering():
+            service.kill()
+            unavailable(f"podman system service did not start: see {log.name}")
     # Only Docker clients go through the socket; `podman` itself stays local (CONTAINER_HOST
     # would make it remote).
     env["DOCKER_HOST"] = docker_host
