@@ -445,11 +445,21 @@ async def test_a_request_that_never_waited_gets_no_queue_comment_over_sse(
     )
 
 
+@pytest.mark.parametrize(
+    "events",
+    [
+        (position(1, 700), started(), tokens(0, "a"), done(1, "a")),
+        # `done` overtaking `started` and the tokens: the job ran, so position 0 still comes
+        # before its first token.
+        (position(1, 700), done(1, "a"), started(), tokens(0, "a")),
+    ],
+    ids=["in order", "done overtaking started"],
+)
 async def test_a_request_that_waits_is_shown_its_place_then_running(
-    aiohttp_client: AiohttpClient,
+    aiohttp_client: AiohttpClient, events: tuple[Delivery, ...]
 ) -> None:
     gw = FakeGateway()
-    gw.hub.feed(RID, position(1, 700), started(), tokens(0, "a"), done(1, "a"))
+    gw.hub.feed(RID, *events)
     client = await aiohttp_client(relay_app(gw))
     response = await client.post("/chat")
     got = lines(await response.read())

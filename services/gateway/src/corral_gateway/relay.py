@@ -338,12 +338,16 @@ class Relay:
         # The job is over (and its tokens are charged to the caller's quota), whatever
         # becomes of its answer from here.
         self.ticket.settle(done)
-        if self.first_position is None:
+        if not self.started:
             # The final event travels on another channel than `started` and the tokens, and
-            # may overtake them all: a job that is done ran, so its answer says position 0
-            # (its headers included, written with the first token below).
-            self.first_position = 0
-            self.first_estimate_ms = 0
+            # may overtake them all: a job that is done ran, so it is told as running (a client
+            # shown a place sees position 0 before the tokens, and an answer that never
+            # waited says position 0, its headers included, written with the first token).
+            self.started = True
+            if self.first_position is None:
+                self.first_position = 0
+                self.first_estimate_ms = 0
+            await self._show(0, 0)
         complete = await self._drain(done.token_batches)
         if not complete and self.stream:
             return await self._fail(CorralError(ErrorType.INTERNAL_ERROR, LOST_IN_TRANSIT_MESSAGE))
