@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
@@ -16,10 +18,18 @@ from corral_emulator.config import EmulatorConfig
 from corral_emulator.control_routes import add_control_routes
 from corral_emulator.openai_routes import add_openai_routes
 from corral_emulator.state import CONFIG_KEY, STATE_KEY, EmulatorState
+from corral_emulator.timeline import ARRIVED_KEY
 from corral_emulator.wire import gin_plain_text
 
 MAX_BODY_BYTES = 64 * 1024 * 1024
 """Chat histories with base64 images easily pass aiohttp's 1 MiB default."""
+
+
+@web.middleware
+async def stamp_arrival(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """When handling began, for the request timeline (timeline.py): the first thing done."""
+    request[ARRIVED_KEY] = (time.monotonic_ns(), time.time_ns())
+    return await handler(request)
 
 
 @web.middleware
@@ -35,7 +45,9 @@ async def gin_router_fallbacks(request: web.Request, handler: Handler) -> web.St
 
 def create_app(config: EmulatorConfig | None = None) -> web.Application:
     config = config or EmulatorConfig()
-    app = web.Application(middlewares=[gin_router_fallbacks], client_max_size=MAX_BODY_BYTES)
+    app = web.Application(
+        middlewares=[stamp_arrival, gin_router_fallbacks], client_max_size=MAX_BODY_BYTES
+    )
     app[CONFIG_KEY] = config
     app[STATE_KEY] = EmulatorState(config)
 

@@ -83,6 +83,18 @@ class EmulatorControl:
         bodies: list[Any] = answer["requests"]
         return bodies
 
+    async def timeline(self, *, settled_within_s: float | None = 10.0) -> list[dict[str, Any]]:
+        """The generation requests' timeline (`/_emulator/timeline`), oldest first: `start_ns`
+        and `end_ns` (monotonic), `start_wall_ns` and `end_wall_ns` (epoch), `outcome`,
+        `tokens`, `endpoint`, `model`. First waits up to `settled_within_s` for every started
+        request to have its end stamped (None: read at once). `timeline.idle_gaps_ns` turns it
+        into the backend's idle gaps."""
+        if settled_within_s is not None:
+            await self.wait(settled_within_s, timeline_open="eq:0")
+        answer = await self._call("GET", "timeline")
+        entries: list[dict[str, Any]] = answer["requests"]
+        return entries
+
     async def hold(self) -> None:
         await self._call("POST", "hold")
 

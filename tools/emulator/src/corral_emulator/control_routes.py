@@ -72,6 +72,15 @@ async def recorded_requests(request: web.Request) -> web.Response:
     return json_response({"endpoint": endpoint, "requests": log.bodies(endpoint)})
 
 
+async def timeline(request: web.Request) -> web.Response:
+    """Every generation request (chat, generate and their /v1 forms, streamed or not) in the
+    order their handlers started: when each started and ended (monotonic and wall clock ns),
+    how it ended, its tokens. Entries still running have no end yet; `/_emulator/wait?
+    timeline_open=eq:0` waits for the last end to be stamped."""
+    entries = request.app[STATE_KEY].timeline.entries()
+    return json_response({"requests": [entry.to_mapping() for entry in entries]})
+
+
 async def hold(request: web.Request) -> web.Response:
     state = request.app[STATE_KEY]
     state.gate.hold()
@@ -138,6 +147,7 @@ def add_control_routes(app: web.Application) -> None:
     app.router.add_post("/_emulator/fail", add_failure)
     app.router.add_delete("/_emulator/fail", clear_failures)
     app.router.add_get("/_emulator/requests", recorded_requests, allow_head=False)
+    app.router.add_get("/_emulator/timeline", timeline, allow_head=False)
     app.router.add_post("/_emulator/hold", hold)
     app.router.add_post("/_emulator/release", release)
     app.router.add_get("/_emulator/wait", wait, allow_head=False)

@@ -17,6 +17,7 @@ from corral_emulator.model_loading import load_model, unload_model
 from corral_emulator.models import ModelSpec
 from corral_emulator.reply_plan import Piece, ReplyPlan
 from corral_emulator.state import EmulatorState
+from corral_emulator.timeline import ARRIVED_KEY, TimelineEntry
 from corral_emulator.wire import NdjsonWriter, SseWriter, error_response, json_response
 
 
@@ -34,6 +35,8 @@ class GenerationJob:
     """`time.perf_counter_ns()` when the request arrived; total_duration counts from here."""
     sse: bool = False
     """Streamed as server-sent events (the OpenAI-compatible routes) instead of NDJSON."""
+    endpoint: str = "chat"
+    """What the request-timeline calls it: `chat`, `generate`, `v1_chat`, `v1_completions`."""
 
 
 async def run_generation(
@@ -48,20 +51,32 @@ async def run_generation(
         return error_response(404, f"model '{job.model}' not found")
 
     ticket = state.activity.start(job.spec.full_name, OperationKind.GENERATION)
+    mono_ns, wall_ns = request.get(ARRIVED_KEY) or (time.monotonic_ns(), time.time_ns())
+    entry = state.timeline.start(job.endpoint, job.spec.full_name, mono_ns, wall_ns)
     writer = SseWriter(request) if job.sse else NdjsonWriter(request)
     try:
-        return await _generate(state, job, ticket, writer)
+        response = await _generate(state, job, ticket, writer, entry)
+        if not response.prepared:
+            # Written here rather than by aiohttp after the handler, so the timeline's end is
+            # the moment the whole answer was handed to the transport, as for a stream.
+            await response.prepare(request)
+            await response.write_eof()
+        state.timeline.end(entry, entry.outcome or Outcome.COMPLETED, entry.tokens)
+        return response
     except asyncio.CancelledError:
         # handler_cancellation: aiohttp cancels the handler when the client disconnects.
         ticket.finish(Outcome.CANCELLED, midstream=writer.started)
+        state.timeline.end(entry, Outcome.CANCELLED, entry.tokens)
         raise
     except ConnectionError:
         # Without handler cancellation a disconnect only shows up as a failed write.
         ticket.finish(Outcome.CANCELLED, midstream=writer.started)
+        state.timeline.end(entry, Outcome.CANCELLED, entry.tokens)
         return writer.response or web.Response()
     finally:
         # Any other exception is an emulator bug; keep the record consistent anyway.
         ticket.finish(Outcome.FAILED)
+        state.timeline.end(entry, Outcome.FAILED, entry.tokens)
 
 
 async def run_load(
@@ -92,7 +107,11 @@ def refuse_connection(request: web.Request) -> web.Response:
 
 
 async def _generate(
-    state: EmulatorState, job: GenerationJob, ticket: OperationTicket, writer: NdjsonWriter
+    state: EmulatorState,
+    job: GenerationJob,
+    ticket: OperationTicket,
+    writer: NdjsonWriter,
+    entry: TimelineEntry,
 ) -> web.StreamResponse:
     config = state.config
     failure = job.failure
@@ -117,6 +136,7 @@ async def _generate(
             # Read per token: /_emulator/config may change the delay mid-stream.
             await _sleep_ms(state.config.token_delay_ms)
             emitted.append(piece)
+            entry.tokens = len(emitted)
             if job.stream:
                 shape = job.shape
                 await writer.send(
@@ -134,6 +154,7 @@ async def _generate(
 
     if failure is not None:
         ticket.finish(Outcome.FAILED)
+        entry.outcome = Outcome.FAILED
         if not writer.started:
             return error_response(failure.status, failure.message)
         await writer.send({"error": failure.message})

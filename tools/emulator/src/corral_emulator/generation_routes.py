@@ -130,5 +130,6 @@ async def _generate(
         shape=shape,
         failure=state.failures.take(endpoint, parsed.model),
         started_ns=started_ns,
+        endpoint=endpoint,
     )
     return await run_generation(request, state, job)

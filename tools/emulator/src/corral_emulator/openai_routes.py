@@ -272,6 +272,7 @@ def _sse_job(
         failure=state.failures.take(kind, model),
         started_ns=started_ns,
         sse=True,
+        endpoint=f"v1_{'chat' if kind == 'chat' else 'completions'}",
     )
 
 

@@ -17,6 +17,7 @@ from corral_emulator.failures import FailureQueue
 from corral_emulator.models import ModelCatalogue, ModelSpec
 from corral_emulator.request_log import RequestLog
 from corral_emulator.runners import RunnerPool
+from corral_emulator.timeline import Timeline
 
 
 class GatePurpose(StrEnum):
@@ -82,6 +83,7 @@ class EmulatorState:
         self.activity = Activity(self.changes)
         self.failures = FailureQueue()
         self.requests = RequestLog(config.record_limit)
+        self.timeline = Timeline(self.changes)
         self.gate = HoldGate(self.changes)
         self.blobs = BlobStore()
         self.pushed: dict[str, ModelSpec] = {}
@@ -122,13 +124,14 @@ class EmulatorState:
         return spec
 
     def reset(self) -> None:
-        """Zero the counters and records, forget failures, unload everything, open the gate,
-        and restore the configured models."""
+        """Zero the counters, the records and the request timeline, forget failures, unload
+        everything, open the gate, and restore the configured models."""
         self.runners.clear()
         self.models_changed()
         self.activity.reset()
         self.failures.reset()
         self.requests.clear()
+        self.timeline.clear()
         self.blobs.clear()
         self.pushed.clear()
         self.gate.release()
@@ -145,6 +148,7 @@ class EmulatorState:
             "pulls_held": self.gate.waiting_for(GatePurpose.PULL),
             "holding": self.gate.held,
             "pending_failures": self.failures.pending(),
+            "timeline_open": self.timeline.open,
             **self.failures.counts(),
         }
 
