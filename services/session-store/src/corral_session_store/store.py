@@ -9,7 +9,12 @@ Schema (database `CORRAL_MONGO_DATABASE`, default `corral`):
      systems: [{model, message: <the model's first stored system message>}, ...],
      system_prompt: <the session's own fallback system prompt, set when it was created>,
      touched_at: <when it was last used: a turn, its creation, an import, a resume>,
-     archived_at: <when it was archived; absent while it is active>}
+     archived_at: <when it was archived; absent while it is active>,
+     tallies: [{model, turns, messages, seq}, ...], tally_rev: <bumped by every tally change>}
+
+`tallies` says, per model, how many turns and messages the session has of it up to sequence
+number `seq` (see "Tallies" below); absent on sessions written before tallies existed, and
+whenever they could not be trusted (assembly then recounts once and sets them again).
 
 `turns`, one document per finished turn (one request/answer exchange)::
 
@@ -44,6 +49,19 @@ Why turns are documents of their own rather than arrays pushed into the session 
   never `$inc`-ed on the session, so a retried write cannot double count; nothing aggregates
   through an array of sub-documents (a path SecantusDB silently gets wrong), and search is an
   escaped, case-insensitive `$regex` (SecantusDB has no `$text`).
+
+Tallies: assembly, when it stops reading a long history, must say how many older turns and
+messages it left out. Counting them per chat would scan the whole history, so the session keeps
+per model `{turns, messages, seq}`: the model's turns with a sequence number up to `seq`, and
+their messages. They are still derived from the turns, never `$inc`-ed: after its turn is
+stored, a write reads the model's turns between the tally's `seq` and its own (normally just
+its own; more after a crash left one uncounted) and sets the new tally, on the condition that
+`tally_rev` is still what it read (compare-and-set). A retried or duplicate write finds its
+turn at or below `seq` already and changes nothing; a write that finds its own new turn below
+`seq` (two writers in one session, out of order) cannot tell whether it was counted and drops
+the tallies. So do delete, purge and clear before they remove turns. Sessions without tallies
+(older ones, dropped ones) are counted with `$group` once, at their next assembly that needs
+it, which sets the tallies again.
 
 The session document is upserted *before* its turn is inserted, with operators that are safe
 to repeat (`$min`/`$max` on times, `$addToSet`, `$setOnInsert`): a crash between the two leaves
@@ -137,6 +155,47 @@ class HistoryWindow:
     system: Document | None
     older_messages: int = 0
     older_limited_by: Literal["tokens", "max_history_length"] = "tokens"
+
+
+@dataclass(frozen=True)
+class Tally:
+    """A model's turns in a session with a sequence number up to `seq`, and their messages."""
+
+    turns: int = 0
+    messages: int = 0
+    seq: int = 0
+
+
+def tally_of(session: Mapping[str, Any], model: str) -> Tally | None:
+    """The session's tally of `model` (zero when the model has no turns yet); None when the
+    session keeps no tallies (written before they existed, or dropped as untrustworthy)."""
+    tallies = session.get("tallies")
+    if not isinstance(tallies, list):
+        return None
+    for entry in tallies:
+        if isinstance(entry, dict) and entry.get("model") == model:
+            return Tally(
+                _int(entry.get("turns")), _int(entry.get("messages")), _int(entry.get("seq"))
+            )
+    return Tally()
+
+
+def _with_tally(session: Mapping[str, Any], model: str, tally: Tally) -> list[Document]:
+    kept = [
+        entry
+        for entry in session.get("tallies") or []
+        if isinstance(entry, dict) and entry.get("model") != model
+    ]
+    return [
+        *kept,
+        {"model": model, "turns": tally.turns, "messages": tally.messages, "seq": tally.seq},
+    ]
+
+
+# What a session write projects to update its tallies.
+TALLY_FIELDS: Document = {"tallies": 1, "tally_rev": 1}
+# Dropping a session's tallies (assembly recounts them when it next needs them).
+DROP_TALLIES: Document = {"$unset": {"tallies": ""}, "$inc": {"tally_rev": 1}}
 
 
 def utcnow() -> datetime:
@@ -244,6 +303,8 @@ def empty_session(
         "turn_seq": 0,
         "models": [],
         "systems": [],
+        "tallies": [],
+        "tally_rev": 0,
     }
     if system_prompt:
         doc["system_prompt"] = system_prompt
@@ -284,7 +345,7 @@ class SessionStore:
 
     async def write_turn(self, turn: TurnRecord) -> WriteOutcome:
         """Store one turn once. Safe to call again with the same request id (a redelivery)."""
-        if await self.turns.find_one({"_id": turn.request_id}, {"_id": 1}) is not None:
+        if await self._completed_duplicate(turn.request_id):
             return WriteOutcome.DUPLICATE
         messages = [clean_message(m) for m in turn.messages]
         doc: Document = {
@@ -307,9 +368,10 @@ class SessionStore:
         if turn.metadata:
             doc["metadata"] = turn.metadata
         for _ in range(SEQ_ATTEMPTS):
-            seq = await self._next_seq(turn)
-            if seq is None:
+            taken = await self._next_seq(turn)
+            if taken is None:
                 return WriteOutcome.REJECTED
+            seq, session = taken
             if system is not None:
                 # The model's first system prompt, pinned on the session (once: the filter
                 # makes a repeat a no-op), before the turn exists, so a crash in between is
@@ -320,18 +382,76 @@ class SessionStore:
                 )
             try:
                 await self.turns.insert_one({**doc, "seq": seq, "stored_at": utcnow()})
-                return WriteOutcome.STORED
             except DuplicateKeyError:
-                if await self.turns.find_one({"_id": turn.request_id}, {"_id": 1}) is not None:
+                if await self._completed_duplicate(turn.request_id):
                     return WriteOutcome.DUPLICATE
                 # The sequence number was taken (a server whose $inc raced): take another.
+                continue
+            await self._tally(turn.session_id, turn.model, seq, session, new=True)
+            return WriteOutcome.STORED
         raise SequenceContention(f"no free turn number in session {turn.session_id!r}")
 
-    async def _next_seq(self, turn: TurnRecord) -> int | None:
-        """Upsert the session and take the next sequence number; None if the session is not the
-        turn's owner's: an owned turn goes only into its owner's session, an unowned one only
-        into an unowned session. A turn is a use of its session: an archived one is active
-        again (resumed), and its idle time starts over."""
+    async def _completed_duplicate(self, request_id: str) -> bool:
+        """Whether the turn `request_id` is stored already; if so, its tally is brought up to
+        date (a write that stopped between the turn and its tally left it behind)."""
+        found = await self.turns.find_one(
+            {"_id": request_id}, {"session_id": 1, "model": 1, "seq": 1}
+        )
+        if found is None:
+            return False
+        session_id, model = str(found.get("session_id")), str(found.get("model"))
+        session = await self.sessions.find_one({"_id": session_id}, TALLY_FIELDS)
+        await self._tally(session_id, model, _int(found.get("seq")), session, new=False)
+        return True
+
+    async def _tally(
+        self, session_id: str, model: str, seq: int, session: Document | None, *, new: bool
+    ) -> None:
+        """Bring `model`'s tally in the session up to `seq`, the turn just stored (`new`) or
+        found stored: count the model's turns in (tally's seq, `seq`] and set the result if
+        nobody changed the tallies meanwhile (else read them again and retry). Setting a
+        count derived from the stored turns, never adding one, makes a repeat harmless.
+
+        A new turn already below the tally's `seq` was written out of order with another
+        writer of the session, which may or may not have counted it: the tallies go (the next
+        assembly that needs them recounts). Giving up after contention leaves the tally behind,
+        which is safe: it is exact up to its own `seq`, and the next write catches up."""
+        for _ in range(SEQ_ATTEMPTS):
+            if session is None:
+                return
+            tally = tally_of(session, model)
+            if tally is None:
+                return  # no tallies kept: assembly recounts when it needs them
+            if tally.seq >= seq:
+                if new:
+                    await self.sessions.update_one({"_id": session_id}, DROP_TALLIES)
+                return
+            uncounted = await self.turns.find(
+                {"session_id": session_id, "model": model, "seq": {"$gt": tally.seq, "$lte": seq}},
+                {"message_count": 1},
+            ).to_list()
+            counted = Tally(
+                tally.turns + len(uncounted),
+                tally.messages + sum(_int(doc.get("message_count")) for doc in uncounted),
+                seq,
+            )
+            changed = await self.sessions.update_one(
+                {"_id": session_id, "tally_rev": session.get("tally_rev")},
+                {
+                    "$set": {"tallies": _with_tally(session, model, counted)},
+                    "$inc": {"tally_rev": 1},
+                },
+            )
+            if changed.matched_count:
+                return
+            session = await self.sessions.find_one({"_id": session_id}, TALLY_FIELDS)
+
+    async def _next_seq(self, turn: TurnRecord) -> tuple[int, Document] | None:
+        """Upsert the session and take the next sequence number (with the session's tallies as
+        they were then); None if the session is not the turn's owner's: an owned turn goes
+        only into its owner's session, an unowned one only into an unowned session. A turn is
+        a use of its session: an archived one is active again (resumed), and its idle time
+        starts over."""
         title = auto_title(turn.messages)
         for _ in range(SEQ_ATTEMPTS):
             try:
@@ -343,11 +463,11 @@ class SessionStore:
                         "$max": {"last_activity": turn.answered_at, "touched_at": utcnow()},
                         "$addToSet": {"models": turn.model},
                         "$unset": {"archived_at": ""},
-                        "$setOnInsert": {"owner": turn.owner},
+                        "$setOnInsert": {"owner": turn.owner, "tallies": [], "tally_rev": 0},
                     },
                     upsert=True,
                     return_document=ReturnDocument.AFTER,
-                    projection={"turn_seq": 1, "title": 1},
+                    projection={"turn_seq": 1, "title": 1, **TALLY_FIELDS},
                 )
             except DuplicateKeyError:
                 # Either two first turns raced to create the session (MongoDB retries that
@@ -361,7 +481,7 @@ class SessionStore:
                     await self.sessions.update_one(
                         {"_id": turn.session_id, "title": None}, {"$set": {"title": title}}
                     )
-                return int(session["turn_seq"])
+                return int(session["turn_seq"]), session
             existing = await self.sessions.find_one({"_id": turn.session_id}, {"owner": 1})
             if existing is not None and existing.get("owner") != turn.owner:
                 return None
@@ -394,7 +514,9 @@ class SessionStore:
         Turns are read backwards in `seq` ranges of growing width (64, 128, ... sequence
         numbers below the session's last one): a bounded index range is cheap on every
         server, whereas an equality match sorted and limited makes SecantusDB fetch the whole
-        history first."""
+        history first. How many older turns (and messages) were left out comes from the
+        model's tally minus the turns read (see "Tallies" above), so a turn on a long session
+        reads only its window; a session without a usable tally is counted with `$group`."""
         if session is None:
             session = await self.find_session(session_id)
         if session is None:
@@ -405,15 +527,19 @@ class SessionStore:
         count = 0
         stopped_at: int | None = None
         stopped_by: Literal["tokens", "max_history_length"] = "tokens"
-        high = int(session.get("turn_seq") or 0)
+        # (seq, message_count) of each turn used, newest first, down to the one it stopped at.
+        read: list[tuple[int, int]] = []
+        top = high = int(session.get("turn_seq") or 0)
         span = HISTORY_BATCH
         while high > 0 and stopped_at is None:
             low = max(high - span, 0)
             docs = await self.turns.find(
-                {**selector, "seq": {"$gt": low, "$lte": high}}, {"messages": 1, "seq": 1}
+                {**selector, "seq": {"$gt": low, "$lte": high}},
+                {"messages": 1, "seq": 1, "message_count": 1},
             ).to_list()
             docs.sort(key=lambda doc: int(doc["seq"]), reverse=True)
             for doc in docs:
+                read.append((int(doc["seq"]), _int(doc.get("message_count"))))
                 messages = [clean_message(m, BACKEND_KEYS) for m in doc.get("messages") or []]
                 newest.append(messages)
                 cost += estimator.messages(messages)
@@ -425,22 +551,72 @@ class SessionStore:
             high, span = low, span * 2
         older = older_messages = 0
         if stopped_at is not None:
-            cursor = await self.turns.aggregate(
-                [
-                    {"$match": {**selector, "seq": {"$lt": stopped_at}}},
-                    {
-                        "$group": {
-                            "_id": None,
-                            "turns": {"$sum": 1},
-                            "messages": {"$sum": "$message_count"},
-                        }
-                    },
-                ]
-            )
-            async for row in cursor:
-                older, older_messages = int(row["turns"]), int(row["messages"])
+            tally = tally_of(session, model)
+            if tally is None:
+                tally = await self._recount(session, model)
+            left = _older_than(stopped_at, read, tally, top)
+            if left is None:
+                older, older_messages = await self._count_older(selector, stopped_at)
+            else:
+                older, older_messages = left
         newest.reverse()
         return HistoryWindow(newest, older, _system_for(session, model), older_messages, stopped_by)
+
+    async def _count_older(self, selector: Document, stopped_at: int) -> tuple[int, int]:
+        """The turns (and their messages) of `selector` below `stopped_at`, counted by the
+        server: a scan of the history, for when no tally can say."""
+        cursor = await self.turns.aggregate(
+            [
+                {"$match": {**selector, "seq": {"$lt": stopped_at}}},
+                {
+                    "$group": {
+                        "_id": None,
+                        "turns": {"$sum": 1},
+                        "messages": {"$sum": "$message_count"},
+                    }
+                },
+            ]
+        )
+        older = older_messages = 0
+        async for row in cursor:
+            older, older_messages = int(row["turns"]), int(row["messages"])
+        return older, older_messages
+
+    async def _recount(self, session: Document, model: str) -> Tally | None:
+        """Count a session that keeps no tallies, every model at once, and set its tallies
+        (unless someone changed them meanwhile); `model`'s tally."""
+        session_id = session["_id"]
+        cursor = await self.turns.aggregate(
+            [
+                {"$match": {"session_id": session_id}},
+                {
+                    "$group": {
+                        "_id": "$model",
+                        "turns": {"$sum": 1},
+                        "messages": {"$sum": "$message_count"},
+                        "seq": {"$max": "$seq"},
+                    }
+                },
+            ]
+        )
+        tallies = [
+            {
+                "model": str(row["_id"]),
+                "turns": _int(row.get("turns")),
+                "messages": _int(row.get("messages")),
+                "seq": _int(row.get("seq")),
+            }
+            async for row in cursor
+        ]
+        await self.sessions.update_one(
+            {
+                "_id": session_id,
+                "tallies": {"$exists": False},
+                "tally_rev": session.get("tally_rev"),
+            },
+            {"$set": {"tallies": tallies}, "$inc": {"tally_rev": 1}},
+        )
+        return tally_of({"tallies": tallies}, model)
 
     async def history(
         self, session_id: str, model: str | None = None, owner: str | None = None
@@ -508,7 +684,7 @@ class SessionStore:
         total = await self.sessions.count_documents(selector)
         page = await self.sessions.find(
             selector,
-            {"turn_seq": 0, "systems": 0},
+            {"turn_seq": 0, "systems": 0, "tallies": 0, "tally_rev": 0},
             sort=[("last_activity", DESCENDING), ("_id", ASCENDING)],
             skip=offset,
             limit=limit,
@@ -537,7 +713,9 @@ class SessionStore:
     async def delete(self, session_id: str, owner: str | None = None) -> Document:
         await self.require_session(session_id, owner)
         # Turns first: an interrupted delete leaves a session that can be deleted again, never
-        # turns nobody can reach.
+        # turns nobody can reach. Its tallies before them: a session left with some turns
+        # gone is recounted if it is used again.
+        await self.sessions.update_one({"_id": session_id}, DROP_TALLIES)
         turns = await self.turns.delete_many({"session_id": session_id})
         await self.sessions.delete_one({"_id": session_id})
         return {"session_id": session_id, "deleted": True, "turns_deleted": turns.deleted_count}
@@ -602,6 +780,8 @@ class SessionStore:
         found = await self.sessions.find(expired, {"_id": 1}, limit=batch).to_list()
         sessions = turns = 0
         for doc in found:
+            # Tallies first, as `delete` does (a session resumed meanwhile is recounted).
+            await self.sessions.update_one({"_id": doc["_id"]}, DROP_TALLIES)
             gone = await self.turns.delete_many({"session_id": doc["_id"]})
             turns += gone.deleted_count
             deleted = await self.sessions.delete_one({"_id": doc["_id"], **expired})
@@ -618,7 +798,9 @@ class SessionStore:
         return active, active + archived, today
 
     async def clear_all(self) -> Document:
-        """Every session and turn gone (the operators' DELETE /admin/sessions)."""
+        """Every session and turn gone (the operators' DELETE /admin/sessions). Tallies first,
+        as `delete` does."""
+        await self.sessions.update_many({}, DROP_TALLIES)
         turns = await self.turns.delete_many({})
         sessions = await self.sessions.delete_many({})
         return {
@@ -901,6 +1083,26 @@ class SessionStore:
             },
             upsert=True,
         )
+
+
+def _older_than(
+    stopped_at: int, read: Sequence[tuple[int, int]], tally: Tally | None, top: int
+) -> tuple[int, int] | None:
+    """The model's turns (and messages) below `stopped_at`, from its tally and the turns read
+    (`(seq, message_count)`, every one of the model's turns from `top`, the session's last
+    sequence number when read, down to `stopped_at`); None when the tally cannot say.
+
+    The tally counts exactly the model's turns up to its `seq`; those at or above `stopped_at`
+    were all read (a turn it counts was stored before it was set, so before the session was
+    read). It cannot say when it stops below `stopped_at` (it lags) or beyond `top` (a recount
+    saw turns stored after the session was read)."""
+    if tally is None or not stopped_at <= tally.seq <= top:
+        return None
+    counted = [count for seq, count in read if seq <= tally.seq]
+    older, older_messages = tally.turns - len(counted), tally.messages - sum(counted)
+    if older < 0 or older_messages < 0:
+        return None  # turns went that the tally still counts (an interrupted delete)
+    return older, older_messages
 
 
 def _int(value: Any) -> int:
