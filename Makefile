@@ -6,7 +6,8 @@ SHELL := /bin/bash
 UV ?= $(shell command -v uv 2>/dev/null || echo "$(HOME)/.local/bin/uv")
 export UV_LINK_MODE ?= copy
 
-.PHONY: run run-demo test lint typecheck check bench bench-estimates bench-fairness bench-pool install rabbitmq \
+.PHONY: run run-demo test lint typecheck check bench bench-install bench-latency bench-estimates bench-fairness \
+	bench-pool install rabbitmq \
 	chromium deploy-tools embedded-model test-embedded-model images check-deploy
 
 $(UV):
@@ -85,7 +86,28 @@ typecheck: install
 
 check: lint typecheck test
 
+## Corral next to the backend called directly, and next to LiteLLM's proxy, in one run on this
+## machine (about 3 minutes; docs/performance.md): time to first token and total time added (p50,
+## p99), CPU per request of every process (RabbitMQ's included), broker messages per request; a
+## markdown table on stdout and docs/img/compare-*.png. Corral runs as `make run` starts it
+## (session store, sessions, queue feedback). LiteLLM's side runs once `make bench-install` has
+## installed it, else it is skipped. Options through BENCH_ARGS (`uv run python bench/compare.py
+## --help`), e.g. BENCH_ARGS="--corral bare" (scheduler and gateway only, stateless requests),
+## "--sessions off", "--repeats 3", "--clients 1", "--no-litellm", "--token-delay-ms 20".
 bench: install rabbitmq
+	$(UV) sync --all-packages --frozen --inexact --group bench 2>/dev/null || \
+		$(UV) sync --all-packages --inexact --group bench
+	$(UV) run python bench/compare.py $(BENCH_ARGS)
+
+## What `make bench` needs beyond `make install`, kept out of it and of CI: matplotlib (the
+## `bench` group) and LiteLLM's proxy, large and pinning older packages than the services use,
+## so in an environment of its own (bench/litellm/.venv).
+bench-install: install
+	$(UV) sync --all-packages --frozen --inexact --group bench
+	$(UV) sync --project bench/litellm --frozen
+
+## The latency Corral adds without sessions, hop by hop (scheduler and gateway only; about 20 s).
+bench-latency: install rabbitmq
 	$(UV) run python bench/latency.py
 
 ## How close the queue's wait estimates come to real waits (about 2 minutes; docs/performance.md).

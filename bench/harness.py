@@ -33,6 +33,7 @@ import aiohttp
 import aiormq
 
 from corral_devstack.cluster import Cluster
+from corral_devstack.mongo import SecantusNode
 from corral_devstack.ports import free_port
 from corral_devstack.processes import ServiceError, ServiceProcess
 from corral_devstack.rabbitmq import RabbitMQError, RabbitNode, amqp_reachable
@@ -145,6 +146,8 @@ class Stack:
     # A pool: each server's name (as in `CORRAL_BACKENDS` and the scheduler's metrics) and its
     # emulator's URL. Empty when the scheduler drives the one emulator at `emulator_url`.
     pool: Mapping[str, str] = field(default_factory=dict)
+    # The session store's database (SecantusDB, as `make run` starts) when a store runs.
+    mongo: SecantusNode | None = None
 
     @property
     def emulator_urls(self) -> dict[str, str]:
@@ -154,6 +157,8 @@ class Stack:
     def pids(self) -> dict[str, list[int]]:
         """Process ids by name, RabbitMQ's included when the node is ours."""
         groups = {name: [p.pid] for name, p in self.services.items() if p.pid is not None}
+        if self.mongo is not None and self.mongo.pid is not None:
+            groups["mongo"] = [self.mongo.pid]
         if self.node is not None:
             groups["rabbitmq"] = self.node.leftover_pids()
         return groups
@@ -199,11 +204,16 @@ def start_services(
     *,
     servers: Sequence[str] = (),
     env: Mapping[str, str] | None = None,
+    session_store: bool = False,
+    log_level: str = "warning",
 ) -> Stack:
     """The emulator(s), one scheduler and one gateway on `amqp_url`, stopped by `cleanup`;
     logs in `<workdir>/logs`. With `servers`, one emulator per name, listed to the scheduler
     as a pool (`CORRAL_BACKENDS=name=url,...`); without, one emulator as the one backend.
-    `env` is laid over the services' environment (e.g. `CORRAL_POOL_POLICY`)."""
+    `env` is laid over the services' environment (e.g. `CORRAL_POOL_POLICY`). With
+    `session_store`, also a session store on a SecantusDB of its own under `<workdir>/mongo`,
+    as `make run` starts them (sessions kept, history assembled). `log_level` is the services'
+    `CORRAL_LOG_LEVEL` (`info`, their default, writes an access-log line per request)."""
     logs = workdir / "logs"
     names = list(servers) or ["emulator"]
     emulators: dict[str, tuple[ServiceProcess, str]] = {}
@@ -223,11 +233,21 @@ def start_services(
         **({"CORRAL_BACKENDS": ",".join(f"{n}={u}" for n, u in pool.items())} if pool else {}),
         **(env or {}),
     }
+    mongo = None
+    if session_store:
+        mongo = SecantusNode(workdir / "mongo", log_path=logs / "mongo.log")
+        cleanup.callback(mongo.stop)
+        log("starting SecantusDB for the session store")
+        mongo.start()
+        service_env["CORRAL_MONGO_URL"] = mongo.url
     first_url = next(iter(emulators.values()))[1]
-    cluster = Cluster(amqp_url, first_url, workdir, service_env, log_level="warning")
+    cluster = Cluster(amqp_url, first_url, workdir, service_env, log_level=log_level)
     cleanup.callback(cluster.stop_all)
-    log("starting scheduler and gateway")
+    log(f"starting scheduler{', session store' if session_store else ''} and gateway")
     scheduler = cluster.start_scheduler()
+    if session_store:
+        # Its own name: the service's module is corral_session_store.
+        cluster.start_health_service("corral_session_store", "session-store")
     cluster.start_gateway()
     return Stack(
         amqp_url=amqp_url,
@@ -240,6 +260,7 @@ def start_services(
         },
         node=node,
         pool=pool,
+        mongo=mongo,
     )
 
 
