@@ -13,10 +13,15 @@ stamps: the done line's `created_at` minus `total_duration`, on the same clock).
 wave runs on the scheduler's priors and is reported apart from the later ones, which run on
 speeds learned from the backend's own timings.
 
+The headline is the median of |first estimate - real wait| / real wait over the clients shown
+a wait (to the first token), for every wave, the first and the later ones.
+
 To say why the estimates are off, it replays every job's price with the scheduler's own
 `SpeedBook` (checked against the estimates clients were shown) and sets it against what the
-backend spent, part by part. At the end it reads the scheduler's `corral_wait_estimate_*`
-histograms. Method and results: docs/performance.md.
+backend spent, part by part; a load is charged where the model changes along the order the
+jobs ran in (as the scheduler charges one per swap along the queue), and set against the loads
+the backend reported. At the end it reads the scheduler's `corral_wait_estimate_*` histograms
+(the bias one's signed sum from its own gauge). Method and results: docs/performance.md.
 """
 
 from __future__ import annotations
@@ -39,7 +44,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from corral_emulator import EmulatorControl, expected_reply
 from corral_emulator.testing import METRICS
-from corral_scheduler.eta import REAL_LOAD_MS, SpeedBook, estimate_prompt_tokens
+from corral_scheduler.eta import REAL_LOAD_MS, SimServer, SpeedBook, pool_waits
 from corral_scheduler.settings import SchedulerSettings
 
 MODELS = ("llama3.2", "qwen2.5:0.5b")
@@ -55,6 +60,9 @@ VOCABULARY = (
 BUCKETS: tuple[tuple[str, int, int], ...] = (("1", 1, 1), ("2-4", 2, 4), ("5+", 5, 1 << 30))
 TARGETS = ("first_token", "start")
 HISTOGRAMS = ("corral_wait_estimate_error_seconds", "corral_wait_estimate_bias_seconds")
+# prometheus_client exports no `_sum` for a histogram with negative buckets (the bias one): the
+# scheduler keeps the signed sum in this gauge.
+BIAS_SUM_GAUGE = "corral_wait_estimate_bias_sum_seconds"
 
 
 # -- the requests -----------------------------------------------------------------------------
@@ -127,7 +135,8 @@ class Observation:
     first_token_ns: int
     backend_start_ns: int
     backend_done_ns: int
-    # The backend's own timing fields from the done line.
+    # The backend's own timing fields from the done line, and its `done_reason` ("length":
+    # cut at `num_predict`).
     final: dict[str, Any]
 
     def actual_ms(self, target: str) -> float | None:
@@ -203,7 +212,7 @@ def observe(
         # `total_duration` runs from the handler's start to just before the final chunk.
         backend_start_ns=done_ns - int(final["total_duration"]),
         backend_done_ns=done_ns,
-        final={name: final[name] for name in METRICS if name in final},
+        final={name: final[name] for name in (*METRICS, "done_reason") if name in final},
     )
 
 
@@ -308,17 +317,36 @@ class Price:
     load_ms: float
     prompt_ms: float
     generation_ms: float
+    # What a load of its model costs, charged or not.
+    model_load_ms: float = 0.0
 
     @property
     def total_ms(self) -> float:
         return self.load_ms + self.prompt_ms + self.generation_ms
 
 
+def run_order(observations: Sequence[Observation]) -> list[Observation]:
+    return sorted(observations, key=lambda o: o.backend_start_ns)
+
+
+def swaps(observations: Sequence[Observation]) -> set[int]:
+    """The jobs charged a load: those whose model differs from the job that ran before them
+    (the first job: no model known to be loaded), as the scheduler charges one per swap along
+    the queue."""
+    charged: set[int] = set()
+    before: str | None = None
+    for o in run_order(observations):
+        if before is None or before.lower() != o.model.lower():
+            charged.add(o.index)
+        before = o.model
+    return charged
+
+
 def replay_prices(observations: Sequence[Observation]) -> dict[int, Price]:
     """Each job's price as the scheduler worked it out: its own SpeedBook with its default
-    priors, fed every job that finished before this one was sent, in the order they finished;
-    the loaded model is the last finished job's (the scheduler learns it at the end of a
-    job)."""
+    priors, fed every job that finished before this one was sent, in the order they finished
+    (what the running job shows as it streams is left out); the load is charged where the job
+    swaps the model along the order the jobs ran in (`swaps`)."""
     settings = SchedulerSettings()
     book = SpeedBook(
         prompt_tokens_per_s=settings.prior_prompt_tokens_per_s,
@@ -326,45 +354,63 @@ def replay_prices(observations: Sequence[Observation]) -> dict[int, Price]:
         load_ms=settings.prior_load_ms,
         eval_count=settings.prior_eval_count,
     )
+    charged = swaps(observations)
     finished = iter(sorted(observations, key=lambda o: o.backend_done_ns))
     pending = next(finished, None)
-    loaded: str | None = None
     prices: dict[int, Price] = {}
     for o in sorted(observations, key=lambda o: o.sent_ns):
         while pending is not None and pending.backend_done_ns < o.sent_ns:
-            book.observe(pending.model, pending.final)
-            loaded = pending.model
+            book.observe(pending.model, pending.final, pending.prompt_chars)
             pending = next(finished, None)
-        prices[o.index] = price_of(book, o, loaded)
+        prices[o.index] = price_of(book, o, o.index in charged)
     return prices
 
 
-def price_of(book: SpeedBook, o: Observation, loaded: str | None) -> Price:
-    total = book.estimate_ms(o.model, o.prompt_chars, o.num_predict, loaded)
-    load = book.estimate_ms(o.model, o.prompt_chars, o.num_predict, loaded, kind="load")
-    prompt = (
-        1000.0 * estimate_prompt_tokens(o.prompt_chars) / book.speed(o.model).prompt_tokens_per_s
+def price_of(book: SpeedBook, o: Observation, swap: bool) -> Price:
+    work = book.estimate_ms(o.model, o.prompt_chars, o.num_predict, o.model)
+    prompt = book.prompt_ms(o.model, o.prompt_chars)
+    load = book.load_ms(o.model)
+    return Price(
+        load_ms=load if swap else 0.0,
+        prompt_ms=prompt,
+        generation_ms=work - prompt,
+        model_load_ms=load,
     )
-    return Price(load_ms=load, prompt_ms=prompt, generation_ms=total - load - prompt)
 
 
 def replayed_wait_ms(
     o: Observation, everyone: Sequence[Observation], prices: dict[int, Price]
 ) -> float:
     """The wait the scheduler would have announced to `o` from the replayed prices: what is
-    left of the running job's price plus the price of every job admitted before `o` that had
-    not started yet (arrival order; every request here has the same caller and priority)."""
+    left of the running job's price (by the clock) plus the work of every job admitted before
+    `o` that had not started yet, in the order they ran, a load charged once per swap along
+    it (eta.pool_waits, one server)."""
     admitted = o.sent_ns
-    wait = 0.0
-    for other in everyone:
+    running = 0.0
+    loaded: str | None = None
+    ahead: list[Observation] = []
+    for other in run_order(everyone):
         if other.index == o.index or other.sent_ns >= admitted:
             continue
         if other.backend_start_ns <= admitted < other.backend_done_ns:
             elapsed = (admitted - other.backend_start_ns) / 1e6
-            wait += max(0.0, prices[other.index].total_ms - elapsed)
+            running = max(0.0, prices[other.index].total_ms - elapsed)
+            loaded = other.model
         elif other.backend_start_ns > admitted:
-            wait += prices[other.index].total_ms
-    return wait
+            ahead.append(other)
+        elif other.backend_done_ns <= admitted:
+            loaded = other.model
+    jobs = [
+        (
+            round(prices[a.index].prompt_ms + prices[a.index].generation_ms),
+            round(prices[a.index].model_load_ms),
+            a.model,
+        )
+        for a in ahead
+    ]
+    server = SimServer("backend", round(running), loaded)
+    waits = pool_waits([server], [*jobs, (0, 0, o.model)], lambda _s, _i: True)
+    return float(waits[-1])
 
 
 def reply_kind(o: Observation) -> str:
@@ -438,14 +484,19 @@ class Why:
     replay_gap_p90_ms: float
     # Later waves' jobs.
     parts: dict[str, PartRow]
+    # Later waves: jobs charged a load (a swap along the run order), and jobs whose backend
+    # reported one.
     loads_charged: int
     loads_happened: int
+    # Of those, the ones both charged and loaded.
+    loads_matched: int
     gap_p50_ms: float
     jobs_overtaken: int
 
 
 def explain(observations: Sequence[Observation]) -> Why:
     prices = replay_prices(observations)
+    charged = swaps(observations)
     shown = [o for o in observations if o.estimate_ms is not None]
     replay_gap = [
         abs(replayed_wait_ms(o, observations, prices) - float(o.estimate_ms or 0)) for o in shown
@@ -455,11 +506,16 @@ def explain(observations: Sequence[Observation]) -> Why:
         replay_gap_p50_ms=p(replay_gap, 50),
         replay_gap_p90_ms=p(replay_gap, 90),
         parts=part_rows(later, prices),
-        loads_charged=sum(1 for o in later if prices[o.index].load_ms > 0),
-        loads_happened=sum(1 for o in later if o.spent_ms("load_duration") >= REAL_LOAD_MS),
+        loads_charged=sum(1 for o in later if o.index in charged),
+        loads_happened=sum(1 for o in later if loaded(o)),
+        loads_matched=sum(1 for o in later if o.index in charged and loaded(o)),
         gap_p50_ms=p(gaps_ms(later), 50),
         jobs_overtaken=overtaken(later),
     )
+
+
+def loaded(o: Observation) -> bool:
+    return o.spent_ms("load_duration") >= REAL_LOAD_MS
 
 
 def overtaken(observations: Sequence[Observation]) -> int:
@@ -527,7 +583,11 @@ async def scrape_histograms(
     async with session.get(f"{scheduler_url}/metrics") as response:
         text = await response.text()
     found: dict[str, HistogramSummary] = {}
-    for family in text_string_to_metric_families(text):
+    families = list(text_string_to_metric_families(text))
+    bias_sum = next(
+        (f.samples[0].value for f in families if f.name == BIAS_SUM_GAUGE and f.samples), None
+    )
+    for family in families:
         if family.name not in HISTOGRAMS:
             continue
         buckets: list[tuple[float, float]] = []
@@ -537,6 +597,8 @@ async def scrape_histograms(
                 buckets.append((float(sample.labels["le"]), sample.value))
             elif sample.name.endswith("_sum"):
                 total = sample.value
+        if total is None and family.name == "corral_wait_estimate_bias_seconds":
+            total = bias_sum
         found[family.name] = summarise_histogram(buckets, total)
     return found
 
@@ -544,10 +606,41 @@ async def scrape_histograms(
 # -- the run ----------------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class Headline:
+    """The median of |first estimate - real wait to the first token| / real wait."""
+
+    n: int
+    relative_p50: float
+    # The share of clients whose first estimate was within 15 % of their wait.
+    within_15: float
+
+
+def headline(observations: Sequence[Observation]) -> dict[str, Headline]:
+    groups = {
+        "every wave": list(observations),
+        "wave 1 (priors)": [o for o in observations if o.wave == 1],
+        "later waves (learned)": [o for o in observations if o.wave > 1],
+    }
+    found = {}
+    for name, members in groups.items():
+        pairs = error_pairs(members, "first_token")
+        if not pairs:
+            continue
+        relative = [abs(e - a) / a for e, a in pairs]
+        found[name] = Headline(
+            n=len(pairs),
+            relative_p50=p(relative, 50),
+            within_15=sum(1 for r in relative if r <= 0.15) / len(relative),
+        )
+    return found
+
+
 @dataclass
 class Report:
     config: dict[str, Any]
     environment: dict[str, Any]
+    headline: dict[str, Headline]
     # target -> group -> stats
     by_position: dict[str, dict[str, ErrorStats]]
     by_wave: dict[str, ErrorStats]
@@ -574,6 +667,7 @@ async def run_benchmark(args: argparse.Namespace, stack: harness.Stack) -> Repor
     return Report(
         config=config_of(args),
         environment=await harness.environment(stack.amqp_url),
+        headline=headline(observations),
         by_position={t: grouped(observations, t, phase_of, bucket_of) for t in TARGETS},
         by_wave=grouped(observations, "first_token", lambda o: f"wave {o.wave}"),
         by_model=grouped(later, "first_token", lambda o: o.model),
@@ -628,6 +722,9 @@ def stats_table(label: str, rows: dict[str, ErrorStats]) -> list[str]:
 
 def histogram_lines(histograms: dict[str, HistogramSummary]) -> list[str]:
     lines = [
+        f"(The bias histogram's sum is read from `{BIAS_SUM_GAUGE}`: no `_sum` is exported for "
+        "a histogram with negative buckets.)",
+        "",
         "| scheduler histogram | count | sum (s) | mean (s) | p50 from buckets (s) | share > 0 |",
         "| --- | ---: | ---: | ---: | ---: | ---: |",
     ]
@@ -653,7 +750,8 @@ def why_lines(why: Why) -> list[str]:
     return [
         *lines,
         "",
-        f"Loads charged {why.loads_charged}, loads that happened {why.loads_happened}. "
+        f"Loads charged (a swap along the run order) {why.loads_charged}, loads that happened "
+        f"{why.loads_happened}, both {why.loads_matched}. "
         f"Backend idle between jobs (not priced): p50 {why.gap_p50_ms:.1f} ms. "
         f"Jobs overtaken by a later one (grouping for the loaded model): {why.jobs_overtaken}. "
         f"The replay reproduces the shown estimates within {why.replay_gap_p50_ms:.0f} ms "
@@ -673,6 +771,15 @@ def markdown(report: Report) -> str:
             f"{len(report.observations)} requests, {waits} shown a wait, "
             f"{report.emulator_stats.get('loads')} model loads on the emulator.",
             "Times in seconds; error = estimate - actual (positive: told too long).",
+            "",
+            "First estimate each client was shown against its real wait to the first token:",
+            "",
+            "| requests | n | abs error / actual p50 | within 15 % |",
+            "| --- | ---: | ---: | ---: |",
+            *(
+                f"| {name} | {h.n} | {h.relative_p50:.0%} | {h.within_15:.0%} |"
+                for name, h in report.headline.items()
+            ),
             "",
             "Actual = first queue chunk -> first token (what the client feels):",
             "",

@@ -2,9 +2,20 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 
-from corral_scheduler.eta import SimServer, SpeedBook, estimate_prompt_tokens, pool_waits
+from corral_scheduler.eta import (
+    Reply,
+    ReplyLengths,
+    SimServer,
+    SpeedBook,
+    estimate_prompt_tokens,
+    pool_waits,
+)
+from corral_scheduler.lane import ONE_BACKEND, Lane
+from services.scheduler.tests import fakes
 
 
 def book() -> SpeedBook:
@@ -46,10 +57,88 @@ def test_a_warm_model_does_not_count_as_a_load() -> None:
     assert speeds.speed("m").load_ms == 2000
 
 
-def test_other_models_keep_the_priors() -> None:
+def test_a_model_not_measured_yet_borrows_from_the_measured_ones() -> None:
     speeds = book()
+    assert speeds.speed("b").eval_tokens_per_s == 10  # nothing measured: the priors
     speeds.observe("a", {"eval_count": 100, "eval_duration": 10**9})
-    assert speeds.speed("b").eval_tokens_per_s == 10
+    speeds.observe("c", {"eval_count": 300, "eval_duration": 10**9})
+    assert speeds.speed("b").eval_tokens_per_s == pytest.approx(200)
+    assert speeds.speed("b").load_ms == 2000  # neither measured a load
+    assert not speeds.measured("b") and speeds.measured("A")
+
+
+def final(tokens: int, reason: str = "stop") -> dict[str, object]:
+    return {"eval_count": tokens, "eval_duration": tokens * 10**8, "done_reason": reason}
+
+
+def test_replies_cut_at_their_cap_are_not_read_as_short_ones() -> None:
+    """Five replies ran to 100 tokens, five were cut at 20 by their num_predict: an uncapped
+    reply is expected at 100 (the mean of what was seen, 60, would price it short)."""
+    replies = [Reply(100, cut=False)] * 5 + [Reply(20, cut=True)] * 5
+    lengths = ReplyLengths(replies)
+    assert lengths.expected(None) == pytest.approx(100)
+    assert lengths.expected(50) == pytest.approx(50)
+    speeds = book()
+    for _ in range(5):
+        speeds.observe("m", final(100))
+        speeds.observe("m", final(20, "length"))
+    assert speeds.reply_tokens("m", None) == pytest.approx(100)
+    assert speeds.reply_tokens("m", 30) == pytest.approx(30)
+    # 10 tok/s: a 100-token reply and a 1 s prompt (400 chars), the model loaded.
+    assert speeds.estimate_ms("m", 400, None, loaded_model="m") == 10_000 + 1000
+
+
+def test_a_reply_under_way_is_expected_to_run_longer() -> None:
+    lengths = ReplyLengths([Reply(n, cut=False) for n in (10, 20, 30, 40)])
+    assert lengths.expected(None) == pytest.approx(25)
+    # Past 25 tokens only the 30 and 40 replies are left: 35 expected.
+    assert lengths.expected(None, produced=25) == pytest.approx(35)
+    assert lengths.expected(32, produced=25) == pytest.approx(25 + (2.5 + 2 * 0.25) / 0.5)
+    assert lengths.expected(None, produced=40) is None
+    assert ReplyLengths([]).expected(None) is None
+
+
+def test_reply_lengths_fall_back_to_the_mean_and_outgrow_it() -> None:
+    speeds = book()  # no reply seen: the prior mean, 50
+    assert speeds.reply_tokens("m", None) == 50
+    assert speeds.reply_tokens("m", 20) == 20
+    assert speeds.reply_tokens("m", None, produced=70) == 71
+    speeds.observe("other", final(80))
+    assert speeds.reply_tokens("m", None) == pytest.approx(80)  # pooled from other models
+    # 20 produced of 80 expected, at 10 tok/s.
+    speeds.observe("m", final(80))
+    assert speeds.remaining_ms("m", None, 20) == 6000
+
+
+def test_a_running_job_stands_in_for_the_priors_until_its_model_is_measured() -> None:
+    speeds = book()
+    version = speeds.version
+    speeds.observe_live(
+        "m", first_token_ms=1500, tokens=11, generating_ms=500, prompt_chars=400, loaded=False
+    )
+    assert speeds.version > version
+    # 10 tokens after the first in 0.5 s; a 1.5 s first token less a 1 s prompt at the prior.
+    assert speeds.speed("m").eval_tokens_per_s == pytest.approx(20)
+    assert speeds.speed("m").load_ms == pytest.approx(500)
+    assert speeds.speed("other").eval_tokens_per_s == pytest.approx(20)
+    version = speeds.version
+    speeds.observe_live(
+        "m", first_token_ms=1500, tokens=12, generating_ms=560, prompt_chars=400, loaded=False
+    )
+    assert speeds.version == version  # moved too little to re-price the queue
+    speeds.observe("m", {"eval_count": 100, "eval_duration": 2 * 10**9})
+    assert speeds.speed("m").eval_tokens_per_s == pytest.approx(50)
+    speeds.observe_live(
+        "m", first_token_ms=10, tokens=50, generating_ms=100, prompt_chars=400, loaded=True
+    )
+    assert speeds.speed("m").eval_tokens_per_s == pytest.approx(50)  # measured: ignored
+
+
+def test_prompt_characters_per_token_are_learned_when_given() -> None:
+    speeds = book()
+    speeds.observe("m", {"prompt_eval_count": 100, "prompt_eval_duration": 10**9}, 600)
+    assert speeds.speed("m").chars_per_token == pytest.approx(6)
+    assert speeds.prompt_ms("m", 600) == pytest.approx(1000)
 
 
 def anywhere(_server: SimServer, _index: int) -> bool:
@@ -79,3 +168,44 @@ def test_a_job_only_some_servers_can_run_waits_for_them() -> None:
     assert pool_waits(
         servers, [(100, 0, "m"), (100, 0, "m")], lambda s, i: i not in only_x or s.name == "x"
     ) == [1000, 0]
+
+
+def test_a_lane_with_the_speed_book_reprices_its_waiting_jobs() -> None:
+    speeds = book()
+    lane = Lane(speeds=speeds)
+    lane.servers[ONE_BACKEND].loaded = "m"
+    for rid in ("1", "2", "3"):
+        one = fakes.entry(fakes.job(rid, model="m", prompt_chars=400, num_predict=20))
+        one.estimate_ms = 10**6  # as admitted on other figures
+        lane.push(one)
+    lane.pause()
+    # 1 s prompt + 20 tokens at 10 tok/s each.
+    assert [p.wait_ms for p in lane.snapshot()] == [0, 3000, 6000]
+    speeds.observe("m", {"eval_count": 20, "eval_duration": 10**9, "done_reason": "length"})
+    assert [p.wait_ms for p in lane.snapshot()] == [0, 2000, 4000]
+
+
+async def forever() -> None:
+    await asyncio.Event().wait()
+
+
+async def test_a_running_job_is_priced_by_the_tokens_it_has_streamed() -> None:
+    speeds = book()
+    speeds.observe("m", {"eval_count": 100, "eval_duration": 10 * 10**9})  # 10 tok/s
+    lane = Lane(speeds=speeds)
+    server = lane.servers[ONE_BACKEND]
+    lane.push(fakes.entry(fakes.job("a", model="m", num_predict=60)))
+    lane.push(fakes.entry(fakes.job("b", model="m")))
+    running = await lane.take(server)
+    task = asyncio.create_task(forever())
+    try:
+        lane.start(running, task, 10**6)
+        running.tokens += 1
+        running.tokens += 19
+        assert running.first_token_at is not None and running.last_token_at is not None
+        # 40 of its 60 tokens left at 10 tok/s, whatever its estimate said.
+        assert lane.snapshot()[0].wait_ms == 4000
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+    lane.finish(running)

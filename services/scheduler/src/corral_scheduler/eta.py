@@ -1,14 +1,28 @@
 """Wait estimates from the backend's own measurements.
 
-Each finished job reports `prompt_eval_count/duration`, `eval_count/duration` and
-`load_duration`; we keep an exponentially weighted speed per model and price every queued job
-as load (if its model is not the loaded one) + prompt evaluation + generation.
+Each finished job reports `prompt_eval_count/duration`, `eval_count/duration`,
+`load_duration` and `done_reason`; we keep an exponentially weighted speed per model and price
+every queued job as load (if its model is not the loaded one) + prompt evaluation +
+generation.
+
+The reply's length is the largest unknown in a price. Each model keeps its recent reply lengths,
+those cut off at their `num_predict` (`done_reason` "length") marked as such: a cut reply only
+says the natural one would have been at least that long. The expected length of a reply capped
+at `c` is E[min(L, c)] under the Kaplan-Meier estimate of the length's distribution, which takes
+those cut replies into account instead of reading them as short ones (a mean of everything seen
+would price an uncapped reply at the length of the capped ones around it).
+
+Before a model has finished a job it borrows from the models that have (the same backend), and
+before any has, it is priced on the priors, corrected by what the running job shows as it
+streams (`SpeedBook.observe_live`): the time to its first token and its token rate.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
+import bisect
+from collections import deque
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, replace
 from typing import Any
 
 from corral_common.messages import STREAMED_KINDS, JobKind
@@ -17,6 +31,13 @@ NS_PER_MS = 1_000_000
 # Below this a reported load_duration is the backend touching an already-loaded model.
 REAL_LOAD_MS = 50.0
 CHARS_PER_TOKEN = 4.0
+# Reply lengths kept per model for the length distribution.
+REPLY_WINDOW = 64
+# A live token rate is trusted from this many generated tokens on.
+LIVE_MIN_TOKENS = 5
+# A running job's live figures replace the ones before only when they moved this much (each
+# change re-prices the queue).
+LIVE_CHANGE = 0.1
 
 
 @dataclass
@@ -26,10 +47,91 @@ class ModelSpeed:
     load_ms: float
     eval_count: float
     samples: int = 0
+    # Prompt characters per prompt token, as the backend counted them (learned when the
+    # finished job's prompt length is known).
+    chars_per_token: float = CHARS_PER_TOKEN
 
 
-def estimate_prompt_tokens(prompt_chars: int) -> int:
-    return max(1, round(prompt_chars / CHARS_PER_TOKEN))
+@dataclass(frozen=True)
+class Reply:
+    """One finished reply's length; `cut` when it stopped at its `num_predict`."""
+
+    tokens: int
+    cut: bool
+
+
+def estimate_prompt_tokens(prompt_chars: int, chars_per_token: float = CHARS_PER_TOKEN) -> int:
+    return max(1, round(prompt_chars / chars_per_token))
+
+
+class ReplyLengths:
+    """Kaplan-Meier estimate of a reply length's distribution from replies some of which were
+    cut off at their cap (right-censored)."""
+
+    def __init__(self, replies: Iterable[Reply]) -> None:
+        # The survival curve as steps: S(t) = survival[i] for times[i-1] <= t < times[i]
+        # (times[-1] = 0 before the first), i.e. P(L > t).
+        self.times: list[float] = []
+        self.survival: list[float] = []
+        ordered = sorted(replies, key=lambda r: (r.tokens, r.cut))
+        at_risk = len(ordered)
+        alive = 1.0
+        index = 0
+        while index < len(ordered):
+            length = ordered[index].tokens
+            ended = cut = 0
+            while index < len(ordered) and ordered[index].tokens == length:
+                if ordered[index].cut:
+                    cut += 1
+                else:
+                    ended += 1
+                index += 1
+            if ended:
+                alive *= 1 - ended / at_risk
+                self.times.append(float(length))
+                self.survival.append(alive)
+            at_risk -= ended + cut
+        # Beyond the longest reply seen nothing is known: a curve still above 0 there (the
+        # longest were cut) is cut off at the longest cut reply.
+        self.longest = float(ordered[-1].tokens) if ordered else 0.0
+
+    def alive_at(self, t: float) -> float:
+        """P(L > t)."""
+        index = bisect.bisect_right(self.times, t)
+        return 1.0 if index == 0 else self.survival[index - 1]
+
+    def area(self, low: float, high: float) -> float:
+        """The integral of P(L > t) from `low` to `high`."""
+        high = min(high, self.longest)
+        if high <= low:
+            return 0.0
+        total = 0.0
+        start = low
+        for time in self.times:
+            if time <= start:
+                continue
+            if time >= high:
+                break
+            total += self.alive_at(start) * (time - start)
+            start = time
+        return total + self.alive_at(start) * (high - start)
+
+    def expected(self, cap: float | None, produced: float = 0.0) -> float | None:
+        """E[min(L, cap) | L > produced]: the reply's expected length, given it has already
+        produced that many tokens; None when the curve says nothing past `produced`."""
+        limit = self.longest if cap is None else min(cap, self.longest)
+        alive = self.alive_at(produced)
+        if alive <= 0 or produced >= limit:
+            return None
+        return produced + self.area(produced, limit) / alive
+
+
+@dataclass
+class LiveSample:
+    """What a running job of a not yet measured model has shown so far."""
+
+    eval_tokens_per_s: float | None
+    load_ms: float | None
 
 
 class SpeedBook:
@@ -45,11 +147,47 @@ class SpeedBook:
         self._prior = ModelSpeed(prompt_tokens_per_s, eval_tokens_per_s, load_ms, eval_count)
         self._weight = weight
         self._models: dict[str, ModelSpeed] = {}
+        self._replies: dict[str, deque[Reply]] = {}
+        self._live: dict[str, LiveSample] = {}
+        # Bumped by every observation: prices computed before are stale.
+        self.version = 0
+        self._lengths: dict[str | None, ReplyLengths] = {}
+        self._replies_expected: dict[tuple[str, int | None], float] = {}
 
     def speed(self, model: str) -> ModelSpeed:
-        return self._models.get(model.lower(), self._prior)
+        """The model's measured speed; else the measured models' average (the same backend);
+        else the priors, with what a running job has shown in place of them."""
+        key = model.lower()
+        known = self._models.get(key)
+        if known is not None:
+            return known
+        if self._models:
+            measured = list(self._models.values())
 
-    def observe(self, model: str, final: dict[str, Any]) -> None:
+            def mean(name: str) -> float:
+                return float(sum(getattr(m, name) for m in measured)) / len(measured)
+
+            return replace(
+                self._prior,
+                prompt_tokens_per_s=mean("prompt_tokens_per_s"),
+                eval_tokens_per_s=mean("eval_tokens_per_s"),
+                load_ms=mean("load_ms"),
+                eval_count=mean("eval_count"),
+                chars_per_token=mean("chars_per_token"),
+            )
+        live = self._live.get(key) or next(iter(self._live.values()), None)
+        if live is None:
+            return self._prior
+        return replace(
+            self._prior,
+            eval_tokens_per_s=live.eval_tokens_per_s or self._prior.eval_tokens_per_s,
+            load_ms=self._prior.load_ms if live.load_ms is None else live.load_ms,
+        )
+
+    def measured(self, model: str) -> bool:
+        return model.lower() in self._models
+
+    def observe(self, model: str, final: dict[str, Any], prompt_chars: int | None = None) -> None:
         """Fold one finished job's timings into the model's running averages."""
         key = model.lower()
         current = self._models.get(key)
@@ -67,6 +205,8 @@ class SpeedBook:
             current.prompt_tokens_per_s = blend(
                 current.prompt_tokens_per_s, prompt_count / (prompt_ns / 1e9)
             )
+        if prompt_count > 0 and prompt_chars:
+            current.chars_per_token = blend(current.chars_per_token, prompt_chars / prompt_count)
         eval_count = _int(final.get("eval_count"))
         eval_ns = _int(final.get("eval_duration"))
         if eval_count > 0 and eval_ns > 0:
@@ -75,14 +215,97 @@ class SpeedBook:
             )
         if eval_count > 0:
             current.eval_count = blend(current.eval_count, float(eval_count))
+            replies = self._replies.setdefault(key, deque(maxlen=REPLY_WINDOW))
+            replies.append(Reply(eval_count, cut=final.get("done_reason") == "length"))
         load_ms = _int(final.get("load_duration")) / NS_PER_MS
         if load_ms >= REAL_LOAD_MS:
             current.load_ms = blend(current.load_ms, load_ms)
         current.samples += 1
+        self._live.pop(key, None)
+        self._changed()
+
+    def observe_live(
+        self,
+        model: str,
+        *,
+        first_token_ms: float | None,
+        tokens: int,
+        generating_ms: float,
+        prompt_chars: int,
+        loaded: bool,
+    ) -> None:
+        """A running job of a model not measured yet, as far as it got: `first_token_ms` from
+        its start to its first token (a load, when it was not `loaded`, and its prompt),
+        `tokens` generated over `generating_ms` since. Stands in for the priors until a job of
+        the model finishes; ignored for a measured model."""
+        key = model.lower()
+        if key in self._models:
+            return
+        rate = None
+        if tokens >= LIVE_MIN_TOKENS and generating_ms > 0:
+            rate = (tokens - 1) / (generating_ms / 1000)
+        load = None
+        if first_token_ms is not None and not loaded:
+            prompt_ms = (
+                1000.0 * estimate_prompt_tokens(prompt_chars) / self._prior.prompt_tokens_per_s
+            )
+            load = max(0.0, first_token_ms - prompt_ms)
+        before = self._live.get(key) or LiveSample(None, None)
+        sample = LiveSample(
+            eval_tokens_per_s=_moved(before.eval_tokens_per_s, rate),
+            load_ms=_moved(before.load_ms, load),
+        )
+        if sample != before:
+            self._live[key] = sample
+            self._changed()
+
+    def _changed(self) -> None:
+        self.version += 1
+        self._lengths.clear()
+        self._replies_expected.clear()
+
+    def lengths(self, model: str) -> ReplyLengths | None:
+        """The model's reply length distribution; all models' replies pooled while it has
+        none of its own; None before any reply."""
+        key: str | None = model.lower()
+        if key not in self._replies:
+            key = None
+        if key not in self._lengths:
+            if key is None:
+                pooled = [r for replies in self._replies.values() for r in replies]
+                self._lengths[None] = ReplyLengths(pooled)
+            else:
+                self._lengths[key] = ReplyLengths(self._replies[key])
+        found = self._lengths[key]
+        return found if found.longest > 0 else None
+
+    def reply_tokens(self, model: str, num_predict: int | None, produced: int = 0) -> float:
+        """The expected length of a reply capped at `num_predict` (None or <= 0: no cap), given
+        `produced` tokens so far."""
+        cap = num_predict if num_predict is not None and num_predict > 0 else None
+        if produced == 0:
+            cached = self._replies_expected.get((model.lower(), cap))
+            if cached is not None:
+                return cached
+        lengths = self.lengths(model)
+        expected = None if lengths is None else lengths.expected(cap, produced)
+        if expected is None:
+            # Nothing measured (or a reply past every one seen): the mean, or a little more.
+            guess = max(self.speed(model).eval_count, produced + 1.0)
+            expected = guess if cap is None else min(float(cap), guess)
+        expected = max(expected, float(produced))
+        if produced == 0:
+            self._replies_expected[(model.lower(), cap)] = expected
+        return expected
 
     def load_ms(self, model: str, kind: JobKind = "chat") -> int:
         """What loading `model` costs, by its measured loads (nothing for an unload)."""
         return 0 if kind == "unload" else round(self.speed(model).load_ms)
+
+    def prompt_ms(self, model: str, prompt_chars: int) -> float:
+        speed = self.speed(model)
+        tokens = estimate_prompt_tokens(prompt_chars, speed.chars_per_token)
+        return 1000.0 * tokens / speed.prompt_tokens_per_s
 
     def estimate_ms(
         self,
@@ -100,12 +323,15 @@ class SpeedBook:
             total += speed.load_ms
         if kind == "load":
             return round(total)
-        total += 1000.0 * estimate_prompt_tokens(prompt_chars) / speed.prompt_tokens_per_s
+        total += self.prompt_ms(model, prompt_chars)
         if kind in STREAMED_KINDS:
-            tokens_out = num_predict if num_predict is not None and num_predict > 0 else None
-            expected_out = min(tokens_out, speed.eval_count) if tokens_out else speed.eval_count
-            total += 1000.0 * expected_out / speed.eval_tokens_per_s
+            total += 1000.0 * self.reply_tokens(model, num_predict) / speed.eval_tokens_per_s
         return round(total)
+
+    def remaining_ms(self, model: str, num_predict: int | None, produced: int) -> int:
+        """What is left of a job generating its reply, `produced` tokens in."""
+        left = self.reply_tokens(model, num_predict, produced) - produced
+        return round(1000.0 * left / self.speed(model).eval_tokens_per_s)
 
 
 @dataclass
@@ -140,6 +366,15 @@ def pool_waits(
         server.free_at_ms = max(0, server.free_at_ms) + work_ms + (load_ms if swap else 0)
         server.loaded = model
     return waits
+
+
+def _moved(old: float | None, new: float | None) -> float | None:
+    """`new` when there is one and it differs from `old` by more than LIVE_CHANGE."""
+    if new is None:
+        return old
+    if old is None or abs(new - old) > LIVE_CHANGE * max(abs(old), 1.0):
+        return new
+    return old
 
 
 def _int(value: Any) -> int:

@@ -12,7 +12,10 @@ which is what keeps every server strictly serial.
 A waiting job's position is 1 + the jobs ahead of it in the order (0 means running); its wait
 is when the pool will reach it: the servers' running jobs' remainders and the estimates of the
 jobs ahead, laid onto the servers as the ordering would (eta.pool_waits), a model load charged
-once per swap. Both are computed here only (`snapshot`, `placement`).
+once per swap. Both are computed here only (`snapshot`, `placement`). With the scheduler's
+`SpeedBook` (`Lane(speeds=...)`) the waiting jobs are re-priced whenever it has learned
+something since they were priced, and a running job's remainder follows its stream: the
+tokens it has produced against the reply length expected of it by now (eta.py).
 """
 
 from __future__ import annotations
@@ -24,10 +27,10 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from corral_common.messages import CancelStage, Job, ModelActivity, Priority
+from corral_common.messages import STREAMED_KINDS, CancelStage, Job, ModelActivity, Priority
 from corral_common.model_names import canonical_model_name, same_model
 from corral_scheduler import metrics
-from corral_scheduler.eta import SimServer, pool_waits
+from corral_scheduler.eta import SimServer, SpeedBook, pool_waits
 from corral_scheduler.ordering import ANONYMOUS, Ordering, OrderingPolicy
 
 # The processing rate is counted over this window.
@@ -55,6 +58,8 @@ class Entry:
     first_estimate: tuple[float, int] | None = None
     # Times a job for the loaded model was run before this one (ordering's grouping bound).
     overtaken: int = 0
+    # The `SpeedBook.version` its estimate and load were priced at (-1: by whoever admitted it).
+    priced_version: int = -1
 
     @property
     def request_id(self) -> str:
@@ -91,12 +96,30 @@ class Running:
     # Its estimate as it runs there: its work, plus a load if it swapped the server's model.
     estimate_ms: int = 0
     stage: CancelStage = "loading"
-    tokens: int = 0
+    # Chunks streamed so far (`tokens`); when the first and the latest came (monotonic).
+    streamed: int = 0
+    first_token_at: float | None = None
+    last_token_at: float | None = None
     cancel_reason: str | None = None
     # Stops the job at its request's total deadline (`Executor._arm_deadline`).
     deadline_timer: asyncio.TimerHandle | None = None
     # Its server did not answer and it went back to the lane for another (executor.py).
     failed_over: bool = False
+
+    @property
+    def tokens(self) -> int:
+        """Chunks the backend has streamed for the job (the executor counts them); each count
+        is timed, for the live token rate the wait estimate reads."""
+        return self.streamed
+
+    @tokens.setter
+    def tokens(self, count: int) -> None:
+        now = time.monotonic()
+        if count > 0 and self.first_token_at is None:
+            self.first_token_at = now
+        if count > self.streamed:
+            self.last_token_at = now
+        self.streamed = count
 
 
 @dataclass(frozen=True)
@@ -142,8 +165,14 @@ ONE_BACKEND = "backend"
 
 class Lane:
     def __init__(
-        self, ordering: Ordering | None = None, servers: Iterable[str] = (ONE_BACKEND,)
+        self,
+        ordering: Ordering | None = None,
+        servers: Iterable[str] = (ONE_BACKEND,),
+        speeds: SpeedBook | None = None,
     ) -> None:
+        # Re-prices waiting jobs and running remainders as it learns (None: the prices jobs
+        # were admitted with, and running jobs by their elapsed time).
+        self.speeds = speeds
         self._waiting: OrderedDict[str, Entry] = OrderedDict()
         self.paused = False
         # Draining: the jobs held run to the end, new ones are refused.
@@ -390,9 +419,55 @@ class Lane:
         return True
 
     def remaining_ms(self, running: Running) -> int:
-        """What is left of a running job, by its estimate."""
-        elapsed = (time.monotonic() - running.started_at) * 1000
-        return max(0, round(running.estimate_ms - elapsed))
+        """What is left of a running job: its estimate less the time it has run; with the
+        speed book, once it streams, the rest of the reply expected of it at its rate."""
+        now = time.monotonic()
+        elapsed = (now - running.started_at) * 1000
+        by_clock = max(0, round(running.estimate_ms - elapsed))
+        job = running.entry.job
+        if self.speeds is None or job.kind not in STREAMED_KINDS:
+            return by_clock
+        if running.first_token_at is None:
+            # Still loading or reading its prompt: at least its whole reply is ahead.
+            return max(by_clock, self.speeds.remaining_ms(job.model, job.num_predict, 0))
+        return self.speeds.remaining_ms(job.model, job.num_predict, running.tokens)
+
+    def _learn_live(self, speeds: SpeedBook) -> None:
+        """What running jobs of models not measured yet show of their speed (eta.py)."""
+        for running in self.running_jobs():
+            job = running.entry.job
+            if running.first_token_at is None or job.kind not in STREAMED_KINDS:
+                continue
+            if speeds.measured(job.model):
+                continue
+            loaded = running.server.loaded
+            speeds.observe_live(
+                job.model,
+                first_token_ms=(running.first_token_at - running.started_at) * 1000,
+                tokens=running.tokens,
+                generating_ms=(
+                    (running.last_token_at or running.first_token_at) - running.first_token_at
+                )
+                * 1000,
+                prompt_chars=job.prompt_chars,
+                loaded=loaded is not None and same_model(loaded, job.model),
+            )
+
+    def _reprice(self, entries: Iterable[Entry]) -> None:
+        """Waiting jobs priced before the speed book's latest change, priced again."""
+        speeds = self.speeds
+        if speeds is None:
+            return
+        self._learn_live(speeds)
+        for entry in entries:
+            if entry.priced_version == speeds.version:
+                continue
+            job = entry.job
+            entry.estimate_ms = speeds.estimate_ms(
+                job.model, job.prompt_chars, job.num_predict, job.model, kind=job.kind
+            )
+            entry.load_ms = speeds.load_ms(job.model, job.kind)
+            entry.priced_version = speeds.version
 
     def progressed(self) -> None:
         self.progress_at = time.monotonic()
@@ -450,6 +525,7 @@ class Lane:
         both are computed (the position broadcaster, admission's first answer, its retry
         hint and the status broadcast all read them from here)."""
         ordered = self.ordered()
+        self._reprice(ordered)
         servers = [s for s in self.servers.values() if s.in_rotation] or list(self.servers.values())
         sims = [
             SimServer(
