@@ -796,7 +796,8 @@ def report_json(report: Report) -> dict[str, Any]:
 
 
 def write_plots(report: Report, directory: Path) -> list[str]:
-    """Two PNGs in `directory`: the time each side adds, and CPU per request by process."""
+    """Two PNGs in `directory`: the time each side adds, and CPU per request by process
+    (compare-latency.png and compare-cpu.png, with the setup in the name when not the default)."""
     try:
         import matplotlib
 
@@ -822,15 +823,17 @@ def write_plots(report: Report, directory: Path) -> list[str]:
             ax.bar_label(bars, fmt="%.1f", fontsize=7, padding=2)
         ax.set_xticks(range(len(stats)), [name for name, _ in stats])
         ax.axhline(0, color="black", linewidth=0.6)
-        ax.set_title(f"{result.clients} client(s)")
+        ax.set_title(_clients(result.clients))
         ax.set_ylabel("ms added over calling the backend directly")
         ax.legend(fontsize=8)
     fig.suptitle(
-        f"Time added per request ({report.config['tokens']} tokens, "
-        f"{report.config['token_delay_ms']:g} ms/token)"
+        f"Time added per request over calling the backend directly ({_mode(report)}; "
+        f"{report.config['tokens']} tokens, {report.config['token_delay_ms']:g} ms/token)",
+        fontsize=10,
     )
     fig.tight_layout()
-    path = directory / "compare-latency.png"
+    suffix = _plot_suffix(report)
+    path = directory / f"compare-latency{suffix}.png"
     fig.savefig(path, dpi=110)
     plt.close(fig)
     written.append(path)
@@ -849,18 +852,45 @@ def write_plots(report: Report, directory: Path) -> list[str]:
         for x, total in enumerate(bottom):
             ax.annotate(f"{total:.1f}", (x, total), ha="center", va="bottom", fontsize=8)
         ax.set_xticks(range(len(labels)), labels, rotation=20, fontsize=8)
-        ax.set_title(f"{result.clients} client(s)")
+        ax.set_title(_clients(result.clients))
         ax.set_ylabel("CPU ms per request")
     axes[0][-1].legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
-    fig.suptitle("CPU time per request, by process (all processes on this machine)")
+    fig.suptitle(f"CPU time per request, by process ({_mode(report)})", fontsize=10)
     fig.tight_layout()
-    path = directory / "compare-cpu.png"
+    path = directory / f"compare-cpu{suffix}.png"
     fig.savefig(path, dpi=110)
     plt.close(fig)
     written.append(path)
     for path in written:
         log(f"wrote {path}")
     return [str(p.relative_to(REPO)) if p.is_relative_to(REPO) else str(p) for p in written]
+
+
+def _clients(count: int) -> str:
+    return "1 client" if count == 1 else f"{count} clients"
+
+
+def _mode(report: Report) -> str:
+    cfg = report.config
+    if cfg["corral"] == "bare":
+        return "Corral bare: no session store, stateless"
+    return "Corral as make run starts it, " + (
+        "sessions kept by Corral" if cfg["sessions"] == "on" else "no sessions"
+    )
+
+
+def _plot_suffix(report: Report) -> str:
+    """`make bench`'s plots are compare-latency.png and compare-cpu.png; other setups add their
+    name, so that one run does not overwrite another's."""
+    cfg = report.config
+    parts = []
+    if cfg["corral"] == "bare":
+        parts.append("bare")
+    elif cfg["sessions"] == "off":
+        parts.append("stateless")
+    if cfg["token_delay_ms"]:
+        parts.append(f"{cfg['token_delay_ms']:g}ms")
+    return "".join(f"-{p}" for p in parts)
 
 
 # -- arguments --------------------------------------------------------------------------------
