@@ -138,6 +138,8 @@ class Observation:
     # The backend's own timing fields from the done line, and its `done_reason` ("length":
     # cut at `num_predict`).
     final: dict[str, Any]
+    # Every queue chunk with a position above 0: (epoch ns, position, estimated_wait_ms).
+    queue_chunks: list[tuple[int, int, int]] = field(default_factory=list)
 
     def actual_ms(self, target: str) -> float | None:
         """The real wait from the first queue chunk to the first token, or to the backend
@@ -157,6 +159,7 @@ class Reading:
     """What one stream has shown so far (epoch ns)."""
 
     shown: tuple[int, int, int] | None = None
+    queue: list[tuple[int, int, int]] = field(default_factory=list)
     first_token: int | None = None
     text: list[str] = field(default_factory=list)
     final: dict[str, Any] | None = None
@@ -168,8 +171,10 @@ class Reading:
             self.final = chunk
             return
         queue = chunk.get("queue_info")
-        if queue is not None and self.shown is None and int(queue["position"]) > 0:
-            self.shown = (now, int(queue["position"]), int(queue["estimated_wait_ms"]))
+        if queue is not None and int(queue["position"]) > 0:
+            self.queue.append((now, int(queue["position"]), int(queue["estimated_wait_ms"])))
+            if self.shown is None:
+                self.shown = self.queue[-1]
         content = (chunk.get("message") or {}).get("content") or ""
         if content and self.first_token is None:
             self.first_token = now
@@ -213,6 +218,7 @@ def observe(
         backend_start_ns=done_ns - int(final["total_duration"]),
         backend_done_ns=done_ns,
         final={name: final[name] for name in (*METRICS, "done_reason") if name in final},
+        queue_chunks=list(reading.queue),
     )
 
 
@@ -492,6 +498,7 @@ class Why:
     loads_matched: int
     gap_p50_ms: float
     jobs_overtaken: int
+    countdown: Countdown
 
 
 def explain(observations: Sequence[Observation]) -> Why:
@@ -511,11 +518,46 @@ def explain(observations: Sequence[Observation]) -> Why:
         loads_matched=sum(1 for o in later if o.index in charged and loaded(o)),
         gap_p50_ms=p(gaps_ms(later), 50),
         jobs_overtaken=overtaken(later),
+        countdown=countdown(observations),
     )
 
 
 def loaded(o: Observation) -> bool:
     return o.spent_ms("load_duration") >= REAL_LOAD_MS
+
+
+@dataclass(frozen=True)
+class Countdown:
+    """Consecutive queue chunks of one client at the same position (the gateway's heartbeats
+    repeat the last one, counted down by the time since, between the scheduler's updates)."""
+
+    chunks: int
+    repeats: int
+    # Of the repeats: the estimate fell (by what, against the time between them), stayed, rose.
+    fell: int
+    stayed: int
+    rose: int
+    # p50 of (fall / time between the two chunks): 1.0 when it counts down in real time.
+    fall_rate_p50: float
+
+
+def countdown(observations: Sequence[Observation]) -> Countdown:
+    fell = stayed = rose = chunks = 0
+    rates = []
+    for o in observations:
+        chunks += len(o.queue_chunks)
+        for (t1, pos1, est1), (t2, pos2, est2) in itertools.pairwise(o.queue_chunks):
+            if pos1 != pos2:
+                continue
+            if est2 < est1:
+                fell += 1
+                if t2 > t1:
+                    rates.append((est1 - est2) / ((t2 - t1) / 1e6))
+            elif est2 == est1:
+                stayed += 1
+            else:
+                rose += 1
+    return Countdown(chunks, fell + stayed + rose, fell, stayed, rose, p(rates, 50))
 
 
 def overtaken(observations: Sequence[Observation]) -> int:
@@ -756,6 +798,11 @@ def why_lines(why: Why) -> list[str]:
         f"Jobs overtaken by a later one (grouping for the loaded model): {why.jobs_overtaken}. "
         f"The replay reproduces the shown estimates within {why.replay_gap_p50_ms:.0f} ms "
         f"at p50 ({why.replay_gap_p90_ms:.0f} ms at p90).",
+        "",
+        f"Queue chunks (every wave): {why.countdown.chunks}; {why.countdown.repeats} at the same "
+        f"position as the one before, of which the estimate fell {why.countdown.fell} times "
+        f"(by {why.countdown.fall_rate_p50:.2f} ms per ms between them at p50), stayed "
+        f"{why.countdown.stayed}, rose {why.countdown.rose}.",
     ]
 
 

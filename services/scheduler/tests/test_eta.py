@@ -12,6 +12,7 @@ from corral_scheduler.eta import (
     SimServer,
     SpeedBook,
     estimate_prompt_tokens,
+    per_char_fits,
     pool_waits,
 )
 from corral_scheduler.lane import ONE_BACKEND, Lane
@@ -209,3 +210,18 @@ async def test_a_running_job_is_priced_by_the_tokens_it_has_streamed() -> None:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
     lane.finish(running)
+
+
+def test_replies_that_follow_their_prompts_are_priced_per_prompt_character() -> None:
+    echoes = [Reply(chars // 5, cut=False, prompt_chars=chars) for chars in range(100, 1000, 100)]
+    assert per_char_fits(echoes)
+    speeds = book()
+    for reply in echoes:
+        speeds.observe("m", final(reply.tokens), reply.prompt_chars)
+    assert speeds.reply_tokens("m", None, prompt_chars=2000) == pytest.approx(400)
+    assert speeds.reply_tokens("m", 100, prompt_chars=2000) == pytest.approx(100)
+    assert speeds.reply_tokens("m", None, prompt_chars=250) == pytest.approx(50)
+    # The same lengths to prompts of every length follow no prompt: read in tokens.
+    unrelated = [Reply(20 + 10 * (i % 3), False, 100 * (i + 1)) for i in range(9)]
+    assert not per_char_fits(unrelated)
+    assert not per_char_fits(echoes[:3])  # too few to tell

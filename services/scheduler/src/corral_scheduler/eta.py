@@ -10,7 +10,10 @@ those cut off at their `num_predict` (`done_reason` "length") marked as such: a 
 says the natural one would have been at least that long. The expected length of a reply capped
 at `c` is E[min(L, c)] under the Kaplan-Meier estimate of the length's distribution, which takes
 those cut replies into account instead of reading them as short ones (a mean of everything seen
-would price an uncapped reply at the length of the capped ones around it).
+would price an uncapped reply at the length of the capped ones around it). Where the finished
+jobs' prompt lengths are known and replies follow them more closely than they vary on their own
+(by the spread of their logarithms: a model asked to translate or repeat), the distribution is
+of reply tokens per prompt character instead, scaled by each job's prompt.
 
 Before a model has finished a job it borrows from the models that have (the same backend), and
 before any has, it is priced on the priors, corrected by what the running job shows as it
@@ -20,6 +23,7 @@ streams (`SpeedBook.observe_live`): the time to its first token and its token ra
 from __future__ import annotations
 
 import bisect
+import math
 from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
@@ -33,6 +37,9 @@ REAL_LOAD_MS = 50.0
 CHARS_PER_TOKEN = 4.0
 # Reply lengths kept per model for the length distribution.
 REPLY_WINDOW = 64
+# Replies with a known prompt length (not cut) needed before lengths may be read per prompt
+# character.
+PER_CHAR_MIN_REPLIES = 8
 # A live token rate is trusted from this many generated tokens on.
 LIVE_MIN_TOKENS = 5
 # A running job's live figures replace the ones before only when they moved this much (each
@@ -58,6 +65,8 @@ class Reply:
 
     tokens: int
     cut: bool
+    # The job's prompt length, when known (0: not).
+    prompt_chars: int = 0
 
 
 def estimate_prompt_tokens(prompt_chars: int, chars_per_token: float = CHARS_PER_TOKEN) -> int:
@@ -68,20 +77,27 @@ class ReplyLengths:
     """Kaplan-Meier estimate of a reply length's distribution from replies some of which were
     cut off at their cap (right-censored)."""
 
-    def __init__(self, replies: Iterable[Reply]) -> None:
+    def __init__(self, replies: Iterable[Reply], per_char: bool = False) -> None:
         # The survival curve as steps: S(t) = survival[i] for times[i-1] <= t < times[i]
         # (times[-1] = 0 before the first), i.e. P(L > t).
         self.times: list[float] = []
         self.survival: list[float] = []
-        ordered = sorted(replies, key=lambda r: (r.tokens, r.cut))
+        # In tokens, or in tokens per prompt character (`per_char`).
+        self.per_char = per_char
+        values = [
+            (r.tokens / r.prompt_chars if per_char else float(r.tokens), r.cut)
+            for r in replies
+            if r.prompt_chars > 0 or not per_char
+        ]
+        ordered = sorted(values)
         at_risk = len(ordered)
         alive = 1.0
         index = 0
         while index < len(ordered):
-            length = ordered[index].tokens
+            length = ordered[index][0]
             ended = cut = 0
-            while index < len(ordered) and ordered[index].tokens == length:
-                if ordered[index].cut:
+            while index < len(ordered) and ordered[index][0] == length:
+                if ordered[index][1]:
                     cut += 1
                 else:
                     ended += 1
@@ -93,7 +109,7 @@ class ReplyLengths:
             at_risk -= ended + cut
         # Beyond the longest reply seen nothing is known: a curve still above 0 there (the
         # longest were cut) is cut off at the longest cut reply.
-        self.longest = float(ordered[-1].tokens) if ordered else 0.0
+        self.longest = float(ordered[-1][0]) if ordered else 0.0
 
     def alive_at(self, t: float) -> float:
         """P(L > t)."""
@@ -152,7 +168,7 @@ class SpeedBook:
         # Bumped by every observation: prices computed before are stale.
         self.version = 0
         self._lengths: dict[str | None, ReplyLengths] = {}
-        self._replies_expected: dict[tuple[str, int | None], float] = {}
+        self._replies_expected: dict[tuple[str, int | None, int], float] = {}
 
     def speed(self, model: str) -> ModelSpeed:
         """The model's measured speed; else the measured models' average (the same backend);
@@ -216,7 +232,9 @@ class SpeedBook:
         if eval_count > 0:
             current.eval_count = blend(current.eval_count, float(eval_count))
             replies = self._replies.setdefault(key, deque(maxlen=REPLY_WINDOW))
-            replies.append(Reply(eval_count, cut=final.get("done_reason") == "length"))
+            replies.append(
+                Reply(eval_count, final.get("done_reason") == "length", prompt_chars or 0)
+            )
         load_ms = _int(final.get("load_duration")) / NS_PER_MS
         if load_ms >= REAL_LOAD_MS:
             current.load_ms = blend(current.load_ms, load_ms)
@@ -265,37 +283,49 @@ class SpeedBook:
         self._replies_expected.clear()
 
     def lengths(self, model: str) -> ReplyLengths | None:
-        """The model's reply length distribution; all models' replies pooled while it has
-        none of its own; None before any reply."""
+        """The model's reply length distribution (per prompt character where replies follow
+        their prompts, `per_char_fits`); all models' replies pooled while it has none of its
+        own; None before any reply."""
         key: str | None = model.lower()
         if key not in self._replies:
             key = None
         if key not in self._lengths:
-            if key is None:
-                pooled = [r for replies in self._replies.values() for r in replies]
-                self._lengths[None] = ReplyLengths(pooled)
-            else:
-                self._lengths[key] = ReplyLengths(self._replies[key])
+            replies = (
+                [r for replies in self._replies.values() for r in replies]
+                if key is None
+                else list(self._replies[key])
+            )
+            self._lengths[key] = ReplyLengths(replies, per_char=per_char_fits(replies))
         found = self._lengths[key]
         return found if found.longest > 0 else None
 
-    def reply_tokens(self, model: str, num_predict: int | None, produced: int = 0) -> float:
+    def reply_tokens(
+        self, model: str, num_predict: int | None, produced: int = 0, prompt_chars: int = 0
+    ) -> float:
         """The expected length of a reply capped at `num_predict` (None or <= 0: no cap), given
-        `produced` tokens so far."""
+        `produced` tokens so far, to a prompt of `prompt_chars`."""
         cap = num_predict if num_predict is not None and num_predict > 0 else None
+        lengths = self.lengths(model)
+        per_char = lengths is not None and lengths.per_char
+        cache_key = (model.lower(), cap, prompt_chars if per_char else 0)
         if produced == 0:
-            cached = self._replies_expected.get((model.lower(), cap))
+            cached = self._replies_expected.get(cache_key)
             if cached is not None:
                 return cached
-        lengths = self.lengths(model)
-        expected = None if lengths is None else lengths.expected(cap, produced)
+        expected = None
+        if lengths is not None and not per_char:
+            expected = lengths.expected(cap, produced)
+        elif lengths is not None:
+            scale = float(max(prompt_chars, 1))
+            per = lengths.expected(None if cap is None else cap / scale, produced / scale)
+            expected = None if per is None else per * scale
         if expected is None:
             # Nothing measured (or a reply past every one seen): the mean, or a little more.
             guess = max(self.speed(model).eval_count, produced + 1.0)
             expected = guess if cap is None else min(float(cap), guess)
         expected = max(expected, float(produced))
         if produced == 0:
-            self._replies_expected[(model.lower(), cap)] = expected
+            self._replies_expected[cache_key] = expected
         return expected
 
     def load_ms(self, model: str, kind: JobKind = "chat") -> int:
@@ -325,12 +355,15 @@ class SpeedBook:
             return round(total)
         total += self.prompt_ms(model, prompt_chars)
         if kind in STREAMED_KINDS:
-            total += 1000.0 * self.reply_tokens(model, num_predict) / speed.eval_tokens_per_s
+            tokens = self.reply_tokens(model, num_predict, prompt_chars=prompt_chars)
+            total += 1000.0 * tokens / speed.eval_tokens_per_s
         return round(total)
 
-    def remaining_ms(self, model: str, num_predict: int | None, produced: int) -> int:
+    def remaining_ms(
+        self, model: str, num_predict: int | None, produced: int, prompt_chars: int = 0
+    ) -> int:
         """What is left of a job generating its reply, `produced` tokens in."""
-        left = self.reply_tokens(model, num_predict, produced) - produced
+        left = self.reply_tokens(model, num_predict, produced, prompt_chars) - produced
         return round(1000.0 * left / self.speed(model).eval_tokens_per_s)
 
 
@@ -366,6 +399,24 @@ def pool_waits(
         server.free_at_ms = max(0, server.free_at_ms) + work_ms + (load_ms if swap else 0)
         server.loaded = model
     return waits
+
+
+def per_char_fits(replies: Iterable[Reply]) -> bool:
+    """Whether these replies' lengths follow their prompts': the finished (not cut) ones with
+    a known prompt, enough of them, vary less in tokens per prompt character than in tokens
+    (by the variance of the logarithms)."""
+    whole = [r for r in replies if not r.cut and r.prompt_chars > 0 and r.tokens > 0]
+    if len(whole) < PER_CHAR_MIN_REPLIES:
+        return False
+    absolute = _log_variance([float(r.tokens) for r in whole])
+    relative = _log_variance([r.tokens / r.prompt_chars for r in whole])
+    return relative < absolute
+
+
+def _log_variance(values: list[float]) -> float:
+    logs = [math.log(v) for v in values]
+    mean = sum(logs) / len(logs)
+    return sum((x - mean) ** 2 for x in logs) / len(logs)
 
 
 def _moved(old: float | None, new: float | None) -> float | None:

@@ -429,8 +429,11 @@ class Lane:
             return by_clock
         if running.first_token_at is None:
             # Still loading or reading its prompt: at least its whole reply is ahead.
-            return max(by_clock, self.speeds.remaining_ms(job.model, job.num_predict, 0))
-        return self.speeds.remaining_ms(job.model, job.num_predict, running.tokens)
+            reply_ms = self.speeds.remaining_ms(job.model, job.num_predict, 0, job.prompt_chars)
+            return max(by_clock, reply_ms)
+        return self.speeds.remaining_ms(
+            job.model, job.num_predict, running.tokens, job.prompt_chars
+        )
 
     def _learn_live(self, speeds: SpeedBook) -> None:
         """What running jobs of models not measured yet show of their speed (eta.py)."""
