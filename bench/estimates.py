@@ -526,38 +526,43 @@ def loaded(o: Observation) -> bool:
     return o.spent_ms("load_duration") >= REAL_LOAD_MS
 
 
+# A repeated queue chunk whose estimate fell by the time since the one before, within this,
+# was counted down with the clock (the gateway's heartbeat); the client's clock reading adds
+# the delivery's jitter.
+CLOCK_SLACK_MS = 100.0
+
+
 @dataclass(frozen=True)
 class Countdown:
-    """Consecutive queue chunks of one client at the same position (the gateway's heartbeats
-    repeat the last one, counted down by the time since, between the scheduler's updates)."""
+    """Consecutive queue chunks of one client at the same position. Between the scheduler's
+    updates the gateway repeats the last one as a heartbeat, counted down by the time since."""
 
     chunks: int
     repeats: int
-    # Of the repeats: the estimate fell (by what, against the time between them), stayed, rose.
-    fell: int
-    stayed: int
-    rose: int
-    # p50 of (fall / time between the two chunks): 1.0 when it counts down in real time.
-    fall_rate_p50: float
+    # Of the repeats: fell by the time between them (a heartbeat counting down), showed the
+    # same number again, or changed otherwise (the scheduler re-estimating).
+    with_clock: int
+    same: int
+    re_estimated: int
 
 
 def countdown(observations: Sequence[Observation]) -> Countdown:
-    fell = stayed = rose = chunks = 0
-    rates = []
+    with_clock = same = other = chunks = 0
     for o in observations:
         chunks += len(o.queue_chunks)
         for (t1, pos1, est1), (t2, pos2, est2) in itertools.pairwise(o.queue_chunks):
             if pos1 != pos2:
                 continue
-            if est2 < est1:
-                fell += 1
-                if t2 > t1:
-                    rates.append((est1 - est2) / ((t2 - t1) / 1e6))
-            elif est2 == est1:
-                stayed += 1
+            elapsed_ms = (t2 - t1) / 1e6
+            if est2 == est1:
+                same += 1
+            elif abs((est1 - est2) - elapsed_ms) <= CLOCK_SLACK_MS or (
+                est2 == 0 and est1 <= elapsed_ms + CLOCK_SLACK_MS
+            ):
+                with_clock += 1
             else:
-                rose += 1
-    return Countdown(chunks, fell + stayed + rose, fell, stayed, rose, p(rates, 50))
+                other += 1
+    return Countdown(chunks, with_clock + same + other, with_clock, same, other)
 
 
 def overtaken(observations: Sequence[Observation]) -> int:
@@ -800,9 +805,9 @@ def why_lines(why: Why) -> list[str]:
         f"at p50 ({why.replay_gap_p90_ms:.0f} ms at p90).",
         "",
         f"Queue chunks (every wave): {why.countdown.chunks}; {why.countdown.repeats} at the same "
-        f"position as the one before, of which the estimate fell {why.countdown.fell} times "
-        f"(by {why.countdown.fall_rate_p50:.2f} ms per ms between them at p50), stayed "
-        f"{why.countdown.stayed}, rose {why.countdown.rose}.",
+        f"position as the one before: {why.countdown.with_clock} counted down by the time "
+        f"since it (heartbeats), {why.countdown.same} the same number again, "
+        f"{why.countdown.re_estimated} re-estimated by the scheduler.",
     ]
 
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import math
+import time
 
 import pytest
 
@@ -12,10 +14,12 @@ from corral_scheduler.eta import (
     SimServer,
     SpeedBook,
     estimate_prompt_tokens,
+    grouped_order,
     per_char_fits,
     pool_waits,
 )
 from corral_scheduler.lane import ONE_BACKEND, Lane
+from corral_scheduler.ordering import Ordering, OrderingPolicy
 from services.scheduler.tests import fakes
 
 
@@ -30,7 +34,9 @@ def test_priors_price_load_prompt_and_generation() -> None:
 
 
 def test_num_predict_caps_the_expected_output() -> None:
-    assert book().estimate_ms("m", 400, 10, loaded_model="m") == 2000
+    # Lengths as exponential with the mean (50): a cap of 10 is reached 82 % of the time,
+    # 50 * (1 - e^-0.2) = 9.06 tokens expected.
+    assert book().estimate_ms("m", 400, 10, loaded_model="m") == 1000 + 906
 
 
 def test_observations_replace_priors_then_blend() -> None:
@@ -100,10 +106,11 @@ def test_a_reply_under_way_is_expected_to_run_longer() -> None:
 
 
 def test_reply_lengths_fall_back_to_the_mean_and_outgrow_it() -> None:
-    speeds = book()  # no reply seen: the prior mean, 50
+    speeds = book()  # no reply seen: exponential with the prior mean, 50
     assert speeds.reply_tokens("m", None) == 50
-    assert speeds.reply_tokens("m", 20) == 20
-    assert speeds.reply_tokens("m", None, produced=70) == 71
+    assert speeds.reply_tokens("m", 20) == pytest.approx(50 * (1 - math.exp(-20 / 50)))
+    assert speeds.reply_tokens("m", 20, produced=20) == 20
+    assert speeds.reply_tokens("m", None, produced=70) == 120
     speeds.observe("other", final(80))
     assert speeds.reply_tokens("m", None) == pytest.approx(80)  # pooled from other models
     # 20 produced of 80 expected, at 10 tok/s.
@@ -176,12 +183,12 @@ def test_a_lane_with_the_speed_book_reprices_its_waiting_jobs() -> None:
     lane = Lane(speeds=speeds)
     lane.servers[ONE_BACKEND].loaded = "m"
     for rid in ("1", "2", "3"):
-        one = fakes.entry(fakes.job(rid, model="m", prompt_chars=400, num_predict=20))
+        one = fakes.entry(fakes.job(rid, model="m", prompt_chars=400))
         one.estimate_ms = 10**6  # as admitted on other figures
         lane.push(one)
     lane.pause()
-    # 1 s prompt + 20 tokens at 10 tok/s each.
-    assert [p.wait_ms for p in lane.snapshot()] == [0, 3000, 6000]
+    # 1 s prompt + the prior's 50 tokens at 10 tok/s each.
+    assert [p.wait_ms for p in lane.snapshot()] == [0, 6000, 12000]
     speeds.observe("m", {"eval_count": 20, "eval_duration": 10**9, "done_reason": "length"})
     assert [p.wait_ms for p in lane.snapshot()] == [0, 2000, 4000]
 
@@ -225,3 +232,28 @@ def test_replies_that_follow_their_prompts_are_priced_per_prompt_character() -> 
     unrelated = [Reply(20 + 10 * (i % 3), False, 100 * (i + 1)) for i in range(9)]
     assert not per_char_fits(unrelated)
     assert not per_char_fits(echoes[:3])  # too few to tell
+
+
+def test_grouping_is_played_forward_within_its_bound() -> None:
+    """One server holding a: the next a jobs go before the b due first, until b has been
+    passed twice; unbounded (0) keeps the queue's order."""
+    models = ["b", "a", "a", "a", "b"]
+    assert grouped_order(models, [0] * 5, "a", bound=2) == [1, 2, 0, 4, 3]
+    assert grouped_order(models, [2, 0, 0, 0, 0], "a", bound=2) == [0, 4, 1, 2, 3]
+    assert grouped_order(models, [0] * 5, "a", bound=0) == [0, 1, 2, 3, 4]
+    assert grouped_order(models, [0] * 5, None, bound=2) == [0, 4, 1, 2, 3]
+
+
+def test_a_lane_estimates_the_wait_its_grouping_will_cause() -> None:
+    lane = Lane(Ordering(OrderingPolicy(group_bound=2), time.monotonic))
+    lane.servers[ONE_BACKEND].loaded = "a"
+    for rid, model in (("1", "b"), ("2", "a")):
+        one = fakes.entry(fakes.job(rid, model=model))
+        one.estimate_ms, one.load_ms = 100, 1000
+        lane.push(one)
+    lane.pause()
+    # "2" (for the loaded a) will run first; "1" then waits for it and swaps.
+    assert [(p.entry.request_id, p.position, p.wait_ms) for p in lane.snapshot()] == [
+        ("1", 1, 100),
+        ("2", 2, 0),
+    ]

@@ -30,6 +30,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from corral_common.messages import STREAMED_KINDS, JobKind
+from corral_common.model_names import same_model
 
 NS_PER_MS = 1_000_000
 # Below this a reported load_duration is the backend touching an already-loaded model.
@@ -320,9 +321,16 @@ class SpeedBook:
             per = lengths.expected(None if cap is None else cap / scale, produced / scale)
             expected = None if per is None else per * scale
         if expected is None:
-            # Nothing measured (or a reply past every one seen): the mean, or a little more.
-            guess = max(self.speed(model).eval_count, produced + 1.0)
-            expected = guess if cap is None else min(float(cap), guess)
+            # Nothing measured (or a reply past every one seen): lengths taken as exponential
+            # with the mean reply length (what knowing only a mean says), so a cap counts by
+            # the chance of reaching it, and a reply under way has as much again ahead.
+            mean = max(self.speed(model).eval_count, 1.0)
+            if cap is None:
+                expected = produced + mean
+            elif produced >= cap:
+                expected = float(cap)
+            else:
+                expected = produced + mean * -math.expm1(-(cap - produced) / mean)
         expected = max(expected, float(produced))
         if produced == 0:
             self._replies_expected[cache_key] = expected
@@ -375,6 +383,34 @@ class SimServer:
     # When it will be free, from now.
     free_at_ms: int
     loaded: str | None
+
+
+def grouped_order(
+    models: list[str], overtaken: list[int], loaded: str | None, bound: int
+) -> list[int]:
+    """The order one server will run these jobs in (indices into the queue order), with the
+    ordering's model grouping (ordering.Ordering._affinity): when the job due next would swap
+    the model, the first job for the held model further back goes first, unless it would pass
+    a job already passed `bound` times (`overtaken`, counted on as the play goes)."""
+    remaining = list(range(len(models)))
+    passed = list(overtaken)
+    order: list[int] = []
+    held = loaded
+    while remaining:
+        chosen_at = 0
+        if bound > 0 and held is not None and not same_model(models[remaining[0]], held):
+            for at, index in enumerate(remaining):
+                if same_model(models[index], held):
+                    chosen_at = at
+                    break
+                if passed[index] >= bound:
+                    break
+        for index in remaining[:chosen_at]:
+            passed[index] += 1
+        chosen = remaining.pop(chosen_at)
+        order.append(chosen)
+        held = models[chosen]
+    return order
 
 
 def pool_waits(

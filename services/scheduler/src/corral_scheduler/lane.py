@@ -30,7 +30,7 @@ from typing import Any
 from corral_common.messages import STREAMED_KINDS, CancelStage, Job, ModelActivity, Priority
 from corral_common.model_names import canonical_model_name, same_model
 from corral_scheduler import metrics
-from corral_scheduler.eta import SimServer, SpeedBook, pool_waits
+from corral_scheduler.eta import SimServer, SpeedBook, grouped_order, pool_waits
 from corral_scheduler.ordering import ANONYMOUS, Ordering, OrderingPolicy
 
 # The processing rate is counted over this window.
@@ -534,20 +534,46 @@ class Lane:
             SimServer(
                 name=s.name,
                 free_at_ms=self.remaining_ms(s.running) if s.running is not None else 0,
-                loaded=s.loaded,
+                loaded=self._held_next(s),
             )
             for s in servers
         ]
         by_name = {s.name: s for s in servers}
-        waits = pool_waits(
+        # The order they will run in: with one server, the ordering's model grouping played
+        # forward (a job for the held model further back goes before a swap); a pool's
+        # servers are laid out in the queue's order.
+        policy = self.ordering.policy
+        if len(sims) == 1 and policy.pool == "affinity" and policy.group_bound > 0:
+            run = grouped_order(
+                [entry.model for entry in ordered],
+                [entry.overtaken for entry in ordered],
+                sims[0].loaded,
+                policy.group_bound,
+            )
+        else:
+            run = list(range(len(ordered)))
+        played = pool_waits(
             sims,
-            [(entry.estimate_ms, entry.load_ms, entry.model) for entry in ordered],
-            lambda sim, index: self.can_run(by_name[sim.name], ordered[index]),
+            [(ordered[i].estimate_ms, ordered[i].load_ms, ordered[i].model) for i in run],
+            lambda sim, at: self.can_run(by_name[sim.name], ordered[run[at]]),
         )
+        waits = [0] * len(ordered)
+        for at, index in enumerate(run):
+            waits[index] = played[at]
         return [
             Placed(entry, index + 1, wait_ms)
             for index, (entry, wait_ms) in enumerate(zip(ordered, waits, strict=True))
         ]
+
+    @staticmethod
+    def _held_next(server: Server) -> str | None:
+        """The model `server` will hold when it is next free: its running job's (the lane
+        learns it only when the job ends), else the one it holds."""
+        running = server.running
+        if running is None:
+            return server.loaded
+        job = running.entry.job
+        return None if job.kind == "unload" else job.model
 
     def placement(self, request_id: str) -> Placed | None:
         """One waiting job's place; None when it is not waiting."""
