@@ -24,6 +24,7 @@ from corral_gateway.extensions import Extensions
 from corral_gateway.hub import Delivery
 from corral_gateway.identity.principal import Caller
 from corral_gateway.ollama.chunks import OllamaChunks
+from corral_gateway.places import Places
 from corral_gateway.relay import ChunkShape, Extras, Relay, RelayTimings
 from corral_gateway.settings import GatewaySettings
 from corral_gateway.state import Gateway
@@ -38,6 +39,7 @@ class FakeHub:
 
     def __init__(self) -> None:
         self.status = StatusBoard(10.0)
+        self.places = Places(self.status)
         self.queues: dict[str, asyncio.Queue[Delivery]] = {}
         self.waiting: set[str] = set()
 
@@ -56,6 +58,7 @@ class FakeHub:
 
     def unregister(self, request_id: str) -> None:
         self.waiting.discard(request_id)
+        self.places.forget(request_id)
 
 
 class FakeSubmitter:

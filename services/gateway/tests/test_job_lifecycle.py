@@ -14,6 +14,7 @@ from pytest_aiohttp import AiohttpClient
 
 from corral_common.errors import CorralError, ErrorType
 from corral_common.messages import (
+    Accepted,
     Cancelled,
     Done,
     Failed,
@@ -128,6 +129,41 @@ async def test_a_client_leaving_before_the_publish_is_confirmed_still_cancels() 
         await waiting
     await gw.settle()
     assert gw.submitter.cancels == [RID]
+
+
+async def test_a_job_behind_another_is_told_its_place_before_the_publish_is_confirmed() -> None:
+    gw = FakeGateway()
+    gw.submitter.hold = asyncio.Event()
+    gw.hub.places.place("ahead", lambda _: None)  # this gateway's job holding the backend
+    async with JobTicket(gw.as_gateway(), RID) as ticket:
+        # Returns with the confirm still outstanding: the client is told its place now.
+        await ticket.submit(job(RID))
+        assert ticket.events.get_nowait() == Position(
+            request_id=RID, position=1, estimated_wait_ms=0
+        )
+        gw.submitter.hold.set()
+        await gw.settle()
+        assert [j.request_id for j in gw.submitter.submitted] == [RID]
+        ticket.settle()
+    assert len(gw.hub.places) == 1  # "ahead" only
+
+
+async def test_a_refusal_after_the_place_was_told_is_the_requests_failure() -> None:
+    gw = FakeGateway()
+    gw.submitter.refusal = CorralError(ErrorType.QUEUE_FULL, "busy", headers={"Retry-After": "7"})
+    gw.hub.places.place("ahead", lambda _: None)
+    async with JobTicket(gw.as_gateway(), RID) as ticket:
+        await ticket.submit(job(RID))
+        await gw.settle()
+        assert isinstance(ticket.events.get_nowait(), Position)
+        failure = ticket.events.get_nowait()
+        assert isinstance(failure, Failed)
+        assert (failure.status, failure.error_type) == (503, "queue_full")
+        assert failure.details["retry_after_s"] == 7
+    await gw.settle()
+    # Never in the lane: nothing to cancel, nothing kept.
+    assert gw.submitter.cancels == []
+    assert len(gw.hub.places) == 1
 
 
 async def test_a_request_id_in_flight_is_a_conflict() -> None:
@@ -470,6 +506,49 @@ async def test_a_request_that_waits_is_shown_its_place_then_running(
     assert got[2]["message"]["content"] == "a"
     assert response.headers["X-Queue-Position"] == "1"
     assert response.headers["X-Estimated-Wait-Ms"] == "700"
+
+
+def queue_positions(got: list[dict[str, Any]]) -> list[int]:
+    return [c["queue_info"]["position"] for c in got if "queue_info" in c and not c["done"]]
+
+
+async def test_a_shown_position_never_rises(aiohttp_client: AiohttpClient) -> None:
+    gw = FakeGateway()
+    # The gateway's provisional place (3), then the lane's own reports: one higher (another
+    # gateway's jobs it could not count, or a less served caller going ahead), then lower.
+    gw.hub.feed(
+        RID,
+        position(3, 900),
+        Accepted(request_id=RID, scheduler_id="s1"),
+        position(5, 4000),
+        position(2, 600),
+        started(),
+        tokens(0, "a"),
+        done(1, "a"),
+    )
+    client = await aiohttp_client(relay_app(gw))
+    response = await client.post("/chat")
+    got = lines(await response.read())
+    assert queue_positions(got) == [3, 3, 2, 0]
+    assert response.headers["X-Queue-Position"] == "3"
+
+
+async def test_a_job_admitted_again_may_move_back(aiohttp_client: AiohttpClient) -> None:
+    gw = FakeGateway()
+    # Admitted, then handed back (a scheduler restart) and admitted again, further back.
+    gw.hub.feed(
+        RID,
+        Accepted(request_id=RID, scheduler_id="s1"),
+        position(2, 600),
+        Accepted(request_id=RID, scheduler_id="s2"),
+        position(4, 1200),
+        started(),
+        tokens(0, "a"),
+        done(1, "a"),
+    )
+    client = await aiohttp_client(relay_app(gw))
+    got = lines(await (await client.post("/chat")).read())
+    assert queue_positions(got) == [2, 4, 0]
 
 
 class Beats:

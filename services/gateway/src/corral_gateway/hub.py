@@ -34,6 +34,7 @@ from corral_common.topology import (
     STORE_STATUS_ROUTING_KEY,
     positions_key,
 )
+from corral_gateway.places import Places
 
 log = structlog.get_logger(__name__)
 
@@ -78,12 +79,15 @@ class Hub:
     ) -> None:
         self._waiting: dict[str, asyncio.Queue[Delivery]] = {}
         self.status = status
+        # This gateway's jobs in the lane, for the provisional positions of those the scheduler
+        # has not admitted yet (places.py); every status broadcast recounts the others'.
+        self.places = Places(status)
         # The session stores' broadcasts, for /health (the store up or down, its last write).
         self.stores = stores or StoreBoard(stale_after_s=10.0)
         # The broadcasts that share this queue with job events, by routing key. A key created
         # or revoked (the session store's `KeyChanged`) goes to the gate, which forgets it.
         self._broadcasts: dict[str | None, Callable[[bytes], None]] = {
-            STATUS_ROUTING_KEY: status.take,
+            STATUS_ROUTING_KEY: self._status,
             STORE_STATUS_ROUTING_KEY: self.stores.take,
             MODELS_ROUTING_KEY: _reading(ModelList, "model list", on_models),
             KEYS_CHANGED_KEY: _reading(KeyChanged, "key change", on_key_changed),
@@ -113,6 +117,7 @@ class Hub:
 
     def unregister(self, request_id: str) -> None:
         self._waiting.pop(request_id, None)
+        self.places.forget(request_id)
 
     @property
     def in_flight(self) -> int:
@@ -130,6 +135,10 @@ class Hub:
             return
         self._deliver(event)
 
+    def _status(self, body: bytes) -> None:
+        self.status.take(body)
+        self.places.status_arrived()
+
     def _positions(self, update: Positions) -> None:
         for position in update.positions:
             self._deliver(position)
@@ -140,6 +149,7 @@ class Hub:
         queue = self._waiting.get(event.request_id)
         if queue is not None:
             queue.put_nowait(event)
+            self.places.heard(event)
         elif event.kind in LIVE_KINDS and event.request_id not in self._strays:
             self._strays[event.request_id] = None
             while len(self._strays) > STRAYS_REMEMBERED:

@@ -11,6 +11,12 @@ the whole stream. Errors before anything was written are raised (`JobFailed`, a 
 for the surface to render with their status; errors after the first byte end the stream with
 an error frame, as Ollama does.
 
+A job beyond the scheduler's admission window is placed by the gateway itself (places.py): its
+first `position` comes from the ticket before the publish, so its headers go out at once, and
+falls as the lane moves until the scheduler admits it and reports its own. Positions shown only
+fall: one reported above a position already known is held at that one (`_no_rise`), except
+after a second `accepted`, a job admitted again after a scheduler restart or a broker reconnect.
+
 What the pieces look like is not decided here: a surface passes a `ChunkShape` (Ollama's chunks
 in `ollama/chunks.py`; OpenAI's deltas) and a `StreamEncoder` (NDJSON, SSE: encoders.py). The
 relay reads its events from a `JobTicket` and settles it when the job is over, so leaving early
@@ -32,10 +38,12 @@ from typing import Any, Protocol
 
 import structlog
 from aiohttp import web
+from prometheus_client import Counter
 
 from corral_common.errors import CorralError, ErrorType
 from corral_common.messages import (
     CANCELED_STATUS,
+    Accepted,
     Cancelled,
     Done,
     Failed,
@@ -63,6 +71,12 @@ LOST_IN_TRANSIT_MESSAGE = "lost part of the answer in transit; please retry"
 # How long past a request's total deadline the relay waits for the lane's own 504 (which says
 # how far the generation got) before answering it itself.
 FINISH_GRACE_S = 2.0
+
+POSITIONS_HELD = Counter(
+    "corral_gateway_positions_held_total",
+    "Positions reported above one a waiting request already knew, held at the lower one so "
+    "a shown position never rises",
+)
 
 
 @dataclass(frozen=True)
@@ -145,6 +159,10 @@ class Relay:
         self.first_estimate_ms: int | None = None
         self.latest: tuple[int, int] | None = None
         self.started = False
+        # The lowest position known (0 once running); a later, higher one is held at it.
+        self.floor: int | None = None
+        # `accepted` events seen: a second one is a job admitted again (redelivered).
+        self.admissions = 0
         self.deadline = ext.deadline()
         self.finish_by = ext.finish_by()
         # The job carries the request's deadline and retry terms to the lane.
@@ -187,7 +205,14 @@ class Relay:
                     if (expired := self._expired()) is not None:
                         return await self._fail(expired, settle=False)
                     await self._heartbeat()
+                case Accepted():
+                    self.admissions += 1
+                    if self.admissions > 1:
+                        # Admitted again (a scheduler restart, a broker reconnect): its place
+                        # was given up, and the new one may well be further back.
+                        self.floor = None
                 case Position(position=position, estimated_wait_ms=wait_ms):
+                    position = self._no_rise(position)
                     if self.first_position is None:
                         self.first_position = position
                         self.first_estimate_ms = wait_ms
@@ -195,6 +220,7 @@ class Relay:
                     await self._show(position, wait_ms)
                 case Started(redelivered=redelivered, waited_ms=waited_ms):
                     self.started = True
+                    self.floor = 0
                     note_waited(waited_ms)
                     if redelivered and self.wrote_tokens:
                         if self.stream:
@@ -239,6 +265,17 @@ class Relay:
                             headers={"Retry-After": "5"},
                         )
                     )
+
+    def _no_rise(self, position: int) -> int:
+        """`position`, unless one lower was already known: a shown position never rises. The
+        gateway's provisional places (places.py) are upper bounds with one gateway; with
+        several, or when a later job of a less served caller goes ahead (fair share), the lane
+        may report more. A job admitted again after it was handed back is the exception."""
+        if self.floor is not None and position > self.floor:
+            POSITIONS_HELD.inc()
+            return self.floor
+        self.floor = position
+        return position
 
     def _restart(self) -> None:
         log.info("job restarted on another scheduler; answer collected afresh")

@@ -142,12 +142,53 @@ class JobTicket:
         self.job = job
         note_model(job.model, job.kind)
         self.in_lane = True
+        # Its place in line, told at once when it must wait (places.py): the scheduler tells it
+        # only once it admits the job, which may be long after the broker took it. Told
+        # before the publish, so it comes before anything the scheduler says.
+        places = self.gateway.hub.places
+        told = places.place(job.request_id, self.events.put_nowait)
+        if told is not None and self._room(told.position):
+            # It waits anyway, and the queue has room: its client is told its place now, not
+            # after the broker's confirm (a quorum queue's disk write, hundreds of ms under
+            # load); a refusal that comes after all ends its stream as an error.
+            self.gateway.spawn(self._publish_behind(job))
+            return
         try:
             await self.gateway.submitter.submit(job, retry_after_s(self.gateway))
         except CorralError:
+            places.refused(job.request_id)
             self.in_lane = False
             self.job = None
             raise
+
+    def _room(self, position: int) -> bool:
+        """Whether the jobs queue is far from its length limit (`x-max-length`), by the last
+        statuses: well below it, a publish is refused only when the broker is gone."""
+        statuses = self.gateway.hub.status.fresh()
+        waiting = sum(s.queue.waiting for s in statuses)
+        return max(waiting, position) < self.gateway.settings.queue_max_length // 2
+
+    async def _publish_behind(self, job: Job) -> None:
+        """The publish of a job whose client was already told its place: a refusal becomes
+        the request's failure event (a 503 with Retry-After while nothing was written)."""
+        try:
+            await self.gateway.submitter.submit(job, retry_after_s(self.gateway))
+        except CorralError as exc:
+            self.gateway.hub.places.refused(job.request_id)
+            self.in_lane = False
+            retry = exc.headers.get("Retry-After")
+            details = dict(exc.details)
+            if retry is not None and retry.isdigit():
+                details["retry_after_s"] = int(retry)
+            self.events.put_nowait(
+                Failed(
+                    request_id=job.request_id,
+                    status=exc.status,
+                    error_type=str(exc.error_type),
+                    message=exc.message,
+                    details=details,
+                )
+            )
 
     def settle(self, done: Done | None = None) -> None:
         """The job is over: leaving now cancels nothing. Given its `done`, the tokens it

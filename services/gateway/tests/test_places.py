@@ -1,0 +1,226 @@
+"""Provisional places (places.py): a job beyond the scheduler's admission window is told a place
+at once, never lower than the one the scheduler reports when it admits the job, and falling as
+the lane moves; a job on an idle lane is told nothing; nothing stays behind once jobs are over."""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field
+
+from corral_common.messages import (
+    Accepted,
+    BackendStatus,
+    Done,
+    LaneEntry,
+    Position,
+    QueueStatus,
+    SchedulerStatus,
+    ServerStatus,
+    Started,
+)
+from corral_common.status_board import StatusBoard
+from corral_gateway.places import Places
+
+
+def status(*, waiting: int = 0, lane: list[LaneEntry] | None = None, servers: int = 1) -> bytes:
+    import time
+
+    return (
+        SchedulerStatus(
+            scheduler_id="s1",
+            sent_at=time.time(),
+            backend=BackendStatus(url="http://b", connected=True),
+            servers=[
+                ServerStatus(name=f"b{i}", url="http://b", connected=True) for i in range(servers)
+            ],
+            queue=QueueStatus(waiting=waiting, running=1, average_wait_ms=0, processing_rate=2.0),
+            lane=lane or [],
+        )
+        .model_dump_json()
+        .encode()
+    )
+
+
+def entry(request_id: str, position: int) -> LaneEntry:
+    return LaneEntry(
+        request_id=request_id,
+        kind="chat",
+        model="m",
+        position=position,
+        estimated_wait_ms=position * 500,
+        waited_ms=0,
+    )
+
+
+@dataclass
+class Told:
+    """What one request's queue received, as the relay would read it."""
+
+    events: list[object] = field(default_factory=list)
+
+    def __call__(self, event: Position) -> None:
+        self.events.append(event)
+
+    @property
+    def positions(self) -> list[int]:
+        return [e.position for e in self.events if isinstance(e, Position)]
+
+
+def board_and_places() -> tuple[StatusBoard, Places]:
+    board = StatusBoard(10.0)
+    return board, Places(board)
+
+
+def test_a_job_on_an_idle_lane_is_told_nothing() -> None:
+    _, places = board_and_places()
+    told = Told()
+    assert places.place("r1", told) is None
+    assert told.events == []
+
+
+def test_jobs_behind_this_gateways_own_are_told_their_place_at_once() -> None:
+    _, places = board_and_places()
+    first, second, third = Told(), Told(), Told()
+    places.place("r1", first)
+    assert places.place("r2", second) == Position(request_id="r2", position=1, estimated_wait_ms=0)
+    places.place("r3", third)
+    assert (first.positions, second.positions, third.positions) == ([], [1], [2])
+
+
+def test_others_waiting_in_the_last_status_count() -> None:
+    board, places = board_and_places()
+    board.take(status(waiting=3, lane=[entry("x1", 1), entry("x2", 2), entry("x3", 3)]))
+    places.status_arrived()
+    told = Told()
+    # No job of this gateway's in the lane, but the status listed three others waiting.
+    assert places.place("r1", told) is not None
+    assert told.positions == [4]
+
+
+def test_the_backlog_beyond_the_listed_lane_counts_too() -> None:
+    board, places = board_and_places()
+    board.take(status(waiting=502, lane=[entry("x1", 1), entry("x2", 2)]))
+    places.status_arrived()
+    told = Told()
+    places.place("r1", told)
+    assert told.positions == [503]
+
+
+def test_a_pool_with_a_free_server_is_not_waited_for() -> None:
+    board, places = board_and_places()
+    board.take(status(servers=2))
+    places.status_arrived()
+    places.place("r1", Told())
+    # One job of ours runs on one of the two servers: the next may run on the other.
+    assert places.place("r2", Told()) is None
+    assert places.place("r3", Told()) is not None
+
+
+@dataclass
+class FifoLane:
+    """A serial lane as the scheduler runs it, with an admission window: jobs beyond it wait
+    in the broker in arrival order; admitted ones are told `accepted` and their position, and
+    every waiting job its new position each time the lane moves."""
+
+    places: Places
+    window: int
+    broker: deque[str] = field(default_factory=deque)
+    lane: list[str] = field(default_factory=list)
+    running: str | None = None
+    queues: dict[str, Told] = field(default_factory=dict)
+    # The first position the scheduler reported for each job, and the provisional before it.
+    first_real: dict[str, int] = field(default_factory=dict)
+
+    def deliver(self, event: Accepted | Position | Started | Done) -> None:
+        self.queues[event.request_id](event)  # type: ignore[arg-type]
+        self.places.heard(event)
+
+    def submit(self, request_id: str) -> None:
+        self.queues[request_id] = Told()
+        self.places.place(request_id, self.queues[request_id])
+        self.broker.append(request_id)
+        self.admit()
+
+    def admit(self) -> None:
+        while self.broker and len(self.lane) + (self.running is not None) < self.window:
+            job = self.broker.popleft()
+            self.lane.append(job)
+            self.deliver(Accepted(request_id=job, scheduler_id="s1"))
+            if self.running is None:
+                self.start()
+            else:
+                self.first_real[job] = len(self.lane)
+                self.deliver(Position(request_id=job, position=len(self.lane), estimated_wait_ms=0))
+
+    def start(self) -> None:
+        self.running = self.lane.pop(0)
+        self.deliver(Started(request_id=self.running, waited_ms=0))
+
+    def finish(self) -> None:
+        assert self.running is not None
+        done = self.running
+        self.deliver(
+            Done(request_id=done, waited_ms=0, final={}, token_batches=0, text="", model="m")
+        )
+        self.places.forget(done)
+        self.running = None
+        if self.lane:
+            self.start()
+        self.admit()
+        for place, job in enumerate(self.lane, start=1):
+            self.deliver(Position(request_id=job, position=place, estimated_wait_ms=0))
+
+
+async def test_positions_beyond_the_window_only_fall_and_never_undercut_the_lane() -> None:
+    board, places = board_and_places()
+    lane = FifoLane(places, window=4)
+    for number in range(20):
+        lane.submit(f"r{number}")
+    assert places.pending == 20 - 4
+    for _ in range(20):
+        # A status as the scheduler would send it: its lane and the broker's backlog.
+        listed = [entry(job, place) for place, job in enumerate(lane.lane, start=1)]
+        board.take(status(waiting=len(lane.lane) + len(lane.broker), lane=listed))
+        places.status_arrived()
+        places.recompute()
+        lane.finish()
+    for request_id, told in lane.queues.items():
+        positions = told.positions
+        assert positions == sorted(positions, reverse=True), (request_id, positions)
+        number = int(request_id[1:])
+        if number >= 4:
+            # Told a place at once, before the scheduler had admitted it, and no lower than
+            # the place the scheduler first reported.
+            assert isinstance(told.events[0], Position)
+            provisional = [e.position for e in told.events[: told.events.index(_accepted(told))]]
+            assert provisional and min(provisional) >= lane.first_real[request_id]
+    # Every job is over: nothing of them is kept.
+    assert len(places) == 0 and places.pending == 0
+
+
+def _accepted(told: Told) -> object:
+    return next(e for e in told.events if isinstance(e, Accepted))
+
+
+async def test_a_job_in_the_broker_is_told_its_place_as_it_falls() -> None:
+    _, places = board_and_places()
+    lane = FifoLane(places, window=2)
+    for number in range(200):
+        lane.submit(f"r{number}")
+    last = lane.queues["r199"]
+    assert last.positions == [199]
+    for _ in range(100):
+        lane.finish()
+    places.recompute()
+    # A hundred jobs ran: it was told it moved up, by a fiftieth of its place at a time.
+    assert last.positions[-1] < 199
+    assert last.positions == sorted(last.positions, reverse=True)
+
+
+def test_a_refused_publish_leaves_nothing() -> None:
+    _, places = board_and_places()
+    places.place("r1", Told())
+    places.place("r2", Told())
+    places.refused("r2")
+    places.forget("r1")
+    assert len(places) == 0 and places.pending == 0
