@@ -82,6 +82,12 @@ async def backend_ctx(app: web.Application) -> AsyncIterator[None]:
 async def lane_ctx(app: web.Application) -> AsyncIterator[None]:
     settings, broker, backends = app[SETTINGS], app[BROKER], app[BACKENDS]
     scheduler_id = settings.instance_id
+    speeds = SpeedBook(
+        prompt_tokens_per_s=settings.prior_prompt_tokens_per_s,
+        eval_tokens_per_s=settings.prior_eval_tokens_per_s,
+        load_ms=settings.prior_load_ms,
+        eval_count=settings.prior_eval_count,
+    )
     lane = Lane(
         Ordering(
             OrderingPolicy(
@@ -93,14 +99,10 @@ async def lane_ctx(app: web.Application) -> AsyncIterator[None]:
             time.monotonic,
         ),
         servers=list(backends),
+        # The lane re-prices its waiting jobs as the book learns the backends' speeds.
+        speeds=speeds,
     )
     sink = EventSink(broker)
-    speeds = SpeedBook(
-        prompt_tokens_per_s=settings.prior_prompt_tokens_per_s,
-        eval_tokens_per_s=settings.prior_eval_tokens_per_s,
-        load_ms=settings.prior_load_ms,
-        eval_count=settings.prior_eval_count,
-    )
     guard = LoadGuard(
         GuardPolicy(
             num_ctx=settings.num_ctx_policy,
