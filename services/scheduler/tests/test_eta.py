@@ -232,6 +232,7 @@ def test_replies_that_follow_their_prompts_are_priced_per_prompt_character() -> 
     unrelated = [Reply(20 + 10 * (i % 3), False, 100 * (i + 1)) for i in range(9)]
     assert not per_char_fits(unrelated)
     assert not per_char_fits(echoes[:3])  # too few to tell
+    assert per_char_fits(echoes[:4])
 
 
 def test_grouping_is_played_forward_within_its_bound() -> None:

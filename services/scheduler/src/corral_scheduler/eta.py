@@ -39,8 +39,12 @@ CHARS_PER_TOKEN = 4.0
 # Reply lengths kept per model for the length distribution.
 REPLY_WINDOW = 64
 # Replies with a known prompt length (not cut) needed before lengths may be read per prompt
-# character.
-PER_CHAR_MIN_REPLIES = 8
+# character, and how much less they must spread that way (variance of the logarithms).
+PER_CHAR_MIN_REPLIES = 4
+PER_CHAR_SPREAD = 0.5
+# A model's own replies make its length distribution from this many on; before, every
+# model's replies pooled (the length of a reply is more the workload's than the model's).
+OWN_REPLIES = 8
 # A live token rate is trusted from this many generated tokens on.
 LIVE_MIN_TOKENS = 5
 # A running job's live figures replace the ones before only when they moved this much (each
@@ -284,19 +288,16 @@ class SpeedBook:
         self._replies_expected.clear()
 
     def lengths(self, model: str) -> ReplyLengths | None:
-        """The model's reply length distribution (per prompt character where replies follow
-        their prompts, `per_char_fits`); all models' replies pooled while it has none of its
-        own; None before any reply."""
+        """The model's reply length distribution: of its own replies once it has OWN_REPLIES,
+        else of every model's; per prompt character where every model's replies follow their
+        prompts (`per_char_fits`). None before any reply."""
         key: str | None = model.lower()
-        if key not in self._replies:
+        if len(self._replies.get(model.lower(), ())) < OWN_REPLIES:
             key = None
         if key not in self._lengths:
-            replies = (
-                [r for replies in self._replies.values() for r in replies]
-                if key is None
-                else list(self._replies[key])
-            )
-            self._lengths[key] = ReplyLengths(replies, per_char=per_char_fits(replies))
+            pooled = [r for replies in self._replies.values() for r in replies]
+            replies = pooled if key is None else list(self._replies[key])
+            self._lengths[key] = ReplyLengths(replies, per_char=per_char_fits(pooled))
         found = self._lengths[key]
         return found if found.longest > 0 else None
 
@@ -439,14 +440,15 @@ def pool_waits(
 
 def per_char_fits(replies: Iterable[Reply]) -> bool:
     """Whether these replies' lengths follow their prompts': the finished (not cut) ones with
-    a known prompt, enough of them, vary less in tokens per prompt character than in tokens
-    (by the variance of the logarithms)."""
+    a known prompt, enough of them, vary clearly less in tokens per prompt character than in
+    tokens (by the variance of the logarithms: replies independent of their prompts vary
+    more per character, by the prompts' own spread)."""
     whole = [r for r in replies if not r.cut and r.prompt_chars > 0 and r.tokens > 0]
     if len(whole) < PER_CHAR_MIN_REPLIES:
         return False
     absolute = _log_variance([float(r.tokens) for r in whole])
     relative = _log_variance([r.tokens / r.prompt_chars for r in whole])
-    return relative < absolute
+    return relative < PER_CHAR_SPREAD * absolute
 
 
 def _log_variance(values: list[float]) -> float:
