@@ -17,14 +17,14 @@ from aiohttp.test_utils import TestServer
 from pymongo import AsyncMongoClient
 from pymongo.asynchronous.database import AsyncDatabase
 
-from corral_common.broker import Broker, encode
+from corral_common.broker import Broker, Unroutable, encode
 from corral_common.contracts.model_manager import MODEL_MANAGER, ModelInfo
 from corral_common.errors import CorralError, ErrorType
 from corral_common.ids import new_id
 from corral_common.messages import Done
 from corral_common.rpc import RpcClient, RpcServer
 from corral_common.settings import CorralSettings
-from corral_common.topology import event_key
+from corral_common.topology import event_key, event_route
 from corral_devstack.mongo import SecantusNode
 from corral_session_store.app import create_app
 from corral_session_store.model_info import StaticContextLengths
@@ -43,8 +43,10 @@ class Harness:
     db: AsyncDatabase[Document]
 
     async def publish_done(self, done: Done, gateway: str = "gw1") -> None:
+        """As a scheduler publishes it: routed as `turn` when it carries a session."""
+        route = event_route("done", done.session_id)
         await self.broker.publish_event(
-            event_key(gateway, done.request_id, "done"), encode(done), durable=True
+            event_key(gateway, done.request_id, route), encode(done), durable=True
         )
 
     async def call(self, method: str, **params: Any) -> Any:
@@ -126,10 +128,13 @@ async def test_done_events_are_stored_in_arrival_order_once(store: Harness) -> N
     events = [done("busy", f"question {i}", f"answer {i}") for i in range(20)]
     for event in events:
         await store.publish_done(event)
-    # A redelivered duplicate, an event without a session, then a marker: the session's events
-    # are applied in order, so once the marker is stored the duplicate has been handled.
+    # A redelivered duplicate, then a marker: the session's events are applied in order, so
+    # once the marker is stored the duplicate has been handled.
     await store.publish_done(events[4])
-    await store.publish_done(done(None, "no session", "ignored"))
+    # An event without a session is routed `done`, which the store's queue does not bind:
+    # with no gateway here, no queue takes it at all.
+    with pytest.raises(Unroutable):
+        await store.publish_done(done(None, "no session", "ignored"))
     await store.publish_done(done("busy", "marker", "last"))
 
     async def all_there() -> bool:

@@ -112,6 +112,9 @@ class Tokens(Wire):
     request_id: str
     seq: int
     chunks: list[dict[str, Any]]
+    # The job's `started`, when it came just before the first batch and rode on it (one
+    # message instead of two): the gateway hands it out first.
+    started: Started | None = None
 
 
 class Done(Wire):

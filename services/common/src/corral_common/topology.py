@@ -28,6 +28,24 @@ def event_key(gateway_id: str, request_id: str, kind: str) -> str:
     return f"gw.{gateway_id}.{request_id}.{kind}"
 
 
+# A `done` that finishes a turn of a session (`Done.session_id` set) is routed with this word in
+# the place of its kind, `gw.<id>.<request id>.turn`: the session store's durable queue binds
+# only that (TURNS_BINDING), so the `done` of a chat without a session goes to its gateway
+# alone, never through the store's quorum queue (a disk write, a quorum confirm and a delivery
+# for nothing). The gateway binds `gw.<id>.#` and reads an event's kind from its body, so it
+# gets both alike.
+TURN_ROUTE = "turn"
+TURNS_BINDING = f"gw.*.*.{TURN_ROUTE}"
+# What the store's queue was bound with before: every `done`. Unbound at start.
+LEGACY_DONE_BINDING = "gw.*.*.done"
+
+
+def event_route(kind: str, session_id: str | None = None) -> str:
+    """The last word of an event's routing key: its kind, but `turn` for a `done` with a
+    session (TURN_ROUTE)."""
+    return TURN_ROUTE if kind == "done" and session_id else kind
+
+
 def positions_key(gateway_id: str) -> str:
     """Where the lane's position updates for one gateway's jobs go (`Positions`). In the place
     of a request id it has `_lane`, and no job event has the kind `positions`, so it is never

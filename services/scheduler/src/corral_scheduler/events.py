@@ -5,32 +5,126 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 
 import structlog
 
 from corral_common.broker import Broker, BrokerUnavailable, Unroutable, encode
-from corral_common.messages import FINAL_KINDS, Job, JobEvent, Position, Positions
-from corral_common.topology import event_key, positions_key
+from corral_common.messages import (
+    FINAL_KINDS,
+    Job,
+    JobEvent,
+    Position,
+    Positions,
+    Started,
+    Tokens,
+)
+from corral_common.topology import event_key, event_route, positions_key
 
 log = structlog.get_logger(__name__)
 
+# The token batcher's window (TokenBatcher; the scheduler's `token_batch_ms` setting).
+TOKEN_WINDOW_S = 0.05
+# Whether `started` rides on the first token batch (EventSink): on once every gateway hands a
+# batch's `started` out before its tokens (hub.py).
+MERGE_STARTED = False
+
+
+@dataclass
+class _Held:
+    job: Job
+    started: Started
+    timer: asyncio.TimerHandle
+
 
 class EventSink:
-    def __init__(self, broker: Broker) -> None:
+    def __init__(
+        self,
+        broker: Broker,
+        token_window_s: float | None = None,
+        *,
+        merge_started: bool = MERGE_STARTED,
+    ) -> None:
         self._broker = broker
+        # The window of this scheduler's token batchers: given, else the scheduler's
+        # `token_batch_ms` setting (on the broker's settings), else TOKEN_WINDOW_S.
+        if token_window_s is None:
+            batch_ms = getattr(getattr(broker, "settings", None), "token_batch_ms", None)
+            token_window_s = TOKEN_WINDOW_S if batch_ms is None else float(batch_ms) / 1000
+        self.token_window_s = token_window_s
+        # `started` held back for up to a window, to ride on the job's first token batch
+        # (`Tokens.started`) instead of being a message of its own. Needs gateways that hand
+        # it out of the batch (hub.py); with a window of 0 nothing is held.
+        self.merge_started = merge_started and token_window_s > 0
+        self._held: dict[str, _Held] = {}
+        # A held `started` whose window ran out, being published: the job's next event
+        # waits for it, so the gateway never sees a token before its `started`.
+        self._releasing: dict[str, asyncio.Task[None]] = {}
 
     async def send(self, job: Job, event: JobEvent) -> None:
-        """Final events are durable and confirmed (the session store relies on `done`); the
-        rest are transient and best-effort."""
+        """Final events are durable and confirmed (the job is acked only once its final event
+        is confirmed; the session store relies on `done`); the rest are transient and
+        best-effort. A `done` with a session is routed as `turn` (topology.TURN_ROUTE), so
+        only those reach the session store's queue. With `merge_started`, a `started` goes
+        out with the first token batch that follows within the window, else alone when the
+        window ends or before any other event of its job: always first, never lost."""
+        if self.merge_started and isinstance(event, Started):
+            self._hold(job, event)
+            return
+        if self._held or self._releasing:
+            event = await self._unhold(job, event)
+        await self._publish(job, event)
+
+    async def _publish(self, job: Job, event: JobEvent) -> None:
         kind = str(event.kind)
-        key = event_key(job.gateway_id, job.request_id, kind)
+        key = event_key(
+            job.gateway_id, job.request_id, event_route(kind, getattr(event, "session_id", None))
+        )
         try:
             await self._broker.publish_event(key, encode(event), durable=kind in FINAL_KINDS)
         except Unroutable:
             # Nobody is listening for this request any more (its gateway went away); the job's
             # outcome stands, there is just no one to tell.
             log.info("event had no listener", kind=kind)
+
+    def _hold(self, job: Job, started: Started) -> None:
+        loop = asyncio.get_running_loop()
+        rid = job.request_id
+        timer = loop.call_later(self.token_window_s, self._release, rid)
+        self._held[rid] = _Held(job, started, timer)
+
+    def _release(self, request_id: str) -> None:
+        """The window ended without a token batch: `started` goes out alone."""
+        held = self._held.pop(request_id, None)
+        if held is None:
+            return
+        task = asyncio.get_running_loop().create_task(
+            self._publish_quietly(held.job, held.started), name="started"
+        )
+        self._releasing[request_id] = task
+        task.add_done_callback(lambda _: self._releasing.pop(request_id, None))
+
+    async def _publish_quietly(self, job: Job, event: JobEvent) -> None:
+        try:
+            await self._publish(job, event)
+        except Exception as exc:
+            log.warning("event not published", kind=event.kind, error=str(exc))
+
+    async def _unhold(self, job: Job, event: JobEvent) -> JobEvent:
+        """`event` with the job's held `started` on it (a token batch), or after it."""
+        rid = job.request_id
+        releasing = self._releasing.get(rid)
+        if releasing is not None:
+            await asyncio.shield(releasing)
+        held = self._held.pop(rid, None)
+        if held is None:
+            return event
+        held.timer.cancel()
+        if isinstance(event, Tokens):
+            return event.model_copy(update={"started": held.started})
+        await self._publish(job, held.started)
+        return event
 
     async def send_positions(self, gateway_id: str, positions: list[Position]) -> bool:
         """One gateway's position updates in one transient message; never raises (but for
@@ -79,17 +173,28 @@ class EventSink:
 
 
 class TokenBatcher:
-    """Forwards chunks as they arrive, coalescing whatever piles up while a publish is under way.
+    """Forwards chunks as they arrive, at most one batch per `window_s`.
 
-    An idle lane therefore adds no latency to the first token, and a fast backend does not turn
-    into one broker message per token.
+    The first chunk goes out at once (an idle lane adds no latency to the first token). While
+    a batch is being published, and for the rest of `window_s` after its publish began, the
+    chunks that arrive pile up and go out together as the next batch; a chunk that comes after
+    a quiet spell longer than the window goes out at once again. `close()` flushes what is
+    left without waiting out the window. So a fast backend is a handful of messages whatever
+    its length, and one at real token rates (tens of milliseconds a token) is one message per
+    window, not one per token: each token is at most `window_s` late. 0 turns the window off
+    (coalescing only while a publish is under way).
     """
 
-    def __init__(self, publish: Callable[[int, list[dict[str, Any]]], Awaitable[None]]) -> None:
+    def __init__(
+        self,
+        publish: Callable[[int, list[dict[str, Any]]], Awaitable[None]],
+        window_s: float = TOKEN_WINDOW_S,
+    ) -> None:
         self._publish = publish
+        self._window_s = window_s
         self._pending: list[dict[str, Any]] = []
         self._wake = asyncio.Event()
-        self._closing = False
+        self._closed = asyncio.Event()
         self._sent = 0
         self._task = asyncio.create_task(self._pump(), name="token-batcher")
 
@@ -99,7 +204,7 @@ class TokenBatcher:
 
     async def close(self) -> int:
         """Flush and stop; returns how many batches were published."""
-        self._closing = True
+        self._closed.set()
         self._wake.set()
         await self._task
         return self._sent
@@ -110,12 +215,21 @@ class TokenBatcher:
             await self._task
 
     async def _pump(self) -> None:
+        loop = asyncio.get_running_loop()
         while True:
             await self._wake.wait()
             self._wake.clear()
             while self._pending:
+                began = loop.time()
                 batch, self._pending = self._pending, []
                 await self._publish(self._sent, batch)
                 self._sent += 1
-            if self._closing:
+                left = began + self._window_s - loop.time()
+                if left > 0 and not self._closed.is_set():
+                    # The window: what arrives meanwhile goes out as one batch after it (or at
+                    # once on close).
+                    with contextlib.suppress(TimeoutError):
+                        async with asyncio.timeout(left):
+                            await self._closed.wait()
+            if self._closed.is_set():
                 return

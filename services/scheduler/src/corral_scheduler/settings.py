@@ -19,6 +19,10 @@ class SchedulerSettings(CorralSettings):
     # Position updates per job are coalesced to at most one per this interval.
     position_interval_s: float = Field(default=0.25, gt=0)
     status_interval_s: float = Field(default=2.0, gt=0)
+    # A running job's tokens go to its gateway at most once per this window (the first at
+    # once; events.TokenBatcher): at real token rates a message per few tokens, not per token.
+    # 0: only what piles up while a publish is under way is batched.
+    token_batch_ms: float = Field(default=50.0, ge=0)
     # Priors for the wait estimate until the backend has been measured.
     prior_prompt_tokens_per_s: float = Field(default=400.0, gt=0)
     prior_eval_tokens_per_s: float = Field(default=15.0, gt=0)

@@ -1,17 +1,22 @@
 """Persisting finished turns from `done` events, whether or not the client is still there.
 
 The queue `session-store.turns` (quorum, durable) is bound to `corral.events` with
-`gw.*.*.done`, so it gets every `done` event the schedulers publish, next to the gateway's own
-copy. It is single-active-consumer: one store replica writes at a time (the others are hot
-standbys), so one session's turns are applied in the order they arrived, cluster-wide.
+`gw.*.*.turn`: the schedulers route a `done` that carries a session's turn as `turn`
+(topology.TURN_ROUTE), so the queue gets exactly those, next to the gateway's own copy, and
+never the `done` of a chat without a session (which would cost a quorum write, a confirm and a
+delivery, only to be acked and ignored). The binding every `done` had before (`gw.*.*.done`)
+is removed at start. It is single-active-consumer: one store replica writes at a time (the
+others are hot standbys), so one session's turns are applied in the order they arrived,
+cluster-wide.
 
 Inside that consumer, turns of different sessions are written concurrently (up to the
 prefetch window), turns of one session one after another, in delivery order. A message is
 acked only after its turn is written (or found already written: a redelivery changes
 nothing). A database error is retried in place, which keeps the session's order, and if the
 database stays away the message goes back to the queue (nack with requeue): no turn is lost.
-Events without a session id are acked and ignored; events that cannot be parsed or stored at
-all (malformed, too large) are logged and dropped, since retrying them cannot succeed.
+Events without a session id (from a scheduler that routed every `done` here) are acked and
+ignored; events that cannot be parsed or stored at all (malformed, too large) are logged and
+dropped, since retrying them cannot succeed.
 """
 
 from __future__ import annotations
@@ -31,7 +36,12 @@ from pymongo.errors import DocumentTooLarge, PyMongoError
 from corral_common.broker import Broker, BrokerUnavailable, encode
 from corral_common.messages import Done, Stored
 from corral_common.telemetry import extract_context, tracer
-from corral_common.topology import EVENTS_EXCHANGE, event_key
+from corral_common.topology import (
+    EVENTS_EXCHANGE,
+    LEGACY_DONE_BINDING,
+    TURNS_BINDING,
+    event_key,
+)
 from corral_session_store import metrics
 from corral_session_store.sessions import SessionService
 from corral_session_store.store import WriteOutcome
@@ -39,7 +49,7 @@ from corral_session_store.store import WriteOutcome
 log = structlog.get_logger(__name__)
 
 TURNS_QUEUE = "session-store.turns"
-DONE_BINDING = "gw.*.*.done"
+DONE_BINDING = TURNS_BINDING
 
 
 def turns_queue_arguments(max_length: int) -> dict[str, Any]:
@@ -122,6 +132,9 @@ class TurnConsumer:
             TURNS_QUEUE, durable=True, arguments=turns_queue_arguments(self.queue_max_length)
         )
         await self._queue.bind(exchange, DONE_BINDING)
+        # A durable queue keeps its bindings: one declared before bound every `done`.
+        # Unbinding a binding that does not exist is no error.
+        await self._queue.unbind(exchange, LEGACY_DONE_BINDING)
         self._tag = await self._queue.consume(self.on_message)
         self.consuming = True
         log.info("consuming turns", queue=TURNS_QUEUE, prefetch=self.prefetch)
