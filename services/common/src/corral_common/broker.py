@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, cast
 
 import aio_pika
 import aiormq
@@ -28,7 +28,12 @@ from corral_common.metric_labels import zeroed
 from corral_common.settings import CorralSettings
 from corral_common.telemetry import inject_context
 from corral_common.timeouts import within
-from corral_common.topology import Topology, declare_topology
+from corral_common.topology import (
+    CONTROL_EXCHANGE,
+    EVENTS_EXCHANGE,
+    Topology,
+    declare_topology,
+)
 
 log = structlog.get_logger(__name__)
 
@@ -80,8 +85,6 @@ class Broker:
         self._confirm_channel: AbstractChannel | None = None
         self._fast_channel: AbstractChannel | None = None
         self._topology: Topology | None = None
-        self._fast_events: AbstractExchange | None = None
-        self._fast_control: AbstractExchange | None = None
         self._connected = asyncio.Event()
         self._on_lost: list[Listener] = []
         self._on_restored: list[Listener] = []
@@ -108,8 +111,6 @@ class Broker:
         )
         self._fast_channel = await self._connection.channel(publisher_confirms=False)
         self._topology = await declare_topology(self._confirm_channel, self.settings)
-        self._fast_events = await self._fast_channel.get_exchange(self._topology.events.name)
-        self._fast_control = await self._fast_channel.get_exchange(self._topology.control.name)
         self._connected.set()
         log.info("broker connected")
 
@@ -161,6 +162,7 @@ class Broker:
         channels are back, and `connected` is only set once everything is. In that window the
         broker is there, so wait (within the publish timeout) instead of failing the message;
         while there is no transport at all, fail fast, so clients get their 503 at once.
+        Callers check `connected` first: the usual case costs no coroutine.
         """
         if self._connected.is_set():
             return
@@ -190,14 +192,26 @@ class Broker:
     ) -> None:
         """Persistent, confirmed, mandatory. Raises QueueFull or BrokerUnavailable."""
         try:
-            await self._usable()
+            if not self._connected.is_set():
+                await self._usable()
+            channel = await _underlay(self._confirm_channel)
         except BrokerUnavailable:
             PUBLISHES.labels("unavailable").inc()
             raise
-        message = _message(body, headers, DeliveryMode.PERSISTENT, expiration)
+        except BROKER_DOWN_ERRORS as exc:
+            PUBLISHES.labels("unavailable").inc()
+            raise BrokerUnavailable(f"message broker is not reachable: {exc}") from exc
         try:
-            await exchange.publish(
-                message, routing_key, mandatory=True, timeout=self.settings.publish_timeout_s
+            # The confirm channel was opened with `on_return_raises`: a return raises
+            # PublishError, a nack DeliveryError (as aio-pika's Exchange.publish, which only
+            # adds a Message object and a lookup on the way here).
+            await channel.basic_publish(
+                body,
+                exchange=exchange.name,
+                routing_key=routing_key,
+                properties=_properties(headers, PERSISTENT, expiration),
+                mandatory=True,
+                timeout=self.settings.publish_timeout_s,
             )
         except aiormq.exceptions.PublishError as exc:
             PUBLISHES.labels("unroutable").inc()
@@ -216,39 +230,61 @@ class Broker:
         if durable:
             await self.publish_durable(self.topology.events, routing_key, body)
             return
-        assert self._fast_events is not None
-        await self._usable()
-        message = _message(body, None, DeliveryMode.NOT_PERSISTENT, None)
-        try:
-            await self._fast_events.publish(message, routing_key, mandatory=False)
-        except BROKER_DOWN_ERRORS as exc:
-            raise BrokerUnavailable(str(exc)) from exc
+        await self._publish_fast(self._fast_channel, EVENTS_EXCHANGE, routing_key, body)
 
     async def publish_control(self, routing_key: str, body: bytes) -> None:
         """Control messages are fire-and-forget: a cancel for a job nobody holds is harmless."""
-        assert self._fast_control is not None
-        await self._usable()
-        message = _message(body, None, DeliveryMode.NOT_PERSISTENT, None)
+        await self._publish_fast(self._fast_channel, CONTROL_EXCHANGE, routing_key, body)
+
+    async def _publish_fast(
+        self, channel: AbstractChannel | None, exchange: str, routing_key: str, body: bytes
+    ) -> None:
+        """Transient, unconfirmed, not mandatory: handed to the connection's writer and not
+        waited for (`wait=False`: no round trip through the writer task per message). The
+        order of publishes is kept (one writer queue per connection, bounded, so a slow socket
+        still holds publishers back); what was not yet written when the connection drops is
+        lost, as an unconfirmed message always could be."""
+        assert channel is not None, "broker not started"
         try:
-            await self._fast_control.publish(message, routing_key, mandatory=False)
+            if not self._connected.is_set():
+                await self._usable()
+            underlay = await _underlay(channel)
+            await underlay.basic_publish(
+                body,
+                exchange=exchange,
+                routing_key=routing_key,
+                properties=_properties(None, TRANSIENT, None),
+                wait=False,
+            )
         except BROKER_DOWN_ERRORS as exc:
             raise BrokerUnavailable(str(exc)) from exc
 
 
-def _message(
-    body: bytes,
-    headers: dict[str, Any] | None,
-    delivery_mode: DeliveryMode,
-    expiration: float | None,
-) -> aio_pika.Message:
+PERSISTENT = int(DeliveryMode.PERSISTENT)
+TRANSIENT = int(DeliveryMode.NOT_PERSISTENT)
+
+
+async def _underlay(channel: AbstractChannel | None) -> aiormq.Channel:
+    """The AMQP channel under a robust one (raising as aio-pika's own publish does when it is
+    closed): aiormq's, whose `basic_publish` can skip waiting for the write."""
+    assert channel is not None, "broker not started"
+    if channel.is_closed:
+        raise aiormq.exceptions.ChannelInvalidStateError(f"{channel!r} closed")
+    return cast(aiormq.Channel, await channel.get_underlay_channel())
+
+
+def _properties(
+    headers: dict[str, Any] | None, delivery_mode: int, expiration: float | None
+) -> aiormq.spec.Basic.Properties:
+    """A message's properties, built directly (what aio-pika's Message would build), with the
+    current trace context in its headers."""
     carried: dict[str, Any] = dict(headers or {})
     inject_context(carried)
-    return aio_pika.Message(
-        body,
+    return aiormq.spec.Basic.Properties(
         content_type="application/json",
         delivery_mode=delivery_mode,
         headers=carried,
-        expiration=expiration,
+        expiration=None if expiration is None else str(int(expiration * 1000)),
     )
 
 
