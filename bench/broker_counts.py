@@ -11,6 +11,14 @@ many broker messages each request cost.
     used.per_request(N)          # {"published": 4.0, "delivered": 4.0, "confirmed": 1.0, ...}
     print(used.table(N))         # the same as a markdown table
 
+As a script, it counts on a stack of its own (RabbitMQ, the emulator, scheduler, gateway; with
+`--session`, a session store on its own SecantusDB too, and every chat in one session): the
+messages and the CPU time per request of every process, over `--requests` streaming chats sent
+one after another, counters and CPU read before and after (no firehose).
+
+    uv run python bench/broker_counts.py [--requests N] [--session] [--token-delay-ms D]
+        [--tokens T] [--json OUT]
+
 Two ways to count, both without a plugin the throwaway node does not run:
 
 - `BrokerCounters` reads the node's global counters (`rabbit_global_counters`, RabbitMQ 3.9+):
@@ -28,10 +36,14 @@ Two ways to count, both without a plugin the throwaway node does not run:
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import contextlib
+import os
 import re
+import sys
 import time
+import uuid
 from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -42,6 +54,8 @@ import aiohttp
 from aio_pika.abc import AbstractConnection, AbstractIncomingMessage
 
 from corral_devstack.rabbitmq import RABBITMQCTL, RabbitNode
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 # Our names for the global counters, in the order tables show them, with what each counts.
 COUNTERS: dict[str, str] = {
@@ -342,3 +356,114 @@ class MessageTrace:
 
 def _text(value: object) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
+
+
+# -- the script: messages and CPU per request on a stack of its own ----------------------------
+
+
+def _cpu_ns(pids: list[int]) -> int:
+    """CPU time of every thread of `pids` (ns, /proc/<pid>/task/*/schedstat; Linux only)."""
+    total = 0
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            for task in os.scandir(f"/proc/{pid}/task"):
+                with (
+                    contextlib.suppress(OSError, ValueError, IndexError),
+                    open(f"{task.path}/schedstat") as fh,
+                ):
+                    total += int(fh.read().split()[0])
+    return total
+
+
+async def _chats(url: str, count: int, session_id: str | None, tokens: int) -> None:
+    headers = {"Content-Type": "application/json", "X-Queue-Progress": "0"}
+    if session_id is not None:
+        headers["X-Session-Id"] = session_id
+    # As bench/latency.py's prompts: the emulator answers "Echo:" and one token per word.
+    words = " ".join(["word"] * max(0, tokens - 2))
+    async with aiohttp.ClientSession() as http:
+        for n in range(count):
+            body = {
+                "model": "llama3.2",
+                "messages": [{"role": "user", "content": f"q{n} {words}"}],
+                "stream": True,
+            }
+            async with http.post(f"{url}/api/chat", json=body, headers=headers) as response:
+                if response.status != 200:
+                    raise CounterError(f"chat answered {response.status}")
+                await response.read()
+
+
+async def _measure(stack: Any, args: argparse.Namespace) -> dict[str, Any]:
+    counters = BrokerCounters.for_node(stack.node)
+    session_id = uuid.uuid4().hex if args.session else None
+    await _chats(stack.gateway_url, args.warmup, session_id, args.tokens)
+    background = await counters.idle(4.0)
+    groups = stack.pids()
+    cpu_before = {name: _cpu_ns(pids) for name, pids in groups.items()}
+    before = await counters.read()
+    await _chats(stack.gateway_url, args.requests, session_id, args.tokens)
+    used = (await counters.read() - before).without(background)
+    cpu = {
+        name: (_cpu_ns(pids) - cpu_before[name]) / 1e6 / args.requests
+        for name, pids in groups.items()
+    }
+    return {
+        "requests": args.requests,
+        "session": args.session,
+        "token_delay_ms": args.token_delay_ms,
+        "tokens": args.tokens,
+        "messages_per_request": used.per_request(args.requests),
+        "cpu_ms_per_request": cpu,
+    }
+
+
+def _render(result: dict[str, Any]) -> str:
+    kind = "with a session" if result["session"] else "without a session"
+    lines = [
+        f"{result['requests']} streaming /api/chat one after another, {kind}, "
+        f"{result['tokens']} words, token delay {result['token_delay_ms']:g} ms",
+        "",
+        "| counter | per request |",
+        "| --- | ---: |",
+    ]
+    for name, value in result["messages_per_request"].items():
+        lines.append(f"| {name} | {value:.2f} |")
+    cpu = result["cpu_ms_per_request"]
+    lines += ["", "| CPU ms per request | " + " | ".join(cpu) + " | Corral + broker |"]
+    lines.append("| --- | " + " | ".join("---:" for _ in cpu) + " | ---: |")
+    ours = sum(v for k, v in cpu.items() if k not in ("emulator",))
+    lines.append("| | " + " | ".join(f"{v:.2f}" for v in cpu.values()) + f" | {ours:.2f} |")
+    return "\n".join(lines)
+
+
+def main() -> int:
+    from harness import argument_parser, run_bench, start_broker, start_services
+
+    parser = argument_parser("broker_counts.py", __doc__.split("\n", 1)[0])
+    parser.add_argument("--requests", type=int, default=100)
+    parser.add_argument("--warmup", type=int, default=10)
+    parser.add_argument("--session", action="store_true", help="every chat in one session")
+    parser.add_argument("--token-delay-ms", type=float, default=0.0)
+    parser.add_argument("--tokens", type=int, default=20, help="tokens per reply")
+    args = parser.parse_args()
+    if args.amqp_url:
+        parser.error("counts need our own node (no --amqp-url)")
+
+    def body(workdir: Any, cleanup: contextlib.ExitStack) -> dict[str, Any]:
+        amqp_url, node = start_broker(cleanup, None)
+        stack = start_services(
+            cleanup,
+            workdir,
+            amqp_url,
+            node,
+            {"token_delay_ms": args.token_delay_ms},
+            session_store=args.session,
+        )
+        return asyncio.run(_measure(stack, args))
+
+    return run_bench(args, body, _render, lambda result: result)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
