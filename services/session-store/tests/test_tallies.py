@@ -63,13 +63,14 @@ def turn(
 
 
 async def actual_tallies(store: SessionStore, session_id: str) -> dict[str, Tally]:
-    """What the tallies must say: counted over every stored turn of the session."""
+    """What the tallies must say once every turn is counted: counted over every stored turn
+    of the session, up to its newest."""
+    every = await store.turns.find({"session_id": session_id}).to_list()
+    newest = max((int(doc["seq"]) for doc in every), default=0)
     found: dict[str, Tally] = {}
-    async for doc in store.turns.find({"session_id": session_id}):
-        was = found.get(doc["model"], Tally())
-        found[doc["model"]] = Tally(
-            was.turns + 1, was.messages + int(doc["message_count"]), max(was.seq, int(doc["seq"]))
-        )
+    for doc in every:
+        was = found.get(doc["model"], Tally(seq=newest))
+        found[doc["model"]] = Tally(was.turns + 1, was.messages + int(doc["message_count"]), newest)
     return found
 
 
@@ -87,7 +88,7 @@ async def stored_tallies(store: SessionStore, session_id: str) -> dict[str, Tall
     if tally_of(session, "") is None:
         return None
     return {
-        entry["model"]: Tally(entry["turns"], entry["messages"], entry["seq"])
+        entry["model"]: Tally(entry["turns"], entry["messages"], session["tallied"])
         for entry in session["tallies"]
     }
 
@@ -178,17 +179,19 @@ def crash_before_tally(store: SessionStore, monkeypatch: pytest.MonkeyPatch) -> 
 
 
 def count_recounts(store: SessionStore, monkeypatch: pytest.MonkeyPatch) -> dict[str, int]:
-    """How often assembly falls back to a count by the server (`$group` over the history)."""
-    calls = {"recount": 0, "count_older": 0}
+    """How often assembly counts with the server: every model (`recount`), the model's turns
+    below the window (`count_older`: a scan), or only those the tallies have not reached
+    (`between`)."""
+    calls = {"recount": 0, "count_older": 0, "between": 0}
     recount, count_older = store._recount, store._count_older
 
     async def counted_recount(*args: Any) -> Any:
         calls["recount"] += 1
         return await recount(*args)
 
-    async def counted_older(*args: Any) -> Any:
-        calls["count_older"] += 1
-        return await count_older(*args)
+    async def counted_older(*args: Any, **kwargs: Any) -> Any:
+        calls["between" if kwargs.get("above") else "count_older"] += 1
+        return await count_older(*args, **kwargs)
 
     monkeypatch.setattr(store, "_recount", counted_recount)
     monkeypatch.setattr(store, "_count_older", counted_older)
@@ -226,6 +229,25 @@ async def test_assembly_on_a_long_session_scans_nothing(
         window = await store.history_window("long", model, 100, estimator)
         assert window.older_turns == 100 - len(window.turns) and window.older_turns > 50
     assert calls == []
+
+
+async def test_turns_written_one_after_another_are_counted_without_reading_any(
+    store: SessionStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    await store.write_turn(turn("quick", 1))
+    find = store.turns.find
+    ranges: list[Any] = []
+
+    def counted(*args: Any, **kwargs: Any) -> Any:
+        if "seq" in (args[0] if args else kwargs.get("filter") or {}):
+            ranges.append(args)  # not the duplicate check (`find_one` by id)
+        return find(*args, **kwargs)
+
+    monkeypatch.setattr(store.turns, "find", counted)
+    for n in range(2, 6):
+        await store.write_turn(turn("quick", n, model=MODELS[n % 2]))
+    assert ranges == []
+    await assert_exact(store, "quick")
 
 
 async def test_a_new_session_starts_with_empty_tallies(store: SessionStore) -> None:
@@ -286,11 +308,11 @@ async def test_a_turn_left_uncounted_is_counted_by_the_next_write(
     assert await stored_tallies(store, "u") == {"llama3.2": Tally(3, 2 + 4 + 2, 3)}
 
 
-async def test_a_lagging_tally_is_not_trusted(
+async def test_lagging_tallies_count_only_what_they_have_not_reached(
     store: SessionStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A model whose newest turn went uncounted (and was never redelivered): assembly that
-    stops above the tally counts with the server instead, and answers the same."""
+    """The newest turn went uncounted (and was never redelivered): assembly that stops above
+    the tallies counts the turns between them and the window, and answers the same."""
     for n in range(1, 6):
         await store.write_turn(turn("lag", n, words=20))
     crash_before_tally(store, monkeypatch)
@@ -302,7 +324,7 @@ async def test_a_lagging_tally_is_not_trusted(
     assert expected.older_turns > 0
     window = await store.history_window("lag", "llama3.2", 30, estimator)
     assert seen(window) == expected
-    assert calls["count_older"] == 1
+    assert calls == {"recount": 0, "count_older": 0, "between": 1}
 
 
 async def test_out_of_order_writers_drop_the_tallies(
@@ -367,7 +389,7 @@ async def test_a_session_without_tallies_is_counted_once(
         assert seen(await store.history_window("old", model, 50, estimator, max_messages=4)) == (
             expected
         )
-    assert calls == {"recount": 1, "count_older": 0}
+    assert calls == {"recount": 1, "count_older": 0, "between": 0}
     await store.write_turn(turn("old", 32, model=MODELS[2]))
     await assert_exact(store, "old")
 
@@ -381,7 +403,7 @@ async def test_a_session_that_fits_is_never_counted(
     calls = count_recounts(store, monkeypatch)
     window = await store.history_window("small", "llama3.2", 10**6, TokenEstimator())
     assert len(window.turns) == 3 and window.older_turns == 0
-    assert calls == {"recount": 0, "count_older": 0}
+    assert calls == {"recount": 0, "count_older": 0, "between": 0}
 
 
 # -- imports and deletes --------------------------------------------------------------------

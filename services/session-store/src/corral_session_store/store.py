@@ -10,11 +10,11 @@ Schema (database `CORRAL_MONGO_DATABASE`, default `corral`):
      system_prompt: <the session's own fallback system prompt, set when it was created>,
      touched_at: <when it was last used: a turn, its creation, an import, a resume>,
      archived_at: <when it was archived; absent while it is active>,
-     tallies: [{model, turns, messages, seq}, ...], tally_rev: <bumped by every tally change>}
+     tallies: [{model, turns, messages}, ...], tallied: <seq>, tally_rev: <bumped by each change>}
 
-`tallies` says, per model, how many turns and messages the session has of it up to sequence
-number `seq` (see "Tallies" below); absent on sessions written before tallies existed, and
-whenever they could not be trusted (assembly then recounts once and sets them again).
+`tallies` says, per model, how many turns and messages the session has of it with a sequence
+number up to `tallied` (see "Tallies" below); absent on sessions written before tallies existed,
+and whenever they could not be trusted (assembly then recounts once and sets them again).
 
 `turns`, one document per finished turn (one request/answer exchange)::
 
@@ -52,16 +52,18 @@ Why turns are documents of their own rather than arrays pushed into the session 
 
 Tallies: assembly, when it stops reading a long history, must say how many older turns and
 messages it left out. Counting them per chat would scan the whole history, so the session keeps
-per model `{turns, messages, seq}`: the model's turns with a sequence number up to `seq`, and
-their messages. They are still derived from the turns, never `$inc`-ed: after its turn is
-stored, a write reads the model's turns between the tally's `seq` and its own (normally just
-its own; more after a crash left one uncounted) and sets the new tally, on the condition that
-`tally_rev` is still what it read (compare-and-set). A retried or duplicate write finds its
-turn at or below `seq` already and changes nothing; a write that finds its own new turn below
-`seq` (two writers in one session, out of order) cannot tell whether it was counted and drops
-the tallies. So do delete, purge and clear before they remove turns. Sessions without tallies
-(older ones, dropped ones) are counted with `$group` once, at their next assembly that needs
-it, which sets the tallies again.
+per model `{turns, messages}`: its turns with a sequence number up to the session's `tallied`,
+and their messages. They are still derived from the turns, never `$inc`-ed: after its turn is
+stored, a write counts the turns numbered from `tallied` (excluded) to its own (included) and
+sets the tallies and `tallied`, on the condition that `tally_rev` is still what it read
+(compare-and-set). When `tallied` is the number just below its own (turns written one after
+another, as the consumer does) that is only its own turn and it reads nothing; otherwise (a
+crash left a turn uncounted, or a number unused) it reads that range. A retried or duplicate
+write finds its turn at or below `tallied` already and changes nothing; a write that finds its
+own new turn below `tallied` (two writers in one session, out of order) cannot tell whether it
+was counted and drops the tallies. So do delete, purge and clear before they remove turns.
+Sessions without tallies (older ones, dropped ones) are counted with `$group` once, at their
+next assembly that needs it, which sets the tallies again.
 
 The session document is upserted *before* its turn is inserted, with operators that are safe
 to repeat (`$min`/`$max` on times, `$addToSet`, `$setOnInsert`): a crash between the two leaves
@@ -159,7 +161,8 @@ class HistoryWindow:
 
 @dataclass(frozen=True)
 class Tally:
-    """A model's turns in a session with a sequence number up to `seq`, and their messages."""
+    """A model's turns in a session with a sequence number up to `seq` (the session's
+    `tallied`), and their messages."""
 
     turns: int = 0
     messages: int = 0
@@ -172,28 +175,32 @@ def tally_of(session: Mapping[str, Any], model: str) -> Tally | None:
     tallies = session.get("tallies")
     if not isinstance(tallies, list):
         return None
+    tallied = _int(session.get("tallied"))
     for entry in tallies:
         if isinstance(entry, dict) and entry.get("model") == model:
-            return Tally(
-                _int(entry.get("turns")), _int(entry.get("messages")), _int(entry.get("seq"))
-            )
-    return Tally()
+            return Tally(_int(entry.get("turns")), _int(entry.get("messages")), tallied)
+    return Tally(seq=tallied)
 
 
-def _with_tally(session: Mapping[str, Any], model: str, tally: Tally) -> list[Document]:
-    kept = [
-        entry
+def _added(session: Mapping[str, Any], turns: Iterable[tuple[str, int]]) -> list[Document]:
+    """The session's tallies with `turns` (model, message count) counted in."""
+    tallies: dict[str, list[int]] = {
+        str(entry.get("model")): [_int(entry.get("turns")), _int(entry.get("messages"))]
         for entry in session.get("tallies") or []
-        if isinstance(entry, dict) and entry.get("model") != model
-    ]
+        if isinstance(entry, dict)
+    }
+    for model, messages in turns:
+        counts = tallies.setdefault(model, [0, 0])
+        counts[0] += 1
+        counts[1] += messages
     return [
-        *kept,
-        {"model": model, "turns": tally.turns, "messages": tally.messages, "seq": tally.seq},
+        {"model": model, "turns": turns_n, "messages": messages_n}
+        for model, (turns_n, messages_n) in tallies.items()
     ]
 
 
 # What a session write projects to update its tallies.
-TALLY_FIELDS: Document = {"tallies": 1, "tally_rev": 1}
+TALLY_FIELDS: Document = {"tallies": 1, "tallied": 1, "tally_rev": 1}
 # Dropping a session's tallies (assembly recounts them when it next needs them).
 DROP_TALLIES: Document = {"$unset": {"tallies": ""}, "$inc": {"tally_rev": 1}}
 
@@ -304,6 +311,7 @@ def empty_session(
         "models": [],
         "systems": [],
         "tallies": [],
+        "tallied": 0,
         "tally_rev": 0,
     }
     if system_prompt:
@@ -387,7 +395,7 @@ class SessionStore:
                     return WriteOutcome.DUPLICATE
                 # The sequence number was taken (a server whose $inc raced): take another.
                 continue
-            await self._tally(turn.session_id, turn.model, seq, session, new=True)
+            await self._tally(turn.session_id, (turn.model, len(messages)), seq, session, new=True)
             return WriteOutcome.STORED
         raise SequenceContention(f"no free turn number in session {turn.session_id!r}")
 
@@ -395,50 +403,55 @@ class SessionStore:
         """Whether the turn `request_id` is stored already; if so, its tally is brought up to
         date (a write that stopped between the turn and its tally left it behind)."""
         found = await self.turns.find_one(
-            {"_id": request_id}, {"session_id": 1, "model": 1, "seq": 1}
+            {"_id": request_id}, {"session_id": 1, "model": 1, "seq": 1, "message_count": 1}
         )
         if found is None:
             return False
-        session_id, model = str(found.get("session_id")), str(found.get("model"))
+        session_id = str(found.get("session_id"))
         session = await self.sessions.find_one({"_id": session_id}, TALLY_FIELDS)
-        await self._tally(session_id, model, _int(found.get("seq")), session, new=False)
+        own = (str(found.get("model")), _int(found.get("message_count")))
+        await self._tally(session_id, own, _int(found.get("seq")), session, new=False)
         return True
 
     async def _tally(
-        self, session_id: str, model: str, seq: int, session: Document | None, *, new: bool
+        self,
+        session_id: str,
+        own: tuple[str, int],
+        seq: int,
+        session: Document | None,
+        *,
+        new: bool,
     ) -> None:
-        """Bring `model`'s tally in the session up to `seq`, the turn just stored (`new`) or
-        found stored: count the model's turns in (tally's seq, `seq`] and set the result if
-        nobody changed the tallies meanwhile (else read them again and retry). Setting a
-        count derived from the stored turns, never adding one, makes a repeat harmless.
+        """Count the session's turns up to `seq`, the turn just stored (`new`) or found stored
+        (`own`: its model and message count), into its tallies: the turns numbered from
+        `tallied` (excluded) to `seq` (included), then the tallies set if nobody changed them
+        meanwhile (else read again and retried). Setting counts derived from the stored turns,
+        never adding to them, makes a repeat harmless.
 
-        A new turn already below the tally's `seq` was written out of order with another
-        writer of the session, which may or may not have counted it: the tallies go (the next
-        assembly that needs them recounts). Giving up after contention leaves the tally behind,
-        which is safe: it is exact up to its own `seq`, and the next write catches up."""
+        A new turn already at or below `tallied` was written out of order with another writer
+        of the session, which may or may not have counted it: the tallies go (the next
+        assembly that needs them recounts). Giving up after contention leaves them behind,
+        which is safe: they are exact up to `tallied`, and the next write catches up."""
         for _ in range(SEQ_ATTEMPTS):
-            if session is None:
-                return
-            tally = tally_of(session, model)
-            if tally is None:
+            if session is None or not isinstance(session.get("tallies"), list):
                 return  # no tallies kept: assembly recounts when it needs them
-            if tally.seq >= seq:
+            tallied = _int(session.get("tallied"))
+            if tallied >= seq:
                 if new:
                     await self.sessions.update_one({"_id": session_id}, DROP_TALLIES)
                 return
-            uncounted = await self.turns.find(
-                {"session_id": session_id, "model": model, "seq": {"$gt": tally.seq, "$lte": seq}},
-                {"message_count": 1},
-            ).to_list()
-            counted = Tally(
-                tally.turns + len(uncounted),
-                tally.messages + sum(_int(doc.get("message_count")) for doc in uncounted),
-                seq,
-            )
+            if tallied == seq - 1:
+                uncounted = [own]  # the usual case: one writer, turns one after another
+            else:
+                found = await self.turns.find(
+                    {"session_id": session_id, "seq": {"$gt": tallied, "$lte": seq}},
+                    {"model": 1, "message_count": 1},
+                ).to_list()
+                uncounted = [(str(d.get("model")), _int(d.get("message_count"))) for d in found]
             changed = await self.sessions.update_one(
                 {"_id": session_id, "tally_rev": session.get("tally_rev")},
                 {
-                    "$set": {"tallies": _with_tally(session, model, counted)},
+                    "$set": {"tallies": _added(session, uncounted), "tallied": seq},
                     "$inc": {"tally_rev": 1},
                 },
             )
@@ -463,7 +476,12 @@ class SessionStore:
                         "$max": {"last_activity": turn.answered_at, "touched_at": utcnow()},
                         "$addToSet": {"models": turn.model},
                         "$unset": {"archived_at": ""},
-                        "$setOnInsert": {"owner": turn.owner, "tallies": [], "tally_rev": 0},
+                        "$setOnInsert": {
+                            "owner": turn.owner,
+                            "tallies": [],
+                            "tallied": 0,
+                            "tally_rev": 0,
+                        },
                     },
                     upsert=True,
                     return_document=ReturnDocument.AFTER,
@@ -555,19 +573,29 @@ class SessionStore:
             if tally is None:
                 tally = await self._recount(session, model)
             left = _older_than(stopped_at, read, tally, top)
-            if left is None:
-                older, older_messages = await self._count_older(selector, stopped_at)
-            else:
+            if left is not None:
                 older, older_messages = left
+            elif tally is not None and tally.seq < stopped_at:
+                # Tallies behind (a write died before counting its turn, or gave up under
+                # contention): count only the turns between them and the window.
+                between, between_messages = await self._count_older(
+                    selector, stopped_at, above=tally.seq
+                )
+                older, older_messages = tally.turns + between, tally.messages + between_messages
+            else:
+                older, older_messages = await self._count_older(selector, stopped_at)
         newest.reverse()
         return HistoryWindow(newest, older, _system_for(session, model), older_messages, stopped_by)
 
-    async def _count_older(self, selector: Document, stopped_at: int) -> tuple[int, int]:
-        """The turns (and their messages) of `selector` below `stopped_at`, counted by the
-        server: a scan of the history, for when no tally can say."""
+    async def _count_older(
+        self, selector: Document, stopped_at: int, *, above: int = 0
+    ) -> tuple[int, int]:
+        """The turns (and their messages) of `selector` numbered between `above` and
+        `stopped_at` (both excluded), counted by the server: from 0, a scan of the history,
+        for when no tally can say."""
         cursor = await self.turns.aggregate(
             [
-                {"$match": {**selector, "seq": {"$lt": stopped_at}}},
+                {"$match": {**selector, "seq": {"$gt": above, "$lt": stopped_at}}},
                 {
                     "$group": {
                         "_id": None,
@@ -584,7 +612,8 @@ class SessionStore:
 
     async def _recount(self, session: Document, model: str) -> Tally | None:
         """Count a session that keeps no tallies, every model at once, and set its tallies
-        (unless someone changed them meanwhile); `model`'s tally."""
+        (unless someone changed them meanwhile), `tallied` at the newest turn counted;
+        `model`'s tally."""
         session_id = session["_id"]
         cursor = await self.turns.aggregate(
             [
@@ -599,24 +628,27 @@ class SessionStore:
                 },
             ]
         )
-        tallies = [
-            {
-                "model": str(row["_id"]),
-                "turns": _int(row.get("turns")),
-                "messages": _int(row.get("messages")),
-                "seq": _int(row.get("seq")),
-            }
-            async for row in cursor
-        ]
+        rows = await cursor.to_list()
+        counted: Document = {
+            "tallies": [
+                {
+                    "model": str(row["_id"]),
+                    "turns": _int(row.get("turns")),
+                    "messages": _int(row.get("messages")),
+                }
+                for row in rows
+            ],
+            "tallied": max((_int(row.get("seq")) for row in rows), default=0),
+        }
         await self.sessions.update_one(
             {
                 "_id": session_id,
                 "tallies": {"$exists": False},
                 "tally_rev": session.get("tally_rev"),
             },
-            {"$set": {"tallies": tallies}, "$inc": {"tally_rev": 1}},
+            {"$set": counted, "$inc": {"tally_rev": 1}},
         )
-        return tally_of({"tallies": tallies}, model)
+        return tally_of(counted, model)
 
     async def history(
         self, session_id: str, model: str | None = None, owner: str | None = None
@@ -684,7 +716,7 @@ class SessionStore:
         total = await self.sessions.count_documents(selector)
         page = await self.sessions.find(
             selector,
-            {"turn_seq": 0, "systems": 0, "tallies": 0, "tally_rev": 0},
+            {"turn_seq": 0, "systems": 0, "tallies": 0, "tallied": 0, "tally_rev": 0},
             sort=[("last_activity", DESCENDING), ("_id", ASCENDING)],
             skip=offset,
             limit=limit,
@@ -1094,8 +1126,8 @@ def _older_than(
 
     The tally counts exactly the model's turns up to its `seq`; those at or above `stopped_at`
     were all read (a turn it counts was stored before it was set, so before the session was
-    read). It cannot say when it stops below `stopped_at` (it lags) or beyond `top` (a recount
-    saw turns stored after the session was read)."""
+    read). It cannot say alone when it stops below `stopped_at` (it lags) or beyond `top` (a
+    recount saw turns stored after the session was read)."""
     if tally is None or not stopped_at <= tally.seq <= top:
         return None
     counted = [count for seq, count in read if seq <= tally.seq]
