@@ -3,6 +3,7 @@ per second, against a real MongoDB-protocol server and a real RabbitMQ.
 
     uv run python bench/session_store.py [--mongo-url URL] [--amqp-url URL] [--repeat N]
         [--events N] [--json OUT]
+    uv run python bench/session_store.py --gateway [--amqp-url URL] [--repeat N] [--json OUT]
 
 Without --mongo-url it starts a throwaway SecantusDB (in memory); without --amqp-url a
 throwaway RabbitMQ node. It runs the session store in-process (the real app: MongoDB, broker,
@@ -14,6 +15,14 @@ RPC server, turns consumer) and measures:
   are read) and with `num_ctx` 1,000,000 (every turn fits, so every turn is read);
 - turn writes: `SessionStore.write_turn` one after another, 16 at a time over 16 sessions,
   and end to end (`done` events published to `corral.events`, until all are stored).
+
+With --gateway it starts the whole stack as `make run` does (RabbitMQ unless --amqp-url, the
+Ollama emulator with no delays, a scheduler, a session store on a SecantusDB of its own and a
+gateway), stores 10 and 1,000 turns in two sessions, and times one non-streaming /api/chat
+through the gateway, round robin: without a session, in the 10-turn session, in the
+1,000-turn session (medians of --repeat each; after each session chat it waits, untimed, for
+the turn to be stored, so the next chat does not race the write). The difference between the
+last and the first is what a long history costs a turn.
 """
 
 from __future__ import annotations
@@ -30,6 +39,7 @@ from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import aiohttp
 from aiohttp.test_utils import TestServer
 from pymongo import AsyncMongoClient
 
@@ -192,6 +202,95 @@ async def bench(mongo_url: str, amqp_url: str, repeat: int, events: int) -> dict
     return results
 
 
+# -- through the gateway ----------------------------------------------------------------------
+
+GATEWAY_SESSIONS = {"none": 0, "short": 10, "long": 1000}
+
+
+async def gateway_bench(stack: Any, repeat: int) -> dict[str, Any]:
+    """One chat at a time through the gateway of `stack` (bench/harness.py's `Stack`, with a
+    session store), without a session and in sessions of 10 and 1,000 stored turns."""
+    client: AsyncMongoClient[Document] = AsyncMongoClient(stack.mongo.url, tz_aware=True)
+    store = SessionStore(client[SessionStoreSettings().mongo_database])
+    await store.ensure_indexes()
+    samples: dict[str, list[float]] = {name: [] for name in GATEWAY_SESSIONS}
+    url = f"{stack.gateway_url}/api/chat"
+    try:
+        for name, size in GATEWAY_SESSIONS.items():
+            for n in range(size):
+                await store.write_turn(turn(name, n))
+
+        async def stored(name: str) -> int:
+            return await store.turns.count_documents({"session_id": name})
+
+        async with aiohttp.ClientSession() as http:
+
+            async def chat(name: str, n: int) -> float:
+                body: dict[str, Any] = {
+                    "model": MODEL,
+                    "messages": [{"role": "user", "content": f"q{n} and what happens next?"}],
+                    "stream": False,
+                }
+                if name != "none":
+                    body["session_id"] = name
+                before = await stored(name) if name != "none" else 0
+                started = time.perf_counter()
+                async with http.post(url, json=body) as response:
+                    answer = await response.json()
+                took = (time.perf_counter() - started) * 1000
+                if response.status != 200 or not answer.get("done"):
+                    raise RuntimeError(f"chat in {name!r} failed: {response.status} {answer}")
+                while name != "none":
+                    if await stored(name) > before:
+                        break
+                    await asyncio.sleep(0.005)
+                return took
+
+            names = list(GATEWAY_SESSIONS)
+            for n in range(5):  # warm-up: connections, the model, the estimator
+                for name in names:
+                    await chat(name, n)
+            for n in range(repeat):
+                # Round robin, rotated each round, so a noisy moment lands on every kind.
+                shift = n % len(names)
+                for name in names[shift:] + names[:shift]:
+                    samples[name].append(await chat(name, n))
+    finally:
+        await client.close()
+    medians = {name: round(statistics.median(values), 2) for name, values in samples.items()}
+    return {
+        "repeat": repeat,
+        "median_ms": medians,
+        "p90_ms": {
+            name: round(sorted(values)[int(len(values) * 0.9) - 1], 2)
+            for name, values in samples.items()
+        },
+        "added_by_long_history_ms": round(medians["long"] - medians["none"], 2),
+        "added_by_short_history_ms": round(medians["short"] - medians["none"], 2),
+        "samples_ms": {name: [round(v, 2) for v in values] for name, values in samples.items()},
+    }
+
+
+def gateway_main(args: argparse.Namespace) -> int:
+    # bench/harness.py starts and stops the stack (as the other cluster benchmarks do).
+    import contextlib
+    from pathlib import Path
+
+    from harness import run_bench, start_broker, start_services
+
+    def body(workdir: Path, cleanup: contextlib.ExitStack) -> dict[str, Any]:
+        amqp_url, node = start_broker(cleanup, args.amqp_url)
+        stack = start_services(cleanup, workdir, amqp_url, node, {}, session_store=True)
+        return asyncio.run(gateway_bench(stack, args.repeat))
+
+    def render(result: dict[str, Any]) -> str:
+        shown = {key: value for key, value in result.items() if key != "samples_ms"}
+        return json.dumps({"load": os.getloadavg(), **shown}, indent=2)
+
+    args.json = Path(args.json) if args.json else None
+    return run_bench(args, body, render, lambda result: result)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--mongo-url")
@@ -199,7 +298,12 @@ def main() -> int:
     parser.add_argument("--repeat", type=int, default=30)
     parser.add_argument("--events", type=int, default=500)
     parser.add_argument("--json")
+    parser.add_argument(
+        "--gateway", action="store_true", help="time chats through a whole stack instead"
+    )
     args = parser.parse_args()
+    if args.gateway:
+        return gateway_main(args)
     mongo = None if args.mongo_url else SecantusNode()
     rabbit = None if args.amqp_url else RabbitNode()
     try:
