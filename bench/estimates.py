@@ -2,16 +2,19 @@
 
     uv run python bench/estimates.py [--waves 16,12,8,8,4] [--token-delay-ms 20]
         [--prompt-ms-per-token 1] [--load-ms 500] [--keep-alive-s 0.2] [--second-share 0.25]
-        [--spread-ms 1000] [--seed 7] [--amqp-url URL] [--json OUT]
+        [--spread-ms 1000] [--system-words LOW,HIGH] [--seed 7] [--amqp-url URL] [--json OUT]
 
 Starts everything it needs (see bench/harness.py), then sends waves of concurrent streaming
 /api/chat requests with mixed `num_predict` caps, prompt lengths and two models; each wave
-starts when the previous one has finished. For every request that had to wait it records the
-first `queue_info` the client was shown (position, `estimated_wait_ms`) and how long it then
-really took until its first token, and until the backend started the job (the emulator's own
-stamps: the done line's `created_at` minus `total_duration`, on the same clock). The first
-wave runs on the scheduler's priors and is reported apart from the later ones, which run on
-speeds learned from the backend's own timings.
+starts when the previous one has finished. The emulator echoes the user message, so a reply
+is as long as its prompt unless capped; `--system-words` puts a system message of random
+length ahead of it, which the prompt counts and the reply does not follow. For every request
+that had to wait it records the first `queue_info` the client was shown (position,
+`estimated_wait_ms`) and how long it then really took until its first token, and until the
+backend started the job (the emulator's own stamps: the done line's `created_at` minus
+`total_duration`, on the same clock). The first wave runs on the scheduler's priors (and, for
+the clients that arrive once the first job streams, on what it shows) and is reported apart
+from the later ones, which run on speeds learned from the backend's own timings.
 
 The headline is the median of |first estimate - real wait| / real wait over the clients shown
 a wait (to the first token), for every wave, the first and the later ones.
@@ -34,7 +37,7 @@ import random
 import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import aiohttp
@@ -77,11 +80,17 @@ class Job:
     prompt: str
     # When it is sent, after its wave starts.
     delay_s: float
+    # A system message ahead of the user's ("": none). The emulator echoes only the user's, so
+    # it makes the prompt longer without making the reply so.
+    system: str = ""
 
     def body(self) -> bytes:
+        messages = [{"role": "user", "content": self.prompt}]
+        if self.system:
+            messages.insert(0, {"role": "system", "content": self.system})
         body: dict[str, Any] = {
             "model": self.model,
-            "messages": [{"role": "user", "content": self.prompt}],
+            "messages": messages,
             "stream": True,
         }
         if self.num_predict is not None:
@@ -99,9 +108,15 @@ def make_prompt(rng: random.Random, index: int) -> str:
 
 
 def plan_waves(
-    sizes: Sequence[int], rng: random.Random, second_share: float, spread_s: float
+    sizes: Sequence[int],
+    rng: random.Random,
+    second_share: float,
+    spread_s: float,
+    system_words: tuple[int, int] = (0, 0),
 ) -> list[list[Job]]:
-    """Every wave's jobs in the order they are sent; the first of each goes at once."""
+    """Every wave's jobs in the order they are sent; the first of each goes at once. With
+    `system_words` above 0, each has a system message of that many words (drawn after
+    everything else, so the rest of a seed's workload stays the same)."""
     counter = itertools.count()
     waves: list[list[Job]] = []
     for wave, size in enumerate(sizes, start=1):
@@ -114,6 +129,14 @@ def plan_waves(
                 Job(wave, index, model, rng.choice(NUM_PREDICT), make_prompt(rng, index), delay)
             )
         waves.append(jobs)
+    if max(system_words) > 0:
+        waves = [
+            [
+                replace(job, system=" ".join(rng.choices(VOCABULARY, k=rng.randint(*system_words))))
+                for job in jobs
+            ]
+            for jobs in waves
+        ]
     return waves
 
 
@@ -208,7 +231,8 @@ def observe(
         index=job.index,
         model=job.model,
         num_predict=job.num_predict,
-        prompt_chars=len(job.prompt),
+        # As the gateway counts it: every message's content.
+        prompt_chars=len(job.prompt) + len(job.system),
         position=position,
         estimate_ms=estimate,
         sent_ns=sent_ns,
@@ -485,7 +509,8 @@ def gaps_ms(observations: Sequence[Observation]) -> list[float]:
 
 @dataclass(frozen=True)
 class Why:
-    # |replayed - shown| over the requests shown a wait: how well the replay reproduces them.
+    # |replayed - shown| over the later waves' requests shown a wait: how well the replay
+    # reproduces them.
     replay_gap_p50_ms: float
     replay_gap_p90_ms: float
     # Later waves' jobs.
@@ -505,8 +530,12 @@ def explain(observations: Sequence[Observation]) -> Why:
     prices = replay_prices(observations)
     charged = swaps(observations)
     shown = [o for o in observations if o.estimate_ms is not None]
+    # Later waves only: the first runs on what the running job shows as it streams, which
+    # the replay leaves out.
     replay_gap = [
-        abs(replayed_wait_ms(o, observations, prices) - float(o.estimate_ms or 0)) for o in shown
+        abs(replayed_wait_ms(o, observations, prices) - float(o.estimate_ms or 0))
+        for o in shown
+        if o.wave > 1
     ]
     later = [o for o in observations if o.wave > 1]
     return Why(
@@ -699,7 +728,9 @@ class Report:
 
 
 async def run_benchmark(args: argparse.Namespace, stack: harness.Stack) -> Report:
-    waves = plan_waves(args.waves, random.Random(args.seed), args.second_share, args.spread_s)
+    waves = plan_waves(
+        args.waves, random.Random(args.seed), args.second_share, args.spread_s, args.system_words
+    )
     url = f"{stack.gateway_url}/api/chat"
     async with EmulatorControl(stack.emulator_url) as control, aiohttp.ClientSession() as session:
         await control.reset()
@@ -738,6 +769,7 @@ def config_of(args: argparse.Namespace) -> dict[str, Any]:
         "models": list(MODELS),
         "num_predict": list(NUM_PREDICT),
         "prompt_words": list(PROMPT_WORDS),
+        "system_words": list(args.system_words),
         "broker": "external" if args.amqp_url else "throwaway node",
     }
 
@@ -801,7 +833,8 @@ def why_lines(why: Why) -> list[str]:
         f"{why.loads_happened}, both {why.loads_matched}. "
         f"Backend idle between jobs (not priced): p50 {why.gap_p50_ms:.1f} ms. "
         f"Jobs overtaken by a later one (grouping for the loaded model): {why.jobs_overtaken}. "
-        f"The replay reproduces the shown estimates within {why.replay_gap_p50_ms:.0f} ms "
+        "The replay reproduces the later waves' shown estimates within "
+        f"{why.replay_gap_p50_ms:.0f} ms "
         f"at p50 ({why.replay_gap_p90_ms:.0f} ms at p90).",
         "",
         f"Queue chunks (every wave): {why.countdown.chunks}; {why.countdown.repeats} at the same "
@@ -898,6 +931,14 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         default=1000.0,
         help="a wave's requests are sent at random times within this window (default 1000)",
     )
+    parser.add_argument(
+        "--system-words",
+        type=harness.positive_ints,
+        default=None,
+        help="LOW,HIGH: a system message of that many words ahead of each user message; the "
+        "emulator echoes only the user's, so reply lengths no longer follow prompt lengths "
+        "(default: none)",
+    )
     parser.add_argument("--seed", type=int, default=7)
     args = parser.parse_args(argv)
     if min(args.token_delay_ms, args.prompt_ms_per_token, args.load_ms, args.spread_ms) < 0:
@@ -907,6 +948,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     if args.keep_alive_s <= 0:
         parser.error("--keep-alive-s must be positive")
     args.spread_s = args.spread_ms / 1e3
+    if args.system_words is None:
+        args.system_words = (0, 0)
+    elif len(args.system_words) != 2 or args.system_words[0] > args.system_words[1]:
+        parser.error("--system-words takes LOW,HIGH")
+    else:
+        args.system_words = tuple(args.system_words)
     return args
 
 
