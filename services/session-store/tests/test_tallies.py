@@ -521,3 +521,39 @@ async def test_history_window_equals_a_count_over_every_turn(
                 await assert_windows_exact(store, session_id, rng, tries=2)
     for session_id in sessions:
         await assert_windows_exact(store, session_id, rng)
+
+
+# -- summaries ------------------------------------------------------------------------------
+
+
+async def test_summaries_count_messages_from_the_tallies(
+    store: SessionStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A session whose tallies count every turn it has is summarised without a scan; one
+    without (from before tallies, or with a turn not yet counted) is counted by the server;
+    both say what a count over the turns says."""
+    for n in range(1, 11):
+        await store.write_turn(turn("counted", n, model=MODELS[n % 3], extra=n % 2))
+        await store.write_turn(turn("legacy", n, extra=n % 3))
+    await store.sessions.update_one({"_id": "legacy"}, {"$unset": {"tallies": ""}})
+    aggregate = store.turns.aggregate
+    scanned: list[Any] = []
+
+    async def counted(pipeline: Any, *args: Any, **kwargs: Any) -> Any:
+        scanned.append(pipeline[0]["$match"]["session_id"])
+        return await aggregate(pipeline, *args, **kwargs)
+
+    monkeypatch.setattr(store.turns, "aggregate", counted)
+    listed = {
+        s["session_id"]: s["message_count"] for s in (await store.list_sessions(10, 0))["sessions"]
+    }
+    assert listed == {"counted": 25, "legacy": 30}
+    assert scanned == [{"$in": ["legacy"]}]
+    renamed = await store.rename("counted", "renamed")
+    assert renamed["message_count"] == 25
+    assert len(scanned) == 1
+    # A number taken by a write that died before storing its turn: not every number is
+    # counted, so the server counts.
+    await store.sessions.update_one({"_id": "counted"}, {"$inc": {"turn_seq": 1}})
+    assert (await store.rename("counted", "again"))["message_count"] == 25
+    assert scanned[-1] == {"$in": ["counted"]}

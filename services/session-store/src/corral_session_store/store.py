@@ -686,16 +686,31 @@ class SessionStore:
             **_lifecycle(session),
         }
 
-    async def _message_counts(self, session_ids: list[str]) -> dict[str, int]:
-        if not session_ids:
-            return {}
+    async def _message_counts(self, sessions: Sequence[Document]) -> dict[str, int]:
+        """Each session's messages: from its tallies when they count every turn it has
+        (`tallied` at its last sequence number), else summed over its turns by the server."""
+        counts: dict[str, int] = {}
+        uncounted: list[str] = []
+        for session in sessions:
+            tallies = session.get("tallies")
+            if isinstance(tallies, list) and _int(session.get("tallied")) == _int(
+                session.get("turn_seq")
+            ):
+                counts[session["_id"]] = sum(
+                    _int(entry.get("messages")) for entry in tallies if isinstance(entry, dict)
+                )
+            else:
+                uncounted.append(session["_id"])
+        if not uncounted:
+            return counts
         cursor = await self.turns.aggregate(
             [
-                {"$match": {"session_id": {"$in": session_ids}}},
+                {"$match": {"session_id": {"$in": uncounted}}},
                 {"$group": {"_id": "$session_id", "count": {"$sum": "$message_count"}}},
             ]
         )
-        return {str(row["_id"]): int(row["count"]) async for row in cursor}
+        counts.update({str(row["_id"]): int(row["count"]) async for row in cursor})
+        return counts
 
     def _summary(self, session: Document, message_count: int) -> Document:
         return {
@@ -716,12 +731,12 @@ class SessionStore:
         total = await self.sessions.count_documents(selector)
         page = await self.sessions.find(
             selector,
-            {"turn_seq": 0, "systems": 0, "tallies": 0, "tallied": 0, "tally_rev": 0},
+            {"systems": 0},
             sort=[("last_activity", DESCENDING), ("_id", ASCENDING)],
             skip=offset,
             limit=limit,
         ).to_list()
-        counts = await self._message_counts([s["_id"] for s in page])
+        counts = await self._message_counts(page)
         return {
             "sessions": [self._summary(s, counts.get(s["_id"], 0)) for s in page],
             "total": total,
@@ -739,7 +754,7 @@ class SessionStore:
         )
         if session is None:
             raise not_found(session_id)
-        counts = await self._message_counts([session_id])
+        counts = await self._message_counts([session])
         return self._summary(session, counts.get(session_id, 0))
 
     async def delete(self, session_id: str, owner: str | None = None) -> Document:
@@ -946,7 +961,7 @@ class SessionStore:
             else:
                 skipped += 1
         session = await self.require_session(session_id)
-        counts = await self._message_counts([session_id])
+        counts = await self._message_counts([session])
         return {
             **self._described(session, counts.get(session_id, 0)),
             "created": created,
