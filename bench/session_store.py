@@ -79,21 +79,47 @@ def turn(session_id: str, n: int) -> TurnRecord:
     )
 
 
-async def timed(call: Callable[[], Awaitable[Any]], repeat: int) -> dict[str, float]:
+def cpu_ms(pid: int | None) -> float | None:
+    """CPU time (user + system) a process has used so far, from /proc; None if unknown."""
+    if pid is None:
+        return None
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            fields = fh.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) * 1000 / os.sysconf("SC_CLK_TCK")
+
+
+async def timed(
+    call: Callable[[], Awaitable[Any]], repeat: int, server_pid: int | None = None
+) -> dict[str, float]:
+    """Wall time per call (median, p90, min), and CPU time per call of this process (the
+    store's code when in process) and of the database server when it is ours: CPU time
+    hardly depends on what else the machine runs, wall time does."""
     samples = []
+    own, server = time.process_time(), cpu_ms(server_pid)
     for _ in range(repeat):
         started = time.perf_counter()
         await call()
         samples.append((time.perf_counter() - started) * 1000)
+    own_ms = (time.process_time() - own) * 1000 / repeat
+    server_after = cpu_ms(server_pid)
     samples.sort()
-    return {
+    result = {
         "median_ms": round(statistics.median(samples), 2),
         "p90_ms": round(samples[int(len(samples) * 0.9) - 1], 2),
         "min_ms": round(samples[0], 2),
+        "client_cpu_ms": round(own_ms, 2),
     }
+    if server is not None and server_after is not None:
+        result["server_cpu_ms"] = round((server_after - server) / repeat, 2)
+    return result
 
 
-async def bench(mongo_url: str, amqp_url: str, repeat: int, events: int) -> dict[str, Any]:
+async def bench(
+    mongo_url: str, amqp_url: str, repeat: int, events: int, server_pid: int | None = None
+) -> dict[str, Any]:
     database = f"corral_bench_{new_id()[:8]}"
     settings = SessionStoreSettings(
         amqp_url=amqp_url, mongo_url=mongo_url, mongo_database=database, log_level="warning"
@@ -111,6 +137,7 @@ async def bench(mongo_url: str, amqp_url: str, repeat: int, events: int) -> dict
     try:
         # -- writes, one after another (this also fills the sessions assembly reads) -------
         started = time.perf_counter()
+        own, server_cpu = time.process_time(), cpu_ms(server_pid)
         written = 0
         for size in SIZES:
             for n in range(size):
@@ -118,6 +145,14 @@ async def bench(mongo_url: str, amqp_url: str, repeat: int, events: int) -> dict
                 written += 1
         elapsed = time.perf_counter() - started
         results["writes"]["sequential_per_s"] = round(written / elapsed, 1)
+        results["writes"]["sequential_client_cpu_ms"] = round(
+            (time.process_time() - own) * 1000 / written, 2
+        )
+        server_after = cpu_ms(server_pid)
+        if server_cpu is not None and server_after is not None:
+            results["writes"]["sequential_server_cpu_ms"] = round(
+                (server_after - server_cpu) / written, 2
+            )
 
         # -- writes, 16 sessions at once --------------------------------------------------
         batch = [turn(f"c{i % 16}", i) for i in range(640)]
@@ -186,8 +221,8 @@ async def bench(mongo_url: str, amqp_url: str, repeat: int, events: int) -> dict
 
                 info = (await local())["context_info"]
                 row[label] = {
-                    "in_process": await timed(local, repeat),
-                    "over_rpc": await timed(remote, repeat),
+                    "in_process": await timed(local, repeat, server_pid),
+                    "over_rpc": await timed(remote, repeat, server_pid),
                     "turns_used": size - info["turns_dropped"],
                     "tokens_used": info["tokens_used"],
                 }
@@ -214,6 +249,10 @@ async def gateway_bench(stack: Any, repeat: int) -> dict[str, Any]:
     store = SessionStore(client[SessionStoreSettings().mongo_database])
     await store.ensure_indexes()
     samples: dict[str, list[float]] = {name: [] for name in GATEWAY_SESSIONS}
+    # CPU each process spent on a chat (its write included), by kind of chat.
+    pids = {name: process.pid for name, process in stack.services.items()}
+    pids["mongo"] = stack.mongo.pid
+    cpu: dict[str, dict[str, list[float]]] = {name: {} for name in GATEWAY_SESSIONS}
     url = f"{stack.gateway_url}/api/chat"
     try:
         for name, size in GATEWAY_SESSIONS.items():
@@ -225,7 +264,7 @@ async def gateway_bench(stack: Any, repeat: int) -> dict[str, Any]:
 
         async with aiohttp.ClientSession() as http:
 
-            async def chat(name: str, n: int) -> float:
+            async def chat(name: str, n: int, keep: bool = False) -> float:
                 body: dict[str, Any] = {
                     "model": MODEL,
                     "messages": [{"role": "user", "content": f"q{n} and what happens next?"}],
@@ -234,6 +273,7 @@ async def gateway_bench(stack: Any, repeat: int) -> dict[str, Any]:
                 if name != "none":
                     body["session_id"] = name
                 before = await stored(name) if name != "none" else 0
+                cpu_before = {process: cpu_ms(pid) for process, pid in pids.items()}
                 started = time.perf_counter()
                 async with http.post(url, json=body) as response:
                     answer = await response.json()
@@ -244,6 +284,11 @@ async def gateway_bench(stack: Any, repeat: int) -> dict[str, Any]:
                     if await stored(name) > before:
                         break
                     await asyncio.sleep(0.005)
+                if keep:
+                    for process, pid in pids.items():
+                        was, now = cpu_before[process], cpu_ms(pid)
+                        if was is not None and now is not None:
+                            cpu[name].setdefault(process, []).append(now - was)
                 return took
 
             names = list(GATEWAY_SESSIONS)
@@ -254,7 +299,7 @@ async def gateway_bench(stack: Any, repeat: int) -> dict[str, Any]:
                 # Round robin, rotated each round, so a noisy moment lands on every kind.
                 shift = n % len(names)
                 for name in names[shift:] + names[:shift]:
-                    samples[name].append(await chat(name, n))
+                    samples[name].append(await chat(name, n, keep=True))
     finally:
         await client.close()
     medians = {name: round(statistics.median(values), 2) for name, values in samples.items()}
@@ -267,6 +312,12 @@ async def gateway_bench(stack: Any, repeat: int) -> dict[str, Any]:
         },
         "added_by_long_history_ms": round(medians["long"] - medians["none"], 2),
         "added_by_short_history_ms": round(medians["short"] - medians["none"], 2),
+        # Mean CPU per chat (ms) of each process, by kind of chat (clock ticks: 10 ms each,
+        # so only a mean over many chats says anything).
+        "cpu_ms_per_chat": {
+            name: {process: round(statistics.mean(v), 2) for process, v in sorted(by.items())}
+            for name, by in cpu.items()
+        },
         "samples_ms": {name: [round(v, 2) for v in values] for name, values in samples.items()},
     }
 
@@ -313,7 +364,8 @@ def main() -> int:
             rabbit.start()
         mongo_url = args.mongo_url or (mongo.url if mongo else "")
         amqp_url = args.amqp_url or (rabbit.url if rabbit else "")
-        results = asyncio.run(bench(mongo_url, amqp_url, args.repeat, args.events))
+        server_pid = mongo.pid if mongo is not None else None
+        results = asyncio.run(bench(mongo_url, amqp_url, args.repeat, args.events, server_pid))
     finally:
         if rabbit is not None:
             rabbit.close()
