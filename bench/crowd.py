@@ -179,14 +179,14 @@ def rss_mb(pid: int) -> float:
 
 
 async def metric(session: aiohttp.ClientSession, url: str, name: str) -> float:
-    """One unlabelled sample (or the sum of a labelled family) from a /metrics page."""
+    """A sample named with its labels, or the sum of an unlabelled name's family, from /metrics."""
     async with session.get(f"{url}/metrics") as response:
         page = await response.text()
     total = 0.0
     for line in page.splitlines():
         if line.startswith(name) and not line.startswith("#"):
             head, _, value = line.rpartition(" ")
-            if head == name or head.startswith(name + "{"):
+            if head == name or (head.startswith(name + "{") and "{" not in name):
                 total += float(value)
     return total
 
@@ -255,6 +255,8 @@ class Round:
     rss_after_mb: float
     # CPU seconds each process used during the round (the gateway, the scheduler, this one).
     cpu_s: dict[str, float]
+    # What the gateway still held after the round (all 0 when nothing per request stays).
+    left: dict[str, float]
     samples: list[dict[str, Any]] = field(default_factory=list)
 
     @property
@@ -331,6 +333,15 @@ async def crowd_round(
         held = (
             await metric(session, stack.gateway_url, "corral_gateway_positions_held_total") - held_0
         )
+        left = {
+            name.removeprefix("corral_gateway_"): await metric(session, stack.gateway_url, name)
+            for name in (
+                'corral_gateway_held_requests{what="listening"}',
+                'corral_gateway_held_requests{what="placed"}',
+                "corral_gateway_in_flight_requests",
+                "corral_gateway_open_connections",
+            )
+        }
     taps = tap.counts()
     errors = [c.error for c in clients if c.error]
     told = [c for c in clients if c.first_position_ms is not None]
@@ -360,6 +371,7 @@ async def crowd_round(
         rss_peak_mb=round(peak[0], 1),
         rss_after_mb=round(rss_after, 1),
         cpu_s=cpu,
+        left=left,
         samples=[asdict(c) for c in clients] if args.samples else [],
     )
 
@@ -407,7 +419,7 @@ def render_round(r: Round) -> str:
             f"  position traffic: {r.position_messages} Positions messages "
             f"({r.position_entries} entries), {r.position_singles} single position events",
             f"  gateway RSS MB before {r.rss_before_mb}, peak {r.rss_peak_mb}, "
-            f"after {r.rss_after_mb}; CPU s {r.cpu_s}",
+            f"after {r.rss_after_mb}; CPU s {r.cpu_s}; left {r.left}",
         ]
     )
 

@@ -37,3 +37,21 @@ async def test_one_message_per_gateway_per_round_with_only_the_news() -> None:
     await broadcaster.broadcast()
     assert len(broker.published) == 2
     assert broker.of("a1")[-1]["position"] == 1
+
+
+async def test_far_back_a_place_is_news_once_it_fell_by_a_fiftieth() -> None:
+    broker = fakes.FakeBroker()
+    lane = Lane()
+    lane.pause()
+    for i in range(120):
+        lane.push(fakes.entry(fakes.job(f"j{i}", gateway_id="gw")))
+    broadcaster = PositionBroadcaster(lane, EventSink(broker), interval_s=0.25)  # type: ignore[arg-type]
+    await broadcaster.broadcast()
+    told = {"j10": [11], "j119": [120]}
+    for step in range(1, 4):
+        lane.remove(f"j{step - 1}")
+        await broadcaster.broadcast()
+        told["j10"].append(11 - step)
+    # The 11th is told every place; the 120th only once it moved up by two (120 // 50).
+    assert [p["position"] for p in broker.of("j10")] == told["j10"]
+    assert [p["position"] for p in broker.of("j119")] == [120, 118]

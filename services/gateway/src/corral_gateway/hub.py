@@ -16,6 +16,7 @@ from typing import TypeVar
 
 import structlog
 from aio_pika.abc import AbstractIncomingMessage
+from prometheus_client import Gauge
 from pydantic import BaseModel, ValidationError
 
 from corral_common.contracts.identity import KEYS_CHANGED_KEY, KeyChanged
@@ -39,6 +40,13 @@ from corral_gateway.places import Places
 log = structlog.get_logger(__name__)
 
 STRAYS_REMEMBERED = 10_000
+
+HELD = Gauge(
+    "corral_gateway_held_requests",
+    "What the hub holds per request: requests listening for their job's events, and this "
+    "gateway's jobs in the lane (placed: places.py); both back to 0 when no request is open",
+    ["what"],
+)
 
 
 @dataclass(frozen=True)
@@ -82,6 +90,8 @@ class Hub:
         # This gateway's jobs in the lane, for the provisional positions of those the scheduler
         # has not admitted yet (places.py); every status broadcast recounts the others'.
         self.places = Places(status)
+        HELD.labels("listening").set_function(lambda: len(self._waiting))
+        HELD.labels("placed").set_function(lambda: len(self.places))
         # The session stores' broadcasts, for /health (the store up or down, its last write).
         self.stores = stores or StoreBoard(stale_after_s=10.0)
         # The broadcasts that share this queue with job events, by routing key. A key created

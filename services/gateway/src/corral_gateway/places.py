@@ -93,6 +93,11 @@ class Places:
         self.extra = 0
         self.capacity = 1
         self._per_job_ms = 0
+        # The furthest-back place told to an admitted job, and one job's share of a wait, as of
+        # the last recompute (raised by any higher report since): a placement reads them, not
+        # every admitted job.
+        self._base_seen = 0
+        self._job_ms_seen = 0
         self._timer: asyncio.TimerHandle | None = None
         # Provisional positions told, in all (the benchmark reads it).
         self.told = 0
@@ -116,8 +121,8 @@ class Places:
             return None
         # Those placed before it and told nothing are running (or about to): not ahead of it.
         self._told_pending += 1
-        position = self._base() + self.extra + self._told_pending
-        return self._tell(request_id, slot, position)
+        position = self._base_seen + self.extra + self._told_pending
+        return self._tell(request_id, slot, position, self._job_ms_seen)
 
     def refused(self, request_id: str) -> None:
         """The publish was refused: the job is not in the lane."""
@@ -147,6 +152,9 @@ class Places:
         elif not slot.running:
             if isinstance(event, Position):
                 slot.told, slot.wait_ms = event.position, event.estimated_wait_ms
+            if slot.told is not None and slot.told > self._base_seen:
+                self._base_seen = slot.told
+                self._job_ms_seen = round(slot.wait_ms / slot.told)
             self._admitted[event.request_id] = slot
         self._soon()
 
@@ -174,6 +182,8 @@ class Places:
         self.extra = others + max(0, backlog - own_unlisted)
         self.capacity = max(1, capacity)
         self._per_job_ms = round(1000 / rates) if rates > 0 else 0
+        if not self._admitted:
+            self._base_seen, self._job_ms_seen = 0, self._per_job_ms
         self._soon()
 
     # Internals.
@@ -208,9 +218,9 @@ class Places:
             return round(back.wait_ms / back.told)
         return self._per_job_ms
 
-    def _tell(self, request_id: str, slot: Slot, position: int) -> Position:
+    def _tell(self, request_id: str, slot: Slot, position: int, job_ms: int) -> Position:
         slot.told = position
-        slot.wait_ms = position * self._job_ms()
+        slot.wait_ms = position * job_ms
         self.told += 1
         PROVISIONAL.inc()
         update = Position(request_id=request_id, position=position, estimated_wait_ms=slot.wait_ms)
@@ -229,8 +239,9 @@ class Places:
     def recompute(self) -> None:
         """Tell every job still in the broker its place, where it fell."""
         self._timer = None
-        base = self._base() + self.extra
-        job_ms = self._job_ms()
+        self._base_seen, self._job_ms_seen = self._base(), self._job_ms()
+        base = self._base_seen + self.extra
+        job_ms = self._job_ms_seen
         rank = 0
         for request_id, slot in self._pending.items():
             if slot.told is None:
