@@ -107,8 +107,10 @@ class Executor:
         self.backends = backends
         self.sink = sink
         self.speeds = speeds
-        # Finished jobs whose done is being published and delivery acked (`_settle`).
+        # Finished jobs whose done is being published and delivery acked (`_settle`), and
+        # those about to be (`_settle_later`).
         self._settling: set[asyncio.Task[None]] = set()
+        self._unsettled: list[tuple[Entry, Callable[[int], Done], TokenBatcher | None]] = []
 
     async def run_forever(self) -> None:
         """Every server's loop; one failing ends them all (and the service: app.py)."""
@@ -119,6 +121,7 @@ class Executor:
         finally:
             # Finished jobs still being published get their moment (a publish is bounded by
             # the broker's confirm timeout); an unacked one returns to the queue.
+            self._begin_settling()
             if self._settling:
                 await asyncio.wait(set(self._settling), timeout=SETTLE_ON_STOP_S)
 
@@ -178,16 +181,24 @@ class Executor:
         _score_estimate(entry)
         server = running.server
         swap = server.loaded is None or not same_model(server.loaded, entry.model)
-        task = asyncio.create_task(self._run(running), name=f"job-{clip(entry.request_id)}")
+        # Resolved the moment the job's backend response is closed (or, on every other path,
+        # when its task ends): the server is free for its next job from then, while the job's
+        # task ends and its settling begins (module docstring).
+        released: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        task = asyncio.create_task(
+            self._run(running, lambda: _resolve(released)), name=f"job-{clip(entry.request_id)}"
+        )
+        task.add_done_callback(lambda _: _resolve(released))
         self.lane.start(running, task, entry.estimate_ms + (entry.load_ms if swap else 0))
         running.deadline_timer = timer = self._arm_deadline(entry)
         try:
-            await asyncio.shield(task)
+            # Not the task itself: a cancelled job ends its task, which resolves this; only
+            # this loop's own cancellation (shutdown, handover) raises here.
+            await released
         except asyncio.CancelledError:
-            # Either this loop is being cancelled (shutdown, handover), or only the job's own
-            # task was. Judged by the loop's own cancel count, not by whether the job is done:
-            # a shutdown arriving as the job ended used to be swallowed, and the loop then
-            # waited for the next job forever, hanging the service's stop.
+            # Judged by the loop's own cancel count: a shutdown arriving as the job ended
+            # used to be swallowed, and the loop then waited for the next job forever,
+            # hanging the service's stop.
             current = asyncio.current_task()
             if current is not None and current.cancelling():
                 if not task.done():
@@ -244,9 +255,11 @@ class Executor:
             DEADLINE_PASSED,
         )
 
-    async def _run(self, running: Running) -> None:
+    async def _run(self, running: Running, release: Callable[[], None]) -> None:
         """Run one job to its final event and ack it. Raises only CancelledError (shutdown:
-        the unacked job goes back to the queue); anything else fails this job alone."""
+        the unacked job goes back to the queue); anything else fails this job alone.
+        `release()` frees its server for the next job, called once the backend's response is
+        closed on the way to `done`."""
         entry = running.entry
         job = entry.job
         server = running.server
@@ -254,7 +267,7 @@ class Executor:
             request_id=clip(job.request_id), session_id=job.session_id, server=server.name
         ):
             try:
-                outcome = await self._traced(running)
+                outcome = await self._traced(running, release)
                 metrics.JOBS.labels(outcome).inc()
                 if outcome == "done":
                     return  # its settling acks it (`_settle`)
@@ -273,7 +286,7 @@ class Executor:
                 return
             await self._ack(entry)
 
-    async def _traced(self, running: Running) -> str:
+    async def _traced(self, running: Running, release: Callable[[], None]) -> str:
         entry = running.entry
         job = entry.job
         backend = self.backends[running.server.name]
@@ -292,20 +305,24 @@ class Executor:
         with tracer().start_as_current_span(
             "backend generation", context=parent, attributes=span_attrs
         ) as span:
-            return await self._generate(running, waited_ms, span)
+            return await self._generate(running, waited_ms, span, release)
 
-    async def _generate(self, running: Running, waited_ms: int, span: trace.Span) -> str:
+    async def _generate(
+        self, running: Running, waited_ms: int, span: trace.Span, release: Callable[[], None]
+    ) -> str:
         job = running.entry.job
         batcher = TokenBatcher(
             lambda seq, chunks: self.sink.send(
                 job, Tokens(request_id=job.request_id, seq=seq, chunks=chunks)
-            )
+            ),
+            window_s=self.sink.token_window_s,
         )
         try:
             if job.kind in STREAMED_KINDS:
-                done = await self._stream(running, waited_ms, batcher, span)
+                conclude = await self._stream(running, waited_ms, batcher, span, release)
             else:
-                done = await self._call(running, waited_ms)
+                answered = await self._call(running, waited_ms, release)
+                conclude = lambda _batches: answered  # noqa: E731
                 # No tokens on this path: stop the pump ("Task was destroyed but it is
                 # pending" after every embedding, load and unload).
                 await batcher.abort()
@@ -313,7 +330,9 @@ class Executor:
                 # The backend's part is over: its answer goes out whole, not cut by a
                 # deadline passing while it is being published.
                 running.deadline_timer.cancel()
-            self._settle_later(running.entry, done, batcher if job.kind in STREAMED_KINDS else None)
+            self._settle_later(
+                running.entry, conclude, batcher if job.kind in STREAMED_KINDS else None
+            )
             return "done"
         except asyncio.CancelledError:
             await batcher.abort()
@@ -370,18 +389,24 @@ class Executor:
                 self.lane.used(job)
 
     async def _stream(
-        self, running: Running, waited_ms: int, batcher: TokenBatcher, span: trace.Span
-    ) -> Done:
-        """A chat or generate: the backend's chunks go out as token batches as they come."""
+        self,
+        running: Running,
+        waited_ms: int,
+        batcher: TokenBatcher,
+        span: trace.Span,
+        release: Callable[[], None],
+    ) -> Callable[[int], Done]:
+        """A chat or generate: the backend's chunks go out as token batches as they come.
+        Returns what makes its `done` once its token batches are out (`_settle`)."""
         entry = running.entry
         job = entry.job
         backend = self.backends[running.server.name]
         started = time.monotonic()
         await self._settle_after_takeover(entry)
         final: dict[str, Any] = {}
-        text: list[str] = []
-        thinking: list[str] = []
-        tool_calls: list[dict[str, Any]] = []
+        # Every chunk, read into the answer only when the job is settled (`conclude`): the
+        # loop here does as little per chunk as it can.
+        seen: list[dict[str, Any]] = []
         payload = self.guard.payload(job)
         async with contextlib.AsyncExitStack() as stack:
             # Opened (retried while the backend is not ready), then read to its end; leaving
@@ -410,52 +435,80 @@ class Executor:
                         time.monotonic() - started
                     )
                 running.tokens += 1
+                seen.append(chunk)
                 if chunk.get("done"):
                     final = chunk
                 else:
                     batcher.add(chunk)
+        # The upstream response is closed and its model known: the server's next job may start.
+        self.lane.set_loaded(
+            running.server, None if final.get("done_reason") == "unload" else job.model
+        )
+        release()
+        # What is left is bookkeeping, done when the job is settled (after the next job's
+        # request is out), but for the span's own attributes: it ends when this returns.
+        seconds = time.monotonic() - started
+        ended_ns = time.time_ns()
+        _describe(span, final)
+
+        def conclude(token_batches: int) -> Done:
+            self._observe(job, final, seconds, span, ended_ns)
+            text: list[str] = []
+            thinking: list[str] = []
+            tool_calls: list[dict[str, Any]] = []
+            for chunk in seen:
                 part = _answer_part(chunk)
                 text.append(str(part.get("content") or ""))
                 thinking.append(str(part.get("thinking") or ""))
                 tool_calls.extend(part.get("tool_calls") or [])
-        self.lane.set_loaded(
-            running.server, None if final.get("done_reason") == "unload" else job.model
-        )
-        self._observe(job, final, time.monotonic() - started, span)
-        return Done(
-            request_id=job.request_id,
-            gateway_id=job.gateway_id,
-            # Counted when the last batch is out (`_settle`).
-            token_batches=0,
-            final=final,
-            text="".join(text),
-            thinking="".join(thinking),
-            tool_calls=tool_calls,
-            enqueued_at=job.enqueued_at,
-            waited_ms=waited_ms,
-            model=job.model,
-            job_kind=job.kind,
-            session_id=job.session_id,
-            turn=job.turn,
-            owner=job.owner,
-            metadata=job.metadata,
-        )
+            return Done(
+                request_id=job.request_id,
+                gateway_id=job.gateway_id,
+                token_batches=token_batches,
+                final=final,
+                text="".join(text),
+                thinking="".join(thinking),
+                tool_calls=tool_calls,
+                enqueued_at=job.enqueued_at,
+                waited_ms=waited_ms,
+                model=job.model,
+                job_kind=job.kind,
+                session_id=job.session_id,
+                turn=job.turn,
+                owner=job.owner,
+                metadata=job.metadata,
+            )
 
-    def _settle_later(self, entry: Entry, done: Done, batcher: TokenBatcher | None) -> None:
-        task = asyncio.create_task(self._settle(entry, done, batcher), name="settle")
-        self._settling.add(task)
-        task.add_done_callback(self._settling.discard)
+        return conclude
 
-    async def _settle(self, entry: Entry, done: Done, batcher: TokenBatcher | None) -> None:
-        """A finished job's last token batches and its `done` published, then its delivery
-        acked, while its server already runs the next job: the backend's response is closed
-        before this starts, so the server is never asked for two at once, and the job is acked
-        no later than if the server had waited (docs/reliability.md, "Settling off the lane").
-        A failure here is the job's alone, as it was before."""
+    def _settle_later(
+        self, entry: Entry, conclude: Callable[[int], Done], batcher: TokenBatcher | None
+    ) -> None:
+        """Settle the job, starting on the loop's next round rather than now: its server's
+        loop, woken by the release a moment ago, runs first and sends the next job's request
+        before this job's last batches and `done` take the loop's time (`_begin_settling`)."""
+        self._unsettled.append((entry, conclude, batcher))
+        if len(self._unsettled) == 1:
+            asyncio.get_running_loop().call_soon(self._begin_settling)
+
+    def _begin_settling(self) -> None:
+        pending, self._unsettled = self._unsettled, []
+        for entry, conclude, batcher in pending:
+            task = asyncio.create_task(self._settle(entry, conclude, batcher), name="settle")
+            self._settling.add(task)
+            task.add_done_callback(self._settling.discard)
+
+    async def _settle(
+        self, entry: Entry, conclude: Callable[[int], Done], batcher: TokenBatcher | None
+    ) -> None:
+        """A finished job's last token batches out, its bookkeeping done and its `done`
+        published, then its delivery acked, while its server already runs the next job: the
+        backend's response is closed before this starts, so the server is never asked for two
+        at once, and the job is acked as soon as its `done` is confirmed (docs/reliability.md,
+        "Settling off the lane"). A failure here is the job's alone, as it was before."""
         try:
-            if batcher is not None:
-                done = done.model_copy(update={"token_batches": await batcher.close()})
-            await self.sink.send(entry.job, done)
+            batches = await batcher.close() if batcher is not None else 0
+            await self.sink.send(entry.job, conclude(batches))
         except asyncio.CancelledError:
             raise
         except Exception as exc:
@@ -485,7 +538,7 @@ class Executor:
         metrics.TAKEOVER_GRACES.inc()
         await self._sleep(self.takeover_grace_s)
 
-    async def _call(self, running: Running, waited_ms: int) -> Done:
+    async def _call(self, running: Running, waited_ms: int, release: Callable[[], None]) -> Done:
         """Embeddings, loads and unloads: one request, one answer, carried whole in `final`."""
         entry = running.entry
         server = running.server
@@ -512,6 +565,7 @@ class Executor:
                 self.lane.set_loaded(server, None)
         else:
             self.lane.set_loaded(server, job.model)
+        release()
         if job.kind in MODEL_OPERATION_KINDS:
             metrics.MODEL_OPERATIONS.labels(job.kind, "done").inc()
         load_ns = answer.get("load_duration")
@@ -580,8 +634,12 @@ class Executor:
                 log.info("backend ready after retries", retries=retries)
             return result
 
-    def _observe(self, job: Job, final: dict[str, Any], seconds: float, span: trace.Span) -> None:
-        self.speeds.observe(job.model, final)
+    def _observe(
+        self, job: Job, final: dict[str, Any], seconds: float, span: trace.Span, ended_ns: int
+    ) -> None:
+        """A finished generation's metrics, speeds and phase spans (`span` has ended by now;
+        its children are timed to end at `ended_ns`)."""
+        self.speeds.observe(job.model, final, job.prompt_chars)
         metrics.GENERATION_SECONDS.labels(job.model).observe(seconds)
         prompt_tokens = final.get("prompt_eval_count") or 0
         eval_tokens = final.get("eval_count") or 0
@@ -589,10 +647,7 @@ class Executor:
         metrics.TOKENS.labels(job.model, "completion").inc(eval_tokens)
         if (final.get("load_duration") or 0) >= 50_000_000:
             metrics.MODEL_LOADS.labels(job.model).inc()
-        span.set_attribute("gen_ai.usage.input_tokens", prompt_tokens)
-        span.set_attribute("gen_ai.usage.output_tokens", eval_tokens)
-        span.set_attribute("gen_ai.response.finish_reasons", [str(final.get("done_reason", ""))])
-        record_phase_spans(job, final, span)
+        record_phase_spans(job, final, span, ended_ns)
 
     async def _ack(self, entry: Entry) -> None:
         if self.lane.is_stale(entry):
@@ -611,6 +666,11 @@ class Executor:
             await entry.delivery.reject(requeue=False)
         except Exception as exc:
             log.warning("dead-lettering failed", error=str(exc))
+
+
+def _resolve(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
 
 
 def _call_backend(backend: Backend, job: Job, payload: dict[str, Any]) -> Awaitable[Answer]:
@@ -674,10 +734,19 @@ def queue_timeout(job: Job) -> Failed:
     )
 
 
-def record_phase_spans(job: Job, final: dict[str, Any], parent: trace.Span) -> None:
+def _describe(span: trace.Span, final: dict[str, Any]) -> None:
+    """The generation span's attributes from the backend's final chunk."""
+    span.set_attribute("gen_ai.usage.input_tokens", final.get("prompt_eval_count") or 0)
+    span.set_attribute("gen_ai.usage.output_tokens", final.get("eval_count") or 0)
+    span.set_attribute("gen_ai.response.finish_reasons", [str(final.get("done_reason", ""))])
+
+
+def record_phase_spans(
+    job: Job, final: dict[str, Any], parent: trace.Span, ended_ns: int | None = None
+) -> None:
     """Queue wait, load, prompt evaluation and generation as child spans, timed by the backend's
-    own durations (laid end to end, ending now)."""
-    now = time.time_ns()
+    own durations (laid end to end, ending at `ended_ns`, epoch ns; now when None)."""
+    now = time.time_ns() if ended_ns is None else ended_ns
     phases = [
         ("model load", int(final.get("load_duration") or 0)),
         ("prompt eval", int(final.get("prompt_eval_duration") or 0)),

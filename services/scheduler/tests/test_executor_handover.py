@@ -1,0 +1,180 @@
+"""A server's hand-over from one job to the next: the next job's request goes out as soon as the
+previous job's backend response is closed, before that job's `done` is published (its settling
+follows on the loop's next round), and never while a response is still open; a job settled
+while the executor stops is still published and acked."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+
+from corral_common.messages import Job
+from corral_scheduler.executor import Executor
+from services.scheduler.tests.fakes import (
+    Delivery,
+    FakeBroker,
+    Settled,
+    entry,
+    job,
+    make_executor,
+    settle,
+)
+
+
+class Journal:
+    """What happened, in order, across the backend and the broker."""
+
+    def __init__(self) -> None:
+        self.lines: list[tuple[str, ...]] = []
+
+    def index(self, *line: str) -> int:
+        return self.lines.index(line)
+
+
+class JournalBroker(FakeBroker):
+    def __init__(self, journal: Journal) -> None:
+        super().__init__()
+        self.journal = journal
+
+    async def publish_event(self, routing_key: str, body: bytes, *, durable: bool) -> None:
+        await super().publish_event(routing_key, body, durable=durable)
+        request_id, message = self.events[-1]
+        self.journal.lines.append(("publish", request_id, message["kind"]))
+
+
+class JournalBackend:
+    """Streams a two-token answer per request, naming the requests in the order they come
+    (`names`), and fails the test if a request arrives while another response is open."""
+
+    kind = "ollama"
+    base_url = "http://backend"
+
+    def __init__(self, journal: Journal, names: list[str]) -> None:
+        self.journal = journal
+        self.names = iter(names)
+        self.open: str | None = None
+        self.overlaps = 0
+        self.on_close: Callable[[], None] = lambda: None
+
+    @asynccontextmanager
+    async def stream(
+        self, kind: str, payload: dict[str, Any]
+    ) -> AsyncIterator[AsyncIterator[dict[str, Any]]]:
+        name = next(self.names)
+        if self.open is not None:
+            self.overlaps += 1
+        self.open = name
+        self.journal.lines.append(("open", name))
+
+        async def chunks() -> AsyncIterator[dict[str, Any]]:
+            yield {"message": {"role": "assistant", "content": "Echo:"}, "done": False}
+            yield {"message": {"role": "assistant", "content": f" {name}"}, "done": False}
+            yield {"message": {"role": "assistant", "content": ""}, "done": True, "eval_count": 2}
+
+        try:
+            yield chunks()
+        finally:
+            self.open = None
+            self.journal.lines.append(("close", name))
+            self.on_close()
+
+    async def version(self) -> str:
+        return "0"
+
+
+def push(executor: Executor, settled: Settled, rid: str) -> Job:
+    queued = job(rid)
+    executor.lane.push(entry(queued, Delivery(settled, rid), executor.lane.connection_epoch))
+    return queued
+
+
+@asynccontextmanager
+async def running(executor: Executor) -> AsyncIterator[asyncio.Task[None]]:
+    task = asyncio.create_task(executor.run_forever())
+    try:
+        yield task
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+
+async def test_the_next_request_goes_out_before_the_finished_jobs_done() -> None:
+    journal = Journal()
+    names = ["a", "b", "c"]
+    broker = JournalBroker(journal)
+    backend = JournalBackend(journal, names)
+    executor = make_executor(broker, backend)
+    settled: Settled = asyncio.Queue()
+    for name in names:
+        push(executor, settled, name)
+    async with running(executor):
+        assert await settle(settled, 3) == dict.fromkeys(names, "ack")
+    assert backend.overlaps == 0
+    for earlier, later in (("a", "b"), ("b", "c")):
+        # Strictly serial: the earlier response closed before the next request.
+        assert journal.index("close", earlier) < journal.index("open", later)
+        # And the next request did not wait for the earlier job's `done`.
+        assert journal.index("open", later) < journal.index("publish", earlier, "done")
+    for name in names:
+        # Each job's own events still in order, its answer whole.
+        assert broker.kinds(name)[0] == "started"
+        assert broker.kinds(name)[-1] == "done"
+        final = broker.final(name)
+        assert final["text"] == f"Echo: {name}"
+        assert final["token_batches"] == sum(1 for k in broker.kinds(name) if k == "token")
+
+
+async def test_a_job_settles_after_its_release_even_when_the_executor_stops_then() -> None:
+    """The executor is stopped the moment the job's backend response closes, before its
+    settling has begun: stopping still publishes its `done` and acks it (not redelivered to
+    run again)."""
+    journal = Journal()
+    broker = JournalBroker(journal)
+    backend = JournalBackend(journal, ["only"])
+    executor = make_executor(broker, backend)
+    settled: Settled = asyncio.Queue()
+    push(executor, settled, "only")
+    task = asyncio.create_task(executor.run_forever())
+
+    def stop() -> None:
+        task.cancel()
+
+    backend.on_close = stop
+    await asyncio.gather(task, return_exceptions=True)
+    assert task.cancelled()
+    assert settled.get_nowait() == ("only", "ack")
+    assert broker.kinds("only")[-1] == "done"
+    assert broker.final("only")["text"] == "Echo: only"
+
+
+async def test_the_speeds_and_metrics_are_learned_by_the_time_done_is_out() -> None:
+    """The bookkeeping moved off the hand-over still happens before `done` goes out."""
+    journal = Journal()
+    broker = JournalBroker(journal)
+    backend = JournalBackend(journal, ["first"])
+    executor = make_executor(broker, backend)
+    observed: list[str] = []
+    learned_before_done: list[bool] = []
+    observe = executor.speeds.observe
+
+    def spy(model: str, final: dict[str, Any], prompt_chars: int | None = None) -> None:
+        observed.append(model)
+        observe(model, final, prompt_chars)
+
+    executor.speeds.observe = spy  # type: ignore[method-assign]
+    publish = broker.publish_event
+
+    async def checking(routing_key: str, body: bytes, *, durable: bool) -> None:
+        if routing_key.endswith(".done"):
+            learned_before_done.append(bool(observed))
+        await publish(routing_key, body, durable=durable)
+
+    broker.publish_event = checking  # type: ignore[method-assign]
+    settled: Settled = asyncio.Queue()
+    push(executor, settled, "first")
+    async with running(executor):
+        assert await settle(settled, 1) == {"first": "ack"}
+    assert observed == ["llama3.2"]
+    assert learned_before_done == [True]
