@@ -445,7 +445,7 @@ def replayed_wait_ms(
 
 def reply_kind(o: Observation) -> str:
     if o.num_predict is None:
-        return "no num_predict (mean eval_count used)"
+        return "no num_predict"
     if int(o.final.get("eval_count") or 0) >= o.num_predict:
         return "num_predict reached"
     return "stopped before num_predict"
