@@ -732,7 +732,9 @@ def markdown(report: Report) -> str:
     broker_head = " | ".join(f"broker {c}/request" for c in BROKER_COUNTERS)
     lines += [
         "",
-        "CPU time per request (ms) by process while each side's batches ran"
+        "Throughput (requests over the wall time of the side's batches; with one client, "
+        "1000 / mean total time), CPU time per request (ms) by process while each side's "
+        "batches ran"
         + (
             "; RabbitMQ messages per request (published to it, delivered by it; counted "
             f"over {report.config['count_requests']} more requests, background traffic taken "
@@ -741,11 +743,11 @@ def markdown(report: Report) -> str:
             else ":"
         ),
         "",
-        "| clients | surface | side | "
+        "| clients | surface | side | req/s | "
         + " | ".join(names)
         + " | all |"
         + (f" {broker_head} |" if with_broker else ""),
-        "| --- | --- | --- | "
+        "| --- | --- | --- | ---: | "
         + " | ".join("---:" for _ in names)
         + " | ---: |"
         + (" ---: |" * len(BROKER_COUNTERS) if with_broker else ""),
@@ -755,7 +757,11 @@ def markdown(report: Report) -> str:
             surface, name = label.split("/")
             cpu = side.cpu_ms_per_request
             cells = " | ".join(f"{cpu.get(n, 0.0):.2f}" for n in names)
-            row = f"| {result.clients} | {surface} | {name} | {cells} | {sum(cpu.values()):.2f} |"
+            rate = side.requests / side.elapsed_s if side.elapsed_s > 0 else math.nan
+            row = (
+                f"| {result.clients} | {surface} | {name} | {rate:.1f} | {cells} | "
+                f"{sum(cpu.values()):.2f} |"
+            )
             if with_broker:
                 for counter in BROKER_COUNTERS:
                     value = side.broker_per_request.get(counter)
