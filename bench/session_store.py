@@ -49,7 +49,7 @@ from corral_common.ids import new_id
 from corral_common.messages import Done
 from corral_common.rpc import RpcClient
 from corral_common.settings import CorralSettings
-from corral_common.topology import event_key
+from corral_common.topology import TURN_ROUTE, event_key
 from corral_devstack.mongo import SecantusNode
 from corral_devstack.rabbitmq import RabbitNode
 from corral_session_store.app import SERVICE_CORE, STORE, create_app
@@ -186,7 +186,7 @@ async def bench(
         started = time.perf_counter()
         for done in dones:
             await broker.publish_event(
-                event_key("bench", done.request_id, "done"), encode(done), durable=True
+                event_key("bench", done.request_id, TURN_ROUTE), encode(done), durable=True
             )
         published = time.perf_counter() - started
         while True:
