@@ -77,6 +77,8 @@ SETTLE_S = 5.0
 class Client:
     """One request, times in ms from the moment it was sent."""
 
+    # The connection accepted (a new one per client), then the response's headers.
+    connected_ms: float | None = None
     headers_ms: float | None = None
     first_queue_ms: float | None = None
     first_token_ms: float | None = None
@@ -116,9 +118,14 @@ async def one_client(
     def since() -> float:
         return (time.perf_counter() - sent) * 1e3
 
+    def connected() -> None:
+        client.connected_ms = since()
+
     text: list[str] = []
     try:
-        async with session.post(f"{url}/api/chat", data=body, headers=HEADERS) as response:
+        async with session.post(
+            f"{url}/api/chat", data=body, headers=HEADERS, trace_request_ctx=connected
+        ) as response:
             client.headers_ms = since()
             if response.status != 200:
                 client.error = f"HTTP {response.status}: {(await response.text())[:200]}"
@@ -169,6 +176,15 @@ def cpu_s(pid: int) -> float:
     """User plus system CPU seconds a process has used."""
     fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def _on_connected(
+    session: aiohttp.ClientSession,
+    context: Any,
+    params: aiohttp.TraceConnectionCreateEndParams,
+) -> None:
+    if callable(context.trace_request_ctx):
+        context.trace_request_ctx()
 
 
 def rss_mb(pid: int) -> float:
@@ -238,6 +254,9 @@ class Round:
     backend_s: float
     errors: int
     error_examples: list[str]
+    connected_ms: dict[str, float]
+    # From the connection's accept to the headers: the gateway's own part.
+    headers_after_connect_ms: dict[str, float]
     headers_ms: dict[str, float]
     first_position_ms: dict[str, float]
     first_queue_ms: dict[str, float]
@@ -284,7 +303,11 @@ async def crowd_round(
     load_before = loadavg()
     connector = aiohttp.TCPConnector(limit=0, force_close=True)
     timeout = aiohttp.ClientTimeout(total=None, sock_connect=60, sock_read=None)
-    async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
+    tracing = aiohttp.TraceConfig()
+    tracing.on_connection_create_end.append(_on_connected)
+    async with aiohttp.ClientSession(
+        connector=connector, timeout=timeout, trace_configs=[tracing]
+    ) as session:
         provisional_0 = await metric(
             session, stack.gateway_url, "corral_gateway_provisional_positions_total"
         )
@@ -355,6 +378,14 @@ async def crowd_round(
         backend_s=round(sum(c.backend_ns for c in clients) / 1e9, 2),
         errors=len(errors),
         error_examples=errors[:5],
+        connected_ms=spread([c.connected_ms for c in clients if c.connected_ms is not None]),
+        headers_after_connect_ms=spread(
+            [
+                c.headers_ms - c.connected_ms
+                for c in clients
+                if c.headers_ms is not None and c.connected_ms is not None
+            ]
+        ),
         headers_ms=spread([c.headers_ms for c in clients if c.headers_ms is not None]),
         first_position_ms=spread(firsts),
         first_queue_ms=spread([c.first_queue_ms for c in clients if c.first_queue_ms]),
@@ -409,6 +440,8 @@ def render_round(r: Round) -> str:
         [
             f"clients {r.clients} at {r.rate or 'once'}/s; load {r.load_before} -> "
             f"{r.load_after}; errors {r.errors} {r.error_examples[:2]}",
+            f"  connected ms {r.connected_ms}",
+            f"  headers after the connection ms {r.headers_after_connect_ms}",
             f"  headers ms {r.headers_ms}",
             f"  first position ms {r.first_position_ms} (told {r.told_a_position}, "
             f"within 100 ms {r.within_100ms})",
@@ -530,7 +563,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         stack = start_services(cleanup, workdir, amqp_url, node, knobs, env=env)
         return asyncio.run(measure(stack, args))
 
-    return run_bench(args, body, render, lambda result: result)
+    def verdict(result: dict[str, Any]) -> str | None:
+        # A failed client fails the run, which keeps the services' logs.
+        failed = sum(r["errors"] for r in result["rounds"])
+        return f"{failed} clients failed" if failed else None
+
+    return run_bench(args, body, render, lambda result: result, verdict)
 
 
 if __name__ == "__main__":

@@ -175,7 +175,9 @@ class JobTicket:
             await self.gateway.submitter.submit(job, retry_after_s(self.gateway))
         except CorralError as exc:
             self.gateway.hub.places.refused(job.request_id)
-            self.in_lane = False
+            # A nack (the queue full) says it never got there; an unanswered publish may
+            # have, and leaving cancels it.
+            self.in_lane = exc.error_type is not ErrorType.QUEUE_FULL
             retry = exc.headers.get("Retry-After")
             details = dict(exc.details)
             if retry is not None and retry.isdigit():
