@@ -25,10 +25,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import sys
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -40,7 +42,9 @@ from harness import (
     environment,
     log,
     percentile,
-    run_with_stack,
+    run_bench,
+    start_broker,
+    start_services,
 )
 from latency import Prompts, Side, request_once
 
@@ -181,6 +185,7 @@ async def measure(args: argparse.Namespace, stack: Stack) -> Report:
             "relay_tokens": args.relay_tokens,
             "relay_repeats": args.relay_repeats,
             "token_delay_ms": 0,
+            "token_batch_ms": args.token_batch_ms,
             "broker": "external" if args.amqp_url else "throwaway node",
         },
         environment=await environment(stack.amqp_url),
@@ -211,10 +216,10 @@ def summary(report: Report) -> dict[str, Any]:
         }
     relay: dict[str, Any] = {}
     for side in ("direct", "corral"):
-        runs = [r for r in report.relay_runs if r.side == side]
+        streams = [r for r in report.relay_runs if r.side == side]
         relay[side] = {
-            "tokens_per_s": _median([r.tokens_per_s for r in runs]),
-            "streaming_tokens_per_s": _median([r.streaming_tokens_per_s for r in runs]),
+            "tokens_per_s": _median([r.tokens_per_s for r in streams]),
+            "streaming_tokens_per_s": _median([r.streaming_tokens_per_s for r in streams]),
         }
     ratio = relay["corral"]["tokens_per_s"] / relay["direct"]["tokens_per_s"]
     streaming_ratio = (
@@ -258,6 +263,7 @@ def markdown(report: Report) -> str:
         f"Corral / direct: {result['relay_ratio']:.2f}x (first token to done: "
         f"{result['streaming_ratio']:.2f}x); target {TARGET_RELAY_RATIO}x. Corral gap p50 "
         f"{result['gap']['corral']['p50_ms']:.3f} ms; target {TARGET_GAP_P50_MS} ms.",
+        f"Token batch window: {config['token_batch_ms'] or 'the scheduler default'} ms. "
         f"Load average after each repeat: {', '.join(report.loadavg)}; commit "
         f"{report.environment.get('commit')}.",
     ]
@@ -300,6 +306,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--relay-tokens", type=int, default=5000, help="tokens in the relay stream (5000)"
     )
     parser.add_argument("--relay-repeats", type=int, default=5, help="relay streams per side")
+    parser.add_argument(
+        "--token-batch-ms",
+        type=float,
+        help="the scheduler's token batch window (CORRAL_TOKEN_BATCH_MS); its default if unset",
+    )
     args = parser.parse_args(argv)
     if min(args.clients, args.requests, args.repeats, args.relay_repeats) < 1:
         parser.error("counts must be positive")
@@ -312,9 +323,14 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    return run_with_stack(
-        args, {"token_delay_ms": 0}, lambda stack: measure(args, stack), markdown, report_json
-    )
+    env = {} if args.token_batch_ms is None else {"CORRAL_TOKEN_BATCH_MS": str(args.token_batch_ms)}
+
+    def body(workdir: Path, cleanup: contextlib.ExitStack) -> Report:
+        amqp_url, node = start_broker(cleanup, args.amqp_url)
+        stack = start_services(cleanup, workdir, amqp_url, node, {"token_delay_ms": 0}, env=env)
+        return asyncio.run(measure(args, stack))
+
+    return run_bench(args, body, markdown, report_json)
 
 
 if __name__ == "__main__":

@@ -2,12 +2,13 @@
 running it through the server's backend, and acking it.
 
 This is the only code that sends work to a backend, and each server's loop awaits its job to
-its end (including closing the upstream response when cancelled) before taking the next, which
-is what makes every server see at most one generation at a time. A finished job's `done` and
-ack go out in a task of their own once its backend response is closed, so the server's next job
-does not wait for the broker (`_settle`; docs/reliability.md). The lane's state (the running
-jobs, the loaded models, the connection epoch) is the lane's (lane.py); a backend is whatever
-implements `backends.base.Backend`.
+its backend response closed (including when cancelled) before taking the next, which is what
+makes every server see at most one generation at a time. The loop goes on to the next job the
+moment that response is closed (`release`); the finished job's bookkeeping, last token batches,
+`done` and ack follow in a task of their own, begun on the loop's next round so that the next
+job's request goes out first (`_settle_later`, `_settle`; docs/reliability.md). The lane's state
+(the running jobs, the loaded models, the connection epoch) is the lane's (lane.py); a backend
+is whatever implements `backends.base.Backend`.
 
 A server that does not answer (refused, reset, a connect timeout, 502/503, before any
 response) while another server in rotation could run the job is taken out of rotation, and
@@ -68,6 +69,8 @@ PROBE_FIRST_S = 0.5
 PROBE_MAX_S = 5.0
 # How long stopping waits for finished jobs' events and acks to go out.
 SETTLE_ON_STOP_S = 5.0
+# A streaming job tells the lane it moves (for the watchdog) at most this often.
+PROGRESS_EVERY_S = 0.05
 
 
 class _FailOver(Exception):
@@ -426,14 +429,18 @@ class Executor:
                 ),
             )
             running.stage = "prompt"
+            progress_due = 0.0
             async for chunk in chunks:
-                # A long generation streaming tokens is a lane that moves, not a stuck one.
-                self.lane.progressed()
+                # A long generation streaming tokens is a lane that moves, not a stuck one
+                # (told the lane at most every PROGRESS_EVERY_S: thousands of chunks a second
+                # need not each tell it).
+                now = time.monotonic()
+                if now >= progress_due:
+                    self.lane.progressed()
+                    progress_due = now + PROGRESS_EVERY_S
                 if running.tokens == 0:
                     running.stage = "generating"
-                    metrics.TIME_TO_FIRST_TOKEN.labels(job.model).observe(
-                        time.monotonic() - started
-                    )
+                    metrics.TIME_TO_FIRST_TOKEN.labels(job.model).observe(now - started)
                 running.tokens += 1
                 seen.append(chunk)
                 if chunk.get("done"):
