@@ -12,12 +12,13 @@ many broker messages each request cost.
     print(used.table(N))         # the same as a markdown table
 
 As a script, it counts on a stack of its own (RabbitMQ, the emulator, scheduler, gateway; with
-`--session`, a session store on its own SecantusDB too, and every chat in one session): the
+`--session`, a session store on its own SecantusDB too, and every chat in one session; with
+`--store`, the session store but chats without a session, as most run under `make run`): the
 messages and the CPU time per request of every process, over `--requests` streaming chats sent
 one after another, counters and CPU read before and after (no firehose).
 
-    uv run python bench/broker_counts.py [--requests N] [--session] [--token-delay-ms D]
-        [--tokens T] [--json OUT]
+    uv run python bench/broker_counts.py [--requests N] [--session | --store]
+        [--token-delay-ms D] [--tokens T] [--json OUT]
 
 Two ways to count, both without a plugin the throwaway node does not run:
 
@@ -411,6 +412,7 @@ async def _measure(stack: Any, args: argparse.Namespace) -> dict[str, Any]:
     return {
         "requests": args.requests,
         "session": args.session,
+        "store": args.session or args.store,
         "token_delay_ms": args.token_delay_ms,
         "tokens": args.tokens,
         "messages_per_request": used.per_request(args.requests),
@@ -420,6 +422,8 @@ async def _measure(stack: Any, args: argparse.Namespace) -> dict[str, Any]:
 
 def _render(result: dict[str, Any]) -> str:
     kind = "with a session" if result["session"] else "without a session"
+    if result["store"] and not result["session"]:
+        kind += " (a session store running)"
     lines = [
         f"{result['requests']} streaming /api/chat one after another, {kind}, "
         f"{result['tokens']} words, token delay {result['token_delay_ms']:g} ms",
@@ -444,6 +448,11 @@ def main() -> int:
     parser.add_argument("--requests", type=int, default=100)
     parser.add_argument("--warmup", type=int, default=10)
     parser.add_argument("--session", action="store_true", help="every chat in one session")
+    parser.add_argument(
+        "--store",
+        action="store_true",
+        help="run the session store (as make run does) even for chats without a session",
+    )
     parser.add_argument("--token-delay-ms", type=float, default=0.0)
     parser.add_argument("--tokens", type=int, default=20, help="tokens per reply")
     args = parser.parse_args()
@@ -458,7 +467,7 @@ def main() -> int:
             amqp_url,
             node,
             {"token_delay_ms": args.token_delay_ms},
-            session_store=args.session,
+            session_store=args.session or args.store,
         )
         return asyncio.run(_measure(stack, args))
 
