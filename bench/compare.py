@@ -2,7 +2,8 @@
 
     uv run python bench/compare.py [--clients 1,16] [--requests N] [--repeats R] [--tokens T]
         [--token-delay-ms D] [--turns N] [--corral default|bare] [--litellm PATH | --no-litellm]
-        [--plots DIR | --no-plots] [--amqp-url URL] [--json OUT]
+        [--plots DIR | --no-plots] [--count-requests N] [--amqp-url URL] [--json OUT]
+    uv run python bench/compare.py --replot OUT [DIR]    # the plots again from a --json file
 
 Starts everything it needs on this machine: a throwaway RabbitMQ node (unless --amqp-url), the
 Ollama emulator as the one backend, and Corral as `make run` starts it (scheduler, session store
@@ -817,7 +818,7 @@ def write_plots(report: Report, directory: Path) -> list[str]:
     added_sides = [label for label in report.results[0].median if not label.endswith("/direct")]
     stats = [("TTFT p50", 0), ("TTFT p99", 1), ("total p50", 2), ("total p99", 3)]
     fig, axes = plt.subplots(
-        1, len(report.results), figsize=(5.5 * len(report.results), 4.2), squeeze=False
+        1, len(report.results), figsize=(max(7.0, 5.5 * len(report.results)), 4.6), squeeze=False
     )
     width = 0.8 / max(1, len(added_sides))
     for ax, result in zip(axes[0], report.results, strict=True):
@@ -833,8 +834,9 @@ def write_plots(report: Report, directory: Path) -> list[str]:
         ax.set_ylabel("ms added over calling the backend directly")
         ax.legend(fontsize=8)
     fig.suptitle(
-        f"Time added per request over calling the backend directly ({_mode(report)}; "
-        f"{report.config['tokens']} tokens, {report.config['token_delay_ms']:g} ms/token)",
+        "Time added per request over calling the backend directly\n"
+        f"({_mode(report)}; {report.config['tokens']} tokens, "
+        f"{report.config['token_delay_ms']:g} ms/token)",
         fontsize=10,
     )
     fig.tight_layout()
@@ -847,7 +849,7 @@ def write_plots(report: Report, directory: Path) -> list[str]:
     names = _process_names(report)
     labels = list(report.results[0].median)
     fig, axes = plt.subplots(
-        1, len(report.results), figsize=(5.5 * len(report.results), 4.2), squeeze=False
+        1, len(report.results), figsize=(max(7.0, 5.5 * len(report.results)), 4.6), squeeze=False
     )
     for ax, result in zip(axes[0], report.results, strict=True):
         bottom = [0.0] * len(labels)
@@ -861,7 +863,7 @@ def write_plots(report: Report, directory: Path) -> list[str]:
         ax.set_title(_clients(result.clients))
         ax.set_ylabel("CPU ms per request")
     axes[0][-1].legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
-    fig.suptitle(f"CPU time per request, by process ({_mode(report)})", fontsize=10)
+    fig.suptitle(f"CPU time per request, by process\n({_mode(report)})", fontsize=10)
     fig.tight_layout()
     path = directory / f"compare-cpu{suffix}.png"
     fig.savefig(path, dpi=110)
@@ -1000,7 +1002,44 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     return args
 
 
+def report_from_json(data: dict[str, Any]) -> Report:
+    """A report written by --json, for drawing its plots again (the medians only)."""
+
+    def side(raw: dict[str, Any]) -> SideResult:
+        return SideResult(
+            requests=raw["requests"],
+            elapsed_s=raw["elapsed_s"],
+            ttft_ms=Summary(**raw["ttft_ms"]),
+            total_ms=Summary(**raw["total_ms"]),
+            cpu_ms_per_request=raw["cpu_ms_per_request"],
+            broker_per_request=raw.get("broker_per_request") or {},
+        )
+
+    results = [
+        ClientsResult(r["clients"], [], {label: side(s) for label, s in r["median"].items()})
+        for r in data["results"]
+    ]
+    return Report(
+        config=data["config"],
+        environment=data["environment"],
+        loadavg=data["loadavg"],
+        litellm=data["litellm"],
+        results=results,
+        emulator_stats=data["emulator_stats"],
+        plots=data.get("plots", []),
+    )
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    raw = list(sys.argv[1:] if argv is None else argv)
+    if raw[:1] == ["--replot"]:
+        # bench/compare.py --replot RESULTS.json [DIR]: the plots again from a --json file.
+        if len(raw) not in (2, 3):
+            print("usage: bench/compare.py --replot RESULTS.json [DIR]", file=sys.stderr)
+            return 2
+        report = report_from_json(orjson.loads(Path(raw[1]).read_bytes()))
+        write_plots(report, Path(raw[2]) if len(raw) == 3 else PLOT_DIR)
+        return 0
     return run(parse_args(argv))
 
 
