@@ -3,7 +3,7 @@
     uv run python bench/compare.py [--clients 1,16] [--requests N] [--repeats R] [--tokens T]
         [--token-delay-ms D] [--turns N] [--corral default|bare] [--litellm PATH | --no-litellm]
         [--plots DIR | --no-plots] [--count-requests N] [--amqp-url URL] [--json OUT]
-    uv run python bench/compare.py --replot OUT [DIR]    # the plots again from a --json file
+    uv run python bench/compare.py --replot OUT [DIR]    # plots and tables again from a --json
 
 Starts everything it needs on this machine: a throwaway RabbitMQ node (unless --amqp-url), the
 Ollama emulator as the one backend, and Corral as `make run` starts it (scheduler, session store
@@ -594,7 +594,7 @@ async def measure(
                 )
                 sent += clients * max(1, math.ceil(args.count_requests / clients))
             results.append(ClientsResult(clients, repeats, median))
-            load[f"after {clients} client(s)"] = loadavg()
+            load[f"after {_clients(clients)}"] = loadavg()
         stats = await control.stats()
     check_backend_record(stats, sent)
     return Report(
@@ -707,7 +707,12 @@ def markdown(report: Report) -> str:
         )
     lines = [
         f"Commit {env.get('commit')}, RabbitMQ {env.get('rabbitmq', '?')}, {env.get('cpus')} "
-        f"CPUs, load average {report.loadavg}. Corral: {corral}. LiteLLM: {report.litellm}.",
+        f"CPUs, load average (1, 5, 15 min) "
+        + "; ".join(
+            f"{load} {'at the start' if when == 'start' else when}"
+            for when, load in report.loadavg.items()
+        )
+        + f". Corral: {corral}. LiteLLM: {report.litellm}.",
         f"Token delay {cfg['token_delay_ms']:g} ms, {cfg['tokens']} tokens per reply, "
         f"conversations of {cfg['turns']} turns, {cfg['repeats']} repeat(s) per client count "
         "(each number is the median of the repeats' values). Times in ms; added = this side "
@@ -1033,12 +1038,13 @@ def report_from_json(data: dict[str, Any]) -> Report:
 def main(argv: Sequence[str] | None = None) -> int:
     raw = list(sys.argv[1:] if argv is None else argv)
     if raw[:1] == ["--replot"]:
-        # bench/compare.py --replot RESULTS.json [DIR]: the plots again from a --json file.
+        # bench/compare.py --replot RESULTS.json [DIR]: plots and tables again from a --json file.
         if len(raw) not in (2, 3):
             print("usage: bench/compare.py --replot RESULTS.json [DIR]", file=sys.stderr)
             return 2
         report = report_from_json(orjson.loads(Path(raw[1]).read_bytes()))
         write_plots(report, Path(raw[2]) if len(raw) == 3 else PLOT_DIR)
+        print(markdown(report))
         return 0
     return run(parse_args(argv))
 
