@@ -10,11 +10,12 @@ Schema (database `CORRAL_MONGO_DATABASE`, default `corral`):
      system_prompt: <the session's own fallback system prompt, set when it was created>,
      touched_at: <when it was last used: a turn, its creation, an import, a resume>,
      archived_at: <when it was archived; absent while it is active>,
-     tallies: [{model, turns, messages}, ...], tallied: <seq>, tally_rev: <bumped by each change>}
+     tallies: [{model, turns, messages}, ...], tallied: <seq>, holes: [<seq>, ...],
+     tally_rev: <bumped by each change of the three>}
 
 `tallies` says, per model, how many turns and messages the session has of it with a sequence
-number up to `tallied` (see "Tallies" below); absent on sessions written before tallies existed,
-and whenever they could not be trusted (assembly then recounts once and sets them again).
+number up to `tallied` and not in `holes` (see "Tallies" below); absent on sessions written
+before tallies existed, and whenever they could not be trusted (assembly then recounts once).
 
 `turns`, one document per finished turn (one request/answer exchange)::
 
@@ -52,16 +53,17 @@ Why turns are documents of their own rather than arrays pushed into the session 
 
 Tallies: assembly, when it stops reading a long history, must say how many older turns and
 messages it left out. Counting them per chat would scan the whole history, so the session keeps
-per model `{turns, messages}`: its turns with a sequence number up to the session's `tallied`,
-and their messages. They are still derived from the turns, never `$inc`-ed: after its turn is
-stored, a write counts the turns numbered from `tallied` (excluded) to its own (included) and
-sets the tallies and `tallied`, on the condition that `tally_rev` is still what it read
-(compare-and-set). When `tallied` is the number just below its own (turns written one after
-another, as the consumer does) that is only its own turn and it reads nothing; otherwise (a
-crash left a turn uncounted, or a number unused) it reads that range. A retried or duplicate
-write finds its turn at or below `tallied` already and changes nothing; a write that finds its
-own new turn below `tallied` (two writers in one session, out of order) cannot tell whether it
-was counted and drops the tallies. So do delete, purge and clear before they remove turns.
+per model `{turns, messages}`: its turns numbered up to the session's `tallied`, except the
+numbers in `holes`, and their messages. They are still derived from the turns, never `$inc`-ed,
+so a retried or duplicate write cannot double count: a write whose number is `FOLD_EVERY` or
+more past `tallied` folds the turns stored since in (it reads the turns numbered from `tallied`,
+excluded, to its own, and those in `holes`), and sets the tallies, `tallied` at its own number
+and `holes` at the numbers it found no turn for, on the condition that `tally_rev` is still what
+it read (compare-and-set). A number without a turn is unused (a write died between taking it
+and storing its turn) or its turn is still on its way (another writer in the session): either
+way it is a hole until a fold finds its turn. Other writes touch no tally, so a turn costs no
+extra write but one in `FOLD_EVERY`; assembly counts the few turns above `tallied` from the
+turns it reads anyway. Delete, purge and clear drop the tallies before they remove turns.
 Sessions without tallies (older ones, dropped ones) are counted with `$group` once, at their
 next assembly that needs it, which sets the tallies again.
 
@@ -161,25 +163,31 @@ class HistoryWindow:
 
 @dataclass(frozen=True)
 class Tally:
-    """A model's turns in a session with a sequence number up to `seq` (the session's
-    `tallied`), and their messages."""
+    """A model's turns in a session numbered up to `seq` (the session's `tallied`) and not in
+    `holes`, and their messages."""
 
     turns: int = 0
     messages: int = 0
     seq: int = 0
+    holes: frozenset[int] = frozenset()
+
+    def counts(self, seq: int) -> bool:
+        """Whether a turn numbered `seq` is one of those counted."""
+        return seq <= self.seq and seq not in self.holes
 
 
 def tally_of(session: Mapping[str, Any], model: str) -> Tally | None:
-    """The session's tally of `model` (zero when the model has no turns yet); None when the
+    """The session's tally of `model` (zero turns when the model has none yet); None when the
     session keeps no tallies (written before they existed, or dropped as untrustworthy)."""
     tallies = session.get("tallies")
     if not isinstance(tallies, list):
         return None
     tallied = _int(session.get("tallied"))
+    holes = frozenset(_int(h) for h in session.get("holes") or [])
     for entry in tallies:
         if isinstance(entry, dict) and entry.get("model") == model:
-            return Tally(_int(entry.get("turns")), _int(entry.get("messages")), tallied)
-    return Tally(seq=tallied)
+            return Tally(_int(entry.get("turns")), _int(entry.get("messages")), tallied, holes)
+    return Tally(seq=tallied, holes=holes)
 
 
 def _added(session: Mapping[str, Any], turns: Iterable[tuple[str, int]]) -> list[Document]:
@@ -199,10 +207,17 @@ def _added(session: Mapping[str, Any], turns: Iterable[tuple[str, int]]) -> list
     ]
 
 
-# What a session write projects to update its tallies.
-TALLY_FIELDS: Document = {"tallies": 1, "tallied": 1, "tally_rev": 1}
+# A write folds the turns stored since into the session's tallies once its number is this many
+# past `tallied` (one tally write in this many turns); assembly reads the newest HISTORY_BATCH
+# numbers first, so it has the turns above `tallied` in hand.
+FOLD_EVERY = 32
+# Numbers without a turn a session's tallies may wait for; past that they are dropped (the next
+# assembly that needs them recounts). Each is a write that died mid-way or a turn in flight.
+MAX_HOLES = 64
+# What a session write projects to fold its tallies.
+TALLY_FIELDS: Document = {"tallies": 1, "tallied": 1, "holes": 1, "tally_rev": 1}
 # Dropping a session's tallies (assembly recounts them when it next needs them).
-DROP_TALLIES: Document = {"$unset": {"tallies": ""}, "$inc": {"tally_rev": 1}}
+DROP_TALLIES: Document = {"$unset": {"tallies": "", "holes": ""}, "$inc": {"tally_rev": 1}}
 
 
 def utcnow() -> datetime:
@@ -353,7 +368,7 @@ class SessionStore:
 
     async def write_turn(self, turn: TurnRecord) -> WriteOutcome:
         """Store one turn once. Safe to call again with the same request id (a redelivery)."""
-        if await self._completed_duplicate(turn.request_id):
+        if await self.turns.find_one({"_id": turn.request_id}, {"_id": 1}) is not None:
             return WriteOutcome.DUPLICATE
         messages = [clean_message(m) for m in turn.messages]
         doc: Document = {
@@ -391,73 +406,61 @@ class SessionStore:
             try:
                 await self.turns.insert_one({**doc, "seq": seq, "stored_at": utcnow()})
             except DuplicateKeyError:
-                if await self._completed_duplicate(turn.request_id):
+                if await self.turns.find_one({"_id": turn.request_id}, {"_id": 1}) is not None:
                     return WriteOutcome.DUPLICATE
                 # The sequence number was taken (a server whose $inc raced): take another.
                 continue
-            await self._tally(turn.session_id, (turn.model, len(messages)), seq, session, new=True)
+            tally = tally_of(session, turn.model)
+            if tally is not None and seq - tally.seq >= FOLD_EVERY:
+                await self.fold_tallies(turn.session_id, seq, session)
             return WriteOutcome.STORED
         raise SequenceContention(f"no free turn number in session {turn.session_id!r}")
 
-    async def _completed_duplicate(self, request_id: str) -> bool:
-        """Whether the turn `request_id` is stored already; if so, its tally is brought up to
-        date (a write that stopped between the turn and its tally left it behind)."""
-        found = await self.turns.find_one(
-            {"_id": request_id}, {"session_id": 1, "model": 1, "seq": 1, "message_count": 1}
-        )
-        if found is None:
-            return False
-        session_id = str(found.get("session_id"))
-        session = await self.sessions.find_one({"_id": session_id}, TALLY_FIELDS)
-        own = (str(found.get("model")), _int(found.get("message_count")))
-        await self._tally(session_id, own, _int(found.get("seq")), session, new=False)
-        return True
-
-    async def _tally(
-        self,
-        session_id: str,
-        own: tuple[str, int],
-        seq: int,
-        session: Document | None,
-        *,
-        new: bool,
+    async def fold_tallies(
+        self, session_id: str, seq: int, session: Document | None = None
     ) -> None:
-        """Count the session's turns up to `seq`, the turn just stored (`new`) or found stored
-        (`own`: its model and message count), into its tallies: the turns numbered from
-        `tallied` (excluded) to `seq` (included), then the tallies set if nobody changed them
-        meanwhile (else read again and retried). Setting counts derived from the stored turns,
-        never adding to them, makes a repeat harmless.
-
-        A new turn already at or below `tallied` was written out of order with another writer
-        of the session, which may or may not have counted it: the tallies go (the next
-        assembly that needs them recounts). Giving up after contention leaves them behind,
-        which is safe: they are exact up to `tallied`, and the next write catches up."""
+        """Fold the turns numbered up to `seq` into the session's tallies (see "Tallies"
+        above): those above `tallied` and those in `holes`, read from the turns, counted in if
+        nobody changed the tallies meanwhile (else read again and retried; giving up leaves
+        them behind, which is safe: they stay exact for what they cover)."""
         for _ in range(SEQ_ATTEMPTS):
+            if session is None:
+                session = await self.sessions.find_one({"_id": session_id}, TALLY_FIELDS)
             if session is None or not isinstance(session.get("tallies"), list):
                 return  # no tallies kept: assembly recounts when it needs them
             tallied = _int(session.get("tallied"))
+            holes = {_int(h) for h in session.get("holes") or []}
             if tallied >= seq:
-                if new:
-                    await self.sessions.update_one({"_id": session_id}, DROP_TALLIES)
                 return
-            if tallied == seq - 1:
-                uncounted = [own]  # the usual case: one writer, turns one after another
-            else:
-                found = await self.turns.find(
-                    {"session_id": session_id, "seq": {"$gt": tallied, "$lte": seq}},
-                    {"model": 1, "message_count": 1},
+            projection = {"model": 1, "message_count": 1, "seq": 1}
+            found = await self.turns.find(
+                {"session_id": session_id, "seq": {"$gt": tallied, "$lte": seq}}, projection
+            ).to_list()
+            if holes:
+                found += await self.turns.find(
+                    {"session_id": session_id, "seq": {"$in": sorted(holes)}}, projection
                 ).to_list()
-                uncounted = [(str(d.get("model")), _int(d.get("message_count"))) for d in found]
-            changed = await self.sessions.update_one(
-                {"_id": session_id, "tally_rev": session.get("tally_rev")},
-                {
-                    "$set": {"tallies": _added(session, uncounted), "tallied": seq},
-                    "$inc": {"tally_rev": 1},
-                },
-            )
+            stored = {_int(doc.get("seq")) for doc in found}
+            missing = sorted((holes | set(range(tallied + 1, seq + 1))) - stored)
+            condition = {"_id": session_id, "tally_rev": session.get("tally_rev")}
+            if len(missing) > MAX_HOLES:
+                changed = await self.sessions.update_one(condition, DROP_TALLIES)
+            else:
+                counted = [(str(d.get("model")), _int(d.get("message_count"))) for d in found]
+                changed = await self.sessions.update_one(
+                    condition,
+                    {
+                        "$set": {
+                            "tallies": _added(session, counted),
+                            "tallied": seq,
+                            "holes": missing,
+                        },
+                        "$inc": {"tally_rev": 1},
+                    },
+                )
             if changed.matched_count:
                 return
-            session = await self.sessions.find_one({"_id": session_id}, TALLY_FIELDS)
+            session = None
 
     async def _next_seq(self, turn: TurnRecord) -> tuple[int, Document] | None:
         """Upsert the session and take the next sequence number (with the session's tallies as
@@ -545,9 +548,9 @@ class SessionStore:
         count = 0
         stopped_at: int | None = None
         stopped_by: Literal["tokens", "max_history_length"] = "tokens"
-        # (seq, message_count) of each turn used, newest first, down to the one it stopped at.
-        read: list[tuple[int, int]] = []
-        top = high = int(session.get("turn_seq") or 0)
+        # Every turn of the model numbered in (lowest, top]: its message count by number.
+        fetched: dict[int, int] = {}
+        top = high = lowest = int(session.get("turn_seq") or 0)
         span = HISTORY_BATCH
         while high > 0 and stopped_at is None:
             low = max(high - span, 0)
@@ -555,9 +558,10 @@ class SessionStore:
                 {**selector, "seq": {"$gt": low, "$lte": high}},
                 {"messages": 1, "seq": 1, "message_count": 1},
             ).to_list()
+            fetched.update((int(doc["seq"]), _int(doc.get("message_count"))) for doc in docs)
+            lowest = low
             docs.sort(key=lambda doc: int(doc["seq"]), reverse=True)
             for doc in docs:
-                read.append((int(doc["seq"]), _int(doc.get("message_count"))))
                 messages = [clean_message(m, BACKEND_KEYS) for m in doc.get("messages") or []]
                 newest.append(messages)
                 cost += estimator.messages(messages)
@@ -572,20 +576,51 @@ class SessionStore:
             tally = tally_of(session, model)
             if tally is None:
                 tally = await self._recount(session, model)
-            left = _older_than(stopped_at, read, tally, top)
-            if left is not None:
-                older, older_messages = left
-            elif tally is not None and tally.seq < stopped_at:
-                # Tallies behind (a write died before counting its turn, or gave up under
-                # contention): count only the turns between them and the window.
-                between, between_messages = await self._count_older(
-                    selector, stopped_at, above=tally.seq
-                )
-                older, older_messages = tally.turns + between, tally.messages + between_messages
-            else:
-                older, older_messages = await self._count_older(selector, stopped_at)
+            older, older_messages = await self._older(
+                selector, stopped_at, tally, fetched, lowest, top
+            )
         newest.reverse()
         return HistoryWindow(newest, older, _system_for(session, model), older_messages, stopped_by)
+
+    async def _older(
+        self,
+        selector: Document,
+        stopped_at: int,
+        tally: Tally | None,
+        fetched: Mapping[int, int],
+        lowest: int,
+        top: int,
+    ) -> tuple[int, int]:
+        """The model's turns (and their messages) numbered below `stopped_at`: its tally,
+        less the counted turns at or above `stopped_at`, plus the uncounted ones below it.
+        `fetched` holds every turn of the model numbered in (`lowest`, `top`]; the turns the
+        tally counts were all stored before it was set, so before the session was read, and
+        none is numbered above `top` (unless a recount saw newer ones: then the server counts).
+        Uncounted turns not in hand (a tally far behind, or holes far down) are counted by
+        the server in those bounded ranges only."""
+        if tally is None or tally.seq > top:
+            return await self._count_older(selector, stopped_at)
+        older, older_messages = tally.turns, tally.messages
+        for seq, messages in fetched.items():
+            if seq >= stopped_at and tally.counts(seq):
+                older, older_messages = older - 1, older_messages - messages
+            elif seq < stopped_at and not tally.counts(seq):
+                older, older_messages = older + 1, older_messages + messages
+        if tally.seq < lowest and tally.seq + 1 < stopped_at:
+            turns_n, messages_n = await self._count_older(
+                selector, min(lowest + 1, stopped_at), above=tally.seq
+            )
+            older, older_messages = older + turns_n, older_messages + messages_n
+        holes = sorted(h for h in tally.holes if h <= lowest and h < stopped_at)
+        if holes:
+            async for doc in self.turns.find(
+                {**selector, "seq": {"$in": holes}}, {"message_count": 1}
+            ):
+                older, older_messages = older + 1, older_messages + _int(doc.get("message_count"))
+        if older < 0 or older_messages < 0:
+            # Turns went that the tally still counts (an interrupted delete): count them all.
+            return await self._count_older(selector, stopped_at)
+        return older, older_messages
 
     async def _count_older(
         self, selector: Document, stopped_at: int, *, above: int = 0
@@ -639,6 +674,7 @@ class SessionStore:
                 for row in rows
             ],
             "tallied": max((_int(row.get("seq")) for row in rows), default=0),
+            "holes": [],
         }
         await self.sessions.update_one(
             {
@@ -687,20 +723,31 @@ class SessionStore:
         }
 
     async def _message_counts(self, sessions: Sequence[Document]) -> dict[str, int]:
-        """Each session's messages: from its tallies when they count every turn it has
-        (`tallied` at its last sequence number), else summed over its turns by the server."""
+        """Each session's messages: its tallies' and those of the few turns they do not
+        cover yet (numbered above `tallied`, or in `holes`), else (a session without tallies)
+        summed over its turns by the server."""
         counts: dict[str, int] = {}
         uncounted: list[str] = []
         for session in sessions:
             tallies = session.get("tallies")
-            if isinstance(tallies, list) and _int(session.get("tallied")) == _int(
-                session.get("turn_seq")
-            ):
-                counts[session["_id"]] = sum(
-                    _int(entry.get("messages")) for entry in tallies if isinstance(entry, dict)
-                )
-            else:
+            if not isinstance(tallies, list):
                 uncounted.append(session["_id"])
+                continue
+            total = sum(_int(e.get("messages")) for e in tallies if isinstance(e, dict))
+            tallied, top = _int(session.get("tallied")), _int(session.get("turn_seq"))
+            holes = sorted(_int(h) for h in session.get("holes") or [])
+            if top > tallied:
+                async for doc in self.turns.find(
+                    {"session_id": session["_id"], "seq": {"$gt": tallied, "$lte": top}},
+                    {"message_count": 1},
+                ):
+                    total += _int(doc.get("message_count"))
+            if holes:
+                async for doc in self.turns.find(
+                    {"session_id": session["_id"], "seq": {"$in": holes}}, {"message_count": 1}
+                ):
+                    total += _int(doc.get("message_count"))
+            counts[session["_id"]] = total
         if not uncounted:
             return counts
         cursor = await self.turns.aggregate(
@@ -1130,26 +1177,6 @@ class SessionStore:
             },
             upsert=True,
         )
-
-
-def _older_than(
-    stopped_at: int, read: Sequence[tuple[int, int]], tally: Tally | None, top: int
-) -> tuple[int, int] | None:
-    """The model's turns (and messages) below `stopped_at`, from its tally and the turns read
-    (`(seq, message_count)`, every one of the model's turns from `top`, the session's last
-    sequence number when read, down to `stopped_at`); None when the tally cannot say.
-
-    The tally counts exactly the model's turns up to its `seq`; those at or above `stopped_at`
-    were all read (a turn it counts was stored before it was set, so before the session was
-    read). It cannot say alone when it stops below `stopped_at` (it lags) or beyond `top` (a
-    recount saw turns stored after the session was read)."""
-    if tally is None or not stopped_at <= tally.seq <= top:
-        return None
-    counted = [count for seq, count in read if seq <= tally.seq]
-    older, older_messages = tally.turns - len(counted), tally.messages - sum(counted)
-    if older < 0 or older_messages < 0:
-        return None  # turns went that the tally still counts (an interrupted delete)
-    return older, older_messages
 
 
 def _int(value: Any) -> int:
