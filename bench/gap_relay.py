@@ -2,7 +2,8 @@
 through Corral and directly from the Ollama emulator.
 
     uv run python bench/gap_relay.py [--clients 16] [--requests 400] [--tokens 8]
-        [--repeats 3] [--relay-tokens 5000] [--relay-repeats 5] [--amqp-url URL] [--json OUT]
+        [--gap-token-delay-ms 0] [--repeats 3] [--relay-tokens 5000] [--relay-repeats 5]
+        [--token-batch-ms MS] [--amqp-url URL] [--json OUT]
 
 Starts everything it needs (a throwaway RabbitMQ node unless --amqp-url is given, the emulator
 with no token delay, a scheduler and a gateway), then:
@@ -160,6 +161,7 @@ async def measure(args: argparse.Namespace, stack: Stack) -> Report:
     gap_runs: list[GapRun] = []
     relay_runs: list[RelayRun] = []
     async with EmulatorControl(stack.emulator_url) as control:
+        await control.configure(token_delay_ms=args.gap_token_delay_ms)
         log("warming up")
         await gap_run(control, direct, args.clients, 2 * args.clients, prompts)
         await gap_run(control, corral, args.clients, 2 * args.clients, prompts)
@@ -170,6 +172,7 @@ async def measure(args: argparse.Namespace, stack: Stack) -> Report:
                 gap_runs.append(run)
             loads.append(_loadavg())
         await control.reset()
+        await control.configure(token_delay_ms=0)
         for repeat in range(args.relay_repeats):
             for side in (direct, corral) if repeat % 2 == 0 else (corral, direct):
                 relay = await relay_run(side, relay_prompts)
@@ -184,7 +187,7 @@ async def measure(args: argparse.Namespace, stack: Stack) -> Report:
             "repeats": args.repeats,
             "relay_tokens": args.relay_tokens,
             "relay_repeats": args.relay_repeats,
-            "token_delay_ms": 0,
+            "gap_token_delay_ms": args.gap_token_delay_ms,
             "token_batch_ms": args.token_batch_ms,
             "broker": "external" if args.amqp_url else "throwaway node",
         },
@@ -231,9 +234,13 @@ def summary(report: Report) -> dict[str, Any]:
 def markdown(report: Report) -> str:
     result = summary(report)
     config = report.config
+    window = config["token_batch_ms"]
+    if window is None:
+        window = "the scheduler's default"
     lines = [
         f"Idle gap between queued jobs ({config['clients']} clients, {config['requests']} "
-        f"requests of {config['tokens']} tokens per run, token delay 0, median of "
+        f"requests of {config['tokens']} tokens per run, token delay "
+        f"{config['gap_token_delay_ms']:g} ms, median of "
         f"{config['repeats']} runs per side):",
         "",
         "| side | gap p50 ms | p90 ms | p99 ms | jobs/s |",
@@ -263,7 +270,7 @@ def markdown(report: Report) -> str:
         f"Corral / direct: {result['relay_ratio']:.2f}x (first token to done: "
         f"{result['streaming_ratio']:.2f}x); target {TARGET_RELAY_RATIO}x. Corral gap p50 "
         f"{result['gap']['corral']['p50_ms']:.3f} ms; target {TARGET_GAP_P50_MS} ms.",
-        f"Token batch window: {config['token_batch_ms'] or 'the scheduler default'} ms. "
+        f"Token batch window: {window} ms. "
         f"Load average after each repeat: {', '.join(report.loadavg)}; commit "
         f"{report.environment.get('commit')}.",
     ]
@@ -301,6 +308,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--requests", type=int, default=400, help="requests per gap run, split over the clients"
     )
     parser.add_argument("--tokens", type=int, default=8, help="tokens per reply in the gap runs")
+    parser.add_argument(
+        "--gap-token-delay-ms",
+        type=float,
+        default=0.0,
+        help="the emulator's delay per token in the gap runs (0: the services' CPU per job is "
+        "the limit; a few ms: each generation outlasts that work and only the hand-over is left)",
+    )
     parser.add_argument("--repeats", type=int, default=3, help="gap runs per side")
     parser.add_argument(
         "--relay-tokens", type=int, default=5000, help="tokens in the relay stream (5000)"
