@@ -212,7 +212,7 @@ async def test_a_job_in_the_broker_is_told_its_place_as_it_falls() -> None:
     for _ in range(100):
         lane.finish()
     places.recompute()
-    # A hundred jobs ran: it was told it moved up, by a fiftieth of its place at a time.
+    # A hundred jobs ran: it was told it moved up (by a tenth of its place at least).
     assert last.positions[-1] < 199
     assert last.positions == sorted(last.positions, reverse=True)
 

@@ -39,7 +39,7 @@ async def test_one_message_per_gateway_per_round_with_only_the_news() -> None:
     assert broker.of("a1")[-1]["position"] == 1
 
 
-async def test_far_back_a_place_is_news_once_it_fell_by_a_fiftieth() -> None:
+async def test_far_back_a_place_is_news_once_it_fell_by_a_tenth() -> None:
     broker = fakes.FakeBroker()
     lane = Lane()
     lane.pause()
@@ -47,11 +47,9 @@ async def test_far_back_a_place_is_news_once_it_fell_by_a_fiftieth() -> None:
         lane.push(fakes.entry(fakes.job(f"j{i}", gateway_id="gw")))
     broadcaster = PositionBroadcaster(lane, EventSink(broker), interval_s=0.25)  # type: ignore[arg-type]
     await broadcaster.broadcast()
-    told = {"j10": [11], "j119": [120]}
-    for step in range(1, 4):
-        lane.remove(f"j{step - 1}")
+    for step in range(12):
+        lane.remove(f"j{step}")
         await broadcaster.broadcast()
-        told["j10"].append(11 - step)
-    # The 11th is told every place; the 120th only once it moved up by two (120 // 50).
-    assert [p["position"] for p in broker.of("j10")] == told["j10"]
-    assert [p["position"] for p in broker.of("j119")] == [120, 118]
+    # The 16th is told every place; the 120th only once it moved up by twelve (120 // 10).
+    assert [p["position"] for p in broker.of("j15")] == list(range(16, 3, -1))
+    assert [p["position"] for p in broker.of("j119")] == [120, 108]

@@ -29,7 +29,7 @@ told nothing here, so a stream that never waited stays byte for byte the backend
 
 Positions of jobs still in the broker fall as the lane moves: recomputed at most every
 `RECOMPUTE_S` after the lane's news for this gateway (its `Positions`, a job started or over)
-or a status, and told to a client only when its place fell by a fiftieth (`TELL_FALL`).
+or a status, and told to a client only when its place fell by a tenth (`TELL_FALL`).
 Nothing here is sent through the broker: the traffic is this gateway's own writes to its
 clients.
 """
@@ -49,9 +49,10 @@ from corral_common.status_board import StatusBoard
 
 # Pending places are recomputed at most this often (a burst of lane news is one recompute).
 RECOMPUTE_S = 0.5
-# A job in the broker is told its new place once it fell by a fiftieth (at least one place): a
-# client 5,000th in line hears every 100 places, one near the front every place.
-TELL_FALL = 50
+# A job in the broker is told its new place once it fell by a tenth (at least one place): a
+# client 5,000th in line hears every 500 places, one near the front every place (the relay's
+# heartbeat counts its wait down in between).
+TELL_FALL = 10
 # Own request ids remembered after their job ended, so a status that still lists one does not
 # count it as another gateway's.
 RECENT_REMEMBERED = 10_000

@@ -1,8 +1,8 @@
 """Keeps every waiting client informed of its position and estimated wait.
 
 Woken whenever the lane moves (admission, start, finish, cancel); updates a job only when its
-position or estimate changed meaningfully (up to 50th, every place; further back, once it fell by
-a fiftieth), at most once per interval. The updates of one round
+position or estimate changed meaningfully (up to 20th, every place; further back, once it fell by
+a tenth), at most once per interval. The updates of one round
 go out as one `Positions` message per gateway, which tells its own clients: position traffic
 grows with the lane's changes and the gateways, not with the waiting clients.
 """
@@ -21,7 +21,7 @@ from corral_scheduler.lane import Lane
 MIN_ESTIMATE_CHANGE_MS = 1000
 MIN_ESTIMATE_CHANGE_RATIO = 0.2
 # A place that fell by less than this share of itself (and by more than one) is not news.
-POSITION_FALL = 50
+POSITION_FALL = 10
 
 
 class PositionBroadcaster:
@@ -66,9 +66,9 @@ def _is_news(last: tuple[int, int] | None, position: int, wait_ms: int) -> bool:
     if last is None or position > last[0]:
         return True
     if position < last[0]:
-        # Near the front every place is news; further back, a fiftieth of it: a client 400th
-        # hears every 8 places, so a lane of hundreds does not rewrite every waiting stream
-        # each round.
+        # Near the front every place is news; further back, a tenth of it: a client 400th
+        # hears every 40 places, so a lane of hundreds does not rewrite every waiting stream
+        # each round (the relay's heartbeat counts its wait down in between).
         return last[0] - position >= max(1, last[0] // POSITION_FALL)
     change = abs(last[1] - wait_ms)
     return change >= MIN_ESTIMATE_CHANGE_MS and change >= MIN_ESTIMATE_CHANGE_RATIO * max(
