@@ -234,9 +234,8 @@ def summary(report: Report) -> dict[str, Any]:
 def markdown(report: Report) -> str:
     result = summary(report)
     config = report.config
-    window = config["token_batch_ms"]
-    if window is None:
-        window = "the scheduler's default"
+    batch_ms = config["token_batch_ms"]
+    window = "the scheduler's default" if batch_ms is None else f"{batch_ms:g} ms"
     lines = [
         f"Idle gap between queued jobs ({config['clients']} clients, {config['requests']} "
         f"requests of {config['tokens']} tokens per run, token delay "
@@ -270,7 +269,7 @@ def markdown(report: Report) -> str:
         f"Corral / direct: {result['relay_ratio']:.2f}x (first token to done: "
         f"{result['streaming_ratio']:.2f}x); target {TARGET_RELAY_RATIO}x. Corral gap p50 "
         f"{result['gap']['corral']['p50_ms']:.3f} ms; target {TARGET_GAP_P50_MS} ms.",
-        f"Token batch window: {window} ms. "
+        f"Token batch window: {window}. "
         f"Load average after each repeat: {', '.join(report.loadavg)}; commit "
         f"{report.environment.get('commit')}.",
     ]
