@@ -20,6 +20,12 @@ with no token delay, a scheduler and a gateway), then:
   to reading the final line, and from the first token to the final line.
 
 Linux only in practice (the monotonic clock must be shared with the emulator's process).
+
+`--hand-over` runs instead, in this process and without a cluster, the scheduler's executor over
+a lane of `--clients` waiting jobs with a backend that answers at once and a broker that takes
+every publish at once: the CPU time (this thread's) and the event loop rounds from one job's
+backend response closing to the next job's request opening. Little else shares the process, so
+this is the executor's own part of the gap, hardly moved by what else the machine runs.
 """
 
 from __future__ import annotations
@@ -320,6 +326,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--relay-repeats", type=int, default=5, help="relay streams per side")
     parser.add_argument(
+        "--hand-over",
+        action="store_true",
+        help="only the executor's hand-over between two jobs, in process (no cluster)",
+    )
+    parser.add_argument(
         "--token-batch-ms",
         type=float,
         help="the scheduler's token batch window (CORRAL_TOKEN_BATCH_MS); its default if unset",
@@ -334,8 +345,103 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     return args
 
 
+class _CountingLoop(asyncio.SelectorEventLoop):
+    rounds = 0
+
+    def _run_once(self) -> None:
+        _CountingLoop.rounds += 1
+        super()._run_once()  # type: ignore[misc]
+
+
+def hand_over(args: argparse.Namespace) -> str:
+    from corral_common.messages import Job
+    from corral_scheduler.eta import SpeedBook
+    from corral_scheduler.events import EventSink
+    from corral_scheduler.executor import Executor
+    from corral_scheduler.lane import ONE_BACKEND, Entry, Lane
+
+    opened: list[tuple[int, int]] = []
+    closed: list[tuple[int, int]] = []
+
+    class Backend:
+        kind = "ollama"
+
+        @contextlib.asynccontextmanager
+        async def stream(self, kind: str, payload: dict[str, Any]) -> Any:
+            opened.append((time.thread_time_ns(), _CountingLoop.rounds))
+
+            async def chunks() -> Any:
+                for n in range(args.tokens):
+                    yield {"message": {"role": "assistant", "content": f" t{n}"}, "done": False}
+                yield {"message": {"role": "assistant", "content": ""}, "done": True}
+
+            try:
+                yield chunks()
+            finally:
+                closed.append((time.thread_time_ns(), _CountingLoop.rounds))
+
+    class Broker:
+        async def publish_event(self, routing_key: str, body: bytes, *, durable: bool) -> None:
+            pass
+
+    class Delivery:
+        redelivered = False
+        headers: dict[str, Any] = {}
+
+        def __init__(self, acked: asyncio.Queue[None]) -> None:
+            self.acked = acked
+
+        async def ack(self) -> None:
+            self.acked.put_nowait(None)
+
+    async def run() -> None:
+        speeds = SpeedBook(prompt_tokens_per_s=400, eval_tokens_per_s=15, load_ms=0, eval_count=10)
+        executor = Executor(Lane(), {ONE_BACKEND: Backend()}, EventSink(Broker()), speeds)  # type: ignore[dict-item,arg-type]
+        acked: asyncio.Queue[None] = asyncio.Queue()
+
+        def push(n: int) -> None:
+            job = Job(
+                request_id=f"r{n}",
+                gateway_id="gw",
+                kind="chat",
+                model="llama3.2",
+                payload={"model": "llama3.2"},
+                enqueued_at=time.time(),
+            )
+            entry = Entry(job, Delivery(acked), 0, time.monotonic(), arrival=n)
+            executor.lane.push(entry)
+
+        for n in range(args.clients):
+            push(n)
+        task = asyncio.create_task(executor.run_forever())
+        for n in range(args.requests):
+            await acked.get()
+            push(args.clients + n)
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+    loop = _CountingLoop()
+    try:
+        loop.run_until_complete(run())
+    finally:
+        loop.close()
+    pairs = list(zip(closed, opened[1:], strict=False))[args.clients :]
+    cpu_us = sorted((o[0] - c[0]) / 1000 for c, o in pairs)
+    rounds = sorted(o[1] - c[1] for c, o in pairs)
+    return (
+        f"Hand-over in process ({len(pairs)} jobs, {args.clients} waiting, {args.tokens} tokens): "
+        f"CPU from one response closed to the next request opened p50 "
+        f"{percentile(cpu_us, 50):.0f} us, p90 {percentile(cpu_us, 90):.0f} us; event loop "
+        f"rounds p50 {percentile(rounds, 50):.0f}."
+    )
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.hand_over:
+        print(hand_over(args))
+        return 0
     env = {} if args.token_batch_ms is None else {"CORRAL_TOKEN_BATCH_MS": str(args.token_batch_ms)}
 
     def body(workdir: Path, cleanup: contextlib.ExitStack) -> Report:
