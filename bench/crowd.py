@@ -6,7 +6,8 @@ its place only falls, what the waiting costs the gateway, and what the lane's po
     uv run python bench/crowd.py --lane-cost 512,2000,10000
 
 Starts its own stack (a throwaway RabbitMQ node unless --amqp-url is given, the emulator, one
-scheduler, one gateway: bench/harness.py), raises this process's open-file limit, lets the
+scheduler, one gateway: bench/harness.py; and a model manager, so the gateway knows the models
+as deployed, unless --no-model-manager), raises this process's open-file limit, lets the
 gateway hold N connections (`CORRAL_MAX_CONNECTIONS`, no per-address cap), then sends N
 streaming /api/chat requests at R a second (0: all at once), each on its own connection, and
 reads every stream to its end. `--rounds` repeats the crowd on the same gateway: its memory after
@@ -60,6 +61,7 @@ from harness import (
 )
 
 from corral_common.topology import EVENTS_EXCHANGE
+from corral_devstack.cluster import Cluster
 from corral_emulator import expected_reply, reply_tokens
 
 MODEL = "llama3.2"
@@ -537,6 +539,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=1)
     parser.add_argument("--samples", action="store_true", help="keep every client in --json")
     parser.add_argument("--lane-cost", type=positive_ints, help="only the scheduler's side")
+    parser.add_argument(
+        "--no-model-manager",
+        action="store_true",
+        help="without it the gateway asks for the model list over the broker on every request",
+    )
     args = parser.parse_args(argv)
     if args.lane_cost:
         print(lane_cost(args.lane_cost))
@@ -561,6 +568,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         }
         knobs = {"token_delay_ms": args.token_delay_ms, "load_ms": 0, "prompt_ms_per_token": 0}
         stack = start_services(cleanup, workdir, amqp_url, node, knobs, env=env)
+        if not args.no_model_manager:
+            # As deployed: the gateway knows the backend's models from the model manager's
+            # broadcast. Without it, every request asks for the list over the broker first.
+            extra = Cluster(amqp_url, stack.emulator_url, workdir, env, log_level="warning")
+            cleanup.callback(extra.stop_all)
+            extra.start_health_service("corral_model_manager", "model-manager")
         return asyncio.run(measure(stack, args))
 
     def verdict(result: dict[str, Any]) -> str | None:

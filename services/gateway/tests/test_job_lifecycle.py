@@ -131,27 +131,37 @@ async def test_a_client_leaving_before_the_publish_is_confirmed_still_cancels() 
     assert gw.submitter.cancels == [RID]
 
 
+def window_full(gw: FakeGateway) -> None:
+    """This gateway's job holds the backend and the next has not been admitted for a while:
+    the scheduler's window is full."""
+    places = gw.hub.places
+    places.place("running", lambda _: None)
+    places.place("stuck", lambda _: None)
+    for slot in places._pending.values():
+        slot.placed_at -= 10
+
+
 async def test_a_job_behind_another_is_told_its_place_before_the_publish_is_confirmed() -> None:
     gw = FakeGateway()
     gw.submitter.hold = asyncio.Event()
-    gw.hub.places.place("ahead", lambda _: None)  # this gateway's job holding the backend
+    window_full(gw)
     async with JobTicket(gw.as_gateway(), RID) as ticket:
         # Returns with the confirm still outstanding: the client is told its place now.
         await ticket.submit(job(RID))
         assert ticket.events.get_nowait() == Position(
-            request_id=RID, position=1, estimated_wait_ms=0
+            request_id=RID, position=2, estimated_wait_ms=0
         )
         gw.submitter.hold.set()
         await gw.settle()
         assert [j.request_id for j in gw.submitter.submitted] == [RID]
         ticket.settle()
-    assert len(gw.hub.places) == 1  # "ahead" only
+    assert len(gw.hub.places) == 2  # the two ahead only
 
 
 async def test_a_refusal_after_the_place_was_told_is_the_requests_failure() -> None:
     gw = FakeGateway()
     gw.submitter.refusal = CorralError(ErrorType.QUEUE_FULL, "busy", headers={"Retry-After": "7"})
-    gw.hub.places.place("ahead", lambda _: None)
+    window_full(gw)
     async with JobTicket(gw.as_gateway(), RID) as ticket:
         await ticket.submit(job(RID))
         await gw.settle()
@@ -163,7 +173,7 @@ async def test_a_refusal_after_the_place_was_told_is_the_requests_failure() -> N
     await gw.settle()
     # Never in the lane: nothing to cancel, nothing kept.
     assert gw.submitter.cancels == []
-    assert len(gw.hub.places) == 1
+    assert len(gw.hub.places) == 2
 
 
 async def test_a_request_id_in_flight_is_a_conflict() -> None:

@@ -66,9 +66,17 @@ class Told:
         return [e.position for e in self.events if isinstance(e, Position)]
 
 
-def board_and_places() -> tuple[StatusBoard, Places]:
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def board_and_places(clock: Clock | None = None) -> tuple[StatusBoard, Places]:
     board = StatusBoard(10.0)
-    return board, Places(board)
+    return board, Places(board, clock or Clock())
 
 
 def test_a_job_on_an_idle_lane_is_told_nothing() -> None:
@@ -78,12 +86,34 @@ def test_a_job_on_an_idle_lane_is_told_nothing() -> None:
     assert told.events == []
 
 
-def test_jobs_behind_this_gateways_own_are_told_their_place_at_once() -> None:
-    _, places = board_and_places()
+def test_within_the_window_the_scheduler_places_a_job_itself() -> None:
+    clock = Clock()
+    _, places = board_and_places(clock)
+    places.place("r1", Told())
+    places.heard(Accepted(request_id="r1", scheduler_id="s1"))
+    places.heard(Started(request_id="r1", waited_ms=0))
+    told = Told()
+    # It must wait, but nothing of this gateway's is left unadmitted: the scheduler's place
+    # comes first, as it always did.
+    assert places.place("r2", told) is None
+    places.heard(Accepted(request_id="r2", scheduler_id="s1"))
+    places.heard(Position(request_id="r2", position=1, estimated_wait_ms=0))
+    clock.now += 1
+    places.recompute()
+    assert told.positions == []
+
+
+def test_a_job_not_admitted_in_time_is_placed_here() -> None:
+    clock = Clock()
+    _, places = board_and_places(clock)
     first, second, third = Told(), Told(), Told()
-    places.place("r1", first)
-    assert places.place("r2", second) == Position(request_id="r2", position=1, estimated_wait_ms=0)
-    places.place("r3", third)
+    places.place("r1", first)  # runs: told nothing
+    places.place("r2", second)  # must wait: left to the scheduler for a moment
+    clock.now += 1
+    # r2 was not admitted within that moment: the window is full. The next is told at once
+    # (behind r2), and r2 at the next recompute.
+    assert places.place("r3", third) == Position(request_id="r3", position=2, estimated_wait_ms=0)
+    places.recompute()
     assert (first.positions, second.positions, third.positions) == ([], [1], [2])
 
 
@@ -93,7 +123,9 @@ def test_others_waiting_in_the_last_status_count() -> None:
     places.status_arrived()
     told = Told()
     # No job of this gateway's in the lane, but the status listed three others waiting.
-    assert places.place("r1", told) is not None
+    places.place("r1", told)
+    places._clock.now += 1  # type: ignore[attr-defined]
+    places.recompute()
     assert told.positions == [4]
 
 
@@ -103,6 +135,8 @@ def test_the_backlog_beyond_the_listed_lane_counts_too() -> None:
     places.status_arrived()
     told = Told()
     places.place("r1", told)
+    places._clock.now += 1  # type: ignore[attr-defined]
+    places.recompute()
     assert told.positions == [503]
 
 
@@ -111,9 +145,13 @@ def test_a_pool_with_a_free_server_is_not_waited_for() -> None:
     board.take(status(servers=2))
     places.status_arrived()
     places.place("r1", Told())
-    # One job of ours runs on one of the two servers: the next may run on the other.
-    assert places.place("r2", Told()) is None
-    assert places.place("r3", Told()) is not None
+    places.place("r2", Told())
+    third = Told()
+    places.place("r3", third)
+    places._clock.now += 1  # type: ignore[attr-defined]
+    places.recompute()
+    # One job of ours runs on each of the two servers: only the third waits.
+    assert third.positions == [1]
 
 
 @dataclass
@@ -124,6 +162,7 @@ class FifoLane:
 
     places: Places
     window: int
+    clock: Clock
     broker: deque[str] = field(default_factory=deque)
     lane: list[str] = field(default_factory=list)
     running: str | None = None
@@ -136,6 +175,7 @@ class FifoLane:
         self.places.heard(event)
 
     def submit(self, request_id: str) -> None:
+        self.clock.now += 0.1
         self.queues[request_id] = Told()
         self.places.place(request_id, self.queues[request_id])
         self.broker.append(request_id)
@@ -172,8 +212,9 @@ class FifoLane:
 
 
 async def test_positions_beyond_the_window_only_fall_and_never_undercut_the_lane() -> None:
-    board, places = board_and_places()
-    lane = FifoLane(places, window=4)
+    clock = Clock()
+    board, places = board_and_places(clock)
+    lane = FifoLane(places, window=4, clock=clock)
     for number in range(20):
         lane.submit(f"r{number}")
     assert places.pending == 20 - 4
@@ -203,8 +244,9 @@ def _accepted(told: Told) -> object:
 
 
 async def test_a_job_in_the_broker_is_told_its_place_as_it_falls() -> None:
-    _, places = board_and_places()
-    lane = FifoLane(places, window=2)
+    clock = Clock()
+    _, places = board_and_places(clock)
+    lane = FifoLane(places, window=2, clock=clock)
     for number in range(200):
         lane.submit(f"r{number}")
     last = lane.queues["r199"]

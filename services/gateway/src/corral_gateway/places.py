@@ -25,7 +25,11 @@ old as the last status, and the relay clamps what it shows so a position never r
 
 A provisional is told only when the job cannot run at once: this gateway's own jobs already
 fill every server, or the last status listed others' jobs waiting. A job on an idle lane is
-told nothing here, so a stream that never waited stays byte for byte the backend's own.
+told nothing here, so a stream that never waited stays byte for byte the backend's own. And only
+when the scheduler is not placing jobs itself: while its window has room, it admits a job and
+tells its place within moments, so a job is left to it for `ADMISSION_WAIT_S`; once a job of
+this gateway's has waited that long unadmitted (the window is full), it is told its provisional
+place, and so is every job placed after it, at once.
 
 Positions of jobs still in the broker fall as the lane moves: recomputed at most every
 `RECOMPUTE_S` after the lane's news for this gateway (its `Positions`, a job started or over)
@@ -48,7 +52,11 @@ from corral_common.messages import FINAL_KINDS, Event, Position
 from corral_common.status_board import StatusBoard
 
 # Pending places are recomputed at most this often (a burst of lane news is one recompute).
-RECOMPUTE_S = 0.5
+RECOMPUTE_S = 0.25
+# A job the scheduler has not placed within this long after its gateway did is beyond the
+# admission window (the window is full): it is told its provisional place then, and every job
+# placed after it at once. Until then the scheduler's own report comes first, as it always did.
+ADMISSION_WAIT_S = 0.25
 # A job in the broker is told its new place once it fell by a tenth (at least one place): a
 # client 5,000th in line hears every 500 places, one near the front every place (the relay's
 # heartbeat counts its wait down in between).
@@ -74,6 +82,11 @@ class Slot:
     wait_ms: int = 0
     admitted: bool = False
     running: bool = False
+    # When it was placed (the clock of `Places`), and whether it must wait but was left for the
+    # scheduler to place (it is told here only if the scheduler has not within
+    # `ADMISSION_WAIT_S`).
+    placed_at: float = 0.0
+    deferred: bool = False
 
 
 class Places:
@@ -86,8 +99,9 @@ class Places:
         self._pending: OrderedDict[str, Slot] = OrderedDict()
         # Own jobs admitted and waiting (not running).
         self._admitted: dict[str, Slot] = {}
-        # How many of `_pending` were told a place (the rest run as soon as admitted).
-        self._told_pending = 0
+        # How many of `_pending` must wait (told a place, or left to the scheduler for a moment);
+        # the rest run as soon as admitted.
+        self._waiting_pending = 0
         self._recent: OrderedDict[str, None] = OrderedDict()
         # Others' waiting jobs (listed by the last statuses), and all of them with the backlog.
         self.others_listed = 0
@@ -115,14 +129,23 @@ class Places:
         returned) when it cannot run at once; None when it may."""
         self._forget(request_id)
         others = len(self._slots)
-        slot = Slot(tell)
+        now = self._clock()
+        oldest = next(iter(self._pending.values()), None)
+        slot = Slot(tell, placed_at=now)
         self._slots[request_id] = slot
         self._pending[request_id] = slot
         if others < self.capacity and self.others_listed == 0:
             return None
-        # Those placed before it and told nothing are running (or about to): not ahead of it.
-        self._told_pending += 1
-        position = self._base_seen + self.extra + self._told_pending
+        if oldest is None or now - oldest.placed_at < ADMISSION_WAIT_S:
+            # The scheduler admits jobs as they come while its window has room: its own place
+            # comes in a moment. Told here only if it does not.
+            slot.deferred = True
+            self._waiting_pending += 1
+            self._soon()
+            return None
+        # Those placed before it that need not wait run (or are about to): not ahead of it.
+        self._waiting_pending += 1
+        position = self._base_now() + self.extra + self._waiting_pending
         return self._tell(request_id, slot, position, self._job_ms_seen)
 
     def refused(self, request_id: str) -> None:
@@ -183,8 +206,7 @@ class Places:
         self.extra = others + max(0, backlog - own_unlisted)
         self.capacity = max(1, capacity)
         self._per_job_ms = round(1000 / rates) if rates > 0 else 0
-        if not self._admitted:
-            self._base_seen, self._job_ms_seen = 0, self._per_job_ms
+        self._base_seen, self._job_ms_seen = self._base(), self._job_ms()
         self._soon()
 
     # Internals.
@@ -204,9 +226,12 @@ class Places:
         slot = self._pending.pop(request_id, None)
         if slot is None:
             return False
-        if slot.told is not None:
-            self._told_pending -= 1
+        if slot.told is not None or slot.deferred:
+            self._waiting_pending -= 1
         return True
+
+    def _base_now(self) -> int:
+        return self._base_seen if self._admitted else 0
 
     def _base(self) -> int:
         return max((s.told or 0 for s in self._admitted.values()), default=0)
@@ -243,10 +268,21 @@ class Places:
         self._base_seen, self._job_ms_seen = self._base(), self._job_ms()
         base = self._base_seen + self.extra
         job_ms = self._job_ms_seen
+        now = self._clock()
         rank = 0
+        later = False
         for request_id, slot in self._pending.items():
             if slot.told is None:
-                # Placed on a lane that looked idle: it runs, it is not ahead of the others.
+                if not slot.deferred:
+                    # Placed on a lane that looked idle: it runs, not ahead of the others.
+                    continue
+                rank += 1
+                if now - slot.placed_at < ADMISSION_WAIT_S:
+                    later = True
+                    continue
+                # Not admitted in time: beyond the window. Told its place now.
+                slot.deferred = False
+                self._tell(request_id, slot, base + rank, job_ms)
                 continue
             rank += 1
             position = base + rank
@@ -258,3 +294,5 @@ class Places:
             slot.tell(
                 Position(request_id=request_id, position=position, estimated_wait_ms=slot.wait_ms)
             )
+        if later:
+            self._soon()
