@@ -43,11 +43,20 @@ def queue_cluster(new_cluster: ClusterFactory) -> Iterator[Cluster]:
 async def queued(
     session: aiohttp.ClientSession, cluster: Cluster, body: dict[str, Any], **headers: str
 ) -> AsyncIterator[aiohttp.ClientResponse]:
-    """A streaming request that is certainly in the lane: its first queue chunk has arrived."""
+    """A streaming request that is certainly in the lane: its first queue chunk has arrived, and
+    the scheduler lists it. The chunk alone is not enough: the gateway tells a job behind its own
+    running one a provisional place before the scheduler has admitted it."""
     async with session.post(f"{cluster.gateway_url}/api/chat", json=body, headers=headers) as r:
         assert r.status == 200, await r.text()
         first = orjson.loads(await r.content.readline())
         assert "queue_info" in first, first
+        request_id = r.headers["X-Request-Id"]
+
+        async def admitted() -> bool:
+            status, spot = await get(cluster, f"/queue/{request_id}")
+            return status == 200 and spot["state"] == "queued"
+
+        await eventually(admitted, what=f"{request_id} admitted by the scheduler")
         yield r
 
 
