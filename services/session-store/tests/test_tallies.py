@@ -419,6 +419,39 @@ async def test_a_session_without_tallies_is_counted_once(
     await assert_exact(store, "old")
 
 
+async def test_a_recount_while_a_turn_is_on_its_way_leaves_it_a_hole(
+    store: SessionStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for n in range(1, 81):
+        await store.write_turn(turn("busy", n, words=20))
+    await store.sessions.update_one({"_id": "busy"}, {"$unset": {"tallies": ""}})
+    slow = turn("busy", 81, words=20)
+    took, go_on = asyncio.Event(), asyncio.Event()
+    next_seq = store._next_seq
+
+    async def paused(record: TurnRecord) -> Any:
+        taken = await next_seq(record)
+        if record.request_id == slow.request_id:
+            took.set()
+            await go_on.wait()
+        return taken
+
+    monkeypatch.setattr(store, "_next_seq", paused)
+    first = asyncio.create_task(store.write_turn(slow))
+    await took.wait()
+    estimator = TokenEstimator()
+    expected = await brute_force(store, "busy", "llama3.2", 300, estimator, None)
+    assert seen(await store.history_window("busy", "llama3.2", 300, estimator)) == expected
+    stored = await assert_consistent(store, "busy")
+    assert stored["llama3.2"].holes == {81}
+    go_on.set()
+    assert await first is WriteOutcome.STORED
+    for budget in (300, 3000):
+        expected = await brute_force(store, "busy", "llama3.2", budget, estimator, None)
+        assert seen(await store.history_window("busy", "llama3.2", budget, estimator)) == expected
+    await assert_exact(store, "busy")
+
+
 async def test_a_session_that_fits_is_never_counted(
     store: SessionStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:

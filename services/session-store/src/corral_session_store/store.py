@@ -430,12 +430,15 @@ class SessionStore:
                 return  # no tallies kept: assembly recounts when it needs them
             tallied = _int(session.get("tallied"))
             holes = {_int(h) for h in session.get("holes") or []}
-            if tallied >= seq:
+            if tallied >= seq and not holes:
                 return
+            seq = max(seq, tallied)
             projection = {"model": 1, "message_count": 1, "seq": 1}
-            found = await self.turns.find(
-                {"session_id": session_id, "seq": {"$gt": tallied, "$lte": seq}}, projection
-            ).to_list()
+            found = []
+            if seq > tallied:
+                found = await self.turns.find(
+                    {"session_id": session_id, "seq": {"$gt": tallied, "$lte": seq}}, projection
+                ).to_list()
             if holes:
                 found += await self.turns.find(
                     {"session_id": session_id, "seq": {"$in": sorted(holes)}}, projection
@@ -646,35 +649,47 @@ class SessionStore:
         return older, older_messages
 
     async def _recount(self, session: Document, model: str) -> Tally | None:
-        """Count a session that keeps no tallies, every model at once, and set its tallies
-        (unless someone changed them meanwhile), `tallied` at the newest turn counted;
-        `model`'s tally."""
+        """Count a session that keeps no tallies, every model at once, up to its last number
+        when read (`turn_seq`), and set its tallies (unless someone changed them meanwhile);
+        `model`'s tally. The newest HISTORY_BATCH numbers are read turn by turn, and those
+        without a turn become holes (a turn another writer is storing right now is counted by
+        a later fold); the older ones are counted by the server."""
         session_id = session["_id"]
+        top = _int(session.get("turn_seq"))
+        below = max(top - HISTORY_BATCH, 0)
         cursor = await self.turns.aggregate(
             [
-                {"$match": {"session_id": session_id}},
+                {"$match": {"session_id": session_id, "seq": {"$lte": below}}},
                 {
                     "$group": {
                         "_id": "$model",
                         "turns": {"$sum": 1},
                         "messages": {"$sum": "$message_count"},
-                        "seq": {"$max": "$seq"},
                     }
                 },
             ]
         )
-        rows = await cursor.to_list()
-        counted: Document = {
+        older = {
             "tallies": [
                 {
                     "model": str(row["_id"]),
                     "turns": _int(row.get("turns")),
                     "messages": _int(row.get("messages")),
                 }
-                for row in rows
-            ],
-            "tallied": max((_int(row.get("seq")) for row in rows), default=0),
-            "holes": [],
+                async for row in cursor
+            ]
+        }
+        recent = await self.turns.find(
+            {"session_id": session_id, "seq": {"$gt": below, "$lte": top}},
+            {"model": 1, "message_count": 1, "seq": 1},
+        ).to_list()
+        stored = {_int(doc.get("seq")) for doc in recent}
+        counted: Document = {
+            "tallies": _added(
+                older, ((str(d.get("model")), _int(d.get("message_count"))) for d in recent)
+            ),
+            "tallied": top,
+            "holes": sorted(set(range(below + 1, top + 1)) - stored),
         }
         await self.sessions.update_one(
             {
