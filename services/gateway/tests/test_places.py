@@ -266,3 +266,20 @@ def test_a_refused_publish_leaves_nothing() -> None:
     places.refused("r2")
     places.forget("r1")
     assert len(places) == 0 and places.pending == 0
+
+
+def test_a_job_admitted_before_its_place_is_heard_is_counted_ahead() -> None:
+    clock = Clock()
+    _, places = board_and_places(clock)
+    places.place("r1", Told())  # runs
+    places.place("r2", Told())  # must wait; left to the scheduler
+    places.heard(Accepted(request_id="r2", scheduler_id="s1"))  # its position is on the way
+    clock.now += 1
+    # r1 not heard of for a second: the scheduler is not admitting as jobs come, so the next
+    # ones are told at once.
+    places.place("r3", Told())
+    places.place("r4", Told())
+    clock.now += 1
+    told = Told()
+    # Behind r2 (admitted, 1st), r3 and r4 (in the broker): 4th.
+    assert places.place("r5", told) == Position(request_id="r5", position=4, estimated_wait_ms=0)

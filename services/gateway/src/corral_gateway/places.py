@@ -176,9 +176,14 @@ class Places:
         elif not slot.running:
             if isinstance(event, Position):
                 slot.told, slot.wait_ms = event.position, event.estimated_wait_ms
+            elif slot.told is None and slot.deferred:
+                # Admitted, its place not heard yet (it follows `accepted`): counted one
+                # behind the furthest back known, so a job placed meanwhile is behind it.
+                slot.told = self._base_now() + 1
             if slot.told is not None and slot.told > self._base_seen:
                 self._base_seen = slot.told
-                self._job_ms_seen = round(slot.wait_ms / slot.told)
+                if slot.wait_ms:
+                    self._job_ms_seen = round(slot.wait_ms / slot.told)
             self._admitted[event.request_id] = slot
         self._soon()
 
