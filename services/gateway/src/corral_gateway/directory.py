@@ -24,6 +24,8 @@ log = structlog.get_logger(__name__)
 
 # Ollama's names: host up to 350 characters, namespace, model and tag up to 80 each.
 MODEL_NAME_MAX_CHARS = 1024
+# How long a model list that could not be fetched is not asked for again.
+UNAVAILABLE_REMEMBERED_S = 10.0
 
 
 class ModelDirectory:
@@ -31,6 +33,9 @@ class ModelDirectory:
         self._rpc = rpc
         self._names: frozenset[str] | None = None
         self.updated_at = 0.0
+        # Until when a failed lookup stands (time.monotonic()): without a model manager every
+        # request would otherwise pay a confirmed RPC publish that nobody takes.
+        self._unavailable_until = 0.0
 
     @property
     def names(self) -> list[str]:
@@ -40,6 +45,7 @@ class ModelDirectory:
         self._set(models.models)
 
     def _set(self, names: list[str]) -> None:
+        self._unavailable_until = 0.0
         self._names = frozenset(canonical_model_name(name) for name in names)
         self.updated_at = time.time()
 
@@ -61,11 +67,15 @@ class ModelDirectory:
                 not_found or f"model '{clip(model)}' not found",
                 details={"requested_model": clip(model)},
             )
+        if time.monotonic() < self._unavailable_until:
+            return  # no model manager answered a moment ago: the backend has its say
         try:
             answer = await self._rpc.call(MODEL_MANAGER.model_names, ModelNamesParams(refresh=True))
         except CorralError as exc:
-            # No model manager, or the backend is down: let the backend have its say.
+            # No model manager, or the backend is down: let the backend have its say, and do
+            # not ask again for a while (a model list broadcast ends the wait at once).
             log.debug("model list unavailable", error=exc.message)
+            self._unavailable_until = time.monotonic() + UNAVAILABLE_REMEMBERED_S
             return
         self._set(answer.models)
         if self.knows(model):
