@@ -79,7 +79,9 @@ def serve(
     runner_factory: RunnerFactory,
     *,
     shutdown_timeout: float = 10.0,
-    backlog: int = 128,
+    # aiohttp's 128 overflows when thousands of clients arrive at once (each overflow is a TCP
+    # retry, about a second, before the request is even read); the kernel caps it at somaxconn.
+    backlog: int = 1024,
     **runner_kwargs: Any,
 ) -> None:
     """Run `app` on `host:port` until SIGINT/SIGTERM, as `web.run_app` does."""
