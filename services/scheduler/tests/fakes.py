@@ -65,6 +65,9 @@ class FakeBroker:
             for position in message["positions"]:
                 self.events.append((position["request_id"], position))
             return
+        if message.get("started") is not None:
+            # As the gateway does: a `started` riding on a token batch comes first.
+            self.events.append((request_id, message["started"]))
         self.events.append((request_id, message))
 
     def of(self, request_id: str) -> list[dict[str, Any]]:

@@ -27,6 +27,7 @@ from corral_common.messages import (
     Failed,
     ModelList,
     Positions,
+    Tokens,
 )
 from corral_common.status_board import StatusBoard, StoreBoard
 from corral_common.topology import (
@@ -143,6 +144,9 @@ class Hub:
         except ValidationError:
             log.warning("unreadable event dropped", routing_key=message.routing_key)
             return
+        if isinstance(event, Tokens) and event.started is not None:
+            # The job's `started` rode on its first token batch: it comes first.
+            self._deliver(event.started)
         self._deliver(event)
 
     def _status(self, body: bytes) -> None:

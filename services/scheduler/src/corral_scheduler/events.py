@@ -28,7 +28,7 @@ log = structlog.get_logger(__name__)
 TOKEN_WINDOW_S = 0.05
 # Whether `started` rides on the first token batch (EventSink): on once every gateway hands a
 # batch's `started` out before its tokens (hub.py).
-MERGE_STARTED = False
+MERGE_STARTED = True
 
 
 @dataclass
