@@ -322,8 +322,19 @@ class Relay:
             return None
 
     async def _take(self, tokens: Tokens) -> None:
-        for chunk in self.order.push(tokens.seq, tokens.chunks):
-            await self._emit(chunk)
+        chunks = self.order.push(tokens.seq, tokens.chunks)
+        if not (self.stream and chunks):
+            for chunk in chunks:
+                await self._emit(chunk)
+            return
+        if not self.wrote_tokens:
+            metrics.CLIENT_TTFT.labels(self.kind).observe(time.monotonic() - self.arrived)
+        self.wrote_tokens = True
+        # A batch's frames go out in one write: a fast stream's batch holds hundreds of tokens,
+        # and a write (a chunked-encoding frame and a socket send) per token was the gateway's
+        # largest cost in relaying it.
+        encode = self.encoder.encode
+        await self._send(b"".join(encode(f) for chunk in chunks for f in self.shape.chunk(chunk)))
 
     async def _show(self, position: int, wait_ms: int) -> None:
         if not (self.stream and self.ext.queue_progress) or self.wrote_tokens:
