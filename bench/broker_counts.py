@@ -362,20 +362,6 @@ def _text(value: object) -> str:
 # -- the script: messages and CPU per request on a stack of its own ----------------------------
 
 
-def _cpu_ns(pids: list[int]) -> int:
-    """CPU time of every thread of `pids` (ns, /proc/<pid>/task/*/schedstat; Linux only)."""
-    total = 0
-    for pid in pids:
-        with contextlib.suppress(OSError):
-            for task in os.scandir(f"/proc/{pid}/task"):
-                with (
-                    contextlib.suppress(OSError, ValueError, IndexError),
-                    open(f"{task.path}/schedstat") as fh,
-                ):
-                    total += int(fh.read().split()[0])
-    return total
-
-
 async def _chats(url: str, count: int, session_id: str | None, tokens: int) -> None:
     headers = {"Content-Type": "application/json", "X-Queue-Progress": "0"}
     if session_id is not None:
@@ -396,17 +382,19 @@ async def _chats(url: str, count: int, session_id: str | None, tokens: int) -> N
 
 
 async def _measure(stack: Any, args: argparse.Namespace) -> dict[str, Any]:
+    from harness import cpu_ns
+
     counters = BrokerCounters.for_node(stack.node)
     session_id = uuid.uuid4().hex if args.session else None
     await _chats(stack.gateway_url, args.warmup, session_id, args.tokens)
     background = await counters.idle(4.0)
     groups = stack.pids()
-    cpu_before = {name: _cpu_ns(pids) for name, pids in groups.items()}
+    cpu_before = {name: cpu_ns(*pids) for name, pids in groups.items()}
     before = await counters.read()
     await _chats(stack.gateway_url, args.requests, session_id, args.tokens)
     used = (await counters.read() - before).without(background)
     cpu = {
-        name: (_cpu_ns(pids) - cpu_before[name]) / 1e6 / args.requests
+        name: (cpu_ns(*pids) - cpu_before[name]) / 1e6 / args.requests
         for name, pids in groups.items()
     }
     return {

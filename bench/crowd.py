@@ -51,6 +51,7 @@ from harness import (
     BenchError,
     Stack,
     argument_parser,
+    cpu_ns,
     environment,
     log,
     percentile,
@@ -175,9 +176,8 @@ def loadavg() -> list[str]:
 
 
 def cpu_s(pid: int) -> float:
-    """User plus system CPU seconds a process has used."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    """CPU seconds a process has used so far."""
+    return cpu_ns(pid) / 1e9
 
 
 async def _on_connected(

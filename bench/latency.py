@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import itertools
 import math
 import os
@@ -33,6 +32,7 @@ from harness import (
     Stack,
     argument_parser,
     check_backend_record,
+    cpu_ns,
     environment,
     epoch_ns,
     log,
@@ -393,20 +393,7 @@ class CpuMeter:
         self.groups = groups
 
     def snapshot(self) -> dict[str, int]:
-        return {name: sum(map(_cpu_ns, pids)) for name, pids in self.groups.items()}
-
-
-def _cpu_ns(pid: int) -> int:
-    total = 0
-    with contextlib.suppress(OSError):
-        for task in os.scandir(f"/proc/{pid}/task"):
-            # A thread may end between listing and reading.
-            with (
-                contextlib.suppress(OSError, ValueError, IndexError),
-                open(f"{task.path}/schedstat") as fh,
-            ):
-                total += int(fh.read().split()[0])
-    return total
+        return {name: cpu_ns(*pids) for name, pids in self.groups.items()}
 
 
 # -- the run ----------------------------------------------------------------------------------

@@ -80,15 +80,10 @@ def turn(session_id: str, n: int) -> TurnRecord:
 
 
 def cpu_ms(pid: int | None) -> float | None:
-    """CPU time (user + system) a process has used so far, from /proc; None if unknown."""
-    if pid is None:
-        return None
-    try:
-        with open(f"/proc/{pid}/stat") as fh:
-            fields = fh.read().rsplit(")", 1)[1].split()
-    except OSError:
-        return None
-    return (int(fields[11]) + int(fields[12])) * 1000 / os.sysconf("SC_CLK_TCK")
+    """CPU time a process has used so far, in ms; None if unknown."""
+    from harness import cpu_ns
+
+    return None if pid is None else cpu_ns(pid) / 1e6
 
 
 async def timed(
