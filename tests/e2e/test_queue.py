@@ -53,7 +53,7 @@ async def queued(
         request_id = r.headers["X-Request-Id"]
 
         async def admitted() -> bool:
-            status, spot = await get(cluster, f"/queue/{request_id}")
+            status, spot = await get(cluster, f"/queue/{request_id}", **headers)
             return status == 200 and spot["state"] == "queued"
 
         await eventually(admitted, what=f"{request_id} admitted by the scheduler")
@@ -87,10 +87,10 @@ async def sent_order(emu: EmulatorControl) -> list[str]:
     return [str(r["messages"][-1]["content"]) for r in await emu.requests("chat")]
 
 
-async def get(cluster: Cluster, path: str) -> tuple[int, Any]:
+async def get(cluster: Cluster, path: str, **headers: str) -> tuple[int, Any]:
     async with (
         aiohttp.ClientSession() as session,
-        session.get(f"{cluster.gateway_url}{path}") as response,
+        session.get(f"{cluster.gateway_url}{path}", headers=headers) as response,
     ):
         return response.status, await response.json()
 

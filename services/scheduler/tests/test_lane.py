@@ -294,3 +294,33 @@ def test_servers_can_be_named_and_must_exist() -> None:
     assert list(pool("gpu1", "gpu2").servers) == ["gpu1", "gpu2"]
     with pytest.raises(ValueError, match="at least one server"):
         Lane(servers=())
+
+
+async def test_a_second_cancel_does_not_cut_the_first_ones_handling_short() -> None:
+    """The job's task is cancelled once: its own cancel handling (publishing `cancelled`,
+    counting it) must not be interrupted by a second cancel for the same job."""
+    lane = Lane()
+    lane.push(entry("a"))
+    waiting, handled, finish = asyncio.Event(), asyncio.Event(), asyncio.Event()
+
+    async def job() -> str:
+        try:
+            waiting.set()
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            handled.set()
+            await finish.wait()  # as the executor awaits its `cancelled` publish
+            return "cancelled"
+        return "done"
+
+    running = await lane.take(only(lane))
+    task = asyncio.create_task(job())
+    lane.start(running, task, running.entry.estimate_ms)
+    await waiting.wait()
+    assert lane.cancel_running("a", "client left")
+    await handled.wait()
+    assert lane.cancel_running("a", "a stray event's cancel")  # still running: found
+    finish.set()
+    assert await task == "cancelled"
+    assert running.cancel_reason == "client left"
+    lane.finish(running)

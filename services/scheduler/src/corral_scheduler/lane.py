@@ -413,6 +413,11 @@ class Lane:
         running = self.running_job(request_id)
         if running is None:
             return False
+        if running.cancel_reason is not None:
+            # Already being cancelled (a client's cancel and the gateway's stray-event cancel
+            # can both arrive): a second `cancel()` would land in the job's own cancel handling
+            # and cut it short, so the job's `cancelled` event and count would never come.
+            return True
         running.cancel_reason = reason
         if running.task is not None:
             running.task.cancel()
