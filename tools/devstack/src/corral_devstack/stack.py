@@ -259,8 +259,16 @@ class Stack:
                 "emulator, or CORRAL_DEV_EMBEDDED_MODEL=0 to start without a backend."
             ) from exc
 
+    def _free_port(self) -> int:
+        """A free loopback port, never the gateway's: that one is configured, not bound until
+        the gateway starts last, so the OS may offer it to a service started before."""
+        gateway_port = int(self.environ.get("CORRAL_GATEWAY_PORT") or 8000)
+        while (port := free_port(LOOPBACK)) == gateway_port:
+            pass
+        return port
+
     def _start_embedded_model(self, model: Installation) -> str:
-        port = free_port(LOOPBACK)
+        port = self._free_port()
         url = f"http://{LOOPBACK}:{port}"
         log = self.log_dir / f"{EMBEDDED_MODEL_NAME}.log"
         n_ctx = int(self.environ.get("CORRAL_DEFAULT_NUM_CTX") or embedded_model.DEFAULT_NUM_CTX)
@@ -308,7 +316,7 @@ class Stack:
         return node.url
 
     def _start_emulator(self) -> str:
-        port = free_port(LOOPBACK)
+        port = self._free_port()
         url = f"http://{LOOPBACK}:{port}"
         argv = [sys.executable, "-m", EMULATOR_MODULE, "--host", LOOPBACK, "--port", str(port)]
         self._launch("emulator", argv, self.environ, f"{url}/api/version")
@@ -344,7 +352,7 @@ class Stack:
     def _start_service(self, module: str, env: dict[str, str], name: str | None = None) -> None:
         name = name or service_name(module)
         # Chosen once: a restart reuses the process's env, so the same port.
-        health = free_port(LOOPBACK)
+        health = self._free_port()
         ready = f"http://{LOOPBACK}:{health}/ready"
         service_env = {**env, "CORRAL_HEALTH_PORT": str(health)}
         self._launch(name, [sys.executable, "-m", module], service_env, ready)
