@@ -81,7 +81,15 @@ class IdentityCluster:
 
 @pytest.fixture(scope="module")
 def ident(new_cluster: ClusterFactory) -> Iterator[IdentityCluster]:
-    with keyed_cluster(new_cluster, "identity", CORRAL_STATUS_INTERVAL_S="0.5") as keyed:
+    # Rate limits counted in the store on every request (no sync interval): exact across the
+    # two gateways, which test_rate_limits_hold_across_gateways checks request by request. The
+    # default, counts shared every second, is checked in the gateway's gate tests.
+    with keyed_cluster(
+        new_cluster,
+        "identity",
+        CORRAL_STATUS_INTERVAL_S="0.5",
+        CORRAL_RATE_LIMIT_SYNC_MS="0",
+    ) as keyed:
         cluster, admin = keyed
         first = cluster.gateway_url
         cluster.start_gateway("gateway2")

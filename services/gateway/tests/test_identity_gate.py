@@ -345,6 +345,56 @@ async def test_no_limit_costs_no_call_and_open_routes_are_never_counted(
     assert directory.calls == []
 
 
+async def test_requests_are_counted_here_and_sent_to_the_store_in_one_call(
+    serve: AppFactory, directory: Any, clock: Any
+) -> None:
+    client = await serve(auth="off", anonymous_rate_limit_per_minute=5)
+    remaining = []
+    for _ in range(4):
+        response = await client.get("/api/tags")
+        remaining.append(response.headers["X-RateLimit-Remaining"])
+    # The first request learns the cluster's total; the next three are counted here.
+    assert remaining == ["4", "3", "2", "1"]
+    assert directory.calls == ["count"]
+    assert list(directory.counters.values()) == [1]
+    await client.app[GATEKEEPER].flush_counts()
+    assert directory.calls == ["count", "count"]
+    assert list(directory.counters.values()) == [4]
+
+
+async def test_a_shared_count_learns_what_other_gateways_counted(
+    serve: AppFactory, directory: Any, clock: Any
+) -> None:
+    client = await serve(auth="off", anonymous_rate_limit_per_minute=5)
+    assert (await client.get("/api/tags")).headers["X-RateLimit-Remaining"] == "4"
+    # Another replica admitted three requests of the same caller meanwhile.
+    ((slot, _),) = directory.counters.items()
+    directory.counters[slot] += 3
+    assert (await client.get("/api/tags")).headers["X-RateLimit-Remaining"] == "3"
+    await client.app[GATEKEEPER].flush_counts()
+    # The store's total is 5 now: the sixth request is over the limit, refused here without
+    # asking the store.
+    calls = len(directory.calls)
+    response = await client.get("/api/tags")
+    assert (response.status, response.headers["X-RateLimit-Remaining"]) == (429, "0")
+    assert len(directory.calls) == calls
+    # A new window is counted in the store first; what the old one left unsent goes there.
+    clock.advance(60)
+    response = await client.get("/api/tags")
+    assert (response.status, response.headers["X-RateLimit-Remaining"]) == (200, "4")
+    assert sorted(directory.counters.values()) == [1, 6]
+
+
+async def test_with_no_sync_interval_every_request_is_counted_in_the_store(
+    serve: AppFactory, directory: Any
+) -> None:
+    client = await serve(auth="off", anonymous_rate_limit_per_minute=5, rate_limit_sync_ms=0)
+    for _ in range(3):
+        await client.get("/api/tags")
+    assert directory.calls == ["count"] * 3
+    assert list(directory.counters.values()) == [3]
+
+
 async def test_limits_fail_open_while_the_store_is_unreachable(
     serve: AppFactory, directory: Any
 ) -> None:

@@ -15,6 +15,7 @@ from corral_common.dead_letters import open_dead_letters
 from corral_common.ops import add_ops_routes
 from corral_common.rpc import RpcClient
 from corral_common.status_board import StoreBoard
+from corral_common.supervision import supervised
 from corral_common.topology import (
     EVENTS_EXCHANGE,
     MODELS_ROUTING_KEY,
@@ -101,7 +102,9 @@ async def gateway_ctx(app: web.Application) -> AsyncIterator[None]:
     await ask_for_status()
     broker.on_restored(after_reconnect)
     log.info("gateway ready", gateway_id=settings.instance_id)
-    yield
+    async with supervised(*gate.tasks()):
+        yield
+    await gate.flush_counts()
     if gateway.background:
         await asyncio.wait(gateway.background, timeout=5)
     await rpc.close()

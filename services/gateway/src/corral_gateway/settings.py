@@ -27,8 +27,9 @@ class GatewaySettings(CorralSettings):
     # While a streaming client waits, its last queue chunk is repeated this often so proxies
     # and clients do not cut an idle connection.
     heartbeat_s: float = Field(default=5.0, gt=0)
-    # How long a session request's final chunk waits for the session store to confirm the turn
-    # is written (so the client's next message sees it), before going out anyway.
+    # How long the next request on a session at this gateway waits for the session store to
+    # confirm that the turn answered before it is written (so it sees that turn), before going
+    # on anyway (turns_in_flight.py). The answer itself never waits for it. 0: nobody waits.
     stored_timeout_s: float = Field(default=2.0, ge=0)
     # Queries to the session store (context assembly, history, search).
     rpc_timeout_s: float = Field(default=10.0, gt=0)
@@ -86,6 +87,10 @@ class GatewaySettings(CorralSettings):
     # per client address. Seed 000: 60 requests a minute per address, 120 per key.
     rate_limit_per_minute: int = Field(default=120, ge=0)
     anonymous_rate_limit_per_minute: int = Field(default=60, ge=0)
+    # How often requests counted here are sent to the store (identity/request_counts.py); a
+    # caller's first request in a window is always counted there first. 0: every request is
+    # counted in the store before it is answered (exact across replicas, one call each).
+    rate_limit_sync_ms: int = Field(default=1000, ge=0)
     tokens_per_minute: int = Field(default=0, ge=0)
     tokens_per_day: int = Field(default=0, ge=0)
     # Failed authentications per client address per minute before it is refused outright.

@@ -33,6 +33,7 @@ from aiohttp import hdrs, web
 from corral_common.api_keys import is_well_formed, key_hash, same_secret
 from corral_common.contracts.identity import AuditEntry, CounterSpec, CounterValue, KeyInfo
 from corral_common.errors import CorralError, ErrorType
+from corral_common.supervision import Task, every
 from corral_common.supervision import spawn as spawn_task
 from corral_common.timeouts import within
 from corral_gateway.identity.addresses import TrustedProxies
@@ -56,6 +57,7 @@ from corral_gateway.identity.metrics import (
     RATE_LIMITED,
 )
 from corral_gateway.identity.principal import CALLER, Access, Caller
+from corral_gateway.identity.request_counts import SharedCounts
 from corral_gateway.settings import GatewaySettings
 
 log = structlog.get_logger(__name__)
@@ -101,6 +103,10 @@ class Gatekeeper:
         self._clock = clock
         self._wall = wall
         self._counts_paused_until = 0.0
+        # Requests counted here and sent to the store in the background (request_counts.py);
+        # None: each one counted in the store before its answer.
+        self.counts_sync_s = settings.rate_limit_sync_ms / 1000
+        self.counts = SharedCounts(self._count, wall) if self.counts_sync_s > 0 else None
         self._background: set[asyncio.Task[None]] = set()
         self._spawn: Spawner = spawn or self._spawn_kept
 
@@ -109,6 +115,26 @@ class Gatekeeper:
         self.directory = directory
         if spawn is not None:
             self._spawn = spawn
+
+    def tasks(self) -> list[Task]:
+        """The gate's background work while the gateway runs (app.gateway_ctx)."""
+        if self.counts is None:
+            return []
+        return [Task("rate-limit counts", self._share_counts)]
+
+    async def _share_counts(self) -> None:
+        assert self.counts is not None
+        await every(
+            self.counts_sync_s,
+            self.counts.flush,
+            skip_on=(),
+            skipped="rate-limit counts not sent",
+        )
+
+    async def flush_counts(self) -> None:
+        """Send what was counted here and not yet sent (on the way out)."""
+        if self.counts is not None:
+            await self.counts.flush()
 
     def now(self) -> float:
         """Wall-clock time, epoch seconds (expiries, counter windows)."""
@@ -240,9 +266,12 @@ class Gatekeeper:
         limit = request_limit(caller, self.keyed_limit, self.anonymous_limit)
         if limit <= 0:
             return {}
-        counted = await self._count(
-            caller.subject, CounterSpec(name=REQUESTS_COUNTER, window_s=WINDOW_S, add=1)
-        )
+        if self.counts is not None:
+            counted = await self.counts.add(caller.subject)
+        else:
+            counted = await self._count(
+                caller.subject, CounterSpec(name=REQUESTS_COUNTER, window_s=WINDOW_S, add=1)
+            )
         if counted is None:
             return {}
         allowance = Allowance.of(limit, counted)
@@ -258,15 +287,17 @@ class Gatekeeper:
             )
         return headers
 
-    async def _count(self, subject: str, counter: CounterSpec) -> CounterValue | None:
-        """One counter of the subject after adding to it; None when the store cannot be
-        reached (the caller goes on unchecked)."""
+    async def _count(
+        self, subject: str, counter: CounterSpec, at: float | None = None
+    ) -> CounterValue | None:
+        """One counter of the subject after adding to it (at `at`, epoch seconds, else now);
+        None when the store cannot be reached (the caller goes on unchecked)."""
         if self.directory is None or self._clock() < self._counts_paused_until:
             LIMITS_UNCHECKED.inc()
             return None
         try:
             values = await within(
-                self.directory.count(subject, [counter], self._wall()), COUNT_TIMEOUT_S
+                self.directory.count(subject, [counter], at or self._wall()), COUNT_TIMEOUT_S
             )
         except (CorralError, TimeoutError) as exc:
             self._counts_paused_until = self._clock() + COUNT_PAUSE_S
