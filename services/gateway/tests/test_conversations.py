@@ -5,6 +5,7 @@ ticket, the lane's events, the relay) with fake scheduler events and a fake sess
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, cast
 
 import orjson
@@ -13,7 +14,7 @@ from aiohttp import web
 from pytest_aiohttp import AiohttpClient
 
 from corral_common.errors import CorralError, ErrorType
-from corral_common.messages import Done, Position, Started, Stored, Tokens
+from corral_common.messages import Done, Event, Position, Started, Stored, Tokens
 from corral_gateway import conversations, ollama
 from corral_gateway.conversations import chat_routes, dispatch
 from corral_gateway.conversations.chat_routes import (
@@ -28,7 +29,7 @@ from corral_gateway.hub import Delivery
 from corral_gateway.settings import GatewaySettings
 from corral_gateway.state import GATEWAY, SETTINGS, Gateway
 from corral_gateway.validation import OllamaRequestError
-from services.gateway.tests.fakes import FakeGateway
+from services.gateway.tests.fakes import FakeGateway, FakeHub
 
 RID = "req-conv-1"
 MODEL = "llama3.2"
@@ -329,11 +330,23 @@ class FakeModels:
             )
 
 
+class ObservedHub(FakeHub):
+    """The fake hub, with the real hub's observers (the gateway's turns in flight are one)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.observers: list[Callable[[Event], None]] = []
+
+    def observe(self, observer: Callable[[Event], None]) -> None:
+        self.observers.append(observer)
+
+
 class ConversationGateway(FakeGateway):
-    """The fake gateway, with the backend's models and a stored event waited for 1 s."""
+    """The fake gateway, with the backend's models and a turn's `stored` waited for 1 s."""
 
     def __init__(self) -> None:
         super().__init__(GatewaySettings(heartbeat_s=5, stored_timeout_s=1))
+        self.hub = ObservedHub()
         self.models = FakeModels()
 
 

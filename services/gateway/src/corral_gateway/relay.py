@@ -62,6 +62,7 @@ from corral_gateway.hub import BrokerLost, Delivery
 from corral_gateway.ordering import TokenOrder
 from corral_gateway.responses import json_response
 from corral_gateway.ticket import BROKER_LOST_MESSAGE, JobTicket, failure_error
+from corral_gateway.turns_in_flight import turns_in_flight
 from corral_gateway.usage import note_stream_error, note_truncated, note_waited
 
 log = structlog.get_logger(__name__)
@@ -402,7 +403,7 @@ class Relay:
         if not self.wrote_tokens:
             metrics.CLIENT_TTFT.labels(self.kind).observe(time.monotonic() - self.arrived)
         if self.ext.session_id is not None:
-            await self._await_stored()
+            self._in_flight(self.ext.session_id)
         extras = self.extras(done, self.first_position or 0)
         context_info = extras.get("context_info")
         if isinstance(context_info, dict) and "truncated" in context_info:
@@ -426,14 +427,19 @@ class Relay:
                 await self._take(event)
         return True
 
-    async def _await_stored(self) -> None:
-        """Hold the final chunk until the session store has written the turn (bounded), so a
-        client that sends its next message on receipt finds this turn in its history."""
-        deadline = time.monotonic() + self.timings.stored_timeout_s
-        while (remaining := deadline - time.monotonic()) > 0:
-            if isinstance(await self._next(remaining), Stored):
-                return
-        log.warning("session store did not confirm the turn in time")
+    def _in_flight(self, session_id: str) -> None:
+        """The turn is done and the store is writing it: the answer goes out now, and the next
+        request on the session at this gateway waits for the write instead (turns_in_flight.py),
+        so a client that sends its next message on receipt still finds this turn. A `stored`
+        that already came is in the ticket's queue (the hub hands later ones to the record)."""
+        timeout_s = self.timings.stored_timeout_s
+        if timeout_s <= 0:
+            return
+        turns = turns_in_flight(self.ticket.gateway)
+        turns.record(session_id, self.ext.request_id, timeout_s)
+        while not self.events.empty():
+            if isinstance(self.events.get_nowait(), Stored):
+                turns.settle(self.ext.request_id)
 
     async def _fail(self, error: CorralError, *, settle: bool = True) -> web.StreamResponse:
         """End with `error`: raised for the surface to render when nothing was written yet,

@@ -39,6 +39,7 @@ from corral_session_store.store import (
     utcnow,
 )
 from corral_session_store.tokens import Calibration, TokenEstimator, raw_prompt_tokens
+from corral_session_store.writes import KeyedLocks
 
 log = structlog.get_logger(__name__)
 
@@ -63,6 +64,8 @@ class SessionService:
         for model, calibration in self.calibrations.items():
             metrics.CALIBRATION_FACTOR.labels(model).set(calibration.factor)
         self._pending: OrderedDict[str, tuple[float, str, float]] = OrderedDict()
+        # The turns this process is writing, by session (the turns consumer holds them).
+        self.writes = KeyedLocks()
         self._model_prompts = {
             canonical_model_name(name): prompt
             for name, prompt in settings.system_prompts.items()
@@ -88,6 +91,11 @@ class SessionService:
         max_history_length: int | None = None,
     ) -> dict[str, Any]:
         started = time.perf_counter()
+        # A turn of this session received and not yet written here is waited for (bounded), so
+        # assembly never reads it half applied, and a chat sent the moment its previous answer
+        # came finds that answer (the gateway waits for its `stored`; this covers the store's
+        # side, between the receipt and the write).
+        await self.writes.settled(session_id, self.settings.assembly_write_wait_s)
         session = await self.store.find_session(session_id)
         if session is not None and not owned_by(session, owner):
             # Someone else's session (or nobody's, to an owner) looks exactly like no session

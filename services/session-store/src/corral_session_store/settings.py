@@ -60,6 +60,9 @@ class SessionStoreSettings(CorralSettings):
     # A turn whose write fails on a database error is retried in place (keeping its session's
     # order) for this long before it goes back to the queue.
     turn_retry_s: float = Field(default=30.0, ge=0)
+    # Context assembly waits this long at most for a turn of its session that this store is
+    # writing (received, not yet written), so it never reads the session half written.
+    assembly_write_wait_s: float = Field(default=2.0, ge=0)
 
     # Searches scan the turns (no text index on SecantusDB) in the database chats need too, so
     # their cost is bounded: each stops after `search_timeout_ms` (answering what it found,

@@ -24,7 +24,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from typing import Any
 
 import structlog
@@ -45,6 +45,9 @@ from corral_common.topology import (
 from corral_session_store import metrics
 from corral_session_store.sessions import SessionService
 from corral_session_store.store import WriteOutcome
+from corral_session_store.writes import KeyedLocks
+
+__all__ = ["DONE_BINDING", "TURNS_QUEUE", "KeyedLocks", "TurnConsumer", "turns_queue_arguments"]
 
 log = structlog.get_logger(__name__)
 
@@ -73,34 +76,6 @@ PERMANENT_ERRORS: tuple[type[BaseException], ...] = (
 )
 
 
-class KeyedLocks:
-    """One FIFO lock per key, created on demand and dropped when nobody holds or awaits it.
-
-    `hold(key)` must be entered without awaiting anything first: asyncio.Lock queues waiters
-    in the order they call `acquire`, which is then the order the holders were called in.
-    """
-
-    def __init__(self) -> None:
-        self._locks: dict[str, tuple[asyncio.Lock, int]] = {}
-
-    @contextlib.asynccontextmanager
-    async def hold(self, key: str) -> AsyncIterator[None]:
-        lock, users = self._locks.get(key) or (asyncio.Lock(), 0)
-        self._locks[key] = (lock, users + 1)
-        try:
-            async with lock:
-                yield
-        finally:
-            lock, users = self._locks[key]
-            if users <= 1:
-                del self._locks[key]
-            else:
-                self._locks[key] = (lock, users - 1)
-
-    def __len__(self) -> int:
-        return len(self._locks)
-
-
 class TurnConsumer:
     def __init__(
         self,
@@ -118,7 +93,8 @@ class TurnConsumer:
         self.retry_s = retry_s
         self.queue_max_length = queue_max_length
         self._on_database = on_database
-        self._locks = KeyedLocks()
+        # Shared with the service: an assembly waits for its session's writes in line here.
+        self._locks = service.writes
         self._channel: AbstractChannel | None = None
         self._queue: AbstractQueue | None = None
         self._tag: str | None = None
