@@ -237,16 +237,20 @@ async def bench(
 GATEWAY_SESSIONS = {"none": 0, "short": 10, "long": 1000}
 
 
-async def gateway_bench(stack: Any, repeat: int) -> dict[str, Any]:
+async def gateway_bench(stack: Any, repeat: int, settle: bool = True) -> dict[str, Any]:
     """One chat at a time through the gateway of `stack` (bench/harness.py's `Stack`, with a
-    session store), without a session and in sessions of 10 and 1,000 stored turns."""
+    session store), without a session and in sessions of 10 and 1,000 stored turns. With
+    `settle`, each session chat is followed (untimed) by a wait until its turn is stored; without,
+    the next chat goes at once (a client that answers at once: a turn still being written is
+    then waited for by the next chat on its session)."""
+    from harness import cpu_ns
+
     client: AsyncMongoClient[Document] = AsyncMongoClient(stack.mongo.url, tz_aware=True)
     store = SessionStore(client[SessionStoreSettings().mongo_database])
     await store.ensure_indexes()
     samples: dict[str, list[float]] = {name: [] for name in GATEWAY_SESSIONS}
     # CPU each process spent on a chat (its write included), by kind of chat.
-    pids = {name: process.pid for name, process in stack.services.items()}
-    pids["mongo"] = stack.mongo.pid
+    pids: dict[str, list[int]] = stack.pids()
     cpu: dict[str, dict[str, list[float]]] = {name: {} for name in GATEWAY_SESSIONS}
     url = f"{stack.gateway_url}/api/chat"
     try:
@@ -275,24 +279,25 @@ async def gateway_bench(stack: Any, repeat: int) -> dict[str, Any]:
                 if name != "none":
                     body["session_id"] = name
                 before = await last_seq(name) if name != "none" else 0
-                cpu_before = {process: cpu_ms(pid) for process, pid in pids.items()}
+                cpu_before = {process: cpu_ns(*group) for process, group in pids.items()}
                 started = time.perf_counter()
                 async with http.post(url, json=body) as response:
                     answer = await response.json()
                 took = (time.perf_counter() - started) * 1000
                 if response.status != 200 or not answer.get("done"):
                     raise RuntimeError(f"chat in {name!r} failed: {response.status} {answer}")
-                while name != "none":
-                    # The gateway answers a session's chat once the turn is stored (or after
-                    # its bounded wait): normally found at once.
-                    if await stored_after(name, before):
-                        break
-                    await asyncio.sleep(0.005)
+                if name != "none" and settle:
+                    # The turn is written just after the answer (earlier versions answered once
+                    # it was): looked for after a pause, so both read about once.
+                    await asyncio.sleep(0.02)
+                    while True:
+                        if await stored_after(name, before):
+                            break
+                        await asyncio.sleep(0.005)
                 if keep:
-                    for process, pid in pids.items():
-                        was, now = cpu_before[process], cpu_ms(pid)
-                        if was is not None and now is not None:
-                            cpu[name].setdefault(process, []).append(now - was)
+                    for process, group in pids.items():
+                        used_ms = (cpu_ns(*group) - cpu_before[process]) / 1e6
+                        cpu[name].setdefault(process, []).append(used_ms)
                 return took
 
             names = list(GATEWAY_SESSIONS)
@@ -309,6 +314,7 @@ async def gateway_bench(stack: Any, repeat: int) -> dict[str, Any]:
     medians = {name: round(statistics.median(values), 2) for name, values in samples.items()}
     return {
         "repeat": repeat,
+        "settle": settle,
         "median_ms": medians,
         "p90_ms": {
             name: round(sorted(values)[int(len(values) * 0.9) - 1], 2)
@@ -336,7 +342,7 @@ def gateway_main(args: argparse.Namespace) -> int:
     def body(workdir: Path, cleanup: contextlib.ExitStack) -> dict[str, Any]:
         amqp_url, node = start_broker(cleanup, args.amqp_url)
         stack = start_services(cleanup, workdir, amqp_url, node, {}, session_store=True)
-        return asyncio.run(gateway_bench(stack, args.repeat))
+        return asyncio.run(gateway_bench(stack, args.repeat, settle=not args.no_settle))
 
     def render(result: dict[str, Any]) -> str:
         shown = {key: value for key, value in result.items() if key != "samples_ms"}
@@ -351,6 +357,11 @@ def main() -> int:
     parser.add_argument("--mongo-url")
     parser.add_argument("--amqp-url")
     parser.add_argument("--repeat", type=int, default=30)
+    parser.add_argument(
+        "--no-settle",
+        action="store_true",
+        help="with --gateway: send the next chat at once, without waiting for the turn's write",
+    )
     parser.add_argument("--events", type=int, default=500)
     parser.add_argument("--json")
     parser.add_argument(

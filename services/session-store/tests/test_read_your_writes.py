@@ -57,10 +57,10 @@ async def store(amqp_url: str, mongo_url: str) -> AsyncIterator[Harness]:
     service = app[SERVICE_CORE]
     write_turn = service.store.write_turn
 
-    async def held(turn: TurnRecord) -> WriteOutcome:
+    async def held(turn: TurnRecord, *, look_first: bool = True) -> WriteOutcome:
         writing.set()
         await go.wait()
-        return await write_turn(turn)
+        return await write_turn(turn, look_first=look_first)
 
     service.store.write_turn = held  # type: ignore[method-assign]
     waiting = asyncio.Event()

@@ -16,6 +16,7 @@ a key lookup in the queue; searches are also bounded in time, results and concur
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -235,6 +236,8 @@ async def turns_ctx(app: web.Application) -> AsyncIterator[None]:
     app[TURNS] = consumer
     yield
     await consumer.stop()
+    with contextlib.suppress(PyMongoError):
+        await app[SERVICE_CORE].save_calibrations()
 
 
 def create_app(

@@ -47,6 +47,8 @@ log = structlog.get_logger(__name__)
 # never finish (cancelled, failed) age out.
 PENDING_MAX = 10_000
 PENDING_TTL_S = 3600.0
+# A model's calibration is saved at most this often (seconds).
+CALIBRATION_SAVE_S = 10.0
 
 
 class SessionService:
@@ -64,6 +66,9 @@ class SessionService:
         for model, calibration in self.calibrations.items():
             metrics.CALIBRATION_FACTOR.labels(model).set(calibration.factor)
         self._pending: OrderedDict[str, tuple[float, str, float]] = OrderedDict()
+        # When each model's calibration was last saved (monotonic), and those changed since.
+        self._saved_at: dict[str, float] = {}
+        self._unsaved: set[str] = set()
         # The turns this process is writing, by session (the turns consumer holds them).
         self.writes = KeyedLocks()
         self._model_prompts = {
@@ -199,13 +204,18 @@ class SessionService:
 
     # -- persisting turns ------------------------------------------------------------------
 
-    async def store_turn(self, done: Done) -> WriteOutcome:
-        """Write the turn a `done` event finishes; calibrate the model's estimator from it."""
+    async def store_turn(self, done: Done, *, look_first: bool = True) -> WriteOutcome:
+        """Write the turn a `done` event finishes; calibrate the model's estimator from it.
+        `look_first`: see `SessionStore.write_turn` (False for a `done` delivered the first
+        time)."""
         assert done.session_id is not None
-        pending = self._pending.pop(done.request_id, None)
+        pending = self._pending.get(done.request_id)
         raw_estimate = pending[2] if pending is not None and pending[1] == done.model else None
         record = turn_record(done, utcnow(), raw_estimate)
-        outcome = await self.store.write_turn(record)
+        outcome = await self.store.write_turn(record, look_first=look_first)
+        # Kept until the write is through: a write retried after a database error calibrates
+        # with it too.
+        self._pending.pop(done.request_id, None)
         if outcome is WriteOutcome.STORED and raw_estimate is not None:
             await self._calibrate(done.model, raw_estimate, record.stats.get("prompt_eval_count"))
         return outcome
@@ -216,7 +226,21 @@ class SessionService:
         calibration = self.calibrations.setdefault(model, Calibration())
         if calibration.observe(raw_estimate, prompt_eval_count):
             metrics.CALIBRATION_FACTOR.labels(model).set(calibration.factor)
-            await self.store.save_calibration(model, calibration)
+            # Saved at most once per CALIBRATION_SAVE_S per model (it was a database write on
+            # every turn): it is a running mean, so what a crash loses is a few samples, and
+            # this replica goes on with the factor it has.
+            now = time.monotonic()
+            if now - self._saved_at.get(model, -CALIBRATION_SAVE_S) >= CALIBRATION_SAVE_S:
+                self._saved_at[model] = now
+                await self.store.save_calibration(model, calibration)
+            else:
+                self._unsaved.add(model)
+
+    async def save_calibrations(self) -> None:
+        """Save the factors changed since they were last saved (at shutdown)."""
+        for model in sorted(self._unsaved):
+            await self.store.save_calibration(model, self.calibrations[model])
+        self._unsaved.clear()
 
 
 def _parse_time(value: Any) -> datetime | None:

@@ -366,9 +366,17 @@ class SessionStore:
 
     # -- writing ---------------------------------------------------------------------------
 
-    async def write_turn(self, turn: TurnRecord) -> WriteOutcome:
-        """Store one turn once. Safe to call again with the same request id (a redelivery)."""
-        if await self.turns.find_one({"_id": turn.request_id}, {"_id": 1}) is not None:
+    async def write_turn(self, turn: TurnRecord, *, look_first: bool = True) -> WriteOutcome:
+        """Store one turn once. Safe to call again with the same request id (a redelivery).
+
+        `look_first=False` skips the read for a turn already stored, for a turn that cannot
+        have been seen before but by a rare accident (a `done` delivered for the first time):
+        the insert's unique `_id` still refuses a duplicate, which then costs only a sequence
+        number nobody uses (a hole the tallies live with), not a round trip on every turn."""
+        if (
+            look_first
+            and await self.turns.find_one({"_id": turn.request_id}, {"_id": 1}) is not None
+        ):
             return WriteOutcome.DUPLICATE
         messages = [clean_message(m) for m in turn.messages]
         doc: Document = {
@@ -395,7 +403,7 @@ class SessionStore:
             if taken is None:
                 return WriteOutcome.REJECTED
             seq, session = taken
-            if system is not None:
+            if system is not None and _system_for(session, turn.model) is None:
                 # The model's first system prompt, pinned on the session (once: the filter
                 # makes a repeat a no-op), before the turn exists, so a crash in between is
                 # repaired by the redelivery rather than lost.
@@ -491,7 +499,7 @@ class SessionStore:
                     },
                     upsert=True,
                     return_document=ReturnDocument.AFTER,
-                    projection={"turn_seq": 1, "title": 1, **TALLY_FIELDS},
+                    projection={"turn_seq": 1, "title": 1, "systems": 1, **TALLY_FIELDS},
                 )
             except DuplicateKeyError:
                 # Either two first turns raced to create the session (MongoDB retries that

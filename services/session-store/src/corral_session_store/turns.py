@@ -164,9 +164,13 @@ class TurnConsumer:
     async def _write(self, message: AbstractIncomingMessage, done: Done) -> None:
         deadline = time.monotonic() + self.retry_s
         delay = 0.05
+        # A `done` delivered for the first time is not looked up before it is written (a read
+        # per turn): only a redelivery, or a retry after an error that may have come after the
+        # insert, can find its turn already there (the insert refuses a duplicate anyway).
+        look_first = bool(message.redelivered)
         while True:
             try:
-                outcome = await self.service.store_turn(done)
+                outcome = await self.service.store_turn(done, look_first=look_first)
             except PERMANENT_ERRORS as exc:
                 log.error("turn cannot be stored; dropped", error=type(exc).__name__)
                 metrics.TURNS_WRITTEN.labels("invalid").inc()
@@ -180,6 +184,7 @@ class TurnConsumer:
                     await _settle(message, ack=False)
                     return
                 log.info("turn write failed; retrying", error=str(exc), retry_in_s=delay)
+                look_first = True
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 2.0)
                 continue

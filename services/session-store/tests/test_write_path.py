@@ -1,0 +1,93 @@
+"""What a turn's write costs the database, and what it keeps: a `done` delivered the first time is
+not looked up before it is inserted (a duplicate is still refused), a model's system prompt
+already pinned is not pinned again, and calibration is saved at most once per interval."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from corral_common.ids import new_id
+from corral_common.messages import Done
+from corral_session_store.model_info import StaticContextLengths
+from corral_session_store.sessions import SessionService
+from corral_session_store.settings import SessionStoreSettings
+from corral_session_store.store import SessionStore, TurnRecord, WriteOutcome
+
+T0 = datetime(2025, 8, 5, 14, 0, tzinfo=UTC)
+
+
+def turn(session_id: str, request_id: str, system: str | None = None) -> TurnRecord:
+    messages: list[dict[str, Any]] = []
+    if system is not None:
+        messages.append({"role": "system", "content": system})
+    messages += [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]
+    return TurnRecord(
+        request_id=request_id,
+        session_id=session_id,
+        model="m",
+        kind="chat",
+        messages=messages,
+        asked_at=T0,
+        answered_at=T0,
+    )
+
+
+async def test_a_duplicate_not_looked_for_is_still_refused(store: SessionStore) -> None:
+    session_id = new_id()
+    first = turn(session_id, "dup-1")
+    assert await store.write_turn(first, look_first=False) is WriteOutcome.STORED
+    assert await store.write_turn(first, look_first=False) is WriteOutcome.DUPLICATE
+    assert await store.write_turn(first) is WriteOutcome.DUPLICATE
+    assert await store.turns.count_documents({"session_id": session_id}) == 1
+    history = await store.history(session_id)
+    assert [m["content"] for m in history["messages"]] == ["q", "a"]
+
+
+async def test_a_models_first_system_prompt_is_pinned_once(store: SessionStore) -> None:
+    session_id = new_id()
+    for n, system in enumerate(["be brief", "be brief", "be long"]):
+        written = await store.write_turn(turn(session_id, f"sys-{n}-{session_id}", system))
+        assert written is WriteOutcome.STORED
+    session = await store.sessions.find_one({"_id": session_id})
+    assert session is not None
+    assert session["systems"] == [
+        {"model": "m", "message": {"role": "system", "content": "be brief"}}
+    ]
+
+
+def done(session_id: str, request_id: str) -> Done:
+    return Done(
+        request_id=request_id,
+        token_batches=0,
+        final={"prompt_eval_count": 30},
+        text="a",
+        waited_ms=0,
+        model="m",
+        session_id=session_id,
+        turn=[{"role": "user", "content": "q" * 80}],
+    )
+
+
+async def test_calibration_is_saved_at_most_once_per_interval(store: SessionStore) -> None:
+    service = SessionService(store, StaticContextLengths(), SessionStoreSettings())
+    await store.calibration.delete_many({})
+    session_id = new_id()
+    for n in range(3):
+        request_id = f"cal-{n}-{session_id}"
+        await service.assemble(
+            session_id=session_id,
+            model="m",
+            kind="chat",
+            messages=[{"role": "user", "content": "q" * 80}],
+            options=None,
+            owner=None,
+            request_id=request_id,
+        )
+        assert await service.store_turn(done(session_id, request_id)) is WriteOutcome.STORED
+    assert service.calibrations["m"].samples == 3
+    saved = await store.calibration.find_one({"_id": "m"})
+    assert saved is not None and saved["samples"] == 1
+    await service.save_calibrations()
+    saved = await store.calibration.find_one({"_id": "m"})
+    assert saved is not None and saved["samples"] == 3
