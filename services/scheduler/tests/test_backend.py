@@ -14,7 +14,7 @@ from aiohttp.test_utils import TestServer
 
 from corral_emulator import EmulatorConfig
 from corral_emulator import create_app as create_emulator
-from corral_scheduler.backends.base import BackendStreamError
+from corral_scheduler.backends.base import BackendStreamError, ChunkRun
 from corral_scheduler.backends.ollama import OllamaBackend, ndjson_lines
 
 CONTEXT_TOKENS = 100_000
@@ -28,8 +28,15 @@ async def backend_for(app: web.Application) -> AsyncIterator[OllamaBackend]:
 
 
 async def collect(backend: OllamaBackend, payload: dict[str, object]) -> list[dict[str, object]]:
-    async with backend.stream("generate", payload) as chunks:
-        return [chunk async for chunk in chunks]
+    """Every chunk, a run's one by one."""
+    collected: list[dict[str, object]] = []
+    async with backend.stream("generate", payload) as pieces:
+        async for piece in pieces:
+            if isinstance(piece, ChunkRun):
+                collected += piece.chunks
+            else:
+                collected.append(piece)
+    return collected
 
 
 async def test_a_huge_final_chunk_written_in_pieces_is_read_whole() -> None:

@@ -14,10 +14,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TypeVar
 
+import orjson
 import structlog
 from aio_pika.abc import AbstractIncomingMessage
 from prometheus_client import Gauge
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, Field, ValidationError
 
 from corral_common.contracts.identity import KEYS_CHANGED_KEY, KeyChanged
 from corral_common.messages import (
@@ -74,6 +75,52 @@ def _reading(model: type[M], what: str, handle: Callable[[M], None]) -> Callable
         handle(decoded)
 
     return take
+
+
+class RawTokens(Tokens):
+    """A token batch read with each chunk's JSON text as the scheduler sent it (`lines[i]` is
+    `chunks[i]`), so a surface that relays the backend's chunks unchanged writes that text
+    instead of encoding every chunk again (`ollama.chunks.OllamaChunks.passthrough`)."""
+
+    lines: list[bytes] = Field(default_factory=list)
+
+
+# How a scheduler lays out a token batch (corral_scheduler.events.tokens_body): its chunks one
+# per line, between these.
+_CHUNKS_OPEN = b'"chunks":[\n'
+_CHUNKS_CLOSE = b"\n]"
+_TOKEN_PREFIX = b'{"kind":"token",'
+
+
+def read_tokens(body: bytes) -> RawTokens | None:
+    """A token batch laid out one chunk per line, read without validating every chunk through
+    pydantic: the chunks are parsed in one call and their text kept (`RawTokens`). None for
+    anything else (another event, a batch from a scheduler that lays it out otherwise), which
+    is read as before. A raw newline in a JSON message is whitespace outside any string, so
+    the lines between the array's brackets are its elements, each ending with its comma."""
+    if not body.startswith(_TOKEN_PREFIX):
+        return None
+    head, found, rest = body.partition(_CHUNKS_OPEN)
+    if not found:
+        return None
+    inner, found, tail = rest.rpartition(_CHUNKS_CLOSE)
+    if not found or b"\n" in tail:
+        return None
+    try:
+        envelope = Tokens.model_validate_json(head + b'"chunks":[]' + tail)
+        chunks = orjson.loads(b"[" + inner + b"]")
+    except (ValidationError, orjson.JSONDecodeError):
+        return None
+    lines = inner.split(b",\n") if inner else []
+    if len(lines) != len(chunks) or not all(type(chunk) is dict for chunk in chunks):
+        return None
+    return RawTokens.model_construct(
+        request_id=envelope.request_id,
+        seq=envelope.seq,
+        chunks=chunks,
+        started=envelope.started,
+        lines=lines,
+    )
 
 
 class Hub:
@@ -139,8 +186,10 @@ class Hub:
         if take is not None:
             take(message.body)
             return
+        event: Event | None = read_tokens(message.body)
         try:
-            event = EVENT_ADAPTER.validate_json(message.body)
+            if event is None:
+                event = EVENT_ADAPTER.validate_json(message.body)
         except ValidationError:
             log.warning("unreadable event dropped", routing_key=message.routing_key)
             return

@@ -6,8 +6,9 @@ import asyncio
 import contextlib
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Generic, TypeVar
 
+import orjson
 import structlog
 
 from corral_common.broker import Broker, BrokerUnavailable, Unroutable, encode
@@ -76,6 +77,20 @@ class EventSink:
             event = await self._unhold(job, event)
         await self._publish(job, event)
 
+    async def send_tokens(self, job: Job, seq: int, lines: list[bytes]) -> None:
+        """A `Tokens` batch whose chunks are `lines` (each one chunk's JSON, as the backend
+        wrote it), published without parsing or encoding them again: the message is written
+        around them (`tokens_body`). The job's held `started` rides on it, as in `send`."""
+        started: Started | None = None
+        if self._held or self._releasing:
+            started = await self._take_held(job)
+        key = event_key(job.gateway_id, job.request_id, "token")
+        body = tokens_body(job.request_id, seq, lines, started)
+        try:
+            await self._broker.publish_event(key, body, durable=False)
+        except Unroutable:
+            log.info("event had no listener", kind="token")
+
     async def _publish(self, job: Job, event: JobEvent) -> None:
         kind = str(event.kind)
         key = event_key(
@@ -113,18 +128,26 @@ class EventSink:
 
     async def _unhold(self, job: Job, event: JobEvent) -> JobEvent:
         """`event` with the job's held `started` on it (a token batch), or after it."""
+        started = await self._take_held(job)
+        if started is None:
+            return event
+        if isinstance(event, Tokens):
+            return event.model_copy(update={"started": started})
+        await self._publish(job, started)
+        return event
+
+    async def _take_held(self, job: Job) -> Started | None:
+        """The job's held `started`, no longer held (None if none is); one whose window ran
+        out is published first."""
         rid = job.request_id
         releasing = self._releasing.get(rid)
         if releasing is not None:
             await asyncio.shield(releasing)
         held = self._held.pop(rid, None)
         if held is None:
-            return event
+            return None
         held.timer.cancel()
-        if isinstance(event, Tokens):
-            return event.model_copy(update={"started": held.started})
-        await self._publish(job, held.started)
-        return event
+        return held.started
 
     async def send_positions(self, gateway_id: str, positions: list[Position]) -> bool:
         """One gateway's position updates in one transient message; never raises (but for
@@ -172,7 +195,23 @@ class EventSink:
         return True
 
 
-class TokenBatcher:
+def tokens_body(request_id: str, seq: int, lines: list[bytes], started: Started | None) -> bytes:
+    """A `Tokens` message as `encode` would write it, but for its chunks: `lines` as they are,
+    one per line of the message (a newline between array elements is JSON whitespace, and a
+    compact JSON line has none of its own), so a gateway can take each chunk's text without
+    parsing the batch. Every reader of `Tokens` reads it as it reads any other."""
+    head = b'{"kind":"token","request_id":%b,"seq":%d,"chunks":[\n' % (
+        orjson.dumps(request_id),
+        seq,
+    )
+    tail = b"\n]}" if started is None else b'\n],"started":%b}' % encode(started)
+    return head + b",\n".join(lines) + tail
+
+
+T = TypeVar("T")
+
+
+class TokenBatcher(Generic[T]):
     """Forwards chunks as they arrive, at most one batch per `window_s`.
 
     The first chunk goes out at once (an idle lane adds no latency to the first token). While
@@ -187,19 +226,23 @@ class TokenBatcher:
 
     def __init__(
         self,
-        publish: Callable[[int, list[dict[str, Any]]], Awaitable[None]],
+        publish: Callable[[int, list[T]], Awaitable[None]],
         window_s: float = TOKEN_WINDOW_S,
     ) -> None:
         self._publish = publish
         self._window_s = window_s
-        self._pending: list[dict[str, Any]] = []
+        self._pending: list[T] = []
         self._wake = asyncio.Event()
         self._closed = asyncio.Event()
         self._sent = 0
         self._task = asyncio.create_task(self._pump(), name="token-batcher")
 
-    def add(self, chunk: dict[str, Any]) -> None:
+    def add(self, chunk: T) -> None:
         self._pending.append(chunk)
+        self._wake.set()
+
+    def extend(self, chunks: list[T]) -> None:
+        self._pending += chunks
         self._wake.set()
 
     async def close(self) -> int:

@@ -27,6 +27,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any, TypeVar, cast
 
+import orjson
 import structlog
 from opentelemetry import trace
 
@@ -41,7 +42,6 @@ from corral_common.messages import (
     Failed,
     Job,
     Started,
-    Tokens,
 )
 from corral_common.model_names import same_model
 from corral_common.telemetry import extract_context, tracer
@@ -51,7 +51,9 @@ from corral_scheduler.backends.base import (
     Backend,
     BackendStreamError,
     Chunk,
+    ChunkRun,
     EmbedKind,
+    Piece,
     StreamKind,
 )
 from corral_scheduler.eta import SpeedBook
@@ -113,7 +115,7 @@ class Executor:
         # Finished jobs whose done is being published and delivery acked (`_settle`), and
         # those about to be (`_settle_later`).
         self._settling: set[asyncio.Task[None]] = set()
-        self._unsettled: list[tuple[Entry, Callable[[int], Done], TokenBatcher | None]] = []
+        self._unsettled: list[tuple[Entry, Callable[[int], Done], TokenBatcher[Any] | None]] = []
 
     async def run_forever(self) -> None:
         """Every server's loop; one failing ends them all (and the service: app.py)."""
@@ -314,10 +316,9 @@ class Executor:
         self, running: Running, waited_ms: int, span: trace.Span, release: Callable[[], None]
     ) -> str:
         job = running.entry.job
-        batcher = TokenBatcher(
-            lambda seq, chunks: self.sink.send(
-                job, Tokens(request_id=job.request_id, seq=seq, chunks=chunks)
-            ),
+        # The batches are of the chunks' JSON lines, relayed as read (`ChunkRun`).
+        batcher: TokenBatcher[bytes] = TokenBatcher(
+            lambda seq, lines: self.sink.send_tokens(job, seq, lines),
             window_s=self.sink.token_window_s,
         )
         try:
@@ -395,7 +396,7 @@ class Executor:
         self,
         running: Running,
         waited_ms: int,
-        batcher: TokenBatcher,
+        batcher: TokenBatcher[bytes],
         span: trace.Span,
         release: Callable[[], None],
     ) -> Callable[[int], Done]:
@@ -416,7 +417,7 @@ class Executor:
             # the block closes the upstream response, however it is left.
             kind = cast(StreamKind, job.kind)
 
-            def opening() -> Awaitable[AsyncIterator[Chunk]]:
+            def opening() -> Awaitable[AsyncIterator[Piece]]:
                 return stack.enter_async_context(backend.stream(kind, payload))
 
             chunks = await self._open(running, opening)
@@ -430,7 +431,7 @@ class Executor:
             )
             running.stage = "prompt"
             progress_due = 0.0
-            async for chunk in chunks:
+            async for piece in chunks:
                 # A long generation streaming tokens is a lane that moves, not a stuck one
                 # (told the lane at most every PROGRESS_EVERY_S: thousands of chunks a second
                 # need not each tell it).
@@ -441,12 +442,18 @@ class Executor:
                 if running.tokens == 0:
                     running.stage = "generating"
                     metrics.TIME_TO_FIRST_TOKEN.labels(job.model).observe(now - started)
+                if type(piece) is ChunkRun:
+                    running.tokens += len(piece.chunks)
+                    seen += piece.chunks
+                    batcher.extend(piece.lines)
+                    continue
+                chunk = cast(Chunk, piece)
                 running.tokens += 1
                 seen.append(chunk)
                 if chunk.get("done"):
                     final = chunk
                 else:
-                    batcher.add(chunk)
+                    batcher.add(orjson.dumps(chunk))
         # The upstream response is closed and its model known: the server's next job may start.
         self.lane.set_loaded(
             running.server, None if final.get("done_reason") == "unload" else job.model
@@ -489,7 +496,7 @@ class Executor:
         return conclude
 
     def _settle_later(
-        self, entry: Entry, conclude: Callable[[int], Done], batcher: TokenBatcher | None
+        self, entry: Entry, conclude: Callable[[int], Done], batcher: TokenBatcher[Any] | None
     ) -> None:
         """Settle the job, starting on the loop's next round rather than now: its server's
         loop, woken by the release a moment ago, runs first and sends the next job's request
@@ -506,7 +513,7 @@ class Executor:
             task.add_done_callback(self._settling.discard)
 
     async def _settle(
-        self, entry: Entry, conclude: Callable[[int], Done], batcher: TokenBatcher | None
+        self, entry: Entry, conclude: Callable[[int], Done], batcher: TokenBatcher[Any] | None
     ) -> None:
         """A finished job's last token batches out, its bookkeeping done and its `done`
         published, then its delivery acked, while its server already runs the next job: the

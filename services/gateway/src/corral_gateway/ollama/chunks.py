@@ -7,8 +7,9 @@ from datetime import UTC, datetime
 from typing import Any
 
 from corral_common.errors import CorralError
-from corral_common.messages import Done, JobKind
-from corral_gateway.encoders import Data, Frame
+from corral_common.messages import Done, JobKind, Tokens
+from corral_gateway.encoders import Data, Frame, NdjsonEncoder, StreamEncoder
+from corral_gateway.hub import RawTokens
 
 
 def created_at() -> str:
@@ -103,6 +104,14 @@ class OllamaChunks:
 
     def chunk(self, chunk: dict[str, Any]) -> list[Frame]:
         return [Data(chunk)]
+
+    def passthrough(self, tokens: Tokens, encoder: StreamEncoder) -> bytes | None:
+        """The batch's NDJSON as the backend wrote it, when it came with its chunks' text
+        (`hub.RawTokens`): the chunks go out unchanged, so encoding them again would only
+        spend the gateway's time on the same bytes. None: encode chunk by chunk."""
+        if not isinstance(tokens, RawTokens) or not isinstance(encoder, NdjsonEncoder):
+            return None
+        return b"\n".join(tokens.lines) + b"\n" if tokens.lines else b""
 
     def final(self, done: Done, extras: dict[str, Any]) -> list[Frame]:
         return [Data({**done.final, **extras})]

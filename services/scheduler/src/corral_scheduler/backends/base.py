@@ -25,6 +25,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
 from corral_common.openai_models import BackendKind
@@ -32,10 +33,35 @@ from corral_common.openai_models import BackendKind
 # An Ollama-shaped chunk or answer (see the module's docstring).
 Chunk = dict[str, Any]
 Answer = dict[str, Any]
-__all__ = ["Answer", "Backend", "BackendKind", "BackendStreamError", "Chunk", "EmbedKind"]
+__all__ = [
+    "Answer",
+    "Backend",
+    "BackendKind",
+    "BackendStreamError",
+    "Chunk",
+    "ChunkRun",
+    "EmbedKind",
+    "Piece",
+]
 
 StreamKind = Literal["chat", "generate"]
 EmbedKind = Literal["embed", "embeddings"]
+
+
+@dataclass(frozen=True, slots=True)
+class ChunkRun:
+    """Non-final chunks read together (none of them `done`, none an error), each twice: parsed,
+    and as the JSON text it is relayed as (`lines[i]` is `chunks[i]`, one line without its
+    newline). A fast backend's stream arrives many chunks per read; taking them as a run costs
+    the executor one step per read instead of one per token, and relaying the text as read
+    spares encoding each chunk again."""
+
+    chunks: list[Chunk]
+    lines: list[bytes]
+
+
+# What a generation's stream yields: one chunk, or a run of non-final ones.
+Piece = Chunk | ChunkRun
 
 
 class BackendStreamError(Exception):
@@ -49,9 +75,10 @@ class Backend(Protocol):
 
     def stream(
         self, kind: StreamKind, payload: dict[str, Any]
-    ) -> AbstractAsyncContextManager[AsyncIterator[Chunk]]:
-        """Open a chat or generate; the context yields its chunks. Leaving the block closes
-        the upstream response, which is what stops a generation on the server."""
+    ) -> AbstractAsyncContextManager[AsyncIterator[Piece]]:
+        """Open a chat or generate; the context yields its chunks (single, or non-final ones
+        as a `ChunkRun`). Leaving the block closes the upstream response, which is what stops
+        a generation on the server."""
 
     async def embed(self, kind: EmbedKind, payload: dict[str, Any]) -> Answer:
         """One embedding request (`/api/embed` or the legacy `/api/embeddings` shape)."""

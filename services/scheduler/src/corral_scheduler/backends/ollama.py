@@ -19,8 +19,9 @@ from corral_scheduler.backends.base import (
     Answer,
     BackendKind,
     BackendStreamError,
-    Chunk,
+    ChunkRun,
     EmbedKind,
+    Piece,
     StreamKind,
 )
 
@@ -32,6 +33,13 @@ LOAD_PATH = "/api/generate"
 # Far above any real chunk (a 1M-token `context` is about 7 MB), low enough that a broken
 # backend cannot exhaust memory with one endless line.
 MAX_LINE_BYTES = 64 << 20
+# How much of a stream aiohttp buffers before it stops reading the socket. Its default (64 KiB)
+# paused and resumed the transport every few hundred tokens of a fast stream.
+READ_BUFFER_BYTES = 1 << 20
+# How every non-final chunk of Ollama's (and the emulator's) ends: `done` is the last field of
+# the top-level object. Preceded by a comma and followed by the line's end, this cannot be
+# inside a string or a nested object, so a line that ends so is a chunk that is not final.
+NOT_DONE_END = b',"done":false}'
 
 
 class OllamaBackend:
@@ -56,7 +64,7 @@ class OllamaBackend:
     @asynccontextmanager
     async def stream(
         self, kind: StreamKind, payload: dict[str, Any]
-    ) -> AsyncIterator[AsyncIterator[Chunk]]:
+    ) -> AsyncIterator[AsyncIterator[Piece]]:
         """Open a generation; yields its chunks. Leaving the block closes the upstream response,
         which is what aborts a generation on the backend."""
         body = orjson.dumps({**payload, "stream": True})
@@ -66,6 +74,7 @@ class OllamaBackend:
                 data=body,
                 headers={"Content-Type": "application/json"},
                 timeout=self._timeout,
+                read_bufsize=READ_BUFFER_BYTES,
             )
         except UNREACHABLE_ERRORS as exc:
             raise unreachable(self.base_url, exc) from exc
@@ -123,23 +132,53 @@ def _models(data: dict[str, Any]) -> list[dict[str, Any]]:
     return [m for m in models if isinstance(m, dict)] if isinstance(models, list) else []
 
 
-async def _chunks(response: aiohttp.ClientResponse) -> AsyncIterator[Chunk]:
+async def _chunks(response: aiohttp.ClientResponse) -> AsyncIterator[Piece]:
     try:
-        async for line in ndjson_lines(response.content):
-            if not line.strip():
+        async for lines in ndjson_runs(response.content):
+            run = _run_of(lines)
+            if run is not None:
+                yield run
                 continue
-            chunk = orjson.loads(line)
-            if "error" in chunk:
-                raise BackendStreamError(str(chunk["error"]))
-            yield chunk
+            for line in lines:
+                if not line.strip():
+                    continue
+                chunk = orjson.loads(line)
+                if "error" in chunk:
+                    raise BackendStreamError(str(chunk["error"]))
+                yield chunk
     except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError, TimeoutError) as exc:
         raise BackendStreamError(f"backend stream broke off: {exc or type(exc).__name__}") from exc
 
 
-async def ndjson_lines(
+def _run_of(lines: list[bytes]) -> ChunkRun | None:
+    """The lines of one read as a run of non-final chunks, parsed in one call; None when any
+    of them may be something else (the final chunk, an error, a blank line), or would not be
+    relayed byte for byte as read (a `\\u` or `\\/` escape, which re-encoding the chunk
+    spells out, as the gateway always did): those are read one by one."""
+    if not lines:
+        return None
+    text = b"\n".join(lines)
+    if (
+        (text + b"\n").count(NOT_DONE_END + b"\n") != len(lines)
+        or b'"error"' in text
+        or b"\\u" in text
+        or b"\\/" in text
+    ):
+        return None
+    try:
+        chunks = orjson.loads(b"[" + text.replace(b"\n", b",") + b"]")
+    except orjson.JSONDecodeError:
+        return None
+    if len(chunks) != len(lines) or not all(type(chunk) is dict for chunk in chunks):
+        # Not one JSON object per line: read line by line, which fails on the bad one.
+        return None
+    return ChunkRun(chunks, lines)
+
+
+async def ndjson_runs(
     content: aiohttp.StreamReader, max_line_bytes: int = MAX_LINE_BYTES
-) -> AsyncIterator[bytes]:
-    """The stream's lines, read by chunks and split here.
+) -> AsyncIterator[list[bytes]]:
+    """The stream's complete lines, as many as each read brings (never an empty list).
 
     aiohttp's own line reading (`async for line in response.content`) stops at 128 KiB with
     LineTooLong, and Ollama's final /api/generate chunk carries the whole `context` array: a
@@ -147,16 +186,33 @@ async def ndjson_lines(
     generation had run. The bound here only stops a backend that never ends a line."""
     pending = bytearray()
     async for data in content.iter_any():
-        start = 0
-        while (end := data.find(b"\n", start)) != -1:
-            pending += data[start:end]
-            yield bytes(pending)
-            pending.clear()
-            start = end + 1
-        pending += data[start:]
+        end = data.find(b"\n")
+        if end == -1:
+            pending += data
+        else:
+            lines: list[bytes] = []
+            if pending:
+                pending += data[:end]
+                lines.append(bytes(pending))
+                pending.clear()
+                data = data[end + 1 :]
+            parts = data.split(b"\n")
+            pending += parts.pop()
+            lines += parts
+            if lines:
+                yield lines
         if len(pending) > max_line_bytes:
             raise BackendStreamError(
                 f"backend sent a line over {max_line_bytes // (1 << 20)} MiB without an end"
             )
     if pending:
-        yield bytes(pending)
+        yield [bytes(pending)]
+
+
+async def ndjson_lines(
+    content: aiohttp.StreamReader, max_line_bytes: int = MAX_LINE_BYTES
+) -> AsyncIterator[bytes]:
+    """The stream's lines one by one (`ndjson_runs`)."""
+    async for lines in ndjson_runs(content, max_line_bytes):
+        for line in lines:
+            yield line

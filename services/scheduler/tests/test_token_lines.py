@@ -1,0 +1,62 @@
+"""A fast backend's chunks are taken a read at a time and relayed as the backend wrote them:
+only lines that are surely non-final chunks, that re-encoding would not change, form a run;
+everything else is read one by one, as before. A token batch written around those lines reads
+as the same `Tokens` as one encoded whole."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+
+from corral_common.broker import encode
+from corral_common.messages import EVENT_ADAPTER, Started, Tokens
+from corral_scheduler.backends.base import ChunkRun
+from corral_scheduler.backends.ollama import _run_of
+from corral_scheduler.events import tokens_body
+
+
+def line(content: str, **more: Any) -> bytes:
+    return orjson.dumps(
+        {"model": "m", "message": {"role": "assistant", "content": content}, **more, "done": False}
+    )
+
+
+def test_non_final_chunks_of_one_read_are_one_run_parsed_once() -> None:
+    lines = [line(" a"), line(' "quoted" b\n'), line(" é")]
+    run = _run_of(lines)
+    assert isinstance(run, ChunkRun)
+    assert run.lines == lines
+    assert run.chunks == [orjson.loads(each) for each in lines]
+
+
+def test_anything_that_may_not_be_a_plain_chunk_is_read_one_by_one() -> None:
+    final = orjson.dumps({"model": "m", "done": True, "eval_count": 3})
+    nested_done = orjson.dumps(
+        {"message": {"tool_calls": [{"function": {"arguments": {"done": False}}}]}, "done": True}
+    )
+    assert _run_of([line(" a"), final]) is None
+    assert _run_of([nested_done]) is None
+    assert _run_of([line(" a"), b'{"error":"boom"}']) is None
+    assert _run_of([line(" a"), b""]) is None
+    # Re-encoding would spell these out (`\u003c` is `<`): not relayed as read.
+    assert _run_of([line(" a").replace(b" a", b"\\u003c")]) is None
+    assert _run_of([line(" a").replace(b" a", b"a\\/b")]) is None
+    # Not one object per line, though each ends as a chunk does.
+    assert _run_of([b'{"a":1},{"done":false}']) is None
+    assert _run_of([b'{"a":[1,"done":false}']) is None
+    assert _run_of([]) is None
+
+
+def test_a_batch_written_around_its_lines_reads_as_the_same_tokens() -> None:
+    lines = [line(" a"), line(" b\n")]
+    chunks = [orjson.loads(each) for each in lines]
+    started = Started(request_id="r1", waited_ms=5)
+    for with_started in (None, started):
+        body = tokens_body("r1", 3, lines, with_started)
+        expected = Tokens(request_id="r1", seq=3, chunks=chunks, started=with_started)
+        assert EVENT_ADAPTER.validate_json(body) == expected
+        whole = orjson.loads(encode(expected))
+        assert orjson.loads(body) == {k: v for k, v in whole.items() if v is not None}
+        # One chunk per line of the message, each as the backend wrote it.
+        assert body.split(b"\n")[1:-1] == [lines[0] + b",", lines[1]]
