@@ -92,6 +92,7 @@ from corral_common.contracts.session_store import ImportParams
 from corral_common.errors import CorralError, ErrorType
 from corral_common.ids import new_id
 from corral_session_store.tokens import Calibration, TokenEstimator
+from corral_session_store.windows import WINDOW_READS, WindowCache
 
 Document = dict[str, Any]
 
@@ -345,6 +346,8 @@ class SessionStore:
         self.sessions: AsyncCollection[Document] = db["sessions"]
         self.turns: AsyncCollection[Document] = db["turns"]
         self.calibration: AsyncCollection[Document] = db["calibration"]
+        # The newest turns of the sessions written here, for assembly (windows.py).
+        self.windows = WindowCache()
 
     async def ensure_indexes(self) -> None:
         """Idempotent; run at start-up by every replica."""
@@ -367,6 +370,14 @@ class SessionStore:
     # -- writing ---------------------------------------------------------------------------
 
     async def write_turn(self, turn: TurnRecord, *, look_first: bool = True) -> WriteOutcome:
+        """Store one turn once (see `_write_turn`); the windows of assembly hear of it."""
+        self.windows.write_begins(turn.session_id)
+        try:
+            return await self._write_turn(turn, look_first=look_first)
+        finally:
+            self.windows.write_ends(turn.session_id)
+
+    async def _write_turn(self, turn: TurnRecord, *, look_first: bool = True) -> WriteOutcome:
         """Store one turn once. Safe to call again with the same request id (a redelivery).
 
         `look_first=False` skips the read for a turn already stored, for a turn that cannot
@@ -403,6 +414,7 @@ class SessionStore:
             if taken is None:
                 return WriteOutcome.REJECTED
             seq, session = taken
+            self.windows.taken(turn.session_id, seq)
             if system is not None and _system_for(session, turn.model) is None:
                 # The model's first system prompt, pinned on the session (once: the filter
                 # makes a repeat a no-op), before the turn exists, so a crash in between is
@@ -414,10 +426,18 @@ class SessionStore:
             try:
                 await self.turns.insert_one({**doc, "seq": seq, "stored_at": utcnow()})
             except DuplicateKeyError:
+                # A number without a turn: the windows cannot follow it.
+                self.windows.drop(turn.session_id)
                 if await self.turns.find_one({"_id": turn.request_id}, {"_id": 1}) is not None:
                     return WriteOutcome.DUPLICATE
                 # The sequence number was taken (a server whose $inc raced): take another.
                 continue
+            self.windows.written(
+                turn.session_id,
+                turn.model,
+                seq,
+                [clean_message(m, BACKEND_KEYS) for m in messages],
+            )
             tally = tally_of(session, turn.model)
             if tally is not None and seq - tally.seq >= FOLD_EVERY:
                 await self.fold_tallies(turn.session_id, seq, session)
@@ -562,18 +582,43 @@ class SessionStore:
         # Every turn of the model numbered in (lowest, top]: its message count by number.
         fetched: dict[int, int] = {}
         top = high = lowest = int(session.get("turn_seq") or 0)
+        created_at = session.get("created_at")
+        # The newest turns from this store's window when it is the session just read, else
+        # from the database (and kept when the read allows it): windows.py.
+        cached = self.windows.window(session_id, model, top, created_at)
+        read = self.windows.begin(session_id) if cached is None else None
+        first_read: list[Document] = []
         span = HISTORY_BATCH
         while high > 0 and stopped_at is None:
             low = max(high - span, 0)
-            docs = await self.turns.find(
-                {**selector, "seq": {"$gt": low, "$lte": high}},
-                {"messages": 1, "seq": 1, "message_count": 1},
-            ).to_list()
+            if cached is not None and cached.covers(low, high):
+                docs = cached.docs(low, high)
+                WINDOW_READS.labels("cache").inc()
+            else:
+                try:
+                    docs = await self.turns.find(
+                        {**selector, "seq": {"$gt": low, "$lte": high}},
+                        {"messages": 1, "seq": 1, "message_count": 1},
+                    ).to_list()
+                except BaseException:
+                    if read is not None:
+                        self.windows.abandon(read)
+                    raise
+                WINDOW_READS.labels("database").inc()
+                for doc in docs:
+                    doc["messages"] = [
+                        clean_message(m, BACKEND_KEYS) for m in doc.get("messages") or []
+                    ]
+                if high == top:
+                    first_read = docs
+                    if read is not None:
+                        self.windows.finish(read, model, top, created_at, low, first_read)
+                        read = None
             fetched.update((int(doc["seq"]), _int(doc.get("message_count"))) for doc in docs)
             lowest = low
             docs.sort(key=lambda doc: int(doc["seq"]), reverse=True)
             for doc in docs:
-                messages = [clean_message(m, BACKEND_KEYS) for m in doc.get("messages") or []]
+                messages = list(doc["messages"])
                 newest.append(messages)
                 cost += estimator.messages(messages)
                 count += sum(1 for m in messages if m.get("role") != "system")
@@ -582,6 +627,8 @@ class SessionStore:
                     stopped_by = "tokens" if cost > prompt_budget else "max_history_length"
                     break
             high, span = low, span * 2
+        if read is not None:
+            self.windows.abandon(read)
         older = older_messages = 0
         if stopped_at is not None:
             tally = tally_of(session, model)
@@ -832,9 +879,15 @@ class SessionStore:
         # Turns first: an interrupted delete leaves a session that can be deleted again, never
         # turns nobody can reach. Its tallies before them: a session left with some turns
         # gone is recounted if it is used again.
-        await self.sessions.update_one({"_id": session_id}, DROP_TALLIES)
-        turns = await self.turns.delete_many({"session_id": session_id})
-        await self.sessions.delete_one({"_id": session_id})
+        self.windows.write_begins(session_id)
+        try:
+            self.windows.drop(session_id)
+            await self.sessions.update_one({"_id": session_id}, DROP_TALLIES)
+            turns = await self.turns.delete_many({"session_id": session_id})
+            await self.sessions.delete_one({"_id": session_id})
+        finally:
+            self.windows.drop(session_id)
+            self.windows.write_ends(session_id)
         return {"session_id": session_id, "deleted": True, "turns_deleted": turns.deleted_count}
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -897,6 +950,7 @@ class SessionStore:
         found = await self.sessions.find(expired, {"_id": 1}, limit=batch).to_list()
         sessions = turns = 0
         for doc in found:
+            self.windows.drop(doc["_id"])
             # Tallies first, as `delete` does (a session resumed meanwhile is recounted).
             await self.sessions.update_one({"_id": doc["_id"]}, DROP_TALLIES)
             gone = await self.turns.delete_many({"session_id": doc["_id"]})
@@ -917,9 +971,11 @@ class SessionStore:
     async def clear_all(self) -> Document:
         """Every session and turn gone (the operators' DELETE /admin/sessions). Tallies first,
         as `delete` does."""
+        self.windows.clear()
         await self.sessions.update_many({}, DROP_TALLIES)
         turns = await self.turns.delete_many({})
         sessions = await self.sessions.delete_many({})
+        self.windows.clear()
         return {
             "deleted": True,
             "sessions_deleted": sessions.deleted_count,

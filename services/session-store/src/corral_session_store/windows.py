@@ -1,0 +1,218 @@
+"""The newest turns of the sessions this store writes, kept in memory for context assembly.
+
+Assembly reads a session's document (ownership, archive, its last turn number `turn_seq`, the
+tallies) and then the newest 64 turn numbers of the model: two database round trips per chat,
+and the second one (25 turns of history, decoded and cleaned) is most of the store's and the
+database's work. The turns consumer wrote those turns itself a moment ago, so this keeps them:
+per (session, model), every turn numbered in (`low`, `high`], as assembly reads them.
+
+When a cached window may be used, and why it is then exactly what the database holds:
+
+- **Validated by the session document read anyway**: used only when the session's `turn_seq`
+  is the window's `high` and its `created_at` the window's (a session deleted and made again
+  elsewhere starts over). A number handed out since (by anyone) is a `turn_seq` above `high`:
+  the window is then dropped and the turns read from the database as before.
+- **Filled only from a quiet read**: a read of the database goes into the cache only if no
+  write of the session was under way in this process when it began or completed while it ran
+  (it could be half in the read), and if the session's newest number is one this process took
+  itself (`taken`). Every older number was handed out before it, so its turn was inserted
+  already, unless another process (a second writer during a consumer failover, an import on
+  another replica) took it and stalled between taking it and inserting its turn for longer than
+  this process took to write a whole turn after it. That is the one case the window can miss a
+  turn (until the window is dropped), the case the tallies already accept.
+- **Extended by this process's writes**: a turn written here numbered `high + 1` is added (to
+  its model's window; every window of the session moves its `high`). Any other number (a gap:
+  numbers taken elsewhere) drops the session's windows.
+- Delete, purge, clear and import drop the session's windows here; elsewhere, `turn_seq` and
+  `created_at` tell.
+
+Bounded: at most `MAX_WINDOWS` windows (least recently used go first), each trimmed to the newest
+`KEEP_SPAN` numbers (assembly's first range is the newest `HISTORY_BATCH`).
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from prometheus_client import Counter
+
+Document = dict[str, Any]
+
+MAX_WINDOWS = 1024
+# Numbers below `high` a window keeps (twice assembly's first range).
+KEEP_SPAN = 128
+# Sessions whose last number taken here is remembered.
+MAX_TAKEN = 16_384
+
+WINDOW_READS = Counter(
+    "corral_session_window_reads_total",
+    "Context assemblies' history reads, by where the turns came from (cache: this store's "
+    "window of the session's newest turns; database)",
+    ["source"],
+)
+
+
+@dataclass
+class Window:
+    """Every turn of one (session, model) numbered in (`low`, `high`]: number → (messages as
+    sent to the backend, message count)."""
+
+    low: int
+    high: int
+    created_at: datetime | None
+    turns: dict[int, tuple[list[Document], int]] = field(default_factory=dict)
+
+    def covers(self, low: int, high: int) -> bool:
+        return self.low <= low and high <= self.high
+
+    def docs(self, low: int, high: int) -> list[Document]:
+        """The turns numbered in (`low`, `high`], as the database's documents would be read."""
+        return [
+            {"seq": seq, "messages": messages, "message_count": count}
+            for seq, (messages, count) in self.turns.items()
+            if low < seq <= high
+        ]
+
+    def trim(self) -> None:
+        if self.high - self.low > KEEP_SPAN:
+            self.low = self.high - KEEP_SPAN
+            self.turns = {seq: turn for seq, turn in self.turns.items() if seq > self.low}
+
+
+class Read:
+    """One assembly's read of a session, between `WindowCache.begin` and `finish`."""
+
+    def __init__(self, session_id: str, quiet: bool) -> None:
+        self.session_id = session_id
+        self.quiet = quiet
+
+
+class WindowCache:
+    def __init__(self) -> None:
+        self._windows: OrderedDict[tuple[str, str], Window] = OrderedDict()
+        # session → the models it has windows of
+        self._models: dict[str, set[str]] = {}
+        # session → the last number this process took in it
+        self._taken: OrderedDict[str, int] = OrderedDict()
+        # session → writes under way here; reads under way (each marked when a write touched it)
+        self._writing: dict[str, int] = {}
+        self._reads: dict[str, list[Read]] = {}
+
+    def __len__(self) -> int:
+        return len(self._windows)
+
+    # -- what the writes say -------------------------------------------------------------
+
+    def write_begins(self, session_id: str) -> None:
+        self._writing[session_id] = self._writing.get(session_id, 0) + 1
+        self._disturb(session_id)
+
+    def write_ends(self, session_id: str) -> None:
+        left = self._writing.get(session_id, 0) - 1
+        if left > 0:
+            self._writing[session_id] = left
+        else:
+            self._writing.pop(session_id, None)
+        self._disturb(session_id)
+
+    def taken(self, session_id: str, seq: int) -> None:
+        """This process took number `seq` in the session."""
+        self._taken[session_id] = seq
+        self._taken.move_to_end(session_id)
+        while len(self._taken) > MAX_TAKEN:
+            self._taken.popitem(last=False)
+
+    def written(self, session_id: str, model: str, seq: int, messages: list[Document]) -> None:
+        """This process stored turn `seq` of `model` (`messages` as sent to the backend)."""
+        for other in list(self._models.get(session_id, ())):
+            window = self._windows.get((session_id, other))
+            if window is None:
+                continue
+            if seq != window.high + 1:
+                self.drop(session_id)
+                return
+            window.high = seq
+            if other == model:
+                window.turns[seq] = (messages, len(messages))
+            window.trim()
+
+    def drop(self, session_id: str) -> None:
+        for model in self._models.pop(session_id, ()):
+            self._windows.pop((session_id, model), None)
+        self._disturb(session_id)
+
+    def clear(self) -> None:
+        for session_id in list(self._models):
+            self.drop(session_id)
+        for session_id in list(self._reads):
+            self._disturb(session_id)
+
+    def _disturb(self, session_id: str) -> None:
+        for read in self._reads.get(session_id, ()):
+            read.quiet = False
+
+    # -- what assembly reads -------------------------------------------------------------
+
+    def window(
+        self, session_id: str, model: str, turn_seq: int, created_at: datetime | None
+    ) -> Window | None:
+        """The cached window of (session, model), if it is the session as just read."""
+        key = (session_id, model)
+        window = self._windows.get(key)
+        if window is None:
+            return None
+        if window.high != turn_seq or window.created_at != created_at:
+            self.drop(session_id)
+            return None
+        self._windows.move_to_end(key)
+        return window
+
+    def begin(self, session_id: str) -> Read:
+        read = Read(session_id, quiet=session_id not in self._writing)
+        self._reads.setdefault(session_id, []).append(read)
+        return read
+
+    def finish(
+        self,
+        read: Read,
+        model: str,
+        turn_seq: int,
+        created_at: datetime | None,
+        low: int,
+        docs: list[Document],
+    ) -> None:
+        """Keep what `read` found of (session, model) numbered in (`low`, `turn_seq`], if it was
+        a quiet read of a session whose newest number this process took (see the module doc)."""
+        session_id = read.session_id
+        reads = self._reads.get(session_id, [])
+        if read in reads:
+            reads.remove(read)
+        if not reads:
+            self._reads.pop(session_id, None)
+        if not read.quiet or self._taken.get(session_id) != turn_seq:
+            return
+        key = (session_id, model)
+        window = Window(low, turn_seq, created_at)
+        for doc in docs:
+            window.turns[int(doc["seq"])] = (doc["messages"], int(doc.get("message_count") or 0))
+        window.trim()
+        self._windows[key] = window
+        self._windows.move_to_end(key)
+        self._models.setdefault(session_id, set()).add(model)
+        while len(self._windows) > MAX_WINDOWS:
+            (old_session, old_model), _ = self._windows.popitem(last=False)
+            models = self._models.get(old_session)
+            if models is not None:
+                models.discard(old_model)
+                if not models:
+                    del self._models[old_session]
+
+    def abandon(self, read: Read) -> None:
+        reads = self._reads.get(read.session_id, [])
+        if read in reads:
+            reads.remove(read)
+        if not reads:
+            self._reads.pop(read.session_id, None)
