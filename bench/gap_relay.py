@@ -33,10 +33,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import os
 import sys
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +47,7 @@ from harness import (
     BenchError,
     Stack,
     argument_parser,
+    cpu_ns,
     environment,
     log,
     percentile,
@@ -86,6 +88,8 @@ class GapRun:
     elapsed_s: float
     # Gaps in ms, in start order, the filling and draining of the queue left out.
     gaps_ms: list[float]
+    # CPU time per request (ms) by process over the run (CpuMeter).
+    cpu_ms: dict[str, float] = field(default_factory=dict)
 
     @property
     def jobs_per_s(self) -> float:
@@ -103,6 +107,8 @@ class RelayRun:
     # Wanting to send -> the final line read; the first token read -> the final line read.
     total_s: float
     streaming_s: float
+    # CPU time of the stream (ms) by process (CpuMeter).
+    cpu_ms: dict[str, float] = field(default_factory=dict)
 
     @property
     def tokens_per_s(self) -> float:
@@ -124,6 +130,23 @@ class Report:
 
 def _median(values: Sequence[float]) -> float:
     return percentile(sorted(values), 50)
+
+
+class CpuMeter:
+    """CPU time by process (every thread, from schedstat: harness.cpu_ns) between two reads,
+    this benchmark's own process as `client`. On a machine shared with other work, wall-clock
+    rates move with the load; the CPU each process spends on a request moves much less."""
+
+    def __init__(self, stack: Stack) -> None:
+        self.groups = {**stack.pids(), "client": [os.getpid()]}
+
+    def read(self) -> dict[str, int]:
+        return {name: cpu_ns(*pids) for name, pids in self.groups.items()}
+
+    def since(self, before: dict[str, int], count: int) -> dict[str, float]:
+        """ms per request since `before`, over `count` requests."""
+        after = self.read()
+        return {name: (after[name] - before[name]) / 1e6 / count for name in self.groups}
 
 
 async def gap_run(
@@ -159,6 +182,7 @@ async def relay_run(side: Side, prompts: Prompts) -> RelayRun:
 
 
 async def measure(args: argparse.Namespace, stack: Stack) -> Report:
+    meter = CpuMeter(stack)
     direct = Side("direct", stack.emulator_url, asyncio.Lock())
     corral = Side("corral", stack.gateway_url)
     prompts = Prompts(args.tokens)
@@ -173,7 +197,9 @@ async def measure(args: argparse.Namespace, stack: Stack) -> Report:
         await gap_run(control, corral, args.clients, 2 * args.clients, prompts)
         for repeat in range(args.repeats):
             for side in (direct, corral) if repeat % 2 == 0 else (corral, direct):
+                before = meter.read()
                 run = await gap_run(control, side, args.clients, args.requests, prompts)
+                run = replace(run, cpu_ms=meter.since(before, run.requests))
                 log(f"gap {side.name}: {run.quantiles()} ({run.jobs_per_s:.0f} jobs/s)")
                 gap_runs.append(run)
             loads.append(_loadavg())
@@ -181,7 +207,9 @@ async def measure(args: argparse.Namespace, stack: Stack) -> Report:
         await control.configure(token_delay_ms=0)
         for repeat in range(args.relay_repeats):
             for side in (direct, corral) if repeat % 2 == 0 else (corral, direct):
+                before = meter.read()
                 relay = await relay_run(side, relay_prompts)
+                relay = replace(relay, cpu_ms=meter.since(before, 1))
                 log(f"relay {side.name}: {relay.tokens_per_s:.0f} tokens/s")
                 relay_runs.append(relay)
             loads.append(_loadavg())
@@ -230,6 +258,14 @@ def summary(report: Report) -> dict[str, Any]:
             "tokens_per_s": _median([r.tokens_per_s for r in streams]),
             "streaming_tokens_per_s": _median([r.streaming_tokens_per_s for r in streams]),
         }
+    for side in ("direct", "corral"):
+        for what, runs_of in (("gap", report.gap_runs), ("relay", report.relay_runs)):
+            runs_cpu = [r.cpu_ms for r in runs_of if r.side == side and r.cpu_ms]
+            names = sorted({name for cpu in runs_cpu for name in cpu})
+            target = gaps if what == "gap" else relay
+            target[side]["cpu_ms"] = {
+                name: _median([cpu.get(name, 0.0) for cpu in runs_cpu]) for name in names
+            }
     ratio = relay["corral"]["tokens_per_s"] / relay["direct"]["tokens_per_s"]
     streaming_ratio = (
         relay["corral"]["streaming_tokens_per_s"] / relay["direct"]["streaming_tokens_per_s"]
@@ -270,6 +306,22 @@ def markdown(report: Report) -> str:
         lines.append(
             f"| {side} | {relay['tokens_per_s']:.0f} | {relay['streaming_tokens_per_s']:.0f} |"
         )
+    names = sorted(result["relay"]["corral"]["cpu_ms"])
+    lines += [
+        "",
+        "CPU time (ms) by process: per gap-run job, per relay stream (medians of the runs):",
+        "",
+        "| run | side | " + " | ".join(names) + " | all |",
+        "|---|---|" + "---|" * (len(names) + 1),
+    ]
+    for what, unit in (("gap", "job"), ("relay", "stream")):
+        for side in ("direct", "corral"):
+            cpu = result[what][side]["cpu_ms"]
+            cells = [f"{cpu.get(name, 0.0):.2f}" for name in names]
+            lines.append(
+                f"| {what} (per {unit}) | {side} | " + " | ".join(cells) + f" | "
+                f"{sum(cpu.values()):.2f} |"
+            )
     lines += [
         "",
         f"Corral / direct: {result['relay_ratio']:.2f}x (first token to done: "
