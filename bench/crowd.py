@@ -22,8 +22,10 @@ published (counted by a queue of this benchmark's own bound to them on `corral.e
 provisional positions the gateway told and the positions it held (its /metrics), and the
 gateway's RSS before, at its peak and after.
 
-`--lane-cost` measures the scheduler's side alone, in process: one `Lane.snapshot()` and one
-position round (`PositionBroadcaster.broadcast`) over a lane of each size.
+`--lane-cost` measures the scheduler's side alone, in process: one `Lane.snapshot()`, one
+position round (`PositionBroadcaster.broadcast`) and admission's first position for one job
+(pushed behind the others and placed: from the lane's kept snapshot in a crowd, from a new one
+after a change) over a lane of each size.
 """
 
 from __future__ import annotations
@@ -473,8 +475,10 @@ def render(result: dict[str, Any]) -> str:
 
 def lane_cost(sizes: Sequence[int], repeats: int = 5) -> str:
     from corral_common.messages import Job, Position
+    from corral_scheduler.eta import SpeedBook
     from corral_scheduler.lane import Entry, Lane
     from corral_scheduler.positions import PositionBroadcaster
+    from corral_scheduler.settings import SchedulerSettings
 
     class Sink:
         def __init__(self) -> None:
@@ -484,25 +488,41 @@ def lane_cost(sizes: Sequence[int], repeats: int = 5) -> str:
             self.messages += 1
             return True
 
-    async def one(size: int) -> tuple[float, float]:
-        lane = Lane()
+    arrivals = itertools.count()
+
+    def entry(request_id: str) -> Entry:
+        job = Job(
+            request_id=request_id,
+            gateway_id="gw",
+            kind="chat",
+            model=MODEL,
+            payload={"model": MODEL, "messages": []},
+            enqueued_at=0.0,
+            prompt_chars=60,
+        )
+        return Entry(
+            job=job,
+            delivery=None,
+            connection_epoch=0,
+            admitted_at=time.monotonic(),
+            arrival=next(arrivals),
+            estimate_ms=500,
+        )
+
+    async def one(size: int) -> tuple[float, float, float, float]:
+        # Priced as the scheduler prices them (its speed book, with one model measured).
+        settings = SchedulerSettings()
+        speeds = SpeedBook(
+            prompt_tokens_per_s=settings.prior_prompt_tokens_per_s,
+            eval_tokens_per_s=settings.prior_eval_tokens_per_s,
+            load_ms=settings.prior_load_ms,
+            eval_count=settings.prior_eval_count,
+        )
+        speeds.observe(MODEL, {"eval_count": 12, "eval_duration": 36_000_000})
+        # Nothing runs: no server has asked for a job.
+        lane = Lane(speeds=speeds)
         for index in range(size):
-            job = Job(
-                request_id=f"r{index}",
-                gateway_id="gw",
-                kind="chat",
-                model=MODEL,
-                payload={"model": MODEL, "messages": []},
-                enqueued_at=0.0,
-            )
-            lane._waiting[job.request_id] = Entry(  # no dispatch: nothing runs
-                job=job,
-                delivery=None,
-                connection_epoch=0,
-                admitted_at=0.0,
-                arrival=index,
-                estimate_ms=500,
-            )
+            lane.push(entry(f"r{index}"))
         snaps = []
         for _ in range(repeats):
             begun = time.perf_counter()
@@ -511,18 +531,44 @@ def lane_cost(sizes: Sequence[int], repeats: int = 5) -> str:
         broadcaster = PositionBroadcaster(lane, Sink(), 0.25)  # type: ignore[arg-type]
         rounds = []
         for _ in range(repeats):
-            for entry in lane._waiting.values():
-                entry.last_sent = None
+            for waiting in lane:
+                waiting.last_sent = None
             begun = time.perf_counter()
             await broadcaster.broadcast()
             rounds.append(time.perf_counter() - begun)
-        return statistics.median(snaps) * 1e3, statistics.median(rounds) * 1e3
+        # Admission's first answer: a job pushed behind the others and placed, with the lane
+        # unchanged since its last snapshot (the next admission in a crowd), and right after a
+        # change (the first admission after a job started, finished or was cancelled).
+        behind, changed = [], []
+        for index in range(repeats):
+            begun = time.perf_counter()
+            lane.push(pushed := entry(f"a{index}"))
+            lane.placement(pushed.request_id)
+            behind.append(time.perf_counter() - begun)
+            lane.remove(pushed.request_id)
+            begun = time.perf_counter()
+            lane.push(pushed := entry(f"b{index}"))
+            lane.placement(pushed.request_id)
+            changed.append(time.perf_counter() - begun)
+            lane.remove(pushed.request_id)
+            lane.snapshot()
+        return (
+            statistics.median(snaps) * 1e3,
+            statistics.median(rounds) * 1e3,
+            statistics.median(behind) * 1e3,
+            statistics.median(changed) * 1e3,
+        )
 
-    lines = ["lane size | snapshot ms | position round ms (every job told)"]
+    lines = [
+        "lane size | snapshot ms | position round ms (every job told) | "
+        "admission's first position ms: in a crowd / after a change"
+    ]
     for size in sizes:
         gc.collect()
-        snap_ms, round_ms = asyncio.run(one(size))
-        lines.append(f"{size} | {snap_ms:.1f} | {round_ms:.1f}")
+        snap_ms, round_ms, behind_ms, changed_ms = asyncio.run(one(size))
+        lines.append(
+            f"{size} | {snap_ms:.2f} | {round_ms:.2f} | {behind_ms:.3f} / {changed_ms:.2f}"
+        )
     return "\n".join(lines)
 
 

@@ -4,10 +4,17 @@ pool's servers each holding at most one job (pure bookkeeping, no backend)."""
 from __future__ import annotations
 
 import asyncio
+import itertools
+import math
+import random
+import time
+from collections.abc import Iterable
+from typing import Any
 
 import pytest
 
-from corral_scheduler.lane import ONE_BACKEND, Entry, Lane, Running, Server
+from corral_scheduler.eta import SpeedBook
+from corral_scheduler.lane import ONE_BACKEND, Entry, Lane, Placed, Running, Server
 from corral_scheduler.ordering import Ordering, OrderingPolicy
 from services.scheduler.tests import fakes
 
@@ -324,3 +331,116 @@ async def test_a_second_cancel_does_not_cut_the_first_ones_handling_short() -> N
     assert await task == "cancelled"
     assert running.cancel_reason == "client left"
     lane.finish(running)
+
+
+def reference(lane: Lane) -> dict[str, tuple[int, int]]:
+    """Every waiting job's (position, wait) played afresh, leaving the lane's kept snapshot
+    as it was (so what is compared with it is the lane's own bookkeeping)."""
+    kept = lane._tail
+    fresh = {p.entry.request_id: (p.position, p.wait_ms) for p in lane.snapshot()}
+    lane._tail = kept
+    return fresh
+
+
+@pytest.mark.parametrize("servers", [1, 2])
+@pytest.mark.parametrize("fair_share", [True, False])
+async def test_one_jobs_place_is_the_place_a_whole_snapshot_gives(
+    servers: int, fair_share: bool
+) -> None:
+    """Whatever happens to the lane (jobs of several callers, classes and models pushed,
+    cancelled, handed out and finished, the speed book learning), one job's place as the lane
+    tells it from its kept snapshot is the place a snapshot played afresh gives it."""
+    rng = random.Random(servers * 10 + fair_share)
+    speeds = SpeedBook(prompt_tokens_per_s=400, eval_tokens_per_s=15, load_ms=700, eval_count=10)
+    lane = Lane(
+        Ordering(OrderingPolicy(fair_share=fair_share, group_bound=2), time.monotonic),
+        servers=[f"s{i}" for i in range(servers)],
+        speeds=speeds,
+    )
+    running: list[Running] = []
+    count = itertools.count()
+    for _ in range(250):
+        roll = rng.random()
+        if roll < 0.6:
+            # Mostly one caller, class and model (a crowd), now and then another.
+            odd = rng.random() < 0.15
+            lane.push(
+                entry(
+                    f"j{next(count)}",
+                    model=rng.choice(["llama3.2", "qwen"]) if odd else "llama3.2",
+                    client_key=rng.choice(["a", "b"]) if odd else None,
+                    priority=rng.choice(["interactive", "normal", "batch"]) if odd else "normal",
+                    prompt_chars=rng.randint(10, 400),
+                )
+            )
+        elif roll < 0.7 and len(lane):
+            lane.remove(rng.choice([e.request_id for e in lane]))
+        elif roll < 0.8 and len(lane):
+            free = [s for s in lane.servers.values() if s.running is None]
+            if free:
+                running.append(await run_next(lane, rng.choice(free)))
+                if servers > 1:
+                    # Priced by its tokens from now on, not by the clock: a pool's play lays
+                    # jobs onto whichever server frees first, so two plays a moment apart may
+                    # differ while the servers' jobs run down unevenly.
+                    running[-1].tokens += 1
+        elif roll < 0.9 and running:
+            done = running.pop(rng.randrange(len(running)))
+            await stop(done)
+            lane.finish(done)
+            if rng.random() < 0.5:
+                speeds.observe(done.entry.model, {"eval_count": rng.randint(5, 30)})
+        elif running:
+            rng.choice(running).tokens += 1
+        waiting = [e.request_id for e in lane]
+        if not waiting:
+            continue
+        asked = rng.sample(waiting, min(3, len(waiting)))
+        before = time.monotonic()
+        told = {rid: lane.placement(rid) for rid in asked}
+        fresh = reference(lane)
+        # The running jobs' remainders follow the clock: both readings are as of their moment.
+        slack_ms = math.ceil((time.monotonic() - before) * 1000) + 1
+        for rid, placed in told.items():
+            assert placed is not None
+            assert placed.position == fresh[rid][0]
+            assert abs(placed.wait_ms - fresh[rid][1]) <= slack_ms
+    for done in running:
+        await stop(done)
+
+
+def test_a_crowd_pushed_in_a_row_costs_one_snapshot() -> None:
+    """Jobs admitted one behind another are each placed from the lane's kept snapshot, not by
+    ordering the whole lane again; a change to the lane (a job cancelled) costs one more."""
+    lane = Lane()
+    orderings = 0
+    order = lane.ordering.order
+
+    def counted(entries: Iterable[Any]) -> list[Any]:
+        nonlocal orderings
+        orderings += 1
+        return order(entries)
+
+    lane.ordering.order = counted  # type: ignore[method-assign]
+
+    def push(rid: str) -> Entry:
+        one = entry(rid)
+        one.estimate_ms = 100
+        lane.push(one)
+        return one
+
+    for index in range(50):
+        push(f"c{index}")
+    placed = [lane.placement(f"c{index}") for index in range(50)]
+    assert [(p.position, p.wait_ms) for p in placed if p is not None] == [
+        (index + 1, 100 * index) for index in range(50)
+    ]
+    assert orderings == 1
+    for index in range(50, 100):
+        pushed = push(f"c{index}")
+        assert lane.placement(pushed.request_id) == Placed(pushed, index + 1, 100 * index)
+    assert orderings == 1
+    lane.remove("c0")
+    one = lane.placement("c99")
+    assert one is not None and (one.position, one.wait_ms) == (99, 9800)
+    assert orderings == 2

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import random
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -117,3 +118,57 @@ def test_no_grouping_means_strict_order() -> None:
     ordering = Ordering(OrderingPolicy(fair_share=False, group_bound=0), Clock())
     jobs = [Job("q1", model="qwen"), Job("l1", model="llama")]
     assert drain(ordering, jobs, loaded="llama") == ["q1", "l1"]
+
+
+def scanned(ordering: Ordering, jobs: Sequence[Job]) -> list[str]:
+    """The merge of the callers' queues as the rule says it, one scan of every caller per job:
+    the most urgent head, then the caller least recently served, then the oldest head, then the
+    caller seen first."""
+    now = ordering._clock()
+    queues: dict[str, list[Job]] = {}
+    for job in jobs:
+        queues.setdefault(job.key if ordering.policy.fair_share else "", []).append(job)
+    for queue in queues.values():
+        queue.sort(key=lambda j: (ordering.effective_class(j, now), j.arrival))
+    turn = {key: ordering._last_served.get(key, -1) for key in queues}
+    step = ordering._served
+    ordered: list[str] = []
+    while queues:
+        key = min(
+            queues,
+            key=lambda k: (
+                ordering.effective_class(queues[k][0], now),
+                turn[k],
+                queues[k][0].arrival,
+            ),
+        )
+        ordered.append(queues[key].pop(0).request_id)
+        step += 1
+        turn[key] = step
+        if not queues[key]:
+            del queues[key]
+    return ordered
+
+
+def test_the_callers_queues_merge_as_a_scan_of_every_caller_would() -> None:
+    rng = random.Random(7)
+    for _ in range(300):
+        clock = Clock()
+        clock.now = 100.0
+        ordering = Ordering(
+            OrderingPolicy(fair_share=rng.random() < 0.8, aging_s=rng.choice([0, 30])), clock
+        )
+        for served in rng.sample(["a", "b", "c", "d", "e"], rng.randint(0, 5)):
+            ordering.served(Job("s", key=served))
+        jobs = [
+            Job(
+                f"j{index}",
+                key=rng.choice(["a", "b", "c", "d", "e", ""]),
+                priority=rng.choice(["interactive", "normal", "batch"]),
+                admitted_at=rng.choice([0.0, 90.0]),
+                # Ties included: arrival numbers are not always distinct in a test's lane.
+                arrival=rng.randint(0, 20),
+            )
+            for index in range(rng.randint(0, 30))
+        ]
+        assert ids(ordering.order(jobs)) == scanned(ordering, jobs)

@@ -204,7 +204,7 @@ class Admission:
         # The caller's key may carry its own cap; else the scheduler's default. 0: no cap.
         cap = self.max_queued_per_key if job.max_queued is None else job.max_queued
         if cap > 0 and job.client_key:
-            queued = self.lane.count(lambda e: e.job.client_key == job.client_key)
+            queued = self.lane.queued_for(job.client_key)
             if queued >= cap:
                 return Failed(
                     request_id=job.request_id,

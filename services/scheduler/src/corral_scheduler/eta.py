@@ -418,24 +418,71 @@ def pool_waits(
     servers: list[SimServer],
     jobs: list[tuple[int, int, str]],
     can_run: Callable[[SimServer, int], bool],
+    laid: list[int] | None = None,
 ) -> list[int]:
     """The wait of each queued job (`(work_ms, load_ms, model)`, in the order they will run):
     each goes to the server that will be free first among those that can run it (at a tie,
     one that holds its model), and waits until then; that server is then busy for the job's
     work, plus its load when the job swaps the server's model. One server: what is left of
-    the running job plus every job ahead, a load charged once per swap along the order."""
+    the running job plus every job ahead, a load charged once per swap along the order.
+    Given `laid`, the index of the server each job went to is appended to it; `servers` are
+    left as the play ends (when each is free after every job), so one more job can be laid
+    on without playing the others again (`lay`)."""
+    if len(servers) == 1:
+        return _one_server_waits(servers[0], jobs, laid)
     waits: list[int] = []
     for index, (work_ms, load_ms, model) in enumerate(jobs):
-        able = [s for s in servers if can_run(s, index)] or servers
-        server = min(
-            able,
-            key=lambda s: (s.free_at_ms, not (s.loaded and s.loaded.lower() == model.lower())),
-        )
-        waits.append(max(0, server.free_at_ms))
-        swap = not (server.loaded and server.loaded.lower() == model.lower())
-        server.free_at_ms = max(0, server.free_at_ms) + work_ms + (load_ms if swap else 0)
-        server.loaded = model
+        able = [i for i, s in enumerate(servers) if can_run(s, index)] or range(len(servers))
+        waits.append(lay(servers, able, work_ms, load_ms, model, laid))
     return waits
+
+
+def _one_server_waits(
+    server: SimServer, jobs: list[tuple[int, int, str]], laid: list[int] | None
+) -> list[int]:
+    """`pool_waits` for one server, which runs whatever it is given (a job it cannot run
+    waits for it all the same): a running sum, a load wherever the model changes. Written out
+    because it runs over the whole lane at every position round."""
+    waits: list[int] = []
+    free_at = server.free_at_ms
+    held = server.loaded.lower() if server.loaded else None
+    for work_ms, load_ms, model in jobs:
+        wait = free_at if free_at > 0 else 0
+        waits.append(wait)
+        lowered = model.lower()
+        free_at = wait + work_ms + (0 if lowered == held else load_ms)
+        held = lowered or None
+    if jobs:
+        server.free_at_ms = free_at
+        server.loaded = jobs[-1][2]
+    if laid is not None:
+        laid.extend([0] * len(jobs))
+    return waits
+
+
+def lay(
+    servers: list[SimServer],
+    able: Iterable[int],
+    work_ms: int,
+    load_ms: int,
+    model: str,
+    laid: list[int] | None = None,
+) -> int:
+    """One job laid onto the first free of `able` servers (see `pool_waits`): its wait."""
+    lowered = model.lower()
+
+    def holds(server: SimServer) -> bool:
+        return bool(server.loaded) and str(server.loaded).lower() == lowered
+
+    at = min(able, key=lambda i: (servers[i].free_at_ms, not holds(servers[i])))
+    server = servers[at]
+    wait = max(0, server.free_at_ms)
+    swap = not holds(server)
+    server.free_at_ms = wait + work_ms + (load_ms if swap else 0)
+    server.loaded = model
+    if laid is not None:
+        laid.append(at)
+    return wait
 
 
 def per_char_fits(replies: Iterable[Reply]) -> bool:

@@ -30,8 +30,8 @@ from typing import Any
 from corral_common.messages import STREAMED_KINDS, CancelStage, Job, ModelActivity, Priority
 from corral_common.model_names import canonical_model_name, same_model
 from corral_scheduler import metrics
-from corral_scheduler.eta import SimServer, SpeedBook, grouped_order, pool_waits
-from corral_scheduler.ordering import ANONYMOUS, Ordering, OrderingPolicy
+from corral_scheduler.eta import SimServer, SpeedBook, grouped_order, lay, pool_waits
+from corral_scheduler.ordering import ANONYMOUS, PRIORITY_RANK, Ordering, OrderingPolicy
 
 # The processing rate is counted over this window.
 RATE_WINDOW_S = 60.0
@@ -132,6 +132,28 @@ class Placed:
 
 
 @dataclass(eq=False)
+class _Tail:
+    """The last snapshot, kept for one job's place (`Lane.placement`) and for a job admitted
+    behind every waiting one (`Lane.push`), so neither plays the whole lane again: true while
+    the lane has not changed in any other way (`Lane._changes`), no server has started or
+    ended a job, and the speed book has learned nothing new. Waits are as of the snapshot,
+    corrected by how far each server's running job has got since."""
+
+    changes: int
+    priced: int
+    # The servers the play laid jobs onto: each with its running job, the model it will hold
+    # next, and what was left of its running job then (ms).
+    servers: list[tuple[Server, Running | None, str | None, int]]
+    # When each server is free once every job placed has run (ms from the snapshot).
+    sims: list[SimServer]
+    # One server playing the ordering's model grouping forward (eta.grouped_order).
+    grouped: bool
+    # Request id -> (position, wait at the snapshot, index of the server it is laid onto).
+    placed: dict[str, tuple[int, int, int]]
+    last_arrival: int
+
+
+@dataclass(eq=False)
 class Server:
     """One backend server's part of the lane: at most one job at a time."""
 
@@ -158,6 +180,13 @@ class Server:
         return self.models is not None and canonical_model_name(model) in self.models
 
 
+def _uncount(counts: Counter[Any], name: object) -> None:
+    """One fewer `name` in `counts`, none kept at 0 (a count's keys are what is there)."""
+    counts[name] -= 1
+    if not counts[name]:
+        del counts[name]
+
+
 # The server's name in a lane built without names (tests; the one-backend default is named
 # after its host and port by the settings).
 ONE_BACKEND = "backend"
@@ -174,6 +203,15 @@ class Lane:
         # were admitted with, and running jobs by their elapsed time).
         self.speeds = speeds
         self._waiting: OrderedDict[str, Entry] = OrderedDict()
+        # The waiting jobs counted by caller, class and model, to tell in O(1) whether a new
+        # job goes behind all of them (`_extend`).
+        self._keys: Counter[str] = Counter()
+        self._classes: Counter[Priority] = Counter()
+        self._models: Counter[str] = Counter()
+        # Bumped by every change that may move a waiting job's place or wait, but a job pushed
+        # behind every other (which extends the last snapshot instead: `_tail`).
+        self._changes = 0
+        self._tail: _Tail | None = None
         self.paused = False
         # Draining: the jobs held run to the end, new ones are refused.
         self.draining = False
@@ -214,18 +252,45 @@ class Lane:
     def count(self, predicate: Callable[[Entry], bool]) -> int:
         return sum(1 for entry in self._waiting.values() if predicate(entry))
 
+    def queued_for(self, key: str) -> int:
+        """Waiting jobs of one caller (`Entry.key`)."""
+        return self._keys[key]
+
     def push(self, entry: Entry) -> None:
-        self._waiting[entry.request_id] = entry
+        before = self._changes
+        self._add(entry)
         self._dispatch()
+        if self._changes == before and not self._extend(entry):
+            self._changes += 1
 
     def remove(self, request_id: str) -> Entry | None:
-        entry = self._waiting.pop(request_id, None)
+        entry = self._pop(request_id)
         self._counted()
+        return entry
+
+    def _add(self, entry: Entry) -> None:
+        """Every job that starts waiting comes in here (the counts follow the waiting jobs)."""
+        self._pop(entry.request_id)
+        self._waiting[entry.request_id] = entry
+        self._keys[entry.key] += 1
+        self._classes[entry.priority] += 1
+        self._models[canonical_model_name(entry.model)] += 1
+
+    def _pop(self, request_id: str) -> Entry | None:
+        """Every job that stops waiting goes out here."""
+        entry = self._waiting.pop(request_id, None)
+        if entry is None:
+            return None
+        self._changes += 1
+        _uncount(self._keys, entry.key)
+        _uncount(self._classes, entry.priority)
+        _uncount(self._models, canonical_model_name(entry.model))
         return entry
 
     def pause(self) -> None:
         """Hold every waiting job (running ones finish); positions keep flowing."""
         self.paused = True
+        self._changes += 1
 
     def drain(self) -> None:
         """Run every job held to its end (a paused lane resumes), refuse new ones."""
@@ -269,7 +334,7 @@ class Lane:
             for entry, server in self.ordering.assign(
                 list(self._waiting.values()), free, self.can_run
             ):
-                del self._waiting[entry.request_id]
+                self._pop(entry.request_id)
                 running = Running(entry, server, time.monotonic())
                 server.running = running
                 server.last_used = running.started_at
@@ -296,7 +361,8 @@ class Lane:
         if waiter.done() and not waiter.cancelled():
             running = waiter.result()
             server.running = None
-            self._waiting[running.entry.request_id] = running.entry
+            self._add(running.entry)
+            self._changes += 1
             self._counted()
         else:
             waiter.cancel()
@@ -316,12 +382,14 @@ class Lane:
         """A job that never reached its server (it failed to answer) goes back to its place,
         for another server; the server is free again once its executor asks."""
         running.server.running = None
-        self._waiting[running.entry.request_id] = running.entry
+        self._add(running.entry)
+        self._changes += 1
         self.moved.set()
         self._dispatch()
 
     def set_rotation(self, server: Server, in_rotation: bool) -> None:
         server.in_rotation = in_rotation
+        self._changes += 1
         metrics.SERVER_IN_ROTATION.labels(server.name).set(int(in_rotation))
         self.status_requested.set()
         if in_rotation:
@@ -339,6 +407,7 @@ class Lane:
         server.models = (
             None if models is None else frozenset(canonical_model_name(m) for m in models)
         )
+        self._changes += 1
         self._dispatch()
 
     def drop_epoch_before(self, epoch: int) -> list[Entry]:
@@ -372,6 +441,7 @@ class Lane:
             metrics.MODEL_SWAPS.inc()
             metrics.SERVER_SWAPS.labels(server.name).inc()
         server.loaded = model
+        self._changes += 1
 
     # The running jobs.
 
@@ -534,7 +604,7 @@ class Lane:
         hint and the status broadcast all read them from here)."""
         ordered = self.ordered()
         self._reprice(ordered)
-        servers = [s for s in self.servers.values() if s.in_rotation] or list(self.servers.values())
+        servers = self._in_play()
         sims = [
             SimServer(
                 name=s.name,
@@ -543,12 +613,16 @@ class Lane:
             )
             for s in servers
         ]
+        played_on = [
+            (s, s.running, sim.loaded, sim.free_at_ms) for s, sim in zip(servers, sims, strict=True)
+        ]
         by_name = {s.name: s for s in servers}
         # The order they will run in: with one server, the ordering's model grouping played
         # forward (a job for the held model further back goes before a swap); a pool's
         # servers are laid out in the queue's order.
         policy = self.ordering.policy
-        if len(sims) == 1 and policy.pool == "affinity" and policy.group_bound > 0:
+        grouped = len(sims) == 1 and policy.pool == "affinity" and policy.group_bound > 0
+        if grouped:
             run = grouped_order(
                 [entry.model for entry in ordered],
                 [entry.overtaken for entry in ordered],
@@ -557,18 +631,103 @@ class Lane:
             )
         else:
             run = list(range(len(ordered)))
+        laid: list[int] = []
         played = pool_waits(
             sims,
             [(ordered[i].estimate_ms, ordered[i].load_ms, ordered[i].model) for i in run],
             lambda sim, at: self.can_run(by_name[sim.name], ordered[run[at]]),
+            laid,
         )
         waits = [0] * len(ordered)
+        on = [0] * len(ordered)
         for at, index in enumerate(run):
             waits[index] = played[at]
-        return [
+            on[index] = laid[at]
+        placed = [
             Placed(entry, index + 1, wait_ms)
             for index, (entry, wait_ms) in enumerate(zip(ordered, waits, strict=True))
         ]
+        self._tail = _Tail(
+            changes=self._changes,
+            priced=self.speeds.version if self.speeds is not None else -1,
+            servers=played_on,
+            sims=sims,
+            grouped=grouped,
+            placed={
+                p.entry.request_id: (p.position, p.wait_ms, on[index])
+                for index, p in enumerate(placed)
+            },
+            last_arrival=max((entry.arrival for entry in ordered), default=-1),
+        )
+        return placed
+
+    def _in_play(self) -> list[Server]:
+        """The servers waiting jobs are laid onto: those in rotation (all, when none is)."""
+        return [s for s in self.servers.values() if s.in_rotation] or list(self.servers.values())
+
+    def _tail_now(self) -> tuple[_Tail, list[int]] | None:
+        """The last snapshot while it still holds, with how far each of its servers' running
+        jobs got since (ms, to add to its waits); None when it no longer does."""
+        tail = self._tail
+        if tail is None or tail.changes != self._changes:
+            return None
+        if self.ordering.policy.aging_s > 0 and self._classes["batch"]:
+            # Batch jobs move up as they wait: the order changes with the clock alone.
+            return None
+        if self.speeds is not None:
+            self._learn_live(self.speeds)
+            if self.speeds.version != tail.priced:
+                return None
+        if len(tail.servers) != len(in_play := self._in_play()):
+            return None
+        moved: list[int] = []
+        for (server, running, held, left_ms), now in zip(tail.servers, in_play, strict=True):
+            if server is not now or server.running is not running:
+                return None
+            if self._held_next(server) != held:
+                return None
+            moved.append((self.remaining_ms(running) if running is not None else 0) - left_ms)
+        if len(set(moved)) > 1:
+            # A pool whose servers' jobs did not all move on alike (one stalled before its
+            # first token, one went on streaming): the play might now lay the jobs onto other
+            # servers than it did.
+            return None
+        return tail, moved
+
+    def _extend(self, entry: Entry) -> bool:
+        """Place a job just pushed from the last snapshot, when it goes behind every waiting
+        job: its position is the lane's length, its wait the play's end on the server it is
+        laid onto (O(servers), where a snapshot is O(lane)). False when that cannot be told
+        so cheaply (the snapshot no longer holds; another caller's or a higher class's jobs
+        wait, which it may not pass or follow; the model grouping could move it)."""
+        found = self._tail_now()
+        if found is None:
+            return False
+        tail, moved = found
+        if entry.arrival <= tail.last_arrival:
+            return False
+        rank = PRIORITY_RANK[entry.priority]
+        if any(PRIORITY_RANK[name] > rank for name in self._classes):
+            return False
+        if self.ordering.policy.fair_share and len(self._keys) > 1:
+            return False
+        if tail.grouped and len(self._models) > 1:
+            return False
+        self._reprice([entry])
+        servers = [server for server, _, _, _ in tail.servers]
+        able = [i for i, s in enumerate(servers) if self.can_run(s, entry)] or range(len(servers))
+        # Laid on as of now (each server's running job as far as it got), kept as of the
+        # snapshot like the rest.
+        sims = tail.sims
+        for sim, delta in zip(sims, moved, strict=True):
+            sim.free_at_ms += delta
+        laid: list[int] = []
+        wait = lay(sims, able, entry.estimate_ms, entry.load_ms, entry.model, laid)
+        for sim, delta in zip(sims, moved, strict=True):
+            sim.free_at_ms -= delta
+        tail.placed[entry.request_id] = (len(self._waiting), wait - moved[laid[0]], laid[0])
+        tail.last_arrival = entry.arrival
+        return True
 
     @staticmethod
     def _held_next(server: Server) -> str | None:
@@ -581,7 +740,16 @@ class Lane:
         return None if job.kind == "unload" else job.model
 
     def placement(self, request_id: str) -> Placed | None:
-        """One waiting job's place; None when it is not waiting."""
-        if request_id not in self._waiting:
+        """One waiting job's place; None when it is not waiting. Read from the last snapshot
+        while it holds (a crowd's admissions in a row cost one snapshot, not one each)."""
+        entry = self._waiting.get(request_id)
+        if entry is None:
             return None
-        return next((p for p in self.snapshot() if p.entry.request_id == request_id), None)
+        found = self._tail_now()
+        if found is None:
+            self.snapshot()
+            assert self._tail is not None
+            found = (self._tail, [0] * len(self._tail.servers))
+        tail, moved = found
+        position, wait_ms, on = tail.placed[request_id]
+        return Placed(entry, position, max(0, wait_ms + moved[on]))
