@@ -393,6 +393,9 @@ def grouped_order(
     ordering's model grouping (ordering.Ordering._affinity): when the job due next would swap
     the model, the first job for the held model further back goes first, unless it would pass
     a job already passed `bound` times (`overtaken`, counted on as the play goes)."""
+    if len(set(models)) <= 1:
+        # One model throughout: nothing to group, whatever the server holds.
+        return list(range(len(models)))
     remaining = list(range(len(models)))
     passed = list(overtaken)
     order: list[int] = []

@@ -537,14 +537,23 @@ class Lane:
         if speeds is None:
             return
         self._learn_live(speeds)
+        # A price depends on these alone (at one version of the book), and a crowd's jobs
+        # share a few: each priced once, not once per job, after every job that finishes.
+        prices: dict[tuple[str, int, int | None, str], tuple[int, int]] = {}
         for entry in entries:
             if entry.priced_version == speeds.version:
                 continue
             job = entry.job
-            entry.estimate_ms = speeds.estimate_ms(
-                job.model, job.prompt_chars, job.num_predict, job.model, kind=job.kind
-            )
-            entry.load_ms = speeds.load_ms(job.model, job.kind)
+            terms = (job.model, job.prompt_chars, job.num_predict, job.kind)
+            price = prices.get(terms)
+            if price is None:
+                price = prices[terms] = (
+                    speeds.estimate_ms(
+                        job.model, job.prompt_chars, job.num_predict, job.model, kind=job.kind
+                    ),
+                    speeds.load_ms(job.model, job.kind),
+                )
+            entry.estimate_ms, entry.load_ms = price
             entry.priced_version = speeds.version
 
     def progressed(self) -> None:

@@ -106,10 +106,17 @@ class Ordering:
         """Every waiting entry in the order it will run."""
         now = self._clock()
         queues: dict[str, list[tuple[int, int, Waiting]]] = {}
+        fair_share = self.policy.fair_share
+        ages = self.policy.aging_s > 0
         for entry in entries:
-            key = entry.key if self.policy.fair_share else ANONYMOUS
-            item = (self.effective_class(entry, now), entry.arrival, entry)
-            queues.setdefault(key, []).append(item)
+            key = entry.key if fair_share else ANONYMOUS
+            priority = entry.priority
+            rank = (
+                self.effective_class(entry, now)
+                if ages and priority == "batch"
+                else PRIORITY_RANK[priority]
+            )
+            queues.setdefault(key, []).append((rank, entry.arrival, entry))
         for queue in queues.values():
             queue.sort(key=lambda item: (item[0], item[1]))
         if len(queues) == 1:
