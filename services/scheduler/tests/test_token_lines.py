@@ -5,6 +5,9 @@ as the same `Tokens` as one encoded whole."""
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 import orjson
@@ -14,6 +17,14 @@ from corral_common.messages import EVENT_ADAPTER, Started, Tokens
 from corral_scheduler.backends.base import ChunkRun
 from corral_scheduler.backends.ollama import _run_of
 from corral_scheduler.events import tokens_body
+from services.scheduler.tests.fakes import (
+    Delivery,
+    FakeBroker,
+    entry,
+    job,
+    make_executor,
+    settle,
+)
 
 
 def line(content: str, **more: Any) -> bytes:
@@ -60,3 +71,65 @@ def test_a_batch_written_around_its_lines_reads_as_the_same_tokens() -> None:
         assert orjson.loads(body) == {k: v for k, v in whole.items() if v is not None}
         # One chunk per line of the message, each as the backend wrote it.
         assert body.split(b"\n")[1:-1] == [lines[0] + b",", lines[1]]
+
+
+class RunBackend:
+    """Streams one chat as a real Ollama backend's reads come: a run, then single chunks."""
+
+    kind = "ollama"
+    base_url = "http://backend"
+
+    def __init__(self, pieces: list[Any]) -> None:
+        self.pieces = pieces
+
+    @asynccontextmanager
+    async def stream(self, kind: str, payload: dict[str, Any]) -> AsyncIterator[Any]:
+        async def pieces() -> AsyncIterator[Any]:
+            for piece in self.pieces:
+                yield piece
+
+        yield pieces()
+
+
+class RawBroker(FakeBroker):
+    """Keeps every body as published, too."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.raw: list[tuple[str, bytes]] = []
+
+    async def publish_event(self, routing_key: str, body: bytes, *, durable: bool) -> None:
+        self.raw.append((routing_key, body))
+        await super().publish_event(routing_key, body, durable=durable)
+
+
+async def test_runs_and_single_chunks_make_one_answer_and_go_out_as_read() -> None:
+    run_lines = [line("Hel"), line("lo")]
+    thinking = {"message": {"role": "assistant", "content": "", "thinking": "hm"}, "done": False}
+    call = {"function": {"name": "f", "arguments": {"x": 1}}}
+    calling = {
+        "message": {"role": "assistant", "content": "!", "tool_calls": [call]},
+        "done": False,
+    }
+    final = {"message": {"role": "assistant", "content": ""}, "done": True, "eval_count": 4}
+    backend = RunBackend(
+        [ChunkRun([orjson.loads(each) for each in run_lines], run_lines), thinking, calling, final]
+    )
+    broker = RawBroker()
+    executor = make_executor(broker, backend)
+    settled: asyncio.Queue[tuple[str, str]] = asyncio.Queue()
+    executor.lane.push(entry(job("r1"), Delivery(settled, "r1"), executor.lane.connection_epoch))
+    task = asyncio.create_task(executor.run_forever())
+    try:
+        assert await settle(settled, 1) == {"r1": "ack"}
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+    relayed = [c for e in broker.of("r1") if e["kind"] == "token" for c in e["chunks"]]
+    assert relayed == [*(orjson.loads(each) for each in run_lines), thinking, calling]
+    # The run's lines travel as read, one per line of the message.
+    first = next(body for key, body in broker.raw if key.endswith(".token"))
+    assert first.split(b"\n")[1] == run_lines[0] + b","
+    done = broker.final("r1")
+    assert (done["text"], done["thinking"], done["tool_calls"]) == ("Hello!", "hm", [call])
+    assert done["final"] == final

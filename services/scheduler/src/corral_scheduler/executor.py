@@ -470,11 +470,20 @@ class Executor:
             text: list[str] = []
             thinking: list[str] = []
             tool_calls: list[dict[str, Any]] = []
+            # The answer's part of each chunk: `message` for chat, the chunk itself (with
+            # `response` as its content) for generate. Inline: thousands of chunks a stream.
             for chunk in seen:
-                part = _answer_part(chunk)
-                text.append(str(part.get("content") or ""))
-                thinking.append(str(part.get("thinking") or ""))
-                tool_calls.extend(part.get("tool_calls") or [])
+                part = chunk.get("message")
+                if isinstance(part, dict):
+                    content = part.get("content")
+                else:
+                    part, content = chunk, chunk.get("response")
+                if content:
+                    text.append(str(content))
+                if part.get("thinking"):
+                    thinking.append(str(part["thinking"]))
+                if part.get("tool_calls"):
+                    tool_calls.extend(part["tool_calls"])
             return Done(
                 request_id=job.request_id,
                 gateway_id=job.gateway_id,
@@ -778,12 +787,3 @@ def record_phase_spans(
         )
         start += duration
         span.end(end_time=start)
-
-
-def _answer_part(chunk: dict[str, Any]) -> dict[str, Any]:
-    """The part of a chunk that carries the answer: `message` for chat, the chunk itself (with
-    `response` as its content) for generate."""
-    message = chunk.get("message")
-    if isinstance(message, dict):
-        return message
-    return {**chunk, "content": chunk.get("response")}
