@@ -4,6 +4,7 @@ the lane moves; a job on an idle lane is told nothing; nothing stays behind once
 
 from __future__ import annotations
 
+import asyncio
 from collections import deque
 from dataclasses import dataclass, field
 
@@ -19,7 +20,8 @@ from corral_common.messages import (
     Started,
 )
 from corral_common.status_board import StatusBoard
-from corral_gateway.places import Places
+from corral_gateway.memory import Releaser, release
+from corral_gateway.places import ADMISSION_WAIT_S, Places
 
 
 def status(*, waiting: int = 0, lane: list[LaneEntry] | None = None, servers: int = 1) -> bytes:
@@ -283,3 +285,56 @@ def test_a_job_admitted_before_its_place_is_heard_is_counted_ahead() -> None:
     told = Told()
     # Behind r2 (admitted, 1st), r3 and r4 (in the broker): 4th.
     assert places.place("r5", told) == Position(request_id="r5", position=4, estimated_wait_ms=0)
+
+
+def test_while_admission_is_behind_a_job_is_told_its_place_at_once() -> None:
+    """The scheduler took longer than ADMISSION_WAIT_S to admit this gateway's last waiting
+    job (its window has room, but a crowd arrives faster than it admits): the next job is not
+    left to it, but told its place here at once; once it admits promptly again, it is."""
+    clock = Clock()
+    _, places = board_and_places(clock)
+    places.place("r1", Told())  # runs
+    places.heard(Accepted(request_id="r1", scheduler_id="s1"))
+    places.heard(Started(request_id="r1", waited_ms=0))
+    assert places.place("r2", Told()) is None  # left to the scheduler
+    clock.now += 2 * ADMISSION_WAIT_S
+    places.heard(Accepted(request_id="r2", scheduler_id="s1"))
+    places.heard(Position(request_id="r2", position=1, estimated_wait_ms=0))
+    assert places.admission_lag_s >= ADMISSION_WAIT_S
+    told = Told()
+    assert places.place("r3", told) == Position(request_id="r3", position=2, estimated_wait_ms=0)
+    assert told.positions == [2]
+    # Admitted at once: admission has caught up, and the next one is left to it again.
+    places.heard(Accepted(request_id="r3", scheduler_id="s1"))
+    places.heard(Position(request_id="r3", position=2, estimated_wait_ms=0))
+    assert places.admission_lag_s == 0
+    assert places.place("r4", Told()) is None
+
+
+async def test_a_job_left_to_the_scheduler_is_told_here_when_it_does_not_place_it() -> None:
+    """On the loop's own clock: a job left to the scheduler that hears nothing of it within
+    ADMISSION_WAIT_S is told its provisional place by the recompute due then."""
+    places = Places(StatusBoard(10.0))  # the real clock, which the loop's timers keep
+    told = asyncio.Event()
+    places.place("r1", Told())  # runs
+    assert places.place("r2", lambda _position: told.set()) is None
+    await told.wait()
+    assert places.pending == 2
+
+
+async def test_memory_is_handed_back_once_a_crowd_is_over() -> None:
+    """A crowd's last job here is over: the gateway hands its memory back (gc, malloc_trim),
+    once; a quiet gateway's last request does not make it do so."""
+    places = Places(StatusBoard(10.0))
+    released = asyncio.Event()
+    places.memory = Releaser(idle_s=0.0, crowd=3)
+    places.memory._release = lambda: released.set()  # type: ignore[method-assign]
+    places.place("quiet", Told())
+    places.forget("quiet")
+    assert places.memory._timer is None
+    for number in range(3):
+        places.place(f"r{number}", Told())
+    for number in range(3):
+        places.forget(f"r{number}")
+    await released.wait()
+    assert release() in (True, False)  # the real one runs, whatever the C library

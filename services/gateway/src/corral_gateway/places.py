@@ -28,8 +28,10 @@ fill every server, or the last status listed others' jobs waiting. A job on an i
 told nothing here, so a stream that never waited stays byte for byte the backend's own. And only
 when the scheduler is not placing jobs itself: while its window has room, it admits a job and
 tells its place within moments, so a job is left to it for `ADMISSION_WAIT_S`; once a job of
-this gateway's has waited that long unadmitted (the window is full), it is told its provisional
-place, and so is every job placed after it, at once.
+this gateway's has waited that long unadmitted (the window is full), or the last one admitted
+took that long (a crowd arriving faster than the scheduler admits: its place came too late for
+a client to hear it within 100 ms), it is told its provisional place, and so is every job
+placed after it, at once, until a job is admitted promptly again.
 
 Positions of jobs still in the broker fall as the lane moves: recomputed at most every
 `RECOMPUTE_S` after the lane's news for this gateway (its `Positions`, a job started or over)
@@ -50,13 +52,18 @@ from prometheus_client import Counter
 
 from corral_common.messages import FINAL_KINDS, Event, Position
 from corral_common.status_board import StatusBoard
+from corral_gateway.memory import Releaser
 
 # Pending places are recomputed at most this often (a burst of lane news is one recompute).
 RECOMPUTE_S = 0.25
 # A job the scheduler has not placed within this long after its gateway did is beyond the
-# admission window (the window is full): it is told its provisional place then, and every job
-# placed after it at once. Until then the scheduler's own report comes first, as it always did.
-ADMISSION_WAIT_S = 0.25
+# admission window (the window is full) or its admission is behind (a crowd arriving faster
+# than the scheduler admits, a quorum queue's confirm taking hundreds of ms under load): it is
+# told its provisional place then, and every job placed after it at once, as long as the
+# scheduler's admissions keep taking that long. While they take less, the scheduler's own
+# report comes first, as it always did. Well under the 100 ms in which a waiting client is to
+# hear its place, with the recompute that tells it.
+ADMISSION_WAIT_S = 0.05
 # A job in the broker is told its new place once it fell by a tenth (at least one place): a
 # client 5,000th in line hears every 500 places, one near the front every place (the relay's
 # heartbeat counts its wait down in between).
@@ -114,8 +121,14 @@ class Places:
         self._base_seen = 0
         self._job_ms_seen = 0
         self._timer: asyncio.TimerHandle | None = None
+        # How long the scheduler took to admit the last job of this gateway's that had to
+        # wait (from its placing here to the first news of it): at ADMISSION_WAIT_S or more,
+        # admission is behind, and jobs are told their place at once.
+        self.admission_lag_s = 0.0
         # Provisional positions told, in all (the benchmark reads it).
         self.told = 0
+        # A crowd's memory handed back to the system once its last job here is over.
+        self.memory = Releaser()
 
     def __len__(self) -> int:
         return len(self._slots)
@@ -128,20 +141,25 @@ class Places:
         """A job about to be published: registered, and its provisional position told (and
         returned) when it cannot run at once; None when it may."""
         self._forget(request_id)
+        self.memory.hold()
         others = len(self._slots)
         now = self._clock()
         oldest = next(iter(self._pending.values()), None)
         slot = Slot(tell, placed_at=now)
         self._slots[request_id] = slot
+        self.memory.held(len(self._slots))
         self._pending[request_id] = slot
         if others < self.capacity and self.others_listed == 0:
             return None
-        if oldest is None or now - oldest.placed_at < ADMISSION_WAIT_S:
+        behind = self.admission_lag_s >= ADMISSION_WAIT_S or (
+            oldest is not None and now - oldest.placed_at >= ADMISSION_WAIT_S
+        )
+        if not behind:
             # The scheduler admits jobs as they come while its window has room: its own place
             # comes in a moment. Told here only if it does not.
             slot.deferred = True
             self._waiting_pending += 1
-            self._soon()
+            self._soon(ADMISSION_WAIT_S)
             return None
         # Those placed before it that need not wait run (or are about to): not ahead of it.
         self._waiting_pending += 1
@@ -170,6 +188,8 @@ class Places:
             return
         if self._unpend(event.request_id):
             slot.admitted = True
+            if slot.deferred or slot.told is not None:
+                self.admission_lag_s = self._clock() - slot.placed_at
         if kind == "started":
             slot.running = True
             self._admitted.pop(event.request_id, None)
@@ -225,6 +245,8 @@ class Places:
         self._recent[request_id] = None
         while len(self._recent) > RECENT_REMEMBERED:
             self._recent.popitem(last=False)
+        if not self._slots:
+            self.memory.release_soon()
         return True
 
     def _unpend(self, request_id: str) -> bool:
@@ -258,14 +280,20 @@ class Places:
         slot.tell(update)
         return update
 
-    def _soon(self) -> None:
-        if self._timer is not None or not self._pending:
+    def _soon(self, delay_s: float = RECOMPUTE_S) -> None:
+        """A recompute within `delay_s` (one already due sooner stands)."""
+        if not self._pending:
             return
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:
             return
-        self._timer = loop.call_later(RECOMPUTE_S, self.recompute)
+        due = loop.time() + delay_s
+        if self._timer is not None:
+            if self._timer.when() <= due:
+                return
+            self._timer.cancel()
+        self._timer = loop.call_at(due, self.recompute)
 
     def recompute(self) -> None:
         """Tell every job still in the broker its place, where it fell."""
@@ -275,15 +303,16 @@ class Places:
         job_ms = self._job_ms_seen
         now = self._clock()
         rank = 0
-        later = False
+        # The soonest a job left to the scheduler is due to be told here (s from now).
+        later: float | None = None
         for request_id, slot in self._pending.items():
             if slot.told is None:
                 if not slot.deferred:
                     # Placed on a lane that looked idle: it runs, not ahead of the others.
                     continue
                 rank += 1
-                if now - slot.placed_at < ADMISSION_WAIT_S:
-                    later = True
+                if (left := ADMISSION_WAIT_S - (now - slot.placed_at)) > 0:
+                    later = left if later is None else min(later, left)
                     continue
                 # Not admitted in time: beyond the window. Told its place now.
                 slot.deferred = False
@@ -299,5 +328,5 @@ class Places:
             slot.tell(
                 Position(request_id=request_id, position=position, estimated_wait_ms=slot.wait_ms)
             )
-        if later:
-            self._soon()
+        if later is not None:
+            self._soon(later)
