@@ -9,12 +9,15 @@ import random
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import pytest
 from prometheus_client import REGISTRY
 from pymongo.asynchronous.database import AsyncDatabase
 
 from corral_common.ids import new_id
+from corral_session_store import windows as windows_module
 from corral_session_store.store import Document, HistoryWindow, SessionStore, TurnRecord
 from corral_session_store.tokens import TokenEstimator
+from corral_session_store.windows import WindowCache
 
 T0 = datetime(2025, 8, 5, 14, 0, tzinfo=UTC)
 MODELS = ("llama3.2", "qwen2.5:0.5b")
@@ -101,3 +104,47 @@ async def test_a_turn_after_a_turn_written_here_reads_no_turns(store: SessionSto
         assert window.turns[-1][0]["content"].startswith(f"question {n} ")
         # What goes back to the backend: no thinking.
         assert "thinking" not in window.turns[-1][-1]
+
+
+def cached(windows: WindowCache, session_id: str, messages: list[Document]) -> None:
+    """A quiet read of (session, "m") numbered (0, 1] kept, as assembly keeps one."""
+    windows.taken(session_id, 1)
+    read = windows.begin(session_id)
+    windows.finish(read, "m", 1, None, 0, [{"seq": 1, "messages": messages, "message_count": 1}])
+
+
+def test_windows_are_bounded_in_number_and_size(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(windows_module, "MAX_WINDOWS", 3)
+    monkeypatch.setattr(windows_module, "MAX_CHARS", 400)
+    windows = WindowCache()
+    for n in range(5):
+        cached(windows, f"s{n}", [{"role": "user", "content": "x" * 10}])
+    # The least recently used went first.
+    assert len(windows) == 3 and windows.chars == 30
+    assert windows.window("s0", "m", 1, None) is None
+    assert windows.window("s4", "m", 1, None) is not None
+    # One window larger than a quarter of the bound is not kept; a few large ones push out
+    # the others.
+    cached(windows, "big", [{"role": "user", "content": "x", "images": ["i" * 200]}])
+    assert windows.window("big", "m", 1, None) is None
+    for n in range(3):
+        cached(windows, f"l{n}", [{"role": "user", "content": "x" * 90}])
+    assert windows.chars <= 400 and len(windows) == 3
+    windows.drop("l2")
+    assert windows.chars == 180 and len(windows) == 2
+
+
+def test_a_read_a_write_overlapped_is_not_kept() -> None:
+    windows = WindowCache()
+    windows.taken("s", 1)
+    read = windows.begin("s")
+    windows.write_begins("s")
+    windows.write_ends("s")
+    windows.finish(read, "m", 1, None, 0, [])
+    assert windows.window("s", "m", 1, None) is None
+    # Nor one whose newest number another process took.
+    windows.taken("s", 1)
+    windows.finish(windows.begin("s"), "m", 2, None, 0, [])
+    assert windows.window("s", "m", 2, None) is None
+    windows.finish(windows.begin("s"), "m", 1, None, 0, [])
+    assert windows.window("s", "m", 1, None) is not None

@@ -26,8 +26,8 @@ When a cached window may be used, and why it is then exactly what the database h
 - Delete, purge, clear and import drop the session's windows here; elsewhere, `turn_seq` and
   `created_at` tell.
 
-Bounded: at most `MAX_WINDOWS` windows (least recently used go first), each trimmed to the newest
-`KEEP_SPAN` numbers (assembly's first range is the newest `HISTORY_BATCH`).
+Bounded: at most `MAX_WINDOWS` windows and `MAX_CHARS` characters of messages (least recently
+used go first), each trimmed to the newest `KEEP_SPAN` numbers (assembly's first range).
 """
 
 from __future__ import annotations
@@ -42,8 +42,11 @@ from prometheus_client import Counter
 Document = dict[str, Any]
 
 MAX_WINDOWS = 1024
-# Numbers below `high` a window keeps (twice assembly's first range).
-KEEP_SPAN = 128
+# What the windows hold at most, in characters of content and images (least recently used
+# windows go first); one window larger than a quarter of it is not kept at all.
+MAX_CHARS = 32 * 1024 * 1024
+# Numbers below `high` a window keeps: assembly's first range (HISTORY_BATCH).
+KEEP_SPAN = 64
 # Sessions whose last number taken here is remembered.
 MAX_TAKEN = 16_384
 
@@ -64,6 +67,11 @@ class Window:
     high: int
     created_at: datetime | None
     turns: dict[int, tuple[list[Document], int]] = field(default_factory=dict)
+    chars: int = 0
+
+    def add(self, seq: int, messages: list[Document], count: int) -> None:
+        self.turns[seq] = (messages, count)
+        self.chars += chars_of(messages)
 
     def covers(self, low: int, high: int) -> bool:
         return self.low <= low and high <= self.high
@@ -80,6 +88,17 @@ class Window:
         if self.high - self.low > KEEP_SPAN:
             self.low = self.high - KEEP_SPAN
             self.turns = {seq: turn for seq, turn in self.turns.items() if seq > self.low}
+            self.chars = sum(chars_of(messages) for messages, _ in self.turns.values())
+
+
+def chars_of(messages: list[Document]) -> int:
+    """A window's size, roughly: its texts and images, in characters."""
+    total = 0
+    for message in messages:
+        total += len(str(message.get("content") or ""))
+        for image in message.get("images") or ():
+            total += len(str(image))
+    return total
 
 
 class Read:
@@ -100,6 +119,7 @@ class WindowCache:
         # session → writes under way here; reads under way (each marked when a write touched it)
         self._writing: dict[str, int] = {}
         self._reads: dict[str, list[Read]] = {}
+        self._chars = 0
 
     def __len__(self) -> int:
         return len(self._windows)
@@ -135,14 +155,33 @@ class WindowCache:
                 self.drop(session_id)
                 return
             window.high = seq
+            self._chars -= window.chars
             if other == model:
-                window.turns[seq] = (messages, len(messages))
+                window.add(seq, messages, len(messages))
             window.trim()
+            self._chars += window.chars
+        self._evict()
 
     def drop(self, session_id: str) -> None:
         for model in self._models.pop(session_id, ()):
-            self._windows.pop((session_id, model), None)
+            window = self._windows.pop((session_id, model), None)
+            if window is not None:
+                self._chars -= window.chars
         self._disturb(session_id)
+
+    @property
+    def chars(self) -> int:
+        return self._chars
+
+    def _evict(self) -> None:
+        while self._windows and (len(self._windows) > MAX_WINDOWS or self._chars > MAX_CHARS):
+            (session_id, model), window = self._windows.popitem(last=False)
+            self._chars -= window.chars
+            models = self._models.get(session_id)
+            if models is not None:
+                models.discard(model)
+                if not models:
+                    del self._models[session_id]
 
     def clear(self) -> None:
         for session_id in list(self._models):
@@ -197,18 +236,17 @@ class WindowCache:
         key = (session_id, model)
         window = Window(low, turn_seq, created_at)
         for doc in docs:
-            window.turns[int(doc["seq"])] = (doc["messages"], int(doc.get("message_count") or 0))
+            window.add(int(doc["seq"]), doc["messages"], int(doc.get("message_count") or 0))
         window.trim()
+        if window.chars > MAX_CHARS // 4:
+            return
+        old = self._windows.pop(key, None)
+        if old is not None:
+            self._chars -= old.chars
         self._windows[key] = window
-        self._windows.move_to_end(key)
+        self._chars += window.chars
         self._models.setdefault(session_id, set()).add(model)
-        while len(self._windows) > MAX_WINDOWS:
-            (old_session, old_model), _ = self._windows.popitem(last=False)
-            models = self._models.get(old_session)
-            if models is not None:
-                models.discard(old_model)
-                if not models:
-                    del self._models[old_session]
+        self._evict()
 
     def abandon(self, read: Read) -> None:
         reads = self._reads.get(read.session_id, [])
