@@ -112,7 +112,7 @@ def read_tokens(body: bytes) -> RawTokens | None:
     except (ValidationError, orjson.JSONDecodeError):
         return None
     lines = inner.split(b",\n") if inner else []
-    if len(lines) != len(chunks) or not all(type(chunk) is dict for chunk in chunks):
+    if len(lines) != len(chunks) or (chunks and set(map(type, chunks)) != {dict}):
         return None
     return RawTokens.model_construct(
         request_id=envelope.request_id,

@@ -40,6 +40,7 @@ READ_BUFFER_BYTES = 1 << 20
 # the top-level object. Preceded by a comma and followed by the line's end, this cannot be
 # inside a string or a nested object, so a line that ends so is a chunk that is not final.
 NOT_DONE_END = b',"done":false}'
+_NOT_DONE_LINE_END = NOT_DONE_END + b"\n"
 
 
 class OllamaBackend:
@@ -159,7 +160,7 @@ def _run_of(lines: list[bytes]) -> ChunkRun | None:
         return None
     text = b"\n".join(lines)
     if (
-        (text + b"\n").count(NOT_DONE_END + b"\n") != len(lines)
+        (text + b"\n").count(_NOT_DONE_LINE_END) != len(lines)
         or b'"error"' in text
         or b"\\u" in text
         or b"\\/" in text
@@ -169,7 +170,7 @@ def _run_of(lines: list[bytes]) -> ChunkRun | None:
         chunks = orjson.loads(b"[" + text.replace(b"\n", b",") + b"]")
     except orjson.JSONDecodeError:
         return None
-    if len(chunks) != len(lines) or not all(type(chunk) is dict for chunk in chunks):
+    if len(chunks) != len(lines) or set(map(type, chunks)) != {dict}:
         # Not one JSON object per line: read line by line, which fails on the bad one.
         return None
     return ChunkRun(chunks, lines)
