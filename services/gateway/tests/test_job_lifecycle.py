@@ -220,6 +220,9 @@ class SseShape:
     def failure(self, error: CorralError) -> list[Frame]:
         return [Data({"error": {"message": error.message}})]
 
+    def passthrough(self, tokens: Tokens, encoder: StreamEncoder) -> bytes | None:
+        return None
+
     def whole(self, chunks: list[dict[str, Any]], done: Done, extras: dict[str, Any]) -> Any:
         return {"content": done.text}
 

@@ -109,6 +109,11 @@ class ChunkShape(Protocol):
         """One backend chunk as the client's frames (possibly none)."""
         ...
 
+    def passthrough(self, tokens: Tokens, encoder: StreamEncoder) -> bytes | None:
+        """The batch's frames as bytes written as they came (`hub.RawTokens`), for a shape
+        whose frames are the backend's chunks unchanged; None: `chunk` each one."""
+        ...
+
     def final(self, done: Done, extras: dict[str, Any]) -> list[Frame]:
         """The stream's last frames."""
         ...
@@ -334,6 +339,13 @@ class Relay:
         # A batch's frames go out in one write: a fast stream's batch holds hundreds of tokens,
         # and a write (a chunked-encoding frame and a socket send) per token was the gateway's
         # largest cost in relaying it.
+        if len(chunks) == len(tokens.chunks):
+            # The batch came alone (not with later ones that had waited for it): a shape that
+            # relays the backend's chunks unchanged writes their text as it came.
+            raw = self.shape.passthrough(tokens, self.encoder)
+            if raw is not None:
+                await self._send(raw)
+                return
         encode = self.encoder.encode
         await self._send(b"".join(encode(f) for chunk in chunks for f in self.shape.chunk(chunk)))
 

@@ -39,7 +39,7 @@ from corral_common.contracts.conversations import (
 )
 from corral_common.errors import CorralError
 from corral_common.ids import is_valid_client_id
-from corral_common.messages import Done, JobKind
+from corral_common.messages import Done, JobKind, Tokens
 from corral_gateway.body import read_body
 from corral_gateway.conversations.errors import error_body, missing_field, validation_error
 from corral_gateway.encoders import Data, Frame, NdjsonEncoder, SseEncoder, StreamEncoder
@@ -161,6 +161,9 @@ class ConversationReplies:
         if not isinstance(text, str) or not text:
             return []  # nothing the seed's clients show (a thinking-only piece)
         return [Data({"type": "token", "token": text, "done": False})]
+
+    def passthrough(self, tokens: Tokens, encoder: StreamEncoder) -> bytes | None:
+        return None  # the seed's frames are not the backend's chunks
 
     def final(self, done: Done, extras: dict[str, Any]) -> list[Frame]:
         return [Data({"type": "done", "done": True, **self.whole([], done, extras)})]

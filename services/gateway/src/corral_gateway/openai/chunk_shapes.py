@@ -13,8 +13,8 @@ from collections.abc import Callable
 from typing import Any, ClassVar, Self
 
 from corral_common.errors import CorralError
-from corral_common.messages import Done, JobKind
-from corral_gateway.encoders import Comment, Data, Frame
+from corral_common.messages import Done, JobKind, Tokens
+from corral_gateway.encoders import Comment, Data, Frame, StreamEncoder
 from corral_gateway.ollama.chunks import assemble
 from corral_gateway.openai import sse
 from corral_gateway.openai.errors import OpenAIError, from_corral, sse_error_event
@@ -76,6 +76,9 @@ class _OpenAIChunks:
 
     def chunk(self, chunk: dict[str, Any]) -> list[Frame]:
         return [Data(item) for item in self.stream.feed(chunk)]
+
+    def passthrough(self, tokens: Tokens, encoder: StreamEncoder) -> bytes | None:
+        return None  # every chunk is translated
 
     def final(self, done: Done, extras: dict[str, Any]) -> list[Frame]:
         return [Data(item) for item in self.stream.feed(done.final, extras)]
