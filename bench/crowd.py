@@ -71,6 +71,8 @@ MODEL = "llama3.2"
 HEADERS = {"Content-Type": "application/json"}
 # How often the gateway's RSS is read during a round.
 RSS_EVERY_S = 0.25
+# How often the benchmark's own event loop lag is sampled.
+LAG_EVERY_S = 0.02
 # Left after a round before its "after" RSS is read, so the gateway has closed every connection.
 SETTLE_S = 5.0
 
@@ -280,6 +282,8 @@ class Round:
     cpu_s: dict[str, float]
     # What the gateway still held after the round (all 0 when nothing per request stays).
     left: dict[str, float]
+    # This process's event loop lag while the clients arrived (ms).
+    bench_lag_ms: dict[str, float] = field(default_factory=dict)
     samples: list[dict[str, Any]] = field(default_factory=list)
 
     @property
@@ -333,6 +337,17 @@ async def crowd_round(
         }
         cpu_0 = {name: cpu_s(pid) for name, pid in pids.items()}
         sampler = asyncio.create_task(sample_rss())
+        # This process's own event loop lag while clients arrive: its clocks time every
+        # client, so a late wake-up here would be counted against the gateway.
+        lags: list[float] = []
+
+        async def sample_lag() -> None:
+            while running:
+                due = time.perf_counter() + LAG_EVERY_S
+                await asyncio.sleep(LAG_EVERY_S)
+                lags.append((time.perf_counter() - due) * 1e3)
+
+        lagger = asyncio.create_task(sample_lag())
         clients = [Client() for _ in range(args.clients)]
         work = [prompts.next() for _ in clients]
         tasks: list[asyncio.Task[None]] = []
@@ -345,11 +360,13 @@ async def crowd_round(
             tasks.append(
                 asyncio.create_task(one_client(session, stack.gateway_url, body, expected, client))
             )
+        arrived_lags = list(lags)
         await asyncio.gather(*tasks)
         run_s = time.perf_counter() - started
         cpu = {name: round(cpu_s(pid) - cpu_0[name], 1) for name, pid in pids.items()}
         running = False
         await sampler
+        await lagger
         load_after = loadavg()
         await asyncio.sleep(SETTLE_S)
         rss_after = rss_mb(gateway_pid)
@@ -407,6 +424,7 @@ async def crowd_round(
         rss_after_mb=round(rss_after, 1),
         cpu_s=cpu,
         left=left,
+        bench_lag_ms=spread(arrived_lags),
         samples=[asdict(c) for c in clients] if args.samples else [],
     )
 
@@ -457,6 +475,7 @@ def render_round(r: Round) -> str:
             f"({r.position_entries} entries), {r.position_singles} single position events",
             f"  gateway RSS MB before {r.rss_before_mb}, peak {r.rss_peak_mb}, "
             f"after {r.rss_after_mb}; CPU s {r.cpu_s}; left {r.left}",
+            f"  the benchmark's own loop lag while clients arrived ms {r.bench_lag_ms}",
         ]
     )
 
@@ -586,6 +605,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--samples", action="store_true", help="keep every client in --json")
     parser.add_argument("--lane-cost", type=positive_ints, help="only the scheduler's side")
     parser.add_argument(
+        "--system-malloc",
+        action="store_true",
+        help="the services allocate with the C library's malloc (PYTHONMALLOC=malloc) instead "
+        "of CPython's arenas, to see what of the gateway's memory comes back after the crowd",
+    )
+    parser.add_argument(
         "--no-model-manager",
         action="store_true",
         help="without it the gateway asks for the model list over the broker on every request",
@@ -612,6 +637,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             "CORRAL_MAX_QUEUED_PER_KEY": "0",
             "CORRAL_QUEUE_MAX_LENGTH": str(2 * args.clients + 1000),
         }
+        if args.system_malloc:
+            env["PYTHONMALLOC"] = "malloc"
         knobs = {"token_delay_ms": args.token_delay_ms, "load_ms": 0, "prompt_ms_per_token": 0}
         stack = start_services(cleanup, workdir, amqp_url, node, knobs, env=env)
         if not args.no_model_manager:

@@ -338,3 +338,17 @@ async def test_memory_is_handed_back_once_a_crowd_is_over() -> None:
         places.forget(f"r{number}")
     await released.wait()
     assert release() in (True, False)  # the real one runs, whatever the C library
+
+
+def test_a_job_that_must_wait_is_known_before_any_news_of_it() -> None:
+    """The ticket may start its relay before the broker's confirm for a job that must wait
+    (its client hears a place first, whoever tells it), never for one that runs at once."""
+    clock = Clock()
+    _, places = board_and_places(clock)
+    places.place("runs", Told())
+    places.place("left", Told())  # left to the scheduler for a moment
+    clock.now += 1
+    places.place("told", Told())  # told here at once
+    assert [places.must_wait(r) for r in ("runs", "left", "told")] == [False, True, True]
+    places.heard(Accepted(request_id="left", scheduler_id="s1"))
+    assert not places.must_wait("left")  # heard of: the scheduler has it

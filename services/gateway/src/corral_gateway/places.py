@@ -137,6 +137,13 @@ class Places:
     def pending(self) -> int:
         return len(self._pending)
 
+    def must_wait(self, request_id: str) -> bool:
+        """Whether this job, placed and not heard of yet, was found unable to run at once
+        (told its place here, or left to the scheduler to place): its client will hear a place
+        before anything else, so its headers need not wait for the broker's confirm."""
+        slot = self._pending.get(request_id)
+        return slot is not None and (slot.deferred or slot.told is not None)
+
     def place(self, request_id: str, tell: Callable[[Position], None]) -> Position | None:
         """A job about to be published: registered, and its provisional position told (and
         returned) when it cannot run at once; None when it may."""
