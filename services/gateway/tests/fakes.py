@@ -30,6 +30,7 @@ from corral_gateway.settings import GatewaySettings
 from corral_gateway.state import Gateway
 from corral_gateway.surfaces import OLLAMA, Route
 from corral_gateway.ticket import JobTicket
+from corral_gateway.turns_in_flight import TurnsInFlight
 from corral_gateway.usage import Usage
 
 
@@ -109,6 +110,7 @@ class FakeGateway:
         self.relays: dict[str, Any] = {}
         self.background: list[asyncio.Task[None]] = []
         self.usage = Usage()
+        self.turns = TurnsInFlight()
 
     def spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         self.background.append(asyncio.ensure_future(coro))

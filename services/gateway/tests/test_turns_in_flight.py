@@ -17,7 +17,7 @@ from corral_common.messages import Done, Event, Started, Stored, Tokens
 from corral_gateway import ollama
 from corral_gateway.settings import GatewaySettings
 from corral_gateway.state import GATEWAY, SETTINGS, Gateway
-from corral_gateway.turns_in_flight import TurnsInFlight, turns_in_flight
+from corral_gateway.turns_in_flight import TurnsInFlight
 from services.gateway.tests.fakes import FakeGateway, FakeHub
 
 MODEL = "m"
@@ -52,6 +52,7 @@ class SessionGateway(FakeGateway):
         super().__init__(GatewaySettings(heartbeat_s=60, stored_timeout_s=stored_timeout_s))
         self.observed = ObservedHub()
         self.hub = self.observed
+        self.observed.observe(self.turns.observe)
         self.models = Models()
         # What happened, in order: "assemble" (the store asked for the history), "stored".
         self.story: list[str] = []
@@ -128,7 +129,7 @@ async def test_the_answer_goes_out_before_the_turn_is_stored_and_the_next_turn_w
     assert response.status == 200
     text = await response.text()
     assert '"done":true' in text.replace(" ", "")
-    turns = turns_in_flight(cast(Gateway, gateway))
+    turns = gateway.turns
     assert len(turns) == 1 and len(turns.pending(SESSION)) == 1
 
     # The next message on the session, sent at once: its assembly waits for the turn.
@@ -165,7 +166,7 @@ async def test_a_stored_that_came_before_the_answer_was_finished_leaves_nothing_
     gateway.hub.feed("r1", *answered("r1"), Stored(request_id="r1", outcome="stored"))
     response = await client.post("/api/chat", json=chat("r1", False))
     assert response.status == 200
-    assert len(turns_in_flight(cast(Gateway, gateway))) == 0
+    assert len(gateway.turns) == 0
 
 
 async def test_without_a_wait_configured_nothing_is_recorded(
@@ -176,7 +177,7 @@ async def test_without_a_wait_configured_nothing_is_recorded(
     gateway.hub.feed("r1", *answered("r1"))
     response = await client.post("/api/chat", json=chat("r1", False))
     assert response.status == 200
-    assert getattr(gateway, "turns_in_flight", None) is None
+    assert len(gateway.turns) == 0
 
 
 async def test_a_turn_never_confirmed_lapses() -> None:

@@ -74,6 +74,7 @@ async def gateway_ctx(app: web.Application) -> AsyncIterator[None]:
         models=directory,
     )
     app[GATEWAY] = gateway
+    hub.observe(gateway.turns.observe)
     gate.attach(StoreKeyDirectory(rpc), gateway.spawn)
 
     # This replica's own event queue: exclusive, so it (and its bindings) vanish with us.
@@ -105,6 +106,7 @@ async def gateway_ctx(app: web.Application) -> AsyncIterator[None]:
     async with supervised(*gate.tasks()):
         yield
     await gate.flush_counts()
+    gateway.turns.close()
     if gateway.background:
         await asyncio.wait(gateway.background, timeout=5)
     await rpc.close()

@@ -62,7 +62,6 @@ from corral_gateway.hub import BrokerLost, Delivery
 from corral_gateway.ordering import TokenOrder
 from corral_gateway.responses import json_response
 from corral_gateway.ticket import BROKER_LOST_MESSAGE, JobTicket, failure_error
-from corral_gateway.turns_in_flight import turns_in_flight
 from corral_gateway.usage import note_stream_error, note_truncated, note_waited
 
 log = structlog.get_logger(__name__)
@@ -447,7 +446,7 @@ class Relay:
         timeout_s = self.timings.stored_timeout_s
         if timeout_s <= 0:
             return
-        turns = turns_in_flight(self.ticket.gateway)
+        turns = self.ticket.gateway.turns
         turns.record(session_id, self.ext.request_id, timeout_s)
         while not self.events.empty():
             if isinstance(self.events.get_nowait(), Stored):

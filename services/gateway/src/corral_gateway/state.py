@@ -19,6 +19,7 @@ from corral_gateway.directory import ModelDirectory
 from corral_gateway.hub import Hub
 from corral_gateway.settings import GatewaySettings
 from corral_gateway.submit import Submitter
+from corral_gateway.turns_in_flight import TurnsInFlight
 from corral_gateway.usage import Usage
 
 
@@ -51,6 +52,9 @@ class Gateway:
     context_lengths: CachedContextLengths | None = None
     # What this replica observed of its requests (GET /admin/usage, /health's `metrics`).
     usage: Usage = field(default_factory=Usage)
+    # Session turns answered here and not yet stored (read your writes; turns_in_flight.py),
+    # given the hub's events in app.gateway_ctx.
+    turns: TurnsInFlight = field(default_factory=TurnsInFlight)
 
     def spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         # Named after the coroutine (`Submitter.cancel`), for the failure log.

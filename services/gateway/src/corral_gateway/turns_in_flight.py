@@ -24,14 +24,10 @@ gone once it is settled. What this does not cover (another gateway, a store that
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING
 
 from prometheus_client import Counter
 
 from corral_common.messages import Event
-
-if TYPE_CHECKING:
-    from corral_gateway.state import Gateway
 
 TURNS_LAPSED = Counter(
     "corral_gateway_turns_unconfirmed_total",
@@ -119,25 +115,3 @@ class TurnsInFlight:
     def close(self) -> None:
         for request_id in list(self._turns):
             self.settle(request_id)
-
-
-# Kept on the gateway, made on first use (the hub exists by then, and a gateway that serves no
-# session chat never has one).
-ATTRIBUTE = "turns_in_flight"
-
-
-def turns_in_flight(gateway: Gateway) -> TurnsInFlight:
-    """The gateway's turns in flight, made (and given the hub's events) on first use."""
-    turns: TurnsInFlight | None = getattr(gateway, ATTRIBUTE, None)
-    if turns is None:
-        turns = TurnsInFlight()
-        gateway.hub.observe(turns.observe)
-        setattr(gateway, ATTRIBUTE, turns)
-    return turns
-
-
-async def settled(gateway: Gateway, session_id: str | None = None) -> None:
-    """Wait for `session_id`'s turns answered at `gateway` (see `TurnsInFlight.settled`)."""
-    turns: TurnsInFlight | None = getattr(gateway, ATTRIBUTE, None)
-    if turns is not None:
-        await turns.settled(session_id)

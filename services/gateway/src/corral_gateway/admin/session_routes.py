@@ -19,7 +19,6 @@ from corral_common.contracts.session_store import (
 from corral_common.errors import CorralError, ErrorType
 from corral_gateway.responses import json_response
 from corral_gateway.state import GATEWAY
-from corral_gateway.turns_in_flight import settled
 
 
 async def clear_sessions(request: web.Request) -> web.Response:
@@ -32,7 +31,7 @@ async def clear_sessions(request: web.Request) -> web.Response:
             f"deleting every session needs ?confirm={CLEAR_CONFIRMATION} (got {shown})",
             details={"parameter": "confirm", "expected": CLEAR_CONFIRMATION},
         )
-    await settled(request.app[GATEWAY])
+    await request.app[GATEWAY].turns.settled()
     cleared = await request.app[GATEWAY].rpc.call(
         SESSION_STORE.clear, ClearParams(confirm=CLEAR_CONFIRMATION)
     )

@@ -48,7 +48,6 @@ from corral_gateway.identity.principal import caller_of
 from corral_gateway.ollama.chat_routes import Present, serve_generation
 from corral_gateway.relay import ChunkShape
 from corral_gateway.state import GATEWAY, Gateway
-from corral_gateway.turns_in_flight import settled
 from corral_gateway.validation import decode_body
 
 # The body fields that go on to the native request as they are (checked there as Ollama checks
@@ -234,7 +233,7 @@ async def chat(request: web.Request) -> web.StreamResponse:
     asked = parse_message(_json(await read_body(request, gateway.settings.max_body_bytes)))
     # The conversation must exist and be the caller's (another's is a 404, as a missing one);
     # a chat never creates one (POST /api/conversations does).
-    await settled(gateway, asked.session_id)
+    await gateway.turns.settled(asked.session_id)
     described = await gateway.rpc.call(
         CONVERSATIONS.describe,
         ConversationParams(session_id=asked.session_id, owner=caller_of(request).owner),

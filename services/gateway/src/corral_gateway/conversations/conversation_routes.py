@@ -40,7 +40,6 @@ from corral_gateway.query_params import (
 )
 from corral_gateway.responses import json_response
 from corral_gateway.state import GATEWAY
-from corral_gateway.turns_in_flight import settled
 
 
 def _session_id(request: web.Request) -> str:
@@ -92,7 +91,7 @@ async def conversation_list(request: web.Request) -> web.Response:
         owner=_owner(request),
         archived=flag_query(request, "archived"),
     )
-    await settled(request.app[GATEWAY])
+    await request.app[GATEWAY].turns.settled()
     found = await request.app[GATEWAY].rpc.call(CONVERSATIONS.list, params)
     return json_response(found.wire(), 200)
 
@@ -119,7 +118,7 @@ async def conversation_create(request: web.Request) -> web.Response:
 async def conversation_detail(request: web.Request) -> web.Response:
     """A conversation with all its messages and its statistics."""
     params = ConversationParams(session_id=_session_id(request), owner=_owner(request))
-    await settled(request.app[GATEWAY], params.session_id)
+    await request.app[GATEWAY].turns.settled(params.session_id)
     found = await request.app[GATEWAY].rpc.call(CONVERSATIONS.detail, params)
     return json_response(found.wire(), 200)
 
@@ -129,7 +128,7 @@ async def conversation_rename(request: web.Request) -> web.Response:
     session_id = _session_id(request)
     title = _text(await _object(request), "title")
     params = RenameParams(session_id=session_id, title=title, owner=_owner(request))
-    await settled(request.app[GATEWAY], session_id)
+    await request.app[GATEWAY].turns.settled(session_id)
     renamed = await request.app[GATEWAY].rpc.call(SESSION_STORE.rename, params)
     return json_response({"success": True, "title": renamed.title}, 200)
 
@@ -138,7 +137,7 @@ async def conversation_delete(request: web.Request) -> web.Response:
     """Delete a conversation and all its messages."""
     params = SessionParams(session_id=_session_id(request), owner=_owner(request))
     # A turn still being written would bring the conversation back after the delete.
-    await settled(request.app[GATEWAY], params.session_id)
+    await request.app[GATEWAY].turns.settled(params.session_id)
     await request.app[GATEWAY].rpc.call(SESSION_STORE.delete, params)
     return json_response({"success": True}, 200)
 
@@ -147,7 +146,7 @@ async def conversation_stats(request: web.Request) -> web.Response:
     """A conversation's statistics: a summary, and counts, lengths, tokens and response times
     by role."""
     params = ConversationParams(session_id=_session_id(request), owner=_owner(request))
-    await settled(request.app[GATEWAY], params.session_id)
+    await request.app[GATEWAY].turns.settled(params.session_id)
     found = await request.app[GATEWAY].rpc.call(CONVERSATIONS.stats, params)
     return json_response(found.wire(), 200)
 
@@ -165,7 +164,7 @@ async def search(request: web.Request) -> web.Response:
         owner=_owner(request),
         caller=search_caller(request),
     )
-    await settled(request.app[GATEWAY])
+    await request.app[GATEWAY].turns.settled()
     found = await request.app[GATEWAY].rpc.call(CONVERSATIONS.search, params)
     return json_response(found.wire(), 200)
 

@@ -39,7 +39,6 @@ from corral_gateway.identity.principal import caller_of
 from corral_gateway.query_params import OFFSET_MAX, SESSION_LIST_MAX, flag_query, int_query
 from corral_gateway.responses import json_response
 from corral_gateway.state import GATEWAY
-from corral_gateway.turns_in_flight import settled
 
 CREATE_FIELDS = ("title", "system_prompt")
 # What an import reads of an export (`GET /sessions/{id}/export`); the rest is ignored.
@@ -52,7 +51,7 @@ R = TypeVar("R", bound=Result)
 async def _call(request: web.Request, method: Method[P, R], params: P) -> web.Response:
     """The store's answer, as JSON; its errors are raised for the Corral surface to render.
     Turns this gateway answered on the session (on any, for a list) are stored first."""
-    await settled(request.app[GATEWAY], getattr(params, "session_id", None))
+    await request.app[GATEWAY].turns.settled(getattr(params, "session_id", None))
     result = await request.app[GATEWAY].rpc.call(method, params)
     return json_response(result.wire(), 200)
 
@@ -102,7 +101,7 @@ async def session_export(request: web.Request) -> web.Response:
     """The session and every turn (ids, times, stats, metadata), for `POST /sessions/import`."""
     session_id = _session_id(request)
     params = SessionParams(session_id=session_id, owner=_owner(request))
-    await settled(request.app[GATEWAY], session_id)
+    await request.app[GATEWAY].turns.settled(session_id)
     exported = await request.app[GATEWAY].rpc.call(SESSION_STORE.export, params)
     disposition = f'attachment; filename="session-{session_id}.json"'
     return json_response(exported.wire(), 200, {"Content-Disposition": disposition})
@@ -115,7 +114,7 @@ async def session_import(request: web.Request) -> web.Response:
         **{key: body[key] for key in IMPORT_FIELDS if key in body},
         owner=caller_of(request).principal,
     )
-    await settled(request.app[GATEWAY], params.session.session_id)
+    await request.app[GATEWAY].turns.settled(params.session.session_id)
     imported = await request.app[GATEWAY].rpc.call(SESSION_STORE.import_, params)
     status = 201 if imported.created else 200
     return json_response(imported.wire(), status, {"X-Session-Id": imported.session_id})

@@ -30,7 +30,6 @@ from corral_gateway.relay import ChunkShape, Extras, JobFailed, Relay, RelayTimi
 from corral_gateway.state import GATEWAY, Gateway
 from corral_gateway.surfaces import answer_with
 from corral_gateway.ticket import JobTicket
-from corral_gateway.turns_in_flight import settled
 from corral_gateway.validation import OllamaRequestError
 
 log = structlog.get_logger(__name__)
@@ -173,7 +172,7 @@ async def _conversation(
     # This session's turns answered here and not yet stored first: their answers went out
     # without waiting for the store, so this is where a client that asks again at once is
     # made to find them (turns_in_flight.py).
-    await settled(gateway, ext.session_id)
+    await gateway.turns.settled(ext.session_id)
     assembled = await gateway.rpc.call(SESSION_STORE.assemble, params)
     if kind == "chat":
         payload["messages"] = assembled.messages
