@@ -10,12 +10,15 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
+import aiohttp
 import orjson
+from aiohttp import web
+from aiohttp.test_utils import TestServer
 
 from corral_common.broker import encode
 from corral_common.messages import EVENT_ADAPTER, Started, Tokens
 from corral_scheduler.backends.base import ChunkRun
-from corral_scheduler.backends.ollama import _run_of
+from corral_scheduler.backends.ollama import OllamaBackend, _run_of
 from corral_scheduler.events import tokens_body
 from services.scheduler.tests.fakes import (
     Delivery,
@@ -133,3 +136,26 @@ async def test_runs_and_single_chunks_make_one_answer_and_go_out_as_read() -> No
     done = broker.final("r1")
     assert (done["text"], done["thinking"], done["tool_calls"]) == ("Hello!", "hm", [call])
     assert done["final"] == final
+
+
+async def test_a_read_that_ends_the_stream_is_its_run_then_the_final_chunk() -> None:
+    lines = [line(" a"), line(" b")]
+    final = {"model": "m", "done": True, "eval_count": 2}
+    body = b"\n".join([*lines, orjson.dumps(final)]) + b"\n"
+
+    async def chat(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
+        await response.prepare(request)
+        await response.write(body)  # one write: one read
+        await response.write_eof()
+        return response
+
+    app = web.Application()
+    app.router.add_post("/api/chat", chat)
+    async with TestServer(app) as server, aiohttp.ClientSession() as session:
+        backend = OllamaBackend(
+            session, str(server.make_url("")), connect_timeout_s=5, read_timeout_s=5
+        )
+        async with backend.stream("chat", {"model": "m"}) as pieces:
+            got = [piece async for piece in pieces]
+    assert got == [ChunkRun([orjson.loads(each) for each in lines], lines), final]

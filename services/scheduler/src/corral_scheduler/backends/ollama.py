@@ -137,10 +137,15 @@ async def _chunks(response: aiohttp.ClientResponse) -> AsyncIterator[Piece]:
     try:
         async for lines in ndjson_runs(response.content):
             run = _run_of(lines)
-            if run is not None:
+            rest: list[bytes] = []
+            if run is None and len(lines) > 1:
+                # Most often the read that ends the stream: its chunks, then the final one.
+                run, rest = _run_of(lines[:-1]), lines[-1:]
+            if run is None:
+                rest = lines
+            else:
                 yield run
-                continue
-            for line in lines:
+            for line in rest:
                 if not line.strip():
                     continue
                 chunk = orjson.loads(line)
