@@ -147,10 +147,13 @@ class JobTicket:
         # before the publish, so it comes before anything the scheduler says.
         places = self.gateway.hub.places
         told = places.place(job.request_id, self.events.put_nowait)
-        if told is not None and self._room(told.position):
-            # It waits anyway, and the queue has room: its client is told its place now, not
-            # after the broker's confirm (a quorum queue's disk write, hundreds of ms under
-            # load); a refusal that comes after all ends its stream as an error.
+        if (told is not None or places.must_wait(job.request_id)) and self._room(
+            told.position if told is not None else 0
+        ):
+            # It waits anyway (told its place here, or to be placed by the scheduler), and the
+            # queue has room: its client hears its place without waiting for the broker's
+            # confirm (a quorum queue's disk write, hundreds of ms under load); a refusal that
+            # comes after all ends its stream as an error.
             self.gateway.spawn(self._publish_behind(job))
             return
         try:
