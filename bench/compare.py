@@ -76,6 +76,8 @@ from corral_emulator import EmulatorControl, expected_reply, reply_tokens
 
 MODEL = "llama3.2"
 REPO = Path(__file__).resolve().parent.parent
+# Requests a minute per address on the `make run` side: counted, never reached.
+BENCH_RATE_LIMIT = 1_000_000_000
 # Where `make bench-install` puts LiteLLM's proxy (bench/litellm: an environment of its own).
 LITELLM_DEFAULT = REPO / "bench" / "litellm" / ".venv" / "bin" / "litellm"
 LITELLM_KEY = "sk-corral-bench-" + secrets.token_hex(16)
@@ -636,6 +638,12 @@ def run(args: argparse.Namespace) -> int:
             {"token_delay_ms": args.token_delay_ms},
             session_store=default,
             log_level="info" if default else "warning",
+            # As `make run`: every request counted against its caller's rate limit (the
+            # store's counters, shared every CORRAL_RATE_LIMIT_SYNC_MS), with a limit this
+            # benchmark never reaches.
+            env={"CORRAL_ANONYMOUS_RATE_LIMIT_PER_MINUTE": str(BENCH_RATE_LIMIT)}
+            if default
+            else None,
         )
         litellm, litellm_url, note = None, None, "not run (--no-litellm)"
         if "openai" not in args.surfaces:
@@ -698,7 +706,7 @@ def markdown(report: Report) -> str:
     else:
         corral = (
             "scheduler, session store (SecantusDB) and gateway at their defaults, log level "
-            "info, queue feedback on, "
+            "info, queue feedback on, rate limits counted, "
             + (
                 "each conversation kept by Corral (`X-Session-Id`)"
                 if cfg["sessions"] == "on"
