@@ -530,13 +530,7 @@ def lane_cost(sizes: Sequence[int], repeats: int = 5) -> str:
 
     async def one(size: int) -> tuple[float, float, float, float]:
         # Priced as the scheduler prices them (its speed book, with one model measured).
-        settings = SchedulerSettings()
-        speeds = SpeedBook(
-            prompt_tokens_per_s=settings.prior_prompt_tokens_per_s,
-            eval_tokens_per_s=settings.prior_eval_tokens_per_s,
-            load_ms=settings.prior_load_ms,
-            eval_count=settings.prior_eval_count,
-        )
+        speeds = SpeedBook.from_settings(SchedulerSettings())
         speeds.observe(MODEL, {"eval_count": 12, "eval_duration": 36_000_000})
         # Nothing runs: no server has asked for a job.
         lane = Lane(speeds=speeds)

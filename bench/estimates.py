@@ -377,13 +377,7 @@ def replay_prices(observations: Sequence[Observation]) -> dict[int, Price]:
     priors, fed every job that finished before this one was sent, in the order they finished
     (what the running job shows as it streams is left out); the load is charged where the job
     swaps the model along the order the jobs ran in (`swaps`)."""
-    settings = SchedulerSettings()
-    book = SpeedBook(
-        prompt_tokens_per_s=settings.prior_prompt_tokens_per_s,
-        eval_tokens_per_s=settings.prior_eval_tokens_per_s,
-        load_ms=settings.prior_load_ms,
-        eval_count=settings.prior_eval_count,
-    )
+    book = SpeedBook.from_settings(SchedulerSettings())
     charged = swaps(observations)
     finished = iter(sorted(observations, key=lambda o: o.backend_done_ns))
     pending = next(finished, None)

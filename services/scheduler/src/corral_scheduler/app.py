@@ -82,12 +82,7 @@ async def backend_ctx(app: web.Application) -> AsyncIterator[None]:
 async def lane_ctx(app: web.Application) -> AsyncIterator[None]:
     settings, broker, backends = app[SETTINGS], app[BROKER], app[BACKENDS]
     scheduler_id = settings.instance_id
-    speeds = SpeedBook(
-        prompt_tokens_per_s=settings.prior_prompt_tokens_per_s,
-        eval_tokens_per_s=settings.prior_eval_tokens_per_s,
-        load_ms=settings.prior_load_ms,
-        eval_count=settings.prior_eval_count,
-    )
+    speeds = SpeedBook.from_settings(settings)
     lane = Lane(
         Ordering(
             OrderingPolicy(

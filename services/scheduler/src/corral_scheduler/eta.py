@@ -27,10 +27,13 @@ import math
 from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from corral_common.messages import STREAMED_KINDS, JobKind
 from corral_common.model_names import same_model
+
+if TYPE_CHECKING:
+    from corral_scheduler.settings import SchedulerSettings
 
 NS_PER_MS = 1_000_000
 # Below this a reported load_duration is the backend touching an already-loaded model.
@@ -174,6 +177,16 @@ class SpeedBook:
         self.version = 0
         self._lengths: dict[str | None, ReplyLengths] = {}
         self._replies_expected: dict[tuple[str, int | None, int], float] = {}
+
+    @classmethod
+    def from_settings(cls, settings: SchedulerSettings) -> SpeedBook:
+        """A book that starts from the configured priors (`CORRAL_PRIOR_*`)."""
+        return cls(
+            prompt_tokens_per_s=settings.prior_prompt_tokens_per_s,
+            eval_tokens_per_s=settings.prior_eval_tokens_per_s,
+            load_ms=settings.prior_load_ms,
+            eval_count=settings.prior_eval_count,
+        )
 
     def speed(self, model: str) -> ModelSpeed:
         """The model's measured speed; else the measured models' average (the same backend);
