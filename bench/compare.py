@@ -1,7 +1,8 @@
 """Corral side by side with calling the backend directly, and with LiteLLM's proxy, in one run.
 
     uv run python bench/compare.py [--clients 1,16] [--requests N] [--repeats R] [--tokens T]
-        [--token-delay-ms D] [--turns N] [--corral default|bare] [--litellm PATH | --no-litellm]
+        [--token-delay-ms D] [--turns N] [--think-ms MS] [--corral default|bare]
+        [--litellm PATH | --no-litellm]
         [--plots DIR | --no-plots] [--count-requests N] [--amqp-url URL] [--json OUT]
     uv run python bench/compare.py --replot OUT [DIR]    # plots and tables again from a --json
 
@@ -19,8 +20,12 @@ Then the same streaming chats go, batch by batch in a rotating order, to:
 Each client holds conversations of `--turns` turns. Corral keeps the history itself (the
 request names its session in `X-Session-Id` and carries only the new message); the direct and
 LiteLLM clients send the whole history, as they must. The backend sees the same messages either
-way. Corral's queue feedback is on (its default): the first token is the first non-empty
-content, so queue chunks (NDJSON) and comments (SSE) never count as one.
+way. A client sends its next turn the moment the answer ends, unless `--think-ms` gives it a
+pause first, as a person or a program reading the answer takes: with sessions, a turn sent at
+once waits at the gateway for the previous turn's write (docs/session-store.md).
+
+Corral's queue feedback is on (its default): the first token is the first non-empty content,
+so queue chunks (NDJSON) and comments (SSE) never count as one.
 
 The backend runs one generation at a time, like Ollama. Corral queues; for the sides that do
 not, the clients share one lock per side around each request and the time spent waiting for it
@@ -357,9 +362,13 @@ async def run_phase(
     async def batch_of(side: Side, count: int, out: list[Sample] | None) -> float:
         async def client(n: int) -> list[Sample]:
             talk = talks[side.label][n]
-            return [
-                await request_once(https[n], side, talk, prompts, sessions_on) for _ in range(count)
-            ]
+            sent = []
+            for k in range(count):
+                if k and args.think_ms:
+                    # The client reading its answer: no event to wait on, a pause is the point.
+                    await asyncio.sleep(args.think_ms / 1000)
+                sent.append(await request_once(https[n], side, talk, prompts, sessions_on))
+            return sent
 
         started = time.perf_counter()
         results = await asyncio.gather(*(client(n) for n in range(clients)))
@@ -608,6 +617,7 @@ async def measure(
             "tokens": args.tokens,
             "token_delay_ms": args.token_delay_ms,
             "turns": args.turns,
+            "think_ms": args.think_ms,
             "corral": args.corral,
             "sessions": args.sessions,
             "surfaces": args.surfaces,
@@ -722,7 +732,9 @@ def markdown(report: Report) -> str:
         )
         + f". Corral: {corral}. LiteLLM: {report.litellm}.",
         f"Token delay {cfg['token_delay_ms']:g} ms, {cfg['tokens']} tokens per reply, "
-        f"conversations of {cfg['turns']} turns, {cfg['repeats']} repeat(s) per client count "
+        f"conversations of {cfg['turns']} turns"
+        + (f" with {cfg['think_ms']:g} ms between turns" if cfg.get("think_ms") else "")
+        + f", {cfg['repeats']} repeat(s) per client count "
         "(each number is the median of the repeats' values). Times in ms; added = this side "
         "minus the direct side of the same surface, per statistic.",
         "",
@@ -956,6 +968,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         type=int,
         default=8,
         help="turns per conversation before a client starts a new one (default 8)",
+    )
+    parser.add_argument(
+        "--think-ms",
+        type=float,
+        default=0.0,
+        help="a client's pause before each next turn (default 0: at once; req/s then counts "
+        "the pauses too)",
     )
     parser.add_argument(
         "--corral",
