@@ -82,7 +82,8 @@ lint: install
 	$(UV) run ruff format --check .
 
 typecheck: install
-	$(UV) run mypy services/*/src tools/*/src
+	$(UV) run mypy services/*/src tools/*/src services/*/tests tools/*/tests tests
+	$(UV) run mypy bench
 
 check: lint typecheck test
 

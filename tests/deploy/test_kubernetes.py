@@ -18,7 +18,7 @@ import re
 import shutil
 from collections.abc import Mapping
 from dataclasses import dataclass
-from functools import cache
+from functools import cache, partial
 from pathlib import Path
 from typing import Any
 
@@ -251,7 +251,8 @@ def test_corral_services_share_one_image_and_run_their_own_module(overlay: Rende
 
 def listen_port(service: str, env: Mapping[str, str]) -> int:
     settings = settings_for(service, env)
-    return settings.listen_address()[1]
+    port: int = settings.listen_address()[1]
+    return port
 
 
 @pytest.mark.usefixtures("no_corral_env")
@@ -508,7 +509,7 @@ def settings_for(service: str, env: Mapping[str, str]) -> Any:
     cls = SETTINGS[service]
     prefix = "CORRAL_"
     values = {k[len(prefix) :].lower(): v for k, v in env.items() if k.startswith(prefix)}
-    return cls(**values)
+    return cls.model_validate(values)
 
 
 @pytest.fixture
@@ -741,7 +742,7 @@ async def test_the_pods_run_as_the_manifests_say_and_ride_out_a_broker_outage(
 
                 for pod in pods:
                     await eventually(
-                        lambda pod=pod: answers(pod, "readinessProbe", 200),
+                        partial(answers, pod, "readinessProbe", 200),
                         180,
                         f"{pod.service} ready under its security context",
                     )
@@ -765,7 +766,7 @@ async def test_the_pods_run_as_the_manifests_say_and_ride_out_a_broker_outage(
                 for pod in pods:
                     health = f"http://127.0.0.1:{pod.port}/health"
                     await eventually(
-                        lambda health=health: broker_seen_down(http, health),
+                        partial(broker_seen_down, http, health),
                         60,
                         f"{pod.service}'s /health saying the broker is gone",
                     )
@@ -780,7 +781,7 @@ async def test_the_pods_run_as_the_manifests_say_and_ride_out_a_broker_outage(
                 broker.start()
                 for pod in pods:
                     await eventually(
-                        lambda pod=pod: answers(pod, "readinessProbe", 200),
+                        partial(answers, pod, "readinessProbe", 200),
                         120,
                         f"{pod.service} ready again after the broker came back",
                     )

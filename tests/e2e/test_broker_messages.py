@@ -30,7 +30,10 @@ from tests.polling import eventually
 
 pytestmark = pytest.mark.e2e
 
-CHAT = {"model": "llama3.2", "messages": [{"role": "user", "content": "hello there"}]}
+CHAT: dict[str, object] = {
+    "model": "llama3.2",
+    "messages": [{"role": "user", "content": "hello there"}],
+}
 
 
 def vhost_of(amqp_url: str) -> str:

@@ -3,6 +3,8 @@ turning on header capture can never put an API key in a trace."""
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from corral_common import telemetry
@@ -11,7 +13,7 @@ from corral_common import telemetry
 def test_credentials_join_the_operators_sanitize_list(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv(telemetry.SANITIZE_ENV, "X-Secret, Authorization")
     telemetry._never_capture_credentials()
-    fields = telemetry.os.environ[telemetry.SANITIZE_ENV].split(",")
+    fields = os.environ[telemetry.SANITIZE_ENV].split(",")
     assert fields[:2] == ["X-Secret", "Authorization"]
     assert {"x-api-key", "cookie"} <= set(fields)
     assert "authorization" not in fields  # already there, in the operator's spelling
@@ -20,6 +22,4 @@ def test_credentials_join_the_operators_sanitize_list(monkeypatch: pytest.Monkey
 def test_credentials_are_sanitized_by_default(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv(telemetry.SANITIZE_ENV, raising=False)
     telemetry._never_capture_credentials()
-    assert set(telemetry.os.environ[telemetry.SANITIZE_ENV].split(",")) == set(
-        telemetry.CREDENTIAL_HEADERS
-    )
+    assert set(os.environ[telemetry.SANITIZE_ENV].split(",")) == set(telemetry.CREDENTIAL_HEADERS)

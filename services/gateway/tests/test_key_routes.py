@@ -22,6 +22,10 @@ OPERATOR_KEY = "k" * 32
 ADMIN = {"Authorization": f"Bearer {OPERATOR_KEY}"}
 
 
+# The audit writes the gate spawned, run by the test when it wants them done.
+SPAWNED = web.AppKey("spawned", list[Any])
+
+
 @pytest.fixture
 async def client(aiohttp_client: AiohttpClient, directory: Any, clock: Any) -> Any:
     settings = GatewaySettings(auth="on", admin_key=OPERATOR_KEY)
@@ -29,15 +33,15 @@ async def client(aiohttp_client: AiohttpClient, directory: Any, clock: Any) -> A
     spawned: list[Any] = []
     app[GATEKEEPER] = Gatekeeper(settings, directory, wall=clock, spawn=spawned.append)
     admin.add_routes(app.router)
-    client = await aiohttp_client(app)
-    client.spawned = spawned
-    return client
+    app[SPAWNED] = spawned
+    return await aiohttp_client(app)
 
 
 async def settle(client: Any) -> None:
     """Run the audit writes the gate spawned."""
-    while client.spawned:
-        await client.spawned.pop(0)
+    spawned = client.app[SPAWNED]
+    while spawned:
+        await spawned.pop(0)
 
 
 async def test_a_key_is_shown_once_and_only_its_hash_is_stored(

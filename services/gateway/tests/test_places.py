@@ -235,13 +235,14 @@ async def test_positions_beyond_the_window_only_fall_and_never_undercut_the_lane
             # Told a place at once, before the scheduler had admitted it, and no lower than
             # the place the scheduler first reported.
             assert isinstance(told.events[0], Position)
-            provisional = [e.position for e in told.events[: told.events.index(_accepted(told))]]
+            before = told.events[: told.events.index(_accepted(told))]
+            provisional = [e.position for e in before if isinstance(e, Position)]
             assert provisional and min(provisional) >= lane.first_real[request_id]
     # Every job is over: nothing of them is kept.
     assert len(places) == 0 and places.pending == 0
 
 
-def _accepted(told: Told) -> object:
+def _accepted(told: Told) -> Accepted:
     return next(e for e in told.events if isinstance(e, Accepted))
 
 

@@ -9,7 +9,7 @@ from corral_gateway.validation import OllamaRequestError, decode_body
 
 def rejects(raw: bytes, kind: str = "chat") -> OllamaRequestError:
     with pytest.raises(OllamaRequestError) as info:
-        decode_body(raw, kind)  # type: ignore[arg-type]
+        decode_body(raw, kind)
     return info.value
 
 

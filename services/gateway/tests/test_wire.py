@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from typing import Any
 
 from corral_gateway.ollama.chunks import assemble, corral_fields, created_at, queue_chunk
 from corral_gateway.ordering import TokenOrder
@@ -47,7 +48,7 @@ def test_corral_fields() -> None:
 
 def test_assemble_chat_gathers_thinking_and_tool_calls() -> None:
     call = {"function": {"name": "f", "arguments": {}}}
-    chunks = [
+    chunks: list[dict[str, Any]] = [
         {"message": {"role": "assistant", "content": "", "thinking": "hm"}},
         {"message": {"role": "assistant", "content": "", "tool_calls": [call]}},
     ]

@@ -149,8 +149,16 @@ def test_calibration_factor_scales_estimates() -> None:
     assert doubled.info.tokens_used <= 200
 
 
+# compute_budget's settings in these tests.
+BUDGET_TERMS: dict[str, Any] = {
+    "default_num_ctx": 4096,
+    "answer_reserve": 512,
+    "answer_reserve_fraction": 0.25,
+}
+
+
 def test_budget_defaults_and_model_length() -> None:
-    kw = {"default_num_ctx": 4096, "answer_reserve": 512, "answer_reserve_fraction": 0.25}
+    kw = BUDGET_TERMS
     assert compute_budget(None, None, **kw) == Budget(4096, 512, "default")
     # A model with a big window still runs with the default one unless the client asks.
     assert compute_budget({}, 131072, **kw) == Budget(4096, 512, "model")
@@ -161,7 +169,7 @@ def test_budget_defaults_and_model_length() -> None:
 
 
 def test_num_ctx_and_num_predict_override() -> None:
-    kw = {"default_num_ctx": 4096, "answer_reserve": 512, "answer_reserve_fraction": 0.25}
+    kw = BUDGET_TERMS
     assert compute_budget({"num_ctx": 8192}, 256, **kw) == Budget(8192, 512, "num_ctx")
     assert compute_budget({"num_ctx": 1024, "num_predict": 100}, None, **kw) == Budget(
         1024, 100, "num_ctx"
@@ -173,7 +181,7 @@ def test_num_ctx_and_num_predict_override() -> None:
 
 
 def test_num_ctx_override_lets_more_history_in() -> None:
-    kw = {"default_num_ctx": 4096, "answer_reserve": 512, "answer_reserve_fraction": 0.25}
+    kw = BUDGET_TERMS
     history = [turn(i) for i in range(20)]
     small = assemble(history, [msg("user", "q")], compute_budget({}, 256, **kw), EST)
     large = assemble(history, [msg("user", "q")], compute_budget({"num_ctx": 2048}, 256, **kw), EST)
