@@ -48,10 +48,13 @@ P = TypeVar("P", bound=Params)
 R = TypeVar("R", bound=Result)
 
 
-async def _call(request: web.Request, method: Method[P, R], params: P) -> web.Response:
+async def _call(
+    request: web.Request, method: Method[P, R], params: P, session_id: str | None
+) -> web.Response:
     """The store's answer, as JSON; its errors are raised for the Corral surface to render.
-    Turns this gateway answered on the session (on any, for a list) are stored first."""
-    await request.app[GATEWAY].turns.settled(getattr(params, "session_id", None))
+    Turns this gateway answered on `session_id` (on any session with None: a list) are stored
+    first."""
+    await request.app[GATEWAY].turns.settled(session_id)
     result = await request.app[GATEWAY].rpc.call(method, params)
     return json_response(result.wire(), 200)
 
@@ -70,7 +73,7 @@ async def session_list(request: web.Request) -> web.Response:
         owner=_owner(request),
         archived=flag_query(request, "archived"),
     )
-    return await _call(request, SESSION_STORE.list, params)
+    return await _call(request, SESSION_STORE.list, params, None)
 
 
 async def session_create(request: web.Request) -> web.Response:
@@ -124,12 +127,12 @@ async def session_history(request: web.Request) -> web.Response:
     params = HistoryParams(
         session_id=_session_id(request), model=request.query.get("model"), owner=_owner(request)
     )
-    return await _call(request, SESSION_STORE.history, params)
+    return await _call(request, SESSION_STORE.history, params, params.session_id)
 
 
 async def session_stats(request: web.Request) -> web.Response:
     params = SessionParams(session_id=_session_id(request), owner=_owner(request))
-    return await _call(request, SESSION_STORE.stats, params)
+    return await _call(request, SESSION_STORE.stats, params, params.session_id)
 
 
 async def session_rename(request: web.Request) -> web.Response:
@@ -143,12 +146,12 @@ async def session_rename(request: web.Request) -> web.Response:
     if not isinstance(body, dict) or not isinstance(body.get("title"), str):
         raise _invalid('the body must be {"title": "<text>"}')
     params = RenameParams(session_id=session_id, title=body["title"], owner=_owner(request))
-    return await _call(request, SESSION_STORE.rename, params)
+    return await _call(request, SESSION_STORE.rename, params, session_id)
 
 
 async def session_delete(request: web.Request) -> web.Response:
     params = SessionParams(session_id=_session_id(request), owner=_owner(request))
-    return await _call(request, SESSION_STORE.delete, params)
+    return await _call(request, SESSION_STORE.delete, params, params.session_id)
 
 
 def _owner(request: web.Request) -> str | None:
