@@ -210,8 +210,16 @@ async def test_turns_are_waited_for_by_session() -> None:
 async def test_a_waiter_cancelled_leaves_the_turn_for_others() -> None:
     turns = TurnsInFlight()
     turns.record("a", "r1", 30)
-    first = asyncio.ensure_future(turns.settled("a"))
-    await asyncio.sleep(0)
+    waiting = asyncio.Event()
+
+    async def wait_for_the_turn() -> None:
+        waiting.set()
+        # No suspension between the event and the wait: when the test hears the event, this
+        # waiter is inside `settled`.
+        await turns.settled("a")
+
+    first = asyncio.ensure_future(wait_for_the_turn())
+    await waiting.wait()
     first.cancel()
     with pytest.raises(asyncio.CancelledError):
         await first
