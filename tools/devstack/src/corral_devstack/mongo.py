@@ -2,8 +2,8 @@
 
 SecantusDB (PyPI `secantusdb`, pinned exactly in this package's dependencies) is GPL-2.0-only, so
 Corral never imports it: it is only ever started as the separate `secantusd-py` server process,
-and spoken to over the MongoDB wire protocol like any other MongoDB. See
-shared/reference/test-services.md for what it does and does not support.
+and spoken to over the MongoDB wire protocol like any other MongoDB. What it lacks (`$text`:
+search is an escaped `$regex`) and how the store lives with that is in docs/session-store.md.
 """
 
 from __future__ import annotations

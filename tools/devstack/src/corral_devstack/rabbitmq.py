@@ -1,4 +1,4 @@
-"""Throwaway RabbitMQ nodes on free loopback ports (see shared/reference/test-services.md)."""
+"""Throwaway RabbitMQ nodes on free loopback ports, for tests and `make run` without a broker."""
 
 from __future__ import annotations
 
