@@ -12,7 +12,9 @@ written into the next message's headers). Variants:
   with no span processor, aiohttp's server and client instrumented, contexts always carried;
 - `server`, `client`: `before` with only one side of aiohttp instrumented (the gateway
   instruments its server, the scheduler and model manager their backend client);
-- `off`: what it does now: nothing installed, no context in the headers.
+- `off`: what it does now: nothing installed, no context in the headers;
+- `none`: `off` without the span calls at all (the headers dict alone), the floor `off` is
+  measured against: what a span costs with tracing off is `off` minus `none`.
 
 The side by side through a whole cluster is `bench/latency.py` run twice (docs/observability.md).
 """
@@ -26,12 +28,12 @@ import subprocess
 import sys
 import time
 
-VARIANTS = ("before", "server", "client", "off")
+VARIANTS = ("before", "server", "client", "off", "none")
 TRACEPARENT = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
 
 
 def install(variant: str) -> None:
-    if variant == "off":
+    if variant in ("off", "none"):
         return
     from opentelemetry import trace
     from opentelemetry.instrumentation.aiohttp_client import AioHttpClientInstrumentor
@@ -75,10 +77,13 @@ async def per_request_us(requests: int) -> float:
 def per_span_us(variant: str, spans: int) -> float:
     from corral_common.telemetry import extract_context, inject_context, tracer
 
-    carried = {"x-corral": "1"} if variant == "off" else {"traceparent": TRACEPARENT}
+    carried = {"x-corral": "1"} if variant in ("off", "none") else {"traceparent": TRACEPARENT}
+    bare = variant == "none"
     started = time.process_time()
     for _ in range(spans):
         headers: dict[str, object] = {}
+        if bare:
+            continue
         with tracer().start_as_current_span("backend generation", context=extract_context(carried)):
             inject_context(headers)
     return (time.process_time() - started) / spans * 1e6
