@@ -159,3 +159,48 @@ async def test_one_access_line_per_request_and_no_secret(
     assert any(line["status"] == 404 and line["model"] == "no-such-model" for line in lines)
     text = log_path.read_text(errors="replace")
     assert user["key"] not in text and admin not in text
+
+
+def access_lines(cluster: Cluster, request_id: str) -> list[dict[str, Any]]:
+    """The gateway's access lines for one request id."""
+    log = cluster.services["gateway"].log_path.read_bytes()
+    return [
+        line
+        for line in map(orjson.loads, json_lines(log))
+        if line.get("event") == "request" and line.get("request_id") == request_id
+    ]
+
+
+async def test_exactly_one_access_line_per_request_streamed_or_not(
+    watched: tuple[Cluster, str, dict[str, Any]],
+) -> None:
+    """One line each, written when the answer is over: not one per chunk of a stream, nor a
+    second one when the request's job ends after its answer."""
+    cluster, _, user = watched
+    for stream in (False, True):
+        request_id = f"access-once-{'stream' if stream else 'whole'}"
+        body = {"model": MODEL, "messages": [{"role": "user", "content": "once"}], "stream": stream}
+        status, _, _ = await call(
+            "POST",
+            f"{cluster.gateway_url}/api/chat",
+            key=user["key"],
+            body=body,
+            headers={"X-Request-Id": request_id},
+        )
+        assert status == 200
+        # A request after it, logged: the chat's own line (and any second one written by the
+        # end of its answer or its job) is in the log before this one's.
+        after = f"{request_id}-after"
+        headers = {"X-Request-Id": after}
+        status, _, _ = await call(
+            "GET", f"{cluster.gateway_url}/api/tags", key=user["key"], headers=headers
+        )
+        assert status == 200
+
+        async def logged(after: str = after) -> bool:
+            return len(access_lines(cluster, after)) == 1
+
+        await eventually(logged, 10, f"{after}'s access line")
+        [line] = access_lines(cluster, request_id)
+        assert (line["status"], line["model"], line["key_id"]) == (200, MODEL, user["id"])
+        assert line["level"] == "info" and line["duration_ms"] > 0

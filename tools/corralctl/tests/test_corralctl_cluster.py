@@ -146,6 +146,15 @@ async def test_pull_shows_progress_then_the_model_is_listed_and_deleted(
     again = await corralctl(ops, "--json", "models", "pull", "tiny")
     lines = [json.loads(line) for line in again.out.splitlines()]
     assert (lines[0], lines[-1]) == ({"status": "pulling manifest"}, {"status": "success"})
+    # The pulls the model manager ran, newest first, as a table and as JSON.
+    pulls = (await corralctl(ops, "models", "pulls", "--json")).json()["pulls"]
+    assert {(p["model"], p["state"]) for p in pulls} >= {
+        ("llama3.2:1b", "success"),
+        ("tiny", "success"),
+    }
+    table = (await corralctl(ops, "models", "pulls")).out.splitlines()
+    assert table[0].split()[:3] == ["MODEL", "STATE", "STATUS"]
+    assert any(row.split()[:2] == ["llama3.2:1b", "success"] for row in table[1:])
     deleted = await corralctl(ops, "models", "delete", "llama3.2:1b")
     assert (deleted.code, deleted.out) == (0, "deleted llama3.2:1b\n")
     listed = (await corralctl(ops, "models", "list", "--json")).json()
@@ -250,6 +259,33 @@ async def test_a_session_exported_deleted_and_imported_comes_back_whole(
     broken = await corralctl(ops, "sessions", "import", "-", stdin="not json")
     assert broken.code == 2
     assert "corralctl: error: <stdin> is not JSON" in broken.err
+
+
+async def test_sessions_clear_asks_for_its_confirmation_then_deletes_every_session(
+    ops: Ops, emu: EmulatorControl
+) -> None:
+    chat = {
+        "model": "llama3.2",
+        "messages": [{"role": "user", "content": "Soon forgotten"}],
+        "stream": False,
+        "session_id": "new",
+    }
+    status, _, answer = await call("POST", f"{ops.url}/api/chat", key=ops.admin, body=chat)
+    assert status == 200, answer
+    session_id = answer["session_id"]
+    # Without the exact confirmation nothing is sent: a usage error, the session still there.
+    unconfirmed = await corralctl(ops, "sessions", "clear")
+    assert unconfirmed.code == 2 and "--confirm" in unconfirmed.err
+    wrong = await corralctl(ops, "sessions", "clear", "--confirm", "yes")
+    assert wrong.code == 1, wrong.err
+    assert (await corralctl(ops, "sessions", "export", session_id)).code == 0
+    cleared = await corralctl(
+        ops, "sessions", "clear", "--confirm", "delete-all-sessions", "--json"
+    )
+    assert cleared.code == 0, cleared.err
+    assert cleared.json()["sessions_deleted"] >= 1
+    gone = await corralctl(ops, "sessions", "export", session_id)
+    assert gone.code == 1 and "404 session_not_found" in gone.err
 
 
 async def test_keys_are_created_listed_used_and_revoked(ops: Ops) -> None:
