@@ -51,7 +51,7 @@ TAGS = [
     {"name": "openai", "description": "The OpenAI-compatible API, as Ollama serves it."},
     {
         "name": "conversations",
-        "description": "Seed 004's conversation API (llama-chat): conversations are sessions.",
+        "description": "llama-chat's conversation API: conversations are sessions.",
     },
     {"name": "ops", "description": "Health, readiness and metrics, as every service serves."},
 ]

@@ -49,7 +49,7 @@ def error_schemas() -> dict[str, Schema]:
                 "retry_after": {"type": "integer"},
             },
             "error",
-            description="Seed 004's error: `code` VALIDATION_ERROR (with `field`), "
+            description="llama-chat's error: `code` VALIDATION_ERROR (with `field`), "
             "NOT_FOUND (with `resource` and `id`), BACKEND_ERROR, or Corral's error type in "
             "capitals; `retry_after` in seconds when the client should come back later.",
         ),

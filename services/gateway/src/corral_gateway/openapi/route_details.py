@@ -131,7 +131,7 @@ DETAILS: dict[tuple[str, str], Detail] = {
     ("GET", "/api/version"): Detail("The model server's version."),
     ("POST", "/api/chat"): generation(
         "Chat with a model, optionally in a session Corral keeps; or send a message to a "
-        "conversation (seed 004: a body with `conversation_id` and no `messages`).",
+        "conversation (llama-chat's API: a body with `conversation_id` and no `messages`).",
         "ChatRequest",
         NDJSON,
         JSON,
@@ -209,7 +209,7 @@ DETAILS: dict[tuple[str, str], Detail] = {
     ("PUT", "/sessions/{session_id}"): Detail("Rename a session.", "SessionRename", errors={404}),
     ("DELETE", "/sessions/{session_id}"): Detail("Delete a session and its turns.", errors={404}),
     ("GET", "/api/search"): Detail(
-        "Search the caller's sessions' messages (Corral's and seed 004's fields in one answer).",
+        "Search the caller's sessions' messages (Corral's and llama-chat's fields in one answer).",
         query=(
             Param("q", {"type": "string", "minLength": 1}, "The words to find.", required=True),
             Param("limit", int_range(1, SEARCH_MAX), "How many hits."),
