@@ -369,4 +369,6 @@ async def test_a_pool_shows_each_server_running_its_own(
             for control in servers.values():
                 await control.release()
         assert await asyncio.gather(*sent) == [200, 200, 200]
+        for name, control in servers.items():
+            assert (await control.stats())["max_active"] <= 1, f"two at once on server {name}"
     await page.lane_state("idle")

@@ -63,6 +63,8 @@ class Pool:
 
 @asynccontextmanager
 async def pool_of(names: Sequence[str], waits: list[float] | None = None) -> AsyncIterator[Pool]:
+    """An executor over one in-process emulator per name; on leaving, each emulator's own count
+    says it never ran two generations at once (the invariant, checked for every test here)."""
     async with AsyncExitStack() as stack:
         emulators = {name: await stack.enter_async_context(running_emulator()) for name in names}
         session = await stack.enter_async_context(aiohttp.ClientSession())
@@ -86,7 +88,10 @@ async def pool_of(names: Sequence[str], waits: list[float] | None = None) -> Asy
 
         try:
             await eventually(every_server_asking, what="every server's loop asking for work")
-            yield Pool(executor, broker, emulators, asyncio.Queue())
+            pool = Pool(executor, broker, emulators, asyncio.Queue())
+            yield pool
+            # Whatever the test did, no server ever ran two generations at once.
+            each_ran_one_at_a_time(pool)
         finally:
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
@@ -113,7 +118,6 @@ async def test_two_servers_run_two_generations_at_once_never_two_on_one() -> Non
         ]
         pool.release()
         assert await fakes.settle(pool.settled, 4) == dict.fromkeys("abcd", "ack")
-    each_ran_one_at_a_time(pool)
     ran = {name: emu.state.stats()["completed"] for name, emu in pool.emulators.items()}
     assert sum(ran.values()) == 4 and all(ran.values())  # type: ignore[arg-type]
     for rid in "abcd":
@@ -168,7 +172,31 @@ async def test_a_server_that_is_down_is_left_with_its_job_and_put_back_when_it_a
             await pool.held("x", 1)
             pool.release()
             assert await fakes.settle(pool.settled, 2) == {"third": "ack", "fourth": "ack"}
-    each_ran_one_at_a_time(pool)
+
+
+@pytest.mark.parametrize(
+    "plan",
+    [
+        {"mode": "midstream", "after_tokens": 2},  # tokens had reached the client
+        {"mode": "500"},  # the server answered with a failure: the job may have run
+    ],
+)
+async def test_a_job_that_may_have_run_is_never_moved_to_another_server(
+    plan: dict[str, object],
+) -> None:
+    async with pool_of(["x", "y"]) as pool:
+        for emulator in pool.emulators.values():  # whichever server the job goes to
+            emulator.state.failures.add(FailurePlan.from_mapping(plan))
+        before = failovers("x") + failovers("y")
+        pool.push("once", content="one two three four five")
+        assert await fakes.settle(pool.settled, 1) == {"once": "ack"}
+        assert pool.broker.final("once")["kind"] == "error"
+        # One attempt on one server; no server left rotation, nothing was moved.
+        stats = [emulator.state.stats() for emulator in pool.emulators.values()]
+        assert sum(int(s["failures_injected"]) for s in stats) == 1  # type: ignore[call-overload]
+        assert sum(int(s["completed"]) for s in stats) == 0  # type: ignore[call-overload]
+        assert all(server.in_rotation for server in pool.lane.servers.values())
+        assert failovers("x") + failovers("y") == before
 
 
 async def test_with_every_other_server_down_a_job_is_retried_in_place() -> None:
@@ -194,4 +222,3 @@ async def test_every_policy_keeps_each_server_serial(policy: str) -> None:
             pool.push(f"j{i}", model=models[i % 2])
         settled = await fakes.settle(pool.settled, 12)
         assert set(settled.values()) == {"ack"}
-    each_ran_one_at_a_time(pool)
