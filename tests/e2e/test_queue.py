@@ -183,10 +183,15 @@ async def test_where_am_i(queue_cluster: Cluster, emu: EmulatorControl) -> None:
             status, spot = await get(queue_cluster, "/queue/where-1")
             assert status == 200
             assert (spot["state"], spot["position"]) == ("queued", 1)
-            status, listing = await get(queue_cluster, "/admin/queue")
-            assert status == 200
-            assert [e["position"] for e in listing["queue"]] == [0, 1]
-            assert listing["queue"][1]["request_id"] == "where-1"
+
+            # The relay's place may come before the scheduler's next status lists the job.
+            async def listed() -> bool:
+                status, listing = await get(queue_cluster, "/admin/queue")
+                assert status == 200
+                lane = [(e["position"], e["request_id"]) for e in listing["queue"]]
+                return [p for p, _ in lane] == [0, 1] and lane[1][1] == "where-1"
+
+            await eventually(listed, what="the running request and where-1 listed")
             await emu.release()
             await rest(response)
 
