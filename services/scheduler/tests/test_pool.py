@@ -1,7 +1,8 @@
-"""A pool of backend servers under the executor: two Ollama emulators in process, the broker
-faked. Each server runs at most one generation at a time (each emulator's own count of what
-it ran at once), both run at the same time, positions hold across the pool, and a server
-that does not answer is left for the other with its job, then put back when it answers."""
+"""A pool of backend servers under the executor: two emulators in process (Ollama's API, or
+only the OpenAI-compatible one for the tests run with both kinds), the broker faked. Each
+server runs at most one generation at a time (each emulator's own count of what it ran at
+once), both run at the same time, positions hold across the pool, and a server that does not
+answer is left for the other with its job, then put back when it answers."""
 
 from __future__ import annotations
 
@@ -9,15 +10,18 @@ import asyncio
 from collections.abc import AsyncIterator, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
+from typing import Literal
 
 import aiohttp
 import pytest
 from prometheus_client import REGISTRY
 
-from corral_emulator import RunningEmulator, expected_reply, running_emulator
+from corral_emulator import EmulatorConfig, RunningEmulator, expected_reply, running_emulator
 from corral_emulator.failures import FailurePlan
 from corral_emulator.testing import wait_for_state
+from corral_scheduler.backends.base import Backend
 from corral_scheduler.backends.ollama import OllamaBackend
+from corral_scheduler.backends.openai_compat import OpenAIBackend
 from corral_scheduler.eta import SpeedBook
 from corral_scheduler.events import EventSink
 from corral_scheduler.executor import Executor
@@ -61,17 +65,34 @@ class Pool:
         await wait_for_state(state, lambda: state.gate.waiting == count)
 
 
+Kind = Literal["ollama", "openai"]
+# Failover and the invariant hold whichever kind the servers are.
+KINDS = pytest.mark.parametrize("kind", ["ollama", "openai"])
+
+
+def emulator_config(kind: Kind) -> EmulatorConfig:
+    return EmulatorConfig(openai_only=kind == "openai")
+
+
+def backend_for(kind: Kind, session: aiohttp.ClientSession, url: str) -> Backend:
+    if kind == "openai":
+        return OpenAIBackend(session, url, connect_timeout_s=2.0, read_timeout_s=30.0)
+    return OllamaBackend(session, url, connect_timeout_s=2.0, read_timeout_s=30.0)
+
+
 @asynccontextmanager
-async def pool_of(names: Sequence[str], waits: list[float] | None = None) -> AsyncIterator[Pool]:
+async def pool_of(
+    names: Sequence[str], waits: list[float] | None = None, kind: Kind = "ollama"
+) -> AsyncIterator[Pool]:
     """An executor over one in-process emulator per name; on leaving, each emulator's own count
     says it never ran two generations at once (the invariant, checked for every test here)."""
     async with AsyncExitStack() as stack:
-        emulators = {name: await stack.enter_async_context(running_emulator()) for name in names}
-        session = await stack.enter_async_context(aiohttp.ClientSession())
-        backends = {
-            name: OllamaBackend(session, emu.url, connect_timeout_s=2.0, read_timeout_s=30.0)
-            for name, emu in emulators.items()
+        emulators = {
+            name: await stack.enter_async_context(running_emulator(emulator_config(kind)))
+            for name in names
         }
+        session = await stack.enter_async_context(aiohttp.ClientSession())
+        backends = {name: backend_for(kind, session, emu.url) for name, emu in emulators.items()}
         broker = fakes.FakeBroker()
         executor = Executor(
             Lane(servers=names),
@@ -103,8 +124,9 @@ def each_ran_one_at_a_time(pool: Pool) -> None:
         assert isinstance(max_active, int) and max_active <= 1, f"two at once on {name}"
 
 
-async def test_two_servers_run_two_generations_at_once_never_two_on_one() -> None:
-    async with pool_of(["x", "y"]) as pool:
+@KINDS
+async def test_two_servers_run_two_generations_at_once_never_two_on_one(kind: Kind) -> None:
+    async with pool_of(["x", "y"], kind=kind) as pool:
         pool.hold()
         for rid in ("a", "b", "c", "d"):
             pool.push(rid)
@@ -140,8 +162,11 @@ def failovers(server: str) -> float:
     return value or 0.0
 
 
-async def test_a_server_that_is_down_is_left_with_its_job_and_put_back_when_it_answers() -> None:
-    async with pool_of(["x", "y"]) as pool:
+@KINDS
+async def test_a_server_that_is_down_is_left_with_its_job_and_put_back_when_it_answers(
+    kind: Kind,
+) -> None:
+    async with pool_of(["x", "y"], kind=kind) as pool:
         x = pool.emulators["x"]
         port = int(x.url.rsplit(":", 1)[1])
         await x.close()  # x is down: every connection refused
@@ -158,7 +183,7 @@ async def test_a_server_that_is_down_is_left_with_its_job_and_put_back_when_it_a
         server = pool.lane.servers["x"]
         assert not server.in_rotation
         # x comes back on its address: its loop's probe puts it in rotation again.
-        async with running_emulator(port=port) as revived:
+        async with running_emulator(emulator_config(kind), port=port) as revived:
 
             async def back() -> bool:
                 return server.in_rotation and server.free
@@ -174,6 +199,7 @@ async def test_a_server_that_is_down_is_left_with_its_job_and_put_back_when_it_a
             assert await fakes.settle(pool.settled, 2) == {"third": "ack", "fourth": "ack"}
 
 
+@KINDS
 @pytest.mark.parametrize(
     "plan",
     [
@@ -182,9 +208,9 @@ async def test_a_server_that_is_down_is_left_with_its_job_and_put_back_when_it_a
     ],
 )
 async def test_a_job_that_may_have_run_is_never_moved_to_another_server(
-    plan: dict[str, object],
+    plan: dict[str, object], kind: Kind
 ) -> None:
-    async with pool_of(["x", "y"]) as pool:
+    async with pool_of(["x", "y"], kind=kind) as pool:
         for emulator in pool.emulators.values():  # whichever server the job goes to
             emulator.state.failures.add(FailurePlan.from_mapping(plan))
         before = failovers("x") + failovers("y")
@@ -199,9 +225,10 @@ async def test_a_job_that_may_have_run_is_never_moved_to_another_server(
         assert failovers("x") + failovers("y") == before
 
 
-async def test_with_every_other_server_down_a_job_is_retried_in_place() -> None:
+@KINDS
+async def test_with_every_other_server_down_a_job_is_retried_in_place(kind: Kind) -> None:
     waits: list[float] = []
-    async with pool_of(["x", "y"], waits) as pool:
+    async with pool_of(["x", "y"], waits, kind) as pool:
         for emulator in pool.emulators.values():
             emulator.state.failures.add(FailurePlan.from_mapping({"mode": "refuse", "count": -1}))
         pool.push("doomed")
