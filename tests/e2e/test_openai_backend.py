@@ -267,16 +267,27 @@ async def test_a_sessions_second_turn_sends_the_first(
 async def test_the_model_list_comes_from_v1_models_and_a_pull_is_501(
     openai_cluster: Cluster, server: EmulatorControl
 ) -> None:
-    async with (
-        aiohttp.ClientSession() as session,
-        session.get(f"{openai_cluster.gateway_url}/api/tags") as response,
-    ):
-        assert response.status == 200
-        tags = await response.json()
+    base = openai_cluster.gateway_url
+    async with aiohttp.ClientSession() as session:
+        async with session.get(f"{base}/api/tags") as response:
+            assert response.status == 200
+            tags = await response.json()
+        async with session.get(f"{base}/api/ps") as response:
+            assert response.status == 200
+            running = await response.json()
+        async with session.post(f"{base}/api/show", json={"model": "llama3.2"}) as response:
+            assert response.status == 200
+        async with session.delete(f"{base}/api/delete", json={"model": "llama3.2"}) as response:
+            deleted = (response.status, await response.json())
     assert "llama3.2:latest" in [m["name"] for m in tags["models"]]
+    # The server holds what it serves: /api/ps is the same list.
+    assert "llama3.2:latest" in [m["name"] for m in running["models"]]
     status, [refusal] = await post(openai_cluster, "/api/pull", {"model": "all-minilm"})
     assert status == 501
     assert "openai" in refusal["error"] and "pull" in refusal["error"]
+    assert deleted[0] == 501
+    assert deleted[1]["error"].startswith("delete is not supported by the openai backend")
+    assert (await server.stats())["deletes"] == 0
 
 
 async def test_a_server_not_ready_is_retried_and_a_midstream_failure_reported(
