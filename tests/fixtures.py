@@ -111,16 +111,21 @@ def start_cluster(
     127.0.0.1, which the defaults would throttle (tests/e2e/test_identity.py tests them)."""
     purge_jobs(amqp_url)
     cluster = Cluster(amqp_url, ollama_url, workdir, extra_env={**NO_RATE_LIMITS, **env})
-    cluster.start_scheduler()
+    # Each service needs only the broker (and the store its database), so they start together
+    # and are waited for together: one start's time, not four in a row.
+    cluster.start_scheduler(wait=False)
     if mongo_url is not None:
-        cluster.start_health_service("corral_model_manager", "model-manager")
+        cluster.start_health_service("corral_model_manager", "model-manager", wait=False)
         cluster.start_health_service(
             "corral_session_store",
             "session-store",
+            wait=False,
             CORRAL_MONGO_URL=mongo_url,
             CORRAL_MONGO_DATABASE=f"corral_{workdir.name}",
         )
-    cluster.start_gateway()
+    cluster.start_gateway(wait=False)
+    for service in cluster.services.values():
+        service.wait_ready(cluster.ready_timeout)
     return cluster
 
 

@@ -111,8 +111,8 @@ def test_run_starts_everything_and_ctrl_c_stops_it(
         "mongo",
         "emulator",
         "scheduler",
-        "scheduler-standby",
         "session-store",
+        "scheduler-standby",
         "gateway",
     ]
     assert "existing broker" in output

@@ -234,13 +234,18 @@ class Stack:
             env.update(CORRAL_BACKEND_KIND="openai", CORRAL_BACKEND_URL=url, CORRAL_OLLAMA_URL=url)
         elif self.backend.backend is Backend.OLLAMA:
             self._say("ollama", f"{redact(self.backend.ollama_url)}  (answers; not managed)")
-        for module in self.modules:
-            if module == GATEWAY_MODULE:
-                self._start_gateway(env)
-            else:
-                self._start_service(module, env)
-            if module == SCHEDULER_MODULE and self.standby:
-                self._start_service(module, env, STANDBY_NAME)
+        # The services need the broker and the store, not each other: they start together and
+        # are waited for together (a second run is ready in a few seconds, not one service's
+        # start after another). The standby comes once the active scheduler is ready, so that
+        # the one called "scheduler" holds the lane; the gateway comes last, as the way in.
+        services = [module for module in self.modules if module != GATEWAY_MODULE]
+        starting = [self._start_service(module, env) for module in services]
+        for proc in starting:
+            self._ready(proc)
+        if SCHEDULER_MODULE in services and self.standby:
+            self._ready(self._start_service(SCHEDULER_MODULE, env, STANDBY_NAME))
+        if GATEWAY_MODULE in self.modules:
+            self._start_gateway(env)
         if model is not None and self.gateway_url is not None:
             print(
                 embedded_model_banner(self.backend.ollama_url, self.gateway_url),
@@ -349,14 +354,16 @@ class Stack:
         elif admin_key.auth_on(self.environ):
             self._say("admin key", "CORRAL_ADMIN_KEY (auth on)")
 
-    def _start_service(self, module: str, env: dict[str, str], name: str | None = None) -> None:
+    def _start_service(
+        self, module: str, env: dict[str, str], name: str | None = None
+    ) -> ServiceProcess:
+        """Launched, not yet ready: `_ready` waits for it."""
         name = name or service_name(module)
         # Chosen once: a restart reuses the process's env, so the same port.
         health = self._free_port()
         ready = f"http://{LOOPBACK}:{health}/ready"
         service_env = {**env, "CORRAL_HEALTH_PORT": str(health)}
-        self._launch(name, [sys.executable, "-m", module], service_env, ready)
-        self._say(name, f"{ready}  (log {self.log_dir / name}.log)")
+        return self._launch(name, [sys.executable, "-m", module], service_env, ready, wait=False)
 
     def stop(self) -> None:
         """Stop what was started, newest first; keep going past failures."""
@@ -371,16 +378,30 @@ class Stack:
             raise errors[0]
 
     def _launch(
-        self, name: str, argv: list[str], env: Mapping[str, str], ready_url: str
+        self,
+        name: str,
+        argv: list[str],
+        env: Mapping[str, str],
+        ready_url: str,
+        *,
+        wait: bool = True,
     ) -> ServiceProcess:
         log = self.log_dir / f"{name}.log"
         proc = ServiceProcess(name, argv, env, ready_url, log, inherit_env=False)
         self._stop_order.append(proc.stop)
         self.processes.append(proc)
         proc.start()
+        if wait:
+            self._ready(proc, announce=False)
+        return proc
+
+    def _ready(self, proc: ServiceProcess, *, announce: bool = True) -> None:
+        """Wait for a launched process to be ready, then supervise it (a restart policy only
+        applies to a process that was up once)."""
         proc.wait_ready()
         self.supervisor.watch(ServiceChild(proc))
-        return proc
+        if announce:
+            self._say(proc.name, f"{proc.ready_url}  (log {proc.log_path})")
 
     def _say(self, name: str, text: str) -> None:
         print(f"{name:<14} {text}", file=self.out, flush=True)
