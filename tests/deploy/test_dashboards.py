@@ -2,9 +2,10 @@
 
 The committed JSON is what deploy/grafana/generate.py makes. Then Debian's Prometheus, started on
 a loopback port with deploy/prometheus/prometheus.yml (its targets pointed at a whole cluster with
-a standby scheduler, a 1 s scrape interval, the alert rules loaded), scrapes the cluster while the
-test drives traffic: chats with and without a session, streamed and not, queued behind each
-other, an error, a model unload and load. Every panel's query, with Grafana's variables
+a standby scheduler and at a broker of its own with the Prometheus plugin on, a 1 s scrape
+interval, the alert rules loaded), scrapes the cluster while the test drives traffic: chats with
+and without a session, streamed and not, queued behind each other, an error, a model unload and
+load. Every panel's query, with Grafana's variables
 substituted, must then parse and return a number, and every alert rule must evaluate cleanly;
 alerts are then raised for real (a dead-lettered job, the standby scheduler killed).
 
@@ -37,9 +38,10 @@ from corral_common.ids import new_id
 from corral_common.topology import JOBS_EXCHANGE, JOBS_ROUTING_KEY
 from corral_devstack.cluster import Cluster
 from corral_devstack.ports import free_port
+from corral_devstack.rabbitmq import RabbitNode
 from corral_emulator import EmulatorControl
 from tests.deploy.conftest import unavailable
-from tests.fixtures import ClusterFactory
+from tests.fixtures import Emulator, start_cluster
 from tests.gateway_http import call, create_user_key, keyed_cluster
 from tests.polling import eventually, until
 from tests.processes import stop
@@ -53,6 +55,8 @@ SCRAPE_S = 1
 # max($__interval + scrape interval, 4 x scrape interval).
 GRAFANA_VARIABLES = {"__rate_interval": "4s", "__interval": "1s", "__range": "5m"}
 HISTOGRAM_SERIES = ("_bucket", "_sum", "_count")
+# deploy/prometheus/prometheus.yml's jobs on the broker's plugin: totals, per-queue depths
+BROKER_JOBS = ("rabbitmq", "rabbitmq-queues")
 
 
 def load_generator() -> Any:
@@ -158,6 +162,7 @@ class Watched:
     cluster: Cluster
     admin: str
     user: str
+    broker_metrics: str  # host:port of the broker's Prometheus plugin
 
 
 @pytest.fixture(scope="session")  # session: set up before the session's broker and database
@@ -168,33 +173,68 @@ def prometheus_binary() -> str:
     return path
 
 
+@dataclass(frozen=True)
+class MeteredBroker:
+    """A RabbitMQ node of this module's own with its Prometheus plugin on, as compose runs it
+    (the session's shared broker runs without plugins: they cost start time)."""
+
+    url: str
+    metrics: str  # host:port of the plugin's /metrics
+
+
 @pytest.fixture(scope="module")
-def watched(prometheus_binary: str, new_cluster: ClusterFactory) -> Iterator[Watched]:
-    """Asks for Prometheus first: a machine without it starts no cluster."""
+def metered_broker(
+    prometheus_binary: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[MeteredBroker]:
+    port = free_port("127.0.0.1")
+    config = {"prometheus.tcp.ip": "127.0.0.1", "prometheus.tcp.port": str(port)}
+    node = RabbitNode(
+        tmp_path_factory.mktemp("rabbitmq"), config=config, plugins=("rabbitmq_prometheus",)
+    )
+    with node:
+        yield MeteredBroker(node.url, f"127.0.0.1:{port}")
+
+
+@pytest.fixture(scope="module")
+def watched(
+    metered_broker: MeteredBroker,
+    emulator: Emulator,
+    mongo_url: str,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[Watched]:
+    """Asks for Prometheus first (through the broker): a machine without it starts nothing."""
+
+    def on_metered_broker(name: str, *, whole: bool = False, **env: str) -> Cluster:
+        workdir = tmp_path_factory.mktemp(name)
+        store = mongo_url if whole else None
+        return start_cluster(metered_broker.url, emulator.url, workdir, mongo_url=store, **env)
+
     with keyed_cluster(
-        new_cluster, "dashboards", CORRAL_HEARTBEAT_S="1", CORRAL_STATUS_INTERVAL_S="0.5"
+        on_metered_broker, "dashboards", CORRAL_HEARTBEAT_S="1", CORRAL_STATUS_INTERVAL_S="0.5"
     ) as (cluster, admin):
         # Not waited for here: it comes up while Prometheus starts, and the test waits until
         # Prometheus scrapes every target.
         cluster.start_scheduler("scheduler-standby", wait=False)
         user = create_user_key(cluster.gateway_url, admin, "dashboards")["key"]
-        yield Watched(cluster, admin, user)
+        yield Watched(cluster, admin, user, metered_broker.metrics)
 
 
-def scrape_config(cluster: Cluster, key_file: Path) -> dict[str, Any]:
-    """deploy/prometheus/prometheus.yml with its Corral jobs pointed at this cluster, the
-    gateway's key read from `key_file` (compose's secret), and the broker's jobs dropped (the
-    test broker runs without its Prometheus plugin)."""
+def scrape_config(watched: Watched, key_file: Path) -> dict[str, Any]:
+    """deploy/prometheus/prometheus.yml with its jobs pointed at this cluster and its broker,
+    and the gateway's key read from `key_file` (compose's secret)."""
     config: dict[str, Any] = yaml.safe_load((PROMETHEUS_DIR / "prometheus.yml").read_text())
     config["global"].update(scrape_interval=f"{SCRAPE_S}s", evaluation_interval=f"{SCRAPE_S}s")
     config["rule_files"] = [str(PROMETHEUS_DIR / rules) for rules in config["rule_files"]]
     jobs = []
     for job in config["scrape_configs"]:
-        targets = [
-            urlsplit(service.ready_url).netloc
-            for name, service in cluster.services.items()
-            if service.ready_url is not None and name.startswith(job["job_name"])
-        ]
+        if job["job_name"].startswith("rabbitmq"):
+            targets = [watched.broker_metrics]
+        else:
+            targets = [
+                urlsplit(service.ready_url).netloc
+                for name, service in watched.cluster.services.items()
+                if service.ready_url is not None and name.startswith(job["job_name"])
+            ]
         if not targets:
             continue
         if "authorization" in job:
@@ -205,6 +245,7 @@ def scrape_config(cluster: Cluster, key_file: Path) -> dict[str, Any]:
         "scheduler",
         "session-store",
         "model-manager",
+        *BROKER_JOBS,
     }
     config["scrape_configs"] = jobs
     return config
@@ -218,7 +259,7 @@ def prometheus_url(
     key_file = workdir / "corral_admin_key"
     key_file.write_text(watched.admin + "\n")
     config = workdir / "prometheus.yml"
-    config.write_text(yaml.safe_dump(scrape_config(watched.cluster, key_file)))
+    config.write_text(yaml.safe_dump(scrape_config(watched, key_file)))
     port = free_port("127.0.0.1")
     log = workdir / "prometheus.log"
     with log.open("wb") as out:
@@ -349,10 +390,16 @@ def series_names(exposition: str) -> set[str]:
 
 
 async def declared_metrics(watched: Watched) -> set[str]:
+    """What every service's /metrics declares, and the broker's, as Prometheus scrapes it."""
+    urls = [
+        service.ready_url.removesuffix("/ready") + "/metrics"
+        for service in watched.cluster.services.values()
+        if service.ready_url is not None
+    ]
+    broker = f"http://{watched.broker_metrics}/metrics"
+    urls += [broker, broker + "/detailed?family=queue_coarse_metrics"]
     declared: set[str] = set()
-    for service in watched.cluster.services.values():
-        assert service.ready_url is not None
-        url = service.ready_url.removesuffix("/ready") + "/metrics"
+    for url in urls:
         status, _, text = await call("GET", url, key=watched.admin)
         assert status == 200, (url, text)
         declared |= series_names(text)
@@ -364,7 +411,8 @@ async def test_every_panel_query_returns_data(
     watched: Watched, prom: Prom, emu: EmulatorControl
 ) -> None:
     started = time.time()
-    targets = len(watched.cluster.services)  # a process each, two schedulers
+    # a process each (two schedulers), and the broker's two jobs
+    targets = len(watched.cluster.services) + len(BROKER_JOBS)
 
     async def all_up() -> bool:
         return await prom.value("sum(up)") == targets
@@ -423,13 +471,16 @@ async def test_every_panel_query_returns_data(
     }
     assert broken == {}
     # A query ending in `or on() vector(0)` returns data whatever its first half names, so every
-    # Corral series a query or an alert names must be one some service declares on its /metrics.
+    # series a query or an alert names must be one some service (or the broker's plugin)
+    # declares on its /metrics.
     declared = await declared_metrics(watched)
     rules = yaml.safe_load((PROMETHEUS_DIR / "alerts.yml").read_text())
     exprs = [q.expr for q in queries] + [
         rule["expr"] for group in rules["groups"] for rule in group["rules"]
     ]
-    named = {name for expr in exprs for name in re.findall(r"\bcorral_[a-z0-9_]+", expr)}
+    named = {
+        name for expr in exprs for name in re.findall(r"\b(?:corral|rabbitmq)_[a-z0-9_]+", expr)
+    }
     assert named - declared == set(), "queries name series no service exports"
 
     # Alerts raised by the real series: a job no scheduler can read is dead-lettered (firing at
