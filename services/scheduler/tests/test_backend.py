@@ -14,7 +14,7 @@ from aiohttp.test_utils import TestServer
 
 from corral_emulator import EmulatorConfig
 from corral_emulator import create_app as create_emulator
-from corral_scheduler.backends.base import BackendStreamError, ChunkRun
+from corral_scheduler.backends.base import BackendStreamError, Chunk, ChunkRun
 from corral_scheduler.backends.ollama import OllamaBackend, ndjson_lines
 
 CONTEXT_TOKENS = 100_000
@@ -27,9 +27,9 @@ async def backend_for(app: web.Application) -> AsyncIterator[OllamaBackend]:
         )
 
 
-async def collect(backend: OllamaBackend, payload: dict[str, object]) -> list[dict[str, object]]:
+async def collect(backend: OllamaBackend, payload: dict[str, object]) -> list[Chunk]:
     """Every chunk, a run's one by one."""
-    collected: list[dict[str, object]] = []
+    collected: list[Chunk] = []
     async with backend.stream("generate", payload) as pieces:
         async for piece in pieces:
             if isinstance(piece, ChunkRun):

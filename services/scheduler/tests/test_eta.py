@@ -8,6 +8,7 @@ import time
 
 import pytest
 
+from corral_scheduler.backends.base import Metrics
 from corral_scheduler.eta import (
     Reply,
     ReplyLengths,
@@ -41,7 +42,7 @@ def test_num_predict_caps_the_expected_output() -> None:
 
 def test_observations_replace_priors_then_blend() -> None:
     speeds = book()
-    final = {
+    final: Metrics = {
         "prompt_eval_count": 200,
         "prompt_eval_duration": 100_000_000,  # 2000 tok/s
         "eval_count": 100,
@@ -74,7 +75,7 @@ def test_a_model_not_measured_yet_borrows_from_the_measured_ones() -> None:
     assert not speeds.measured("b") and speeds.measured("A")
 
 
-def final(tokens: int, reason: str = "stop") -> dict[str, object]:
+def final(tokens: int, reason: str = "stop") -> Metrics:
     return {"eval_count": tokens, "eval_duration": tokens * 10**8, "done_reason": reason}
 
 

@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from corral_scheduler.backends.base import DoneAnswer
 from corral_scheduler.executor import Executor
 from corral_scheduler.lane import ONE_BACKEND
 from corral_scheduler.watchdog import Watchdog
@@ -110,7 +111,7 @@ async def test_a_job_failing_after_its_client_can_be_told_gets_an_error_naming_i
     a 500 naming its request, the delivery is acked, the next job runs."""
     executor = make_executor(fake_broker, FakeBackend())
 
-    async def broken_load(payload: dict[str, Any]) -> dict[str, Any]:
+    async def broken_load(payload: dict[str, Any]) -> DoneAnswer:
         raise KeyError("surprise")
 
     executor.backends[ONE_BACKEND].load = broken_load  # type: ignore[method-assign]

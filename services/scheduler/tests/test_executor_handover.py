@@ -6,11 +6,12 @@ while the executor stops is still published and acked."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from typing import Any
 
 from corral_common.messages import Job
+from corral_scheduler.backends.base import Metrics
 from corral_scheduler.executor import Executor
 from services.scheduler.tests.fakes import (
     Delivery,
@@ -159,7 +160,9 @@ async def test_the_speeds_and_metrics_are_learned_by_the_time_done_is_out() -> N
     learned_before_done: list[bool] = []
     observe = executor.speeds.observe
 
-    def spy(model: str, final: dict[str, Any], prompt_chars: int | None = None) -> None:
+    def spy(
+        model: str, final: Metrics | Mapping[str, object], prompt_chars: int | None = None
+    ) -> None:
         observed.append(model)
         observe(model, final, prompt_chars)
 

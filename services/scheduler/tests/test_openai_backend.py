@@ -12,7 +12,7 @@ import pytest
 from corral_common.errors import CorralError
 from corral_devstack.ports import free_port
 from corral_emulator import EmulatorConfig, expected_reply, running_emulator
-from corral_scheduler.backends.base import BackendStreamError
+from corral_scheduler.backends.base import BackendStreamError, EmbedAnswer
 from corral_scheduler.backends.openai_compat import (
     ChunkTranslator,
     OpenAIBackend,
@@ -187,6 +187,7 @@ def test_embeddings_come_back_in_both_ollama_shapes() -> None:
         "usage": {"prompt_tokens": 3},
     }
     embed = embed_answer("embed", "m", answer, 0, 10)
+    assert "embeddings" in embed
     assert embed["embeddings"] == [[0.1], [0.2]] and embed["prompt_eval_count"] == 3
     assert embed_answer("embeddings", "m", answer, 0, 10) == {"embedding": [0.1]}
 
@@ -223,11 +224,10 @@ async def test_against_the_emulator_chat_generate_and_embed(backend: OpenAIBacke
     assert "".join(c["response"] for c in chunks) == expected_reply("one two", 2)
     assert chunks[-1]["done_reason"] == "length"
     embedded = await backend.embed("embed", {"model": "llama3.2", "input": ["a", "b"]})
+    assert "embeddings" in embedded
     assert len(embedded["embeddings"]) == 2 and embedded["prompt_eval_count"] > 0
-    assert await backend.embed("embed", {"model": "llama3.2", "input": []}) == {
-        "model": "llama3.2",
-        "embeddings": [],
-    }
+    nothing: EmbedAnswer = {"model": "llama3.2", "embeddings": []}
+    assert await backend.embed("embed", {"model": "llama3.2", "input": []}) == nothing
 
 
 async def test_against_the_emulator_models_loads_and_refusals(backend: OpenAIBackend) -> None:

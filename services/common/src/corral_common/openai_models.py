@@ -5,10 +5,11 @@ the model manager (`/api/tags`, `/api/ps`, `/api/show` for the gateway).
 An OpenAI-compatible server (llama.cpp's `llama-server`, llama-cpp-python's server, vLLM, LM
 Studio) lists model ids and little else: no sizes, digests or families. The entries here carry
 what it said (the id as name and model, its `created` time) and Ollama's fields empty, so
-clients that read `/api/tags` find every field they expect. Such a server holds the models it
-serves loaded for as long as it runs, so `/api/ps` lists the same models. When the server
-reports its model's training context (llama-server's `meta.n_ctx_train`), `/api/show` carries
-it as `model_info`'s `<architecture>.context_length`, which the gateway's context check reads.
+clients that read `/api/tags` find every field they expect (`corral_common.ollama_shapes`).
+Such a server holds the models it serves loaded for as long as it runs, so `/api/ps` lists the
+same models. When the server reports its model's training context (llama-server's
+`meta.n_ctx_train`), `/api/show` carries it as `model_info`'s `<architecture>.context_length`,
+which the gateway's context check reads.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from typing import Any, Literal
 
 from corral_common.errors import CorralError, ErrorType
 from corral_common.model_names import same_model
+from corral_common.ollama_shapes import ModelDetails, RunningModel, ShowAnswer, TagEntry
 
 BackendKind = Literal["ollama", "openai"]
 
@@ -48,7 +50,7 @@ def model_ids(answer: Any) -> list[dict[str, Any]]:
     return [m for m in data if isinstance(m, dict) and isinstance(m.get("id"), str)]
 
 
-def _details() -> dict[str, Any]:
+def _details() -> ModelDetails:
     return {
         "parent_model": "",
         "format": "",
@@ -65,7 +67,7 @@ def _modified_at(entry: dict[str, Any]) -> str:
     return datetime.fromtimestamp(seconds, UTC).isoformat().replace("+00:00", "Z")
 
 
-def tags_entries(answer: Any) -> list[dict[str, Any]]:
+def tags_entries(answer: Any) -> list[TagEntry]:
     """`/v1/models` as `/api/tags` entries."""
     return [
         {
@@ -80,7 +82,7 @@ def tags_entries(answer: Any) -> list[dict[str, Any]]:
     ]
 
 
-def ps_entries(answer: Any) -> list[dict[str, Any]]:
+def ps_entries(answer: Any) -> list[RunningModel]:
     """`/v1/models` as `/api/ps` entries: the server holds what it serves."""
     return [
         {
@@ -96,7 +98,7 @@ def ps_entries(answer: Any) -> list[dict[str, Any]]:
     ]
 
 
-def show_answer(answer: Any, model: str) -> dict[str, Any]:
+def show_answer(answer: Any, model: str) -> ShowAnswer:
     """`/api/show` for one model of `/v1/models`; Ollama's 404 when the server lists no such
     model."""
     entry = next((e for e in model_ids(answer) if same_model(e["id"], model)), None)

@@ -25,12 +25,13 @@ from __future__ import annotations
 import bisect
 import math
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 from corral_common.messages import STREAMED_KINDS, JobKind
 from corral_common.model_names import same_model
+from corral_common.ollama_shapes import Metrics
 
 if TYPE_CHECKING:
     from corral_scheduler.settings import SchedulerSettings
@@ -221,8 +222,12 @@ class SpeedBook:
     def measured(self, model: str) -> bool:
         return model.lower() in self._models
 
-    def observe(self, model: str, final: dict[str, Any], prompt_chars: int | None = None) -> None:
-        """Fold one finished job's timings into the model's running averages."""
+    def observe(
+        self, model: str, final: Metrics | Mapping[str, object], prompt_chars: int | None = None
+    ) -> None:
+        """Fold one finished job's timings into the model's running averages: a final chunk's
+        `Metrics`, or any mapping of the same fields (the benchmarks replay recorded ones); each
+        is read only when it is an int."""
         key = model.lower()
         current = self._models.get(key)
         if current is None:

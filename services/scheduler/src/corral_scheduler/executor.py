@@ -47,14 +47,19 @@ from corral_common.model_names import same_model
 from corral_common.telemetry import extract_context, tracer
 from corral_scheduler import metrics
 from corral_scheduler.backends.base import (
-    Answer,
     Backend,
     BackendStreamError,
     Chunk,
     ChunkRun,
+    DoneAnswer,
+    EmbedAnswer,
+    EmbeddingsAnswer,
     EmbedKind,
+    Message,
+    Metrics,
     Piece,
     StreamKind,
+    ToolCall,
 )
 from corral_scheduler.eta import SpeedBook
 from corral_scheduler.events import EventSink, TokenBatcher
@@ -407,10 +412,10 @@ class Executor:
         backend = self.backends[running.server.name]
         started = time.monotonic()
         await self._settle_after_takeover(entry)
-        final: dict[str, Any] = {}
+        final: Chunk | None = None
         # Every chunk, read into the answer only when the job is settled (`conclude`): the
         # loop here does as little per chunk as it can.
-        seen: list[dict[str, Any]] = []
+        seen: list[Chunk] = []
         payload = self.guard.payload(job)
         async with contextlib.AsyncExitStack() as stack:
             # Opened (retried while the backend is not ready), then read to its end; leaving
@@ -447,35 +452,40 @@ class Executor:
                     seen += piece.chunks
                     batcher.extend(piece.lines)
                     continue
-                chunk = cast(Chunk, piece)
+                chunk = piece
                 running.tokens += 1
                 seen.append(chunk)
                 if chunk.get("done"):
                     final = chunk
                 else:
                     batcher.add(orjson.dumps(chunk))
+        # How the generation ended: its final chunk; a stream that ended without one has no
+        # reason or metrics (`{}`).
+        ending: Metrics = final if final is not None else {}
         # The upstream response is closed and its model known: the server's next job may start.
         self.lane.set_loaded(
-            running.server, None if final.get("done_reason") == "unload" else job.model
+            running.server, None if ending.get("done_reason") == "unload" else job.model
         )
         release()
         # What is left is bookkeeping, done when the job is settled (after the next job's
         # request is out), but for the span's own attributes: it ends when this returns.
         seconds = time.monotonic() - started
         ended_ns = time.time_ns()
-        _describe(span, final)
+        _describe(span, ending)
 
         def conclude(token_batches: int) -> Done:
-            self._observe(job, final, seconds, span, ended_ns)
+            self._observe(job, ending, seconds, span, ended_ns)
             text: list[str] = []
             thinking: list[str] = []
-            tool_calls: list[dict[str, Any]] = []
+            tool_calls: list[ToolCall] = []
             # The answer's part of each chunk: `message` for chat, the chunk itself (with
             # `response` as its content) for generate. Inline: thousands of chunks a stream.
+            part: Message | Chunk
+            content: str | None
             for chunk in seen:
-                part = chunk.get("message")
-                if isinstance(part, dict):
-                    content = part.get("content")
+                message = chunk.get("message")
+                if isinstance(message, dict):
+                    part, content = message, message.get("content")
                 else:
                     part, content = chunk, chunk.get("response")
                 if content:
@@ -488,7 +498,7 @@ class Executor:
                 request_id=job.request_id,
                 gateway_id=job.gateway_id,
                 token_batches=token_batches,
-                final=final,
+                final=ending,
                 text="".join(text),
                 thinking="".join(thinking),
                 tool_calls=tool_calls,
@@ -658,7 +668,7 @@ class Executor:
             return result
 
     def _observe(
-        self, job: Job, final: dict[str, Any], seconds: float, span: trace.Span, ended_ns: int
+        self, job: Job, final: Metrics, seconds: float, span: trace.Span, ended_ns: int
     ) -> None:
         """A finished generation's metrics, speeds and phase spans (`span` has ended by now;
         its children are timed to end at `ended_ns`)."""
@@ -696,7 +706,9 @@ def _resolve(future: asyncio.Future[None]) -> None:
         future.set_result(None)
 
 
-def _call_backend(backend: Backend, job: Job, payload: dict[str, Any]) -> Awaitable[Answer]:
+def _call_backend(
+    backend: Backend, job: Job, payload: dict[str, Any]
+) -> Awaitable[DoneAnswer | EmbedAnswer | EmbeddingsAnswer]:
     if job.kind == "load":
         return backend.load(payload)
     if job.kind == "unload":
@@ -757,7 +769,7 @@ def queue_timeout(job: Job) -> Failed:
     )
 
 
-def _describe(span: trace.Span, final: dict[str, Any]) -> None:
+def _describe(span: trace.Span, final: Metrics) -> None:
     """The generation span's attributes from the backend's final chunk."""
     span.set_attribute("gen_ai.usage.input_tokens", final.get("prompt_eval_count") or 0)
     span.set_attribute("gen_ai.usage.output_tokens", final.get("eval_count") or 0)
@@ -765,7 +777,7 @@ def _describe(span: trace.Span, final: dict[str, Any]) -> None:
 
 
 def record_phase_spans(
-    job: Job, final: dict[str, Any], parent: trace.Span, ended_ns: int | None = None
+    job: Job, final: Metrics, parent: trace.Span, ended_ns: int | None = None
 ) -> None:
     """Queue wait, load, prompt evaluation and generation as child spans, timed by the backend's
     own durations (laid end to end, ending at `ended_ns`, epoch ns; now when None)."""

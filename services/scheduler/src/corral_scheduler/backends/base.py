@@ -4,9 +4,18 @@ Everything above this module (the executor, the status reporter, the app) talks 
 and never knows which server it is: Ollama (`ollama.py`) speaks its own API; an
 OpenAI-compatible server would be translated to the same shapes. What crosses the interface is
 Ollama-shaped, because that is what Corral's gateway relays and its clients expect: a
-generation's chunks are Ollama's `/api/chat` or `/api/generate` chunks (the last one `done`,
-with its counts and durations), an embedding answer is `/api/embed`'s or `/api/embeddings`'s,
-a load or unload answer is Ollama's bare `done` object.
+generation's chunks are Ollama's `/api/chat` or `/api/generate` chunks (`Chunk`; the last one
+`done`, with its counts and durations), an embedding answer is `/api/embed`'s or
+`/api/embeddings`'s (`EmbedAnswer`, `EmbeddingsAnswer`), a load or unload answer is Ollama's
+bare `done` object (`DoneAnswer`, a final generate chunk), the model lists are `/api/tags` and
+`/api/ps` entries (`TagEntry`, `RunningModel`), a model's details `/api/show`'s (`ShowAnswer`).
+
+Those types are `TypedDict`s (`corral_common.ollama_shapes`, shared with whatever else produces
+or reads Ollama's shapes): at runtime each is the plain dict the server's JSON parsed into, so
+the types cost nothing on the hot path (a generation relays a chunk per token, often as the
+very bytes it was read as: `ChunkRun`) and what is relayed is the wire shape as it came, every
+field kept. They say what Ollama documents; nothing checks an answer against them on arrival,
+so readers still `.get` and check what they act on.
 
 The failures a backend raises are the ones the lane already tells apart (retries.py decides
 which may be retried, the executor what each client is told):
@@ -26,28 +35,48 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
-from typing import Any, Literal, Protocol
+from typing import Any, Literal, Protocol, final
 
+from corral_common.ollama_shapes import (
+    Chunk,
+    DoneAnswer,
+    EmbedAnswer,
+    EmbeddingsAnswer,
+    Message,
+    Metrics,
+    RunningModel,
+    ShowAnswer,
+    TagEntry,
+    ToolCall,
+)
 from corral_common.openai_models import BackendKind
 
-# An Ollama-shaped chunk or answer (see the module's docstring).
-Chunk = dict[str, Any]
-Answer = dict[str, Any]
 __all__ = [
-    "Answer",
     "Backend",
     "BackendKind",
     "BackendStreamError",
     "Chunk",
     "ChunkRun",
+    "DoneAnswer",
+    "EmbedAnswer",
     "EmbedKind",
+    "EmbeddingsAnswer",
+    "Message",
+    "Metrics",
     "Piece",
+    "RunningModel",
+    "ShowAnswer",
+    "TagEntry",
+    "ToolCall",
 ]
 
 StreamKind = Literal["chat", "generate"]
 EmbedKind = Literal["embed", "embeddings"]
 
 
+# Final (to the type checker only): the executor tells a run from a chunk by `type(piece) is
+# ChunkRun`, cheaper per token than isinstance, and a final class lets that narrow both ways.
+@final
 @dataclass(frozen=True, slots=True)
 class ChunkRun:
     """Non-final chunks read together (none of them `done`, none an error), each twice: parsed,
@@ -80,23 +109,26 @@ class Backend(Protocol):
         as a `ChunkRun`). Leaving the block closes the upstream response, which is what stops
         a generation on the server."""
 
-    async def embed(self, kind: EmbedKind, payload: dict[str, Any]) -> Answer:
-        """One embedding request (`/api/embed` or the legacy `/api/embeddings` shape)."""
+    async def embed(
+        self, kind: EmbedKind, payload: dict[str, Any]
+    ) -> EmbedAnswer | EmbeddingsAnswer:
+        """One embedding request (`/api/embed`, or the legacy `/api/embeddings` and its
+        shape)."""
 
-    async def load(self, payload: dict[str, Any]) -> Answer:
+    async def load(self, payload: dict[str, Any]) -> DoneAnswer:
         """Load the payload's model; answered like Ollama's empty generate (`done_reason`
         `load`)."""
 
-    async def unload(self, payload: dict[str, Any]) -> Answer:
+    async def unload(self, payload: dict[str, Any]) -> DoneAnswer:
         """Unload the payload's model (Ollama's `keep_alive: 0` idiom)."""
 
-    async def list_models(self) -> list[dict[str, Any]]:
+    async def list_models(self) -> list[TagEntry]:
         """The models the server has, as `/api/tags` entries."""
 
-    async def running(self) -> list[dict[str, Any]]:
+    async def running(self) -> list[RunningModel]:
         """The models the server holds in memory, as `/api/ps` entries."""
 
-    async def show(self, model: str) -> Answer:
+    async def show(self, model: str) -> ShowAnswer:
         """One model's details, as `/api/show` answers them."""
 
     async def version(self) -> str:

@@ -16,13 +16,18 @@ import orjson
 
 from corral_common.ollama import UNREACHABLE_ERRORS, call_json, status_error, unreachable
 from corral_scheduler.backends.base import (
-    Answer,
     BackendKind,
     BackendStreamError,
     ChunkRun,
+    DoneAnswer,
+    EmbedAnswer,
+    EmbeddingsAnswer,
     EmbedKind,
     Piece,
+    RunningModel,
+    ShowAnswer,
     StreamKind,
+    TagEntry,
 )
 
 # Loads and unloads are Ollama's own idiom: an empty generate request (with `keep_alive: 0`
@@ -86,31 +91,45 @@ class OllamaBackend:
         finally:
             response.close()
 
-    async def embed(self, kind: EmbedKind, payload: dict[str, Any]) -> Answer:
-        return await self._call(f"/api/{kind}", payload)
+    # Each answer is Ollama's own, relayed unchecked (base.py): `_call` and `_models` hand back
+    # the parsed JSON as `Any`, and the annotated name below is where it takes the shape Ollama
+    # documents for the endpoint.
 
-    async def load(self, payload: dict[str, Any]) -> Answer:
-        return await self._call(LOAD_PATH, {**payload, "stream": False})
+    async def embed(
+        self, kind: EmbedKind, payload: dict[str, Any]
+    ) -> EmbedAnswer | EmbeddingsAnswer:
+        answer: EmbedAnswer | EmbeddingsAnswer = await self._call(f"/api/{kind}", payload)
+        return answer
 
-    async def unload(self, payload: dict[str, Any]) -> Answer:
-        return await self._call(LOAD_PATH, {**payload, "stream": False})
+    async def load(self, payload: dict[str, Any]) -> DoneAnswer:
+        answer: DoneAnswer = await self._call(LOAD_PATH, {**payload, "stream": False})
+        return answer
 
-    async def list_models(self) -> list[dict[str, Any]]:
-        return _models(await self._get_json("/api/tags", timeout_s=self._probe_s))
+    async def unload(self, payload: dict[str, Any]) -> DoneAnswer:
+        answer: DoneAnswer = await self._call(LOAD_PATH, {**payload, "stream": False})
+        return answer
 
-    async def running(self) -> list[dict[str, Any]]:
-        return _models(await self._get_json("/api/ps", timeout_s=self._probe_s))
+    async def list_models(self) -> list[TagEntry]:
+        models: list[TagEntry] = _models(await self._get_json("/api/tags", timeout_s=self._probe_s))
+        return models
 
-    async def show(self, model: str) -> Answer:
-        return await self._call("/api/show", {"model": model})
+    async def running(self) -> list[RunningModel]:
+        models: list[RunningModel] = _models(
+            await self._get_json("/api/ps", timeout_s=self._probe_s)
+        )
+        return models
+
+    async def show(self, model: str) -> ShowAnswer:
+        answer: ShowAnswer = await self._call("/api/show", {"model": model})
+        return answer
 
     async def version(self) -> str:
         data = await self._get_json("/api/version", timeout_s=self._probe_s)
         return str(data.get("version", "unknown"))
 
-    async def _call(self, path: str, body: dict[str, Any]) -> Answer:
-        """One request, one JSON answer. Cancelling the caller closes the upstream
-        connection, as for a generation."""
+    async def _call(self, path: str, body: dict[str, Any]) -> Any:
+        """One request, one JSON answer (an object; anything else as `{"value": ...}`).
+        Cancelling the caller closes the upstream connection, as for a generation."""
         answer = await call_json(
             self._session, self.base_url, "POST", path, body, client_timeout=self._timeout
         )
@@ -128,7 +147,8 @@ class OllamaBackend:
         return data if isinstance(data, dict) else {}
 
 
-def _models(data: dict[str, Any]) -> list[dict[str, Any]]:
+def _models(data: dict[str, Any]) -> list[Any]:
+    """The objects of a `{"models": [...]}` answer, otherwise as the server wrote them."""
     models = data.get("models")
     return [m for m in models if isinstance(m, dict)] if isinstance(models, list) else []
 

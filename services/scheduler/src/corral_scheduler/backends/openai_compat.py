@@ -57,6 +57,7 @@ import orjson
 
 from corral_common.errors import CorralError, ErrorType
 from corral_common.ollama import UNREACHABLE_ERRORS, unreachable
+from corral_common.ollama_shapes import Message, ToolCall
 from corral_common.openai_models import (
     auth_headers,
     ps_entries,
@@ -65,12 +66,17 @@ from corral_common.openai_models import (
     tags_entries,
 )
 from corral_scheduler.backends.base import (
-    Answer,
     BackendKind,
     BackendStreamError,
     Chunk,
+    DoneAnswer,
+    EmbedAnswer,
+    EmbeddingsAnswer,
     EmbedKind,
+    RunningModel,
+    ShowAnswer,
     StreamKind,
+    TagEntry,
 )
 from corral_scheduler.backends.ollama import ndjson_lines
 from corral_scheduler.load_guard import keep_alive_seconds
@@ -334,21 +340,26 @@ class ChunkTranslator:
         self.last_ns = now
         self.chunks += 1
         if self.kind == "chat":
-            message: dict[str, Any] = {"role": "assistant", "content": content}
+            message: Message = {"role": "assistant", "content": content}
             if thinking:
                 message["thinking"] = thinking
             return {"model": self.model, "created_at": _now(), "message": message, "done": False}
-        chunk: Chunk = {"model": self.model, "created_at": _now(), "response": content}
+        # Generate's field order: `thinking` between `response` and `done`.
         if thinking:
-            chunk["thinking"] = thinking
-        chunk["done"] = False
-        return chunk
+            return {
+                "model": self.model,
+                "created_at": _now(),
+                "response": content,
+                "thinking": thinking,
+                "done": False,
+            }
+        return {"model": self.model, "created_at": _now(), "response": content, "done": False}
 
     def tool_call_chunk(self) -> Chunk | None:
         """The gathered tool calls, in one chunk of their own (as Ollama hands them over)."""
         if not self.tool_calls:
             return None
-        calls = []
+        calls: list[ToolCall] = []
         for _, call in sorted(self.tool_calls.items()):
             text = "".join(call.arguments)
             try:
@@ -357,7 +368,7 @@ class ChunkTranslator:
                 arguments = text
             calls.append({"function": {"name": call.name, "arguments": arguments}})
         if self.kind == "chat":
-            message = {"role": "assistant", "content": "", "tool_calls": calls}
+            message: Message = {"role": "assistant", "content": "", "tool_calls": calls}
             return {"model": self.model, "created_at": _now(), "message": message, "done": False}
         return {
             "model": self.model,
@@ -379,15 +390,22 @@ class ChunkTranslator:
         eval_ns = _ms_ns(self.timings.get("predicted_ms")) or max(last - first, 1)
         prompt_count = _count(self.usage.get("prompt_tokens"), self.timings.get("prompt_n"))
         eval_count = _count(self.usage.get("completion_tokens"), self.timings.get("predicted_n"))
-        metrics = {
-            "total_duration": max(end - self.started_ns, 1),
-            "prompt_eval_count": prompt_count,
-            "prompt_eval_duration": prompt_ns,
-            "eval_count": eval_count if eval_count is not None else self.chunks,
-            "eval_duration": eval_ns,
-        }
-        # Ollama leaves out zero metrics (omitempty); so does this.
-        return {**chunk, **{k: v for k, v in metrics.items() if v}}
+        total_ns = max(end - self.started_ns, 1)
+        if eval_count is None:
+            eval_count = self.chunks
+        # After the done fields, in Ollama's order; Ollama leaves out zero metrics
+        # (omitempty), and so does this.
+        if total_ns:
+            chunk["total_duration"] = total_ns
+        if prompt_count:
+            chunk["prompt_eval_count"] = prompt_count
+        if prompt_ns:
+            chunk["prompt_eval_duration"] = prompt_ns
+        if eval_count:
+            chunk["eval_count"] = eval_count
+        if eval_ns:
+            chunk["eval_duration"] = eval_ns
+        return chunk
 
 
 def _ms_ns(value: Any) -> int:
@@ -414,14 +432,17 @@ def embed_request(kind: EmbedKind, payload: dict[str, Any]) -> dict[str, Any] | 
 
 def embed_answer(
     kind: EmbedKind, model: str, answer: Any, started_ns: int, ended_ns: int
-) -> Answer:
+) -> EmbedAnswer | EmbeddingsAnswer:
     """A `/v1/embeddings` answer in `/api/embed`'s shape (or the legacy one's)."""
     data = answer.get("data") if isinstance(answer, dict) else None
     entries = [e for e in data if isinstance(e, dict)] if isinstance(data, list) else []
-    vectors = [e.get("embedding") for e in sorted(entries, key=lambda e: e.get("index", 0))]
+    # Each entry's vector as the server wrote it: unchecked, as every answer is (base.py).
+    vectors: list[Any] = [
+        e.get("embedding") for e in sorted(entries, key=lambda e: e.get("index", 0))
+    ]
     if kind == "embeddings":
         return {"embedding": vectors[0] if vectors else []}
-    out: Answer = {
+    out: EmbedAnswer = {
         "model": model,
         "embeddings": vectors,
         "total_duration": max(ended_ns - started_ns, 1),
@@ -512,28 +533,32 @@ class OpenAIBackend:
         finally:
             response.close()
 
-    async def embed(self, kind: EmbedKind, payload: dict[str, Any]) -> Answer:
+    async def embed(
+        self, kind: EmbedKind, payload: dict[str, Any]
+    ) -> EmbedAnswer | EmbeddingsAnswer:
         model = str(payload.get("model") or "")
         body = embed_request(kind, payload)
         if body is None:
-            return {"model": model, "embeddings": []} if kind == "embed" else {"embedding": []}
+            if kind == "embed":
+                return {"model": model, "embeddings": []}
+            return {"embedding": []}
         started = time.perf_counter_ns()
         answer = await self._json("/v1/embeddings", body)
         return embed_answer(kind, model, answer, started, time.perf_counter_ns())
 
-    async def load(self, payload: dict[str, Any]) -> Answer:
+    async def load(self, payload: dict[str, Any]) -> DoneAnswer:
         return bare_done("generate", str(payload.get("model") or ""), "load")
 
-    async def unload(self, payload: dict[str, Any]) -> Answer:
+    async def unload(self, payload: dict[str, Any]) -> DoneAnswer:
         return bare_done("generate", str(payload.get("model") or ""), "unload")
 
-    async def list_models(self) -> list[dict[str, Any]]:
+    async def list_models(self) -> list[TagEntry]:
         return tags_entries(await self._models())
 
-    async def running(self) -> list[dict[str, Any]]:
+    async def running(self) -> list[RunningModel]:
         return ps_entries(await self._models())
 
-    async def show(self, model: str) -> Answer:
+    async def show(self, model: str) -> ShowAnswer:
         return show_answer(await self._models(), model)
 
     async def version(self) -> str:
