@@ -282,6 +282,7 @@ class Round:
     cpu_s: dict[str, float]
     # What the gateway still held after the round (all 0 when nothing per request stays).
     left: dict[str, float]
+    gc_pauses: dict[str, float]  # the gateway's collections over the run: count and seconds
     # This process's event loop lag while the clients arrived (ms).
     bench_lag_ms: dict[str, float] = field(default_factory=dict)
     samples: list[dict[str, Any]] = field(default_factory=list)
@@ -377,6 +378,21 @@ async def crowd_round(
         held = (
             await metric(session, stack.gateway_url, "corral_gateway_positions_held_total") - held_0
         )
+        gc_pauses = {
+            f"gen{generation} {what}": round(
+                await metric(
+                    session,
+                    stack.gateway_url,
+                    f'corral_gc_pause_seconds_{what}{{generation="{generation}"}}',
+                ),
+                3,
+            )
+            for generation in (1, 2)
+            for what in ("count", "sum")
+        }
+        gc_pauses["gen2 over 0.1 s"] = gc_pauses["gen2 count"] - await metric(
+            session, stack.gateway_url, 'corral_gc_pause_seconds_bucket{generation="2",le="0.1"}'
+        )
         left = {
             name.removeprefix("corral_gateway_"): await metric(session, stack.gateway_url, name)
             for name in (
@@ -424,6 +440,7 @@ async def crowd_round(
         rss_after_mb=round(rss_after, 1),
         cpu_s=cpu,
         left=left,
+        gc_pauses=gc_pauses,
         bench_lag_ms=spread(arrived_lags),
         samples=[asdict(c) for c in clients] if args.samples else [],
     )
@@ -475,6 +492,7 @@ def render_round(r: Round) -> str:
             f"({r.position_entries} entries), {r.position_singles} single position events",
             f"  gateway RSS MB before {r.rss_before_mb}, peak {r.rss_peak_mb}, "
             f"after {r.rss_after_mb}; CPU s {r.cpu_s}; left {r.left}",
+            f"  gateway garbage collections (whole run) {r.gc_pauses}",
             f"  the benchmark's own loop lag while clients arrived ms {r.bench_lag_ms}",
         ]
     )

@@ -302,6 +302,19 @@ OVERVIEW = Board(
                 ),
             ),
         ),
+        P(
+            "Garbage-collection pauses",
+            "Share of each process's time stopped by CPython's garbage collector, by generation. "
+            "The oldest generation is collected every CORRAL_GC_FULL_INTERVAL_S; the slowest "
+            "pauses are in corral_gc_pause_seconds_bucket.",
+            (
+                Q(
+                    f"sum by (job, generation) (rate(corral_gc_pause_seconds_sum[{RATE}]))",
+                    "{{job}} gen {{generation}}",
+                ),
+            ),
+            unit="percentunit",
+        ),
     ),
     with_model=True,
 )

@@ -8,6 +8,7 @@ from typing import TypeVar
 
 from aiohttp import web
 
+from corral_common.gc_pauses import collector_ctx, watch_gc_pauses
 from corral_common.logging import configure_logging
 from corral_common.serving import RunnerFactory, raise_open_file_limit, serve
 from corral_common.settings import CorralSettings
@@ -35,13 +36,16 @@ def run_service(
         burst_interval_s=settings.log_burst_interval_s,
     )
     raise_open_file_limit()
+    watch_gc_pauses()
     setup_tracing(service, http_server=http_server_spans, http_client=http_client_spans)
     host, port = settings.listen_address()
+    app = create_app(settings)
+    app.cleanup_ctx.append(collector_ctx(settings.gc_full_interval_s))
     # handler_cancellation: a client that disconnects cancels its handler, which is how a
     # queued or running request learns its client has gone.
     if runner_factory is not None:
         serve(
-            create_app(settings),
+            app,
             host,
             port,
             runner_factory,
@@ -51,7 +55,7 @@ def run_service(
         )
     else:
         web.run_app(
-            create_app(settings),
+            app,
             host=host,
             port=port,
             handler_cancellation=True,

@@ -38,6 +38,9 @@ class CorralSettings(BaseSettings):
     # counted and summarised in one line instead of written (0: no limit).
     log_burst: int = Field(default=50, ge=0)
     log_burst_interval_s: float = Field(default=10.0, gt=0)
+    # CPython's oldest garbage-collector generation is collected on this period instead of
+    # whenever it has grown by a quarter (gc_pauses.py; 0: CPython's own rule).
+    gc_full_interval_s: float = Field(default=60.0, ge=0)
 
     # The ops endpoints (/health, /ready, /metrics) of services that have no public port.
     health_host: str = "127.0.0.1"

@@ -1,0 +1,107 @@
+"""The services' garbage-collector regime (corral_common.gc_pauses): the started heap frozen,
+the oldest generation collected on a period instead of on CPython's growth rule, every
+collection timed. Real collections of this test process; nothing is mocked."""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
+from typing import Any
+
+from aiohttp import web
+
+from corral_common.gc_pauses import GC_PAUSES, collector_ctx, watch_gc_pauses
+
+
+def timed(generation: int) -> float:
+    """How many collections of `generation` the histogram has counted."""
+    for metric in GC_PAUSES.collect():
+        for sample in metric.samples:
+            if sample.name.endswith("_count") and sample.labels["generation"] == str(generation):
+                return sample.value
+    return 0.0
+
+
+@contextmanager
+def oldest_collections() -> Iterator[list[int]]:
+    """Counts the oldest generation's collections while inside (gc.callbacks, as gc_pauses)."""
+    seen: list[int] = []
+
+    def callback(phase: str, info: dict[str, Any]) -> None:
+        if phase == "stop" and info["generation"] == 2:
+            seen.append(1)
+
+    gc.callbacks.append(callback)
+    try:
+        yield seen
+    finally:
+        gc.callbacks.remove(callback)
+
+
+@asynccontextmanager
+async def started(full_interval_s: float) -> AsyncIterator[web.Application]:
+    app = web.Application()
+    app.cleanup_ctx.append(collector_ctx(full_interval_s))
+    runner = web.AppRunner(app)
+    await runner.setup()
+    try:
+        yield app
+    finally:
+        await runner.cleanup()
+
+
+def grow_the_heap() -> list[list[int]]:
+    """Enough surviving containers for many young collections and a heap grown well past a
+    quarter: under CPython's rule, that collects the oldest generation."""
+    return [[] for _ in range(400_000)]
+
+
+def test_every_collection_is_timed_by_generation() -> None:
+    watch_gc_pauses()
+    watch_gc_pauses()  # once per process, however often called
+    before = (timed(0), timed(2))
+    gc.collect(0)
+    gc.collect()
+    assert (timed(0), timed(2)) == (before[0] + 1, before[1] + 1)
+
+
+async def test_the_started_heap_is_frozen_and_the_oldest_generation_left_to_the_period() -> None:
+    thresholds = gc.get_threshold()
+    async with started(full_interval_s=3600):
+        assert gc.get_freeze_count() > 0
+        assert gc.get_threshold()[:2] == thresholds[:2]
+        with oldest_collections() as seen:
+            heap = grow_the_heap()
+        assert seen == [], "the growth rule collected the oldest generation"
+        del heap
+    assert gc.get_threshold() == thresholds
+    assert gc.get_freeze_count() == 0
+
+
+async def test_with_no_period_cpythons_own_rule_collects_the_oldest_generation() -> None:
+    """The case above with the rule left on: the same growth does collect (so that test can
+    fail)."""
+    async with started(full_interval_s=0):
+        assert gc.get_freeze_count() > 0
+        with oldest_collections() as seen:
+            heap = grow_the_heap()
+        assert seen != []
+        del heap
+    assert gc.get_freeze_count() == 0
+
+
+async def test_the_oldest_generation_is_collected_every_period() -> None:
+    collected = asyncio.Event()
+
+    def callback(phase: str, info: dict[str, Any]) -> None:
+        if phase == "stop" and info["generation"] == 2:
+            collected.set()
+
+    async with started(full_interval_s=0.01):
+        gc.callbacks.append(callback)
+        try:
+            await asyncio.wait_for(collected.wait(), timeout=10)
+        finally:
+            gc.callbacks.remove(callback)
