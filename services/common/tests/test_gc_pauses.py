@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import gc
-from collections.abc import AsyncIterator, Iterator
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from typing import Any
 
@@ -102,6 +103,41 @@ async def test_the_oldest_generation_is_collected_every_period() -> None:
     async with started(full_interval_s=0.01):
         gc.callbacks.append(callback)
         try:
+            await asyncio.wait_for(collected.wait(), timeout=10)
+        finally:
+            gc.callbacks.remove(callback)
+
+
+async def test_a_due_collection_waits_while_the_process_allocates_fast_but_not_for_ever() -> None:
+    """A crowd arriving allocates fast: the oldest generation's collection is put off then
+    (a pause of a whole heap is what every arriving client would wait for), and comes once
+    the allocating stops, or after `MAX_DEFERRALS` periods of it."""
+    period = 0.05
+    collected = asyncio.Event()
+
+    def callback(phase: str, info: dict[str, Any]) -> None:
+        if phase == "stop" and info["generation"] == 2:
+            collected.set()
+
+    async def allocate(until: Callable[[], bool]) -> None:
+        kept: list[list[int]] = []
+        while not until():
+            # Thousands of young collections a second, far over BUSY_YOUNG_PER_S.
+            kept.extend([] for _ in range(20_000))
+            del kept[:10_000]
+            await asyncio.sleep(0)
+
+    async with started(full_interval_s=period):
+        gc.callbacks.append(callback)
+        try:
+            began = time.monotonic()
+            # Busy for three periods: put off all along.
+            await allocate(lambda: time.monotonic() - began > 3 * period)
+            assert not collected.is_set()
+            # Still busy: collected all the same, within MAX_DEFERRALS periods.
+            await asyncio.wait_for(allocate(collected.is_set), timeout=10)
+            collected.clear()
+            # Quiet: the next period collects.
             await asyncio.wait_for(collected.wait(), timeout=10)
         finally:
             gc.callbacks.remove(callback)

@@ -14,6 +14,9 @@ client that arrived during one waited for it (the late tail of "a first position
   generations are collected as always, so short-lived cycles (a request's) are freed at once;
   only cycles among objects that outlived two young collections wait for the period.
   `CORRAL_GC_FULL_INTERVAL_S=0` keeps CPython's own rule;
+- puts a due collection off while the process is allocating fast (more than
+  `BUSY_YOUNG_PER_S` young collections in the last second: a crowd arriving makes about 50 a
+  second, the same crowd waiting about 0.5), for at most `MAX_DEFERRALS` periods;
 - times every collection, by generation (`corral_gc_pause_seconds`: prometheus_client's own
   GC collector counts collections but does not time them), through `gc.callbacks`: two clock
   reads per collection, nothing per object.
@@ -42,6 +45,11 @@ _BY_GENERATION = [GC_PAUSES.labels(str(generation)) for generation in range(3)]
 _started: list[float] = [0.0]
 # A count of young collections the oldest generation never reaches.
 _NEVER = 2**31 - 1
+# Young collections in the last second above which the process counts as busy.
+BUSY_YOUNG_PER_S = 10
+# A due collection is put off while busy for at most this many periods.
+MAX_DEFERRALS = 5
+_TICK_S = 1.0
 
 
 def _time_collection(phase: str, info: dict[str, Any]) -> None:
@@ -49,6 +57,10 @@ def _time_collection(phase: str, info: dict[str, Any]) -> None:
         _started[0] = time.perf_counter()
     else:
         _BY_GENERATION[info["generation"]].observe(time.perf_counter() - _started[0])
+
+
+def _young_collections() -> int:
+    return int(gc.get_stats()[0]["collections"])
 
 
 def watch_gc_pauses() -> None:
@@ -68,9 +80,20 @@ def collector_ctx(
         young, middle, oldest = gc.get_threshold()
 
         async def collect_every() -> None:
+            last = time.monotonic()
+            young = _young_collections()
+            tick = min(_TICK_S, full_interval_s)
             while True:
-                await asyncio.sleep(full_interval_s)
+                await asyncio.sleep(tick)
+                now, before = time.monotonic(), young
+                young = _young_collections()
+                if now - last < full_interval_s:
+                    continue
+                busy = (young - before) / tick > BUSY_YOUNG_PER_S
+                if busy and now - last < full_interval_s * MAX_DEFERRALS:
+                    continue
                 gc.collect()
+                last = time.monotonic()
 
         try:
             if full_interval_s <= 0:
