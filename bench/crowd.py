@@ -63,6 +63,7 @@ from harness import (
     start_services,
 )
 
+from corral_common.gc_pauses import frozen_heap
 from corral_common.topology import EVENTS_EXCHANGE
 from corral_devstack.cluster import Cluster
 from corral_emulator import expected_reply, reply_tokens
@@ -458,19 +459,12 @@ async def measure(stack: Stack, args: argparse.Namespace) -> dict[str, Any]:
         # The load generator holds 10,000 clients too: its own oldest-generation collections
         # (hundreds of ms) would be counted against the gateway. Kept out as the services keep
         # theirs out while busy (corral_common/gc_pauses.py); collected between rounds.
-        young, middle, oldest = gc.get_threshold()
-        gc.collect()
-        gc.freeze()
-        gc.set_threshold(young, middle, 2**31 - 1)
-        try:
+        with frozen_heap(hold_oldest=True):
             for number in range(args.rounds):
                 log(f"round {number + 1}: {args.clients} clients at {args.rate or 'once'}/s")
                 rounds.append(await crowd_round(stack, args, tap, prompts))
                 log(render_round(rounds[-1]))
                 gc.collect()
-        finally:
-            gc.set_threshold(young, middle, oldest)
-            gc.unfreeze()
     finally:
         await tap.close()
     return {

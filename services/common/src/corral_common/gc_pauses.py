@@ -25,9 +25,11 @@ client that arrived during one waited for it (the late tail of "a first position
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
+from functools import partial
 from typing import Any
 
 from aiohttp import web
@@ -69,42 +71,53 @@ def watch_gc_pauses() -> None:
         gc.callbacks.append(_time_collection)
 
 
+@contextlib.contextmanager
+def frozen_heap(*, hold_oldest: bool) -> Iterator[None]:
+    """What the process holds now frozen out of the collector's reach and, with `hold_oldest`,
+    the oldest generation collected only when asked (`gc.collect()`), until left; then as it
+    was (a process that runs apps one after another, a test run, collects as before)."""
+    gc.collect()
+    gc.freeze()
+    thresholds = gc.get_threshold()
+    if hold_oldest:
+        gc.set_threshold(thresholds[0], thresholds[1], _NEVER)
+    try:
+        yield
+    finally:
+        gc.set_threshold(*thresholds)
+        gc.unfreeze()
+
+
+async def _collect_every(full_interval_s: float) -> None:
+    """The oldest generation's collections: one per period, put off while busy."""
+    last = time.monotonic()
+    collections = _young_collections()
+    tick = min(_TICK_S, full_interval_s)
+    while True:
+        await asyncio.sleep(tick)
+        now, before = time.monotonic(), collections
+        collections = _young_collections()
+        if now - last < full_interval_s:
+            continue
+        busy = (collections - before) / tick > BUSY_YOUNG_PER_S
+        if busy and now - last < full_interval_s * MAX_DEFERRALS:
+            continue
+        gc.collect()
+        last = time.monotonic()
+
+
 def collector_ctx(
     full_interval_s: float,
 ) -> Callable[[web.Application], AsyncIterator[None]]:
     """A cleanup context, appended after the app's own so that what they set up is frozen."""
 
     async def ctx(app: web.Application) -> AsyncIterator[None]:
-        gc.collect()
-        gc.freeze()
-        young, middle, oldest = gc.get_threshold()
-
-        async def collect_every() -> None:
-            last = time.monotonic()
-            young = _young_collections()
-            tick = min(_TICK_S, full_interval_s)
-            while True:
-                await asyncio.sleep(tick)
-                now, before = time.monotonic(), young
-                young = _young_collections()
-                if now - last < full_interval_s:
-                    continue
-                busy = (young - before) / tick > BUSY_YOUNG_PER_S
-                if busy and now - last < full_interval_s * MAX_DEFERRALS:
-                    continue
-                gc.collect()
-                last = time.monotonic()
-
-        try:
+        with frozen_heap(hold_oldest=full_interval_s > 0):
             if full_interval_s <= 0:
                 yield
                 return
-            gc.set_threshold(young, middle, _NEVER)
-            async with supervised(Task("full garbage collections", collect_every)):
+            collections = Task("full garbage collections", partial(_collect_every, full_interval_s))
+            async with supervised(collections):
                 yield
-        finally:
-            # As it was: a process that runs apps one after another (tests) collects as before.
-            gc.set_threshold(young, middle, oldest)
-            gc.unfreeze()
 
     return ctx
