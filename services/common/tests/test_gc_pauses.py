@@ -120,12 +120,23 @@ async def test_a_due_collection_waits_while_the_process_allocates_fast_but_not_f
             collected.set()
 
     async def allocate(until: Callable[[], bool]) -> None:
+        """Allocates in loop callbacks, one batch each (the collector's task runs between
+        them), until `until()`."""
+        loop = asyncio.get_running_loop()
+        finished = asyncio.Event()
         kept: list[list[int]] = []
-        while not until():
+
+        def batch() -> None:
+            if until():
+                finished.set()
+                return
             # Thousands of young collections a second, far over BUSY_YOUNG_PER_S.
             kept.extend([] for _ in range(20_000))
             del kept[:10_000]
-            await asyncio.sleep(0)
+            loop.call_soon(batch)
+
+        loop.call_soon(batch)
+        await finished.wait()
 
     async with started(full_interval_s=period):
         gc.callbacks.append(callback)
