@@ -1,13 +1,17 @@
-"""Admission's per-caller cap, in process: jobs delivered by a fake message, events published
-to a fake broker. The scheduler's `max_queued_per_key` is the default; a job's own
-`max_queued` (its key's limit) overrides it, 0 meaning no cap."""
+"""Admission in process: jobs delivered by a fake message, events published to a fake broker.
+The per-caller cap: the scheduler's `max_queued_per_key` is the default; a job's own
+`max_queued` (its key's limit) overrides it, 0 meaning no cap. Delivery order: jobs enter
+the lane in the order they were delivered, whatever their admission awaits."""
 
 from __future__ import annotations
+
+import asyncio
 
 import pytest
 
 from corral_common.messages import Job
 from corral_scheduler.admission import Admission
+from corral_scheduler.lane import Entry
 from services.scheduler.tests import fakes
 from services.scheduler.tests.fakes import FakeBroker, make_executor
 
@@ -15,9 +19,9 @@ from services.scheduler.tests.fakes import FakeBroker, make_executor
 class Message:
     """A job's delivery as admission sees it."""
 
-    def __init__(self, job: Job) -> None:
+    def __init__(self, job: Job, redelivered: bool = False) -> None:
         self.body = job.model_dump_json().encode()
-        self.redelivered = False
+        self.redelivered = redelivered
         self.settled: str | None = None
 
     async def ack(self) -> None:
@@ -74,3 +78,58 @@ async def test_the_cap_counts_each_caller_apart() -> None:
     await admit(lane, [job("a1", "alice", 1), job("b1", "bob", 1), job("a2", "alice", 1)])
     assert [e.request_id for e in lane.lane] == ["a1", "b1"]
     assert broker.refusal("a2") is not None
+
+
+class HeldBroker(FakeBroker):
+    """Holds the publish of a request's `accepted` (a redelivered job's is it still wanted?)
+    until the test releases it; records each one published."""
+
+    def __init__(self, held: str) -> None:
+        super().__init__()
+        self.held = held
+        self.release = asyncio.Event()
+        self.accepted: dict[str, asyncio.Event] = {}
+
+    async def publish_event(self, routing_key: str, body: bytes, *, durable: bool) -> None:
+        request_id = routing_key.split(".")[2]
+        if routing_key.endswith(".accepted") and request_id == self.held:
+            await self.release.wait()
+        await super().publish_event(routing_key, body, durable=durable)
+        self.accepted.setdefault(request_id, asyncio.Event()).set()
+
+    async def accepted_out(self, request_id: str) -> None:
+        await self.accepted.setdefault(request_id, asyncio.Event()).wait()
+
+
+async def test_redelivered_jobs_enter_the_lane_in_delivery_order() -> None:
+    """After a failover the lane is free at once and starts the first job pushed: a later
+    delivery whose publish was confirmed sooner must not go in ahead of an earlier one (a
+    failover test once saw the third request run before the second)."""
+    broker = HeldBroker(held="second")
+    lane = admission(broker, 0)
+    pushed: list[str] = []
+    push = lane.lane.push
+
+    def recorded(entry: Entry) -> None:
+        pushed.append(entry.request_id)
+        push(entry)
+
+    lane.lane.push = recorded  # type: ignore[method-assign]
+    second = asyncio.create_task(lane.on_job(Message(job("second", "a", None), True)))  # type: ignore[arg-type]
+    third = asyncio.create_task(lane.on_job(Message(job("third", "a", None), True)))  # type: ignore[arg-type]
+    fresh = asyncio.create_task(lane.on_job(Message(job("fresh", "a", None))))  # type: ignore[arg-type]
+    await broker.accepted_out("third")
+    assert pushed == [], "nothing goes in while the first delivery is still being admitted"
+    broker.release.set()
+    await asyncio.gather(second, third, fresh)
+    assert pushed == ["second", "third", "fresh"]
+    assert [entry.request_id for entry in lane.lane] == ["second", "third", "fresh"]
+
+
+async def test_a_job_turned_away_does_not_hold_up_the_ones_behind_it() -> None:
+    broker = FakeBroker()
+    lane = admission(broker, 1)
+    await admit(lane, [job("a1", "alice", 1), job("a2", "alice", 1), job("a3", "bob", 1)])
+    assert [entry.request_id for entry in lane.lane] == ["a1", "a3"]
+    assert broker.refusal("a2") is not None
+    assert len(lane.turns) == 0, "every delivery settled its turn"

@@ -65,6 +65,45 @@ def events_routable(job: Job) -> bool:
     return len(longest.encode()) <= ROUTING_KEY_MAX_BYTES
 
 
+class DeliveryTurns:
+    """Deliveries enter the lane in the order they arrived. A redelivered job awaits a publish
+    (is its client still there?) before it is pushed, and those publishes may be confirmed in
+    any order: after a failover the lane, free at once, would start whichever job's confirm
+    came first, not the oldest. So a delivery is pushed only once every earlier one has been
+    pushed or turned away. A fresh job behind no pending one goes straight in."""
+
+    def __init__(self) -> None:
+        # Arrivals not yet pushed or turned away, oldest first; a waiter's future when it waits.
+        self._pending: dict[int, asyncio.Future[None] | None] = {}
+        self._arrivals = itertools.count()
+
+    def __len__(self) -> int:
+        """Deliveries being admitted."""
+        return len(self._pending)
+
+    def arrive(self) -> int:
+        arrival = next(self._arrivals)
+        self._pending[arrival] = None
+        return arrival
+
+    async def turn(self, arrival: int) -> None:
+        """Return once every delivery that arrived before `arrival` is settled."""
+        if next(iter(self._pending)) == arrival:
+            return
+        waiter = asyncio.get_running_loop().create_future()
+        self._pending[arrival] = waiter
+        await waiter
+
+    def settle(self, arrival: int) -> None:
+        """`arrival` is pushed or turned away (idempotent): the next one may go in."""
+        if arrival not in self._pending:
+            return
+        del self._pending[arrival]
+        head = next(iter(self._pending.values()), None)
+        if head is not None and not head.done():
+            head.set_result(None)
+
+
 async def _dead_letter(message: AbstractIncomingMessage, reason: str) -> None:
     metrics.JOBS_DEAD_LETTERED.labels(reason).inc()
     with contextlib.suppress(Exception):  # the channel died: the broker redelivers it anyway
@@ -86,12 +125,12 @@ class Admission:
         self.sink = sink
         self.speeds = speeds
         self.cancels = RecentCancels()
-        self._arrivals = itertools.count()
+        self.turns = DeliveryTurns()
 
     async def on_job(self, message: AbstractIncomingMessage) -> None:
         # Taken before the first await: deliveries are handled concurrently, and a redelivered
-        # job awaits a publish before it is pushed, so push order is not delivery order.
-        arrival = next(self._arrivals)
+        # job awaits a publish before it is pushed (DeliveryTurns keeps the push order).
+        arrival = self.turns.arrive()
         try:
             await self._admit(message, arrival)
         except asyncio.CancelledError:
@@ -102,12 +141,17 @@ class Admission:
             # learns of it from the dead-letter path.
             log.exception("admitting a job failed; dead-lettered")
             await _dead_letter(message, "admission_failed")
+        finally:
+            self.turns.settle(arrival)
 
     async def _admit(self, message: AbstractIncomingMessage, arrival: int) -> None:
+        # A job turned away settles its turn before it awaits anything, so the deliveries
+        # behind it need not wait for its refusal to be published.
         try:
             job = Job.model_validate_json(message.body)
         except ValidationError as exc:
             log.error("unreadable job dead-lettered", error=str(exc).splitlines()[0])
+            self.turns.settle(arrival)
             await _dead_letter(message, "unreadable")
             return
         if not events_routable(job):
@@ -119,10 +163,12 @@ class Admission:
                 request_id=clip(job.request_id),
                 gateway_id=clip(job.gateway_id),
             )
+            self.turns.settle(arrival)
             await _dead_letter(message, "unroutable")
             return
         if self.cancels.take(job.request_id):
             metrics.CANCELLATIONS.labels("admission").inc()
+            self.turns.settle(arrival)
             await self.sink.send_quietly(
                 job, Cancelled(request_id=job.request_id, stage="admission")
             )
@@ -131,6 +177,7 @@ class Admission:
         refusal = self._refusal(job)
         if refusal is not None:
             metrics.JOBS.labels(refusal.error_type).inc()
+            self.turns.settle(arrival)
             await self.sink.send_quietly(job, refusal)
             await message.ack()
             return
@@ -142,8 +189,10 @@ class Admission:
             # any more: running it would generate an answer for no one.
             metrics.CANCELLATIONS.labels("admission").inc()
             log.info("redelivered job has no client; dropped", request_id=job.request_id)
+            self.turns.settle(arrival)
             await message.ack()
             return
+        await self.turns.turn(arrival)
         entry = Entry(
             job=job,
             delivery=message,
@@ -158,6 +207,7 @@ class Admission:
             load_ms=self.speeds.load_ms(job.model, job.kind),
         )
         self.lane.push(entry)
+        self.turns.settle(arrival)
         try:
             await self._announce(entry, accepted, bool(message.redelivered))
         except asyncio.CancelledError:
