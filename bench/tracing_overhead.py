@@ -8,7 +8,7 @@ and the process's CPU time per request is taken; then `--spans` spans are made t
 scheduler makes one per job (the trace context read from a job's headers, a span, the context
 written into the next message's headers). Variants:
 
-- `before`: what `setup_tracing` did without an exporter until issue 15: an SDK tracer provider
+- `before`: what `setup_tracing` used to do without an exporter: an SDK tracer provider
   with no span processor, aiohttp's server and client instrumented, contexts always carried;
 - `server`, `client`: `before` with only one side of aiohttp instrumented (the gateway
   instruments its server, the scheduler and model manager their backend client);

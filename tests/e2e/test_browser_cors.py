@@ -1,5 +1,5 @@
 """Cross-origin requests from a real browser: Debian's Chromium, headless, runs a page that calls
-the gateway with `fetch`, as a web UI on another port would (issue 10, CORS).
+the gateway with `fetch`, as a web UI on another port would.
 
 The page is served by this test from an origin of its own, `http://localhost:<port>` (allowed by
 Ollama's defaults, and a different origin from the gateway's `http://127.0.0.1:<port>`) or

@@ -1,6 +1,6 @@
-"""Seed 004's conversation API (llama-chat) through the whole cluster, as its clients use it:
-the seed's test script and SDK flow (models, config, create a conversation, three messages,
-list, stats, search, rename, delete) with exactly the seed's JSON shapes (and Corral's documented
+"""Llama-chat's conversation API through the whole cluster, as its clients use it:
+llama-chat's test script and SDK flow (models, config, create a conversation, three messages,
+list, stats, search, rename, delete) with exactly llama-chat's JSON shapes (and Corral's documented
 additions); the same conversation through the Ollama API; a streamed message that waits in the
 queue and is told its place; a queued message whose client leaves is cancelled; and, with keys
 on, another user's conversation is a 404 on every route and outside their list and search.
@@ -28,7 +28,7 @@ pytestmark = pytest.mark.e2e
 
 MODEL = "llama3.2"
 
-# The seed's fields, and Corral's additions where the document says so (docs/conversations.md).
+# Llama-chat's fields, and Corral's additions where the document says so (docs/conversations.md).
 CHAT_ANSWER = {
     "response",
     "model",
@@ -67,7 +67,7 @@ NOT_FOUND = {"success", "error", "code", "details", "resource", "id"}
 async def call(
     url: str, method: str, path: str, body: Any = None, key: str | None = None
 ) -> tuple[int, Any]:
-    """Status and body of one request, sent as the seed's client sends it (JSON)."""
+    """Status and body of one request, sent as llama-chat's client sends it (JSON)."""
     status, _, answer = await gateway_http.call(
         method, f"{url}{path}", key=key, body=body, headers={"Content-Type": "application/json"}
     )
@@ -75,7 +75,7 @@ async def call(
 
 
 def model_of(models: list[str]) -> str:
-    """The seed's client takes the first model; the emulator lists embedding models too, so
+    """Llama-chat's client takes the first model; the emulator lists embedding models too, so
     this flow takes its chat model."""
     return next(name for name in models if name.startswith(MODEL))
 
@@ -189,7 +189,7 @@ async def test_the_seeds_client_flow(cluster: Cluster, emu: EmulatorControl) -> 
     assert user_row["avg_response_time"] is None
     assert assistant_row["avg_response_time"] == stats["summary"]["avg_response_time"]
 
-    # 7. Search: the seed's `q`, its fields and Corral's in one answer.
+    # 7. Search: llama-chat's `q`, its fields and Corral's in one answer.
     status, found = await call(url, "GET", "/api/search?q=test%20message%202&limit=50")
     assert status == 200, found
     assert set(found) == {"results", "query", "count", "partial"}
@@ -283,7 +283,7 @@ async def test_the_dispatch_rule_both_ways(cluster: Cluster, emu: EmulatorContro
     url = cluster.gateway_url
     status, created = await call(url, "POST", "/api/conversations", {"title": "D", "model": MODEL})
     conv_id = created["conversation_id"]
-    # A conversation id and no messages: a conversation message, refused in the seed's shape
+    # A conversation id and no messages: a conversation message, refused in llama-chat's shape
     # when its message is missing (it used to be answered 200 with an empty reply).
     status, refused = await call(
         url, "POST", "/api/chat", {"conversation_id": conv_id, "model": MODEL}
@@ -501,6 +501,6 @@ async def test_another_users_conversation_is_a_404_everywhere(
         assert status == 200, detail
         assert detail["conversation"]["title"] == "A's"
         assert len(detail["messages"]) == 2
-    # Without a key: 401, in the seed's shape.
+    # Without a key: 401, in llama-chat's shape.
     status, refused = await call(url, "GET", "/api/conversations")
     assert status == 401 and refused["code"] == "UNAUTHORIZED" and refused["success"] is False

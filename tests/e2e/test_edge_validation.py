@@ -1,4 +1,4 @@
-"""Every input is judged at the edge (issue 9): ids on every route, nesting depth, wrong shapes,
+"""Every input is judged at the edge: ids on every route, nesting depth, wrong shapes,
 numbers no Go type holds, paging bounds, echoed names clipped; the answer is a 400 in the
 route's own shape at once, and the lane carries on serving everyone else."""
 

@@ -1,4 +1,4 @@
-"""A fuzz pass over every route the gateway serves (issue 9), against a whole running cluster
+"""A fuzz pass over every route the gateway serves, against a whole running cluster
 in front of the emulator: hypothesis makes path parameters, query strings, headers and bodies
 (random JSON of random depth, wrong types on Ollama's own fields, lone surrogates, huge strings,
 bytes that are not JSON, random ids). Every answer must come within a bound and none may be a

@@ -1,4 +1,4 @@
-"""Health that tells the truth, and what happens to a turn whose gateway dies (issue 9).
+"""Health that tells the truth, and what happens to a turn whose gateway dies.
 
 A whole cluster over a SecantusDB of its own (so the test can stop it): the session store's
 health is a real write, broadcast to gateways; the gateway's /health says "degraded" with the

@@ -1,4 +1,4 @@
-"""Identity (issue 11), from an outside caller's point of view over real HTTP: keys, scopes,
+"""Identity, from an outside caller's point of view over real HTTP: keys, scopes,
 ownership of conversations, revocation across replicas, rate limits shared by replicas, failed
 authentications, secrets kept out of logs, and the refusal to run open on a public address.
 

@@ -1,4 +1,4 @@
-"""Watching a running cluster (issue 14, "Metrics and health fixed"): /health's seed blocks
+"""Watching a running cluster: the blocks of /health
 (`sessions`, `metrics`, `ollama.models_available`), the access log (one line per request, no
 secret), `GET /admin/usage`, and the gateway's request-level series on its /metrics, over a whole
 cluster with keys on, in front of the emulator."""

@@ -1,4 +1,4 @@
-"""Schemathesis over the OpenAPI document the gateway serves at /openapi.json (issue 11), against
+"""Schemathesis over the OpenAPI document the gateway serves at /openapi.json, against
 a whole running cluster with keys on, in three passes over every operation:
 
 - without a key (or with the made-up keys schemathesis generates for the security schemes):
@@ -148,9 +148,8 @@ def test_the_gateway_serves_its_document(gateway: Cluster) -> None:
 
 # Ollama answers a pull, push or create that fails in the backend (a model the registry does not
 # have, say) with 500 and the backend's text when it does not stream; Corral's native surface
-# answers as Ollama does. The provider pull answers the same failure with seed 001's documented
-# "500: Pull failed with error details", in Corral's shape. Any other 5xx, or these elsewhere,
-# is a failure.
+# answers as Ollama does. The provider pull answers the same failure with 500 "Pull failed:
+# <the backend's text>", in Corral's shape. Any other 5xx, or these elsewhere, is a failure.
 OLLAMA_500 = frozenset({("POST", "/api/pull"), ("POST", "/api/push"), ("POST", "/api/create")})
 PROVIDER_PULL = ("POST", "/api/providers/ollama/pull")
 

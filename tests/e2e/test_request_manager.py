@@ -1,9 +1,9 @@
-"""Seed 002's request manager through a real cluster (issue 12): a backend that refuses before
-answering is retried with backoff, and the client sees only a longer wait (the attempts counted
-on the emulator and the scheduler's metric, never timed); a request's own retry terms; its
-total deadline, 408 in the queue and 504 (or a stream's last line) while generating, with the
-lane free for the next request; and `retry_after` in Corral's error bodies, each surface
-keeping its own shape."""
+"""The request manager (retries of a backend that is not ready, per-request timeouts) through a
+real cluster: a backend that refuses before answering is retried with backoff, and the client
+sees only a longer wait (the attempts counted on the emulator and the scheduler's metric, never
+timed); a request's own retry terms; its total deadline, 408 in the queue and 504 (or a
+stream's last line) while generating, with the lane free for the next request; and `retry_after`
+in Corral's error bodies, each surface keeping its own shape."""
 
 from __future__ import annotations
 

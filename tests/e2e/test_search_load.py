@@ -1,4 +1,4 @@
-"""Searches cannot starve chats (issue 9): heavy `/api/search` load over a large store must not
+"""Searches cannot starve chats: heavy `/api/search` load over a large store must not
 make session chats fail.
 
 The store is filled directly in MongoDB (20,000 turns in 200 sessions, quick with

@@ -1,4 +1,4 @@
-"""Secrets never shown (issue 9): credentials in `CORRAL_OLLAMA_URL` (and the broker's URL) appear
+"""Secrets never shown: credentials in `CORRAL_OLLAMA_URL` (and the broker's URL) appear
 in no /health, no error answer and no log line of any service.
 
 A whole cluster is started with `CORRAL_OLLAMA_URL=http://admin:pw@127.0.0.1:<port>`, nothing

@@ -1,4 +1,4 @@
-"""The session lifecycle of seeds 000 and 002 through the whole cluster (issue 12): session ids
+"""The session lifecycle through the whole cluster: session ids
 made up on request, default system prompts, the message cap beside the token budget, metadata
 kept with turns, export and import, honest `context_info` without a session, and archiving,
 resuming, retention and clearing everything with short settings.
@@ -353,7 +353,7 @@ async def test_a_stateless_prompt_larger_than_the_window_is_reported_or_refused(
     status, _, answer = await chat(life.url, {**body, "options": {"num_ctx": 4096}}, life.first)
     assert status == 200 and answer["context_info"]["truncated"] is False
 
-    # The message to answer alone does not fit: seed 000's 413, nothing queued.
+    # The message to answer alone does not fit: 413 `context_limit_exceeded`, nothing queued.
     generations = (await emu.stats())["generations"]
     huge = " ".join(["word"] * 2000)
     status, _, refused = await chat(life.url, ask(huge, "tiny"), life.first)

@@ -1,4 +1,4 @@
-"""Issue 9: nothing a client sends can stop the lane.
+"""Nothing a client sends can stop the lane.
 
 The reproduction (a 215-character X-Request-Id on /admin/models/{m}/load ended the scheduler's
 executor loop, silently, and with it all generation while /health said "healthy"), a dead-lettered

@@ -1,4 +1,4 @@
-"""Tracing to a real collector (issue 14): the whole cluster exports OTLP/HTTP to a rotel
+"""Tracing to a real collector: the whole cluster exports OTLP/HTTP to a rotel
 collector process (PyPI `rotel`, a collector in Rust, run through uv's cache at a pinned
 version), and one request through the gateway is one trace with spans from the gateway, the
 scheduler and the session store, each span's parent in the same trace.

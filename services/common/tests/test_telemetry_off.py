@@ -1,4 +1,4 @@
-"""Tracing costs nothing without an exporter (issue 15, item 5): `setup_tracing` then installs
+"""Tracing costs nothing without an exporter: `setup_tracing` then installs
 no SDK tracer provider and instruments nothing, and no trace context is written into or read
 from messages. With an exporter it installs both. Each case runs in a fresh interpreter: the
 tracer provider and aiohttp's instrumentation are process-wide and set once."""

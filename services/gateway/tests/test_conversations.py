@@ -1,5 +1,5 @@
-"""Seed 004's conversation surface in process: the `/api/chat` dispatch rule (both ways, and the
-ambiguous bodies), the seed's error shape for every kind of error, the chat body's checks, the
+"""Llama-chat's conversation surface in process: the `/api/chat` dispatch rule (both ways, and the
+ambiguous bodies), llama-chat's error shape for every kind of error, the chat body's checks, the
 answer and stream shapes, and a conversation message taken through the native path (the
 ticket, the lane's events, the relay) with fake scheduler events and a fake session store."""
 
@@ -37,13 +37,13 @@ MODEL = "llama3.2"
 # -- the dispatch rule ---------------------------------------------------------------------
 
 CONVERSATION_BODIES = [
-    {"conversation_id": 1, "message": "hi", "model": MODEL},  # the seed's request
+    {"conversation_id": 1, "message": "hi", "model": MODEL},  # llama-chat's request
     {"conversation_id": 1, "message": "hi"},  # model from the conversation
     {"conversation_id": "7", "message": "hi"},  # a session id is a conversation id
     {"conversation_id": 1, "message": "hi", "messages": None},  # null is absent
-    {"conversation_id": 1},  # refused in the seed's shape: message missing
-    {"conversation_id": 1, "message": 5},  # refused in the seed's shape: not a string
-    {"conversation_id": [1], "message": "hi"},  # refused in the seed's shape: a bad id
+    {"conversation_id": 1},  # refused in llama-chat's shape: message missing
+    {"conversation_id": 1, "message": 5},  # refused in llama-chat's shape: not a string
+    {"conversation_id": [1], "message": "hi"},  # refused in llama-chat's shape: a bad id
 ]
 OLLAMA_BODIES = [
     {"model": MODEL, "messages": [{"role": "user", "content": "hi"}]},
@@ -78,7 +78,7 @@ def test_what_is_not_json_is_ollamas_to_refuse(raw: bytes) -> None:
     assert not dispatch.is_conversation_chat(raw)
 
 
-# -- the seed's error shape ----------------------------------------------------------------
+# -- llama-chat's error shape ---------------------------------------------------------------
 
 
 def rendered(error: Exception) -> tuple[int, dict[str, Any], Any]:

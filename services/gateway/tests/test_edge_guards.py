@@ -208,7 +208,7 @@ async def test_an_allowed_origin_gets_cors_headers(aiohttp_client: AiohttpClient
     assert response.status == 200
     assert response.headers["Access-Control-Allow-Origin"] == origin
     assert "Origin" in response.headers.getall("Vary")
-    # A page may read the limits and when to retry (issue 11).
+    # A page may read its rate limits, when to retry and its session id.
     exposed = response.headers["Access-Control-Expose-Headers"].split(",")
     assert {"X-RateLimit-Remaining", "Retry-After", "X-Session-Id"} <= set(exposed)
     streamed = await client.post("/api/stream", data="{}", headers={"Origin": origin})

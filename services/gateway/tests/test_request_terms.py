@@ -1,4 +1,4 @@
-"""Seed 002's request terms at the edge: the total deadline and retry terms read from a request
+"""A request's own terms at the edge: the total deadline and retry terms read from a request
 (body, header, options) and carried by the job (test_extensions.py shows them stripped before
 the backend); the relay's answers past the deadline; and `retry_after` in Corral's error bodies
 wherever Retry-After is said."""

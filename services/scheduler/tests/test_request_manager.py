@@ -1,5 +1,6 @@
-"""Seed 002's request manager in the lane: the executor, its real Ollama client and the Ollama
-emulator in process (the broker faked). A backend that refuses or is busy before answering is
+"""The request manager (retries of a backend that is not ready, per-request deadlines) in the
+lane: the executor, its real Ollama client and the Ollama emulator in process (the broker
+faked). A backend that refuses or is busy before answering is
 retried with backoff (shown by the emulator's count of failed attempts, the waits the executor
 asked for and the metric, never by timing); what may have started is never retried; and a
 request's total deadline stops its generation and frees the lane for the next job."""

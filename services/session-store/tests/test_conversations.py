@@ -1,5 +1,5 @@
-"""Seed 004's conversations over the store, against a real MongoDB-protocol server: numbers from
-the counter that skip ids sessions already have (also under concurrent creation), the seed's
+"""Llama-chat's conversations over the store, against a real MongoDB-protocol server: numbers from
+the counter that skip ids sessions already have (also under concurrent creation), llama-chat's
 shapes for a conversation, its messages, stats, the list and search, and the sessions'
 ownership rule on every method."""
 

@@ -128,7 +128,7 @@ async def test_failures_handed_out_are_counted_by_mode(
     client: Client, state: EmulatorState
 ) -> None:
     """A client retrying refused connections: each failed attempt is counted, so a test can
-    tell how many requests it made (the scheduler's backoff, issue 12)."""
+    tell how many requests it made (the scheduler's retries with backoff)."""
     await fail(client, mode="refuse", count=2)
     await fail(client, mode="500", status=503, count=1)
     for _ in range(2):

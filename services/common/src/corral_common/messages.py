@@ -60,8 +60,8 @@ class Job(Wire):
     # `timeout_ms`, `options.timeout` or `X-Request-Timeout`): past it while running, the lane
     # stops the generation and answers 504 `backend_timeout`. None: no limit.
     finish_by: float | None = None
-    # The request's own terms for retrying a backend that is not ready (seed 002's
-    # `max_retries` and `retry_backoff`); None: the scheduler's settings.
+    # The request's own terms for retrying a backend that is not ready (its `max_retries`
+    # and `retry_backoff`); None: the scheduler's settings.
     max_retries: int | None = Field(default=None, ge=0)
     retry_backoff_s: float | None = Field(default=None, ge=0)
     # How many jobs its `client_key` may have queued at once (the caller's key's own limit);
@@ -249,7 +249,7 @@ class LaneEntry(Wire):
 
 
 class LaneHealth(Wire):
-    """Whether the lane is moving, judged by the scheduler's watchdog (issue 9).
+    """Whether the lane is moving, judged by the scheduler's watchdog (corral_scheduler.watchdog).
 
     `stuck` is set when the lane holds work (a running job, or waiting jobs while not paused)
     and nothing has started or finished for the watchdog's limit."""

@@ -2,7 +2,7 @@
 
 Every long-lived task in every Corral service runs under `supervised(...)`. Before this, a loop
 that raised died silently: its exception sat on a task object nobody awaited until shutdown
-(issue 9: the scheduler's executor died on one job with a routing key over 255 bytes, and the
+(the scheduler's executor once died on one job with a routing key over 255 bytes, and the
 lane stopped for everyone while `/health` said "healthy").
 
 What a supervised task does when it raises is chosen per task:

@@ -17,8 +17,8 @@ at CORRAL_DEFAULT_NUM_CTX, else CORRAL_DEFAULT_NUM_CTX. Then:
   estimated), `messages_dropped`, `limited_by: "tokens"`, `context_length` and `estimated:
   true`;
 - the message being answered cannot fit (a generate prompt, or a chat's system messages and
-  last message): 413 `context_limit_exceeded` (seed 000's error table: "Message too large for
-  context window"), as the session store answers the same case; nothing is queued.
+  last message): 413 `context_limit_exceeded` ("Message too large for context window"), as the
+  session store answers the same case; nothing is queued.
 
 CORRAL_STATELESS_CONTEXT_CHECK=false turns it off (requests then go as sent, whatever their
 size, as to Ollama itself).

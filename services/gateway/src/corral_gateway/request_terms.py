@@ -1,4 +1,4 @@
-"""A request's own terms (seed 002's request manager): its total deadline and how the lane may
+"""A request's own terms: its total deadline and how the lane may
 retry a backend that is not ready for it.
 
 - `timeout_ms` (body, milliseconds), `X-Request-Timeout` (header, seconds, for clients that

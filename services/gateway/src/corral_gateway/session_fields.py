@@ -1,4 +1,4 @@
-"""A generation request's session fields beyond its id (seeds 000 and 002): asking for a new
+"""A generation request's session fields beyond its id: asking for a new
 session, how much history it replays, and the metadata kept with its turn.
 
 - `session_id: "new"` (body, `X-Session-Id: new` or `options.session_id: "new"`): Corral makes

@@ -84,7 +84,7 @@ class GatewaySettings(CorralSettings):
     # reach every gateway at once by broadcast (`keys.changed`), this bounds a lost one.
     key_cache_s: float = Field(default=5.0, ge=0)
     # Rate limits (0 = none). Keys: per key, overridable per key. Anonymous callers (auth off):
-    # per client address. Seed 000: 60 requests a minute per address, 120 per key.
+    # per client address. Defaults: 60 requests a minute per address, 120 per key.
     rate_limit_per_minute: int = Field(default=120, ge=0)
     anonymous_rate_limit_per_minute: int = Field(default=60, ge=0)
     # How often requests counted here are sent to the store (identity/request_counts.py); a

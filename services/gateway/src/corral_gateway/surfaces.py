@@ -1,7 +1,7 @@
 """API surfaces: route groups, each with the one place that turns its errors into responses.
 
 The gateway serves several APIs on one port: Ollama's native API (`ollama/`), Corral's own
-endpoints (`corral/`), the operators' (`admin/`), OpenAI's `/v1` (`openai/`) and seed 004's
+endpoints (`corral/`), the operators' (`admin/`), OpenAI's `/v1` (`openai/`) and llama-chat's
 conversation API (`conversations/`). Each answers errors in its own shape: Ollama `{"error":
 "<text>"}`, Corral `{"error": {"type", "message", "details"}}` (the operators' too), the other two
 as their `errors` modules say.

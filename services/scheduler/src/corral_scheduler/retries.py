@@ -13,7 +13,7 @@ has no say.
 
 How long: the wait before retry n (0-based) is drawn uniformly from [0, min(cap, base * 2**n)],
 "full jitter" (Marc Brooker, "Exponential Backoff And Jitter", AWS Architecture Blog): the
-upper bounds grow as seed 002 describes (`retry_backoff=2.0`: 2 s, 4 s, 8 s, 16 s, 32 s) and the
+upper bounds double from `retry_backoff` (`retry_backoff=2.0`: 2 s, 4 s, 8 s, 16 s, 32 s) and the
 draw spreads out the clients of a backend that comes back, instead of sending them all at
 once. Pure: the random source is injected, so the schedule is testable exactly.
 

@@ -4,7 +4,7 @@ Why it exists: a scheduler that is alive but whose lane no longer moves (its exe
 a bug, a backend call that never returns, an ack that never completes) keeps the jobs queue's
 single-active-consumer slot. RabbitMQ only moves that slot when the consumer goes away, so the
 standby never takes over and every client waits until its deadline, while a liveness check that
-only asks "is the process up" says all is well (issue 9: `waiting 1, running 0` forever).
+only asks "is the process up" says all is well (the lane shows `waiting 1, running 0` forever).
 
 What counts as progress: a job started, a job finished, and a chunk from the backend. A long
 generation streaming tokens is a lane that moves; a lane that holds work is one with a running

@@ -1,7 +1,7 @@
-"""The conversation RPC methods (corral_common.contracts.conversations): seed 004's llama-chat
-API over the session store's sessions, served beside the session methods (`rpc_api`), on the
-main queue and the `reads` lane as declared. Searches run within the session searches' bounds
-(`CORRAL_SEARCH_*`: results, time, and the same concurrency gate)."""
+"""The conversation RPC methods (corral_common.contracts.conversations): llama-chat's
+conversation API over the session store's sessions, served beside the session methods
+(`rpc_api`), on the main queue and the `reads` lane as declared. Searches run within the
+session searches' bounds (`CORRAL_SEARCH_*`: results, time, and the same concurrency gate)."""
 
 from __future__ import annotations
 

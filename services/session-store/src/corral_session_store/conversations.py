@@ -1,4 +1,4 @@
-"""Seed 004's conversations over the session store's own collections (see store.py).
+"""Llama-chat's conversations over the session store's own collections (see store.py).
 
 A conversation is a session: conversation N is the session document `{_id: "N"}`, and its
 messages are that session's turns. Creating one inserts the session document up front (title,
@@ -50,7 +50,7 @@ CONVERSATION_SEQUENCE = "conversation_id"
 # query, and the counter moved past those in use.
 ID_PROBE = 64
 CREATE_ATTEMPTS = 16
-# The roles `by_role` lists first, in this order (the seed's); any others follow by name.
+# The roles `by_role` lists first, in this order (llama-chat's); any others follow by name.
 ROLE_ORDER = ("user", "assistant")
 
 
@@ -83,8 +83,8 @@ def conversation_model(session: Mapping[str, Any]) -> str | None:
 
 
 def conversation(session: Document) -> Document:
-    """The seed's conversation object; an archived one (the sessions' lifecycle) also says so,
-    `archived` and `archived_at`, as the session lists do (an active one: the seed's fields)."""
+    """Llama-chat's conversation object; an archived one (the sessions' lifecycle) also says so,
+    `archived` and `archived_at`, as the session lists do (an active one: llama-chat's fields)."""
     found: Document = {
         "id": conversation_id_of(str(session["_id"])),
         "title": session.get("title"),
@@ -106,7 +106,7 @@ class RoleTotals:
 
 
 def summarise(messages: list[Document]) -> tuple[Document, list[Document]]:
-    """The seed's `summary` (also a conversation's `stats`) and `by_role`, from its messages."""
+    """Llama-chat's `summary` (also a conversation's `stats`) and `by_role`, from its messages."""
     roles: dict[str, RoleTotals] = {}
     for message in messages:
         totals = roles.setdefault(str(message["role"]), RoleTotals())
@@ -200,7 +200,7 @@ class ConversationStore:
         return conversation(await self.store.require_session(session_id, owner))
 
     async def messages(self, session_id: str) -> list[Document]:
-        """Every message of a conversation in order, in the seed's shape."""
+        """Every message of a conversation in order, in llama-chat's shape."""
         shown_id = conversation_id_of(session_id)
         found: list[Document] = []
         async for turn in self.store.turns.find(
@@ -269,7 +269,7 @@ class ConversationStore:
         self, query: str, limit: int, owner: str | None, *, time_limit_ms: int | None
     ) -> Document:
         """The session store's search (`SessionStore.search`: same matching, order, bounds and
-        ownership), each result with the seed's fields added."""
+        ownership), each result with llama-chat's fields added."""
         found = await self.store.search(query, limit, owner, time_limit_ms=time_limit_ms)
         results: list[Document] = found["results"]
         ids = list({result["request_id"] for result in results})

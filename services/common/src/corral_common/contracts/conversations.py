@@ -1,5 +1,5 @@
-"""The conversation methods of the session store (service `session-store`): seed 004's llama-chat
-API over the same sessions the Ollama API keeps, served by
+"""The conversation methods of the session store (service `session-store`): llama-chat's
+conversation API over the same sessions the Ollama API keeps, served by
 `corral_session_store.conversation_rpc`, called by the gateway's `conversations/` surface.
 
 A conversation *is* a session: conversation N is session "N" (its id in decimal), so a turn
@@ -20,12 +20,12 @@ is created is owned by `owner` as given (the caller's principal, admins' too).
     list          ListParams -> ConversationList                     (lane `reads`)
     stats         ConversationParams -> ConversationStats            (lane `reads`)
     search        SearchParams -> ConversationSearch                 (lane `reads`): today's
-                  `/api/search` results with the seed's fields added (`id`, `updated_at`,
+                  `/api/search` results with llama-chat's fields added (`id`, `updated_at`,
                   `estimated_tokens`), bounded like the session store's own search
     settings      NoSettingsParams -> StoreSettings: the store's effective, non-secret settings
                   (context window defaults, search bounds), for `GET /api/config`
 
-The results are the seed's documents as the gateway serves them; their items are the store's
+The results are llama-chat's documents as the gateway serves them; their items are the store's
 JSON objects (declared field by field in docs/conversations.md).
 """
 
@@ -55,7 +55,7 @@ ConversationId = int | str
 
 
 def conversation_id_of(session_id: str) -> ConversationId:
-    """The id the seed's clients see for a session: "42" is 42; "042", "abc" and ids of more
+    """The id llama-chat's clients see for a session: "42" is 42; "042", "abc" and ids of more
     than 15 digits stay strings (a conversation must map back to the one session it is)."""
     canonical = session_id == "0" or not session_id.startswith("0")
     if (
@@ -132,7 +132,7 @@ class ConversationStats(Result):
 class ConversationSearch(Result):
     results: list[dict[str, Any]]
     """Today's `{session_id, title, last_activity, model, request_id, role, content,
-    timestamp}` and the seed's `{id, updated_at, response_time_ms, estimated_tokens}`."""
+    timestamp}` and llama-chat's `{id, updated_at, response_time_ms, estimated_tokens}`."""
     query: str
     count: int
     partial: bool

@@ -1,8 +1,8 @@
-"""Seed 004's conversation API (llama-chat), base `/api`: models, config, conversations,
+"""Llama-chat's conversation API, base `/api`: models, config, conversations,
 statistics, search, and conversation messages on `POST /api/chat`.
 
 A conversation is a session (conversation N is session "N"), so both APIs address the same
-history; errors are the seed's `{"success": false, "error", "code", "details"}` (errors.py).
+history; errors are llama-chat's `{"success": false, "error", "code", "details"}` (errors.py).
 The modules:
 
 - `conversation_routes`: list, create, read, rename, delete, stats, and `/api/search`;
@@ -10,10 +10,11 @@ The modules:
 - `dispatch`: `POST /api/chat`, told apart from Ollama's own chat by the body's shape (the
   Ollama surface registers the route with this dispatcher, `ollama/__init__.py`);
 - `meta_routes`: `/api/models` and `/api/config`;
-- `errors`: the seed's error shape.
+- `errors`: llama-chat's error shape.
 
-`/api/search` was Corral's before the seed: it stays on the Corral surface (its errors in
-Corral's shape, which its clients parse), and its answer carries both shapes' fields.
+`/api/search` was Corral's before llama-chat's API was served: it stays on the Corral surface
+(its errors in Corral's shape, which its clients parse), and its answer carries both shapes'
+fields.
 """
 
 from __future__ import annotations
@@ -38,7 +39,8 @@ ROUTES = (
     Route("DELETE", CONVERSATION, conversation_routes.conversation_delete),
     Route("GET", "/api/stats/{conversation_id}", conversation_routes.conversation_stats),
 )
-# Corral's before the seed, so on the Corral surface still (the module's docstring says why).
+# Corral's before llama-chat's API, so on the Corral surface still (the module's docstring says
+# why).
 SEARCH = Route("GET", "/api/search", conversation_routes.search)
 
 

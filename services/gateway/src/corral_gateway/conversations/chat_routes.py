@@ -1,4 +1,4 @@
-"""POST /api/chat with a conversation body (seed 004): `{"conversation_id", "message", "model"}`.
+"""POST /api/chat with llama-chat's conversation body: `{"conversation_id", "message", "model"}`.
 
 The message enters the native path unchanged (ollama.chat_routes.serve_generation: the
 caller's token quota, the serial lane, fair share, priorities, queue timeouts, cancellation
@@ -6,14 +6,14 @@ when the client leaves, the session store's context assembly, the turn stored on
 native chat `{"model", "messages": [{"role": "user", "content": message}], "session_id": "N"}`
 of conversation N's session; only the answer is shown differently:
 
-- not streamed (the seed's default): one object, the seed's `{response, model,
+- not streamed (llama-chat's default): one object, llama-chat's `{response, model,
   response_time_ms, estimated_tokens, metrics {completion_tokens, prompt_tokens,
   total_tokens, tokens_per_second}}` plus Corral's `conversation_id`, `request_id`,
   `queue_info {wait_time_ms, position}` and `context_info`;
 - `"stream": true`: NDJSON lines (SSE events with `Accept: text/event-stream`), each with a
   `type`: `queue` (`queue_info {position, estimated_wait_ms}`, while the request waits),
   `token` (`token`: the next piece of text), then one `done` line carrying the whole answer
-  object above (`response` is the full text) or one `error` line in the seed's error shape.
+  object above (`response` is the full text) or one `error` line in llama-chat's error shape.
 
 `response_time_ms` is the backend's own `total_duration` (loading, prompt and generation; the
 wait in Corral's queue is `queue_info.wait_time_ms`), the same figure the conversation's
@@ -53,7 +53,7 @@ from corral_gateway.validation import decode_body
 # The body fields that go on to the native request as they are (checked there as Ollama checks
 # them): generation options, and Corral's request id, priority and metadata.
 PASSED_ON = ("options", "keep_alive", "format", "think", "request_id", "priority", "metadata")
-# Ids the seed's clients send as JSON integers: non-negative, and within what JSON parsers
+# Ids llama-chat's clients send as JSON integers: non-negative, and within what JSON parsers
 # (orjson included) read as a 64-bit integer.
 MAX_CONVERSATION_NUMBER = 2**63 - 1
 CHARS_PER_TOKEN = 4
@@ -71,7 +71,7 @@ class ConversationMessage:
 
 
 def session_of(value: Any) -> str:
-    """The session a body's `conversation_id` names: N for the integer N (the seed's ids), or a
+    """The session a body's `conversation_id` names: N for the integer N (llama-chat's ids), or a
     string that is a session id as it is (`"42"` is conversation 42 too)."""
     if isinstance(value, int) and not isinstance(value, bool):
         if not 0 <= value <= MAX_CONVERSATION_NUMBER:
@@ -86,7 +86,7 @@ def session_of(value: Any) -> str:
 
 
 def parse_message(body: Any) -> ConversationMessage:
-    """The seed's chat request: `conversation_id` and `message` required, `model` optional (the
+    """Llama-chat's chat request: `conversation_id` and `message` required, `model` optional (the
     conversation's own), `stream` false unless asked; refusals name their field."""
     if not isinstance(body, dict):
         raise validation_error("body", "the body must be a JSON object")
@@ -158,11 +158,11 @@ class ConversationReplies:
         message = chunk.get("message")
         text = message.get("content") if isinstance(message, dict) else None
         if not isinstance(text, str) or not text:
-            return []  # nothing the seed's clients show (a thinking-only piece)
+            return []  # nothing llama-chat's clients show (a thinking-only piece)
         return [Data({"type": "token", "token": text, "done": False})]
 
     def passthrough(self, tokens: Tokens, encoder: StreamEncoder) -> bytes | None:
-        return None  # the seed's frames are not the backend's chunks
+        return None  # llama-chat's frames are not the backend's chunks
 
     def final(self, done: Done, extras: dict[str, Any]) -> list[Frame]:
         return [Data({"type": "done", "done": True, **self.whole([], done, extras)})]
@@ -171,7 +171,7 @@ class ConversationReplies:
         return [Data({"type": "error", "done": True, **error_body(error)})]
 
     def whole(self, chunks: list[dict[str, Any]], done: Done, extras: dict[str, Any]) -> Any:
-        """The seed's answer, from the final event (which has the whole text)."""
+        """Llama-chat's answer, from the final event (which has the whole text)."""
         final = done.final
         total_ns = _int(final.get("total_duration"))
         if total_ns is not None:
@@ -227,7 +227,7 @@ def _json(raw: bytes) -> Any:
 
 
 async def chat(request: web.Request) -> web.StreamResponse:
-    """Send a message to a conversation and get the model's answer (seed 004)."""
+    """Send a message to a conversation and get the model's answer (llama-chat's API)."""
     gateway = request.app[GATEWAY]
     arrived = time.monotonic()
     asked = parse_message(_json(await read_body(request, gateway.settings.max_body_bytes)))

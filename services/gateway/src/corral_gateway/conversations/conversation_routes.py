@@ -1,4 +1,4 @@
-"""Seed 004's conversations: list, create, read, rename, delete, statistics, and search, over
+"""Llama-chat's conversations: list, create, read, rename, delete, statistics, and search, over
 the session store (`CONVERSATIONS`, and the session methods for rename and delete, so a
 conversation is renamed and deleted exactly as its session is).
 
@@ -153,8 +153,9 @@ async def conversation_stats(request: web.Request) -> web.Response:
 
 async def search(request: web.Request) -> web.Response:
     """Search the caller's conversations' messages (`q`, `limit`): one answer in both shapes,
-    Corral's (`session_id`, `last_activity`, `request_id`) and the seed's (`id`, `updated_at`,
-    `response_time_ms`, `estimated_tokens`). Errors in Corral's shape, as before the seed."""
+    Corral's (`session_id`, `last_activity`, `request_id`) and llama-chat's (`id`, `updated_at`,
+    `response_time_ms`, `estimated_tokens`). Errors in Corral's shape, as before llama-chat's
+    API was served."""
     query = request.query.get("q", "")
     if not query.strip():
         raise CorralError(ErrorType.INVALID_REQUEST, "the query parameter q is required")

@@ -1,4 +1,4 @@
-"""One path, two APIs: `POST /api/chat` is Ollama's chat and seed 004's conversation message.
+"""One path, two APIs: `POST /api/chat` is Ollama's chat and llama-chat's conversation message.
 
 The rule, by the body's shape alone: a body is a **conversation message** when it is a JSON
 object with a `conversation_id` that is not null and no `messages` (absent or null). Anything
@@ -10,7 +10,7 @@ without `messages` can only load a model (`done_reason: "load"`), which is never
 sending a conversation id means (it was answered 200 with an empty reply). A body with
 `messages`, even `[]`, is Ollama's whatever else it carries: an Ollama client that tags its
 requests with a `conversation_id` of its own keeps Ollama's answers, the load idiom included.
-A conversation body missing `message` (or with a bad one) is then refused in the seed's shape
+A conversation body missing `message` (or with a bad one) is then refused in llama-chat's shape
 (400 `VALIDATION_ERROR`, `field: "message"`), not loaded.
 
 The body is read once (aiohttp keeps it for the handler) and parsed here only when its bytes
@@ -56,7 +56,7 @@ def is_conversation_chat(raw: bytes) -> bool:
 
 
 async def in_seed_shape(request: web.Request, handler: RouteHandler) -> web.StreamResponse:
-    """`handler`'s typed errors in the seed's shape. The route's own surface (Ollama's) has
+    """`handler`'s typed errors in llama-chat's shape. The route's own surface (Ollama's) has
     already admitted the caller (key, access, rate limit: counted once)."""
     try:
         return await handler(request)
@@ -65,13 +65,13 @@ async def in_seed_shape(request: web.Request, handler: RouteHandler) -> web.Stre
 
 
 def chat_dispatch(ollama_chat: RouteHandler) -> RouteHandler:
-    """The `/api/chat` handler: conversation messages to seed 004's handler, everything else to
+    """The `/api/chat` handler: conversation messages to llama-chat's handler, everything else to
     `ollama_chat`."""
 
     async def chat(request: web.Request) -> web.StreamResponse:
-        """Chat with a model (Ollama's request), or send a message to a conversation (seed
-        004's `{"conversation_id", "message", "model"}`): a body with a `conversation_id` and
-        no `messages` is a conversation message, any other is Ollama's."""
+        """Chat with a model (Ollama's request), or send a message to a conversation
+        (llama-chat's `{"conversation_id", "message", "model"}`): a body with a `conversation_id`
+        and no `messages` is a conversation message, any other is Ollama's."""
         try:
             raw = await read_body(request, request.app[SETTINGS].max_body_bytes)
         except OllamaRequestError:

@@ -1,10 +1,10 @@
-"""Seed 004's error shape, for the conversation surface and the conversation stream's last line:
+"""Llama-chat's error shape, for the conversation surface and the conversation stream's last line:
 
     {"success": false, "error": "<text>", "code": "<CODE>", "details": {...}}
 
-plus what the seed puts beside them: `field` on a `VALIDATION_ERROR` (400), `resource` and `id`
+plus what llama-chat puts beside them: `field` on a `VALIDATION_ERROR` (400), `resource` and `id`
 on a `NOT_FOUND` (404), and `retry_after` (seconds, as the `Retry-After` header says) on any
-error a client should retry later. Codes are the seed's where it names one (`VALIDATION_ERROR`,
+error a client should retry later. Codes are llama-chat's where it names one (`VALIDATION_ERROR`,
 `NOT_FOUND`; its `LLAMACPP_ERROR` is `BACKEND_ERROR` here, named for what the backend is: Ollama
 or any model server), else Corral's error type in capitals (`RATE_LIMIT_EXCEEDED`,
 `QUEUE_TIMEOUT`, `UNAUTHORIZED` ...); `details.type` is always Corral's own type, as Corral's
@@ -36,7 +36,7 @@ CONVERSATION_NOT_FOUND = "Conversation not found"
 
 
 def validation_error(field: str, message: str) -> CorralError:
-    """A request the seed's validation refuses: 400 `VALIDATION_ERROR` naming its field."""
+    """A request llama-chat's validation refuses: 400 `VALIDATION_ERROR` naming its field."""
     return CorralError(ErrorType.INVALID_REQUEST, message, details={"field": field})
 
 
@@ -89,7 +89,7 @@ def retry_after(error: CorralError, headers: dict[str, str] | None = None) -> in
 
 
 def error_body(error: CorralError, headers: dict[str, str] | None = None) -> dict[str, Any]:
-    """The seed's error object for `error` (its status is the error's own); `headers` are the
+    """Llama-chat's error object for `error` (its status is the error's own); `headers` are the
     answer's (a `Retry-After` among them is said in the body too)."""
     details = {**error.details, "type": str(error.error_type)}
     body: dict[str, Any] = {
@@ -119,7 +119,7 @@ def error_body(error: CorralError, headers: dict[str, str] | None = None) -> dic
 
 
 def conversation_error(error: Exception, headers: dict[str, str]) -> web.StreamResponse:
-    """The surface's renderer (surfaces.Surface): the seed's shape with the error's status."""
+    """The surface's renderer (surfaces.Surface): llama-chat's shape with the error's status."""
     typed = as_corral_error(error)
     answer_headers = {**headers, **typed.headers}
     body = error_body(typed, answer_headers)

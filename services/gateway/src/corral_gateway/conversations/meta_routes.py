@@ -1,8 +1,8 @@
-"""`GET /api/models` and `GET /api/config` as seed 004 answers them.
+"""`GET /api/models` and `GET /api/config` as llama-chat answers them.
 
-`/api/models` lists the backend's model names (`{models, count, backend_url}`; the seed's
+`/api/models` lists the backend's model names (`{models, count, backend_url}`; llama-chat's
 `llamacpp_url` named for what it is, the model server Corral fronts). A backend that cannot be
-asked is the seed's own error answer: `{models: [], count: 0, error, backend_url}` with the
+asked is llama-chat's own error answer: `{models: [], count: 0, error, backend_url}` with the
 failure's status.
 
 `/api/config` is the effective, non-secret configuration a client can act on: the default

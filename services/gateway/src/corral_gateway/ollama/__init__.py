@@ -19,7 +19,7 @@ from corral_gateway.surfaces import OLLAMA, Route
 ROUTES = (
     Route("GET", "/", meta_routes.root, "open"),
     Route("GET", "/api/version", meta_routes.version),
-    # Also seed 004's conversation messages, told apart by the body (conversations/dispatch.py).
+    # Also llama-chat's conversation messages, told apart by the body (conversations/dispatch.py).
     Route("POST", "/api/chat", dispatch.chat_dispatch(chat_routes.chat)),
     Route("POST", "/api/generate", chat_routes.generate),
     Route("POST", "/api/embed", embed_routes.embed),

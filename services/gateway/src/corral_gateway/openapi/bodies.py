@@ -1,6 +1,6 @@
 """The request bodies of the surfaces other than Ollama's native one (native_bodies.py): the `/v1`
 bodies are the pydantic models the OpenAI surface decodes with; Corral's sessions, the
-operators' keys and seed 004's conversations say what their handlers check."""
+operators' keys and llama-chat's conversations say what their handlers check."""
 
 from __future__ import annotations
 
@@ -134,7 +134,7 @@ def key_bodies() -> dict[str, Schema]:
 
 
 def conversation_bodies() -> dict[str, Schema]:
-    """Seed 004's bodies (conversations/): the shared `/api/chat` takes Ollama's chat or a
+    """Llama-chat's bodies (conversations/): the shared `/api/chat` takes Ollama's chat or a
     conversation message."""
     title = {"type": "string", "minLength": 1, "description": "At most 200 characters."}
     conversation_id = {

@@ -1,6 +1,6 @@
 """Each surface's error shape (surfaces.py renders them): Ollama `{"error": "<text>"}`, Corral
 `{"error": {"type", "message", "details"}}` (the operators' too), OpenAI `{"error": {"message",
-"type", "param", "code"}}`, seed 004's `{"success", "error", "code", ...}`; and what each error
+"type", "param", "code"}}`, llama-chat's `{"success", "error", "code", ...}`; and what each error
 status means, whichever surface answers it."""
 
 from __future__ import annotations

@@ -290,7 +290,7 @@ DETAILS: dict[tuple[str, str], Detail] = {
     ("GET", "/v1/models"): Detail("OpenAI's model list."),
     ("GET", "/v1/models/{model}"): Detail("One model, as OpenAI describes it.", errors={404}),
     ("GET", OPENAPI_PATH): Detail("This document."),
-    # Seed 004's conversation API (conversations/).
+    # Llama-chat's conversation API (conversations/).
     ("GET", "/api/models"): Detail("The backend's model names, their count, its address."),
     ("GET", "/api/config"): Detail("The server's effective, non-secret settings."),
     ("GET", "/api/conversations"): archived_listing(
