@@ -2,7 +2,8 @@
 
     uv run python bench/estimates.py [--waves 16,12,8,8,4] [--token-delay-ms 20]
         [--prompt-ms-per-token 1] [--load-ms 500] [--keep-alive-s 0.2] [--second-share 0.25]
-        [--spread-ms 1000] [--system-words LOW,HIGH] [--seed 7] [--amqp-url URL] [--json OUT]
+        [--spread-ms 1000] [--system-words LOW,HIGH] [--servers 1] [--seed 7]
+        [--amqp-url URL] [--json OUT]
 
 Starts everything it needs (see bench/harness.py), then sends waves of concurrent streaming
 /api/chat requests with mixed `num_predict` caps, prompt lengths and two models; each wave
@@ -25,12 +26,18 @@ backend spent, part by part; a load is charged where the model changes along the
 jobs ran in (as the scheduler charges one per swap along the queue), and set against the loads
 the backend reported. At the end it reads the scheduler's `corral_wait_estimate_*` histograms
 (the bias one's signed sum from its own gauge). Method and results: docs/performance.md.
+
+With `--servers N` (N > 1) the scheduler drives a pool of N emulators, each kept serial (every
+emulator's own count is checked), and the same waves measure whether a client is still told the
+wait it will really get when jobs run N at a time. The replay ("why") is left out there: it
+plays the jobs' prices along one server's run order.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import itertools
 import math
 import random
@@ -38,6 +45,7 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -715,7 +723,8 @@ class Report:
     by_position: dict[str, dict[str, ErrorStats]]
     by_wave: dict[str, ErrorStats]
     by_model: dict[str, ErrorStats]
-    why: Why
+    # None with a pool (the replay follows one server's run order).
+    why: Why | None
     scheduler_histograms: dict[str, HistogramSummary]
     emulator_stats: dict[str, Any]
     observations: list[Observation] = field(repr=False)
@@ -726,15 +735,21 @@ async def run_benchmark(args: argparse.Namespace, stack: harness.Stack) -> Repor
         args.waves, random.Random(args.seed), args.second_share, args.spread_s, args.system_words
     )
     url = f"{stack.gateway_url}/api/chat"
-    async with EmulatorControl(stack.emulator_url) as control, aiohttp.ClientSession() as session:
-        await control.reset()
-        await control.configure(default_keep_alive_s=args.keep_alive_s)
+    servers = dict(stack.pool) or {"emulator": stack.emulator_url}
+    async with contextlib.AsyncExitStack() as held, aiohttp.ClientSession() as session:
+        controls = {
+            name: await held.enter_async_context(EmulatorControl(server_url))
+            for name, server_url in servers.items()
+        }
+        for control in controls.values():
+            await control.reset()
+            await control.configure(default_keep_alive_s=args.keep_alive_s)
         observations = await run_waves(session, url, waves)
         # Let the scheduler finish its bookkeeping for the last job.
         await asyncio.sleep(0.3)
         histograms = await scrape_histograms(session, stack.scheduler_url)
-        stats = await control.stats()
-    harness.check_backend_record(stats, sum(args.waves))
+        by_server = {name: await control.stats() for name, control in controls.items()}
+    stats = pooled_stats(by_server, sum(args.waves))
     later = [o for o in observations if o.wave > 1]
     return Report(
         config=config_of(args),
@@ -743,15 +758,36 @@ async def run_benchmark(args: argparse.Namespace, stack: harness.Stack) -> Repor
         by_position={t: grouped(observations, t, phase_of, bucket_of) for t in TARGETS},
         by_wave=grouped(observations, "first_token", lambda o: f"wave {o.wave}"),
         by_model=grouped(later, "first_token", lambda o: o.model),
-        why=explain(observations),
+        why=explain(observations) if len(servers) == 1 else None,
         scheduler_histograms=histograms,
         emulator_stats=stats,
         observations=observations,
     )
 
 
+def pooled_stats(by_server: dict[str, dict[str, Any]], sent: int) -> dict[str, Any]:
+    """Every server's record checked (each ran one generation at a time, together they ran
+    every request sent) and summed; one server's record as it is."""
+    if len(by_server) == 1:
+        [stats] = by_server.values()
+        harness.check_backend_record(stats, sent)
+        return stats
+    for name, stats in by_server.items():
+        if int(stats.get("max_active") or 0) > 1:
+            raise harness.BenchError(f"server {name} ran {stats['max_active']} at once")
+    completed = sum(int(stats.get("completed") or 0) for stats in by_server.values())
+    if completed != sent:
+        raise harness.BenchError(f"the servers completed {completed} generations of {sent}")
+    return {
+        "completed": completed,
+        "loads": sum(int(stats.get("loads") or 0) for stats in by_server.values()),
+        "by_server": {name: stats.get("completed") for name, stats in by_server.items()},
+    }
+
+
 def config_of(args: argparse.Namespace) -> dict[str, Any]:
     return {
+        "servers": args.servers,
         "waves": args.waves,
         "token_delay_ms": args.token_delay_ms,
         "prompt_ms_per_token": args.prompt_ms_per_token,
@@ -844,7 +880,8 @@ def markdown(report: Report) -> str:
     return "\n".join(
         [
             f"Commit {env.get('commit')}, {env.get('cpus')} CPUs, Python {env.get('python')}, "
-            f"RabbitMQ {env.get('rabbitmq', '?')}. Waves {cfg['waves']}, token delay "
+            f"RabbitMQ {env.get('rabbitmq', '?')}. {servers_text(report)}. Waves {cfg['waves']}, "
+            "token delay "
             f"{cfg['token_delay_ms']:g} ms, prompt {cfg['prompt_ms_per_token']:g} ms/token, "
             f"load {cfg['load_ms']:g} ms, keep-alive {cfg['keep_alive_s']:g} s; "
             f"{len(report.observations)} requests, {waits} shown a wait, "
@@ -877,16 +914,30 @@ def markdown(report: Report) -> str:
             "",
             *stats_table("model", report.by_model),
             "",
-            "Why, later waves: each job's price replayed with the scheduler's own `SpeedBook`, "
-            "against what the backend spent on it:",
-            "",
-            *why_lines(report.why),
+            *(
+                [
+                    "Why, later waves: each job's price replayed with the scheduler's own "
+                    "`SpeedBook`, against what the backend spent on it:",
+                    "",
+                    *why_lines(report.why),
+                ]
+                if report.why is not None
+                else ["(No replay for a pool: it follows one server's run order.)"]
+            ),
             "",
             "The scheduler's own record (every wave; first estimate sent -> job popped):",
             "",
             *histogram_lines(report.scheduler_histograms),
         ]
     )
+
+
+def servers_text(report: Report) -> str:
+    servers = report.config.get("servers", 1)
+    if servers == 1:
+        return "One backend server"
+    split = report.emulator_stats.get("by_server") or {}
+    return f"A pool of {servers} servers (requests each ran: {split})"
 
 
 # -- command line -----------------------------------------------------------------------------
@@ -933,8 +984,16 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "emulator echoes only the user's, so reply lengths no longer follow prompt lengths "
         "(default: none)",
     )
+    parser.add_argument(
+        "--servers",
+        type=int,
+        default=1,
+        help="emulated backend servers, as a pool (CORRAL_BACKENDS) when above 1 (default 1)",
+    )
     parser.add_argument("--seed", type=int, default=7)
     args = parser.parse_args(argv)
+    if args.servers < 1:
+        parser.error("--servers must be at least 1")
     if min(args.token_delay_ms, args.prompt_ms_per_token, args.load_ms, args.spread_ms) < 0:
         parser.error("times must not be negative")
     if not 0 <= args.second_share <= 1:
@@ -958,9 +1017,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         "prompt_ms_per_token": args.prompt_ms_per_token,
         "load_ms": args.load_ms,
     }
-    return harness.run_with_stack(
-        args, knobs, lambda stack: run_benchmark(args, stack), markdown, asdict
-    )
+    if args.servers == 1:
+        return harness.run_with_stack(
+            args, knobs, lambda stack: run_benchmark(args, stack), markdown, asdict
+        )
+    servers = [f"s{n}" for n in range(1, args.servers + 1)]
+
+    def body(workdir: Path, cleanup: contextlib.ExitStack) -> Report:
+        amqp_url, node = harness.start_broker(cleanup, args.amqp_url)
+        stack = harness.start_services(cleanup, workdir, amqp_url, node, knobs, servers=servers)
+        return asyncio.run(run_benchmark(args, stack))
+
+    return harness.run_bench(args, body, markdown, asdict)
 
 
 if __name__ == "__main__":
