@@ -1,4 +1,4 @@
-"""Corral's error types (the seed API's table) and the two body shapes clients expect.
+"""Corral's error types and the two body shapes clients expect.
 
 Native Ollama paths answer `{"error": "<text>"}` so Ollama clients parse them; Corral-only
 endpoints answer `{"error": {"type", "message", "details"}}`, plus `retry_after` (whole seconds)

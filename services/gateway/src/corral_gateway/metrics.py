@@ -23,8 +23,8 @@ REQUEST_SECONDS = Histogram(
     buckets=LATENCY_BUCKETS,
 )
 
-# The request-level series the seed's monitoring guide names, as this gateway sees its own
-# requests (per replica; the scheduler's and session store's own series are listed with these in
+# The request-level series monitoring needs, as this gateway sees its own requests (per
+# replica; the scheduler's and session store's own series are listed with these in
 # docs/observability.md).
 WAIT_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
 QUEUE_WAIT = Histogram(

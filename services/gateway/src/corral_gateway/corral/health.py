@@ -1,4 +1,4 @@
-"""The seed API's /health (`health`, with `judge` deciding the status) and what /ready answers
+"""Corral's /health (`health`, with `judge` deciding the status) and what /ready answers
 (`can_serve`). Both are served by the ops routes (corral_common.ops), not a surface's router."""
 
 from __future__ import annotations
@@ -59,7 +59,7 @@ def judge(
 
 
 def sessions_block(gateway: Gateway) -> dict[str, Any]:
-    """The seed's `sessions`: the session store's last count (broadcast with its status); each
+    """The `sessions` block: the session store's last count (broadcast with its status); each
     count null while no store has reported one (none deployed, or just started)."""
     counts = gateway.hub.stores.sessions()
     if counts is None:
@@ -73,7 +73,7 @@ def sessions_block(gateway: Gateway) -> dict[str, Any]:
 
 
 def metrics_block(gateway: Gateway) -> dict[str, Any]:
-    """The seed's `metrics`, from what this gateway observed since it started (usage.py), and
+    """The `metrics` block, from what this gateway observed since it started (usage.py), and
     the model swaps its schedulers reported over the last hour."""
     board = gateway.hub.status
     swaps = board.swaps_per_hour() if isinstance(board, ObservedStatusBoard) else 0
@@ -115,9 +115,9 @@ def models_available(gateway: Gateway) -> int | None:
 
 
 async def health(gateway: Gateway) -> dict[str, Any]:
-    """The seed API's /health, with Corral's parts: the lane, the schedulers (standby), the
+    """Corral's /health, with its parts: the lane, the schedulers (standby), the
     session store, the broker and the backend. See `judge` for what each status means.
-    `sessions` and `metrics` are the seed's blocks (`sessions_block`, `metrics_block`)."""
+    `sessions` and `metrics` are the documented blocks (`sessions_block`, `metrics_block`)."""
     statuses = gateway.hub.status.fresh()
     broker_ok = gateway.broker.connected
     backends = [s.backend for s in statuses]

@@ -1,4 +1,4 @@
-"""The seed integration's model-provider endpoints, `GET /api/providers/ollama/models` and
+"""The model-provider endpoints of Corral's own API, `GET /api/providers/ollama/models` and
 `POST /api/providers/ollama/pull`: Corral-shaped answers and errors (`{"error": {"type",
 "message", "details"}}`) over the same model manager the Ollama endpoints use."""
 
