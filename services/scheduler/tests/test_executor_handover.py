@@ -1,7 +1,9 @@
 """A server's hand-over from one job to the next: the next job's request goes out as soon as the
-previous job's backend response is closed, before that job's `done` is published (its settling
-follows on the loop's next round), and never while a response is still open; a job settled
-while the executor stops is still published and acked."""
+previous job's backend response is closed, in the same step of the event loop and before that
+job's `done` is published (its settling follows on the loop's next round), and never while a
+response is still open; a job settled while the executor stops is still published and acked.
+A job runs in its server's loop: its cancel ends the job, not the loop, and a stop that comes
+with a job's cancel still stops the loop."""
 
 from __future__ import annotations
 
@@ -58,6 +60,9 @@ class JournalBackend:
         self.open: str | None = None
         self.overlaps = 0
         self.on_close: Callable[[], None] = lambda: None
+        # Requests that wait, once open, until the test sets their gate.
+        self.gates: dict[str, asyncio.Event] = {}
+        self.opened: dict[str, asyncio.Event] = {}
 
     @asynccontextmanager
     async def stream(
@@ -68,8 +73,11 @@ class JournalBackend:
             self.overlaps += 1
         self.open = name
         self.journal.lines.append(("open", name))
+        self.opened.setdefault(name, asyncio.Event()).set()
 
         async def chunks() -> AsyncIterator[dict[str, Any]]:
+            if name in self.gates:
+                await self.gates[name].wait()
             yield {"message": {"role": "assistant", "content": "Echo:"}, "done": False}
             yield {"message": {"role": "assistant", "content": f" {name}"}, "done": False}
             yield {"message": {"role": "assistant", "content": ""}, "done": True, "eval_count": 2}
@@ -79,6 +87,9 @@ class JournalBackend:
         finally:
             self.open = None
             self.journal.lines.append(("close", name))
+            # Runs on the loop's next round: whatever the journal has before it happened in
+            # the same step as this close.
+            asyncio.get_running_loop().call_soon(self.journal.lines.append, ("next round", name))
             self.on_close()
 
     async def version(self) -> str:
@@ -116,8 +127,10 @@ async def test_the_next_request_goes_out_before_the_finished_jobs_done() -> None
     for earlier, later in (("a", "b"), ("b", "c")):
         # Strictly serial: the earlier response closed before the next request.
         assert journal.index("close", earlier) < journal.index("open", later)
-        # And the next request did not wait for the earlier job's `done`.
+        # And the next request did not wait for the earlier job's `done`, nor for a round of
+        # the event loop: it went out in the step that closed the earlier response.
         assert journal.index("open", later) < journal.index("publish", earlier, "done")
+        assert journal.index("open", later) < journal.index("next round", earlier)
     for name in names:
         # Each job's own events still in order, its answer whole.
         assert broker.kinds(name)[0] == "started"
@@ -181,3 +194,41 @@ async def test_the_speeds_and_metrics_are_learned_by_the_time_done_is_out() -> N
         assert await settle(settled, 1) == {"first": "ack"}
     assert observed == ["llama3.2"]
     assert learned_before_done == [True]
+
+
+async def test_a_running_jobs_cancel_ends_the_job_and_the_loop_goes_on() -> None:
+    journal = Journal()
+    broker = JournalBroker(journal)
+    backend = JournalBackend(journal, ["a", "b"])
+    backend.gates["a"] = asyncio.Event()
+    executor = make_executor(broker, backend)
+    settled: Settled = asyncio.Queue()
+    push(executor, settled, "a")
+    push(executor, settled, "b")
+    async with running(executor) as task:
+        await backend.opened.setdefault("a", asyncio.Event()).wait()
+        assert executor.lane.cancel_running("a", "client disconnected")
+        assert await settle(settled, 2) == {"a": "ack", "b": "ack"}
+        assert not task.done(), "the server's loop goes on after its job's cancel"
+    assert broker.kinds("a")[-1] == "cancelled"
+    assert broker.kinds("b")[-1] == "done"
+    assert backend.overlaps == 0
+
+
+async def test_a_stop_that_comes_with_a_jobs_cancel_still_stops_the_loop() -> None:
+    journal = Journal()
+    broker = JournalBroker(journal)
+    backend = JournalBackend(journal, ["a", "b"])
+    backend.gates["a"] = asyncio.Event()
+    executor = make_executor(broker, backend)
+    settled: Settled = asyncio.Queue()
+    push(executor, settled, "a")
+    push(executor, settled, "b")
+    task = asyncio.create_task(executor.run_forever())
+    await backend.opened.setdefault("a", asyncio.Event()).wait()
+    # Both in one step: the job's cancel and the executor's stop.
+    executor.lane.cancel_running("a", "client disconnected")
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+    assert task.cancelled()
+    assert ("open", "b") not in journal.lines, "a stopped loop took no next job"

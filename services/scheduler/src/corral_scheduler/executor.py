@@ -1,12 +1,13 @@
 """The executor: one loop per backend server, each taking that server's next job from the lane,
 running it through the server's backend, and acking it.
 
-This is the only code that sends work to a backend, and each server's loop awaits its job to
-its backend response closed (including when cancelled) before taking the next, which is what
-makes every server see at most one generation at a time. The loop goes on to the next job the
-moment that response is closed (`release`); the finished job's bookkeeping, last token batches,
-`done` and ack follow in a task of their own, begun on the loop's next round so that the next
-job's request goes out first (`_settle_later`, `_settle`; docs/reliability.md). The lane's state
+This is the only code that sends work to a backend, and each server's loop runs its job, in
+its own task, to its backend response closed (including when cancelled) before taking the
+next, which is what makes every server see at most one generation at a time. Nothing of a job
+waits after its response is closed, so the loop sends the next job's request in the same step
+of the event loop; the finished job's bookkeeping, last token batches, `done` and ack follow in
+a task of their own, begun on the loop's next round (`_settle_later`, `_settle`;
+docs/reliability.md). The lane's state
 (the running jobs, the loaded models, the connection epoch) is the lane's (lane.py); a backend
 is whatever implements `backends.base.Backend`.
 
@@ -191,33 +192,27 @@ class Executor:
         _score_estimate(entry)
         server = running.server
         swap = server.loaded is None or not same_model(server.loaded, entry.model)
-        # Resolved the moment the job's backend response is closed (or, on every other path,
-        # when its task ends): the server is free for its next job from then, while the job's
-        # task ends and its settling begins (module docstring).
-        released: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        task = asyncio.create_task(
-            self._run(running, lambda: _resolve(released)), name=f"job-{clip(entry.request_id)}"
-        )
-        task.add_done_callback(lambda _: _resolve(released))
-        self.lane.start(running, task, entry.estimate_ms + (entry.load_ms if swap else 0))
+        # Run in this server's own loop, not a task of its own: once the job's backend response
+        # is closed, all that is left of it runs without waiting (its settling has tasks of its
+        # own, `_settle_later`), so the loop takes the next job in the same step of the event
+        # loop, with no round for a task to start or for this loop to be woken. A cancel of the
+        # job (`Lane.cancel_running`) cancels this loop's task, and the job's own handling
+        # takes it (`_generate`); `_ran_to_its_end` tells a job's cancel from a shutdown.
+        loop_task = asyncio.current_task()
+        assert loop_task is not None, "the executor runs in a task"
+        self.lane.start(running, loop_task, entry.estimate_ms + (entry.load_ms if swap else 0))
         running.deadline_timer = timer = self._arm_deadline(entry)
         try:
-            # Not the task itself: a cancelled job ends its task, which resolves this; only
-            # this loop's own cancellation (shutdown, handover) raises here.
-            await released
+            await self._run(running)
         except asyncio.CancelledError:
-            # Judged by the loop's own cancel count: a shutdown arriving as the job ended
-            # used to be swallowed, and the loop then waited for the next job forever,
-            # hanging the service's stop.
-            current = asyncio.current_task()
-            if current is not None and current.cancelling():
-                if not task.done():
-                    task.cancel()
-                    await asyncio.gather(task, return_exceptions=True)
+            if not _ran_to_its_end(running, loop_task):
                 raise
         finally:
             if timer is not None:
                 timer.cancel()
+        if not _ran_to_its_end(running, loop_task):
+            # The loop was asked to stop while the job took its own cancel.
+            raise asyncio.CancelledError
         return not running.failed_over
 
     async def _cancelled_unstarted(self, entry: Entry) -> None:
@@ -265,11 +260,11 @@ class Executor:
             DEADLINE_PASSED,
         )
 
-    async def _run(self, running: Running, release: Callable[[], None]) -> None:
-        """Run one job to its final event and ack it. Raises only CancelledError (shutdown:
-        the unacked job goes back to the queue); anything else fails this job alone.
-        `release()` frees its server for the next job, called once the backend's response is
-        closed on the way to `done`."""
+    async def _run(self, running: Running) -> None:
+        """Run one job to its final event and ack it (a finished one is acked by its settling).
+        Raises only CancelledError (shutdown: the unacked job goes back to the queue); anything
+        else fails this job alone. Nothing is awaited once the backend's response is closed on
+        the way to `done`, so its server's loop goes on to the next job at once (`_start`)."""
         entry = running.entry
         job = entry.job
         server = running.server
@@ -277,7 +272,7 @@ class Executor:
             request_id=clip(job.request_id), session_id=job.session_id, server=server.name
         ):
             try:
-                outcome = await self._traced(running, release)
+                outcome = await self._traced(running)
                 metrics.JOBS.labels(outcome).inc()
                 if outcome == "done":
                     return  # its settling acks it (`_settle`)
@@ -296,7 +291,7 @@ class Executor:
                 return
             await self._ack(entry)
 
-    async def _traced(self, running: Running, release: Callable[[], None]) -> str:
+    async def _traced(self, running: Running) -> str:
         entry = running.entry
         job = entry.job
         backend = self.backends[running.server.name]
@@ -315,11 +310,9 @@ class Executor:
         with tracer().start_as_current_span(
             "backend generation", context=parent, attributes=span_attrs
         ) as span:
-            return await self._generate(running, waited_ms, span, release)
+            return await self._generate(running, waited_ms, span)
 
-    async def _generate(
-        self, running: Running, waited_ms: int, span: trace.Span, release: Callable[[], None]
-    ) -> str:
+    async def _generate(self, running: Running, waited_ms: int, span: trace.Span) -> str:
         job = running.entry.job
         # The batches are of the chunks' JSON lines, relayed as read (`ChunkRun`).
         batcher: TokenBatcher[bytes] = TokenBatcher(
@@ -328,9 +321,9 @@ class Executor:
         )
         try:
             if job.kind in STREAMED_KINDS:
-                conclude = await self._stream(running, waited_ms, batcher, span, release)
+                conclude = await self._stream(running, waited_ms, batcher, span)
             else:
-                answered = await self._call(running, waited_ms, release)
+                answered = await self._call(running, waited_ms)
                 conclude = lambda _batches: answered  # noqa: E731
                 # No tokens on this path: stop the pump ("Task was destroyed but it is
                 # pending" after every embedding, load and unload).
@@ -403,7 +396,6 @@ class Executor:
         waited_ms: int,
         batcher: TokenBatcher[bytes],
         span: trace.Span,
-        release: Callable[[], None],
     ) -> Callable[[int], Done]:
         """A chat or generate: the backend's chunks go out as token batches as they come.
         Returns what makes its `done` once its token batches are out (`_settle`)."""
@@ -466,7 +458,6 @@ class Executor:
         self.lane.set_loaded(
             running.server, None if ending.get("done_reason") == "unload" else job.model
         )
-        release()
         # What is left is bookkeeping, done when the job is settled (after the next job's
         # request is out), but for the span's own attributes: it ends when this returns.
         seconds = time.monotonic() - started
@@ -518,8 +509,8 @@ class Executor:
         self, entry: Entry, conclude: Callable[[int], Done], batcher: TokenBatcher[Any] | None
     ) -> None:
         """Settle the job, starting on the loop's next round rather than now: its server's
-        loop, woken by the release a moment ago, runs first and sends the next job's request
-        before this job's last batches and `done` take the loop's time (`_begin_settling`)."""
+        loop goes on to the next job at once and sends its request before this job's last
+        batches and `done` take the loop's time (`_begin_settling`)."""
         self._unsettled.append((entry, conclude, batcher))
         if len(self._unsettled) == 1:
             asyncio.get_running_loop().call_soon(self._begin_settling)
@@ -571,7 +562,7 @@ class Executor:
         metrics.TAKEOVER_GRACES.inc()
         await self._sleep(self.takeover_grace_s)
 
-    async def _call(self, running: Running, waited_ms: int, release: Callable[[], None]) -> Done:
+    async def _call(self, running: Running, waited_ms: int) -> Done:
         """Embeddings, loads and unloads: one request, one answer, carried whole in `final`."""
         entry = running.entry
         server = running.server
@@ -598,7 +589,6 @@ class Executor:
                 self.lane.set_loaded(server, None)
         else:
             self.lane.set_loaded(server, job.model)
-        release()
         if job.kind in MODEL_OPERATION_KINDS:
             metrics.MODEL_OPERATIONS.labels(job.kind, "done").inc()
         load_ns = answer.get("load_duration")
@@ -701,9 +691,14 @@ class Executor:
             log.warning("dead-lettering failed", error=str(exc))
 
 
-def _resolve(future: asyncio.Future[None]) -> None:
-    if not future.done():
-        future.set_result(None)
+def _ran_to_its_end(running: Running, loop_task: asyncio.Task[Any]) -> bool:
+    """After a job run in its server's loop: the cancel its own cancel (`cancel_running`)
+    asked of the loop's task is taken back (once: it asks once). True when no other cancel
+    was asked, so the loop goes on; False when one was (the loop is being stopped: a
+    shutdown, a handover), which must not be swallowed with the job's."""
+    if running.cancel_reason is not None and loop_task.cancelling():
+        loop_task.uncancel()
+    return loop_task.cancelling() == 0
 
 
 def _call_backend(
