@@ -196,7 +196,8 @@ async def test_the_speeds_and_metrics_are_learned_by_the_time_done_is_out() -> N
     assert learned_before_done == [True]
 
 
-async def test_a_running_jobs_cancel_ends_the_job_and_the_loop_goes_on() -> None:
+def a_held_then_b() -> tuple[Executor, JournalBroker, JournalBackend, Journal, Settled]:
+    """Jobs "a" and "b" queued; "a" holds its response open until its gate is set."""
     journal = Journal()
     broker = JournalBroker(journal)
     backend = JournalBackend(journal, ["a", "b"])
@@ -205,6 +206,11 @@ async def test_a_running_jobs_cancel_ends_the_job_and_the_loop_goes_on() -> None
     settled: Settled = asyncio.Queue()
     push(executor, settled, "a")
     push(executor, settled, "b")
+    return executor, broker, backend, journal, settled
+
+
+async def test_a_running_jobs_cancel_ends_the_job_and_the_loop_goes_on() -> None:
+    executor, broker, backend, _, settled = a_held_then_b()
     async with running(executor) as task:
         await backend.opened.setdefault("a", asyncio.Event()).wait()
         assert executor.lane.cancel_running("a", "client disconnected")
@@ -216,14 +222,7 @@ async def test_a_running_jobs_cancel_ends_the_job_and_the_loop_goes_on() -> None
 
 
 async def test_a_stop_that_comes_with_a_jobs_cancel_still_stops_the_loop() -> None:
-    journal = Journal()
-    broker = JournalBroker(journal)
-    backend = JournalBackend(journal, ["a", "b"])
-    backend.gates["a"] = asyncio.Event()
-    executor = make_executor(broker, backend)
-    settled: Settled = asyncio.Queue()
-    push(executor, settled, "a")
-    push(executor, settled, "b")
+    executor, _, backend, journal, _ = a_held_then_b()
     task = asyncio.create_task(executor.run_forever())
     await backend.opened.setdefault("a", asyncio.Event()).wait()
     # Both in one step: the job's cancel and the executor's stop.
