@@ -86,8 +86,8 @@ class Entry:
 
 @dataclass
 class Running:
-    """The job a server is running: its task (the executor's, set when it starts: a job is
-    assigned a moment before), and how far it got."""
+    """The job a server is running: the task running it (its server's loop in the executor,
+    set when it starts: a job is assigned a moment before), and how far it got."""
 
     entry: Entry
     server: Server
@@ -452,8 +452,9 @@ class Lane:
         return next((r for r in self.running_jobs() if r.entry.request_id == request_id), None)
 
     def start(self, running: Running, task: asyncio.Task[None], estimate_ms: int) -> None:
-        """The executor started the assigned job's task; a cancel that came in between the
-        assignment and now takes effect at once."""
+        """The executor started the assigned job in `task` (its server's loop, which a cancel
+        of the job cancels); a cancel that came in between the assignment and now takes
+        effect at once."""
         running.task = task
         running.estimate_ms = estimate_ms
         running.started_at = time.monotonic()
