@@ -205,13 +205,11 @@ class Executor:
         try:
             await self._run(running)
         except asyncio.CancelledError:
-            if not _ran_to_its_end(running, loop_task):
-                raise
+            pass  # the job's own cancel, or a stop: told apart just below
         finally:
             if timer is not None:
                 timer.cancel()
         if not _ran_to_its_end(running, loop_task):
-            # The loop was asked to stop while the job took its own cancel.
             raise asyncio.CancelledError
         return not running.failed_over
 
