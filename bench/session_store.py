@@ -4,6 +4,7 @@ per second, against a real MongoDB-protocol server and a real RabbitMQ.
     uv run python bench/session_store.py [--mongo-url URL] [--amqp-url URL] [--repeat N]
         [--events N] [--json OUT]
     uv run python bench/session_store.py --gateway [--amqp-url URL] [--repeat N] [--json OUT]
+    uv run python bench/session_store.py --scale [--mongo-url URL] [--repeat N] [--json OUT]
 
 Without --mongo-url it starts a throwaway SecantusDB (in memory); without --amqp-url a
 throwaway RabbitMQ node. It runs the session store in-process (the real app: MongoDB, broker,
@@ -23,6 +24,11 @@ through the gateway, round robin: without a session, in the 10-turn session, in 
 1,000-turn session (medians of --repeat each; after each session chat it waits, untimed, for
 the turn to be stored, so the next chat does not race the write). The difference between the
 last and the first is what a long history costs a turn.
+
+With --scale it measures a turn's write and its next assembly against a store holding 100,
+1,000 and 10,000 sessions (made empty, in bulk), in --repeat of them each holding one turn
+already: what a turn costs as the number of sessions grows, the database's CPU included when
+it is ours.
 """
 
 from __future__ import annotations
@@ -55,7 +61,7 @@ from corral_devstack.rabbitmq import RabbitNode
 from corral_session_store.app import SERVICE_CORE, STORE, create_app
 from corral_session_store.model_info import StaticContextLengths
 from corral_session_store.settings import SessionStoreSettings
-from corral_session_store.store import Document, SessionStore, TurnRecord
+from corral_session_store.store import Document, SessionStore, TurnRecord, empty_session
 
 MODEL = "llama3.2"
 SIZES = (10, 100, 1000)
@@ -232,6 +238,92 @@ async def bench(
     return results
 
 
+# -- as the sessions grow in number ---------------------------------------------------------
+
+SCALE_SIZES = (100, 1_000, 10_000)
+
+
+async def scale_bench(mongo_url: str, repeat: int, server_pid: int | None) -> dict[str, Any]:
+    """A session's second turn's write (as the turns consumer makes it: a first delivery, not
+    looked up first) and the assembly of its next chat, in `repeat` sessions of a store holding
+    each of SCALE_SIZES sessions."""
+    database = f"corral_bench_{new_id()[:8]}"
+    client: AsyncMongoClient[Document] = AsyncMongoClient(mongo_url, tz_aware=True)
+    settings = SessionStoreSettings(mongo_url=mongo_url, mongo_database=database)
+    store = SessionStore(client[database])
+    await store.ensure_indexes()
+    from corral_session_store.sessions import SessionService
+
+    service = SessionService(store, StaticContextLengths({}), settings)
+    message = [{"role": "user", "content": "And what happens next?"}]
+    results: dict[str, Any] = {}
+    try:
+        made = 0
+        for size in SCALE_SIZES:
+            now = datetime.now(UTC)
+            while made < size:
+                batch = range(made, min(size, made + 1000))
+                await store.sessions.insert_many(
+                    [empty_session(f"n{i}", None, None, now) for i in batch]
+                )
+                made = batch[-1] + 1
+            # Each timed turn goes to a session of its own, spread over the store, after a
+            # first turn there (untimed: a first turn also names its session).
+            names = [f"n{(i * size) // repeat}" for i in range(repeat)]
+            for name in names:
+                await store.write_turn(turn(name, 1), look_first=False)
+            left = iter(names)
+
+            async def write(left: Any = left) -> Any:
+                return await store.write_turn(turn(next(left), 2), look_first=False)
+
+            again = iter(names)
+
+            async def assemble(again: Any = again) -> Any:
+                return await service.assemble(
+                    session_id=next(again),
+                    model=MODEL,
+                    kind="chat",
+                    messages=message,
+                    options={},
+                    owner=None,
+                )
+
+            results[str(size)] = {
+                "write": await timed(write, repeat, server_pid),
+                "assemble": await timed(assemble, repeat, server_pid),
+            }
+    finally:
+        await client.drop_database(database)
+        await client.close()
+    return results
+
+
+def scale_main(args: argparse.Namespace) -> int:
+    mongo = None if args.mongo_url else SecantusNode()
+    try:
+        if mongo is not None:
+            mongo.start()
+        mongo_url = args.mongo_url or (mongo.url if mongo else "")
+        server_pid = mongo.pid if mongo is not None else None
+        results = asyncio.run(scale_bench(mongo_url, args.repeat, server_pid))
+    finally:
+        if mongo is not None:
+            mongo.close()
+    report = {
+        "machine": {"python": platform.python_version(), "cpus": os.cpu_count()},
+        "server": "secantusdb (in memory)" if mongo is not None else "given --mongo-url",
+        "load": os.getloadavg(),
+        "sessions": results,
+    }
+    text = json.dumps(report, indent=2)
+    print(text)
+    if args.json:
+        with open(args.json, "w") as fh:
+            fh.write(text + "\n")
+    return 0
+
+
 # -- through the gateway ----------------------------------------------------------------------
 
 GATEWAY_SESSIONS = {"none": 0, "short": 10, "long": 1000}
@@ -367,9 +459,14 @@ def main() -> int:
     parser.add_argument(
         "--gateway", action="store_true", help="time chats through a whole stack instead"
     )
+    parser.add_argument(
+        "--scale", action="store_true", help="time a turn's write as the sessions stored grow"
+    )
     args = parser.parse_args()
     if args.gateway:
         return gateway_main(args)
+    if args.scale:
+        return scale_main(args)
     mongo = None if args.mongo_url else SecantusNode()
     rabbit = None if args.amqp_url else RabbitNode()
     try:

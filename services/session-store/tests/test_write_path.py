@@ -1,11 +1,17 @@
 """What a turn's write costs the database, and what it keeps: a `done` delivered the first time is
 not looked up before it is inserted (a duplicate is still refused), a model's system prompt
-already pinned is not pinned again, and calibration is saved at most once per interval."""
+already pinned is not pinned again, a turn's number is taken without `findAndModify` unless
+another writer comes between (SecantusDB's scans the whole collection), and calibration is
+saved at most once per interval."""
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from typing import Any
+
+import pytest
+from pymongo import AsyncMongoClient, monitoring
 
 from corral_common.ids import new_id
 from corral_common.messages import Done
@@ -54,6 +60,87 @@ async def test_a_models_first_system_prompt_is_pinned_once(store: SessionStore) 
     assert session["systems"] == [
         {"model": "m", "message": {"role": "system", "content": "be brief"}}
     ]
+
+
+class Commands(monitoring.CommandListener):
+    """The names of the commands a client sent, in order."""
+
+    def __init__(self) -> None:
+        self.names: list[str] = []
+
+    def started(self, event: monitoring.CommandStartedEvent) -> None:
+        self.names.append(event.command_name)
+
+    def succeeded(self, event: monitoring.CommandSucceededEvent) -> None:
+        pass
+
+    def failed(self, event: monitoring.CommandFailedEvent) -> None:
+        pass
+
+
+@pytest.fixture
+async def watched(mongo_url: str) -> AsyncIterator[tuple[SessionStore, Commands]]:
+    """A store whose client's commands are recorded, on a database of its own."""
+    commands = Commands()
+    client: AsyncMongoClient[Any] = AsyncMongoClient(
+        mongo_url, tz_aware=True, event_listeners=[commands]
+    )
+    name = f"corral_test_{new_id()[:12]}"
+    store = SessionStore(client[name])
+    await store.ensure_indexes()
+    yield store, commands
+    await client.drop_database(name)
+    await client.close()
+
+
+async def test_a_turns_number_is_taken_by_an_update_and_a_read(
+    watched: tuple[SessionStore, Commands],
+) -> None:
+    store, commands = watched
+    session_id = new_id()
+    await store.write_turn(turn(session_id, new_id()), look_first=False)
+    commands.names.clear()
+    assert await store.write_turn(turn(session_id, new_id()), look_first=False) is (
+        WriteOutcome.STORED
+    )
+    assert commands.names == ["update", "find", "insert"]
+    session = await store.sessions.find_one({"_id": session_id})
+    assert session is not None and session["turn_seq"] == 2
+
+
+async def test_a_writer_between_the_update_and_the_read_costs_a_number_not_a_turn(
+    store: SessionStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    session_id = new_id()
+    assert await store.write_turn(turn(session_id, "first")) is WriteOutcome.STORED
+    find_one = store.sessions.find_one
+    interleaved: list[int] = []
+
+    async def another_writer_first(*args: Any, **kwargs: Any) -> Any:
+        if not interleaved and args and args[0] == {"_id": session_id, "owner": None}:
+            # Another writer's number taken after this one's update, before its read.
+            other = await store.sessions.find_one_and_update(
+                {"_id": session_id},
+                {"$inc": {"turn_seq": 1}, "$set": {"seq_taker": "someone else"}},
+                return_document=True,
+            )
+            assert other is not None
+            interleaved.append(other["turn_seq"])
+        return await find_one(*args, **kwargs)
+
+    monkeypatch.setattr(store.sessions, "find_one", another_writer_first)
+    assert await store.write_turn(turn(session_id, "second")) is WriteOutcome.STORED
+    # 2 was this write's own but unknown to it once read back, 3 the other writer's: this
+    # turn took 4, atomically.
+    assert interleaved == [3]
+    second = await store.turns.find_one({"_id": "second"})
+    assert second is not None and second["seq"] == 4
+    monkeypatch.undo()
+    assert await store.write_turn(turn(session_id, "third")) is WriteOutcome.STORED
+    seqs = [d["seq"] async for d in store.turns.find({"session_id": session_id}, sort=[("seq", 1)])]
+    assert seqs == [1, 4, 5]
+    history = await store.history(session_id)
+    assert len(history["messages"]) == 6
 
 
 def done(session_id: str, request_id: str) -> Done:

@@ -5,7 +5,8 @@ Schema (database `CORRAL_MONGO_DATABASE`, default `corral`):
 `sessions`, one document per session::
 
     {_id: <session id>, title, owner, created_at, last_activity,
-     turn_seq: <last sequence number handed out>, models: [<model>, ...],
+     turn_seq: <last sequence number handed out>, seq_taker: <an id of whoever took it>,
+     models: [<model>, ...],
      systems: [{model, message: <the model's first stored system message>}, ...],
      system_prompt: <the session's own fallback system prompt, set when it was created>,
      touched_at: <when it was last used: a turn, its creation, an import, a resume>,
@@ -38,10 +39,10 @@ Why turns are documents of their own rather than arrays pushed into the session 
   a standalone MongoDB, a replica set, and SecantusDB).
 - Idempotent: the turn's `_id` is its `request_id`, so a redelivered `done` event can only
   hit the unique `_id` and change nothing; there is no read-modify-write window.
-- Ordered: `seq` comes from an atomic `$inc` on the session (`turn_seq`), and the consumer
-  applies one session's events one after another in arrival order, so `seq` is arrival order;
-  `(session_id, seq)` is unique. Models share the sequence, so "all models in time order" is
-  a plain sort.
+- Ordered: `seq` comes from an `$inc` on the session (`turn_seq`, read back exactly: see
+  `_take_number`), and the consumer applies one session's events one after another in arrival
+  order, so `seq` is arrival order; `(session_id, seq)` is unique. Models share the sequence,
+  so "all models in time order" is a plain sort.
 - Per-model histories are the `(session_id, model, seq)` index, and model names (which contain
   dots and colons) never become field names.
 - No 16 MB ceiling on a conversation, no rewriting of a growing array per turn (`$push` is also
@@ -500,32 +501,30 @@ class SessionStore:
         a use of its session: an archived one is active again (resumed), and its idle time
         starts over."""
         title = auto_title(turn.messages)
-        for _ in range(SEQ_ATTEMPTS):
+        selector = {"_id": turn.session_id, "owner": turn.owner}
+        for attempt in range(SEQ_ATTEMPTS):
+            taker = new_id()
+            change = {
+                "$inc": {"turn_seq": 1},
+                "$set": {"seq_taker": taker},
+                "$min": {"created_at": turn.asked_at},
+                "$max": {"last_activity": turn.answered_at, "touched_at": utcnow()},
+                "$addToSet": {"models": turn.model},
+                "$unset": {"archived_at": ""},
+                "$setOnInsert": {"owner": turn.owner, "tallies": [], "tallied": 0, "tally_rev": 0},
+            }
             try:
-                session = await self.sessions.find_one_and_update(
-                    {"_id": turn.session_id, "owner": turn.owner},
-                    {
-                        "$inc": {"turn_seq": 1},
-                        "$min": {"created_at": turn.asked_at},
-                        "$max": {"last_activity": turn.answered_at, "touched_at": utcnow()},
-                        "$addToSet": {"models": turn.model},
-                        "$unset": {"archived_at": ""},
-                        "$setOnInsert": {
-                            "owner": turn.owner,
-                            "tallies": [],
-                            "tallied": 0,
-                            "tally_rev": 0,
-                        },
-                    },
-                    upsert=True,
-                    return_document=ReturnDocument.AFTER,
-                    projection={"turn_seq": 1, "title": 1, "systems": 1, **TALLY_FIELDS},
-                )
+                session = await self._take_number(selector, change, atomic=attempt > 0)
             except DuplicateKeyError:
                 # Either two first turns raced to create the session (MongoDB retries that
                 # itself; not every server does), or the owner filter missed an existing
                 # session, whose _id the upsert then hit.
                 session = None
+            if session is not None and session.get("seq_taker") != taker:
+                # Another writer took a number between this one's update and its read: which
+                # number was this one's is unknown (a hole, as for a writer that crashed), so
+                # another is taken, atomically this time.
+                continue
             if session is not None:
                 if session.get("title") is None and title is not None:
                     # A new session (or one created empty by POST /sessions) is named after
@@ -538,6 +537,31 @@ class SessionStore:
             if existing is not None and existing.get("owner") != turn.owner:
                 return None
         raise SequenceContention(f"could not take a turn number in session {turn.session_id!r}")
+
+    async def _take_number(
+        self, selector: Document, change: Document, *, atomic: bool
+    ) -> Document | None:
+        """The session as it is after `change` (an upsert): atomically, by `findAndModify`, or
+        as an update and then a read, which is what a turn's write does first.
+
+        Why not always atomically: SecantusDB's `findAndModify` scans the whole collection
+        (it writes through a filter of `_id` and `$and`, which its planner serves without an
+        index), so every turn cost time in proportion to the number of sessions stored: 1.7 ms
+        at 200, 10 ms at 2,000, 50 ms at 10,000; an update and a read by `_id` cost about
+        0.5 and 0.3 ms at any size (bench/session_store.py --scale). The read can see another
+        writer's change made after this one's update; every taker sets `seq_taker` to an id
+        of its own, so a read that finds its own `seq_taker` holds exactly its own number."""
+        projection = {"turn_seq": 1, "title": 1, "systems": 1, "seq_taker": 1, **TALLY_FIELDS}
+        if atomic:
+            return await self.sessions.find_one_and_update(
+                selector,
+                change,
+                upsert=True,
+                return_document=ReturnDocument.AFTER,
+                projection=projection,
+            )
+        await self.sessions.update_one(selector, change, upsert=True)
+        return await self.sessions.find_one(selector, projection)
 
     # -- reading ---------------------------------------------------------------------------
 
