@@ -50,6 +50,7 @@ from aiohttp.test_utils import TestServer
 from pymongo import AsyncMongoClient
 
 from corral_common.broker import Broker, encode
+from corral_common.contracts.identity import CounterSpec
 from corral_common.contracts.session_store import SESSION_STORE, AssembleParams
 from corral_common.ids import new_id
 from corral_common.messages import Done
@@ -59,6 +60,7 @@ from corral_common.topology import TURN_ROUTE, event_key
 from corral_devstack.mongo import SecantusNode
 from corral_devstack.rabbitmq import RabbitNode
 from corral_session_store.app import SERVICE_CORE, STORE, create_app
+from corral_session_store.counters import Counters, counter_id, window_start
 from corral_session_store.model_info import StaticContextLengths
 from corral_session_store.settings import SessionStoreSettings
 from corral_session_store.store import Document, SessionStore, TurnRecord, empty_session
@@ -255,6 +257,8 @@ async def scale_bench(mongo_url: str, repeat: int, server_pid: int | None) -> di
     from corral_session_store.sessions import SessionService
 
     service = SessionService(store, StaticContextLengths({}), settings)
+    counters = Counters(client[database])
+    await counters.ensure_indexes()
     message = [{"role": "user", "content": "And what happens next?"}]
     results: dict[str, Any] = {}
     try:
@@ -292,11 +296,45 @@ async def scale_bench(mongo_url: str, repeat: int, server_pid: int | None) -> di
             results[str(size)] = {
                 "write": await timed(write, repeat, server_pid),
                 "assemble": await timed(assemble, repeat, server_pid),
+                "rate_count": await rate_counts(counters, size, repeat, server_pid),
             }
     finally:
         await client.drop_database(database)
         await client.close()
     return results
+
+
+async def rate_counts(
+    counters: Counters, size: int, repeat: int, server_pid: int | None
+) -> dict[str, float]:
+    """One request counted (a caller's requests per minute, as a gateway's sync or a window's
+    first request does) in a store holding `size` counters of other callers."""
+    spec = CounterSpec(name="requests", window_s=60, add=1)
+    now = time.time()
+    start = window_start(now, spec.window_s)
+    have = await counters.counters.count_documents({})
+    for first in range(have, size, 1000):
+        await counters.counters.insert_many(
+            [
+                {
+                    "_id": counter_id(f"ip:{i}", spec.name, start),
+                    "subject": f"ip:{i}",
+                    "name": spec.name,
+                    "window_start": start,
+                    "window_s": spec.window_s,
+                    "count": 1,
+                    "recent": [],
+                    "expires_at": datetime.fromtimestamp(start + 2 * spec.window_s, UTC),
+                }
+                for i in range(first, min(size, first + 1000))
+            ]
+        )
+    callers = iter(f"ip:{(i * size) // repeat}" for i in range(repeat))
+
+    async def count() -> Any:
+        return await counters.count(next(callers), [spec], now)
+
+    return await timed(count, repeat, server_pid)
 
 
 def scale_main(args: argparse.Namespace) -> int:

@@ -22,6 +22,7 @@ from corral_common.contracts.identity import (
     KeyRef,
 )
 from corral_common.errors import CorralError, ErrorType
+from corral_session_store.counters import own_total
 from corral_session_store.identity_rpc import IdentityStore
 from corral_session_store.store import Document
 
@@ -188,6 +189,37 @@ async def test_concurrent_increments_from_two_clients_are_exact(
     [now] = await identity.counters.count("key:alice", [spec(add=0)], T)
     assert now.count == 50
     assert await identity.counters.counters.count_documents({}) == 1
+
+
+async def test_an_add_between_anothers_update_and_read_leaves_both_their_own_totals(
+    identity: IdentityStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    await identity.counters.count("key:carol", [spec(add=5)], T)
+    find_one = identity.counters.counters.find_one
+    interleaved: list[int] = []
+
+    async def another_add_first(*args: Any, **kwargs: Any) -> Any:
+        if not interleaved:
+            interleaved.append(0)
+            [value] = await identity.counters.count("key:carol", [spec(add=2)], T)
+            interleaved.append(value.count)
+        return await find_one(*args, **kwargs)
+
+    monkeypatch.setattr(identity.counters.counters, "find_one", another_add_first)
+    [first] = await identity.counters.count("key:carol", [spec(add=3)], T)
+    # The first add's update went in before the second's, whose read came first.
+    assert (first.count, interleaved[1]) == (8, 10)
+    monkeypatch.undo()
+    [now] = await identity.counters.count("key:carol", [spec(add=0)], T)
+    assert now.count == 10
+
+
+def test_an_adds_total_is_the_count_less_the_adds_after_it() -> None:
+    recent = [{"t": "a", "n": 1}, {"t": "b", "n": 4}, {"t": "c", "n": 2}]
+    doc = {"count": 20, "recent": recent}
+    assert [own_total(doc, adder) for adder in ("a", "b", "c")] == [14, 18, 20]
+    # One no longer among the recent adds gets the count as read: never less than its own.
+    assert own_total(doc, "gone") == 20
 
 
 async def test_a_window_resets_at_its_end(identity: IdentityStore) -> None:
