@@ -148,6 +148,13 @@ async def test_a_short_chat_gets_a_real_answer(stack: RunningStack) -> None:
     assert answer["done_reason"] in ("stop", "length")
     assert 0 < answer["eval_count"] <= SHORT["num_predict"]
     assert answer["eval_duration"] > 0
+    # llama-cpp-python's server streams no usage, so the prompt's size is the gateway's
+    # estimate, said to be one (not a 0).
+    info = answer["context_info"]
+    if "prompt_eval_count" in answer:
+        assert info["tokens_used"] == answer["prompt_eval_count"]
+    else:
+        assert info["tokens_used"] > 0 and info["estimated"] is True
 
 
 async def test_the_session_is_remembered_on_the_next_turn(stack: RunningStack) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
+from corral_gateway.context_check import prompt_tokens
 from corral_gateway.ollama.chunks import assemble, corral_fields, created_at, queue_chunk
 from corral_gateway.ordering import TokenOrder
 
@@ -44,6 +45,48 @@ def test_corral_fields() -> None:
         request_id="r", session_id="s", waited_ms=0, first_position=0, messages_used=1, final={}
     )
     assert with_session["session_id"] == "s"
+
+
+def test_a_prompt_the_backend_did_not_count_is_estimated_and_said_to_be() -> None:
+    def fields(final: dict[str, Any], context_info: dict[str, Any] | None = None) -> Any:
+        return corral_fields(
+            request_id="r",
+            session_id=None,
+            waited_ms=0,
+            first_position=0,
+            messages_used=1,
+            final=final,
+            context_info=context_info,
+            estimate=lambda: 17,
+        )["context_info"]
+
+    # The backend's count wins, and is not an estimate.
+    assert fields({"prompt_eval_count": 40}) == {
+        "truncated": False,
+        "messages_used": 1,
+        "tokens_used": 40,
+    }
+    # No count (llama-cpp-python's streams): the gateway's estimate, not a 0.
+    assert fields({}) == {
+        "truncated": False,
+        "messages_used": 1,
+        "tokens_used": 17,
+        "estimated": True,
+    }
+    # A session's: the store's estimate stands, said to be one.
+    assembled = {"truncated": False, "messages_used": 5, "tokens_used": 90}
+    assert fields({}, assembled) == {**assembled, "estimated": True}
+    # Nothing to estimate (a load request): 0, as before.
+    assert corral_fields(
+        request_id="r", session_id=None, waited_ms=0, first_position=0, messages_used=0, final={}
+    )["context_info"] == {"truncated": False, "messages_used": 0, "tokens_used": 0}
+
+
+def test_prompt_tokens_estimates_chats_and_generates() -> None:
+    chat = {"messages": [{"role": "user", "content": "x" * 400}]}
+    generate = {"prompt": "x" * 400}
+    assert prompt_tokens("chat", chat) > 100 and prompt_tokens("generate", generate) > 100
+    assert prompt_tokens("chat", {"messages": "not a list"}) == prompt_tokens("chat", {})
 
 
 def test_assemble_chat_gathers_thinking_and_tool_calls() -> None:

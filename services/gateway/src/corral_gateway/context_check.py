@@ -161,6 +161,15 @@ def generate_tokens(body: Mapping[str, Any]) -> int:
     )
 
 
+def prompt_tokens(kind: JobKind, body: Mapping[str, Any]) -> int:
+    """The prompt of a chat or generate request, estimated as the check above estimates it:
+    what `context_info.tokens_used` says when the backend does not count it."""
+    if kind == "generate":
+        return generate_tokens(body)
+    raw = body.get("messages")
+    return _tokens([m for m in raw if isinstance(m, dict)] if isinstance(raw, list) else [])
+
+
 def check_stateless(kind: JobKind, body: Mapping[str, Any], window: int) -> dict[str, Any] | None:
     """The `context_info` to answer a stateless chat or generate with when its prompt does
     not fit (None when it fits); a 413 when what must be answered cannot fit."""

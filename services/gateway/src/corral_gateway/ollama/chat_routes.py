@@ -19,6 +19,7 @@ from corral_gateway.context_check import (
     asked_num_ctx,
     check_stateless,
     context_windows,
+    prompt_tokens,
     window_of,
 )
 from corral_gateway.encoders import NdjsonEncoder, StreamEncoder
@@ -133,11 +134,16 @@ async def _serve(
 class Conversation:
     """What goes to the backend, and what the session store will keep of this request."""
 
+    kind: JobKind
     payload: dict[str, Any]
     stream: bool
     turn: list[dict[str, Any]] | None = None
     context_info: dict[str, Any] | None = None
     messages_used: int = 0
+
+    def estimated_tokens(self) -> int:
+        """The prompt's tokens as estimated here, for a backend that does not count them."""
+        return prompt_tokens(self.kind, self.payload)
 
 
 async def _conversation(
@@ -153,6 +159,7 @@ async def _conversation(
         # Load and unload requests (nothing to say) are not turns of a conversation.
         context_info = await _stateless_context(gateway, kind, model, payload) if new else None
         return Conversation(
+            kind,
             payload,
             stream,
             context_info=context_info,
@@ -177,6 +184,7 @@ async def _conversation(
     if kind == "chat":
         payload["messages"] = assembled.messages
     return Conversation(
+        kind,
         payload,
         stream,
         turn=new,
@@ -283,6 +291,7 @@ def _extras(ext: Extensions, conversation: Conversation) -> Extras:
             messages_used=conversation.messages_used,
             final=done.final,
             context_info=conversation.context_info,
+            estimate=conversation.estimated_tokens if conversation.messages_used else None,
         )
 
     return extras

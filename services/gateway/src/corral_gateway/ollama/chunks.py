@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -43,6 +44,7 @@ def corral_fields(
     messages_used: int,
     final: dict[str, Any],
     context_info: dict[str, Any] | None = None,
+    estimate: Callable[[], int] | None = None,
 ) -> dict[str, Any]:
     fields: dict[str, Any] = {"request_id": request_id}
     if session_id is not None:
@@ -55,10 +57,18 @@ def corral_fields(
         "messages_used": messages_used,
         **(context_info or {}),
     }
+    info = fields["context_info"]
     measured = final.get("prompt_eval_count")
     if isinstance(measured, int) and measured > 0:
-        fields["context_info"]["tokens_used"] = measured
-    fields["context_info"].setdefault("tokens_used", 0)
+        info["tokens_used"] = measured
+    else:
+        # A backend that does not count the prompt (llama-cpp-python's server streams no
+        # usage; Ollama leaves out a count of 0): the estimate, said to be one, not a 0.
+        if "tokens_used" not in info and estimate is not None:
+            info["tokens_used"] = estimate()
+        if "tokens_used" in info:
+            info["estimated"] = True
+        info.setdefault("tokens_used", 0)
     return fields
 
 
