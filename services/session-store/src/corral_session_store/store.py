@@ -546,11 +546,11 @@ class SessionStore:
 
         Why not always atomically: SecantusDB's `findAndModify` scans the whole collection
         (it writes through a filter of `_id` and `$and`, which its planner serves without an
-        index), so every turn cost time in proportion to the number of sessions stored: 1.7 ms
-        at 200, 10 ms at 2,000, 50 ms at 10,000; an update and a read by `_id` cost about
-        0.5 and 0.3 ms at any size (bench/session_store.py --scale). The read can see another
-        writer's change made after this one's update; every taker sets `seq_taker` to an id
-        of its own, so a read that finds its own `seq_taker` holds exactly its own number."""
+        index), so a turn's write took time in proportion to the sessions stored: 8.8 ms at
+        1,000, 72 ms at 10,000, against 2.7 ms at any size this way (bench/session_store.py
+        --scale). The read can see another writer's change made after this one's update;
+        every taker sets `seq_taker` to an id of its own, so a read that finds its own
+        `seq_taker` holds exactly its own number."""
         projection = {"turn_seq": 1, "title": 1, "systems": 1, "seq_taker": 1, **TALLY_FIELDS}
         if atomic:
             return await self.sessions.find_one_and_update(
