@@ -348,13 +348,19 @@ def scale_main(args: argparse.Namespace) -> int:
     finally:
         if mongo is not None:
             mongo.close()
-    report = {
-        "machine": {"python": platform.python_version(), "cpus": os.cpu_count()},
-        "server": "secantusdb (in memory)" if mongo is not None else "given --mongo-url",
-        "load": os.getloadavg(),
-        "sessions": results,
-    }
-    text = json.dumps(report, indent=2)
+    return report(args, mongo is not None, {"load": os.getloadavg(), "sessions": results})
+
+
+def report(args: argparse.Namespace, own_mongo: bool, results: dict[str, Any]) -> int:
+    """The results as JSON, printed and (with --json) written."""
+    text = json.dumps(
+        {
+            "machine": {"python": platform.python_version(), "cpus": os.cpu_count()},
+            "server": "secantusdb (in memory)" if own_mongo else "given --mongo-url",
+            **results,
+        },
+        indent=2,
+    )
     print(text)
     if args.json:
         with open(args.json, "w") as fh:
@@ -521,17 +527,7 @@ def main() -> int:
             rabbit.close()
         if mongo is not None:
             mongo.close()
-    report = {
-        "machine": {"python": platform.python_version(), "cpus": os.cpu_count()},
-        "server": "secantusdb (in memory)" if mongo is not None else "given --mongo-url",
-        **results,
-    }
-    text = json.dumps(report, indent=2)
-    print(text)
-    if args.json:
-        with open(args.json, "w") as fh:
-            fh.write(text + "\n")
-    return 0
+    return report(args, mongo is not None, results)
 
 
 if __name__ == "__main__":
