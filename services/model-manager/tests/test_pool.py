@@ -24,6 +24,7 @@ from corral_common.messages import (
     Progress,
     QueueStatus,
     SchedulerStatus,
+    ServerStatus,
 )
 from corral_common.status_board import StatusBoard
 from corral_devstack.ports import free_port
@@ -45,6 +46,7 @@ from corral_model_manager.unloader import (
     Unloader,
     UnloadPolicy,
     loaded_bytes,
+    loaded_names,
     server_memory_percent,
 )
 
@@ -391,11 +393,16 @@ class Lane:
         self.jobs.append(job)
 
     def report(self, *activity: ModelActivity) -> None:
+        """A status from a scheduler driving the same pool (gpu1, gpu2) as the model manager."""
         self.board.update(
             SchedulerStatus(
                 scheduler_id="s1",
                 sent_at=time.time(),
                 backend=BackendStatus(url="http://pool", connected=True),
+                servers=[
+                    ServerStatus(name=name, url=f"http://{name}", connected=True)
+                    for name in ("gpu1", "gpu2")
+                ],
                 queue=QueueStatus(waiting=0, running=0, average_wait_ms=0, processing_rate=0),
                 models=list(activity),
             )
@@ -467,3 +474,33 @@ async def test_busy_models_stay_and_idle_ones_go_per_server(
     now[0] += 60
     await unloader.check()
     assert [(job.model, job.server) for job in lane.jobs] == [("qwen2.5:0.5b", "gpu2")]
+
+
+async def test_a_model_used_on_one_server_only_is_unloaded_from_the_other_and_stays_there(
+    pool: ModelServers, gpu1: RunningEmulator, gpu2: RunningEmulator
+) -> None:
+    for emulator in (gpu1, gpu2):
+        await load(emulator, "tiny")
+    lane = Lane()
+    now = [time.time()]
+    unloader = unloader_for(
+        pool, lane, idle_unload_s=60, clock=lambda: now[0], gpu1=10**12, gpu2=10**12
+    )
+    lane.report()
+    await unloader.check()
+    assert lane.jobs == []  # first seen loaded on both now
+    now[0] += 60
+    # The lane kept running it on gpu1 (10 s ago); gpu2 has held it unused since.
+    used = now[0] - 10
+    lane.report(ModelActivity(model="tiny", last_used_at=used, last_used_on={"gpu1": used}))
+    await unloader.check()
+    [job] = lane.jobs
+    assert (job.kind, job.model, job.server) == ("unload", "tiny:latest", "gpu2")
+    # The lane runs it on gpu2 (Ollama's unload idiom), and gpu1 still holds the model.
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(f"{gpu2.url}/api/generate", json=job.payload) as response,
+    ):
+        assert response.status == 200
+    held = {one.server: loaded_names({"models": one.models}) for one in await pool.loaded()}
+    assert held == {"gpu1": ["tiny:latest"], "gpu2": []}

@@ -16,6 +16,7 @@ from corral_common.messages import (
     ModelActivity,
     QueueStatus,
     SchedulerStatus,
+    ServerStatus,
 )
 from corral_common.status_board import StatusBoard
 from corral_model_manager.jobs import JobSubmitter
@@ -42,11 +43,17 @@ class Clock:
         self.now += seconds
 
 
-def status(at: float, *activity: ModelActivity, scheduler_id: str = "s1") -> SchedulerStatus:
+def status(
+    at: float,
+    *activity: ModelActivity,
+    scheduler_id: str = "s1",
+    servers: tuple[str, ...] = ("backend",),
+) -> SchedulerStatus:
     return SchedulerStatus(
         scheduler_id=scheduler_id,
         sent_at=at,
         backend=BackendStatus(url="http://backend", connected=True),
+        servers=[ServerStatus(name=name, url=f"http://{name}", connected=True) for name in servers],
         queue=QueueStatus(waiting=0, running=0, average_wait_ms=0, processing_rate=0.0),
         models=list(activity),
     )
@@ -63,11 +70,19 @@ def unloaded(reason: str) -> float:
 
 
 class Harness:
-    """An unloader over a fake backend (`loaded`), fake host memory and a fake jobs queue."""
+    """An unloader over fake backends (`loaded`, or `loaded_on` for a pool of `servers`), fake
+    host memory (every server is local) and a fake jobs queue."""
 
-    def __init__(self, *, idle_unload_s: float = 900, memory_percent: float = 90) -> None:
+    def __init__(
+        self,
+        *,
+        idle_unload_s: float = 900,
+        memory_percent: float = 90,
+        servers: tuple[str, ...] = ("backend",),
+    ) -> None:
         self.clock = Clock()
-        self.loaded: list[str] = []
+        self.servers = servers
+        self.loaded_on: dict[str, list[str]] = {name: [] for name in servers}
         self.memory = 50.0
         self.jobs: list[Job] = []
         self.ps_calls = 0
@@ -78,8 +93,17 @@ class Harness:
 
         async def running_models() -> list[ServerModels]:
             self.ps_calls += 1
-            models = [{"name": name, "model": name} for name in self.loaded]
-            return [ServerModels("backend", target=None, local=True, models=models)]
+            # With one server its unloads are aimed at no server, as the model manager does.
+            pooled = len(self.servers) > 1
+            return [
+                ServerModels(
+                    name,
+                    target=name if pooled else None,
+                    local=True,
+                    models=[{"name": model, "model": model} for model in loaded],
+                )
+                for name, loaded in self.loaded_on.items()
+            ]
 
         self.submitter = JobSubmitter(MANAGER_ID, publish, answer_timeout_s=300, clock=self.clock)
         self.unloader = Unloader(
@@ -94,14 +118,27 @@ class Harness:
             clock=self.clock,
         )
 
+    @property
+    def loaded(self) -> list[str]:
+        """What the first (or only) server holds."""
+        return self.loaded_on[self.servers[0]]
+
+    @loaded.setter
+    def loaded(self, models: list[str]) -> None:
+        self.loaded_on[self.servers[0]] = models
+
     def report(self, *activity: ModelActivity) -> None:
-        self.board.update(status(self.clock(), *activity))
+        self.board.update(status(self.clock(), *activity, servers=self.servers))
 
     async def check(self) -> list[tuple[str, str]]:
         """(model, reason) of the unloads this check submitted."""
+        return [(model, reason) for model, reason, _ in await self.check_servers()]
+
+    async def check_servers(self) -> list[tuple[str, str, str | None]]:
+        """(model, reason, server) of the unloads this check submitted."""
         before = len(self.jobs)
         await self.unloader.check()
-        return [(job.model, self.reason(job)) for job in self.jobs[before:]]
+        return [(job.model, self.reason(job), job.server) for job in self.jobs[before:]]
 
     def reason(self, job: Job) -> str:
         pending = [p for p in self.submitter._pending.values() if p.job == job]
@@ -297,9 +334,116 @@ def test_plan_is_pure(memory: float | None, expected: list[Unload]) -> None:
         ["old:latest", "new:latest"],
         [status(100.0)],
         {"old:latest": 10.0, "new:latest": 50.0},
+        server="backend",
         now=100.0,
         memory_percent=memory,
         policy=UnloadPolicy(idle_unload_s=0, memory_pressure_percent=90),
         pending=set(),
     )
     assert plan.unloads == expected
+
+
+# A pool: each server's use of a model is its own.
+
+POOL = ("gpu1", "gpu2")
+
+
+def pool_harness(*, idle_unload_s: float, holding: tuple[str, ...]) -> Harness:
+    """Both servers of a pool holding the same models, first seen loaded now."""
+    h = Harness(idle_unload_s=idle_unload_s, servers=POOL)
+    for server in POOL:
+        h.loaded_on[server] = list(holding)
+    return h
+
+
+async def test_a_model_used_on_one_server_only_is_idle_unloaded_on_the_other() -> None:
+    h = pool_harness(idle_unload_s=900, holding=("tiny:latest",))
+    h.report()
+    assert await h.check_servers() == []  # first seen on both now
+    h.clock.advance(900)
+    # gpu1 ran it 10 s ago; gpu2 has not since the scheduler started: idle there since it
+    # was first seen, whatever gpu1 does.
+    used = h.clock() - 10
+    h.report(ModelActivity(model="tiny", last_used_at=used, last_used_on={"gpu1": used}))
+    assert await h.check_servers() == [("tiny:latest", "idle", "gpu2")]
+
+
+async def test_a_servers_own_last_use_decides_its_idle_time() -> None:
+    h = pool_harness(idle_unload_s=900, holding=("tiny:latest",))
+    h.report()
+    await h.check()
+    h.clock.advance(2000)
+    now = h.clock()
+    on = {"gpu1": now - 10, "gpu2": now - 899}
+    h.report(ModelActivity(model="tiny", last_used_at=now - 10, last_used_on=on))
+    assert await h.check_servers() == []
+    h.clock.advance(1)
+    h.report(ModelActivity(model="tiny", last_used_at=now - 10, last_used_on=on))
+    assert await h.check_servers() == [("tiny:latest", "idle", "gpu2")]
+
+
+async def test_a_running_job_keeps_its_model_where_it_runs_queued_work_everywhere() -> None:
+    h = pool_harness(idle_unload_s=60, holding=("tiny:latest",))
+    h.report()
+    await h.check()
+    h.clock.advance(60)
+    # Queued work may go to either server: kept on both.
+    h.report(ModelActivity(model="tiny", queued=1, running=1, running_on=["gpu1"]))
+    assert await h.check_servers() == []
+    busy_before = skipped("busy")
+    h.report(ModelActivity(model="tiny", running=1, running_on=["gpu1"]))
+    assert await h.check_servers() == [("tiny:latest", "idle", "gpu2")]
+    assert skipped("busy") == busy_before + 1  # gpu1's
+
+
+async def test_memory_pressure_picks_each_servers_own_least_recently_used() -> None:
+    h = pool_harness(idle_unload_s=0, holding=("a:latest", "b:latest"))
+    h.report()
+    assert await h.check_servers() == []  # first seen loaded now
+    now = h.clock()
+    h.clock.advance(40)
+    # Model-wide b is the least recently used; on gpu2 it is a.
+    h.report(
+        ModelActivity(
+            model="a", last_used_at=now + 30, last_used_on={"gpu1": now + 30, "gpu2": now + 5}
+        ),
+        ModelActivity(
+            model="b", last_used_at=now + 20, last_used_on={"gpu1": now + 10, "gpu2": now + 20}
+        ),
+    )
+    h.memory = 95  # the host's, which both servers are on
+    assert await h.check_servers() == [
+        ("b:latest", "memory", "gpu1"),
+        ("a:latest", "memory", "gpu2"),
+    ]
+
+
+async def test_a_status_that_cannot_tell_the_servers_apart_counts_on_every_server() -> None:
+    h = pool_harness(idle_unload_s=60, holding=("tiny:latest",))
+    h.report()
+    await h.check()
+    h.clock.advance(60)
+    used = h.clock() - 10
+    # An older scheduler: activity per model only. Used, or running, anywhere counts as
+    # used, or running, on both.
+    h.report(ModelActivity(model="tiny", last_used_at=used))
+    assert await h.check_servers() == []
+    h.report(ModelActivity(model="tiny", running=1))
+    assert await h.check_servers() == []
+    # A scheduler whose pool has no gpu2 (a config mismatch): its model-wide use counts there.
+    per_server = ModelActivity(
+        model="tiny", last_used_at=used, last_used_on={"gpu1": used}, running_on=[]
+    )
+    h.board.update(status(h.clock(), per_server, servers=("gpu1",)))
+    assert await h.check_servers() == []
+    running = ModelActivity(model="tiny", running=1, running_on=["gpu1"])
+    h.board.update(status(h.clock(), running, servers=("gpu1",)))
+    assert await h.check_servers() == []
+    # Several schedulers: each one's word counts, the one that knows gpu2 not alone.
+    h.board.update(status(h.clock(), per_server, servers=POOL))
+    h.board.update(
+        status(h.clock(), ModelActivity(model="tiny", last_used_at=used), scheduler_id="old")
+    )
+    assert await h.check_servers() == []
+    h.board.update(status(h.clock(), scheduler_id="old", servers=POOL))
+    assert await h.check_servers() == [("tiny:latest", "idle", "gpu2")]

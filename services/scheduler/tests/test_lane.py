@@ -303,6 +303,48 @@ def test_servers_can_be_named_and_must_exist() -> None:
         Lane(servers=())
 
 
+def activity_of(lane: Lane) -> list[tuple[str, int, list[str], dict[str, float], float | None]]:
+    return [
+        (a.model, a.running, a.running_on, a.last_used_on, a.last_used_at)
+        for a in lane.model_activity()
+    ]
+
+
+async def test_a_models_use_is_told_per_server_and_an_unload_forgets_its_server_only(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    now = [1000.0]
+    monkeypatch.setattr(time, "time", lambda: now[0])
+    lane = pool("x", "y")
+    x, y = lane.servers["x"], lane.servers["y"]
+    # One model under two spellings, one job on each server.
+    lane.push(entry("a", model="m", server="x"))
+    lane.push(entry("b", model="M:latest", server="y"))
+    on_x, on_y = await lane.take(x), await lane.take(y)
+    assert activity_of(lane) == [("m:latest", 2, ["x", "y"], {}, None)]
+    lane.finish(on_x)
+    lane.used(on_x.entry.job, "x")
+    assert activity_of(lane) == [("m:latest", 1, ["y"], {"x": 1000.0}, 1000.0)]
+    now[0] = 1010.0
+    lane.finish(on_y)
+    lane.used(on_y.entry.job, "y")
+    assert activity_of(lane) == [("m:latest", 0, [], {"x": 1000.0, "y": 1010.0}, 1010.0)]
+    # Unloaded from y: x still used it when it did, and the latest use is x's.
+    now[0] = 1020.0
+    lane.push(entry("u", kind="unload", model="m", server="y", payload={"model": "m"}))
+    unload = await lane.take(y)
+    assert activity_of(lane) == [("m:latest", 1, ["y"], {"x": 1000.0, "y": 1010.0}, 1010.0)]
+    lane.finish(unload)
+    lane.used(unload.entry.job, "y")
+    assert activity_of(lane) == [("m:latest", 0, [], {"x": 1000.0}, 1000.0)]
+    # Unloaded from x as well: no use of it is left to tell.
+    lane.push(entry("v", kind="unload", model="m", server="x", payload={"model": "m"}))
+    unload = await lane.take(x)
+    lane.finish(unload)
+    lane.used(unload.entry.job, "x")
+    assert activity_of(lane) == []
+
+
 async def test_a_second_cancel_does_not_cut_the_first_ones_handling_short() -> None:
     """The job's task is cancelled once: its own cancel handling (publishing `cancelled`,
     counting it) must not be interrupted by a second cancel for the same job."""

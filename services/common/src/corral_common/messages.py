@@ -222,13 +222,20 @@ class QueueStatus(Wire):
 
 
 class ModelActivity(Wire):
-    """What the lane holds for one model, so nobody unloads a model with work waiting."""
+    """What the lane holds for one model, so nobody unloads a model with work waiting, and
+    where it was used, so a pool server that no longer runs it lets it go."""
 
     model: str
     queued: int = 0
     running: int = 0
-    # Epoch seconds when its last job finished on this scheduler; None if none has.
+    # Epoch seconds when its last job finished on this scheduler; None if none has. With a
+    # pool, the latest of `last_used_on`.
     last_used_at: float | None = None
+    # The same per pool server (`ServerStatus.name`): when its last job of this model finished
+    # there, and the servers running one of its jobs now. Empty from a scheduler older than
+    # these fields, which a reader then takes `last_used_at` and `running` for, model-wide.
+    last_used_on: dict[str, float] = Field(default_factory=dict)
+    running_on: list[str] = Field(default_factory=list)
 
 
 class LaneEntry(Wire):

@@ -1,11 +1,15 @@
 """Idle and memory-pressure unloading, per model server.
 
 Every check reads which models each server holds (its `/api/ps`) and what the schedulers' lanes
-hold for each model (their status broadcasts). A model with work queued or running is never
-unloaded. Otherwise a model idle for `idle_unload_s` on a server is unloaded there, and a server
-under memory pressure has its least recently used idle model unloaded, one per check. Without
-a fresh scheduler status nothing is unloaded: the lane's activity is then unknown, and an
-unload on a guess could land between a client's request and its generation.
+hold for each model (their status broadcasts), and decides per (server, model). A model with
+work queued (which may go to any server) is unloaded nowhere; one with a job running is not
+unloaded where it runs. Otherwise a model idle for `idle_unload_s` on a server (since its last
+job there, or since it was first seen there if none ran there) is unloaded there, and a server
+under memory pressure has its least recently used idle model unloaded, one per check. A
+status that cannot tell servers apart (a scheduler older than `ModelActivity.last_used_on`,
+or one whose servers do not include this one) counts its model-wide activity on every server.
+Without a fresh scheduler status nothing is unloaded: the lane's activity is then unknown, and
+an unload on a guess could land between a client's request and its generation.
 
 Memory is measured where the models live (`server_memory_percent`): a server with a memory
 budget (`CORRAL_MODEL_MEMORY_BUDGET_BYTES`) is as full as its loaded models' `size` (from its
@@ -31,7 +35,7 @@ import psutil
 import structlog
 
 from corral_common.errors import CorralError
-from corral_common.messages import Event, SchedulerStatus
+from corral_common.messages import Event, ModelActivity, SchedulerStatus
 from corral_common.model_names import canonical_model_name
 from corral_common.status_board import StatusBoard
 from corral_model_manager import metrics
@@ -107,28 +111,59 @@ class _Loaded:
     busy: bool
 
 
+def _busy_on(activity: ModelActivity, server: str, knows_server: bool) -> bool:
+    """Whether the model's work keeps it on `server`: queued work may go to any server; a
+    running job holds its own only, or every one when the status cannot say where it runs
+    (an older scheduler, or one that does not know this server)."""
+    if activity.queued > 0:
+        return True
+    if activity.running <= 0:
+        return False
+    if knows_server and activity.running_on:
+        return server in activity.running_on
+    return True
+
+
+def _last_used_on(activity: ModelActivity, server: str, knows_server: bool) -> float | None:
+    """When the model was last used on `server` by this status; None: not since the
+    scheduler started. Model-wide when the status cannot say where (as `_busy_on`): a use
+    elsewhere then counts here too, so a guess never makes a model look idler than it is."""
+    if knows_server and activity.last_used_on:
+        return activity.last_used_on.get(server)
+    return activity.last_used_at
+
+
+def _activity_on(server: str, statuses: list[SchedulerStatus]) -> tuple[set[str], dict[str, float]]:
+    """The models busy on `server`, and when each was last used there, by canonical name."""
+    busy: set[str] = set()
+    last_used: dict[str, float] = {}
+    for status in statuses:
+        knows_server = any(one.name == server for one in status.servers)
+        for activity in status.models:
+            key = canonical_model_name(activity.model)
+            if _busy_on(activity, server, knows_server):
+                busy.add(key)
+            used = _last_used_on(activity, server, knows_server)
+            if used is not None:
+                last_used[key] = max(last_used.get(key, -math.inf), used)
+    return busy, last_used
+
+
 def plan_unloads(
     loaded: Iterable[str],
     statuses: list[SchedulerStatus],
     first_seen: Mapping[str, float],
     *,
+    server: str,
     now: float,
     memory_percent: float | None,
     policy: UnloadPolicy,
     pending: set[str],
 ) -> Plan:
-    """What to unload now. `first_seen` and `pending` are keyed by canonical name; times are
-    epoch seconds. `statuses` must be fresh and non-empty (the caller checks)."""
-    busy: set[str] = set()
-    last_used: dict[str, float] = {}
-    for status in statuses:
-        for activity in status.models:
-            key = canonical_model_name(activity.model)
-            if activity.queued > 0 or activity.running > 0:
-                busy.add(key)
-            if activity.last_used_at is not None:
-                last_used[key] = max(last_used.get(key, -math.inf), activity.last_used_at)
-
+    """What to unload now from `server` (its name, as the schedulers' statuses name it), which
+    holds `loaded`. `first_seen` (on that server) and `pending` are keyed by canonical name;
+    times are epoch seconds. `statuses` must be fresh and non-empty (the caller checks)."""
+    busy, last_used = _activity_on(server, statuses)
     candidates: list[_Loaded] = []
     for name in loaded:
         key = canonical_model_name(name)
@@ -284,6 +319,7 @@ class Unloader:
             loaded,
             statuses,
             first_seen,
+            server=server.server,
             now=now,
             memory_percent=percent,
             policy=self.policy,

@@ -386,7 +386,7 @@ class Executor:
             raise
         finally:
             if not running.failed_over:
-                self.lane.used(job)
+                self.lane.used(job, running.server.name)
 
     async def _stream(
         self,

@@ -223,8 +223,9 @@ class Lane:
             metrics.SERVER_IN_ROTATION.labels(name).set(1)
         # Bumped on every broker connection loss; see Entry.connection_epoch.
         self.connection_epoch = 0
-        # When each model's last job ended (epoch s), for the model manager's idle unloading.
-        self.last_used: dict[str, float] = {}
+        # When each model's last job ended on each server (epoch s; model -> server -> time),
+        # for the model manager's idle unloading, which is per server.
+        self.last_used_on: dict[str, dict[str, float]] = {}
         # Finish times over the last minute, for the processing rate.
         self.finished_at: deque[float] = deque()
         # The last sign of the lane moving (a job started or finished, a chunk from the
@@ -572,30 +573,44 @@ class Lane:
 
     # Models' use, for the model manager.
 
-    def used(self, job: Job) -> None:
-        """The job is over: its model was used now (an unload forgets it)."""
+    def used(self, job: Job, server: str) -> None:
+        """The job is over on `server`: its model was used there now. An unload forgets the
+        model's use there only: its use on the other servers holding it still stands."""
         key = canonical_model_name(job.model)
-        if job.kind == "unload":
-            self.last_used.pop(key, None)
-        else:
-            self.last_used[key] = time.time()
+        if job.kind != "unload":
+            self.last_used_on.setdefault(key, {})[server] = time.time()
+            return
+        used_on = self.last_used_on.get(key)
+        if used_on is not None:
+            used_on.pop(server, None)
+            if not used_on:
+                del self.last_used_on[key]
 
     def model_activity(self) -> list[ModelActivity]:
-        """Queued and running work per model, and when each was last used."""
+        """Queued and running work per model, and when each was last used, on each server
+        and on any."""
         queued: Counter[str] = Counter(canonical_model_name(e.job.model) for e in self)
-        running: Counter[str] = Counter(
-            canonical_model_name(r.entry.job.model) for r in self.running_jobs()
-        )
-        names = set(queued) | set(self.last_used) | set(running)
-        return [
-            ModelActivity(
-                model=name,
-                queued=queued[name],
-                running=running[name],
-                last_used_at=self.last_used.get(name),
+        running: Counter[str] = Counter()
+        running_on: dict[str, set[str]] = {}
+        for one in self.running_jobs():
+            key = canonical_model_name(one.entry.job.model)
+            running[key] += 1
+            running_on.setdefault(key, set()).add(one.server.name)
+        names = set(queued) | set(self.last_used_on) | set(running)
+        activity: list[ModelActivity] = []
+        for name in sorted(names):
+            used_on = self.last_used_on.get(name, {})
+            activity.append(
+                ModelActivity(
+                    model=name,
+                    queued=queued[name],
+                    running=running[name],
+                    last_used_at=max(used_on.values(), default=None),
+                    last_used_on=dict(used_on),
+                    running_on=sorted(running_on.get(name, ())),
+                )
             )
-            for name in sorted(names)
-        ]
+        return activity
 
     def ahead_of(self, request_id: str) -> list[Entry] | None:
         """The entries that will run before this one; None if it is not waiting."""
