@@ -10,7 +10,8 @@ from __future__ import annotations
 import asyncio
 import itertools
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from typing import Any
 
 import orjson
@@ -107,6 +108,17 @@ def make_executor(broker: FakeBroker, backend: object, **kwargs: Any) -> Executo
     sink = EventSink(broker)  # type: ignore[arg-type]
     backends = {ONE_BACKEND: backend}
     return Executor(Lane(), backends, sink, speed_book(), **kwargs)  # type: ignore[arg-type]
+
+
+@asynccontextmanager
+async def running(executor: Executor) -> AsyncIterator[asyncio.Task[None]]:
+    """The executor's loop running, stopped on the way out."""
+    task = asyncio.create_task(executor.run_forever())
+    try:
+        yield task
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
 
 
 def job(request_id: str, **fields: Any) -> Job:

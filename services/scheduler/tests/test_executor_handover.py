@@ -22,6 +22,7 @@ from services.scheduler.tests.fakes import (
     entry,
     job,
     make_executor,
+    running,
     settle,
 )
 
@@ -100,16 +101,6 @@ def push(executor: Executor, settled: Settled, rid: str) -> Job:
     queued = job(rid)
     executor.lane.push(entry(queued, Delivery(settled, rid), executor.lane.connection_epoch))
     return queued
-
-
-@asynccontextmanager
-async def running(executor: Executor) -> AsyncIterator[asyncio.Task[None]]:
-    task = asyncio.create_task(executor.run_forever())
-    try:
-        yield task
-    finally:
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
 
 
 async def test_the_next_request_goes_out_before_the_finished_jobs_done() -> None:

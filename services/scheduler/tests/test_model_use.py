@@ -39,12 +39,8 @@ async def pool_of(*names: str) -> AsyncIterator[Executor]:
         fakes.speed_book(),
         sleep=fakes.recording([]),
     )
-    task = asyncio.create_task(executor.run_forever())
-    try:
+    async with fakes.running(executor):
         yield executor
-    finally:
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
 
 
 async def run_on(executor: Executor, server: str, rid: str, kind: str, model: str) -> None:
