@@ -23,6 +23,7 @@ from tests import gateway_http
 from tests.fixtures import ClusterFactory
 from tests.gateway_http import keyed_cluster
 from tests.polling import eventually
+from tests.service_metrics import metric_value, wait_for_value
 
 pytestmark = pytest.mark.e2e
 
@@ -391,6 +392,8 @@ async def test_a_queued_message_whose_client_leaves_is_cancelled(
     status, created = await call(url, "POST", "/api/conversations", {"title": "C", "model": MODEL})
     conv_id = created["conversation_id"]
     generations = (await emu.stats())["generations"]
+    cancelled = 'corral_cancellations_total{stage="queued"}'
+    cancelled_before = await metric_value(cluster, cancelled)
     async with aiohttp.ClientSession() as session:
         busy = await hold_the_lane(emu, cluster, session)
         try:
@@ -399,6 +402,10 @@ async def test_a_queued_message_whose_client_leaves_is_cancelled(
                 first = orjson.loads(await response.content.readline())
                 assert first["queue_info"]["position"] == 1
                 response.close()
+            # The scheduler's own count of the cancel, not the queue's length in /health: that
+            # comes from a status sent every 2 s, which can still say 0 from before the message
+            # was queued (and the held chat was then let go before the cancel had arrived).
+            await wait_for_value(cluster, cancelled, cancelled_before + 1)
 
             async def nothing_queued() -> bool:
                 return await queued_jobs(cluster) == 0
