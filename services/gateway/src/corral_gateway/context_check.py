@@ -166,17 +166,19 @@ def prompt_tokens(kind: JobKind, body: Mapping[str, Any]) -> int:
     what `context_info.tokens_used` says when the backend does not count it."""
     if kind == "generate":
         return generate_tokens(body)
+    return _tokens(_chat_messages(body))
+
+
+def _chat_messages(body: Mapping[str, Any]) -> list[Message]:
     raw = body.get("messages")
-    return _tokens([m for m in raw if isinstance(m, dict)] if isinstance(raw, list) else [])
+    return [m for m in raw if isinstance(m, dict)] if isinstance(raw, list) else []
 
 
 def check_stateless(kind: JobKind, body: Mapping[str, Any], window: int) -> dict[str, Any] | None:
     """The `context_info` to answer a stateless chat or generate with when its prompt does
     not fit (None when it fits); a 413 when what must be answered cannot fit."""
     if kind == "chat":
-        raw = body.get("messages")
-        messages = [m for m in raw if isinstance(m, dict)] if isinstance(raw, list) else []
-        fit = fit_chat(messages, window)
+        fit = fit_chat(_chat_messages(body), window)
         return None if fit is None else fit.context_info()
     if kind == "generate":
         needed = generate_tokens(body)
