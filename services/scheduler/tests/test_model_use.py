@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
+from corral_common.errors import CorralError, ErrorType
 from corral_common.messages import ModelActivity
 from corral_scheduler.events import EventSink
 from corral_scheduler.executor import Executor
@@ -21,11 +22,15 @@ class FakeBackend:
 
     kind = "ollama"
     base_url = "http://backend"
+    # Set: the server refuses to unload (as Ollama does a model it is still running).
+    refuse_unload = False
 
     async def embed(self, kind: str, payload: dict[str, Any]) -> dict[str, Any]:
         return {"embeddings": [[0.0]]}
 
     async def unload(self, payload: dict[str, Any]) -> dict[str, Any]:
+        if self.refuse_unload:
+            raise CorralError(ErrorType.BACKEND_ERROR, "model is busy", status=500)
         return {"done": True}
 
 
@@ -69,3 +74,12 @@ async def test_each_server_reports_its_own_use_and_an_unload_forgets_only_its_ow
         assert left.last_used_on == {"gpu1": used.last_used_on["gpu1"]}
         assert left.last_used_at == used.last_used_on["gpu1"]
         assert (left.queued, left.running, left.running_on) == (0, 0, [])
+
+
+async def test_an_unload_that_did_not_happen_keeps_the_models_use_there() -> None:
+    async with pool_of("gpu1", "gpu2") as executor:
+        await run_on(executor, "gpu1", "a", "embed", "all-minilm")
+        used = activity(executor)["all-minilm:latest"].last_used_on
+        executor.backends["gpu1"].refuse_unload = True  # type: ignore[attr-defined]
+        await run_on(executor, "gpu1", "u", "unload", "all-minilm")
+        assert activity(executor)["all-minilm:latest"].last_used_on == used

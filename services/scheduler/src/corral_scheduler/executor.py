@@ -308,7 +308,12 @@ class Executor:
         with tracer().start_as_current_span(
             "backend generation", context=parent, attributes=span_attrs
         ) as span:
-            return await self._generate(running, waited_ms, span)
+            outcome = await self._generate(running, waited_ms, span)
+            if outcome == "done" and job.kind == "unload":
+                # Only an unload that happened forgets the model's use on its server: a refused
+                # or failed one left the model where it was.
+                self.lane.used(job, running.server.name)
+            return outcome
 
     async def _generate(self, running: Running, waited_ms: int, span: trace.Span) -> str:
         job = running.entry.job
@@ -385,7 +390,7 @@ class Executor:
             await batcher.abort()
             raise
         finally:
-            if not running.failed_over:
+            if not running.failed_over and job.kind != "unload":
                 self.lane.used(job, running.server.name)
 
     async def _stream(
