@@ -57,6 +57,28 @@ async def test_the_first_chunk_goes_out_at_once_and_the_rest_wait_for_the_window
     assert published.batches == [(0, [chunk(0)]), (1, [chunk(n) for n in range(1, 5)])]
 
 
+async def test_a_full_batch_ends_its_window_early() -> None:
+    published = Published()
+    batcher = TokenBatcher(published, window_s=FOREVER_S, max_chunks=3)
+    batcher.add(chunk(0))
+    await published.next()
+    batcher.extend([chunk(1), chunk(2)])
+    await settle_loop()
+    assert len(published.batches) == 1
+    # The third chunk fills the batch: out without the window or a close.
+    batcher.add(chunk(3))
+    await published.next()
+    assert published.batches[1] == (1, [chunk(1), chunk(2), chunk(3)])
+    # The next batch waits its window again until it too is full.
+    batcher.extend([chunk(4), chunk(5)])
+    await settle_loop()
+    assert len(published.batches) == 2
+    batcher.extend([chunk(6), chunk(7)])
+    await published.next()
+    assert published.batches[2] == (2, [chunk(n) for n in range(4, 8)])
+    assert await batcher.close() == 3
+
+
 async def test_after_the_window_the_next_batch_goes_out_without_a_close() -> None:
     published = Published()
     batcher = TokenBatcher(published, window_s=0.01)

@@ -27,6 +27,10 @@ log = structlog.get_logger(__name__)
 
 # The token batcher's window (TokenBatcher; the scheduler's `token_batch_ms` setting).
 TOKEN_WINDOW_S = 0.05
+# A batch that reaches this many chunks goes out without waiting its window out, so a backend
+# faster than the relay streams through it in steps the gateway and client work on while the
+# rest is generated, not in one lump at the end (at real token rates a window never fills).
+TOKEN_BATCH_MAX = 256
 # Whether `started` rides on the first token batch (EventSink): on once every gateway hands a
 # batch's `started` out before its tokens (hub.py).
 MERGE_STARTED = True
@@ -221,33 +225,43 @@ class TokenBatcher(Generic[T]):
     left without waiting out the window. So a fast backend is a handful of messages whatever
     its length, and one at real token rates (tens of milliseconds a token) is one message per
     window, not one per token: each token is at most `window_s` late. 0 turns the window off
-    (coalescing only while a publish is under way).
+    (coalescing only while a publish is under way). A batch that reaches `max_chunks` ends its
+    window early.
     """
 
     def __init__(
         self,
         publish: Callable[[int, list[T]], Awaitable[None]],
         window_s: float = TOKEN_WINDOW_S,
+        max_chunks: int = TOKEN_BATCH_MAX,
     ) -> None:
         self._publish = publish
         self._window_s = window_s
+        self._max_chunks = max_chunks
         self._pending: list[T] = []
         self._wake = asyncio.Event()
-        self._closed = asyncio.Event()
+        self._closed = False
+        # Set on close, or when the pending batch is full: its window ends now.
+        self._due = asyncio.Event()
         self._sent = 0
         self._task = asyncio.create_task(self._pump(), name="token-batcher")
 
     def add(self, chunk: T) -> None:
         self._pending.append(chunk)
         self._wake.set()
+        if len(self._pending) >= self._max_chunks:
+            self._due.set()
 
     def extend(self, chunks: list[T]) -> None:
         self._pending += chunks
         self._wake.set()
+        if len(self._pending) >= self._max_chunks:
+            self._due.set()
 
     async def close(self) -> int:
         """Flush and stop; returns how many batches were published."""
-        self._closed.set()
+        self._closed = True
+        self._due.set()
         self._wake.set()
         await self._task
         return self._sent
@@ -265,14 +279,16 @@ class TokenBatcher(Generic[T]):
             while self._pending:
                 began = loop.time()
                 batch, self._pending = self._pending, []
+                if not self._closed:
+                    self._due.clear()
                 await self._publish(self._sent, batch)
                 self._sent += 1
                 left = began + self._window_s - loop.time()
-                if left > 0 and not self._closed.is_set():
+                if left > 0 and not self._due.is_set():
                     # The window: what arrives meanwhile goes out as one batch after it (or at
-                    # once on close).
+                    # once on close, or once the batch is full).
                     with contextlib.suppress(TimeoutError):
                         async with asyncio.timeout(left):
-                            await self._closed.wait()
-            if self._closed.is_set():
+                            await self._due.wait()
+            if self._closed:
                 return

@@ -29,6 +29,7 @@ from corral_scheduler.backends.base import (
     StreamKind,
     TagEntry,
 )
+from corral_scheduler.backends.read_spells import ReadSpells
 
 # Loads and unloads are Ollama's own idiom: an empty generate request (with `keep_alive: 0`
 # to unload).
@@ -154,9 +155,12 @@ def _models(data: dict[str, Any]) -> list[Any]:
 
 
 async def _chunks(response: aiohttp.ClientResponse) -> AsyncIterator[Piece]:
+    spells = ReadSpells(response)
     try:
         async for lines in ndjson_runs(response.content):
             run = _run_of(lines)
+            if run is not None:
+                spells.read(len(lines))
             rest: list[bytes] = []
             if run is None and len(lines) > 1:
                 # Most often the read that ends the stream: its chunks, then the final one.
@@ -174,6 +178,8 @@ async def _chunks(response: aiohttp.ClientResponse) -> AsyncIterator[Piece]:
                 yield chunk
     except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError, TimeoutError) as exc:
         raise BackendStreamError(f"backend stream broke off: {exc or type(exc).__name__}") from exc
+    finally:
+        spells.end()
 
 
 def _run_of(lines: list[bytes]) -> ChunkRun | None:
