@@ -47,6 +47,7 @@ from corral_common.messages import (
 from corral_common.model_names import same_model
 from corral_common.telemetry import extract_context, tracer
 from corral_scheduler import metrics
+from corral_scheduler.answer import Answer
 from corral_scheduler.backends.base import (
     Backend,
     BackendStreamError,
@@ -56,11 +57,9 @@ from corral_scheduler.backends.base import (
     EmbedAnswer,
     EmbeddingsAnswer,
     EmbedKind,
-    Message,
     Metrics,
     Piece,
     StreamKind,
-    ToolCall,
 )
 from corral_scheduler.eta import SpeedBook
 from corral_scheduler.events import EventSink, TokenBatcher
@@ -408,9 +407,7 @@ class Executor:
         started = time.monotonic()
         await self._settle_after_takeover(entry)
         final: Chunk | None = None
-        # Every chunk, read into the answer only when the job is settled (`conclude`): the
-        # loop here does as little per chunk as it can.
-        seen: list[Chunk] = []
+        answer = Answer()
         payload = self.guard.payload(job)
         async with contextlib.AsyncExitStack() as stack:
             # Opened (retried while the backend is not ready), then read to its end; leaving
@@ -444,12 +441,12 @@ class Executor:
                     metrics.TIME_TO_FIRST_TOKEN.labels(job.model).observe(now - started)
                 if type(piece) is ChunkRun:
                     running.tokens += len(piece.chunks)
-                    seen += piece.chunks
                     batcher.extend(piece.lines)
+                    answer.take(piece.chunks)
                     continue
                 chunk = piece
                 running.tokens += 1
-                seen.append(chunk)
+                answer.take([chunk])
                 if chunk.get("done"):
                     final = chunk
                 else:
@@ -469,33 +466,14 @@ class Executor:
 
         def conclude(token_batches: int) -> Done:
             self._observe(job, ending, seconds, span, ended_ns)
-            text: list[str] = []
-            thinking: list[str] = []
-            tool_calls: list[ToolCall] = []
-            # The answer's part of each chunk: `message` for chat, the chunk itself (with
-            # `response` as its content) for generate. Inline: thousands of chunks a stream.
-            part: Message | Chunk
-            content: str | None
-            for chunk in seen:
-                message = chunk.get("message")
-                if isinstance(message, dict):
-                    part, content = message, message.get("content")
-                else:
-                    part, content = chunk, chunk.get("response")
-                if content:
-                    text.append(str(content))
-                if part.get("thinking"):
-                    thinking.append(str(part["thinking"]))
-                if part.get("tool_calls"):
-                    tool_calls.extend(part["tool_calls"])
             return Done(
                 request_id=job.request_id,
                 gateway_id=job.gateway_id,
                 token_batches=token_batches,
                 final=ending,
-                text="".join(text),
-                thinking="".join(thinking),
-                tool_calls=tool_calls,
+                text=answer.text,
+                thinking=answer.thinking,
+                tool_calls=answer.tool_calls,
                 enqueued_at=job.enqueued_at,
                 waited_ms=waited_ms,
                 model=job.model,
