@@ -5,6 +5,7 @@ broker, no scheduler), with Ollama's chunks over NDJSON and a test shape over SS
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any
 
 import orjson
@@ -15,10 +16,14 @@ from pytest_aiohttp import AiohttpClient
 from corral_common.errors import CorralError, ErrorType
 from corral_common.messages import (
     Accepted,
+    BackendStatus,
     Cancelled,
     Done,
     Failed,
+    LaneEntry,
     Position,
+    QueueStatus,
+    SchedulerStatus,
     Started,
     Tokens,
 )
@@ -116,6 +121,54 @@ async def test_a_client_leaving_while_queued_cancels_the_job_once() -> None:
     await gw.settle()
     assert gw.submitter.cancels == [RID]
     assert RID not in gw.hub.waiting
+
+
+async def test_a_whole_answer_job_not_started_by_its_deadline_is_a_408_then_and_there() -> None:
+    # An embedding behind a long generation: the lane checks its deadline only when its turn
+    # comes, so the ticket answers at the deadline itself, and the job is taken out of line.
+    gw = FakeGateway()
+    gw.hub.feed(RID, position(1, 60_000))
+    now = time.time()
+    waited = time.monotonic()
+    with pytest.raises(CorralError) as raised:
+        await run_job(gw.as_gateway(), job(RID, "embed", enqueued_at=now, deadline=now + 0.2))
+    assert time.monotonic() - waited < 2.0
+    assert (raised.value.status, raised.value.error_type) == (408, ErrorType.QUEUE_TIMEOUT)
+    assert raised.value.message.startswith("request timed out in the queue after 0.")
+    await gw.settle()
+    assert gw.submitter.cancels == [RID]
+
+
+async def test_a_whole_answer_job_running_at_its_deadline_is_waited_for() -> None:
+    gw = FakeGateway()
+    gw.hub.status.update(
+        SchedulerStatus(
+            scheduler_id="s1",
+            sent_at=time.time(),
+            backend=BackendStatus(url="http://backend", connected=True),
+            queue=QueueStatus(waiting=0, running=1, average_wait_ms=0, processing_rate=0.0),
+            lane=[
+                LaneEntry(
+                    request_id=RID,
+                    kind="embed",
+                    model="m",
+                    position=0,
+                    estimated_wait_ms=0,
+                    waited_ms=10,
+                )
+            ],
+        )
+    )
+    now = time.time()
+    answering = asyncio.ensure_future(
+        run_job(gw.as_gateway(), job(RID, "embed", enqueued_at=now, deadline=now + 0.05))
+    )
+    await asyncio.sleep(0.2)
+    gw.hub.feed(RID, done(0))
+    answer = await answering
+    assert answer.final["done_reason"] == "stop"
+    await gw.settle()
+    assert gw.submitter.cancels == []
 
 
 async def test_a_client_leaving_before_the_publish_is_confirmed_still_cancels() -> None:

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import time
 from types import TracebackType
 
 import structlog
@@ -28,8 +29,10 @@ import structlog
 from corral_common.clip import clip
 from corral_common.errors import CorralError, ErrorType
 from corral_common.messages import CANCELED_STATUS, STREAMED_KINDS, Cancelled, Done, Failed, Job
+from corral_common.timeouts import within
 from corral_gateway.hub import BrokerLost, Delivery
 from corral_gateway.identity.quotas import TokenQuota
+from corral_gateway.lane_status import find_entry
 from corral_gateway.request_terms import RequestTerms
 from corral_gateway.state import Gateway, QueueView
 from corral_gateway.usage import final_count, note_done, note_model
@@ -206,11 +209,24 @@ class JobTicket:
                 self.gateway.spawn(self.quota.charge(tokens))
         self.settled = True
 
-    async def outcome(self) -> Done:
+    async def outcome(self, start_by: float | None = None) -> Done:
         """For a job answered whole: its Done; its failure as a CorralError with the status
-        clients expect. Other events (accepted, position ...) are passed over."""
+        clients expect. Other events (accepted, position ...) are passed over.
+
+        Given `start_by` (epoch seconds: its queue timeout, or its total deadline if sooner), a
+        job the lane does not report running by then is answered 408 `queue_timeout` at that
+        moment, and cancelled on leaving the ticket. The lane checks a job's deadline only when
+        its turn comes, which behind a long generation may be many minutes later: its client
+        must not wait for that (the relay holds streamed jobs to it the same way)."""
         while True:
-            event = await self.events.get()
+            try:
+                event = await within(self.events.get(), self._until(start_by))
+            except TimeoutError:
+                if self._running():
+                    # It started in time: the lane holds it to its total deadline from here.
+                    start_by = None
+                    continue
+                raise self._queue_timeout() from None
             match event:
                 case Done():
                     self.settle(event)
@@ -227,11 +243,39 @@ class JobTicket:
                     self.settle()
                     raise broker_lost_error()
 
+    @staticmethod
+    def _until(start_by: float | None) -> float | None:
+        """Seconds left until `start_by` (None: no limit)."""
+        return None if start_by is None else start_by - time.time()
+
+    def _running(self) -> bool:
+        """Whether the lane last reported this job running (its position 0). Jobs answered
+        whole have no `started` event: the schedulers' statuses are all that says so."""
+        entry = find_entry(self.gateway.hub.status.fresh(), self.request_id)
+        return entry is not None and entry.position == 0
+
+    def _queue_timeout(self) -> CorralError:
+        enqueued_at = self.job.enqueued_at if self.job is not None else time.time()
+        waited_s = max(0.0, time.time() - enqueued_at)
+        return CorralError(
+            ErrorType.QUEUE_TIMEOUT,
+            f"request timed out in the queue after {waited_s:.1f} s",
+            status=408,
+        )
+
+
+def start_by(job: Job) -> float | None:
+    """When the job must have started: its queue deadline, or its total deadline if sooner."""
+    deadlines = [d for d in (job.deadline, job.finish_by) if d is not None]
+    return min(deadlines) if deadlines else None
+
 
 async def run_job(gateway: Gateway, job: Job, terms: RequestTerms | None = None) -> Done:
     """Submit a job answered whole (embeddings, loads, unloads) and wait for its answer; given
-    the request's `terms`, the job carries its deadline and retries."""
+    the request's `terms`, the job carries its deadline and retries. Not started by its
+    deadline, it is answered 408 then and there (`JobTicket.outcome`)."""
     async with JobTicket(gateway, job.request_id) as ticket:
         ticket.terms = terms
         await ticket.submit(job)
-        return await ticket.outcome()
+        submitted = ticket.job if ticket.job is not None else job
+        return await ticket.outcome(start_by(submitted))
