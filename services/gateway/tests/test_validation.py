@@ -73,6 +73,13 @@ def test_wrong_types(raw: bytes, kind: str, message: str) -> None:
     assert (error.status, error.message) == (400, message)
 
 
+@pytest.mark.parametrize("kind", ["chat", "generate", "show", "embed"])
+def test_a_null_body_is_an_empty_request(kind: str) -> None:
+    # Go decodes a bare `null` into the request struct without error (a no-op): the handler
+    # then answers for an empty request, never "cannot unmarshal object".
+    assert decode_body(b" null\n", kind) == {}
+
+
 def test_nulls_are_zero_values() -> None:
     body = decode_body(b'{"model":"m","stream":null,"options":null}', "chat")
     assert body["stream"] is None

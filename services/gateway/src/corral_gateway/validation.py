@@ -231,6 +231,10 @@ def decode_body(raw: bytes, kind: str) -> dict[str, Any]:
         raise OllamaRequestError(400, TOO_DEEP_MESSAGE) from exc
     except orjson.JSONDecodeError as exc:
         raise OllamaRequestError(400, _decode_message(exc, raw, request_type)) from exc
+    if value is None:
+        # A bare `null` is no error to Go's decoder: it leaves the request struct at its zero
+        # value, and the handler judges an empty request ("model is required" ...).
+        return {}
     if not isinstance(value, dict):
         raise OllamaRequestError(
             400, f"json: cannot unmarshal {_kind(value)} into Go value of type {request_type.name}"
