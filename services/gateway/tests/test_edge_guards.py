@@ -101,8 +101,23 @@ def test_configured_hosts() -> None:
         assert AllowedHosts().address_allowed(ipaddress.ip_address(address)), address
 
 
+def test_ipv4_mapped_addresses_are_judged_as_ipv4_like_go() -> None:
+    # netip's IsLoopback and IsPrivate unmap `::ffff:a.b.c.d` first: Ollama lets these in.
+    for address in ("::ffff:127.0.0.1", "::ffff:10.0.0.1", "::ffff:192.168.1.5"):
+        assert AllowedHosts().address_allowed(ipaddress.ip_address(address)), address
+    assert not AllowedHosts().address_allowed(ipaddress.ip_address("::ffff:8.8.8.8"))
+
+
 @pytest.mark.parametrize(
-    "host", ["127.0.0.1:8000", "localhost:8000", "[::1]:8000", "my.localhost", "10.0.0.5:80"]
+    "host",
+    [
+        "127.0.0.1:8000",
+        "localhost:8000",
+        "[::1]:8000",
+        "[::ffff:127.0.0.1]:8000",
+        "my.localhost",
+        "10.0.0.5:80",
+    ],
 )
 async def test_local_hosts_reach_the_handler(aiohttp_client: AiohttpClient, host: str) -> None:
     client = await aiohttp_client(edge_app())

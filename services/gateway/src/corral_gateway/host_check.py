@@ -134,10 +134,14 @@ class AllowedHosts:
         return address in self._interfaces
 
     def address_allowed(self, address: IPAddress) -> bool:
+        # Go's netip judges an IPv4-mapped address (`[::ffff:127.0.0.1]`) as its IPv4 address
+        # for loopback and private ranges; Python 3.11's ipaddress does not.
+        mapped = address.ipv4_mapped if isinstance(address, ipaddress.IPv6Address) else None
+        unmapped = mapped or address
         return (
-            address.is_loopback
+            unmapped.is_loopback
             or address.is_unspecified
-            or any(address in network for network in _PRIVATE_NETWORKS)
+            or any(unmapped in network for network in _PRIVATE_NETWORKS)
             or address in self._addresses
             or self._is_interface_address(address)
         )
