@@ -41,6 +41,9 @@ log = structlog.get_logger(__name__)
 Present = Callable[[str, Extensions], tuple[ChunkShape, StreamEncoder]]
 # A surface's decoding of a generation request: the native body to run, and how to show it.
 Decode = Callable[[web.Request, Gateway, JobKind], Awaitable[tuple[dict[str, Any], Present]]]
+# A surface's own finishing of a session chat's assembled messages (history and new ones), in
+# place: what it derives from the whole conversation, which its decoding saw only part of.
+Finish = Callable[[list[dict[str, Any]]], None]
 
 
 async def chat(request: web.Request) -> web.StreamResponse:
@@ -80,16 +83,20 @@ class Outcome:
 
 
 async def serve_generation(
-    request: web.Request, kind: JobKind, decode: Decode = decode_native
+    request: web.Request,
+    kind: JobKind,
+    decode: Decode = decode_native,
+    finish: Finish | None = None,
 ) -> web.StreamResponse:
     """A chat or generate request of any surface: decoded by the surface into a native body,
-    then the same path for all (sessions, the lane, the relay), shown as the surface shows it."""
+    then the same path for all (sessions, the lane, the relay), shown as the surface shows it.
+    `finish`, if given, completes a session chat's assembled messages for the surface."""
     gateway = request.app[GATEWAY]
     started = time.monotonic()
     outcome = Outcome()
     metrics.IN_FLIGHT.inc()
     try:
-        return await _serve(request, gateway, kind, outcome, decode)
+        return await _serve(request, gateway, kind, outcome, decode, finish)
     finally:
         metrics.IN_FLIGHT.dec()
         metrics.REQUESTS.labels(kind, outcome.label).inc()
@@ -97,7 +104,12 @@ async def serve_generation(
 
 
 async def _serve(
-    request: web.Request, gateway: Gateway, kind: JobKind, outcome: Outcome, decode: Decode
+    request: web.Request,
+    gateway: Gateway,
+    kind: JobKind,
+    outcome: Outcome,
+    decode: Decode,
+    finish: Finish | None,
 ) -> web.StreamResponse:
     try:
         body, present = await decode(request, gateway, kind)
@@ -121,7 +133,7 @@ async def _serve(
     ):
         try:
             await gateway.models.check(model)
-            conversation = await _conversation(gateway, kind, model, body, ext)
+            conversation = await _conversation(gateway, kind, model, body, ext, finish)
         except CorralError as exc:
             outcome.label = str(exc.error_type)
             raise
@@ -147,7 +159,12 @@ class Conversation:
 
 
 async def _conversation(
-    gateway: Gateway, kind: JobKind, model: str, body: dict[str, Any], ext: Extensions
+    gateway: Gateway,
+    kind: JobKind,
+    model: str,
+    body: dict[str, Any],
+    ext: Extensions,
+    finish: Finish | None = None,
 ) -> Conversation:
     """Without a session, the request goes as the client sent it, exactly as to Ollama. With one,
     the session store assembles the history for this model around the new messages: the
@@ -183,6 +200,8 @@ async def _conversation(
     assembled = await gateway.rpc.call(SESSION_STORE.assemble, params)
     if kind == "chat":
         payload["messages"] = assembled.messages
+        if finish is not None:
+            finish(payload["messages"])
     return Conversation(
         kind,
         payload,

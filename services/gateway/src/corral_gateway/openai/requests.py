@@ -795,6 +795,33 @@ def _native_tool_calls(calls: list[ToolCall] | None) -> list[dict[str, Any]]:
     return native
 
 
+def name_tool_results(messages: list[dict[str, Any]]) -> None:
+    """Name each tool result that has a `tool_call_id` but no `tool_name` after the call it
+    answers, anywhere in the conversation (the last one wins), as Ollama's /v1 layer does
+    (`nameFromToolCallID`). The request's own messages were named when translated; in a session
+    the call is in the stored history, which the translation never saw, and the model's template
+    would get a tool result that names no tool."""
+    for message in messages:
+        call_id = message.get("tool_call_id")
+        if str(message.get("role", "")).lower() != "tool" or message.get("tool_name"):
+            continue
+        if isinstance(call_id, str) and call_id:
+            name = _called_name(messages, call_id)
+            if name:
+                message["tool_name"] = name
+
+
+def _called_name(messages: list[dict[str, Any]], tool_call_id: str) -> str:
+    for message in reversed(messages):
+        calls = message.get("tool_calls")
+        for call in calls if isinstance(calls, list) else []:
+            if isinstance(call, dict) and call.get("id") == tool_call_id:
+                function = call.get("function")
+                name = function.get("name") if isinstance(function, dict) else None
+                return name if isinstance(name, str) else ""
+    return ""
+
+
 def _name_from_tool_call_id(messages: list[Message], tool_call_id: str) -> str:
     # Backwards: with duplicate ids the last one wins, as in Ollama.
     for message in reversed(messages):

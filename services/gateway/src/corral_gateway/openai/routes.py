@@ -20,7 +20,12 @@ from corral_gateway.extensions import Extensions
 from corral_gateway.ollama.chat_routes import Present, serve_generation
 from corral_gateway.ollama.embed_routes import run_embedding
 from corral_gateway.openai.chunk_shapes import ChatChunks, CompletionChunks, OpenAISseEncoder
-from corral_gateway.openai.requests import parse_chat, parse_completion, parse_embedding
+from corral_gateway.openai.requests import (
+    name_tool_results,
+    parse_chat,
+    parse_completion,
+    parse_embedding,
+)
 from corral_gateway.openai.responses import embedding_list, model_list, model_retrieved
 from corral_gateway.relay import ChunkShape
 from corral_gateway.responses import json_response
@@ -29,7 +34,7 @@ from corral_gateway.validation import OllamaRequestError
 
 
 async def chat_completions(request: web.Request) -> web.StreamResponse:
-    return await serve_generation(request, "chat", _decode)
+    return await serve_generation(request, "chat", _decode, name_tool_results)
 
 
 async def completions(request: web.Request) -> web.StreamResponse:
