@@ -49,9 +49,9 @@ class GatewaySettings(CorralSettings):
     default_num_ctx: int = Field(default=4096, ge=64)
     stateless_context_check: bool = True
     # Whether OpenAI's `user` field names a session on /v1 when nothing more explicit does.
-    # Off for applications that set `user` for abuse tracking and send whole histories (the
-    # session store would add the history a second time).
-    openai_user_sessions: bool = True
+    # Off by default: OpenAI's clients (LibreChat, SDK users) set `user` for abuse tracking and
+    # send the whole history every time, and the session store would add it a second time.
+    openai_user_sessions: bool = False
 
     # The network edge (see host_check.py, origins.py, connections.py).
     # Extra Host names/addresses accepted while bound to loopback (comma-separated;
