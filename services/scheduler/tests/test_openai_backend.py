@@ -7,9 +7,12 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
+import orjson
 import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestServer
 
-from corral_common.errors import CorralError
+from corral_common.errors import CorralError, ErrorType
 from corral_devstack.ports import free_port
 from corral_emulator import EmulatorConfig, expected_reply, running_emulator
 from corral_scheduler.backends.base import BackendStreamError, EmbedAnswer
@@ -20,6 +23,10 @@ from corral_scheduler.backends.openai_compat import (
     completion_request,
     embed_answer,
     image_url,
+)
+from corral_scheduler.backends.response_format import (
+    refuses_response_format,
+    schema_in_json_object,
 )
 from corral_scheduler.retries import retry_reason
 
@@ -59,7 +66,8 @@ def test_a_chat_becomes_a_chat_completion_with_its_sampling_parameters() -> None
     assert body["max_tokens"] == 12 and body["stop"] == ["\n\n"]
     # Not the same as frequency_penalty: sent under its own (llama.cpp) name only.
     assert body["repeat_penalty"] == 1.1 and "frequency_penalty" not in body
-    assert body["response_format"] == {"type": "json_object"}
+    # With a schema: llama.cpp's server takes a `json_object` without one as no constraint.
+    assert body["response_format"] == {"type": "json_object", "schema": {"type": "object"}}
     # Load-time settings are the server's own.
     assert "num_ctx" not in body and "keep_alive" not in body and "options" not in body
 
@@ -74,6 +82,48 @@ def test_unlimited_num_predict_sends_no_max_tokens_and_a_schema_is_json_schema()
         "type": "json_schema",
         "json_schema": {"name": "response", "schema": schema, "strict": True},
     }
+
+
+# What llama-cpp-python 0.3.x's server answers to `response_format.type: "json_schema"`.
+REFUSAL_TEXT = (
+    "1 validation error:\n  {'type': 'literal_error', 'loc': ('body', 'response_format', "
+    "'type'), 'msg': \"Input should be 'text' or 'json_object'\", 'input': 'json_schema'}\n\n"
+    '  File "/venv/lib/python3.11/site-packages/llama_cpp/server/app.py", line 376, in '
+    "create_chat_completion\n    POST /v1/chat/completions"
+)
+LLAMA_CPP_PYTHON_REFUSAL = {
+    "error": {"message": REFUSAL_TEXT, "type": "internal_server_error", "param": None, "code": None}
+}
+
+
+def test_a_schema_in_the_llama_familys_shape() -> None:
+    schema = {"type": "object", "properties": {"a": {"type": "integer"}}, "required": ["a"]}
+    body = chat_request({"model": "m", "messages": [], "format": schema})
+    other = schema_in_json_object(body)
+    assert other is not None
+    # What llama-cpp-python takes (and llama.cpp's server too); the rest is unchanged.
+    assert other["response_format"] == {"type": "json_object", "schema": schema}
+    assert {k: v for k, v in other.items() if k != "response_format"} == {
+        k: v for k, v in body.items() if k != "response_format"
+    }
+    # Nothing to send differently without a schema.
+    assert schema_in_json_object(chat_request({"model": "m", "messages": []})) is None
+    assert (
+        schema_in_json_object(chat_request({"model": "m", "messages": [], "format": "json"}))
+        is None
+    )
+
+
+def test_only_a_refusal_naming_the_response_format_is_one() -> None:
+    message = REFUSAL_TEXT
+    assert refuses_response_format(CorralError(ErrorType.BACKEND_ERROR, message, status=500))
+    older_llama_server = 'response_format type must be one of "text" or "json_object", but got: x'
+    assert refuses_response_format(
+        CorralError(ErrorType.BACKEND_ERROR, older_llama_server, status=400)
+    )
+    assert not refuses_response_format(CorralError(ErrorType.BACKEND_ERROR, "boom", status=500))
+    # The lane retries these, whatever they say.
+    assert not refuses_response_format(CorralError(ErrorType.BACKEND_ERROR, message, status=503))
 
 
 def test_tool_calls_and_results_are_paired_and_tools_pass_as_they_are() -> None:
@@ -261,3 +311,60 @@ async def test_a_server_that_is_not_there_is_named_by_its_kind() -> None:
     assert down.value.status == 503
     assert down.value.message.startswith("Cannot connect to OpenAI-compatible server.")
     assert retry_reason(down.value) == "refused"
+
+
+class LlamaCppPythonLike:
+    """A server that takes schemas as llama-cpp-python 0.3.x does (`json_object` with a
+    `schema`, `json_schema` refused with its 500), answering `{"a":1}`."""
+
+    def __init__(self) -> None:
+        self.formats: list[Any] = []
+        self.app = web.Application()
+        self.app.router.add_post("/v1/chat/completions", self.chat)
+
+    async def chat(self, request: web.Request) -> web.StreamResponse:
+        body = await request.json()
+        self.formats.append(body.get("response_format"))
+        format_ = body.get("response_format") or {}
+        if format_.get("type") not in (None, "text", "json_object"):
+            return web.json_response(LLAMA_CPP_PYTHON_REFUSAL, status=500)
+        if body["messages"][0]["content"] == "fail":
+            return web.json_response({"error": {"message": "out of memory"}}, status=500)
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await response.prepare(request)
+        for piece in ('{"a"', ":1}"):
+            chunk = {"choices": [{"index": 0, "delta": {"content": piece}}]}
+            await response.write(b"data: " + orjson.dumps(chunk) + b"\n\n")
+        await response.write(b"data: [DONE]\n\n")
+        return response
+
+
+async def test_a_schema_the_server_refuses_is_sent_again_as_it_takes_one() -> None:
+    server = LlamaCppPythonLike()
+    schema = {"type": "object", "properties": {"a": {"type": "integer"}}, "required": ["a"]}
+    in_openais_shape = {
+        "type": "json_schema",
+        "json_schema": {"name": "response", "schema": schema, "strict": True},
+    }
+    in_its_shape = {"type": "json_object", "schema": schema}
+
+    def ask(content: str = "give a") -> dict[str, Any]:
+        messages = [{"role": "user", "content": content}]
+        return {"model": "m", "messages": messages, "format": schema}
+
+    async with TestServer(server.app) as running, aiohttp.ClientSession() as session:
+        backend = OpenAIBackend(
+            session, str(running.make_url("")), connect_timeout_s=2.0, read_timeout_s=5.0
+        )
+        chunks = await collect(backend, "chat", ask())
+        assert "".join(c["message"]["content"] for c in chunks) == '{"a":1}'
+        assert chunks[-1]["done"] is True
+        assert server.formats == [in_openais_shape, in_its_shape]
+        # Remembered: the next schema goes in its shape at once.
+        await collect(backend, "chat", ask())
+        assert server.formats[2:] == [in_its_shape]
+        # Its other refusals pass through as they are, status and text.
+        with pytest.raises(CorralError) as refused:
+            await collect(backend, "chat", ask("fail"))
+        assert (refused.value.status, refused.value.message) == (500, "out of memory")
+        assert server.formats[3:] == [in_its_shape]

@@ -23,8 +23,10 @@ Requests (`chat_request`, `completion_request`):
   logit, the other subtracts a count-scaled amount, and no value of one equals the other.
   Load-time options (num_ctx, num_gpu, num_thread, ...) and keep_alive are the server's own
   start-up settings and are dropped.
-- `format`: "json" → `response_format: {"type": "json_object"}`; a JSON schema →
-  `{"type": "json_schema", "json_schema": {"name": "response", "schema": ..., "strict": true}}`.
+- `format` → `response_format` (response_format.py): "json" → `{"type": "json_object",
+  "schema": {"type": "object"}}`; a JSON schema → OpenAI's `{"type": "json_schema",
+  "json_schema": {"name": "response", "schema": ..., "strict": true}}`, and, where the server
+  refuses that (llama-cpp-python), `{"type": "json_object", "schema": ...}` from then on.
 - `tools` are OpenAI's shape already and go as they are.
 
 Answers (`ChunkTranslator`): every SSE `data:` chunk's `delta.content` becomes one Ollama chunk
@@ -79,6 +81,11 @@ from corral_scheduler.backends.base import (
     TagEntry,
 )
 from corral_scheduler.backends.ollama import ndjson_lines
+from corral_scheduler.backends.response_format import (
+    refuses_response_format,
+    response_format,
+    schema_in_json_object,
+)
 from corral_scheduler.load_guard import keep_alive_seconds
 
 # Ollama's options with the same meaning in an OpenAI request, and the parameter they become.
@@ -188,24 +195,13 @@ def sampling(payload: dict[str, Any]) -> dict[str, Any]:
     num_predict = options.get("num_predict")
     if isinstance(num_predict, int) and not isinstance(num_predict, bool) and num_predict > 0:
         params["max_tokens"] = num_predict
-    response_format = _response_format(payload.get("format"))
-    if response_format is not None:
-        params["response_format"] = response_format
+    format_ = response_format(payload.get("format"))
+    if format_ is not None:
+        params["response_format"] = format_
     tools = payload.get("tools")
     if isinstance(tools, list) and tools:
         params["tools"] = tools
     return params
-
-
-def _response_format(value: Any) -> dict[str, Any] | None:
-    if value == "json":
-        return {"type": "json_object"}
-    if isinstance(value, dict):
-        return {
-            "type": "json_schema",
-            "json_schema": {"name": "response", "schema": value, "strict": True},
-        }
-    return None
 
 
 def chat_request(payload: dict[str, Any]) -> dict[str, Any]:
@@ -508,6 +504,9 @@ class OpenAIBackend:
             total=None, sock_connect=connect_timeout_s, sock_read=read_timeout_s
         )
         self._probe = aiohttp.ClientTimeout(total=2.0)
+        # Set once the server has refused a schema in OpenAI's shape (llama-cpp-python): its
+        # requests carry schemas in the llama family's shape from then on.
+        self._schema_in_json_object = False
 
     @asynccontextmanager
     async def stream(
@@ -525,10 +524,8 @@ class OpenAIBackend:
         else:
             path, body = completion_request(payload)
         translator = ChunkTranslator(kind, model)
-        response = await self._post(path, body)
+        response = await self._generation(path, body)
         try:
-            if response.status != 200:
-                raise await openai_status_error(response)
             yield _translated(sse_data(response), translator)
         finally:
             response.close()
@@ -586,6 +583,30 @@ class OpenAIBackend:
             )
         except UNREACHABLE_ERRORS as exc:
             raise unreachable(self.base_url, exc, SERVER) from exc
+
+    async def _generation(self, path: str, body: dict[str, Any]) -> aiohttp.ClientResponse:
+        """The server's 200 to a generation; a schema it refuses in OpenAI's shape is sent
+        again in the other (response_format.py), which it is sent in from then on."""
+        other = schema_in_json_object(body)
+        if other is not None and self._schema_in_json_object:
+            body, other = other, None
+        response = await self._post(path, body)
+        if response.status == 200:
+            return response
+        try:
+            refusal = await openai_status_error(response)
+        finally:
+            response.close()
+        if other is None or not refuses_response_format(refusal):
+            raise refusal
+        self._schema_in_json_object = True
+        response = await self._post(path, other)
+        if response.status != 200:
+            try:
+                raise await openai_status_error(response)
+            finally:
+                response.close()
+        return response
 
     async def _json(self, path: str, body: dict[str, Any]) -> Any:
         response = await self._post(path, body)
