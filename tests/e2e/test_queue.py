@@ -169,6 +169,12 @@ async def test_one_caller_may_queue_only_so_much(
             assert refused.status == 429
             assert int(refused.headers["Retry-After"]) >= 1
             assert "too many queued requests" in (await refused.json())["error"]
+        # A stream too: refused before any byte of a 200, so its client can back off on the
+        # status (the gateway counts its callers' waiting jobs).
+        async with session.post(url, json=chat("q4"), headers=key) as refused_stream:
+            assert refused_stream.status == 429
+            assert int(refused_stream.headers["Retry-After"]) >= 1
+            assert "too many queued requests" in (await refused_stream.json())["error"]
         # Another caller is not affected.
         async with queued(session, queue_cluster, chat("other"), **{"X-Client-Id": "other"}):
             await emu.release()

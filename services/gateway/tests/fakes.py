@@ -19,6 +19,7 @@ from corral_common.contracts import Method
 from corral_common.errors import CorralError
 from corral_common.messages import Done, Job, JobKind
 from corral_common.status_board import StatusBoard
+from corral_gateway.caller_queues import CallerQueues
 from corral_gateway.encoders import NdjsonEncoder, StreamEncoder
 from corral_gateway.extensions import Extensions
 from corral_gateway.hub import Delivery
@@ -111,6 +112,7 @@ class FakeGateway:
         self.background: list[asyncio.Task[None]] = []
         self.usage = Usage()
         self.turns = TurnsInFlight()
+        self.callers = CallerQueues()
 
     def spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         self.background.append(asyncio.ensure_future(coro))

@@ -219,6 +219,9 @@ class QueueStatus(Wire):
     average_wait_ms: int
     processing_rate: float
     """Finished jobs per second over the recent window."""
+    max_queued_per_key: int | None = None
+    """The scheduler's per-caller cap for keys without their own (0: none); None from a
+    scheduler older than the field. Gateways check it before publishing (queue_caps.py)."""
 
 
 class ModelActivity(Wire):

@@ -75,6 +75,7 @@ async def gateway_ctx(app: web.Application) -> AsyncIterator[None]:
     )
     app[GATEWAY] = gateway
     hub.observe(gateway.turns.observe)
+    hub.observe(gateway.callers.heard)
     gate.attach(StoreKeyDirectory(rpc), gateway.spawn)
 
     # This replica's own event queue: exclusive, so it (and its bindings) vanish with us.

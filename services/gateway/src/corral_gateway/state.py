@@ -15,6 +15,7 @@ from corral_common.context_lengths import CachedContextLengths
 from corral_common.messages import Job
 from corral_common.rpc import RpcClient
 from corral_common.supervision import spawn
+from corral_gateway.caller_queues import CallerQueues
 from corral_gateway.directory import ModelDirectory
 from corral_gateway.hub import Hub
 from corral_gateway.settings import GatewaySettings
@@ -55,6 +56,9 @@ class Gateway:
     # Session turns answered here and not yet stored (read your writes; turns_in_flight.py),
     # given the hub's events in app.gateway_ctx.
     turns: TurnsInFlight = field(default_factory=TurnsInFlight)
+    # This replica's waiting jobs per caller, for the queue cap at the edge (caller_queues.py),
+    # given the hub's events in app.gateway_ctx.
+    callers: CallerQueues = field(default_factory=CallerQueues)
 
     def spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         # Named after the coroutine (`Submitter.cancel`), for the failure log.

@@ -29,7 +29,9 @@ import structlog
 from corral_common.clip import clip
 from corral_common.errors import CorralError, ErrorType
 from corral_common.messages import CANCELED_STATUS, STREAMED_KINDS, Cancelled, Done, Failed, Job
+from corral_common.queue_caps import cap_of, over_cap
 from corral_common.timeouts import within
+from corral_gateway.caller_queues import lane_cap
 from corral_gateway.hub import BrokerLost, Delivery
 from corral_gateway.identity.quotas import TokenQuota
 from corral_gateway.lane_status import find_entry
@@ -120,6 +122,7 @@ class JobTicket:
         traceback: TracebackType | None,
     ) -> None:
         self.gateway.hub.unregister(self.request_id)
+        self.gateway.callers.remove(self.request_id)
         if self._view:
             self.gateway.relays.pop(self.request_id, None)
         if self.in_lane and not self.settled:
@@ -142,9 +145,12 @@ class JobTicket:
             await self.quota.check()
         if self.terms is not None:
             job = self.terms.stamp(job)
+        self._hold_to_caller_cap(job)
         self.job = job
         note_model(job.model, job.kind)
         self.in_lane = True
+        if job.client_key:
+            self.gateway.callers.add(job.request_id, job.client_key)
         # Its place in line, told at once when it must wait (places.py): the scheduler tells it
         # only once it admits the job, which may be long after the broker took it. Told
         # before the publish, so it comes before anything the scheduler says.
@@ -163,9 +169,28 @@ class JobTicket:
             await self.gateway.submitter.submit(job, retry_after_s(self.gateway))
         except CorralError:
             places.refused(job.request_id)
+            self.gateway.callers.remove(job.request_id)
             self.in_lane = False
             self.job = None
             raise
+
+    def _hold_to_caller_cap(self, job: Job) -> None:
+        """A caller already at its queue cap is refused here, before anything is published or
+        written to its client (caller_queues.py). Before any scheduler has told its cap, a
+        key without its own is left to the lane's check."""
+        key = job.client_key
+        if not key:
+            return
+        statuses = self.gateway.hub.status.fresh()
+        default = lane_cap(statuses)
+        if job.max_queued is None and default is None:
+            return
+        cap = cap_of(job.max_queued, default or 0)
+        callers = self.gateway.callers
+        waiting = callers.waiting(key)
+        if cap > 0 and waiting >= cap:
+            retry = callers.retry_after_s(key, statuses) or retry_after_s(self.gateway)
+            raise over_cap(waiting, cap, retry)
 
     def _room(self, position: int) -> bool:
         """Whether the jobs queue is far from its length limit (`x-max-length`), by the last
@@ -181,6 +206,7 @@ class JobTicket:
             await self.gateway.submitter.submit(job, retry_after_s(self.gateway))
         except CorralError as exc:
             self.gateway.hub.places.refused(job.request_id)
+            self.gateway.callers.remove(job.request_id)
             # A nack (the queue full) says it never got there; an unanswered publish may
             # have, and leaving cancels it.
             self.in_lane = exc.error_type is not ErrorType.QUEUE_FULL

@@ -29,6 +29,7 @@ from corral_common.messages import (
     LaneCommand,
     Position,
 )
+from corral_common.queue_caps import cap_of, over_cap
 from corral_common.topology import LANE_COMMAND_KEY, STATUS_REQUEST_KEY, event_key
 from corral_scheduler import metrics
 from corral_scheduler.eta import SpeedBook
@@ -252,21 +253,17 @@ class Admission:
                 details={"retry_after_s": 30},
             )
         # The caller's key may carry its own cap; else the scheduler's default. 0: no cap.
-        cap = self.max_queued_per_key if job.max_queued is None else job.max_queued
+        cap = cap_of(job.max_queued, self.max_queued_per_key)
         if cap > 0 and job.client_key:
             queued = self.lane.queued_for(job.client_key)
             if queued >= cap:
+                refusal = over_cap(queued, cap, self._retry_after_s(job.client_key))
                 return Failed(
                     request_id=job.request_id,
-                    status=429,
-                    error_type=str(ErrorType.RATE_LIMIT_EXCEEDED),
-                    message=f"too many queued requests: this client already has {queued} "
-                    f"waiting (the limit is {cap}); retry when one has finished",
-                    details={
-                        "queued": queued,
-                        "limit": cap,
-                        "retry_after_s": self._retry_after_s(job.client_key),
-                    },
+                    status=refusal.status,
+                    error_type=str(refusal.error_type),
+                    message=refusal.message,
+                    details=refusal.details,
                 )
         return None
 

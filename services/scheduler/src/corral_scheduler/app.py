@@ -143,6 +143,7 @@ async def lane_ctx(app: web.Application) -> AsyncIterator[None]:
         lane,
         settings.status_interval_s,
         health=lambda: watchdog.verdict,
+        max_queued_per_key=settings.max_queued_per_key,
     )
     app[CORE] = Core(executor, admission, status, watchdog)
     broker.on_lost(admission.connection_lost)

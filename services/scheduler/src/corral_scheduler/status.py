@@ -50,8 +50,11 @@ class StatusReporter:
         lane: Lane,
         interval_s: float,
         health: Callable[[], LaneHealth] = LaneHealth,
+        max_queued_per_key: int | None = None,
     ) -> None:
         self.scheduler_id = scheduler_id
+        # The per-caller cap, told to the gateways so they refuse at the edge (queue_caps.py).
+        self.max_queued_per_key = max_queued_per_key
         # The watchdog's verdict on the lane (watchdog.py), carried in every broadcast.
         self.health = health
         self.broker = broker
@@ -92,6 +95,7 @@ class StatusReporter:
                 running=len(lane.running_jobs()),
                 average_wait_ms=round(sum(waits) / len(waits)) if waits else 0,
                 processing_rate=round(lane.processing_rate(), 3),
+                max_queued_per_key=self.max_queued_per_key,
             ),
             models=lane.model_activity(),
             lane=self._lane(placed),
