@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable, Mapping
-from typing import Protocol
+from typing import Any, Protocol
 
 import structlog
 
@@ -25,6 +25,22 @@ class ContextLengths(Protocol):
     async def context_length(self, model: str) -> int | None:
         """The model's context length in tokens, or None when unknown."""
         ...
+
+
+def context_length_of(show: Mapping[str, Any]) -> int | None:
+    """A model's context length from its `/api/show` answer: `model_info`'s
+    `<general.architecture>.context_length` (else any `*.context_length`), None when absent."""
+    info = show.get("model_info")
+    if not isinstance(info, dict):
+        return None
+    architecture = info.get("general.architecture")
+    candidates = [f"{architecture}.context_length"] if isinstance(architecture, str) else []
+    candidates += [key for key in info if key.endswith(".context_length")]
+    for key in candidates:
+        value = info.get(key)
+        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+            return value
+    return None
 
 
 class StaticContextLengths:
