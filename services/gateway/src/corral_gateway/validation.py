@@ -17,6 +17,7 @@ import orjson
 
 from corral_common.clip import clip
 from corral_common.jsonutil import MAX_DEPTH, TooDeep, loads_bounded
+from corral_gateway.option_types import option_refusal
 
 
 class OllamaRequestError(Exception):
@@ -24,6 +25,14 @@ class OllamaRequestError(Exception):
         super().__init__(message)
         self.status = status
         self.message = message
+
+
+class OptionTypeError(OllamaRequestError):
+    """An option of the wrong type (option_types.py), with Ollama's text and its status, 500
+    (`handleScheduleError`); still the client's mistake, for a surface with its own shape."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(500, message)
 
 
 @dataclass(frozen=True)
@@ -241,6 +250,9 @@ def decode_body(raw: bytes, kind: str) -> dict[str, Any]:
         )
     _check_struct(value, request_type, request_type.struct or "")
     _check_values(value, request_type)
+    refusal = option_refusal(value, kind)
+    if refusal is not None:
+        raise OptionTypeError(refusal)
     return value
 
 
