@@ -27,7 +27,7 @@ from corral_scheduler.eta import SpeedBook
 from corral_scheduler.events import EventSink
 from corral_scheduler.executor import Executor
 from corral_scheduler.lane import Lane
-from corral_scheduler.load_guard import GuardPolicy, LoadGuard
+from corral_scheduler.load_guard import GuardPolicy, LoadGuard, backend_context_lengths
 from corral_scheduler.ordering import Ordering, OrderingPolicy
 from corral_scheduler.positions import PositionBroadcaster
 from corral_scheduler.retries import RetryLimits
@@ -105,7 +105,9 @@ async def lane_ctx(app: web.Application) -> AsyncIterator[None]:
             num_ctx_max=settings.num_ctx_max,
             keep_alive_min_s=settings.keep_alive_min_s,
             keep_alive_max_s=settings.keep_alive_max_s,
-        )
+        ),
+        # Models' context lengths, so no client's num_ctx makes the guard keep more.
+        backend_context_lengths(backends),
     )
     retry = RetryLimits(
         max_retries=settings.max_retries,

@@ -408,7 +408,7 @@ class Executor:
         await self._settle_after_takeover(entry)
         final: Chunk | None = None
         answer = Answer()
-        payload = self.guard.payload(job)
+        payload = await self.guard.payload_for(job)
         async with contextlib.AsyncExitStack() as stack:
             # Opened (retried while the backend is not ready), then read to its end; leaving
             # the block closes the upstream response, however it is left.
@@ -562,7 +562,7 @@ class Executor:
         if job.kind in MODEL_OPERATION_KINDS:
             log.info("model operation", operation=job.kind, model=job.model)
         await self._settle_after_takeover(entry)
-        payload = self.guard.payload(job)
+        payload = await self.guard.payload_for(job)
         backend = self.backends[server.name]
         answer = await self._open(running, lambda: _call_backend(backend, job, payload))
         if job.kind == "unload":
