@@ -420,6 +420,12 @@ async def test_root_version_and_unknown_routes(cluster: Cluster) -> None:
             assert (response.status, await response.text()) == (200, "Ollama is running")
         async with session.head(f"{cluster.gateway_url}/") as response:
             assert response.status == 200
+        # HEAD where Ollama registers one, 405 where it registers GET only.
+        async with session.head(f"{cluster.gateway_url}/api/tags") as response:
+            assert response.status == 200
+        for path in ("/api/ps", "/v1/models", "/v1/models/llama3.2"):
+            async with session.head(f"{cluster.gateway_url}{path}") as response:
+                assert response.status == 405, path
         async with session.get(f"{cluster.gateway_url}/api/version") as response:
             assert (await response.json())["version"] == "0.12.6"  # the backend's, not ours
         async with session.get(f"{cluster.gateway_url}/api/nope") as response:
@@ -441,3 +447,31 @@ async def test_health_reports_broker_backend_and_queue(cluster: Cluster) -> None
     assert health["ollama"]["version"] == "0.12.6"
     assert set(health["queue"]) >= {"depth", "average_wait_ms", "processing_rate"}
     assert "corral_requests_total" in metrics
+
+
+async def test_one_clients_huge_num_ctx_is_held_to_the_models_context_length(
+    cluster: Cluster, emu: EmulatorControl
+) -> None:
+    """Ollama clamps num_ctx to the model's trained context (llm/server.go); the load guard
+    keeps no more, so one client's absurd num_ctx is not what everyone after it gets. A
+    num_ctx of the wrong type is Ollama's 500, before the lane."""
+    model = "guard-probe"  # a copy of llama3.2 (context 4096): the guard's state is its own
+    async with aiohttp.ClientSession() as session:
+        copy = {"source": "llama3.2", "destination": model}
+        async with session.post(f"{cluster.gateway_url}/api/copy", json=copy) as response:
+            assert response.status == 200, await response.text()
+        url = f"{cluster.gateway_url}/api/chat"
+        hi = [{"role": "user", "content": "hi"}]
+        for options in ({"num_ctx": 10**12}, {}, {"num_ctx": 8192}):
+            body = {"model": model, "messages": hi, "stream": False, "options": options}
+            async with session.post(url, json=body) as response:
+                assert response.status == 200, (options, await response.text())
+        wrong = {"model": model, "messages": hi, "options": {"num_ctx": "8192"}}
+        async with session.post(url, json=wrong) as response:
+            answer = (response.status, (await response.json())["error"])
+            assert answer == (500, 'option "num_ctx" must be of type integer')
+    sent = [r for r in await emu.requests("chat") if r.get("model") == model]
+    contexts = [r.get("options", {}).get("num_ctx") for r in sent]
+    # Clamped, and never more than the model holds after it (None: the backend's default).
+    assert len(contexts) == 3 and contexts[0] == 4096, contexts
+    assert all(n is None or n <= 4096 for n in contexts), contexts

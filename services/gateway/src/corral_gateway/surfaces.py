@@ -159,8 +159,7 @@ class Surface:
         for route in routes:
             guarded = self.guard(route.handler, route.access)
             if route.method == "GET":
-                # add_get also answers HEAD, as Ollama does for both.
-                router.add_get(route.path, guarded)
+                router.add_get(route.path, guarded, allow_head=route.head)
             else:
                 router.add_route(route.method, route.path, guarded)
 
@@ -169,12 +168,14 @@ class Surface:
 class Route:
     """One route of a surface's table: method, path (aiohttp's syntax, `{name:regex}` allowed),
     handler, and what it asks of callers. A HEAD of its own (Ollama's blob check) is declared
-    where no GET is served; a GET answers HEAD too."""
+    where no GET is served; a GET answers HEAD too unless `head` is off (Ollama registers HEAD
+    on `/`, `/api/version` and `/api/tags` only, and answers it 405 elsewhere)."""
 
     method: str
     path: str
     handler: RouteHandler
     access: Access = "user"
+    head: bool = True
 
 
 @dataclass(frozen=True)

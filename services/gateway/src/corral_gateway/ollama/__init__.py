@@ -25,7 +25,7 @@ ROUTES = (
     Route("POST", "/api/embed", embed_routes.embed),
     Route("POST", "/api/embeddings", embed_routes.embeddings),
     Route("GET", "/api/tags", model_routes.tags),
-    Route("GET", "/api/ps", model_routes.running),
+    Route("GET", "/api/ps", model_routes.running, head=False),
     Route("POST", "/api/show", model_routes.show),
     Route("DELETE", "/api/delete", model_routes.delete, "admin"),
     Route("POST", "/api/copy", model_routes.copy, "admin"),

@@ -46,9 +46,10 @@ ROUTES = (
     Route("POST", "/v1/chat/completions", routes.chat_completions),
     Route("POST", "/v1/completions", routes.completions),
     Route("POST", "/v1/embeddings", routes.embeddings),
-    Route("GET", "/v1/models", routes.list_models),
+    # GET only, as Ollama registers them: a HEAD is a 405 there.
+    Route("GET", "/v1/models", routes.list_models, head=False),
     # Ollama's route takes no `/` in the name; Corral takes any, so namespaced models resolve.
-    Route("GET", "/v1/models/{model:.+}", routes.retrieve_model),
+    Route("GET", "/v1/models/{model:.+}", routes.retrieve_model, head=False),
 )
 
 
