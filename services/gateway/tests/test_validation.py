@@ -91,8 +91,10 @@ def test_lone_surrogate_is_rejected() -> None:
     assert "surrogate" in error.message
 
 
-def test_invalid_utf8_is_rejected() -> None:
-    assert rejects(b'{"model":"\xff"}').status == 400
+def test_invalid_utf8_is_rejected_as_such_not_as_a_surrogate() -> None:
+    for raw in (b'{"model":"\xff\xfe"}', b'{"model":"\xed\xa0\x80"}'):
+        error = rejects(raw)
+        assert (error.status, error.message) == (400, "invalid request body: not valid UTF-8")
 
 
 @pytest.mark.parametrize(

@@ -256,12 +256,23 @@ def decode_body(raw: bytes, kind: str) -> dict[str, Any]:
     return value
 
 
-def _decode_message(exc: orjson.JSONDecodeError, raw: bytes, request_type: GoType) -> str:
+def text_refusal(exc: orjson.JSONDecodeError) -> str | None:
+    """Why a body's text was refused, when it was (every surface words it so): bytes that are
+    not UTF-8, or an escape of half a surrogate pair. orjson says "surrogates not allowed"
+    of any invalid UTF-8, so that case is told first."""
     text = str(exc)
-    if "surrogate" in text:
-        return "invalid request body: lone surrogate in a JSON string (text must be valid UTF-8)"
     if "not valid UTF-8" in text:
         return "invalid request body: not valid UTF-8"
+    if "surrogate" in text:
+        return "invalid request body: lone surrogate in a JSON string (text must be valid UTF-8)"
+    return None
+
+
+def _decode_message(exc: orjson.JSONDecodeError, raw: bytes, request_type: GoType) -> str:
+    refusal = text_refusal(exc)
+    if refusal is not None:
+        return refusal
+    text = str(exc)
     if "infinity" in text:
         return _overflow_message(raw, exc.pos, request_type)
     if exc.pos >= len(raw.rstrip()):

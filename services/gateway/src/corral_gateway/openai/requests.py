@@ -37,6 +37,7 @@ from corral_common.ids import InvalidId, check_client_id, is_valid_client_id
 from corral_common.jsonutil import MAX_DEPTH, TooDeep, loads_bounded
 from corral_common.messages import PRIORITIES
 from corral_gateway.openai.errors import OpenAIError, invalid_request
+from corral_gateway.validation import text_refusal
 
 # Go's int is 64 bits on every platform Ollama ships for; a larger literal fails to decode.
 GoInt = Annotated[int, Field(ge=-(2**63), le=2**63 - 1)]
@@ -521,11 +522,9 @@ def parse(raw: bytes, model: type[T]) -> T:
 
 
 def _syntax_message(exc: orjson.JSONDecodeError, raw: bytes) -> str:
-    text = str(exc)
-    if "surrogate" in text:
-        return "invalid request body: lone surrogate in a JSON string (text must be valid UTF-8)"
-    if "UTF-8" in text:
-        return "invalid request body: not valid UTF-8"
+    refusal = text_refusal(exc)
+    if refusal is not None:
+        return refusal
     if exc.pos >= len(raw.rstrip()):
         return "unexpected EOF"
     char = raw[exc.pos : exc.pos + 1].decode(errors="replace")
