@@ -9,7 +9,9 @@ from typing import Any
 import orjson
 import pytest
 
+from corral_common.errors import ErrorType
 from corral_gateway.option_types import OPTION_KINDS
+from corral_gateway.surfaces import as_corral_error
 from corral_gateway.validation import OllamaRequestError, OptionTypeError, decode_body
 
 CHAT = {"model": "llama3.2", "messages": [{"role": "user", "content": "hi"}]}
@@ -109,3 +111,13 @@ def test_the_table_is_ollamas_options_struct() -> None:
         *("frequency_penalty", "stop", "num_ctx", "num_batch", "num_gpu", "main_gpu"),
         *("use_mmap", "num_thread", "draft_num_predict"),
     }
+
+
+def test_corrals_own_surfaces_call_a_wrong_option_type_an_invalid_request() -> None:
+    """Ollama answers it 500 (its own wording of a client's mistake); Corral's shape says what
+    it is: 400 `invalid_request`, the same text."""
+    error = as_corral_error(OptionTypeError('option "num_ctx" must be of type integer'))
+    assert (error.status, error.error_type) == (400, ErrorType.INVALID_REQUEST)
+    assert error.message == 'option "num_ctx" must be of type integer'
+    # Any other 500 from Ollama's decoder is still an internal error.
+    assert as_corral_error(OllamaRequestError(500, "x")).error_type is ErrorType.INTERNAL_ERROR

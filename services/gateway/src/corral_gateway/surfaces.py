@@ -47,7 +47,7 @@ from corral_common.errors import CorralError, ErrorType, retry_after_seconds
 from corral_gateway.identity.gate import GATEKEEPER, Gatekeeper
 from corral_gateway.identity.principal import Access
 from corral_gateway.responses import answered, json_response
-from corral_gateway.validation import OllamaRequestError
+from corral_gateway.validation import OllamaRequestError, OptionTypeError
 
 log = structlog.get_logger(__name__)
 
@@ -71,6 +71,9 @@ def as_corral_error(error: Exception) -> CorralError:
     """A refusal from the shared path (Ollama's decoder: a body too large, not JSON, a bad id)
     as the `invalid_request` it is, with its status; a CorralError as it is. Anything else is
     not a typed error of a surface: raised again, for the edge to answer a plain 500."""
+    if isinstance(error, OptionTypeError):
+        # Ollama's 500 is its own wording of a client's mistake: Corral's shape says so.
+        return CorralError(ErrorType.INVALID_REQUEST, error.message, status=400)
     if isinstance(error, OllamaRequestError):
         error_type = ErrorType.INVALID_REQUEST if error.status < 500 else ErrorType.INTERNAL_ERROR
         return CorralError(error_type, error.message, status=error.status)
