@@ -7,10 +7,11 @@ from collections.abc import AsyncIterator
 import aiohttp
 import pytest
 
+from corral_common.context_lengths import context_length_of
 from corral_common.errors import CorralError, ErrorType
 from corral_devstack.ports import free_port
 from corral_emulator import RunningEmulator, running_emulator
-from corral_model_manager.catalogue import ModelCatalogue, context_length_of
+from corral_model_manager.catalogue import ModelCatalogue
 
 
 @pytest.fixture

@@ -15,24 +15,10 @@ from typing import Any
 
 import aiohttp
 
+from corral_common.context_lengths import context_length_of
 from corral_common.model_names import canonical_model_name
 from corral_common.openai_models import BackendKind, ps_entries, show_answer, tags_entries
 from corral_model_manager.backend import Backend
-
-
-def context_length_of(show: dict[str, Any]) -> int | None:
-    """`<architecture>.context_length` from a ShowResponse's `model_info`."""
-    info = show.get("model_info")
-    if not isinstance(info, dict):
-        return None
-    architecture = info.get("general.architecture")
-    candidates = [f"{architecture}.context_length"] if isinstance(architecture, str) else []
-    candidates += [key for key in info if key.endswith(".context_length")]
-    for key in candidates:
-        value = info.get(key)
-        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
-            return value
-    return None
 
 
 class ModelCatalogue:
