@@ -17,7 +17,7 @@ from aiohttp import web
 
 from corral_common.contracts import Method
 from corral_common.errors import CorralError
-from corral_common.messages import Done, Job, JobKind
+from corral_common.messages import Done, Event, Job, JobKind, Started, Tokens
 from corral_common.status_board import StatusBoard
 from corral_gateway.caller_queues import CallerQueues
 from corral_gateway.encoders import NdjsonEncoder, StreamEncoder
@@ -136,6 +136,26 @@ def job(request_id: str, kind: JobKind = "chat", **fields: Any) -> Job:
         "enqueued_at": 0.0,
     }
     return Job(**{**built, **fields})
+
+
+def answered(request_id: str, text: str, *, model: str, session_id: str) -> list[Event]:
+    """A session chat's events, as the scheduler sends them: started, one token batch of
+    `text`, done."""
+    chunks = [{"model": model, "message": {"role": "assistant", "content": text}, "done": False}]
+    final = {"model": model, "done": True, "done_reason": "stop", "eval_count": 1}
+    return [
+        Started(request_id=request_id, waited_ms=0),
+        Tokens(request_id=request_id, seq=0, chunks=chunks),
+        Done(
+            request_id=request_id,
+            token_batches=1,
+            final=final,
+            text=text,
+            waited_ms=0,
+            model=model,
+            session_id=session_id,
+        ),
+    ]
 
 
 def chunk(text: str) -> dict[str, Any]:

@@ -11,11 +11,12 @@ import pytest
 from aiohttp import web
 from pytest_aiohttp import AiohttpClient
 
-from corral_common.messages import Done, Started, Tokens
+from corral_common.messages import Event
 from corral_gateway import ollama, openai
 from corral_gateway.openai.requests import name_tool_results
 from corral_gateway.settings import GatewaySettings
 from corral_gateway.state import GATEWAY, SETTINGS, Gateway
+from services.gateway.tests import fakes
 from services.gateway.tests.fakes import FakeGateway
 
 MODEL = "m"
@@ -53,22 +54,8 @@ class SessionGateway(FakeGateway):
         self.rpc.answers = {"assemble": assemble}
 
 
-def answered(request_id: str) -> list[Any]:
-    chunks = [{"model": MODEL, "message": {"role": "assistant", "content": "sunny"}}]
-    final = {"model": MODEL, "done": True, "done_reason": "stop", "eval_count": 1}
-    return [
-        Started(request_id=request_id, waited_ms=0),
-        Tokens(request_id=request_id, seq=0, chunks=chunks),
-        Done(
-            request_id=request_id,
-            token_batches=1,
-            final=final,
-            text="sunny",
-            waited_ms=0,
-            model=MODEL,
-            session_id="s1",
-        ),
-    ]
+def answered(request_id: str) -> list[Event]:
+    return fakes.answered(request_id, "sunny", model=MODEL, session_id="s1")
 
 
 async def sent_messages(

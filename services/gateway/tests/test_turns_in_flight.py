@@ -13,11 +13,12 @@ from aiohttp import web
 from prometheus_client import REGISTRY
 from pytest_aiohttp import AiohttpClient
 
-from corral_common.messages import Done, Event, Started, Stored, Tokens
+from corral_common.messages import Event, Stored
 from corral_gateway import ollama
 from corral_gateway.settings import GatewaySettings
 from corral_gateway.state import GATEWAY, SETTINGS, Gateway
 from corral_gateway.turns_in_flight import TurnsInFlight
+from services.gateway.tests import fakes
 from services.gateway.tests.fakes import FakeGateway, FakeHub
 
 MODEL = "m"
@@ -78,21 +79,7 @@ class SessionGateway(FakeGateway):
 
 
 def answered(request_id: str) -> list[Event]:
-    chunks = [{"model": MODEL, "message": {"role": "assistant", "content": "hi"}, "done": False}]
-    final = {"model": MODEL, "done": True, "done_reason": "stop", "eval_count": 1}
-    return [
-        Started(request_id=request_id, waited_ms=0),
-        Tokens(request_id=request_id, seq=0, chunks=chunks),
-        Done(
-            request_id=request_id,
-            token_batches=1,
-            final=final,
-            text="hi",
-            waited_ms=0,
-            model=MODEL,
-            session_id=SESSION,
-        ),
-    ]
+    return fakes.answered(request_id, "hi", model=MODEL, session_id=SESSION)
 
 
 def waited() -> float:
