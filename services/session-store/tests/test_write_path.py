@@ -178,3 +178,24 @@ async def test_calibration_is_saved_at_most_once_per_interval(store: SessionStor
     await service.save_calibrations()
     saved = await store.calibration.find_one({"_id": "m"})
     assert saved is not None and saved["samples"] == 3
+
+
+async def test_a_jobs_turn_looks_at_the_tombstones_only_for_a_session_not_alive_before_it(
+    watched: tuple[SessionStore, Commands],
+) -> None:
+    """A job's turn must not make a session deleted after it was asked again, at no cost to a
+    turn in a session alive since before it was asked: the update that takes its number says."""
+    store, commands = watched
+    service = SessionService(store, StaticContextLengths(), SessionStoreSettings())
+    session_id = new_id()
+    asked = datetime.now(UTC).timestamp()
+    first = done(session_id, new_id()).model_copy(update={"enqueued_at": asked - 10})
+    commands.names.clear()
+    assert await service.store_turn(first, look_first=False) is WriteOutcome.STORED
+    # The first one: no session alive then, so the tombstones are read before the upsert (and
+    # the new session is named after its question).
+    assert commands.names == ["update", "find", "update", "find", "update", "insert"]
+    commands.names.clear()
+    second = done(session_id, new_id()).model_copy(update={"enqueued_at": asked})
+    assert await service.store_turn(second, look_first=False) is WriteOutcome.STORED
+    assert commands.names == ["update", "find", "insert"]

@@ -97,7 +97,9 @@ async def mongo_ctx(app: web.Application) -> AsyncIterator[None]:
         journal=True,
     )
     state = app[MONGO_STATE]
-    store = SessionStore(client[settings.mongo_database])
+    store = SessionStore(
+        client[settings.mongo_database], tombstone_ttl_s=settings.session_tombstone_ttl_s
+    )
     identity = IdentityStore(client[settings.mongo_database])
     # Like the broker: the store may come up after us, so wait for it rather than crash.
     while True:

@@ -11,7 +11,8 @@ CONTEXT_TRUNCATIONS = Counter(
 )
 TURNS_WRITTEN = Counter(
     "corral_turns_written_total",
-    "Turn events handled, by outcome (stored, duplicate, rejected, invalid)",
+    "Turn events handled, by outcome (stored, duplicate, rejected, deleted: asked before its "
+    "session was deleted, invalid)",
     ["outcome"],
 )
 TURN_WRITE_ERRORS = Counter(

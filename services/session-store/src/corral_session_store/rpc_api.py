@@ -104,7 +104,7 @@ def methods(service: SessionService, searches: BoundedSearches) -> dict[str, Han
 
     @table.serves(SESSION_STORE.delete)
     async def delete(p: SessionParams) -> Deleted:
-        return Deleted.model_validate(await store.delete(p.session_id, p.owner))
+        return Deleted.model_validate(await service.delete(p.session_id, p.owner))
 
     @table.serves(SESSION_STORE.search)
     async def search(p: SearchParams) -> SearchResult:

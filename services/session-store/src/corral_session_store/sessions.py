@@ -6,6 +6,8 @@ token calibration and the estimates it made for requests still running.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import time
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
@@ -220,6 +222,15 @@ class SessionService:
             await self._calibrate(done.model, raw_estimate, record.stats.get("prompt_eval_count"))
         return outcome
 
+    async def delete(self, session_id: str, owner: str | None) -> dict[str, Any]:
+        """Delete a session (DELETE /sessions/{id}, a conversation's delete). The turns of it
+        this process has taken off the queue are written first (the consumer holds the
+        session's lock from receipt to write), and those taken later wait for the deletion, so
+        they see its tombstone: with one store replica no turn asked before the deletion can
+        slip past it. Across replicas the tombstone alone decides (store.py, "Deletions")."""
+        async with self.writes.hold(session_id):
+            return await self.store.delete(session_id, owner)
+
     async def _calibrate(self, model: str, raw_estimate: float, prompt_eval_count: Any) -> None:
         if not isinstance(prompt_eval_count, int) or isinstance(prompt_eval_count, bool):
             return
@@ -257,6 +268,20 @@ def _parse_time(value: Any) -> datetime | None:
 
 def _ms(value: datetime) -> datetime:
     return value.replace(microsecond=value.microsecond // 1000 * 1000)
+
+
+def job_fingerprint(done: Done) -> str:
+    """What makes a `done` the same request as a turn stored under its request id: the
+    session, the owner, the model, the kind and the client's new messages. Every delivery of a
+    job's `done` and every run of the job (a scheduler's failover runs it again) share them,
+    and so does a client's retry of the same question with the same `X-Request-Id` (through
+    any gateway, after its own was cut off), which is stored once, as documented; a request
+    that reuses the id for another question, or in another session, is another turn. The
+    enqueue time and the gateway are left out on purpose: they differ for such a retry.
+    Hashed: it is stored with every turn."""
+    identity = [done.session_id, done.owner, done.model, done.job_kind, done.turn]
+    canonical = json.dumps(identity, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(canonical.encode()).hexdigest()[:32]
 
 
 def turn_record(done: Done, now: datetime, raw_estimate: float | None = None) -> TurnRecord:
@@ -305,4 +330,5 @@ def turn_record(done: Done, now: datetime, raw_estimate: float | None = None) ->
         stats=stats,
         estimate={"raw_tokens": round(raw_estimate, 1)} if raw_estimate is not None else None,
         metadata=done.metadata or None,
+        job=job_fingerprint(done),
     )

@@ -44,6 +44,11 @@ class SessionStoreSettings(CorralSettings):
     session_retention_s: float = Field(default=0.0, ge=0)
     # How often the lifecycle job (archive, then purge) runs in each store replica.
     session_sweep_interval_s: float = Field(default=60.0, gt=0)
+    # A deleted session's tombstone is kept this long: a turn asked before the deletion and
+    # done later is not written (it would make the session again). Far beyond the longest a
+    # job can wait and run (the gateway's CORRAL_QUEUE_TIMEOUT_MAX_S, an hour, plus the
+    # generation) and a `done` can wait in the turns queue for a store.
+    session_tombstone_ttl_s: float = Field(default=7 * 86_400.0, ge=3600)
 
     # The model-manager's `model_info` lookup: its timeout, and how long answers (and the
     # absence of an answer) are remembered.

@@ -12,7 +12,8 @@ Schema (database `CORRAL_MONGO_DATABASE`, default `corral`):
      touched_at: <when it was last used: a turn, its creation, an import, a resume>,
      archived_at: <when it was archived; absent while it is active>,
      tallies: [{model, turns, messages}, ...], tallied: <seq>, holes: [<seq>, ...],
-     tally_rev: <bumped by each change of the three>}
+     tally_rev: <bumped by each change of the three>,
+     alive_since: <no deletion of this id since then (see "Deletions" below)>}
 
 `tallies` says, per model, how many turns and messages the session has of it with a sequence
 number up to `tallied` and not in `holes` (see "Tallies" below); absent on sessions written
@@ -20,10 +21,12 @@ before tallies existed, and whenever they could not be trusted (assembly then re
 
 `turns`, one document per finished turn (one request/answer exchange)::
 
-    {_id: <request id>, session_id, model, seq, kind: "chat" | "generate",
+    {_id: <request id (or, for a second job reusing it, `reused_id`)>, session_id, model, seq,
+     kind: "chat" | "generate",
      messages: [<the client's new messages>..., <the assistant's answer>],
      message_count, system: <the turn's first system message, if any>,
      owner, asked_at, answered_at, stored_at,
+     job: <fingerprint of the job that asked it (`TurnRecord.job`); absent on imports>,
      stats: {prompt_eval_count, eval_count, total_duration, load_duration,
              prompt_eval_duration, eval_duration, done_reason, waited_ms},
      estimate: {raw_tokens} (when the store assembled the prompt itself),
@@ -32,13 +35,22 @@ before tallies existed, and whenever they could not be trusted (assembly then re
 `calibration`: `{_id: <model>, factor, samples, updated_at}`, the token estimator's per-model
 factor, so it survives restarts and is shared by replicas.
 
+`tombstones`: `{_id: <session id>, or "*" for every session (a clear), deleted_at, expires_at}`,
+one per deleted session, gone after `expires_at` (a TTL index).
+
 Why turns are documents of their own rather than arrays pushed into the session document:
 
 - Atomic: a turn (the user's messages *and* the answer) is one `insert_one` of one document,
   which MongoDB writes entirely or not at all, with no transaction (so the same code works on
   a standalone MongoDB, a replica set, and SecantusDB).
 - Idempotent: the turn's `_id` is its `request_id`, so a redelivered `done` event can only
-  hit the unique `_id` and change nothing; there is no read-modify-write window.
+  hit the unique `_id` and change nothing; there is no read-modify-write window. What is a
+  redelivery is decided by the request, not by the id alone: a client can send the same
+  `X-Request-Id` with another question. The turn keeps its job's fingerprint (`job`: session,
+  owner, model, kind and the client's new messages, what every delivery and every run of one
+  job share, and a client's retry of the same question too); a turn held under the id by
+  another request is left alone, and this one is stored under `reused_id` (the id and the
+  fingerprint), which its own redeliveries then find.
 - Ordered: `seq` comes from an `$inc` on the session (`turn_seq`, read back exactly: see
   `_take_number`), and the consumer applies one session's events one after another in arrival
   order, so `seq` is arrival order; `(session_id, seq)` is unique. Models share the sequence,
@@ -71,6 +83,19 @@ next assembly that needs it, which sets the tallies again.
 The session document is upserted *before* its turn is inserted, with operators that are safe
 to repeat (`$min`/`$max` on times, `$addToSet`, `$setOnInsert`): a crash between the two leaves
 at most an unused sequence number, and the redelivered event then completes the turn.
+
+Deletions: a turn is written when its generation ends, so a session deleted while one of its
+turns was generating would be made again by that turn. A delete (and a purge, and a clear)
+leaves a tombstone with the time of the deletion, and a job's turn asked before it (`asked_at`:
+when the gateway enqueued the job) is not written (`WriteOutcome.DELETED`); one asked after it
+makes the session anew. Reading the tombstones on every turn would cost a round trip, so the
+session keeps `alive_since`, a time since which its id has not been deleted (its creation; for a
+session a turn made, that turn's `asked_at`, checked against the tombstones first): a turn asked
+at or after it cannot predate a deletion, and the update that takes its number is conditional on
+it. Only a turn that finds no such session (the first of a session, a turn asked before the one
+that made it, a session from before `alive_since`) reads the tombstones, then upserts with
+`$min: alive_since`. Tombstones expire after `TOMBSTONE_TTL_S`, far beyond the longest a job
+can wait and run. Imports are no jobs: they restore what a user asked for, deletions or not.
 """
 
 from __future__ import annotations
@@ -84,6 +109,7 @@ from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import Any, Literal
 
+import structlog
 from pymongo import ASCENDING, DESCENDING, IndexModel, ReturnDocument
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.asynchronous.database import AsyncDatabase
@@ -96,6 +122,8 @@ from corral_session_store.tokens import Calibration, TokenEstimator
 from corral_session_store.windows import WINDOW_READS, WindowCache
 
 Document = dict[str, Any]
+
+log = structlog.get_logger(__name__)
 
 # What a stored message may hold; anything else a client sent is not kept.
 MESSAGE_KEYS = ("role", "content", "thinking", "images", "tool_calls", "tool_name")
@@ -116,6 +144,14 @@ HISTORY_BATCH = 64
 # Sessions deleted per retention sweep at most (the next sweep takes the rest).
 PURGE_BATCH = 500
 EXPORT_FORMAT = "corral.session.v1"
+# A tombstone's `_id` meaning every session (a clear): session ids are client ids, never this.
+ALL_SESSIONS = "*"
+# How long a deletion is remembered: far beyond the longest a turn's job can live (the gateway's
+# longest queue wait, `CORRAL_QUEUE_TIMEOUT_MAX_S`, an hour by default, plus the generation, plus
+# the time its `done` may wait in the turns queue while no store runs).
+TOMBSTONE_TTL_S = 7 * 86_400.0
+# What a turn already stored must show to be this job's (see `same_job`).
+TURN_IDENTITY: Document = {"session_id": 1, "asked_at": 1, "job": 1}
 
 
 SEQ_ATTEMPTS = 5
@@ -131,6 +167,9 @@ class WriteOutcome(StrEnum):
     REJECTED = "rejected"
     """The session belongs to another owner (or, for an owned turn, to none): the turn is not
     written."""
+    DELETED = "deleted"
+    """The session was deleted (or every session cleared) after the turn was asked: the turn is
+    not written, so the session stays deleted."""
 
 
 @dataclass(frozen=True)
@@ -148,6 +187,36 @@ class TurnRecord:
     stats: Document = field(default_factory=dict)
     estimate: Document | None = None
     metadata: Document | None = None
+    # The fingerprint of the job that asked the turn (`sessions.job_fingerprint`): what tells a
+    # redelivery of its `done` from another request reusing its request id. None: no job's
+    # turn (an import), which is idempotent by id alone, and never dropped for a deletion.
+    job: str | None = None
+
+
+def reused_id(turn: TurnRecord) -> str:
+    """The `_id` of a job's turn whose request id another request's turn holds: the id and
+    the fingerprint, within a client id's alphabet and length (an export of it imports)."""
+    assert turn.job is not None
+    return f"{turn.request_id[:103]}-{turn.job[:24]}"
+
+
+def same_job(held: Mapping[str, Any], turn: TurnRecord) -> bool:
+    """Whether the turn stored as `held` is `turn`, a job's (a redelivery of its `done`, its
+    job run again after a scheduler's failover, a client's retry of the same question): the
+    same fingerprint, or, for a turn stored before fingerprints (or imported), the same session
+    and question time."""
+    if held.get("job") is not None and turn.job is not None:
+        return bool(held["job"] == turn.job)
+    asked_at = held.get("asked_at")
+    return (
+        held.get("session_id") == turn.session_id
+        and isinstance(asked_at, datetime)
+        and _utc(asked_at) == _utc(turn.asked_at)
+    )
+
+
+def _utc(value: datetime) -> datetime:
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value
 
 
 @dataclass(frozen=True)
@@ -218,6 +287,8 @@ FOLD_EVERY = 32
 MAX_HOLES = 64
 # What a session write projects to fold its tallies.
 TALLY_FIELDS: Document = {"tallies": 1, "tallied": 1, "holes": 1, "tally_rev": 1}
+# What a turn's write reads of its session once it has taken its number.
+SEQ_PROJECTION: Document = {"turn_seq": 1, "title": 1, "systems": 1, "seq_taker": 1, **TALLY_FIELDS}
 # Dropping a session's tallies (assembly recounts them when it next needs them).
 DROP_TALLIES: Document = {"$unset": {"tallies": "", "holes": ""}, "$inc": {"tally_rev": 1}}
 
@@ -330,6 +401,8 @@ def empty_session(
         "tallies": [],
         "tallied": 0,
         "tally_rev": 0,
+        # Made now: any deletion of its id came before.
+        "alive_since": now,
     }
     if system_prompt:
         doc["system_prompt"] = system_prompt
@@ -342,11 +415,15 @@ def owned_by(session: Document, owner: str | None) -> bool:
 
 
 class SessionStore:
-    def __init__(self, db: AsyncDatabase[Document]) -> None:
+    def __init__(
+        self, db: AsyncDatabase[Document], *, tombstone_ttl_s: float = TOMBSTONE_TTL_S
+    ) -> None:
         self.db = db
         self.sessions: AsyncCollection[Document] = db["sessions"]
         self.turns: AsyncCollection[Document] = db["turns"]
         self.calibration: AsyncCollection[Document] = db["calibration"]
+        self.tombstones: AsyncCollection[Document] = db["tombstones"]
+        self.tombstone_ttl_s = tombstone_ttl_s
         # The newest turns of the sessions written here, for assembly (windows.py).
         self.windows = WindowCache()
 
@@ -367,6 +444,10 @@ class SessionStore:
                 IndexModel([("archived_at", ASCENDING)]),
             ]
         )
+        # MongoDB and SecantusDB both honour it (a minute's sweep), so tombstones do not pile up.
+        await self.tombstones.create_indexes(
+            [IndexModel([("expires_at", ASCENDING)], expireAfterSeconds=0)]
+        )
 
     # -- writing ---------------------------------------------------------------------------
 
@@ -379,17 +460,12 @@ class SessionStore:
             self.windows.write_ends(turn.session_id)
 
     async def _write_turn(self, turn: TurnRecord, *, look_first: bool = True) -> WriteOutcome:
-        """Store one turn once. Safe to call again with the same request id (a redelivery).
+        """Store one turn once. Safe to call again with the same turn (a redelivery).
 
         `look_first=False` skips the read for a turn already stored, for a turn that cannot
         have been seen before but by a rare accident (a `done` delivered for the first time):
         the insert's unique `_id` still refuses a duplicate, which then costs only a sequence
         number nobody uses (a hole the tallies live with), not a round trip on every turn."""
-        if (
-            look_first
-            and await self.turns.find_one({"_id": turn.request_id}, {"_id": 1}) is not None
-        ):
-            return WriteOutcome.DUPLICATE
         messages = [clean_message(m) for m in turn.messages]
         doc: Document = {
             "_id": turn.request_id,
@@ -403,6 +479,10 @@ class SessionStore:
             "answered_at": turn.answered_at,
             "stats": turn.stats,
         }
+        if turn.job is not None:
+            doc["job"] = turn.job
+        if look_first and await self._stored_already(doc, turn):
+            return WriteOutcome.DUPLICATE
         system = next((m for m in messages if m.get("role") == "system"), None)
         if system is not None:
             doc["system"] = system = clean_message(system, BACKEND_KEYS)
@@ -412,8 +492,10 @@ class SessionStore:
             doc["metadata"] = turn.metadata
         for _ in range(SEQ_ATTEMPTS):
             taken = await self._next_seq(turn)
-            if taken is None:
-                return WriteOutcome.REJECTED
+            if isinstance(taken, WriteOutcome):
+                if taken is WriteOutcome.DELETED:
+                    self.windows.drop(turn.session_id)
+                return taken
             seq, session = taken
             self.windows.taken(turn.session_id, seq)
             if system is not None and _system_for(session, turn.model) is None:
@@ -424,15 +506,12 @@ class SessionStore:
                     {"_id": turn.session_id, "systems.model": {"$ne": turn.model}},
                     {"$push": {"systems": {"model": turn.model, "message": doc["system"]}}},
                 )
-            try:
-                await self.turns.insert_one({**doc, "seq": seq, "stored_at": utcnow()})
-            except DuplicateKeyError:
-                # A number without a turn: the windows cannot follow it.
-                self.windows.drop(turn.session_id)
-                if await self.turns.find_one({"_id": turn.request_id}, {"_id": 1}) is not None:
-                    return WriteOutcome.DUPLICATE
+            inserted = await self._insert(doc, turn, seq)
+            if inserted is None:
                 # The sequence number was taken (a server whose $inc raced): take another.
                 continue
+            if inserted is WriteOutcome.DUPLICATE:
+                return inserted
             self.windows.written(
                 turn.session_id,
                 turn.model,
@@ -444,6 +523,42 @@ class SessionStore:
                 await self.fold_tallies(turn.session_id, seq, session)
             return WriteOutcome.STORED
         raise SequenceContention(f"no free turn number in session {turn.session_id!r}")
+
+    async def _stored_already(self, doc: Document, turn: TurnRecord) -> bool:
+        """Whether this turn is stored (under its request id, or under `reused_id` when another
+        job's turn holds the request id: then `doc` takes that id)."""
+        held = await self.turns.find_one({"_id": doc["_id"]}, TURN_IDENTITY)
+        if held is None:
+            return False
+        if same_job(held, turn) or turn.job is None:
+            return True
+        doc["_id"] = reused_id(turn)
+        return await self.turns.find_one({"_id": doc["_id"]}, {"_id": 1}) is not None
+
+    async def _insert(self, doc: Document, turn: TurnRecord, seq: int) -> WriteOutcome | None:
+        """Insert the turn numbered `seq`: STORED; DUPLICATE when this turn is stored already;
+        None when the number is another turn's. A request id another job's turn holds (a client
+        reusing its `X-Request-Id`) is no duplicate: the turn goes in under `reused_id`, with
+        the same number."""
+        while True:
+            try:
+                await self.turns.insert_one({**doc, "seq": seq, "stored_at": utcnow()})
+                return WriteOutcome.STORED
+            except DuplicateKeyError:
+                # A number without a turn, or a turn under another id: the windows cannot
+                # follow it.
+                self.windows.drop(turn.session_id)
+                held = await self.turns.find_one({"_id": doc["_id"]}, TURN_IDENTITY)
+                if held is None:
+                    return None
+                if same_job(held, turn) or turn.job is None:
+                    return WriteOutcome.DUPLICATE
+                if doc["_id"] != turn.request_id:
+                    # Another job's turn under this job's own id too: a fingerprint collision
+                    # (or a client choosing that id on purpose); nothing is overwritten.
+                    log.warning("turn id and its reused id both taken; dropped", id=doc["_id"])
+                    return WriteOutcome.DUPLICATE
+                doc["_id"] = reused_id(turn)
 
     async def fold_tallies(
         self, session_id: str, seq: int, session: Document | None = None
@@ -494,27 +609,39 @@ class SessionStore:
                 return
             session = None
 
-    async def _next_seq(self, turn: TurnRecord) -> tuple[int, Document] | None:
+    async def _next_seq(self, turn: TurnRecord) -> tuple[int, Document] | WriteOutcome:
         """Upsert the session and take the next sequence number (with the session's tallies as
-        they were then); None if the session is not the turn's owner's: an owned turn goes
-        only into its owner's session, an unowned one only into an unowned session. A turn is
+        they were then); REJECTED if the session is not the turn's owner's: an owned turn goes
+        only into its owner's session, an unowned one only into an unowned session; DELETED if
+        the session was deleted after a job's turn was asked (see "Deletions" above). A turn is
         a use of its session: an archived one is active again (resumed), and its idle time
         starts over."""
         title = auto_title(turn.messages)
         selector = {"_id": turn.session_id, "owner": turn.owner}
+        checked = turn.job is not None
         for attempt in range(SEQ_ATTEMPTS):
             taker = new_id()
+            earliest: Document = {"created_at": turn.asked_at}
+            if checked:
+                # Checked against the tombstones (or implied by the session's own): no deletion
+                # of this id since the turn was asked.
+                earliest["alive_since"] = turn.asked_at
             change = {
                 "$inc": {"turn_seq": 1},
                 "$set": {"seq_taker": taker},
-                "$min": {"created_at": turn.asked_at},
+                "$min": earliest,
                 "$max": {"last_activity": turn.answered_at, "touched_at": utcnow()},
                 "$addToSet": {"models": turn.model},
                 "$unset": {"archived_at": ""},
                 "$setOnInsert": {"owner": turn.owner, "tallies": [], "tallied": 0, "tally_rev": 0},
             }
             try:
-                session = await self._take_number(selector, change, atomic=attempt > 0)
+                if checked and attempt == 0:
+                    session = await self._take_number_alive(turn, selector, change)
+                    if session is False:
+                        return WriteOutcome.DELETED
+                else:
+                    session = await self._take_number(selector, change, atomic=attempt > 0)
             except DuplicateKeyError:
                 # Either two first turns raced to create the session (MongoDB retries that
                 # itself; not every server does), or the owner filter missed an existing
@@ -535,8 +662,49 @@ class SessionStore:
                 return int(session["turn_seq"]), session
             existing = await self.sessions.find_one({"_id": turn.session_id}, {"owner": 1})
             if existing is not None and existing.get("owner") != turn.owner:
-                return None
+                return WriteOutcome.REJECTED
         raise SequenceContention(f"could not take a turn number in session {turn.session_id!r}")
+
+    async def _take_number_alive(
+        self, turn: TurnRecord, selector: Document, change: Document
+    ) -> Document | Literal[False] | None:
+        """`_take_number` for a job's turn, which must not make a session deleted after it was
+        asked again: the session as it is after `change`, or False (the turn predates a
+        deletion; nothing changed). The update applies at once to a session alive since the
+        turn was asked (as costly as the plain one); anything else (no session, one made after
+        the turn was asked) is looked up in the tombstones before it is upserted."""
+        alive = await self.sessions.update_one(
+            {**selector, "alive_since": {"$lte": turn.asked_at}}, change
+        )
+        if alive.matched_count:
+            return await self.sessions.find_one(selector, SEQ_PROJECTION)
+        if await self.deleted_after(turn.session_id, turn.asked_at):
+            return False
+        return await self._take_number(selector, change, atomic=False)
+
+    async def deleted_after(self, session_id: str, asked_at: datetime) -> bool:
+        """Whether the session was deleted (or every session cleared) after `asked_at`."""
+        async for tombstone in self.tombstones.find(
+            {"_id": {"$in": [session_id, ALL_SESSIONS]}}, {"deleted_at": 1}
+        ):
+            deleted_at = tombstone.get("deleted_at")
+            if isinstance(deleted_at, datetime) and _utc(deleted_at) > _utc(asked_at):
+                return True
+        return False
+
+    async def _bury(self, session_id: str, deleted_at: datetime) -> None:
+        """Remember that the session (or, for ALL_SESSIONS, every session) was deleted at
+        `deleted_at`, so a turn asked before then is not written (see "Deletions" above)."""
+        await self.tombstones.update_one(
+            {"_id": session_id},
+            {
+                "$max": {
+                    "deleted_at": deleted_at,
+                    "expires_at": deleted_at + timedelta(seconds=self.tombstone_ttl_s),
+                }
+            },
+            upsert=True,
+        )
 
     async def _take_number(
         self, selector: Document, change: Document, *, atomic: bool
@@ -551,17 +719,16 @@ class SessionStore:
         --scale). The read can see another writer's change made after this one's update;
         every taker sets `seq_taker` to an id of its own, so a read that finds its own
         `seq_taker` holds exactly its own number."""
-        projection = {"turn_seq": 1, "title": 1, "systems": 1, "seq_taker": 1, **TALLY_FIELDS}
         if atomic:
             return await self.sessions.find_one_and_update(
                 selector,
                 change,
                 upsert=True,
                 return_document=ReturnDocument.AFTER,
-                projection=projection,
+                projection=SEQ_PROJECTION,
             )
         await self.sessions.update_one(selector, change, upsert=True)
-        return await self.sessions.find_one(selector, projection)
+        return await self.sessions.find_one(selector, SEQ_PROJECTION)
 
     # -- reading ---------------------------------------------------------------------------
 
@@ -606,7 +773,10 @@ class SessionStore:
         # Every turn of the model numbered in (lowest, top]: its message count by number.
         fetched: dict[int, int] = {}
         top = high = lowest = int(session.get("turn_seq") or 0)
-        created_at = session.get("created_at")
+        # What tells this session's document from an earlier one of its id (deleted, then made
+        # again, possibly by an import keeping the old `created_at`): `alive_since` is always
+        # after the deletion.
+        created_at = (session.get("created_at"), session.get("alive_since"))
         # The newest turns from this store's window when it is the session just read, else
         # from the database (and kept when the read allows it): windows.py.
         cached = self.windows.window(session_id, model, top, created_at)
@@ -900,6 +1070,9 @@ class SessionStore:
 
     async def delete(self, session_id: str, owner: str | None = None) -> Document:
         await self.require_session(session_id, owner)
+        # The tombstone before anything goes: a turn still generating (asked before now) must
+        # not make the session again when it is done, whichever replica writes it.
+        await self._bury(session_id, utcnow())
         # Turns first: an interrupted delete leaves a session that can be deleted again, never
         # turns nobody can reach. Its tallies before them: a session left with some turns
         # gone is recounted if it is used again.
@@ -969,17 +1142,23 @@ class SessionStore:
         Turns first, as `delete` does: an interrupted purge leaves a session the next sweep
         deletes, never turns nobody can reach. The session itself goes only if it is still
         expired, so one resumed meanwhile stays (the race is a chat arriving in the instant
-        its session is purged)."""
+        its session is purged). A session that went gets a tombstone dated from before its
+        turns went, as a deleted one does, so a turn asked before (a `generate`, which does not
+        resume its session) does not make it again; one resumed gets none, so its chat's turn
+        is written."""
         expired = {"archived_at": {"$ne": None, "$lte": now - timedelta(seconds=retention_s)}}
         found = await self.sessions.find(expired, {"_id": 1}, limit=batch).to_list()
         sessions = turns = 0
         for doc in found:
             self.windows.drop(doc["_id"])
+            purged_at = utcnow()
             # Tallies first, as `delete` does (a session resumed meanwhile is recounted).
             await self.sessions.update_one({"_id": doc["_id"]}, DROP_TALLIES)
             gone = await self.turns.delete_many({"session_id": doc["_id"]})
             turns += gone.deleted_count
             deleted = await self.sessions.delete_one({"_id": doc["_id"], **expired})
+            if deleted.deleted_count:
+                await self._bury(doc["_id"], purged_at)
             sessions += deleted.deleted_count
         return sessions, turns
 
@@ -993,8 +1172,10 @@ class SessionStore:
         return active, active + archived, today
 
     async def clear_all(self) -> Document:
-        """Every session and turn gone (the operators' DELETE /admin/sessions). Tallies first,
-        as `delete` does."""
+        """Every session and turn gone (the operators' DELETE /admin/sessions). One tombstone
+        for every session first (a turn still generating must not bring its session back),
+        then tallies, as `delete` does."""
+        await self._bury(ALL_SESSIONS, utcnow())
         self.windows.clear()
         await self.sessions.update_many({}, DROP_TALLIES)
         turns = await self.turns.delete_many({})

@@ -14,9 +14,11 @@ prefetch window), turns of one session one after another, in delivery order. A m
 acked only after its turn is written (or found already written: a redelivery changes
 nothing). A database error is retried in place, which keeps the session's order, and if the
 database stays away the message goes back to the queue (nack with requeue): no turn is lost.
-Events without a session id (from a scheduler that routed every `done` here) are acked and
-ignored; events that cannot be parsed or stored at all (malformed, too large) are logged and
-dropped, since retrying them cannot succeed.
+A turn asked before its session was deleted (or purged, or every
+session cleared) is acked and dropped, so the deletion holds (store.py, "Deletions"). Events
+without a session id (from a scheduler that routed every `done` here) are acked and ignored;
+events that cannot be parsed or stored at all (malformed, too large) are logged and dropped,
+since retrying them cannot succeed.
 """
 
 from __future__ import annotations
@@ -198,6 +200,8 @@ class TurnConsumer:
             metrics.TURNS_WRITTEN.labels(str(outcome)).inc()
             if outcome is WriteOutcome.REJECTED:
                 log.warning("turn for a session of another owner (or of none) dropped")
+            elif outcome is WriteOutcome.DELETED:
+                log.info("turn asked before its session was deleted; dropped", model=done.model)
             else:
                 log.debug("turn handled", outcome=str(outcome), model=done.model)
             await _settle(message, ack=True)

@@ -9,9 +9,11 @@ per (session, model), every turn numbered in (`low`, `high`], as assembly reads 
 When a cached window may be used, and why it is then exactly what the database holds:
 
 - **Validated by the session document read anyway**: used only when the session's `turn_seq`
-  is the window's `high` and its `created_at` the window's (a session deleted and made again
-  elsewhere starts over). A number handed out since (by anyone) is a `turn_seq` above `high`:
-  the window is then dropped and the turns read from the database as before.
+  is the window's `high` and its `created_at` (with `alive_since`, which a session made again
+  after a deletion always has anew, even an import keeping the old `created_at`) the window's
+  (a session deleted and made again elsewhere starts over). A number handed out since (by
+  anyone) is a `turn_seq` above `high`: the window is then dropped and the turns read from
+  the database as before.
 - **Filled only from a quiet read**: a read of the database goes into the cache only if no
   write of the session was under way in this process when it began or completed while it ran
   (it could be half in the read), and if the session's newest number is one this process took
@@ -34,7 +36,6 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from datetime import datetime
 from typing import Any
 
 from prometheus_client import Counter
@@ -65,7 +66,9 @@ class Window:
 
     low: int
     high: int
-    created_at: datetime | None
+    # What the session document said of its incarnation (store.py: `created_at` and
+    # `alive_since`), compared for equality only.
+    created_at: object
     turns: dict[int, tuple[list[Document], int]] = field(default_factory=dict)
     chars: int = 0
 
@@ -196,7 +199,7 @@ class WindowCache:
     # -- what assembly reads -------------------------------------------------------------
 
     def window(
-        self, session_id: str, model: str, turn_seq: int, created_at: datetime | None
+        self, session_id: str, model: str, turn_seq: int, created_at: object
     ) -> Window | None:
         """The cached window of (session, model), if it is the session as just read."""
         key = (session_id, model)
@@ -219,7 +222,7 @@ class WindowCache:
         read: Read,
         model: str,
         turn_seq: int,
-        created_at: datetime | None,
+        created_at: object,
         low: int,
         docs: list[Document],
     ) -> None:
