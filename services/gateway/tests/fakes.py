@@ -10,6 +10,7 @@ path from the root, as `tests.polling` is imported by the cross-service tests)."
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, cast
 
@@ -17,7 +18,18 @@ from aiohttp import web
 
 from corral_common.contracts import Method
 from corral_common.errors import CorralError
-from corral_common.messages import Done, Event, Job, JobKind, Started, Tokens
+from corral_common.messages import (
+    BackendStatus,
+    Done,
+    Event,
+    Job,
+    JobKind,
+    LaneEntry,
+    QueueStatus,
+    SchedulerStatus,
+    Started,
+    Tokens,
+)
 from corral_common.status_board import StatusBoard
 from corral_gateway.caller_queues import CallerQueues
 from corral_gateway.encoders import NdjsonEncoder, StreamEncoder
@@ -156,6 +168,20 @@ def answered(request_id: str, text: str, *, model: str, session_id: str) -> list
             session_id=session_id,
         ),
     ]
+
+
+def scheduler_status(
+    lane: list[LaneEntry] | None = None, scheduler_id: str = "s1", **queue: Any
+) -> SchedulerStatus:
+    """A scheduler's status sent now: `lane` listed, `queue` fields over an idle queue's."""
+    fields = {"waiting": 0, "running": 0, "average_wait_ms": 0, "processing_rate": 0.0, **queue}
+    return SchedulerStatus(
+        scheduler_id=scheduler_id,
+        sent_at=time.time(),
+        backend=BackendStatus(url="http://backend", connected=True),
+        queue=QueueStatus(**fields),
+        lane=lane or [],
+    )
 
 
 def chunk(text: str) -> dict[str, Any]:

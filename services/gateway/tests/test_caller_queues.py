@@ -5,37 +5,26 @@ lane's own check is left to do it."""
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 import pytest
 
 from corral_common.errors import CorralError, ErrorType
 from corral_common.messages import (
-    BackendStatus,
     Cancelled,
     Position,
-    QueueStatus,
     SchedulerStatus,
     Started,
 )
 from corral_gateway.caller_queues import CallerQueues, lane_cap
 from corral_gateway.ticket import JobTicket
+from services.gateway.tests import fakes
 from services.gateway.tests.fakes import FakeGateway, job
 
 
 def status(cap: int | None, rate: float = 0.0, scheduler_id: str = "s1") -> SchedulerStatus:
-    return SchedulerStatus(
-        scheduler_id=scheduler_id,
-        sent_at=time.time(),
-        backend=BackendStatus(url="http://backend", connected=True),
-        queue=QueueStatus(
-            waiting=0,
-            running=0,
-            average_wait_ms=0,
-            processing_rate=rate,
-            max_queued_per_key=cap,
-        ),
+    return fakes.scheduler_status(
+        scheduler_id=scheduler_id, processing_rate=rate, max_queued_per_key=cap
     )
 
 

@@ -16,13 +16,11 @@ from pytest_aiohttp import AiohttpClient
 from corral_common.errors import CorralError, ErrorType
 from corral_common.messages import (
     Accepted,
-    BackendStatus,
     Cancelled,
     Done,
     Failed,
     LaneEntry,
     Position,
-    QueueStatus,
     SchedulerStatus,
     Started,
     Tokens,
@@ -141,29 +139,30 @@ async def test_a_whole_answer_job_not_started_by_its_deadline_is_a_408_then_and_
 
 async def test_a_whole_answer_job_running_at_its_deadline_is_waited_for() -> None:
     gw = FakeGateway()
-    gw.hub.status.update(
-        SchedulerStatus(
-            scheduler_id="s1",
-            sent_at=time.time(),
-            backend=BackendStatus(url="http://backend", connected=True),
-            queue=QueueStatus(waiting=0, running=1, average_wait_ms=0, processing_rate=0.0),
-            lane=[
-                LaneEntry(
-                    request_id=RID,
-                    kind="embed",
-                    model="m",
-                    position=0,
-                    estimated_wait_ms=0,
-                    waited_ms=10,
-                )
-            ],
-        )
+    running = LaneEntry(
+        request_id=RID,
+        kind="embed",
+        model="m",
+        position=0,
+        estimated_wait_ms=0,
+        waited_ms=10,
     )
+    gw.hub.status.update(fakes.scheduler_status([running], running=1))
+    # The ticket reads the statuses once its deadline has passed, to see whether the job runs.
+    checked = asyncio.Event()
+    fresh = gw.hub.status.fresh
+
+    def watched() -> list[SchedulerStatus]:
+        if gw.submitter.submitted:
+            checked.set()
+        return fresh()
+
+    gw.hub.status.fresh = watched  # type: ignore[method-assign]
     now = time.time()
     answering = asyncio.ensure_future(
         run_job(gw.as_gateway(), job(RID, "embed", enqueued_at=now, deadline=now + 0.05))
     )
-    await asyncio.sleep(0.2)
+    await checked.wait()
     gw.hub.feed(RID, done(0))
     answer = await answering
     assert answer.final["done_reason"] == "stop"

@@ -16,11 +16,8 @@ from aiohttp.test_utils import make_mocked_request
 from corral_common.broker import BrokerUnavailable
 from corral_common.errors import CorralError
 from corral_common.messages import (
-    BackendStatus,
     Job,
     LaneEntry,
-    QueueStatus,
-    SchedulerStatus,
 )
 from corral_common.status_board import StatusBoard
 from corral_gateway.corral.queue_views import where
@@ -28,6 +25,7 @@ from corral_gateway.identity.principal import CALLER, Caller
 from corral_gateway.settings import GatewaySettings
 from corral_gateway.state import GATEWAY, Gateway
 from corral_gateway.usage import Usage
+from services.gateway.tests import fakes
 
 ALICE = Caller(scope="user", address="10.0.0.1", key_id="key_a", principal="alice")
 BOB = Caller(scope="user", address="10.0.0.2", key_id="key_b", principal="bob")
@@ -96,15 +94,7 @@ def gateway_with(auth: Literal["off", "on"], relayed_here: bool) -> FakeGateway:
         client_key="alice",
         owner="alice",
     )
-    gw.hub.status.update(
-        SchedulerStatus(
-            scheduler_id="s1",
-            sent_at=time.time(),
-            backend=BackendStatus(url="http://backend", connected=True),
-            queue=QueueStatus(waiting=3, running=1, average_wait_ms=0, processing_rate=0.0),
-            lane=[entry],
-        )
-    )
+    gw.hub.status.update(fakes.scheduler_status([entry], waiting=3, running=1))
     return gw
 
 
