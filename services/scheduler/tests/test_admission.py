@@ -133,3 +133,21 @@ async def test_a_job_turned_away_does_not_hold_up_the_ones_behind_it() -> None:
     assert [entry.request_id for entry in lane.lane] == ["a1", "a3"]
     assert broker.refusal("a2") is not None
     assert len(lane.turns) == 0, "every delivery settled its turn"
+
+
+async def test_a_request_id_another_gateways_job_holds_is_refused_not_swapped() -> None:
+    """Each gateway refuses its own duplicate ids; two gateways' requests with one id meet
+    only here, and the second must not take the first's place in the lane."""
+    broker = FakeBroker()
+    lane = admission(broker, 0)
+    first = fakes.job("same-id", gateway_id="gw-a")
+    second = fakes.job("same-id", gateway_id="gw-b")
+    await admit(lane, [first])
+    message = Message(second)
+    await lane.on_job(message)  # type: ignore[arg-type]
+    assert message.settled == "ack"
+    assert [e.job.gateway_id for e in lane.lane] == ["gw-a"]
+    refused = broker.refusal("same-id")
+    assert refused is not None
+    assert (refused["status"], refused["error_type"]) == (409, "request_in_flight")
+    assert refused["message"] == "request id 'same-id' is already in flight; use a new X-Request-Id"

@@ -12,6 +12,8 @@ import math
 from enum import StrEnum
 from typing import Any
 
+from corral_common.clip import clip
+
 
 class ErrorType(StrEnum):
     MODEL_NOT_FOUND = "model_not_found"
@@ -131,3 +133,15 @@ def backend_unreachable_message(ollama_url: str, server: str = "Ollama") -> str:
     """Ollama's own words for a server that is not there (clients match on them); `server`
     names another kind of server (an OpenAI-compatible one) in the same words."""
     return f"Cannot connect to {server} server. Please ensure {server} is running on {ollama_url}"
+
+
+def in_flight_error(request_id: str) -> CorralError:
+    """A second request with the id of one still in flight: a conflict, not a malformed request
+    (a client retrying after its own timeout with the same `X-Request-Id` gets this while its
+    first request is still being answered or cancelled). Said by a gateway of its own requests,
+    and by the scheduler of a job whose id another gateway's job holds in the lane. Ollama
+    ignores the header, so the text says what to do."""
+    return CorralError(
+        ErrorType.REQUEST_IN_FLIGHT,
+        f"request id '{clip(request_id)}' is already in flight; use a new X-Request-Id",
+    )

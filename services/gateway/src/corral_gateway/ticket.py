@@ -26,8 +26,7 @@ from types import TracebackType
 
 import structlog
 
-from corral_common.clip import clip
-from corral_common.errors import CorralError, ErrorType
+from corral_common.errors import CorralError, ErrorType, in_flight_error
 from corral_common.messages import CANCELED_STATUS, STREAMED_KINDS, Cancelled, Done, Failed, Job
 from corral_common.queue_caps import cap_of, over_cap
 from corral_common.timeouts import within
@@ -64,17 +63,6 @@ def failure_error(failed: Failed) -> CorralError:
 def broker_lost_error() -> CorralError:
     return CorralError(
         ErrorType.BROKER_UNAVAILABLE, BROKER_LOST_MESSAGE, headers={"Retry-After": "5"}
-    )
-
-
-def in_flight_error(request_id: str) -> CorralError:
-    """A second request with the id of one still in flight: a conflict, not a malformed request
-    (a client retrying after its own timeout with the same `X-Request-Id` gets this while its
-    first request is still being answered or cancelled). Ollama ignores the header, so the text
-    says what to do."""
-    return CorralError(
-        ErrorType.REQUEST_IN_FLIGHT,
-        f"request id '{clip(request_id)}' is already in flight; use a new X-Request-Id",
     )
 
 

@@ -18,7 +18,7 @@ from aio_pika.abc import AbstractIncomingMessage
 from pydantic import ValidationError
 
 from corral_common.clip import clip
-from corral_common.errors import ErrorType
+from corral_common.errors import CorralError, ErrorType, in_flight_error
 from corral_common.ids import EVENT_KIND_MAX_CHARS, ROUTING_KEY_MAX_BYTES
 from corral_common.messages import (
     Accepted,
@@ -175,7 +175,7 @@ class Admission:
             )
             await message.ack()
             return
-        refusal = self._refusal(job)
+        refusal = self._refusal(job, redelivered=bool(message.redelivered))
         if refusal is not None:
             metrics.JOBS.labels(refusal.error_type).inc()
             self.turns.settle(arrival)
@@ -237,10 +237,17 @@ class Admission:
                 Position(request_id=job.request_id, position=position, estimated_wait_ms=wait_ms),
             )
 
-    def _refusal(self, job: Job) -> Failed | None:
-        """A job the lane will not take: already past its deadline, or one more than its
-        caller may have queued (`Job.max_queued` when its key sets one, else
-        `max_queued_per_key`)."""
+    def _refusal(self, job: Job, *, redelivered: bool = False) -> Failed | None:
+        """A job the lane will not take: already past its deadline, one whose request id
+        another job holds in the lane, or one more than its caller may have queued
+        (`Job.max_queued` when its key sets one, else `max_queued_per_key`)."""
+        if not redelivered and (
+            job.request_id in self.lane or self.lane.running_job(job.request_id) is not None
+        ):
+            # Two gateways' requests with one X-Request-Id (each gateway refuses its own
+            # duplicates): the lane holds jobs by id, and the second would take the first's
+            # place, leaving its client waiting for a job that is gone.
+            return _failed(job, in_flight_error(job.request_id))
         deadline = start_by(job)
         if deadline is not None and time.time() >= deadline:
             return queue_timeout(job)
@@ -257,14 +264,7 @@ class Admission:
         if cap > 0 and job.client_key:
             queued = self.lane.queued_for(job.client_key)
             if queued >= cap:
-                refusal = over_cap(queued, cap, self._retry_after_s(job.client_key))
-                return Failed(
-                    request_id=job.request_id,
-                    status=refusal.status,
-                    error_type=str(refusal.error_type),
-                    message=refusal.message,
-                    details=refusal.details,
-                )
+                return _failed(job, over_cap(queued, cap, self._retry_after_s(job.client_key)))
         return None
 
     def _retry_after_s(self, key: str) -> int:
@@ -338,3 +338,14 @@ class Admission:
         dropped = self.lane.new_connection_epoch()
         if dropped or running:
             log.warning("dropped admitted jobs after broker loss", jobs=len(dropped))
+
+
+def _failed(job: Job, error: CorralError) -> Failed:
+    """A refusal of `job` as the event its client is told."""
+    return Failed(
+        request_id=job.request_id,
+        status=error.status,
+        error_type=str(error.error_type),
+        message=error.message,
+        details=error.details,
+    )

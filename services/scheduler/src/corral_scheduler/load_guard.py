@@ -19,7 +19,8 @@ become the context the guard keeps, and sends, for everyone after it.
 
 A `num_ctx` that Ollama would refuse (`option "num_ctx" must be of type integer`: a string, a
 bool, ...) is left as it is, for the backend to refuse: the guard neither replaces it nor counts
-it as the loaded context (the gateway refuses it at the edge already, `corral_gateway.option_types`).
+it as the loaded context (the gateway refuses it at the edge already:
+`corral_gateway.option_types`).
 """
 
 from __future__ import annotations
