@@ -107,6 +107,9 @@ async def conversation_create(request: web.Request) -> web.Response:
     params = CreateParams(title=title, model=model, owner=caller_of(request).principal)
     # A model the backend lacks is refused now rather than at the first message.
     await gateway.models.check(model)
+    # Its number must skip the ids sessions already have, those of turns answered here and
+    # not yet stored included (a client's session "N+1" made a moment ago stays its own).
+    await gateway.turns.settled()
     created = await gateway.rpc.call(CONVERSATIONS.create, params)
     return json_response(
         {"conversation_id": created.conversation_id},
