@@ -81,8 +81,8 @@ async def test_a_turn_asked_before_its_session_was_deleted_does_not_bring_it_bac
     assert await store.turns.count_documents({"session_id": sid}) == 0
     # A turn asked after the deletion makes the session anew, with only itself.
     deleted_at = utcnow()
-    await asyncio.sleep(0.01)
-    assert await service.store_turn(done(sid, new_id(), time.time(), "three")) is (
+    # Asked after the deletion (a moment on: the database keeps milliseconds).
+    assert await service.store_turn(done(sid, new_id(), time.time() + 0.01, "three")) is (
         WriteOutcome.STORED
     )
     assert await contents(store, sid) == ["three", "answer to three"]
@@ -130,8 +130,8 @@ async def test_a_clear_drops_every_turn_asked_before_it(store: SessionStore) -> 
     for sid in [*sessions, new_id()]:
         assert await service.store_turn(done(sid, new_id(), asked)) is WriteOutcome.DELETED
     assert await store.sessions.count_documents({}) == 0
-    await asyncio.sleep(0.01)
-    assert await service.store_turn(done(sessions[0], new_id(), time.time(), "new")) is (
+    asked_after = time.time() + 0.01  # the database keeps milliseconds
+    assert await service.store_turn(done(sessions[0], new_id(), asked_after, "new")) is (
         WriteOutcome.STORED
     )
     assert await contents(store, sessions[0]) == ["new", "answer to new"]
@@ -177,7 +177,13 @@ async def test_a_delete_waits_for_the_turns_of_its_session_being_written_here(
     await service.store_turn(done(sid, new_id(), time.time() - 60))
     async with service.writes.hold(sid):  # the turns consumer has a `done` of it in hand
         deleting = asyncio.create_task(service.delete(sid, None))
-        await asyncio.sleep(0.05)
+        # The delete gets in line behind the write in hand (a second user of its lock)...
+        for _ in range(1000):
+            if service.writes.users(sid) == 2:
+                break
+            await asyncio.sleep(0)
+        assert service.writes.users(sid) == 2
+        # ...and has not gone past it.
         assert not deleting.done()
     assert (await deleting)["deleted"] is True
 
@@ -201,7 +207,6 @@ async def test_no_window_of_a_deleted_session_survives_an_import_of_it(
         turn["messages"][0]["content"] = "edited"
     replica = SessionStore(database)
     await replica.delete(sid)
-    await asyncio.sleep(0.01)
     await replica.import_session(ImportParams.model_validate(exported), None)
     session = await store.find_session(sid)
     assert session is not None and session["turn_seq"] == 2
